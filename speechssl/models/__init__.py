@@ -1,0 +1,7 @@
+"""SSL model families. Importing this package registers every family in ``MODELS``."""
+
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, build_model
+
+__all__ = ["MODELS", "EncoderOutput", "LossOutput", "ModelSpec", "SSLModel", "build_model"]
+
+# One import per family (each registers itself):

@@ -1,0 +1,125 @@
+"""The model contract shared by every SSL family, the Trainer and the upstream API.
+
+Every family lives in its own file (``apc.py``, ``cpc.py``, ``wav2vec2.py``...) and
+registers ``MODELS[name] = ModelSpec(ConfigCls, build_fn)``. A model:
+
+* owns its ``frontend`` (a :class:`speechssl.features.base.Frontend`), so the preprocessing
+  always travels with the weights;
+* computes its pretext loss from a batch::
+
+      out = model.loss(batch)        # -> LossOutput(loss=scalar fp32 tensor, metrics={...})
+      # batch["wavs"]: [B, L] float32 16 kHz zero-padded; batch["lengths"]: [B] samples;
+      # batch["ids"]: list[str]; label fields (e.g. batch["speaker"]: list[str]) when present
+
+* exposes frozen features without any masking or dropout::
+
+      enc = model.encode(wavs, lengths)   # -> EncoderOutput
+
+* may update schedules per optimiser step (``model.step_update(step)``; e.g. Gumbel
+  temperature, which must live in a buffer so checkpoints carry it).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from speechssl.config import from_dict, to_dict
+from speechssl.registry import Registry
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    """Frozen-encoder features.
+
+    Attributes:
+        hidden_states: list of [batch, frames, dim] tensors, one per named layer, all with the
+            same number of frames.
+        lengths: [batch] number of valid frames of each utterance.
+        layer_names: one name per hidden state, e.g. ``["latent", "layer_1", ..., "context"]``.
+        frame_shift: samples (at 16 kHz) between frames.
+    """
+
+    hidden_states: list[torch.Tensor]
+    lengths: torch.Tensor
+    layer_names: list[str]
+    frame_shift: int
+
+    def layer(self, name: str) -> torch.Tensor:
+        if name not in self.layer_names:
+            raise KeyError(f"unknown layer {name!r}; layers: {', '.join(self.layer_names)}")
+        return self.hidden_states[self.layer_names.index(name)]
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """``loss``: scalar fp32 tensor to minimise. ``metrics``: floats to log (loss terms, accuracy...)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class SSLModel(nn.Module, abc.ABC):
+    """Base class of every pretrainable model (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    frontend: nn.Module
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def min_samples(self) -> int:
+        """Shortest waveform (samples) that yields a usable training example."""
+        ...
+
+    @property
+    @abc.abstractmethod
+    def layer_names(self) -> list[str]:
+        ...
+
+    @property
+    @abc.abstractmethod
+    def frame_shift(self) -> int:
+        ...
+
+    @abc.abstractmethod
+    def loss(self, batch: Mapping[str, Any]) -> LossOutput:
+        ...
+
+    @abc.abstractmethod
+    def encode(self, wavs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        ...
+
+    def step_update(self, step: int) -> None:
+        """Called after every optimiser step with the new step count. Default: nothing."""
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, **to_dict(self.config)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    config_cls: type
+    build: Callable[[Any], SSLModel]
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def build_model(cfg: Mapping[str, Any]) -> SSLModel:
+    """``{"name": "apc", ...config fields}`` -> model. Unknown names/keys list the choices."""
+    import speechssl.models  # noqa: F401  (registers the built-in families)
+
+    cfg = dict(cfg)
+    if "name" not in cfg:
+        raise ValueError(f"model config needs a 'name'; choices: {', '.join(sorted(MODELS))}")
+    name = cfg.pop("name")
+    spec = MODELS[name]
+    return spec.build(from_dict(spec.config_cls, cfg, where="model"))

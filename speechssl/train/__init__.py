@@ -1,0 +1,1 @@
+"""speechssl.train"""
