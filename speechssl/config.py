@@ -70,7 +70,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if args:
                 if len(args) != len(value):
                     raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-                return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+                return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
             return tuple(value)
         item = args[0] if args else Any
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]

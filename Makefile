@@ -1,0 +1,31 @@
+# speechssl developer targets. `make demo` and `make test` set up .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo demo-full test lint bench clean
+
+$(VENV)/.done: pyproject.toml tools/setup.sh tools/install_s3prl.sh
+	bash tools/setup.sh $(VENV)
+	touch $@
+
+setup: $(VENV)/.done
+
+# The README's first command: the synthetic demo recipe, quick size (~3 min on 2 cores).
+demo: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh --quick
+
+# The full-size demo (~20 min on 2 cores).
+demo-full: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh
+
+test: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(VENV)/bin/ruff check speechssl tests tools
+
+bench: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) tools/bench/run_all.py --out bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,94 @@
+"""Tests of speechssl.config, speechssl.registry and speechssl.utils (shared plumbing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from speechssl.config import ConfigError, apply_overrides, from_dict, load_yaml, parse_override, to_dict
+from speechssl.registry import Registry, UnknownNameError
+from speechssl.utils import atomic_path
+
+
+@dataclasses.dataclass
+class Inner:
+    dim: int = 4  # a dimension
+    kind: str = "gru"
+
+
+@dataclasses.dataclass
+class Outer:
+    lr: float = 1e-3
+    layers: list[tuple[int, int, int]] = dataclasses.field(default_factory=lambda: [(512, 10, 5)])
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    flag: bool = False
+    max_minutes: float | None = None
+
+
+def test_from_dict_nested_and_types():
+    cfg = from_dict(Outer, {"lr": "2e-4", "layers": [[8, 3, 2]], "inner": {"dim": 8}, "flag": "true"})
+    assert cfg.lr == pytest.approx(2e-4)
+    assert cfg.layers == [(8, 3, 2)]
+    assert cfg.inner == Inner(dim=8)
+    assert cfg.flag is True and cfg.max_minutes is None
+    assert to_dict(cfg)["layers"] == [[8, 3, 2]]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"model\.inner\.dimm.*valid keys: dim, kind"):
+        from_dict(Outer, {"inner": {"dimm": 3}}, where="model")
+
+
+def test_bad_value_names_key():
+    with pytest.raises(ConfigError, match=r"inner\.dim.*integer"):
+        from_dict(Outer, {"inner": {"dim": "abc"}})
+    with pytest.raises(ConfigError, match=r"layers\[0\].*3 items"):
+        from_dict(Outer, {"layers": [[1, 2]]})
+
+
+def test_overrides():
+    assert parse_override("optim.lr=1e-3") == (["optim", "lr"], 1e-3)
+    assert parse_override("train.precision=bf16") == (["train", "precision"], "bf16")
+    out = apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=0.5", "model.hidden=[1, 2]"])
+    assert out == {"optim": {"lr": 0.5}, "model": {"hidden": [1, 2]}}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["nonsense"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"optim": 3}, ["optim.lr=1"])
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_yaml(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(listy)
+
+
+def test_registry_lists_choices():
+    reg: Registry = Registry("thing")
+    reg.register("a")(1)
+    with pytest.raises(UnknownNameError, match="unknown thing 'b'; choices: a"):
+        reg["b"]
+    with pytest.raises(ValueError, match="twice"):
+        reg.register("a")(2)
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"

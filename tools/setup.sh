@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Usage: bash tools/setup.sh [VENV_DIR]
+# Creates a virtual environment (default .venv) with speechssl and everything its tests,
+# demo and integrations need. As root it also installs the Debian packages espeak-ng, sox
+# and libsndfile1 (the demo falls back to the pure-numpy formant synthesiser without them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+log() { echo "[setup $(date +%H:%M:%S)] $*"; }
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for p in espeak-ng sox libsndfile1; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    log "apt-get install$missing"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# PyTorch first and pinned: these versions are known to work together (torchaudio 2.11 with torch 2.14).
+if ! "$py" -c 'import torch, torchaudio' >/dev/null 2>&1; then
+  log "installing torch and torchaudio"
+  "$py" -m pip install -q torch==2.14.1 torchaudio==2.11.0 2>&1 | grep -v '^WARNING: Location' || true
+fi
+log "installing speechssl with extras dev, hf, io"
+"$py" -m pip install -q -e '.[dev,hf,io]' 2>&1 | grep -v '^WARNING: Location' || true
+bash tools/install_s3prl.sh "$venv"
+"$py" -c 'import speechssl, torch, torchaudio; print("speechssl", speechssl.__version__, "torch", torch.__version__, "torchaudio", torchaudio.__version__)'
