@@ -1,0 +1,241 @@
+"""Typed pretraining configuration: the ``model / data / optim / train`` sections of a recipe.
+
+A recipe is a YAML file::
+
+    model:                      # name + the family's config dataclass fields
+      name: apc
+      frontend: {name: logmel, n_mels: 80}
+    data:  {max_batch_seconds: 64.0, crop_seconds: 4.0}
+    optim: {name: adam, lr: 1.0e-4}
+    train: {max_steps: 1000}
+
+and every key can be overridden on the command line as ``section.key=value``
+(``optim.lr=1e-3``, ``model.frontend.n_mels=40``)::
+
+    cfg = load_pretrain_config("recipes/pretrain/apc.yaml", ["train.max_steps=10"])
+    cfg.optim.lr, cfg.model["name"]
+
+Unknown keys, sections and model names fail with the list of valid ones. The ``model``
+section is checked (and completed with its defaults) by the family's config dataclass and
+``speechssl.models.base.build_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from speechssl.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """How training/validation batches are made (all durations in seconds of 16 kHz audio)."""
+
+    # Effective batch per optimiser step, in padded seconds of audio, all ranks together.
+    max_batch_seconds: float = 64.0
+    # Most seconds one forward pass may hold (per rank). None: no accumulation beyond what the
+    # world size needs. Accumulation = ceil(max_batch_seconds / (world_size * device_batch_seconds)).
+    device_batch_seconds: float | None = None
+    # Random crop length of training utterances (None: no crop, whole utterances).
+    crop_seconds: float | None = 4.0
+    # Deterministic centre crop of validation utterances (None: same as crop_seconds).
+    valid_crop_seconds: float | None = None
+    # Shorter utterances are dropped (never below the model's min_samples either).
+    min_seconds: float = 0.5
+    # DataLoader worker processes (0: load in the training process).
+    num_workers: int = 0
+    # Validation batch budget per forward pass (None: same as a training forward pass).
+    valid_batch_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_seconds <= 0:
+            raise ConfigError(f"data.max_batch_seconds must be > 0, got {self.max_batch_seconds}")
+        if self.device_batch_seconds is not None and self.device_batch_seconds <= 0:
+            raise ConfigError(f"data.device_batch_seconds must be > 0, got {self.device_batch_seconds}")
+        for key in ("crop_seconds", "valid_crop_seconds", "valid_batch_seconds"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
+        if self.min_seconds < 0:
+            raise ConfigError(f"data.min_seconds must be >= 0, got {self.min_seconds}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1.0e-4  # peak learning rate (reached at the end of warm-up)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1.0e-8
+    weight_decay: float = 0.0  # L2 for adam, decoupled for adamw
+    # After warm-up: constant | linear decay | cosine decay, down to final_lr_ratio * lr at max_steps.
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    final_lr_ratio: float = 0.0  # lr at train.max_steps / lr (linear and cosine only)
+    clip_norm: float | None = 1.0  # max global gradient L2 norm (None: no clipping)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ConfigError(f"optim.clip_norm must be > 0 or null, got {self.clip_norm}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Length of training, precision, logging, validation and checkpointing."""
+
+    max_steps: int = 1000  # optimiser steps
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly with a checkpoint + encoder
+    seed: int = 0  # one seed for python, numpy, torch, crops and batch order
+    # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only). Losses are fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = 10  # steps between metrics.jsonl / TensorBoard lines
+    valid_every: int = 100  # steps between validation passes (0: only at the end)
+    valid_max_batches: int | None = None  # cap validation batches (None: the whole manifest)
+    ckpt_every_steps: int | None = 500  # steps between checkpoints (None: off)
+    ckpt_every_minutes: float | None = None  # minutes between checkpoints (None: off)
+    keep_last: int = 3  # checkpoints kept (older ones are deleted)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_bad_steps: int = 5  # consecutive non-finite losses/gradients before stopping with an error
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    # DDP: only needed if some parameters get no gradient in some steps (slower; see train/distributed.py).
+    find_unused_parameters: bool = False
+    progress: bool = True  # tqdm progress bar on rank 0
+    plot: bool = True  # loss-curve PNG at the end
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.valid_every < 0:
+            raise ConfigError(f"train.valid_every must be >= 0, got {self.valid_every}")
+        if self.ckpt_every_steps is not None and self.ckpt_every_steps < 1:
+            raise ConfigError(f"train.ckpt_every_steps must be >= 1 or null, got {self.ckpt_every_steps}")
+        if self.ckpt_every_minutes is not None and self.ckpt_every_minutes <= 0:
+            raise ConfigError(
+                f"train.ckpt_every_minutes must be > 0 or null, got {self.ckpt_every_minutes}"
+            )
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"train.max_bad_steps must be >= 1, got {self.max_bad_steps}")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """A whole recipe. ``model`` is the resolved model section: ``{"name": ..., **all fields}``."""
+
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def resolve_model_section(model: Mapping[str, Any] | None, where: str = "model") -> dict[str, Any]:
+    """Check a ``model`` section against its family's config dataclass; return it with all defaults.
+
+    Raises:
+        ConfigError: no ``name``, or an unknown key (the message lists the valid keys).
+        UnknownNameError (a KeyError): unknown model name (the message lists the registered ones).
+    """
+    import speechssl.models  # noqa: F401  (registers the built-in families)
+    from speechssl.models.base import MODELS
+
+    if not isinstance(model, Mapping) or "name" not in model:
+        raise ConfigError(
+            f"{where}: the model section needs a 'name'; choices: {', '.join(sorted(MODELS))}"
+        )
+    fields = dict(model)
+    name = fields.pop("name")
+    spec = MODELS[name]
+    cfg = from_dict(spec.config_cls, fields, where=where)
+    return {"name": name, **to_dict(cfg)}
+
+
+def pretrain_config_from_dict(
+    raw: Mapping[str, Any], source: str = "config", build: bool = True
+) -> PretrainConfig:
+    """Typed config from a plain dict (YAML contents after overrides).
+
+    Args:
+        raw: ``{"model": {...}, "data": {...}, "optim": {...}, "train": {...}}``.
+        source: name of the file, for error messages.
+        build: also build the model once with ``build_model`` so errors raised by the
+            family's builder (inconsistent sizes...) surface before training starts.
+    """
+    from speechssl.models.base import build_model
+
+    raw = dict(raw)
+    valid = [f.name for f in dataclasses.fields(PretrainConfig)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(valid)}")
+    if "model" not in raw:
+        raise ConfigError(f"{source}: the 'model' section is missing")
+    try:
+        model = resolve_model_section(raw["model"])
+        data = from_dict(DataConfig, raw.get("data"), where="data")
+        optim = from_dict(OptimConfig, raw.get("optim"), where="optim")
+        train = from_dict(TrainConfig, raw.get("train"), where="train")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if build:
+        try:
+            build_model(model)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"{source}: model {model['name']!r} cannot be built: {exc}") from None
+    return PretrainConfig(model=model, data=data, optim=optim, train=train)
+
+
+def load_pretrain_config(
+    path: str | Path | None, overrides: Sequence[str] = (), build: bool = True
+) -> PretrainConfig:
+    """Read a recipe YAML (or start from defaults when ``path`` is None), apply ``key.sub=value``
+    overrides, and return the validated :class:`PretrainConfig`."""
+    raw = load_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    for text in overrides:
+        section = text.split("=", 1)[0].split(".", 1)[0].strip()
+        valid = [f.name for f in dataclasses.fields(PretrainConfig)]
+        if section not in valid:
+            raise ConfigError(
+                f"override {text!r}: unknown section {section!r}; valid sections: {', '.join(valid)}"
+            )
+    raw = apply_overrides(raw, list(overrides))
+    return pretrain_config_from_dict(raw, source=source, build=build)
+
+
+def save_pretrain_config(cfg: PretrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Write the resolved config (plus an ``info`` section with run metadata) atomically as YAML."""
+    from speechssl.config import save_yaml
+
+    data = cfg.to_dict()
+    if extra:
+        data["info"] = to_dict(dict(extra))
+    save_yaml(data, path)
+
+
+def read_resolved_config(path: str | Path) -> PretrainConfig:
+    """Read back a ``config.yaml`` written by :func:`save_pretrain_config` (the ``info`` section is ignored)."""
+    raw = load_yaml(path)
+    raw.pop("info", None)
+    return pretrain_config_from_dict(raw, source=str(path), build=False)
