@@ -1,1 +1,49 @@
-"""speechssl.data"""
+"""speechssl.data: JSONL manifests, folder scanning, import/export, splits, datasets and batching.
+
+- :mod:`speechssl.data.manifest`: ``read_manifest``, ``write_manifest``, ``record_duration`` ...
+- :mod:`speechssl.data.prepare`: ``prepare_folder`` (``speechssl prepare DIR``).
+- :mod:`speechssl.data.formats`: fairseq wav2vec TSV and Kaldi data-dir import/export.
+- :mod:`speechssl.data.split`: ``split_records``, ``kfold_records``.
+- :mod:`speechssl.data.dataset`: ``AudioDataset``, ``collate_audio``, ``make_loader``.
+- :mod:`speechssl.data.sampler`: ``SecondsBatchSampler``.
+"""
+
+from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, make_loader, padded_seconds
+from speechssl.data.manifest import (
+    ManifestError,
+    group_records,
+    iter_manifest,
+    label_counts,
+    label_fields,
+    manifest_summary,
+    read_manifest,
+    record_duration,
+    total_hours,
+    validate_record,
+    write_manifest,
+)
+from speechssl.data.sampler import SecondsBatchSampler
+from speechssl.data.split import kfold_records, parse_fractions, split_records
+
+__all__ = [
+    "AudioDataset",
+    "AudioLoader",
+    "ManifestError",
+    "SecondsBatchSampler",
+    "collate_audio",
+    "group_records",
+    "iter_manifest",
+    "kfold_records",
+    "label_counts",
+    "label_fields",
+    "make_loader",
+    "manifest_summary",
+    "padded_seconds",
+    "parse_fractions",
+    "read_manifest",
+    "record_duration",
+    "split_records",
+    "total_hours",
+    "validate_record",
+    "write_manifest",
+]
