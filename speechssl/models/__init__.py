@@ -5,3 +5,5 @@ from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, 
 __all__ = ["MODELS", "EncoderOutput", "LossOutput", "ModelSpec", "SSLModel", "build_model"]
 
 # One import per family (each registers itself):
+import speechssl.models.apc  # noqa: E402, F401
+import speechssl.models.cpc  # noqa: E402, F401

@@ -1,0 +1,160 @@
+"""InfoNCE for CPC (van den Oord et al. 2018; Riviere et al. 2020, ``CPC_audio`` ``criterion.py``).
+
+For every valid frame ``t`` of utterance ``b`` and every step ``k = 1..K`` with ``t + k`` still
+valid, the prediction ``p_k(b, t)`` must pick the true future latent ``z(b, t + k)`` among
+``N`` negatives by dot product::
+
+    loss(b, t, k) = -log softmax([p·z(b, t+k), p·z_neg_1, ..., p·z_neg_N])[0]
+
+Negatives are sampled on the device, all at once (no Python loop over frames), from the valid
+frames of a *group*: the same utterance (``"utterance"``), the whole batch (``"batch"``), or all
+utterances of the same speaker in the batch (``"speaker"``). A query's ``N`` negatives are shared
+by its ``K`` steps (as in ``CPC_audio``); a negative that happens to be the positive of step
+``k`` is masked out of that step's softmax, so the positive is never also a negative and padding
+is never either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from speechssl.modules.recurrent import lengths_to_mask
+
+NegativeMode = Literal["utterance", "batch", "speaker"]
+
+
+@dataclasses.dataclass
+class InfoNCEOutput:
+    """``loss``: scalar fp32 mean over valid (frame, step) pairs; ``accuracy``: [K] fraction of
+    pairs whose positive scores strictly above every negative; ``counts``: [K] valid pairs."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    counts: torch.Tensor
+
+
+def sample_in_groups(
+    frame_groups: torch.Tensor,
+    query_groups: torch.Tensor,
+    num: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniformly draw ``num`` frames (with replacement) from each query's group.
+
+    Args:
+        frame_groups (Tensor): [M] non-negative group id of every candidate frame.
+        query_groups (Tensor): [...] group id of every query.
+        num: draws per query.
+        generator: optional RNG (on the tensors' device).
+
+    Returns:
+        LongTensor: [..., num] indices into the M candidates, each in the query's group. A query
+        whose group has no candidate gets index 0 (callers mask such queries).
+    """
+    if frame_groups.numel() == 0:
+        raise ValueError("cannot sample negatives: there are no valid frames in the batch")
+    num_groups = int(max(int(frame_groups.max()), int(query_groups.max()) if query_groups.numel() else 0)) + 1
+    order = torch.argsort(frame_groups, stable=True)
+    counts = torch.bincount(frame_groups, minlength=num_groups)
+    offsets = torch.cumsum(counts, 0) - counts
+    q_counts = counts[query_groups].clamp(min=1)
+    u = torch.rand((*query_groups.shape, num), device=frame_groups.device, generator=generator)
+    r = torch.minimum((u * q_counts[..., None]).long(), q_counts[..., None] - 1)
+    pos = (offsets[query_groups][..., None] + r).clamp(max=frame_groups.numel() - 1)
+    return order[pos]
+
+
+def sample_negatives(
+    lengths: torch.Tensor,
+    frames: int,
+    num_negatives: int,
+    mode: NegativeMode = "utterance",
+    speaker_ids: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Flat indices ``b * frames + t`` of negatives for every query frame.
+
+    Args:
+        lengths (Tensor): [batch] valid frames.
+        frames: padded number of frames T.
+        num_negatives: N.
+        mode: ``"utterance"``, ``"batch"`` or ``"speaker"`` (needs ``speaker_ids``).
+        speaker_ids (Tensor): [batch] integer speaker of each utterance.
+        generator: optional RNG.
+
+    Returns:
+        LongTensor: [batch, frames, N]; every index points at a valid frame of the query's group.
+    """
+    batch = lengths.shape[0]
+    device = lengths.device
+    valid = lengths_to_mask(lengths, frames)  # [B, T]
+    pool = torch.nonzero(valid.flatten(), as_tuple=True)[0]  # [M] flat indices of valid frames
+    utt_of_frame = pool // max(frames, 1)
+    if mode == "utterance":
+        utt_groups = torch.arange(batch, device=device)
+    elif mode == "batch":
+        utt_groups = torch.zeros(batch, dtype=torch.long, device=device)
+    elif mode == "speaker":
+        if speaker_ids is None:
+            raise ValueError("negatives mode 'speaker' needs speaker_ids")
+        utt_groups = speaker_ids.to(device=device, dtype=torch.long)
+    else:
+        raise ValueError(f"unknown negatives mode {mode!r}; choices: utterance, batch, speaker")
+    query_groups = utt_groups[:, None].expand(batch, frames)
+    picked = sample_in_groups(utt_groups[utt_of_frame], query_groups, num_negatives, generator)
+    return pool[picked]
+
+
+def infonce(
+    predictions: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    negative_index: torch.Tensor,
+) -> InfoNCEOutput:
+    """Contrastive loss of K-step predictions against true future latents and negatives.
+
+    Args:
+        predictions (Tensor): [batch, frames, K, dim]; ``predictions[b, t, k-1]`` predicts
+            ``targets[b, t + k]``.
+        targets (Tensor): [batch, frames, dim] latents z.
+        lengths (Tensor): [batch] valid frames of ``targets``.
+        negative_index (Tensor): [batch, frames, N] flat indices into ``targets.view(-1, dim)``
+            (from :func:`sample_negatives`).
+
+    Returns:
+        InfoNCEOutput; logits are computed in fp32.
+    """
+    batch, frames, steps, dim = predictions.shape
+    device = predictions.device
+    pred = predictions.float()
+    z = targets.float()
+    t_idx = torch.arange(frames, device=device)
+    k_idx = torch.arange(1, steps + 1, device=device)
+    future = t_idx[:, None] + k_idx[None, :]  # [T, K]
+    valid = future[None] < lengths[:, None, None]  # [B, T, K]
+    pos_flat = torch.arange(batch, device=device)[:, None, None] * frames + future.clamp(max=frames - 1)[None]
+    z_flat = z.reshape(batch * frames, dim)
+    positives = z_flat[pos_flat]  # [B, T, K, D]
+    pos_logits = (pred * positives).sum(-1)  # [B, T, K]
+    negatives = z_flat[negative_index]  # [B, T, N, D]
+    neg_logits = torch.einsum("btkd,btnd->btkn", pred, negatives)
+    same = negative_index[:, :, None, :] == pos_flat[..., None]  # [B, T, K, N]
+    neg_logits = neg_logits.masked_fill(same, float("-inf"))
+    logits = torch.cat([pos_logits[..., None], neg_logits], dim=-1)
+    nll = -torch.log_softmax(logits, dim=-1)[..., 0]  # [B, T, K]
+    weight = valid.to(nll.dtype)
+    counts = weight.sum(dim=(0, 1))
+    total = counts.sum()
+    if total == 0:
+        raise ValueError(
+            f"no frame has a valid future target for K={steps} steps (longest input has "
+            f"{int(lengths.max()) if lengths.numel() else 0} frames); use longer crops"
+        )
+    loss = (nll.masked_fill(~valid, 0.0)).sum() / total
+    with torch.no_grad():
+        correct = (pos_logits > neg_logits.max(dim=-1).values) & valid
+        accuracy = correct.to(nll.dtype).sum(dim=(0, 1)) / counts.clamp(min=1)
+    return InfoNCEOutput(loss=loss, accuracy=accuracy, counts=counts)

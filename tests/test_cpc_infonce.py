@@ -1,0 +1,94 @@
+"""CPC InfoNCE and negative sampling (speechssl.modules.infonce)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from speechssl.modules.infonce import infonce, sample_in_groups, sample_negatives
+
+
+def test_hand_computed_infonce():
+    # one utterance, 3 frames, K = 1, dim 1: predictions p(t), latents z = [1, 2, 3]
+    z = torch.tensor([[[1.0], [2.0], [3.0]]])
+    pred = torch.tensor([[[[1.0]], [[0.5]], [[9.0]]]])  # [B=1, T=3, K=1, D=1]
+    lengths = torch.tensor([3])
+    # negatives (flat indices): t=0 -> z[2]=3 ; t=1 -> z[0]=1 ; t=2 -> anything (no target)
+    neg = torch.tensor([[[2], [0], [1]]])
+    out = infonce(pred, z, lengths, neg)
+    # t=0: pos 1*2=2, neg 1*3=3 ; t=1: pos 0.5*3=1.5, neg 0.5*1=0.5
+    l0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(3)))
+    l1 = -math.log(math.exp(1.5) / (math.exp(1.5) + math.exp(0.5)))
+    assert out.loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    assert out.accuracy.tolist() == [0.5]  # t=1 right, t=0 wrong
+    assert out.counts.tolist() == [2.0]
+
+
+def test_negative_equal_to_positive_is_masked():
+    z = torch.tensor([[[1.0], [2.0], [3.0]]])
+    pred = torch.ones(1, 3, 1, 1)
+    neg = torch.tensor([[[1, 2], [2, 2], [0, 0]]])  # t=0: index 1 is the positive of t=0
+    out = infonce(pred, z, torch.tensor([3]), neg)
+    # t=0: logits [2, (masked), 3]; t=1: all negatives are the positive -> loss 0, counted correct
+    l0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(3)))
+    assert out.loss.item() == pytest.approx(l0 / 2, rel=1e-6)
+    assert out.accuracy.tolist() == [0.5]
+
+
+def test_padding_queries_and_targets_excluded():
+    torch.manual_seed(0)
+    z = torch.randn(2, 6, 4)
+    pred = torch.randn(2, 6, 2, 4, requires_grad=True)
+    lengths = torch.tensor([6, 3])
+    neg = sample_negatives(lengths, 6, 5, "batch")
+    out = infonce(pred, z, lengths, neg)
+    out.loss.backward()
+    # utterance 1 has 3 frames: step 1 valid for t<2, step 2 for t<1; nothing beyond
+    assert out.counts.tolist() == [5 + 2, 4 + 1]
+    assert torch.all(pred.grad[1, 2:] == 0) and torch.all(pred.grad[1, 1, 1] == 0)
+    assert pred.grad[1, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["utterance", "batch", "speaker"])
+def test_negatives_only_valid_frames_of_the_group(mode):
+    lengths = torch.tensor([50, 3, 0, 20, 7])
+    frames = 50
+    speakers = torch.tensor([0, 1, 1, 0, 2])
+    neg = sample_negatives(lengths, frames, 64, mode, speakers if mode == "speaker" else None)
+    assert neg.shape == (5, frames, 64)
+    utt, t = neg // frames, neg % frames
+    assert torch.all(t < lengths[utt]), "a negative points at padding"
+    for b in range(5):
+        if lengths[b] == 0:
+            continue
+        if mode == "utterance":
+            assert torch.all(utt[b] == b)
+        elif mode == "speaker":
+            assert torch.all(speakers[utt[b]] == speakers[b])
+            # and it does draw from the other utterances of that speaker
+            assert set(utt[b].unique().tolist()) == set(torch.nonzero(speakers == speakers[b])[:, 0].tolist()) - {2}
+    if mode == "batch":
+        assert set(utt.unique().tolist()) == {0, 1, 3, 4}
+
+
+def test_sampling_is_uniform_within_a_group():
+    groups = torch.tensor([0, 0, 1, 1, 1, 1])
+    idx = sample_in_groups(groups, torch.tensor([1]), 40000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(idx[0], minlength=6).float() / 40000
+    assert counts[:2].sum() == 0
+    torch.testing.assert_close(counts[2:], torch.full((4,), 0.25), atol=0.01, rtol=0)
+
+
+def test_infonce_vectorised_no_nan_with_empty_utterance():
+    z = torch.randn(3, 8, 4)
+    lengths = torch.tensor([8, 0, 5])
+    neg = sample_negatives(lengths, 8, 4, "utterance")
+    out = infonce(torch.randn(3, 8, 3, 4), z, lengths, neg)
+    assert torch.isfinite(out.loss)
+
+
+def test_no_valid_target_is_an_error():
+    with pytest.raises(ValueError, match="no frame has a valid future target"):
+        infonce(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 4), torch.tensor([1]), torch.zeros(1, 2, 1, dtype=torch.long))
