@@ -1,1 +1,79 @@
-"""speechssl.downstream"""
+"""SUPERB-style downstream evaluation of frozen encoders.
+
+Library entry points (the ``speechssl downstream`` CLI is a thin wrapper over them)::
+
+    from speechssl.downstream import open_source, downstream_config, run_experiment
+
+    source = open_source("logmel")                      # or open_source(features="exp/feats")
+    cfg = downstream_config({"head": {"name": "superb_utterance"}, "optim": {"lr": 1e-3}})
+    results, model = run_experiment(source, {"train": tr, "dev": dv, "test": te}, "emotion", cfg, "exp/er")
+
+Parts: :class:`Featurizer` (learned layer weights), ``HEADS`` (superb_utterance, speaker_asp,
+linear_probe, frame_linear), metrics (WA/UA/macro-F1/confusion), protocols (k-fold by group,
+learning-rate sweep, label efficiency), ``predict`` and ``compare``.
+"""
+
+from speechssl.downstream.experiment import (
+    EncoderSource,
+    PrecomputedSource,
+    open_source,
+    run_experiment,
+    source_from_config,
+)
+from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap, load_precomputed
+from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
+from speechssl.downstream.heads import HEADS, build_head
+from speechssl.downstream.inference import compare, input_records, predict
+from speechssl.downstream.metrics import classification_metrics, confusion_matrix, metrics_from_confusion
+from speechssl.downstream.model import (
+    DownstreamConfig,
+    DownstreamModel,
+    downstream_config,
+    load_downstream_model,
+)
+from speechssl.downstream.pooling import AttentiveStatsPool, masked_mean, masked_mean_std
+from speechssl.downstream.protocols import run_kfold, run_label_efficiency, run_lr_sweep
+from speechssl.downstream.splits import (
+    group_split,
+    kfold_by_group,
+    sample_per_class,
+    splits_hash,
+    stratified_split,
+)
+
+__all__ = [
+    "HEADS",
+    "AttentiveStatsPool",
+    "DownstreamConfig",
+    "DownstreamModel",
+    "EncoderFeatureCache",
+    "EncoderSource",
+    "FeatureSet",
+    "Featurizer",
+    "FeaturizerConfig",
+    "LabelMap",
+    "PrecomputedSource",
+    "build_head",
+    "classification_metrics",
+    "compare",
+    "confusion_matrix",
+    "downstream_config",
+    "group_split",
+    "input_records",
+    "kfold_by_group",
+    "load_downstream_model",
+    "load_precomputed",
+    "masked_mean",
+    "masked_mean_std",
+    "metrics_from_confusion",
+    "open_source",
+    "predict",
+    "run_experiment",
+    "run_kfold",
+    "run_label_efficiency",
+    "run_lr_sweep",
+    "sample_per_class",
+    "source_from_config",
+    "splits_hash",
+    "stratified_split",
+]

@@ -1,0 +1,248 @@
+"""One downstream experiment: features -> labels -> train -> evaluate -> artifacts.
+
+``run_experiment`` trains a head on the ``train`` split with early stopping on ``dev`` and scores
+``test``; with an experiment folder it writes::
+
+    exp/model.json, exp/model.safetensors     the downstream model (reload with predict)
+    exp/results.json                           metrics, encoder, layers + weights, protocol, config, seeds, split hash
+    exp/config.yaml                            the resolved downstream config
+    exp/confusion_matrix.png                   test confusion matrix
+    exp/layer_weights.json, layer_weights.png  learned featurizer weights
+    exp/predictions_test.tsv                   test predictions (same format as ``predict``)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import speechssl
+from speechssl.config import save_yaml, to_dict
+from speechssl.downstream.features import (
+    EncoderFeatureCache,
+    FeatureSet,
+    LabelMap,
+    frame_targets,
+    load_precomputed,
+)
+from speechssl.downstream.featurizer import resolve_layers
+from speechssl.downstream.heads import head_level
+from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
+from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
+from speechssl.downstream.splits import splits_hash
+from speechssl.downstream.training import evaluate, train_model
+from speechssl.utils import atomic_write_json, atomic_write_text, git_revision
+
+logger = logging.getLogger(__name__)
+RESULTS_FORMAT_VERSION = 1
+SUMMARY_METRICS = ("accuracy", "ua", "macro_f1")
+
+
+class EncoderSource:
+    """Features from a frozen encoder, computed once per utterance and cached in memory."""
+
+    def __init__(self, encoder: Any, spec: str, options: Mapping[str, Any] | None = None, batch_size: int = 8,
+                 dtype: str = "float32", device: str = "cpu"):
+        self.spec = spec
+        self.options = dict(options or {})
+        self.cache = EncoderFeatureCache(encoder.to(device) if hasattr(encoder, "to") else encoder, batch_size,
+                                         getattr(torch, dtype), device)
+
+    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
+        return self.cache.features(records, desc)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
+                "frame_shift": self.cache.frame_shift, "features": None}
+
+
+class PrecomputedSource:
+    """Features written by ``speechssl extract`` (a folder with ``index.tsv``)."""
+
+    def __init__(self, folder: str | Path, encoder_spec: str | None = None):
+        self.folder = Path(folder).resolve()
+        self.spec = encoder_spec
+        self._cache: dict[str, list[torch.Tensor]] = {}
+        self._meta: FeatureSet | None = None
+
+    def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
+        todo = [r for r in records if r["id"] not in self._cache]
+        if todo:
+            fs = load_precomputed(self.folder, todo)
+            self._cache.update(zip(fs.ids, fs.feats))
+            self._meta = fs
+        if self._meta is None:
+            raise ValueError("no utterance to load")
+        return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
+                          self._meta.layer_names, self._meta.frame_shift)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
+                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
+
+
+def resolve_encoder_spec(spec: str) -> str:
+    """An existing path becomes absolute (so a saved model finds it from anywhere); names stay."""
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
+def open_source(encoder: str | None = None, features: str | Path | None = None, batch_size: int = 8,
+                dtype: str = "float32", device: str = "cpu", encoder_options: Mapping[str, Any] | None = None):
+    """``--features DIR`` -> :class:`PrecomputedSource`; else load ``encoder`` (a name such as
+    ``logmel`` or a folder) with ``speechssl.load_encoder`` -> :class:`EncoderSource`."""
+    if features:
+        return PrecomputedSource(features, resolve_encoder_spec(encoder) if encoder else None)
+    if not encoder:
+        raise ValueError("give an encoder (--encoder NAME|DIR) or precomputed features (--features DIR)")
+    spec = resolve_encoder_spec(encoder)
+    enc = speechssl.load_encoder(spec, **dict(encoder_options or {}))
+    return EncoderSource(enc, spec, encoder_options, batch_size, dtype, device)
+
+
+def source_from_config(cfg: DownstreamConfig, encoder: str | None, features: str | Path | None):
+    return open_source(encoder, features, cfg.encode.batch_size, cfg.encode.dtype, cfg.encode.device)
+
+
+def make_targets(records: Sequence[dict], fs: FeatureSet, labels: LabelMap, field: str, level: str,
+                 label_frame_shift: int, where: str) -> list:
+    """Class index per utterance, or per frame ([T] LongTensor, -100 where unlabelled)."""
+    out: list = []
+    for rec, feats in zip(records, fs.feats):
+        value = labels.encode(rec, field, where)
+        if level == "utterance":
+            if isinstance(value, list):
+                raise ValueError(f"{where}: {rec['id']!r} has a list in {field!r}; use a frame head (frame_linear)")
+            out.append(value)
+        else:
+            if not isinstance(value, list):
+                raise ValueError(f"{where}: frame head needs a list of labels in {field!r}, {rec['id']!r} has {value!r}")
+            out.append(frame_targets(value, int(feats[0].shape[0]), fs.frame_shift or 1, label_frame_shift))
+    return out
+
+
+def write_predictions(path: str | Path, ids: Sequence[str], probs: Sequence[torch.Tensor], labels: Sequence[str],
+                      references: Sequence[str] | None = None) -> Path:
+    """TSV ``id  prediction  confidence  [reference]``; frame level: space-separated labels per frame."""
+    header = ["id", "prediction", "confidence"] + (["reference"] if references is not None else [])
+    lines = ["\t".join(header)]
+    for i, (uid, p) in enumerate(zip(ids, probs)):
+        if p.dim() == 1:
+            pred, conf = labels[int(p.argmax())], f"{float(p.max()):.4f}"
+        else:
+            pred = " ".join(labels[int(j)] for j in p.argmax(-1))
+            conf = f"{float(p.max(-1).values.mean()):.4f}" if p.numel() else "nan"
+        row = [str(uid), pred, conf]
+        if references is not None:
+            row.append(str(references[i]))
+        lines.append("\t".join(row))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return Path(path)
+
+
+def _reference(rec: dict, field: str) -> str:
+    value = rec.get(field)
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def summarize(metric_dicts: Sequence[Mapping[str, float]]) -> dict:
+    """``{metric: {"mean", "std", "n"}}`` over runs (population std; 0 for one run)."""
+    out = {}
+    for m in SUMMARY_METRICS:
+        vals = torch.tensor([float(d[m]) for d in metric_dicts], dtype=torch.float64)
+        out[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "n": len(vals)}
+    return out
+
+
+def run_experiment(
+    source,
+    splits: Mapping[str, Sequence[dict]],
+    label: str,
+    cfg: DownstreamConfig,
+    exp_dir: str | Path | None = None,
+    protocol: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[dict, DownstreamModel]:
+    """Train on ``splits["train"]`` (early stopping on ``splits["dev"]`` if given), score
+    ``splits["test"]`` (or dev when there is no test). Returns (results dict, trained model)."""
+    t0 = time.time()
+    if not splits.get("train"):
+        raise ValueError("the train split is empty")
+    level = head_level(cfg.head)
+    labels = LabelMap.from_records(splits["train"], label, "train")
+    for name in ("dev", "test"):
+        if splits.get(name):
+            labels.check(splits[name], label, name)
+    data: dict[str, FeatureSet] = {}
+    targets: dict[str, list] = {}
+    for name in ("train", "dev", "test"):
+        if splits.get(name):
+            data[name] = source.features(splits[name], desc=f"features {name}")
+            targets[name] = make_targets(splits[name], data[name], labels, label, level,
+                                         cfg.task.label_frame_shift, name)
+    fs = data["train"]
+    layers = resolve_layers(cfg.featurizer.layers, fs.layer_names)
+    sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
+    meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
+    model = build_downstream_model(cfg, layers, next(iter(sizes.values())), labels.labels, meta)
+    o = cfg.optim
+    result = train_model(model, fs, targets["train"], cfg.train, o.lr, data.get("dev"), targets.get("dev"),
+                         tuple(o.betas), o.weight_decay, o.clip_norm, progress)
+    scored = {}
+    probs_by_split = {}
+    for name in ("dev", "test"):
+        if name in data:
+            scored[name], probs_by_split[name] = evaluate(model, data[name], targets[name])
+    final = "test" if "test" in scored else ("dev" if "dev" in scored else None)
+    results = {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "task": {"label": label, "level": level, "classes": labels.labels},
+        "encoder": source.describe(),
+        "featurizer": {"layers": layers, "weights": model.featurizer.weights_dict(), **to_dict(cfg.featurizer)},
+        "head": dict(cfg.head),
+        "protocol": dict(protocol or {"name": "superb"}),
+        "hyperparameters": to_dict(cfg),
+        "seeds": [cfg.train.seed],
+        "splits": {"hash": splits_hash({k: v for k, v in splits.items() if v}),
+                   "sizes": {k: len(v) for k, v in splits.items() if v}},
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "dev": scored.get("dev"),
+        "test": scored.get("test"),
+        "summary": summarize([scored[final]]) if final else None,
+        "summary_split": final,
+        "history": result.history,
+        "speechssl_version": speechssl.__version__,
+        "git_revision": git_revision(),
+        "seconds": round(time.time() - t0, 2),
+    }
+    if exp_dir is not None:
+        write_artifacts(Path(exp_dir), model, results, cfg, splits, probs_by_split, label)
+    return results, model
+
+
+def write_artifacts(exp: Path, model: DownstreamModel, results: dict, cfg: DownstreamConfig,
+                    splits: Mapping[str, Sequence[dict]], probs_by_split: Mapping[str, list], label: str) -> None:
+    exp.mkdir(parents=True, exist_ok=True)
+    model.save(exp)
+    save_yaml(to_dict(cfg), exp / "config.yaml")
+    model.featurizer.export_weights(exp / "layer_weights.json")
+    plot_layer_weights(model.featurizer.weights_dict(), exp / "layer_weights.png",
+                       title=f"layer weights: {results['encoder'].get('spec')} / {label}")
+    final = results.get("summary_split")
+    if final:
+        plot_confusion_matrix(results[final]["confusion_matrix"], model.labels, exp / "confusion_matrix.png",
+                              title=f"{label} ({final}, acc {results[final]['accuracy']:.3f}, "
+                                    f"UA {results[final]['ua']:.3f})")
+    for name, probs in probs_by_split.items():
+        recs = splits[name]
+        write_predictions(exp / f"predictions_{name}.tsv", [r["id"] for r in recs], probs, model.labels,
+                          [_reference(r, label) for r in recs])
+    atomic_write_json(exp / "results.json", results)

@@ -1,0 +1,289 @@
+"""Frozen-encoder features for downstream training: computed once, reused many times.
+
+* :class:`EncoderFeatureCache` runs a frozen Encoder over manifest records (batched, in
+  inference mode, with a tqdm bar) and keeps every utterance's hidden states in memory, so
+  a sweep over heads, learning rates, seeds or shots encodes each utterance only once.
+* :func:`load_precomputed` reads features written by ``speechssl extract`` (``index.tsv`` +
+  npy/pt files), which is faster still when the same features serve many runs.
+
+Both give a :class:`FeatureSet`: per utterance a list of per-layer [frames, dim] tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Hidden states of some utterances.
+
+    Attributes:
+        ids: utterance ids, aligned with ``feats``.
+        feats: per utterance, one [frames, dim] float tensor per layer in ``layer_names``.
+        layer_names: names of the layers.
+        frame_shift: samples (16 kHz) between frames.
+    """
+
+    ids: list[str]
+    feats: list[list[torch.Tensor]]
+    layer_names: list[str]
+    frame_shift: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def hidden_sizes(self) -> list[int]:
+        return [int(t.shape[-1]) for t in self.feats[0]] if self.feats else []
+
+
+def record_key(rec: dict) -> tuple:
+    """Identity of an utterance's audio: id, path and segment."""
+    return (rec["id"], str(rec.get("path")), rec.get("start"), rec.get("duration"))
+
+
+def _encoder_name(encoder: Any) -> str:
+    return str(getattr(encoder, "name", type(encoder).__name__))
+
+
+class EncoderFeatureCache:
+    """In-memory cache of a frozen encoder's outputs, keyed by (id, path, start, duration).
+
+    Args:
+        encoder: any module with ``forward(wavs[B, L], lengths[B]) -> EncoderOutput``.
+        batch_size: utterances per forward pass (sorted by length, so padding stays small).
+        dtype: storage dtype of cached features (float16 halves memory).
+        device: where the encoder runs.
+    """
+
+    def __init__(self, encoder: Any, batch_size: int = 8, dtype: torch.dtype = torch.float32, device="cpu"):
+        self.encoder = encoder
+        self.batch_size = max(1, int(batch_size))
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._store: dict[tuple, list[torch.Tensor]] = {}
+        self.layer_names: list[str] | None = None
+        self.frame_shift: int | None = None
+        self.encoded = 0  # utterances actually run through the encoder (for tests and logs)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @torch.inference_mode()
+    def _encode_batch(self, recs: Sequence[dict]) -> None:
+        from speechssl.audio import load_audio
+
+        wavs = [load_audio(r["path"], start=r.get("start"), duration=r.get("duration")) for r in recs]
+        lengths = torch.tensor([int(w.numel()) for w in wavs], dtype=torch.long)
+        batch = torch.zeros(len(wavs), int(lengths.max()))
+        for i, w in enumerate(wavs):
+            batch[i, : w.numel()] = w
+        out = self.encoder(batch.to(self.device), lengths.to(self.device))
+        if self.layer_names is None:
+            self.layer_names = list(out.layer_names)
+            self.frame_shift = int(out.frame_shift)
+        elif list(out.layer_names) != self.layer_names:
+            raise ValueError(f"encoder returned layers {out.layer_names}, earlier {self.layer_names}")
+        for i, rec in enumerate(recs):
+            n = int(out.lengths[i])
+            if n < 1:
+                raise ValueError(
+                    f"utterance {rec['id']!r} ({rec['path']}, {lengths[i].item()} samples) is too short for "
+                    f"encoder {_encoder_name(self.encoder)}: it gives no frame"
+                )
+            self._store[record_key(rec)] = [h[i, :n].detach().to("cpu", self.dtype).clone() for h in out.hidden_states]
+        self.encoded += len(recs)
+
+    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
+        """Encode the records not cached yet, then return all of them as a FeatureSet."""
+        from tqdm.auto import tqdm
+
+        todo = [r for r in records if record_key(r) not in self._store]
+        # unique, sorted by length so batches hold similar lengths
+        seen: dict[tuple, dict] = {}
+        for r in todo:
+            seen.setdefault(record_key(r), r)
+        todo = sorted(seen.values(), key=lambda r: float(r.get("duration") or 0) or int(r.get("num_samples") or 0))
+        if todo:
+            if hasattr(self.encoder, "eval"):
+                self.encoder.eval()
+            with tqdm(total=len(todo), desc=desc, unit="utt", leave=False) as bar:
+                for start in range(0, len(todo), self.batch_size):
+                    chunk = todo[start : start + self.batch_size]
+                    self._encode_batch(chunk)
+                    bar.update(len(chunk))
+        if self.layer_names is None:
+            raise ValueError("no utterance to encode")
+        return FeatureSet(
+            ids=[r["id"] for r in records],
+            feats=[self._store[record_key(r)] for r in records],
+            layer_names=list(self.layer_names),
+            frame_shift=int(self.frame_shift or 0),
+        )
+
+
+def _read_index(folder: Path) -> list[dict]:
+    index = folder / "index.tsv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder}: no index.tsv (expected the output folder of `speechssl extract`)")
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        raise ValueError(f"{index}: no rows")
+    for col in ("id", "path"):
+        if col not in rows[0]:
+            raise ValueError(f"{index}: missing column {col!r}; columns: {list(rows[0])}")
+    return rows
+
+
+def _read_meta(folder: Path) -> dict:
+    for name in ("meta.json", "extract.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: invalid JSON: {exc}") from None
+    return {}
+
+
+def _load_array(path: Path, where: str) -> tuple[list[torch.Tensor], list[str] | None]:
+    """A feature file -> (per-layer [T, D] tensors, layer names if the file carries them)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: feature file not found: {path}")
+    if path.suffix == ".npy":
+        data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+    elif path.suffix == ".pt":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"{where}: unsupported feature file {path.name} (expected .npy or .pt)")
+    if isinstance(data, dict):
+        names = list(data)
+        return [torch.as_tensor(data[k]).float() for k in names], names
+    data = torch.as_tensor(data).float()
+    if data.dim() == 2:
+        return [data], None
+    if data.dim() == 3:
+        return list(data.unbind(0)), None
+    raise ValueError(f"{where}: {path.name} has shape {tuple(data.shape)}; expected [T, D] or [layers, T, D]")
+
+
+def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
+    """Features of ``records`` from a ``speechssl extract`` folder.
+
+    ``index.tsv`` has a header with at least ``id`` and ``path`` (relative to the folder); an
+    optional ``layer`` column gives one row per (utterance, layer). A feature file holds [T, D]
+    (one layer), [layers, T, D], or (``.pt``) a dict ``{layer_name: [T, D]}``. Layer names and the
+    frame shift come from the folder's ``meta.json``/``extract.json``/``config.json`` when present.
+    """
+    folder = Path(folder)
+    rows = _read_index(folder)
+    meta = _read_meta(folder)
+    by_id: dict[str, list[dict]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], []).append(row)
+    missing = [r["id"] for r in records if r["id"] not in by_id]
+    if missing:
+        raise KeyError(
+            f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
+            "extract them from the same manifest"
+        )
+    feats: list[list[torch.Tensor]] = []
+    layer_names: list[str] | None = None
+    for rec in records:
+        tensors: list[torch.Tensor] = []
+        names: list[str] = []
+        for row in by_id[rec["id"]]:
+            where = f"{folder / 'index.tsv'} id {rec['id']!r}"
+            arrs, file_names = _load_array(folder / row["path"], where)
+            tensors += arrs
+            if file_names:
+                names += file_names
+            elif row.get("layer"):
+                names += [row["layer"]] if len(arrs) == 1 else [f"{row['layer']}_{i}" for i in range(len(arrs))]
+        if not names:
+            names = list(meta.get("layer_names") or meta.get("layers") or [])
+            if len(names) != len(tensors):
+                names = [f"layer_{i}" for i in range(len(tensors))] if len(tensors) > 1 else ["features"]
+        if layer_names is None:
+            layer_names = names
+        elif names != layer_names:
+            raise ValueError(f"{folder}: utterance {rec['id']!r} has layers {names}, others {layer_names}")
+        feats.append(tensors)
+    return FeatureSet(
+        ids=[r["id"] for r in records],
+        feats=feats,
+        layer_names=layer_names or [],
+        frame_shift=int(meta.get("frame_shift") or 0),
+    )
+
+
+class LabelMap:
+    """Class names <-> indices, fixed from the training set (sorted names)."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = [str(x) for x in labels]
+        self.index = {name: i for i, name in enumerate(self.labels)}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], field: str, where: str = "train") -> LabelMap:
+        values: set[str] = set()
+        for rec in records:
+            values.update(_label_values(rec, field, where))
+        if len(values) < 2:
+            raise ValueError(f"{where}: label {field!r} needs at least 2 classes, found {sorted(values)}")
+        return cls(sorted(values))
+
+    def check(self, records: Sequence[dict], field: str, where: str) -> None:
+        """Raise naming every label of ``records`` that the training set did not have."""
+        unseen: dict[str, list[str]] = {}
+        for rec in records:
+            for value in _label_values(rec, field, where):
+                if value not in self.index:
+                    unseen.setdefault(value, []).append(rec["id"])
+        if unseen:
+            detail = "; ".join(f"{k!r} ({len(v)} utt., e.g. {v[0]})" for k, v in sorted(unseen.items()))
+            raise ValueError(
+                f"{where}: label(s) of {field!r} unseen in train: {detail}. Train labels: {self.labels}"
+            )
+
+    def encode(self, rec: dict, field: str, where: str) -> int | list[int]:
+        value = rec.get(field)
+        if isinstance(value, (list, tuple)):
+            return [self.index[str(v)] for v in value]
+        return self.index[str(value)]
+
+
+def _label_values(rec: dict, field: str, where: str) -> list[str]:
+    if field not in rec or rec[field] is None:
+        raise KeyError(f"{where}: utterance {rec.get('id')!r} has no label field {field!r}; fields: {sorted(rec)}")
+    value = rec[field]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def frame_targets(labels: Sequence[int], num_frames: int, frame_shift: int, label_shift: int) -> torch.Tensor:
+    """Map a frame-label sequence (one label every ``label_shift`` samples) to ``num_frames``
+    encoder frames (one every ``frame_shift`` samples); frames past the labels get -100 (ignored)."""
+    label_shift = label_shift or frame_shift
+    idx = (torch.arange(num_frames) * frame_shift) // label_shift
+    lab = torch.as_tensor(list(labels), dtype=torch.long)
+    out = torch.full((num_frames,), -100, dtype=torch.long)
+    ok = idx < lab.numel()
+    out[ok] = lab[idx[ok]]
+    return out

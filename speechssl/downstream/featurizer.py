@@ -1,0 +1,85 @@
+"""Featurizer: a learned softmax-weighted sum over a frozen encoder's layers (SUPERB).
+
+``h = sum_l softmax(w)_l * LN(h_l)`` with one scalar weight per layer (Yang et al. 2021; s3prl
+``s3prl.nn.Featurizer``). With ``layers: [one_name]`` it simply selects that layer. Weights start
+equal (softmax of zeros); they are exported as JSON and plotted as a bar chart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechssl.utils import atomic_write_json
+
+
+@dataclasses.dataclass
+class FeaturizerConfig:
+    layers: list[str] | str = "all"  # "all" or a list of layer names (one name = that layer only)
+    layer_norm: bool = False  # layer-normalise each layer (no affine) before the weighted sum
+    learn_weights: bool = True  # False: fixed equal weights (a plain average)
+
+
+def resolve_layers(requested: list[str] | str, available: list[str]) -> list[str]:
+    """``"all"`` -> every layer; ``"a,b"`` or a list -> those layers, which must exist (the error
+    lists the available ones)."""
+    if isinstance(requested, str):
+        if requested == "all":
+            return list(available)
+        requested = [part.strip() for part in requested.split(",") if part.strip()]
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise KeyError(f"featurizer.layers: unknown layer(s) {unknown}; the encoder has {available}")
+    if not requested:
+        raise ValueError("featurizer.layers: no layer selected")
+    return list(requested)
+
+
+class Featurizer(nn.Module):
+    """Weighted sum of stacked layers.
+
+    Args:
+        layer_names: names of the stacked layers it receives, in order.
+        config: :class:`FeaturizerConfig`.
+
+    ``forward(stacked)``: stacked [batch, layers, frames, dim] -> [batch, frames, dim].
+    """
+
+    def __init__(self, layer_names: list[str], config: FeaturizerConfig | None = None):
+        super().__init__()
+        self.config = config or FeaturizerConfig()
+        self.layer_names = list(layer_names)
+        weights = torch.zeros(len(self.layer_names))
+        if self.config.learn_weights and len(self.layer_names) > 1:
+            self.weights = nn.Parameter(weights)
+        else:
+            self.register_buffer("weights", weights)
+
+    def normalized_weights(self) -> torch.Tensor:
+        """[layers] softmax of the raw weights; sums to 1."""
+        return torch.softmax(self.weights.float(), dim=0)
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        if stacked.dim() != 4 or stacked.shape[1] != len(self.layer_names):
+            raise ValueError(
+                f"featurizer expects [batch, {len(self.layer_names)} layers, frames, dim], got {tuple(stacked.shape)}"
+            )
+        if self.config.layer_norm:
+            stacked = F.layer_norm(stacked, stacked.shape[-1:])
+        if len(self.layer_names) == 1:
+            return stacked[:, 0]
+        w = self.normalized_weights().to(stacked.dtype).view(1, -1, 1, 1)
+        return (stacked * w).sum(1)
+
+    def weights_dict(self) -> dict[str, float]:
+        """``{layer_name: softmax weight}`` in layer order."""
+        w = self.normalized_weights().detach().cpu().tolist()
+        return dict(zip(self.layer_names, w))
+
+    def export_weights(self, path) -> None:
+        """Write ``{"layers": [...], "weights": [...], "by_layer": {...}}`` atomically."""
+        d = self.weights_dict()
+        atomic_write_json(path, {"layers": list(d), "weights": list(d.values()), "by_layer": d})

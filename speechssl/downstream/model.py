@@ -1,0 +1,171 @@
+"""Downstream configuration and model (featurizer + head), saved as safetensors + JSON.
+
+A saved model folder holds ``model.safetensors`` (weights) and ``model.json``::
+
+    {"format_version": 1, "label": "emotion", "level": "utterance", "labels": [...],
+     "layers": [...selected layer names...], "input_dim": 80,
+     "featurizer": {...}, "head": {"name": "superb_utterance", ...},
+     "encoder": {"spec": "logmel", "options": {}, "layer_names": [...], "frame_shift": 160},
+     "features": null | "/path/to/extract/folder", "label_frame_shift": 0}
+
+Nothing is unpickled when it is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from speechssl.config import from_dict, to_dict
+from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
+from speechssl.downstream.heads import Head, build_head
+from speechssl.utils import atomic_path, atomic_write_json
+
+MODEL_FORMAT_VERSION = 1
+MODEL_CONFIG = "model.json"
+MODEL_WEIGHTS = "model.safetensors"
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    label: str = ""  # manifest field to predict (the CLI's --label overrides it)
+    label_frame_shift: int = 0  # frame labels only: samples between labels (0: the encoder's frame shift)
+
+
+@dataclasses.dataclass
+class EncodeConfig:
+    batch_size: int = 8  # utterances per encoder forward pass when caching features
+    dtype: str = "float32"  # float32 | float16: storage of cached features
+    device: str = "cpu"  # where the frozen encoder runs
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1.0e-4  # Adam learning rate (SUPERB ER/SID: 1e-4)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # gradient clipping (0: none)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    max_steps: int = 2000  # optimiser steps (SUPERB ER: 30k with batch 32)
+    batch_size: int = 32  # utterances per step
+    valid_every: int = 100  # steps between dev evaluations
+    patience: int = 10  # early stop after this many dev evaluations without improvement (0: never)
+    metric: str = "accuracy"  # dev metric for model selection: accuracy | ua | macro_f1
+    crop_frames: int = 0  # random crop of training utterances to this many frames (0: none)
+    seed: int = 0  # one seed for head init, batch order and crops
+
+
+@dataclasses.dataclass
+class DownstreamConfig:
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    featurizer: FeaturizerConfig = dataclasses.field(default_factory=FeaturizerConfig)
+    head: dict = dataclasses.field(default_factory=lambda: {"name": "superb_utterance"})
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)
+
+    def __post_init__(self):
+        if self.train.metric not in ("accuracy", "ua", "macro_f1"):
+            raise ValueError(f"train.metric: expected accuracy, ua or macro_f1, got {self.train.metric!r}")
+        if self.encode.dtype not in ("float32", "float16"):
+            raise ValueError(f"encode.dtype: expected float32 or float16, got {self.encode.dtype!r}")
+
+
+def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConfig:
+    """Plain dict (YAML) -> :class:`DownstreamConfig`, refusing unknown keys."""
+    return from_dict(DownstreamConfig, raw or {}, where=where)
+
+
+class DownstreamModel(nn.Module):
+    """Featurizer over the selected layers + a head.
+
+    ``forward(stacked[B, layers, T, D], lengths[B])`` -> logits [B, C] (utterance) or [B, T, C] (frame).
+    """
+
+    def __init__(self, featurizer: Featurizer, head: Head, labels: Sequence[str], meta: dict[str, Any]):
+        super().__init__()
+        self.featurizer = featurizer
+        self.head = head
+        self.labels = list(labels)
+        self.meta = dict(meta)
+
+    @property
+    def level(self) -> str:
+        return self.head.level
+
+    @property
+    def layers(self) -> list[str]:
+        return self.featurizer.layer_names
+
+    def forward(self, stacked: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.featurizer(stacked), lengths)
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": MODEL_FORMAT_VERSION,
+            "labels": self.labels,
+            "level": self.level,
+            "layers": self.layers,
+            "input_dim": self.head.input_dim,
+            "featurizer": to_dict(self.featurizer.config),
+            "head": self.head.config_dict(),
+            **self.meta,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``model.json`` into ``folder`` (atomically per file)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / MODEL_WEIGHTS) as tmp:
+            save_file(state, str(tmp))
+        atomic_write_json(folder / MODEL_CONFIG, self.config_dict())
+        return folder
+
+
+def build_downstream_model(
+    cfg: DownstreamConfig, layer_names: Sequence[str], input_dim: int, labels: Sequence[str], meta: dict
+) -> DownstreamModel:
+    featurizer = Featurizer(list(layer_names), cfg.featurizer)
+    head = build_head(cfg.head, input_dim, len(labels))
+    return DownstreamModel(featurizer, head, labels, meta)
+
+
+def load_downstream_model(folder: str | Path) -> DownstreamModel:
+    """Rebuild a saved downstream model (strict weight loading)."""
+    folder = Path(folder)
+    path = folder / MODEL_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a downstream model: {MODEL_CONFIG} is missing")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON: {exc}") from None
+    version = cfg.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not supported (this speechssl reads <= 1)")
+    for key in ("labels", "layers", "input_dim", "featurizer", "head"):
+        if key not in cfg:
+            raise ValueError(f"{path}: key {key!r} is missing")
+    featurizer = Featurizer(cfg["layers"], from_dict(FeaturizerConfig, cfg["featurizer"], where=f"{path}:featurizer"))
+    head = build_head(cfg["head"], int(cfg["input_dim"]), len(cfg["labels"]))
+    known = {"format_version", "labels", "level", "layers", "input_dim", "featurizer", "head"}
+    model = DownstreamModel(featurizer, head, cfg["labels"], {k: v for k, v in cfg.items() if k not in known})
+    weights = folder / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: {MODEL_WEIGHTS} is missing")
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model

@@ -1,0 +1,176 @@
+"""Evaluation protocols built on :func:`run_experiment`, all sharing one feature cache:
+
+* ``run_kfold``: k-fold cross-validation by a group field (IEMOCAP: session), mean ± std;
+* ``run_lr_sweep``: one run per learning rate, the best on dev is kept and reported on test;
+* ``run_label_efficiency``: n labelled utterances per class x several seeds x several encoders,
+  same dev and test sets, one curve per encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from speechssl.config import to_dict
+from speechssl.downstream.experiment import RESULTS_FORMAT_VERSION, run_experiment, summarize
+from speechssl.downstream.model import DownstreamConfig
+from speechssl.downstream.plots import plot_label_efficiency
+from speechssl.downstream.splits import kfold_by_group, sample_per_class, splits_hash, stratified_split
+from speechssl.utils import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def _with_seed(cfg: DownstreamConfig, seed: int) -> DownstreamConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+
+
+def _with_lr(cfg: DownstreamConfig, lr: float) -> DownstreamConfig:
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+
+
+def carve_dev(records: Sequence[dict], label: str, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Stratified (train, dev) split of ``records``; dev gets ``fraction`` of every class."""
+    parts = stratified_split(records, label, {"train": 1.0 - fraction, "dev": fraction}, seed=seed)
+    return parts["train"], parts["dev"]
+
+
+def run_kfold(source, records: Sequence[dict], label: str, group_field: str, cfg: DownstreamConfig,
+              exp_dir: str | Path, k: int | None = None, dev_fraction: float = 0.1, progress: bool = True) -> dict:
+    """Fold i: test = the utterances of fold i's groups; dev = ``dev_fraction`` of the other folds
+    (stratified by label); train = the rest. Each fold's artifacts go to ``exp_dir/fold_<i>``."""
+    exp = Path(exp_dir)
+    folds = kfold_by_group(records, group_field, k)
+    per_fold = []
+    for i, fold in enumerate(folds, 1):
+        train, dev = carve_dev(fold["train"], label, dev_fraction, seed=cfg.train.seed)
+        logger.info("fold %d/%d: test groups %s (%d utt), train %d, dev %d",
+                    i, len(folds), fold["test_groups"], len(fold["test"]), len(train), len(dev))
+        res, _ = run_experiment(source, {"train": train, "dev": dev, "test": fold["test"]}, label, cfg,
+                                exp / f"fold_{i}", {"name": "kfold", "fold": i, "k": len(folds),
+                                                    "group_field": group_field,
+                                                    "test_groups": fold["test_groups"]}, progress)
+        per_fold.append({"fold": i, "test_groups": fold["test_groups"], "test": _strip(res["test"]),
+                         "dev": _strip(res["dev"]), "best_step": res["best_step"], "layer_weights": res["featurizer"]["weights"],
+                         "splits_hash": res["splits"]["hash"]})
+    results = {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "task": res["task"],
+        "encoder": res["encoder"],
+        "featurizer": {k: v for k, v in res["featurizer"].items() if k != "weights"},
+        "head": dict(cfg.head),
+        "protocol": {"name": "kfold", "k": len(folds), "group_field": group_field, "dev_fraction": dev_fraction},
+        "hyperparameters": to_dict(cfg),
+        "seeds": [cfg.train.seed],
+        "splits": {"hash": splits_hash({f"fold_{i}": fold["test"] for i, fold in enumerate(folds, 1)}),
+                   "sizes": {f"fold_{i}": len(fold["test"]) for i, fold in enumerate(folds, 1)}},
+        "folds": per_fold,
+        "summary": summarize([f["test"] for f in per_fold]),
+        "summary_split": "test",
+    }
+    atomic_write_json(exp / "results.json", results)
+    return results
+
+
+def _strip(metrics: dict | None) -> dict | None:
+    return None if metrics is None else {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+
+
+def run_lr_sweep(source, splits: Mapping[str, Sequence[dict]], label: str, cfg: DownstreamConfig,
+                 lrs: Sequence[float], exp_dir: str | Path, progress: bool = True) -> dict:
+    """One run per learning rate in ``exp_dir/lr_<lr>``; the best by the dev metric is copied to
+    ``exp_dir`` (model + plots) so ``predict --model exp_dir`` uses it."""
+    if not splits.get("dev"):
+        raise ValueError("a learning-rate sweep needs a dev set (--valid, or --dev-fraction to carve one)")
+    exp = Path(exp_dir)
+    runs = []
+    for lr in lrs:
+        sub = exp / f"lr_{lr:g}"
+        res, _ = run_experiment(source, splits, label, _with_lr(cfg, lr), sub,
+                                {"name": "lr_sweep", "lr": lr}, progress)
+        runs.append({"lr": lr, "dir": sub.name, "dev": _strip(res["dev"]), "test": _strip(res["test"]),
+                     "best_step": res["best_step"]})
+        logger.info("lr %g: dev %s %.4f", lr, cfg.train.metric, res["dev"][cfg.train.metric])
+    best = max(runs, key=lambda r: r["dev"][cfg.train.metric])
+    for name in ("model.json", "model.safetensors", "config.yaml", "confusion_matrix.png", "layer_weights.json",
+                 "layer_weights.png", "predictions_test.tsv", "predictions_dev.tsv"):
+        src = exp / best["dir"] / name
+        if src.is_file():
+            tmp = exp / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            tmp.replace(exp / name)
+    best_results = json.loads((exp / best["dir"] / "results.json").read_text())
+    best_results["protocol"] = {"name": "lr_sweep", "lrs": list(lrs), "selected_lr": best["lr"],
+                                "selection": f"dev {cfg.train.metric}"}
+    best_results["sweep"] = runs
+    atomic_write_json(exp / "results.json", best_results)
+    return best_results
+
+
+def run_label_efficiency(
+    sources: Mapping[str, object],
+    pool: Sequence[dict],
+    dev: Sequence[dict] | None,
+    test: Sequence[dict],
+    label: str,
+    cfg: DownstreamConfig,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    metric: str = "accuracy",
+    progress: bool = True,
+) -> dict:
+    """For every encoder, every n in ``shots`` and every seed: train on n utterances per class of
+    ``pool`` (drawn with that seed), select on ``dev``, score ``test``. Writes
+    ``out_dir/results.json``, ``label_efficiency.png`` and ``label_efficiency.md``."""
+    out = Path(out_dir)
+    curves: dict[str, dict[int, list[float]]] = {}
+    runs = []
+    for name, source in sources.items():
+        curves[name] = {}
+        for n in shots:
+            for seed in seeds:
+                train = sample_per_class(pool, label, n, seed)
+                res, _ = run_experiment(source, {"train": train, "dev": list(dev or []), "test": test}, label,
+                                        _with_seed(cfg, seed), None, {"name": "label_efficiency"}, progress)
+                curves[name].setdefault(n, []).append(res["test"][metric])
+                runs.append({"encoder": name, "shots": n, "seed": seed, "train_size": len(train),
+                             "train_hash": res["splits"]["hash"], "test": _strip(res["test"]),
+                             "layer_weights": res["featurizer"]["weights"]})
+                logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, res["test"][metric])
+    plot_label_efficiency(curves, out / "label_efficiency.png", metric=metric,
+                          title=f"{label}: label efficiency ({len(seeds)} seeds)")
+    table = ["| encoder | " + " | ".join(f"{n}/class" for n in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for name, by_shot in curves.items():
+        cells = [f"{_mean(by_shot[n]):.3f} ± {_std(by_shot[n]):.3f}" for n in shots]
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    atomic_write_text(out / "label_efficiency.md", "\n".join(table) + "\n")
+    results = {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "task": {"label": label},
+        "encoders": {name: src.describe() for name, src in sources.items()},
+        "protocol": {"name": "label_efficiency", "shots": list(shots), "metric": metric},
+        "hyperparameters": to_dict(cfg),
+        "seeds": list(seeds),
+        "splits": {"hash": splits_hash({"pool": pool, "dev": list(dev or []), "test": test}),
+                   "sizes": {"pool": len(pool), "dev": len(dev or []), "test": len(test)}},
+        "curves": {name: {str(n): {"mean": _mean(v), "std": _std(v), "scores": v} for n, v in by.items()}
+                   for name, by in curves.items()},
+        "runs": runs,
+    }
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _mean(v: Sequence[float]) -> float:
+    return float(sum(v) / len(v))
+
+
+def _std(v: Sequence[float]) -> float:
+    m = _mean(v)
+    return float((sum((x - m) ** 2 for x in v) / len(v)) ** 0.5)

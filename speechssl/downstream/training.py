@@ -1,0 +1,192 @@
+"""Training and evaluation of a downstream model on cached features (the frozen encoder is
+never run here): Adam, a fixed number of steps, dev evaluation every ``valid_every`` steps,
+early stopping on the dev metric, and the best state kept (SUPERB protocol)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from speechssl.downstream.features import FeatureSet
+from speechssl.downstream.metrics import classification_metrics
+from speechssl.downstream.model import DownstreamModel, TrainConfig
+from speechssl.downstream.pooling import valid_mask
+
+logger = logging.getLogger(__name__)
+IGNORE = -100
+
+
+def collate_features(
+    feats: Sequence[list[torch.Tensor]],
+    layer_index: Sequence[int],
+    crop_frames: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the selected layers of several utterances, zero-padded.
+
+    Args:
+        feats: per utterance, per-layer [T, D] tensors.
+        layer_index: which layers to stack.
+        crop_frames: random crop to this many frames (0: none).
+    Returns:
+        stacked [B, len(layer_index), Tmax, D] float32, lengths [B], crop offsets (frames) per utterance.
+    """
+    chosen, offsets = [], []
+    for layers in feats:
+        t = int(layers[0].shape[0])
+        off = 0
+        if crop_frames and t > crop_frames:
+            off = int(torch.randint(0, t - crop_frames + 1, (1,), generator=generator))
+            t = crop_frames
+        chosen.append([layers[j][off : off + t] for j in layer_index])
+        offsets.append(off)
+    lengths = torch.tensor([c[0].shape[0] for c in chosen], dtype=torch.long)
+    dim = int(chosen[0][0].shape[-1])
+    out = torch.zeros(len(chosen), len(layer_index), int(lengths.max()), dim)
+    for i, c in enumerate(chosen):
+        out[i, :, : c[0].shape[0]] = torch.stack(c).float()
+    return out, lengths, offsets
+
+
+def _batch_targets(targets: Sequence, idx: Sequence[int], offsets, lengths: torch.Tensor, level: str) -> torch.Tensor:
+    if level == "utterance":
+        return torch.tensor([int(targets[i]) for i in idx], dtype=torch.long)
+    out = torch.full((len(idx), int(lengths.max())), IGNORE, dtype=torch.long)
+    for b, (i, off) in enumerate(zip(idx, offsets)):
+        t = int(lengths[b])
+        seq = targets[i][off : off + t]
+        out[b, : seq.numel()] = seq
+    return out
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, level: str) -> torch.Tensor:
+    if level == "utterance":
+        return F.cross_entropy(logits.float(), target)
+    target = target.masked_fill(~valid_mask(lengths, target.shape[1]), IGNORE)
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def predict_features(
+    model: DownstreamModel, feats: Sequence[list[torch.Tensor]], layer_index: Sequence[int], batch_size: int = 32
+) -> list[torch.Tensor]:
+    """Posteriors per utterance: [C] (utterance level) or [T, C] (frame level), in input order."""
+    model.eval()
+    out: list[torch.Tensor] = []
+    order = sorted(range(len(feats)), key=lambda i: int(feats[i][0].shape[0]))
+    probs: dict[int, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        stacked, lengths, _ = collate_features([feats[i] for i in idx], layer_index)
+        p = torch.softmax(model(stacked, lengths).float(), dim=-1)
+        for b, i in enumerate(idx):
+            probs[i] = p[b] if model.level == "utterance" else p[b, : int(lengths[b])]
+    out = [probs[i] for i in range(len(feats))]
+    return out
+
+
+def score(model: DownstreamModel, probs: Sequence[torch.Tensor], targets: Sequence) -> dict:
+    """Metrics (accuracy/WA, UA, macro-F1, confusion matrix) of posteriors against targets."""
+    refs, hyps = [], []
+    for p, t in zip(probs, targets):
+        if model.level == "utterance":
+            refs.append(int(t))
+            hyps.append(int(p.argmax()))
+        else:
+            n = min(p.shape[0], t.numel())
+            keep = t[:n] != IGNORE
+            refs += t[:n][keep].tolist()
+            hyps += p[:n].argmax(-1)[keep].tolist()
+    return classification_metrics(refs, hyps, len(model.labels))
+
+
+def evaluate(model: DownstreamModel, data: FeatureSet, targets: Sequence, batch_size: int = 32) -> tuple[dict, list]:
+    """-> (metrics, posteriors per utterance)."""
+    layer_index = [data.layer_names.index(n) for n in model.layers]
+    probs = predict_features(model, data.feats, layer_index, batch_size)
+    return score(model, probs, targets), probs
+
+
+@dataclasses.dataclass
+class TrainResult:
+    best_step: int  # step of the kept state (== steps_run when there is no dev set)
+    steps_run: int
+    best_dev: dict | None  # dev metrics of the kept state
+    history: list[dict]  # one entry per dev evaluation: step, train loss, dev metrics
+
+
+def train_model(
+    model: DownstreamModel,
+    train: FeatureSet,
+    train_targets: Sequence,
+    cfg: TrainConfig,
+    lr: float,
+    dev: FeatureSet | None = None,
+    dev_targets: Sequence | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    clip_norm: float = 1.0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place; on return it holds the best-on-dev state (or the last one)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    layer_index = [train.layer_names.index(n) for n in model.layers]
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    n = len(train)
+    if n == 0:
+        raise ValueError("no training utterances")
+    order = torch.randperm(n, generator=gen).tolist()
+    pos = 0
+    best_key, best_state, best_dev, best_step = None, None, None, 0
+    history: list[dict] = []
+    bad, running, count = 0, 0.0, 0
+    step = 0
+    bar = tqdm(total=cfg.max_steps, desc="train head", unit="step", leave=False, disable=not progress)
+    for step in range(1, cfg.max_steps + 1):
+        model.train()
+        idx = []
+        while len(idx) < min(cfg.batch_size, n):
+            if pos >= n:
+                order, pos = torch.randperm(n, generator=gen).tolist(), 0
+            idx.append(order[pos])
+            pos += 1
+        stacked, lengths, offsets = collate_features([train.feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
+        target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
+        loss = _loss(model(stacked, lengths), target, lengths, model.level)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        opt.step()
+        running += float(loss)
+        count += 1
+        bar.update(1)
+        if dev is not None and (step % cfg.valid_every == 0 or step == cfg.max_steps):
+            metrics, _ = evaluate(model, dev, dev_targets)
+            entry = {"step": step, "train_loss": running / count, **{f"dev_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1")}}
+            history.append(entry)
+            running, count = 0.0, 0
+            bar.set_postfix(loss=f"{entry['train_loss']:.3f}", dev=f"{metrics[cfg.metric]:.3f}")
+            if best_key is None or metrics[cfg.metric] > best_key:
+                best_key, best_dev, best_step, bad = metrics[cfg.metric], metrics, step, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if cfg.patience and bad >= cfg.patience:
+                    logger.info("early stop at step %d: dev %s best %.4f at step %d", step, cfg.metric, best_key, best_step)
+                    break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_step = step
+    model.eval()
+    return TrainResult(best_step=best_step, steps_run=step, best_dev=best_dev, history=history)
