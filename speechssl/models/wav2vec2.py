@@ -1,0 +1,335 @@
+"""wav2vec 2.0-style masked, quantized contrastive model (Baevski et al. 2020).
+
+fairseq ``models/wav2vec/wav2vec2.py`` (``Wav2Vec2Model``); torchaudio ``models.wav2vec2``;
+Hugging Face ``Wav2Vec2ForPreTraining``. Weights of all three map into this model
+(``speechssl.upstream.importers``) and out to Hugging Face (``speechssl.upstream.hf_export``).
+
+Pipeline (shapes for one batch of ``B`` waveforms of ``L`` samples)::
+
+    wavs [B, L] --frontend--> [B, L', D0]       waveform ([B, L, 1]) or log-Mel ([B, L/160, 80])
+         --feature_encoder (strided conv)--> f [B, T, C]            T = frames (20 ms for Base)
+         --feature_projection: LayerNorm(C) -> Linear(C, D) -> dropout--> z [B, T, D]   "latent"
+         --span mask (training): z[masked] = mask_emb
+         --encoder (pos conv + transformer)--> layer_1 .. layer_N, context [B, T, D]
+
+Training loss (``loss``): the quantizer turns ``LayerNorm(f)`` into targets ``q``; the context at
+masked frames must pick ``project_q(q)`` among K distractors from other masked frames of the same
+utterance (cosine / 0.1), plus ``diversity_weight * diversity_loss`` (codebook entropy) plus
+``feature_penalty * mean(f ** 2)``; the feature encoder's gradient is scaled by ``feature_grad_mult``.
+
+Frames: ``frame_shift`` = product of conv strides x frontend shift (320 samples = 20 ms for Base);
+``min_samples`` = receptive field (400 samples for Base); frames(L) = conv formula applied
+layer by layer (see ``speechssl.modules.conv``). ``encode`` raises for audio shorter than
+``min_samples``; the Trainer drops such utterances using ``model.min_samples``.
+
+``encode`` layer names: ``latent`` = z, the projected conv features *before* the positional
+conv and any transformer layer (dimension D like every other layer); ``layer_k`` = output of
+transformer layer k; ``context`` = final output (== ``layer_N`` for post-LN, its final LayerNorm for pre-LN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from speechssl.features.base import build_frontend
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.modules.contrastive import contrastive_loss
+from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.masking import span_mask
+from speechssl.modules.quantizer import GumbelVectorQuantizer
+from speechssl.modules.transformer import TransformerEncoder
+
+log = logging.getLogger(__name__)
+
+BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+@dataclasses.dataclass
+class Wav2Vec2Config:
+    """wav2vec 2.0 model config. Defaults = wav2vec 2.0 Base (fairseq ``wav2vec2_base_librispeech``)."""
+
+    # Frontend (``speechssl.features``): ``waveform`` feeds raw samples to the conv stack; with
+    # ``logmel`` the conv stack acts as a subsampler over Mel frames (e.g. conv_layers [[512, 3, 2]]).
+    frontend: dict = dataclasses.field(default_factory=lambda: {"name": "waveform"})
+    # Feature encoder: (out_channels, kernel, stride) per conv layer.
+    conv_layers: list[tuple[int, int, int]] = dataclasses.field(default_factory=lambda: list(BASE_CONV_LAYERS))
+    # group_norm: GroupNorm in the first conv layer (Base); layer_norm: LayerNorm in every layer (Large).
+    conv_norm: Literal["group_norm", "layer_norm", "none"] = "group_norm"
+    conv_bias: bool = False  # conv biases (False for Base, True for Large-LV60)
+    # Transformer context network.
+    embed_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12  # fairseq config (the paper says 8)
+    ffn_dim: int = 3072
+    layer_norm_first: bool = False  # pre-LN ("stable layer norm", Large) if True; post-LN (Base) if False
+    pos_conv_kernel: int = 128  # convolutional relative positional embedding
+    pos_conv_groups: int = 16
+    layer_norm_eps: float = 1.0e-5
+    dropout: float = 0.1  # residual / positional dropout
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0  # inside the FFN
+    input_dropout: float = 0.1  # on projected features before masking (fairseq dropout_input)
+    target_dropout: float = 0.1  # on the quantizer input (fairseq dropout_features)
+    layer_drop: float = 0.05  # LayerDrop; > 0 leaves skipped layers without gradient (DDP: find_unused_parameters)
+    # Span masking (fraction masked ~ 1 - (1 - mask_prob) ** mask_span = 49 %).
+    mask_prob: float = 0.065  # probability that a frame starts a span (fairseq mask_prob 0.65 / span)
+    mask_span: int = 10
+    min_masks: int = 2
+    # Gumbel product quantizer.
+    num_groups: int = 2  # G
+    num_vars: int = 320  # V codewords per group
+    vq_dim: int = 256  # quantized vector size (G codewords of vq_dim / G)
+    final_dim: int = 256  # contrastive space (project_q and final_proj outputs)
+    temp_max: float = 2.0
+    temp_min: float = 0.5
+    temp_decay: float = 0.999995  # per optimiser step
+    # Loss.
+    num_negatives: int = 100  # K distractors per masked frame
+    logit_temperature: float = 0.1
+    diversity_weight: float = 0.1
+    feature_penalty: float = 10.0  # weight of mean(f ** 2)
+    feature_grad_mult: float = 0.1  # gradient scale into the feature encoder (0: frozen)
+    # Warn when a group's code perplexity falls below this (codebook collapse).
+    collapse_perplexity: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
+        for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "target_dropout",
+                    "layer_drop", "mask_prob"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"model.{key} must be in [0, 1], got {value}")
+        if any(len(layer) != 3 or min(layer) < 1 for layer in self.conv_layers):
+            raise ValueError(f"model.conv_layers must be [channels, kernel, stride] triples >= 1, got {self.conv_layers}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.vq_dim % self.num_groups:
+            raise ValueError(f"model.vq_dim {self.vq_dim} is not divisible by num_groups {self.num_groups}")
+        if self.num_negatives < 1:
+            raise ValueError(f"model.num_negatives must be >= 1, got {self.num_negatives}")
+
+
+def wav2vec2_base() -> Wav2Vec2Config:
+    """wav2vec 2.0 Base: 95.04 M parameters (fairseq ``wav2vec2_base_librispeech``)."""
+    return Wav2Vec2Config()
+
+
+def wav2vec2_tiny() -> Wav2Vec2Config:
+    """A ~1.5 M-parameter model that learns on 2 CPU cores in minutes (same 20 ms frames, 400-sample field)."""
+    return Wav2Vec2Config(
+        conv_layers=[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2,
+        embed_dim=192, num_layers=3, num_heads=4, ffn_dim=768, pos_conv_kernel=64, pos_conv_groups=8,
+        dropout=0.05, attention_dropout=0.0, input_dropout=0.05, target_dropout=0.05, layer_drop=0.0,
+        num_groups=2, num_vars=64, vq_dim=128, final_dim=128, temp_decay=0.995, num_negatives=50,
+        feature_grad_mult=0.5,
+    )
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; gradient multiplied by ``scale`` (fairseq ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return grad * ctx.scale, None
+
+
+class FeatureProjection(nn.Module):
+    """``dropout(Linear(LayerNorm(f)))``: conv features [B, T, C] -> [B, T, D]."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
+        self.projection = nn.Linear(in_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.projection(self.layer_norm(x)))
+
+
+class Wav2Vec2Model(SSLModel):
+    """wav2vec 2.0 (see the module docstring). Build with :func:`build_wav2vec2`."""
+
+    name = "wav2vec2"
+
+    def __init__(self, config: Wav2Vec2Config, frontend: nn.Module, feature_encoder: ConvFeatureEncoder,
+                 feature_projection: FeatureProjection, encoder: TransformerEncoder,
+                 quantizer: GumbelVectorQuantizer, project_q: nn.Linear, final_proj: nn.Linear):
+        super().__init__(config)
+        self.frontend = frontend
+        self.feature_encoder = feature_encoder
+        self.feature_projection = feature_projection
+        self.mask_emb = nn.Parameter(torch.empty(config.embed_dim).uniform_())
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.target_dropout = nn.Dropout(config.target_dropout)
+        self.project_q = project_q
+        self.final_proj = final_proj
+        self._min_samples = frontend.frame_length + (feature_encoder.receptive_field - 1) * frontend.frame_shift
+        self._frame_shift = frontend.frame_shift * feature_encoder.stride
+        self._calls_since_warning = 10**9
+
+    # ---- contract properties -------------------------------------------------------------
+    @property
+    def min_samples(self) -> int:
+        return self._min_samples
+
+    @property
+    def frame_shift(self) -> int:
+        return self._frame_shift
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid frames for ``num_samples`` [batch] samples (frontend then conv frame formula)."""
+        return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
+
+    def step_update(self, step: int) -> None:
+        self.quantizer.set_step(step)
+
+    # ---- shared feature path -------------------------------------------------------------
+    def conv_features(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """wavs [B, L], lengths [B] -> (conv features f [B, T, C], valid frames [B])."""
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        feats, feat_lengths = self.frontend(wavs, lengths)
+        return self.feature_encoder(feats.transpose(1, 2), feat_lengths)
+
+    @staticmethod
+    def _padding_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor | None:
+        """[B, T] bool, True = padding; None when no utterance is padded (fast path)."""
+        if bool((lengths >= frames).all()):
+            return None
+        return torch.arange(frames, device=lengths.device)[None, :] >= lengths[:, None]
+
+    def _check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if wavs.dim() != 2:
+            raise ValueError(f"wav2vec2: expected wavs [batch, samples], got shape {tuple(wavs.shape)}")
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        lengths = torch.as_tensor(lengths, device=wavs.device).long()
+        short = (lengths < self.min_samples).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(
+                f"wav2vec2: utterance(s) {short} have {lengths[short].tolist()} samples, fewer than the "
+                f"model's receptive field of {self.min_samples} samples ({self.min_samples / 16000:.3f} s); "
+                f"pad or drop them"
+            )
+        return lengths
+
+    # ---- frozen features -----------------------------------------------------------------
+    def encode(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
+        ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
+        lengths = self._check_lengths(wavs, lengths)
+        feats, frame_lengths = self.conv_features(wavs, lengths)
+        latent = self.feature_projection(feats)
+        padding = self._padding_mask(frame_lengths, latent.shape[1])
+        context, layers = self.encoder(latent, padding, return_layers=True)
+        return EncoderOutput(
+            hidden_states=[latent, *layers, context],
+            lengths=frame_lengths,
+            layer_names=self.layer_names,
+            frame_shift=self.frame_shift,
+        )
+
+    # ---- pretraining loss ----------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Any]) -> LossOutput:
+        """Contrastive + diversity + feature-penalty loss on ``batch["wavs"]`` [B, L], ``batch["lengths"]`` [B]."""
+        cfg = self.config
+        wavs = batch["wavs"]
+        lengths = self._check_lengths(wavs, batch.get("lengths"))
+        if cfg.feature_grad_mult > 0:
+            feats, frame_lengths = self.conv_features(wavs, lengths)
+            if cfg.feature_grad_mult != 1.0:
+                feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                feats, frame_lengths = self.conv_features(wavs, lengths)
+        batch_size, frames, _ = feats.shape
+        valid = torch.arange(frames, device=feats.device)[None, :] < frame_lengths[:, None]
+        padding = None if bool(valid.all()) else ~valid
+        feature_pen = (feats.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
+
+        normed = self.feature_projection.layer_norm(feats)
+        x = self.feature_projection.dropout(self.feature_projection.projection(normed))
+        mask = span_mask(frame_lengths, frames, cfg.mask_prob, cfg.mask_span, cfg.min_masks)
+        x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        context, _ = self.encoder(x, padding)
+
+        q = self.quantizer(self.target_dropout(normed), mask)
+        targets = self.project_q(q.quantized)
+        predictions = self.final_proj(context)
+        con = contrastive_loss(predictions, targets, mask, cfg.num_negatives, cfg.logit_temperature,
+                               target_codes=q.codes)
+        loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
+
+        metrics = {
+            "loss": float(loss.detach()),
+            "contrastive": float(con.loss.detach()),
+            "diversity": float(q.diversity_loss.detach()),
+            "feature_pen": float(feature_pen.detach()),
+            "acc": float(con.accuracy),
+            "mask_ratio": float(mask.sum() / valid.sum().clamp(min=1)),
+            "codebook_usage": float(q.codebook_usage),
+            "temperature": q.temperature,
+        }
+        for g in range(cfg.num_groups):
+            metrics[f"code_perplexity_{g}"] = float(q.code_perplexity[g])
+            metrics[f"prob_perplexity_{g}"] = float(q.prob_perplexity[g])
+        self._warn_on_collapse(q.code_perplexity, q.codebook_usage, con.num_targets)
+        return LossOutput(loss=loss.float(), metrics=metrics)
+
+    def _warn_on_collapse(self, code_perplexity: torch.Tensor, usage: torch.Tensor, num_targets: int) -> None:
+        self._calls_since_warning += 1
+        worst = float(code_perplexity.min())
+        if num_targets >= 2 * self.config.collapse_perplexity and worst < self.config.collapse_perplexity:
+            if self._calls_since_warning >= 100:
+                log.warning(
+                    "wav2vec2: codebook collapse: code perplexity per group %s (threshold %.1f), codebook usage "
+                    "%.1f %% of %d codewords; consider a higher temp_min, a larger diversity_weight or a lower lr",
+                    [round(float(v), 2) for v in code_perplexity], self.config.collapse_perplexity,
+                    100 * float(usage), self.config.num_groups * self.config.num_vars,
+                )
+                self._calls_since_warning = 0
+
+
+def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
+    """Build every submodule from ``cfg`` and assemble the model."""
+    frontend = build_frontend(cfg.frontend)
+    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
+    for module in feature_encoder.modules():
+        if isinstance(module, nn.Conv1d):
+            nn.init.kaiming_normal_(module.weight)
+    feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
+                                           cfg.layer_norm_eps)
+    encoder = TransformerEncoder(
+        cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
+        cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
+        cfg.layer_norm_eps,
+    )
+    for module in encoder.modules():
+        if isinstance(module, nn.Linear):  # BERT-style init (fairseq init_bert_params)
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(module.bias)
+    quantizer = GumbelVectorQuantizer(feature_encoder.out_dim, cfg.num_groups, cfg.num_vars, cfg.vq_dim,
+                                      cfg.temp_max, cfg.temp_min, cfg.temp_decay)
+    project_q = nn.Linear(cfg.vq_dim, cfg.final_dim)
+    final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
+    return Wav2Vec2Model(cfg, frontend, feature_encoder, feature_projection, encoder, quantizer, project_q,
+                         final_proj)
+
+
+MODELS["wav2vec2"] = ModelSpec(Wav2Vec2Config, build_wav2vec2)

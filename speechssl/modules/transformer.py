@@ -1,0 +1,163 @@
+"""Transformer context network of wav2vec 2.0 / HuBERT (Baevski et al. 2020, section 2).
+
+fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging Face
+``Wav2Vec2Encoder`` (post-LN, Base) and ``Wav2Vec2EncoderStableLayerNorm`` (pre-LN, Large-LV60).
+
+* Convolutional relative positional embedding: grouped conv (kernel 128, 16 groups) with weight
+  normalisation over the kernel axis (``torch.nn.utils.parametrizations.weight_norm(dim=2)``, so
+  the state dict holds ``parametrizations.weight.original0`` = g and ``original1`` = v exactly as
+  torchaudio and transformers do), "same" padding, GELU; added to the input.
+* Post-LN (``layer_norm_first=False``): ``x = LN(x + pos)``, then layers
+  ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``.
+* Pre-LN (``layer_norm_first=True``): ``x = x + pos``, layers ``x = x + Attn(LN(x)); x = x + FFN(LN(x))``,
+  then a final LN.
+* Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a key padding mask, from
+  one fused q/k/v projection.
+* LayerDrop (Fan et al. 2019) skips whole layers in training with probability ``layer_drop``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection ([q; k; v] rows)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [batch, frames, dim]; attn_mask: [batch, 1, 1, frames] bool (True = attend) or None."""
+        batch, frames, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
+
+
+class FeedForward(nn.Module):
+    """``fc2(dropout(GELU(fc1(x))))`` followed by dropout."""
+
+    def __init__(self, dim: int, ffn_dim: int, activation_dropout: float = 0.0, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    """One post-LN or pre-LN layer (see the module docstring). x: [batch, frames, dim]."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1, attention_dropout: float = 0.1,
+                 activation_dropout: float = 0.0, layer_norm_first: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.attention = SelfAttention(dim, num_heads, attention_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.attn_norm = nn.LayerNorm(dim, eps=eps)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout, dropout)
+        self.ffn_norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layer_norm_first:
+            x = x + self.dropout(self.attention(self.attn_norm(x), attn_mask))
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.attn_norm(x + self.dropout(self.attention(x, attn_mask)))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class PositionalConv(nn.Module):
+    """Convolutional relative positional embedding: [batch, frames, dim] -> same shape."""
+
+    def __init__(self, dim: int, kernel: int = 128, groups: int = 16):
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"embed dim {dim} is not divisible by pos_conv_groups {groups}")
+        conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        # fairseq init: normal(0, sqrt(4 / (kernel * dim))), then weight norm over the kernel axis.
+        nn.init.normal_(conv.weight, mean=0.0, std=(4.0 / (kernel * dim)) ** 0.5)
+        nn.init.zeros_(conv.bias)
+        self.conv = weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[..., : -self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class TransformerEncoder(nn.Module):
+    """Positional conv + layers (+ final LN for pre-LN).
+
+    Args:
+        dim, num_layers, num_heads, ffn_dim: sizes (Base: 768, 12, 12, 3072).
+        layer_norm_first: pre-LN if True, post-LN (Base) if False.
+        pos_conv_kernel, pos_conv_groups: positional conv (128, 16).
+        dropout, attention_dropout, activation_dropout: dropout probabilities.
+        layer_drop: LayerDrop probability in training.
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, layer_norm_first: bool = False,
+                 pos_conv_kernel: int = 128, pos_conv_groups: int = 16, dropout: float = 0.1,
+                 attention_dropout: float = 0.1, activation_dropout: float = 0.0, layer_drop: float = 0.0,
+                 eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.layer_drop = layer_drop
+        self.pos_conv = PositionalConv(dim, pos_conv_kernel, pos_conv_groups)
+        self.layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, num_heads, ffn_dim, dropout, attention_dropout, activation_dropout,
+                             layer_norm_first, eps)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the context network.
+
+        Args:
+            x: [batch, frames, dim] projected (and possibly masked) features.
+            padding_mask: [batch, frames] bool, True = padding (None: no padding).
+            return_layers: also return every layer's output.
+
+        Returns:
+            (context [batch, frames, dim], [layer_1, ..., layer_N] outputs or [] ). For pre-LN,
+            ``context`` is the final LayerNorm of ``layer_N``; for post-LN it is ``layer_N``.
+        """
+        attn_mask = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+            attn_mask = ~padding_mask[:, None, None, :]
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        hidden: list[torch.Tensor] = []
+        for layer in self.layers:
+            if self.training and self.layer_drop > 0 and float(torch.rand(())) < self.layer_drop:
+                if return_layers:
+                    hidden.append(x)
+                continue
+            x = layer(x, attn_mask)
+            if return_layers:
+                hidden.append(x)
+        if self.layer_norm_first:
+            x = self.layer_norm(x)
+        return x, hidden
