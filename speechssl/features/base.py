@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,46 @@ def num_frames(num_samples: int | torch.Tensor, frame_length: int, frame_shift: 
     if num_samples < frame_length:
         return 0
     return 1 + (num_samples - frame_length) // frame_shift
+
+
+def check_batch(
+    wavs: torch.Tensor, lengths: torch.Tensor | None, who: str = "frontend"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a padded batch; returns (wavs as float32, lengths as int64 on the same device).
+
+    Args:
+        wavs: [batch, samples] float.
+        lengths: [batch] valid samples per row, or None (every row is full length).
+    Raises:
+        ValueError: wrong rank, non-float samples, or lengths outside ``[0, samples]``.
+    """
+    if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
+        shape = tuple(wavs.shape) if isinstance(wavs, torch.Tensor) else type(wavs).__name__
+        raise ValueError(f"{who}: expected wavs of shape [batch, samples], got {shape}")
+    if not wavs.is_floating_point():
+        raise ValueError(f"{who}: expected floating-point wavs, got {wavs.dtype}")
+    if lengths is None:
+        lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+    lengths = torch.as_tensor(lengths, device=wavs.device).long()
+    if lengths.shape != (wavs.shape[0],):
+        raise ValueError(f"{who}: expected lengths of shape [{wavs.shape[0]}], got {tuple(lengths.shape)}")
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > wavs.shape[1]):
+        raise ValueError(
+            f"{who}: lengths must lie in [0, {wavs.shape[1]}] (the padded width), got {lengths.tolist()}"
+        )
+    return wavs.float(), lengths
+
+
+def frame_mask(feat_lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
+    """[batch] valid frames -> [batch, max_frames] bool, True on valid frames."""
+    return torch.arange(max_frames, device=feat_lengths.device)[None, :] < feat_lengths[:, None]
+
+
+def frame_signal(wavs: torch.Tensor, frame_length: int, frame_shift: int) -> torch.Tensor:
+    """Cut ``[batch, samples]`` into ``[batch, num_frames(samples), frame_length]`` (a view, no copy)."""
+    if wavs.shape[-1] < frame_length:
+        return wavs.new_zeros(*wavs.shape[:-1], 0, frame_length)
+    return wavs.unfold(-1, frame_length, frame_shift)
 
 
 class Frontend(nn.Module, abc.ABC):
@@ -87,3 +128,35 @@ def build_frontend(cfg: Mapping[str, Any] | str) -> Frontend:
     spec = FRONTENDS[name]
     config = from_dict(spec.config_cls, cfg, where=f"frontend({name})")
     return spec.frontend_cls(config)
+
+
+_MIN_GEMM_ROWS = 16
+
+
+def rowwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight`` for ``x [..., K]``, ``weight [K, N]``, each row's result independent of the row count.
+
+    CPU BLAS picks other kernels (other rounding) for products with very few rows, which would make
+    a 1-frame utterance differ in the last bit from the same frame inside a batch. Padding the
+    rows to at least 16 keeps batched == single-utterance output bit-exact at negligible cost.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    n = rows.shape[0]
+    if 0 < n < _MIN_GEMM_ROWS:
+        rows = torch.cat([rows, rows.new_zeros(_MIN_GEMM_ROWS - n, rows.shape[1])])
+    out = torch.matmul(rows, weight)[:n]
+    return out.reshape(*x.shape[:-1], weight.shape[-1])
+
+
+def valid_sum(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x [batch, time, dim]`` over the first ``lengths[b]`` steps -> ``[batch, 1, dim]`` float64.
+
+    A sequential float64 cumulative sum read at ``length - 1``: the result does not depend on how
+    much padding follows (a plain ``sum`` may reorder additions with the padded size), so
+    batched == single-utterance statistics bit for bit.
+    """
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0], 1, x.shape[2], dtype=torch.float64)
+    csum = x.double().cumsum(1)
+    last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, x.shape[2])
+    return csum.gather(1, last) * (lengths > 0).view(-1, 1, 1)
