@@ -1,0 +1,231 @@
+"""The frozen-encoder interface every downstream, extractor and integration uses.
+
+An :class:`Encoder` wraps a *backbone*: any module with ``encode(wavs, lengths) ->
+EncoderOutput``, ``layer_names`` and ``frame_shift`` — a pretrained :class:`SSLModel`
+(APC, CPC, wav2vec 2.0, an imported torchaudio / Hugging Face model) or a baseline frontend
+(:mod:`speechssl.upstream.baselines`). The backbone owns its frontend, so callers always
+pass raw 16 kHz waveforms and the preprocessing the model was trained with is applied::
+
+    enc = speechssl.load_encoder("exp/apc/encoder", layers=["context", "latent"])
+    out = enc(wavs, lengths)        # wavs [B, L] float32 16 kHz zero-padded; lengths [B]
+    out.hidden_states               # list of [B, T, D], one per selected layer
+    out.lengths                     # [B] valid frames
+    out.layer_names                 # ["context", "latent"]
+    out.frame_shift                 # samples per frame (160 = 10 ms, 320 = 20 ms)
+
+Layer names: ``latent`` (the feature encoder's output z), ``layer_1`` ... ``layer_N``
+(context-network layers), ``context`` (the last layer c). Baselines have one layer named
+``features``. For any encoder ``"context"`` also means its last layer and ``"latent"`` its first
+one when no layer has that exact name, and integers index ``layer_names`` (``-1`` = last).
+
+Valid frames never see padding, so a batch gives the same features as one utterance at a time
+(s3prl's ``test_upstream.py`` checks the same property for its upstreams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechssl.models.base import EncoderOutput
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_PROBE_SAMPLES = SAMPLE_RATE  # one second of silence: enough frames for every family
+
+
+@dataclasses.dataclass
+class EncoderOptions:
+    """Options accepted by :func:`speechssl.load_encoder` for every kind of encoder."""
+
+    layers: Any = "all"  # "all", a comma-separated string, or a list of layer names / indices
+    device: str = "cpu"  # where the encoder runs ("cpu", "cuda", "cuda:1")
+    trainable: bool = False  # False: eval mode and no autograd graph (a frozen upstream)
+
+
+def option_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(EncoderOptions)]
+
+
+def _resolve_layers(requested: Any, available: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Map a ``layers`` option to indices into ``available`` and the output names."""
+    available = list(available)
+    if requested is None or (isinstance(requested, str) and requested.strip() == "all"):
+        return list(range(len(available))), available
+    items = requested.split(",") if isinstance(requested, str) else list(requested)
+    if not items:
+        raise ValueError(f"layers: empty selection; layers: {', '.join(available)}")
+    indices, names = [], []
+    for item in items:
+        key = item.strip() if isinstance(item, str) else item
+        if isinstance(key, str) and key.lstrip("-").isdigit():
+            key = int(key)
+        if isinstance(key, int):
+            if not -len(available) <= key < len(available):
+                raise ValueError(
+                    f"layers: index {key} is out of range for {len(available)} layers ({', '.join(available)})"
+                )
+            idx, name = key % len(available), available[key]
+        elif key in available:
+            idx, name = available.index(key), key
+        elif key == "context":
+            idx, name = len(available) - 1, key
+        elif key == "latent":
+            idx, name = 0, key
+        else:
+            raise ValueError(f"layers: unknown layer {key!r}; layers: {', '.join(available)} (or 'all')")
+        if name in names:
+            raise ValueError(f"layers: {name!r} is selected twice")
+        indices.append(idx)
+        names.append(name)
+    return indices, names
+
+
+class Encoder(nn.Module):
+    """A frozen (by default) feature extractor over 16 kHz waveforms.
+
+    Args:
+        backbone: module with ``encode(wavs, lengths) -> EncoderOutput``, ``layer_names`` and
+            ``frame_shift`` (an :class:`SSLModel` or a baseline).
+        options: :class:`EncoderOptions`.
+        source: where it came from (a path or a baseline name), for messages and ``describe()``.
+        kind: ``released`` | ``checkpoint`` | ``foreign`` | ``baseline`` | ``model``.
+    """
+
+    def __init__(self, backbone: nn.Module, options: EncoderOptions | None = None, source: str = "",
+                 kind: str = "model"):
+        super().__init__()
+        self.backbone = backbone
+        self.options = options or EncoderOptions()
+        self.source = source
+        self.kind = kind
+        self._indices, self._names = _resolve_layers(self.options.layers, list(backbone.layer_names))
+        self._hidden_sizes: list[int] | None = None
+        self.backbone.to(torch.device(self.options.device))
+        self.trainable = bool(self.options.trainable)
+        for p in self.backbone.parameters():
+            p.requires_grad_(self.trainable)
+        self.train(self.trainable)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.options.device)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the hidden states ``forward`` returns, in order."""
+        return list(self._names)
+
+    @property
+    def all_layer_names(self) -> list[str]:
+        """Every layer the backbone has (what ``layers=`` can choose from)."""
+        return list(self.backbone.layer_names)
+
+    @property
+    def frame_shift(self) -> int:
+        """Samples (16 kHz) between frames."""
+        return int(self.backbone.frame_shift)
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.frame_shift
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """Feature dimension of each selected layer (found by encoding one second of silence)."""
+        if self._hidden_sizes is None:
+            with torch.no_grad():
+                wav = torch.zeros(1, _PROBE_SAMPLES, device=self.device)
+                out = self._encode(wav, torch.tensor([_PROBE_SAMPLES], device=self.device))
+            self._hidden_sizes = [int(h.shape[-1]) for h in out.hidden_states]
+        return list(self._hidden_sizes)
+
+    @property
+    def hidden_size(self) -> int:
+        """The hidden size shared by every selected layer; an error if they differ."""
+        sizes = self.hidden_sizes
+        if len(set(sizes)) != 1:
+            pairs = ", ".join(f"{n}={d}" for n, d in zip(self.layer_names, sizes))
+            raise ValueError(f"selected layers have different sizes ({pairs}); select layers of one size")
+        return sizes[0]
+
+    @property
+    def frontend(self) -> nn.Module | None:
+        return getattr(self.backbone, "frontend", None)
+
+    def describe(self) -> dict:
+        """Plain-dict summary (source, kind, layers, sizes, frame shift) for logs and indexes."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "layers": self.layer_names,
+            "hidden_sizes": self.hidden_sizes,
+            "frame_shift": self.frame_shift,
+            "frontend": self.frontend.to_dict() if hasattr(self.frontend, "to_dict") else None,
+        }
+
+    def train(self, mode: bool = True) -> Encoder:
+        # A frozen encoder stays in eval mode (no dropout, no masking) even inside a training model.
+        return super().train(mode and self.trainable)
+
+    # ------------------------------------------------------------------ forward
+    def _encode(self, wavs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        out = self.backbone.encode(wavs, lengths)
+        hidden = [out.hidden_states[i] for i in self._indices]
+        return EncoderOutput(hidden, out.lengths, list(self._names), int(out.frame_shift))
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Encode a zero-padded batch.
+
+        Args:
+            wavs (Tensor): [batch, samples] float32 at 16 kHz (a 1-D tensor is one utterance).
+            lengths (Tensor): [batch] valid samples (default: all samples valid).
+        Returns:
+            EncoderOutput: ``hidden_states`` list of [batch, frames, dim] (frames past
+            ``lengths`` are padding), ``lengths`` [batch] valid frames, ``layer_names``, ``frame_shift``.
+        """
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wavs.dim() != 2:
+            raise ValueError(f"expected wavs of shape [batch, samples], got {tuple(wavs.shape)}")
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        if lengths.shape != (wavs.shape[0],):
+            raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({wavs.shape[0]},)")
+        if int(lengths.max()) > wavs.shape[1]:
+            raise ValueError(f"a length ({int(lengths.max())}) exceeds the padded size {wavs.shape[1]}")
+        wavs = wavs.to(self.device, torch.float32)
+        lengths = lengths.to(self.device)
+        if self.trainable and torch.is_grad_enabled():
+            return self._encode(wavs, lengths)
+        with torch.no_grad():
+            return self._encode(wavs, lengths)
+
+    def encode_wav(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> EncoderOutput:
+        """Encode one utterance given at any rate: [samples] or [channels, samples].
+
+        Other rates are resampled to 16 kHz and channels averaged, each with a warning.
+        """
+        from speechssl.audio import resample
+
+        x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
+        if x.dim() == 2:
+            log.warning("encode_wav: averaging %d channels to mono", x.shape[0])
+            x = x.mean(dim=0)
+        if x.dim() != 1:
+            raise ValueError(f"expected [samples] or [channels, samples], got {tuple(x.shape)}")
+        if sample_rate != SAMPLE_RATE:
+            log.warning("encode_wav: resampling %d Hz to %d Hz", sample_rate, SAMPLE_RATE)
+            x = resample(x, sample_rate, SAMPLE_RATE)
+        return self(x.unsqueeze(0), torch.tensor([x.numel()]))
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, kind={self.kind}, layers={self.layer_names}, frame_shift={self.frame_shift}"

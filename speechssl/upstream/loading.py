@@ -1,0 +1,192 @@
+"""``load_encoder(path_or_name, **options)``: one call for every kind of encoder.
+
+``path_or_name`` may be
+
+* a released speechssl encoder folder (``config.json`` + ``model.safetensors``,
+  :mod:`speechssl.upstream.release`), e.g. ``exp/apc/encoder``;
+* an experiment folder ``exp/apc`` (its ``encoder/`` release, else its newest checkpoint);
+* a training checkpoint ``exp/apc/checkpoints/step_000500.pt`` (read with
+  ``torch.load(weights_only=True)``: tensors and plain containers only, never code);
+* a torchaudio or Hugging Face wav2vec 2.0 / HuBERT folder (via
+  :func:`speechssl.upstream.importers.load_foreign`);
+* a baseline name: ``logmel``, ``fbank``, ``mfcc`` (:mod:`speechssl.upstream.baselines`);
+* an :class:`SSLModel` instance (wrapped as it is).
+
+Options (:class:`EncoderOptions`): ``layers`` ("all" | list | "context,latent"), ``device``,
+``trainable``. Baselines also take their frontend's config fields (``n_mels=40``). Any other
+option is an error that lists the valid ones: nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from speechssl.models.base import SSLModel, build_model
+from speechssl.upstream.baselines import BASELINES, build_baseline, frontend_option_names
+from speechssl.upstream.encoder import Encoder, EncoderOptions, option_names
+from speechssl.upstream.release import CONFIG_NAME, WEIGHTS_NAME, load_released_model, read_release_config
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class EncoderLoadError(ValueError):
+    """The source is not a loadable encoder; the message says what was found and what was expected."""
+
+
+def _split_options(options: Mapping[str, Any], extra_names: list[str], source: str) -> tuple[EncoderOptions, dict]:
+    common = option_names()
+    unknown = [k for k in options if k not in common and k not in extra_names]
+    if unknown:
+        valid = common + extra_names
+        raise TypeError(
+            f"load_encoder({source!r}): unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    enc_opts = EncoderOptions(**{k: v for k, v in options.items() if k in common})
+    extra = {k: v for k, v in options.items() if k not in common}
+    return enc_opts, extra
+
+
+def _step_of(path: Path) -> tuple[int, float]:
+    digits = re.findall(r"\d+", path.stem)
+    return (int(digits[-1]) if digits else -1, path.stat().st_mtime)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """Newest ``*.pt``/``*.ckpt`` in ``folder`` (by the step number in its name, then mtime)."""
+    found = [p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+    return max(found, key=_step_of) if found else None
+
+
+def _model_config_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> dict:
+    """The model section of a trainer checkpoint (``config.model`` or ``model_config``)."""
+    for key in ("model_config",):
+        if isinstance(ckpt.get(key), Mapping):
+            return dict(ckpt[key])
+    config = ckpt.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
+        return dict(config["model"])
+    raise EncoderLoadError(
+        f"{path}: not a speechssl training checkpoint: no 'config' -> 'model' section "
+        f"(top-level keys: {', '.join(sorted(map(str, ckpt)))})"
+    )
+
+
+def _state_dict_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model", "model_state", "state_dict"):
+        state = ckpt.get(key)
+        if isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return dict(state)
+    raise EncoderLoadError(
+        f"{path}: no model state dict (looked for 'model', 'model_state', 'state_dict'; "
+        f"top-level keys: {', '.join(sorted(map(str, ckpt)))})"
+    )
+
+
+def load_checkpoint_model(path: str | Path) -> SSLModel:
+    """Rebuild the model of a training checkpoint without its optimiser or task state."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise EncoderLoadError(
+            f"{path}: cannot read as a weights-only checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    if not isinstance(ckpt, Mapping):
+        raise EncoderLoadError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    model = build_model(_model_config_from_checkpoint(ckpt, path))
+    state = _state_dict_from_checkpoint(ckpt, path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise EncoderLoadError(
+            f"{path}: weights do not fit the model in its config: missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}"
+        )
+    model.eval()
+    return model
+
+
+def _is_release(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file() and _has_format_version(folder)
+
+
+def _has_format_version(folder: Path) -> bool:
+    import json
+
+    try:
+        cfg = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "format_version" in cfg and "model" in cfg
+
+
+def _backbone_from_path(path: Path) -> tuple[nn.Module, str, str]:
+    """-> (model, kind, resolved source)."""
+    if path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise EncoderLoadError(
+                f"{path}: a file encoder must be a training checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}); "
+                "for a released encoder pass its folder"
+            )
+        return load_checkpoint_model(path), "checkpoint", str(path)
+    if _is_release(path):
+        read_release_config(path)  # format-version check with a clear message
+        return load_released_model(path), "released", str(path)
+    if (path / "encoder").is_dir() and _is_release(path / "encoder"):
+        return load_released_model(path / "encoder"), "released", str(path / "encoder")
+    if (path / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(path / "checkpoints")
+        if ckpt is None:
+            raise EncoderLoadError(f"{path}: experiment folder without encoder/ and with no checkpoint")
+        return load_checkpoint_model(ckpt), "checkpoint", str(ckpt)
+    from speechssl.upstream.importers import load_foreign
+
+    try:
+        model = load_foreign(path)
+    except (ValueError, KeyError, OSError) as exc:
+        raise EncoderLoadError(
+            f"{path}: not a speechssl release (config.json + model.safetensors), experiment folder, "
+            f"training checkpoint, nor a torchaudio/Hugging Face model folder: {exc}"
+        ) from None
+    model.eval()
+    return model, "foreign", str(path)
+
+
+def load_encoder(path_or_name: str | Path | nn.Module, **options: Any) -> Encoder:
+    """Load a frozen encoder; see the module docstring for sources and options.
+
+    Returns:
+        Encoder: ``enc(wavs[B, L], lengths[B]) -> EncoderOutput`` in eval mode, no grad by default.
+    Raises:
+        TypeError: an unknown option (the message lists the valid ones).
+        EncoderLoadError / FileNotFoundError: an unloadable or missing source.
+    """
+    if isinstance(path_or_name, nn.Module):
+        if not hasattr(path_or_name, "encode"):
+            raise EncoderLoadError(f"{type(path_or_name).__name__} has no encode(wavs, lengths) method")
+        opts, _ = _split_options(options, [], type(path_or_name).__name__)
+        return Encoder(path_or_name.eval(), opts, source=type(path_or_name).__name__, kind="model")
+    source = str(path_or_name)
+    path = Path(source).expanduser()
+    if path.exists():
+        opts, _ = _split_options(options, [], source)
+        backbone, kind, resolved = _backbone_from_path(path)
+        return Encoder(backbone, opts, source=resolved, kind=kind)
+    if source in BASELINES:
+        opts, frontend_opts = _split_options(options, frontend_option_names(source), source)
+        return Encoder(build_baseline(source, frontend_opts), opts, source=source, kind="baseline")
+    raise FileNotFoundError(
+        f"load_encoder: {source!r} is neither an existing file/folder nor a baseline name "
+        f"({', '.join(BASELINES)})"
+    )
+
+
+def encoder_option_help() -> str:
+    """One line per option, for CLI help."""
+    return "; ".join(f"{f.name} (default {f.default!r})" for f in dataclasses.fields(EncoderOptions))
