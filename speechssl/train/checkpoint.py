@@ -1,0 +1,212 @@
+"""Training checkpoints: self-describing files of tensors and plain containers only.
+
+A checkpoint (``exp/<name>/checkpoints/step_000123.pt``) is a dict::
+
+    {"kind": "speechssl-pretrain-checkpoint", "format_version": 1, "speechssl_version": "0.1.0",
+     "model_name": "apc", "config": {...resolved recipe...}, "step": 123,
+     "model": state_dict, "optimizer": state_dict, "scheduler": state_dict, "scaler": state_dict,
+     "rng": [per-rank {"python", "numpy", "torch_cpu", "torch_cuda"}],
+     "sampler": {"epoch": 2, "batches_consumed": 5}, "world_size": 1, "elapsed_seconds": 12.3,
+     "bad_steps": 0}
+
+It is written atomically (temporary name, then rename), so a crash or a full disk while
+saving leaves the previous checkpoint intact, and it loads with ``torch.load(weights_only=True)``:
+no code is ever unpickled. Python's and NumPy's RNG states are stored as tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import speechssl
+from speechssl.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "speechssl-pretrain-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+_NAME = re.compile(r"step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, of another model, or of a newer format."""
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoints in ``folder`` sorted by step (oldest first); temporary files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints; returns the deleted paths."""
+    found = list_checkpoints(folder)
+    doomed = found[: max(0, len(found) - keep_last)]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+# ---------------------------------------------------------------- RNG states as plain tensors
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + every CUDA device) RNG states as tensors/ints/floats."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch_cpu"])
+    cuda = state.get("torch_cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning(
+                "checkpoint has CUDA RNG states for %d devices, this machine has %d; CUDA RNG not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+# ---------------------------------------------------------------- save / load
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (plus kind/format/version fields) atomically to ``path``.
+
+    Raises:
+        OSError: the write failed (e.g. the disk is full); any previous file at ``path`` and
+            every other checkpoint are left untouched.
+    """
+    path = Path(path)
+    payload = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "speechssl_version": speechssl.__version__,
+        **state,
+    }
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise OSError(
+            f"could not write checkpoint {path}: {exc}; earlier checkpoints in {path.parent} are intact"
+        ) from exc
+    return path
+
+
+def load_checkpoint(path: str | Path, expect_model: str | None = None, map_location: Any = "cpu") -> dict:
+    """Read a training checkpoint with ``torch.load(weights_only=True)`` and check it.
+
+    Args:
+        path: a ``step_*.pt`` file.
+        expect_model: if given, the model name the checkpoint must hold.
+
+    Raises:
+        CheckpointError: unreadable, not a speechssl checkpoint, newer format, or another model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        raise CheckpointError(f"{path}: not a readable speechssl checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path}: not a speechssl pretraining checkpoint (no kind={CHECKPOINT_KIND!r})")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r} is newer than this speechssl understands "
+            f"({CHECKPOINT_FORMAT_VERSION}, speechssl {speechssl.__version__}); it was written by "
+            f"speechssl {ckpt.get('speechssl_version')}: upgrade speechssl"
+        )
+    if expect_model is not None and ckpt.get("model_name") != expect_model:
+        raise CheckpointError(
+            f"{path}: checkpoint holds model {ckpt.get('model_name')!r}, but the config asks for "
+            f"{expect_model!r}; use another --exp folder, or --init-from for weights of the same model"
+        )
+    return ckpt
+
+
+def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: str) -> str:
+    """``--init-from``: load only model weights from a checkpoint file, an experiment folder
+    (its latest checkpoint) or a released-encoder folder. Returns a description of what was loaded.
+
+    Raises:
+        CheckpointError: the source is missing, of another model, or its weights do not fit.
+    """
+    from speechssl.upstream.release import CONFIG_NAME, WEIGHTS_NAME, read_release_config
+
+    source = Path(source)
+    if source.is_dir() and (source / CONFIG_NAME).is_file():
+        from safetensors.torch import load_file
+
+        cfg = read_release_config(source)
+        if cfg["model"]["name"] != model_name:
+            raise CheckpointError(
+                f"{source}: released encoder of model {cfg['model']['name']!r}, config asks for {model_name!r}"
+            )
+        state = load_file(str(source / WEIGHTS_NAME))
+        what = f"released encoder {source}"
+    else:
+        if source.is_dir():
+            found = latest_checkpoint(source / "checkpoints") or latest_checkpoint(source)
+            if found is None:
+                raise CheckpointError(
+                    f"--init-from {source}: neither a released encoder ({CONFIG_NAME}) nor a folder with checkpoints"
+                )
+            source = found
+        state = load_checkpoint(source, expect_model=model_name)["model"]
+        what = f"checkpoint {source}"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"--init-from {what}: weights do not fit model {model_name!r}: {exc}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"--init-from {what}: weights do not fit model {model_name!r}: missing {sorted(missing)[:10]}, "
+            f"unexpected {sorted(unexpected)[:10]}"
+        )
+    return what

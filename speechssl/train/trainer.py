@@ -1,0 +1,615 @@
+"""The pretraining engine shared by every SSL model (APC, CPC, wav2vec 2.0...).
+
+Usage::
+
+    cfg = load_pretrain_config("recipes/pretrain/apc.yaml", ["train.max_steps=100"])
+    result = pretrain(cfg, "data/train.jsonl", "data/dev.jsonl", "exp/apc")
+    result.status, result.step, result.encoder_dir      # "finished", 100, exp/apc/encoder
+
+One optimiser step consumes ``accumulation`` micro-batches on every rank; a micro-batch holds at
+most ``max_batch_seconds / (world_size * accumulation)`` padded seconds, so the effective batch in
+seconds does not depend on the world size. Rerunning on the same ``exp_dir`` resumes from its
+latest checkpoint exactly (model, optimiser, scheduler, scaler, RNG and batch position).
+
+``exp_dir`` receives ``config.yaml`` (resolved config + run info), ``metrics.jsonl``,
+``tensorboard/``, ``checkpoints/step_*.pt``, ``loss_curve.png`` and ``encoder/``; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import speechssl
+from speechssl.config import ConfigError, load_yaml, to_dict
+from speechssl.models.base import SSLModel, build_model
+from speechssl.train import checkpoint as ckpt_io
+from speechssl.train.config import PretrainConfig, save_pretrain_config
+from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
+from speechssl.train.metrics import MetricsLogger, plot_loss_curve
+from speechssl.train.optim import build_optimizer, build_scheduler
+from speechssl.utils import file_sha256, git_revision, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: Preemption drill: after this optimiser step the process sends SIGTERM to itself (tests, SLURM rehearsals).
+SELF_SIGTERM_ENV = "SPEECHSSL_SELF_SIGTERM_AT_STEP"
+#: fp16 only: consecutive GradScaler overflows tolerated on top of train.max_bad_steps (each halves the scale).
+FP16_EXTRA_OVERFLOWS = 24
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (repeated non-finite losses/gradients); the message says what to try."""
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    """``status``: "finished" (max_steps), "time_limit" (train.max_minutes) or "interrupted" (signal)."""
+
+    status: str
+    step: int
+    exp_dir: Path
+    checkpoint: Path | None = None
+    encoder_dir: Path | None = None
+    valid_loss: float | None = None
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    signal: int | None = None
+
+
+class _LossModule(nn.Module):
+    """Routes ``SSLModel.loss`` through ``forward`` so DistributedDataParallel sees it."""
+
+    def __init__(self, model: SSLModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.model.loss(batch)
+        return out.loss, out.metrics
+
+
+def _resolve_device(kind: str) -> torch.device:
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(kind)
+
+
+def _to_float(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """Builds data, model, optimiser and logs from a :class:`PretrainConfig`; :meth:`run` trains."""
+
+    def __init__(self, cfg: PretrainConfig, train_manifest: str | Path, valid_manifest: str | Path | None,
+                 exp_dir: str | Path, init_from: str | Path | None = None):
+        from speechssl.data.dataset import make_loader
+        from speechssl.data.manifest import read_manifest
+
+        self.cfg = cfg
+        self.exp_dir = Path(exp_dir)
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.manifests = {"train": Path(train_manifest), "valid": Path(valid_manifest) if valid_manifest else None}
+        tc, dc = cfg.train, cfg.data
+        device_kind = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.dist, self._owns_group = init_distributed(device_kind)
+        self.device = _resolve_device(tc.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "train.precision=fp16 needs a CUDA device (fp16 autocast + GradScaler); "
+                "on CPU use train.precision=bf16 or fp32"
+            )
+        if tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        seed_everything(tc.seed + 1000 * self.dist.rank)
+
+        # ---- resume or fresh start
+        self.resume_path = ckpt_io.latest_checkpoint(self.ckpt_dir)
+        self._check_same_model()
+        self.model = build_model(cfg.model).to(self.device)
+        self.model_name = cfg.model["name"]
+        if init_from is not None and self.resume_path is None:
+            what = ckpt_io.load_model_weights(self.model, init_from, self.model_name)
+            self._info(f"initialised model weights from {what}")
+        elif init_from is not None:
+            self._info(f"--init-from {init_from} ignored: resuming from {self.resume_path}")
+
+        # ---- batch arithmetic: effective batch in seconds is independent of the world size
+        world = self.dist.world_size
+        per_rank = dc.max_batch_seconds / world
+        self.accumulation = max(1, math.ceil(per_rank / dc.device_batch_seconds)) if dc.device_batch_seconds else 1
+        self.micro_seconds = per_rank / self.accumulation
+        self.effective_batch_seconds = self.micro_seconds * world * self.accumulation
+        min_samples = int(self.model.min_samples)
+        if dc.crop_seconds is not None:
+            if dc.crop_seconds > self.micro_seconds:
+                raise ConfigError(
+                    f"data.crop_seconds={dc.crop_seconds} does not fit one forward pass of "
+                    f"{self.micro_seconds:.3f} s (max_batch_seconds={dc.max_batch_seconds} / world_size={world} "
+                    f"/ accumulation={self.accumulation}); lower crop_seconds or raise the batch"
+                )
+            if dc.crop_seconds * 16000 < min_samples:
+                raise ConfigError(
+                    f"data.crop_seconds={dc.crop_seconds} gives {int(dc.crop_seconds * 16000)} samples, fewer than "
+                    f"model {self.model_name!r} needs (min_samples={min_samples})"
+                )
+        self.min_samples = min_samples
+
+        # ---- data
+        train_records = read_manifest(self.manifests["train"])
+        try:
+            self.train_loader = make_loader(
+                train_records, self.micro_seconds, max_seconds=dc.crop_seconds, min_seconds=dc.min_seconds,
+                shuffle=True, random_crop=True, seed=tc.seed, num_workers=dc.num_workers,
+                num_replicas=world, rank=self.dist.rank, min_samples=min_samples,
+                pin_memory=self.device.type == "cuda")
+        except ValueError as exc:
+            raise ValueError(f"{self.manifests['train']}: no usable utterance for training: {exc}") from None
+        self.dropped = dict(self.train_loader.dataset.dropped)
+        kept = len(self.train_loader.dataset)
+        self._info(
+            f"train: {kept} utterances kept from {len(train_records)}"
+            + (f"; dropped {sum(self.dropped.values())} shorter than "
+               f"{max(dc.min_seconds, min_samples / 16000):.3f} s (data.min_seconds={dc.min_seconds}, "
+               f"model min_samples={min_samples}): {self.dropped}" if self.dropped else "")
+        )
+        self.valid_loader = None
+        if self.manifests["valid"] is not None:
+            valid_records = read_manifest(self.manifests["valid"])
+            crop = dc.valid_crop_seconds if dc.valid_crop_seconds is not None else dc.crop_seconds
+            try:
+                self.valid_loader = make_loader(
+                    valid_records, dc.valid_batch_seconds or self.micro_seconds, max_seconds=crop,
+                    min_seconds=dc.min_seconds, shuffle=False, random_crop=False, seed=tc.seed,
+                    num_workers=dc.num_workers, num_replicas=world, rank=self.dist.rank, min_samples=min_samples)
+            except ValueError as exc:
+                raise ValueError(f"{self.manifests['valid']}: no usable utterance for validation: {exc}") from None
+
+        # ---- optimisation
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, tc.max_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+        self.ddp: nn.Module | None = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                _LossModule(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=tc.find_unused_parameters)
+        self.step = 0
+        self.bad_in_a_row = 0
+        self.skipped_steps = 0
+        self.elapsed_before = 0.0
+        self.last_valid_loss: float | None = None
+        self._last_ckpt_step = -1
+        self._stop_signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        if self.resume_path is not None:
+            self._load_resume_state(self.resume_path)
+        self.logger = MetricsLogger(self.exp_dir, purge_step=self.step) if self.dist.is_main else None
+        if self.logger is not None and self.resume_path is not None:
+            self.logger.truncate_after(self.step)
+
+    # ------------------------------------------------------------------ helpers
+    def _info(self, msg: str) -> None:
+        if self.dist.is_main:
+            log.info(msg)
+
+    def _autocast(self):
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def _check_same_model(self) -> None:
+        saved = self.exp_dir / "config.yaml"
+        if self.resume_path is None or not saved.is_file():
+            return
+        old = load_yaml(saved)
+        old_model = old.get("model")
+        if old_model != to_dict(self.cfg.model):
+            diff = sorted(k for k in set(old_model or {}) | set(self.cfg.model)
+                          if (old_model or {}).get(k) != self.cfg.model.get(k))
+            raise ConfigError(
+                f"{self.exp_dir} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
+                "use a new --exp folder, or --init-from to start from those weights"
+            )
+        for section in ("data", "optim", "train"):
+            if old.get(section) != to_dict(getattr(self.cfg, section)):
+                self._info(f"resuming with a changed '{section}' section (the new values apply)")
+
+    def _load_resume_state(self, path: Path) -> None:
+        state = ckpt_io.load_checkpoint(path, expect_model=self.model_name, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self._last_ckpt_step = self.step
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            ckpt_io.restore_rng_state(rngs[self.dist.rank])
+        else:
+            self._info(f"checkpoint was written by {len(rngs)} ranks, now {self.dist.world_size}: RNG reseeded")
+        self.model.step_update(self.step)
+        self._info(f"resumed from {path} at step {self.step}")
+
+    def _run_info(self) -> dict[str, Any]:
+        manifests = {
+            split: {"path": str(p.resolve()), "sha256": file_sha256(p)}
+            for split, p in self.manifests.items() if p is not None
+        }
+        return {
+            "speechssl_version": speechssl.__version__,
+            "torch_version": str(torch.__version__),
+            "git_revision": git_revision(),
+            "command": " ".join(sys.argv),
+            "manifests": manifests,
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "accumulation": self.accumulation,
+            "micro_batch_seconds": self.micro_seconds,
+            "effective_batch_seconds": self.effective_batch_seconds,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "dropped_utterances": self.dropped,
+            "resumed_from": str(self.resume_path) if self.resume_path else None,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        log.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
+
+    def _install_signal_handlers(self) -> None:
+        if not hasattr(signal, "SIGTERM"):
+            return
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: the caller handles signals
+            self._old_handlers.clear()
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+    # ------------------------------------------------------------------ data stream
+    def _micro_batches(self):
+        """Endless stream of training micro-batches over epochs; a batch whose audio fails to load
+        (or whose utterances are all too short) comes as ``{"error": message}``."""
+        from speechssl.audio import AudioError
+
+        while True:
+            with torch.random.fork_rng(devices=[]):  # DataLoader draws a seed: keep the global RNG untouched
+                it = iter(self.train_loader)
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                except (AudioError, RuntimeError) as exc:
+                    if isinstance(exc, RuntimeError) and "audio failed to load" not in str(exc):
+                        raise
+                    yield {"error": str(exc)}
+                    continue
+                yield self._drop_short(batch)
+
+    def _drop_short(self, batch: dict[str, Any]) -> dict[str, Any]:
+        keep = batch["lengths"] >= self.min_samples
+        if bool(keep.all()):
+            return batch
+        short = [i for i, k in zip(batch["ids"], keep.tolist()) if not k]
+        log.warning("dropping %d utterance(s) shorter than min_samples=%d after loading: %s",
+                    len(short), self.min_samples, short)
+        if not bool(keep.any()):
+            return {"error": f"all utterances shorter than min_samples={self.min_samples}: {short}"}
+        idx = keep.nonzero().squeeze(1)
+        out = {k: ([v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]) for k, v in batch.items()}
+        out["wavs"] = out["wavs"][:, : int(out["lengths"].max())]
+        return out
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ one optimiser step
+    def forward_backward(self, micro_batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """Forward + backward of one optimiser step's micro-batches (gradients averaged over
+        micro-batches and, under DDP, over ranks). Returns losses, metrics and bad-batch ids."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        n = len(micro_batches)
+        losses, metrics, bad_ids, seconds = [], {}, [], 0.0
+        for i, batch in enumerate(micro_batches):
+            batch = self._to_device(batch)
+            sync = self.ddp is None or i == n - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with self._autocast():
+                    if self.ddp is not None:
+                        loss, m = self.ddp(batch)
+                    else:
+                        out = self.model.loss(batch)
+                        loss, m = out.loss, out.metrics
+                loss = loss.float()
+                self.scaler.scale(loss / n).backward()
+            value = _to_float(loss)
+            if not math.isfinite(value):
+                bad_ids.extend(batch["ids"])
+            losses.append(value)
+            for k, v in m.items():
+                metrics.setdefault(k, []).append(_to_float(v))
+            seconds += float(batch["lengths"].sum()) / 16000.0
+        return {"losses": losses, "metrics": {k: sum(v) / len(v) for k, v in metrics.items()},
+                "bad_ids": bad_ids, "seconds": seconds}
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """One optimiser step (or a skipped one). Keeps every rank in lock-step."""
+        errors = [b["error"] for b in micro_batches if "error" in b]
+        if all_reduce_max([float(bool(errors))], self.dist, self.device)[0] > 0:
+            for e in errors:
+                log.warning("skipping step %d: %s", self.step + 1, e)
+            return {"skipped": "load_error", "seconds": 0.0}
+        res = self.forward_backward(micro_batches)
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else float("inf"))
+        grad_norm = _to_float(grad_norm)
+        loss_bad, grad_bad = all_reduce_max(
+            [float(bool(res["bad_ids"])), float(not math.isfinite(grad_norm))], self.dist, self.device)
+        res["grad_norm"] = grad_norm
+        if loss_bad or grad_bad:
+            ids = res["bad_ids"] or [i for b in micro_batches for i in b["ids"]]
+            reason = "non-finite loss" if loss_bad else "non-finite gradients"
+            log.warning("step %d: %s (grad_norm=%s); skipping the update. utterances on rank %d: %s",
+                        self.step + 1, reason, grad_norm, self.dist.rank, ids)
+            if self.scaler.is_enabled():
+                self.scaler.step(self.optimizer)  # sees the inf, skips, and lowers the scale
+                self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            res.update(skipped=reason, ids=ids)
+            return res
+        res["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.model.step_update(self.step)
+        res["skipped"] = None
+        return res
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Mean loss and metrics over the validation manifest (centre crops, fixed RNG)."""
+        if self.valid_loader is None:
+            return None
+        self.model.eval()
+        total: dict[str, float] = {}
+        count = 0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.train.seed)
+            for i, batch in enumerate(self.valid_loader):
+                if self.cfg.train.valid_max_batches is not None and i >= self.cfg.train.valid_max_batches:
+                    break
+                batch = self._to_device(batch)
+                with self._autocast():
+                    out = self.model.loss(batch)
+                w = len(batch["ids"])
+                for k, v in {"loss": out.loss, **out.metrics}.items():
+                    total[k] = total.get(k, 0.0) + _to_float(v) * w
+                count += w
+        self.model.train()
+        parts = gather_objects((total, count), self.dist)
+        n = sum(c for _, c in parts)
+        if n == 0:
+            return None
+        keys = parts[0][0].keys()
+        return {k: sum(t.get(k, 0.0) for t, _ in parts) / n for k in keys}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Collective: every rank contributes its RNG state; rank 0 writes the file and prunes."""
+        rngs = gather_objects(ckpt_io.capture_rng_state(), self.dist)
+        path = None
+        if self.dist.is_main:
+            state = {
+                "model_name": self.model_name,
+                "config": self.cfg.to_dict(),
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rngs,
+                "sampler": self.train_loader.state_dict(),
+                "world_size": self.dist.world_size,
+                "skipped_steps": self.skipped_steps,
+                "elapsed_seconds": self.elapsed_before + (time.monotonic() - self._t0),
+            }
+            path = ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(self.ckpt_dir, self.step), state)
+            for old in ckpt_io.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last):
+                log.debug("deleted old checkpoint %s", old)
+        self._last_ckpt_step = self.step
+        self._last_ckpt_time = time.monotonic()
+        barrier(self.dist)
+        return path or ckpt_io.checkpoint_path(self.ckpt_dir, self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> PretrainResult:
+        from tqdm import tqdm
+
+        tc = self.cfg.train
+        self._t0 = self._last_ckpt_time = time.monotonic()
+        if self.dist.is_main:
+            save_pretrain_config(self.cfg, self.exp_dir / "config.yaml", extra=self._run_info())
+            self._info(
+                f"model {self.model_name}: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                f"world_size={self.dist.world_size} accumulation={self.accumulation} "
+                f"micro-batch={self.micro_seconds:.2f} s effective batch={self.effective_batch_seconds:.2f} s; "
+                f"precision={tc.precision} device={self.device}"
+            )
+        self_sigterm = int(os.environ.get(SELF_SIGTERM_ENV, "0") or 0)
+        self._install_signal_handlers()
+        status = "finished"
+        window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
+                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0, desc="pretrain")
+        stream = self._micro_batches()
+        try:
+            while self.step < tc.max_steps:
+                micro = [next(stream) for _ in range(self.accumulation)]
+                res = self.train_step(micro)
+                if res["skipped"]:
+                    self.skipped_steps += 1
+                    self.bad_in_a_row += 1
+                    limit = tc.max_bad_steps + (FP16_EXTRA_OVERFLOWS if self.scaler.is_enabled() else 0)
+                    if self.logger is not None:
+                        self.logger.write({"split": "skipped", "step": self.step, "reason": res["skipped"],
+                                           "ids": res.get("ids", [])})
+                    if self.bad_in_a_row >= limit:
+                        raise TrainingError(
+                            f"{self.bad_in_a_row} consecutive steps skipped (last: {res['skipped']}) at step "
+                            f"{self.step}; the last checkpoint is in {self.ckpt_dir}. Try a lower optim.lr, "
+                            f"optim.clip_norm, more optim.warmup_steps or train.precision=fp32"
+                        )
+                else:
+                    self.bad_in_a_row = 0
+                    window["loss"].extend(res["losses"])
+                    window["gn"].append(res["grad_norm"])
+                    for k, v in res["metrics"].items():
+                        window["metrics"].setdefault(k, []).append(v)
+                    window["seconds"] += res["seconds"]
+                    window["lr"] = res["lr"]
+                    bar.update(1)
+                    if self_sigterm and self.step == self_sigterm:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                now = time.monotonic()
+                time_up = tc.max_minutes is not None and now - self._t0 >= tc.max_minutes * 60
+                ckpt_due = tc.ckpt_every_minutes is not None and now - self._last_ckpt_time >= tc.ckpt_every_minutes * 60
+                stop, time_up, ckpt_due = all_reduce_max(
+                    [float(self._stop_signal is not None), float(time_up), float(ckpt_due)], self.dist, self.device)
+                if res["skipped"]:
+                    if stop or time_up:
+                        status = "interrupted" if stop else "time_limit"
+                        break
+                    continue
+                if self.step % tc.log_every == 0:
+                    self._log_train(window, bar)
+                    window = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
+                if tc.valid_every and self.step % tc.valid_every == 0 and self.step < tc.max_steps:
+                    self._log_valid()
+                if ckpt_due or (tc.ckpt_every_steps and self.step % tc.ckpt_every_steps == 0):
+                    self.save_checkpoint()
+                if stop or time_up:
+                    status = "interrupted" if stop else "time_limit"
+                    break
+        finally:
+            bar.close()
+            self._restore_signal_handlers()
+        if self._last_ckpt_step != self.step:
+            checkpoint = self.save_checkpoint()
+        else:
+            checkpoint = ckpt_io.checkpoint_path(self.ckpt_dir, self.step)
+        encoder_dir = None
+        if status != "interrupted":
+            if self.valid_loader is not None:
+                self._log_valid()
+            encoder_dir = self.release_encoder(status)
+        else:
+            self._info(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint "
+                       f"{checkpoint}; rerun the same command to resume")
+        if status == "time_limit":
+            self._info(f"train.max_minutes={tc.max_minutes} reached at step {self.step}; rerun to continue")
+        if self.dist.is_main and tc.plot:
+            plot_loss_curve(self.exp_dir / "metrics.jsonl", self.exp_dir / "loss_curve.png")
+        return PretrainResult(status=status, step=self.step, exp_dir=self.exp_dir, checkpoint=checkpoint,
+                              encoder_dir=encoder_dir, valid_loss=self.last_valid_loss, dropped=self.dropped,
+                              signal=self._stop_signal)
+
+    def _log_train(self, window: dict[str, Any], bar) -> None:
+        elapsed = max(1e-9, time.monotonic() - window["t"])
+        local = {"loss": window["loss"], "metrics": window["metrics"], "seconds": window["seconds"], "gn": window["gn"]}
+        parts = gather_objects(local, self.dist)
+        if self.logger is None:
+            return
+        losses = [x for p in parts for x in p["loss"]]
+        record: dict[str, Any] = {
+            "split": "train", "step": self.step, "epoch": self.train_loader.epoch,
+            "lr": window["lr"],
+            "loss": sum(losses) / max(1, len(losses)),
+        }
+        for k in parts[0]["metrics"]:
+            vals = [x for p in parts for x in p["metrics"].get(k, [])]
+            record[k] = sum(vals) / max(1, len(vals))
+        record["grad_norm"] = sum(window["gn"]) / max(1, len(window["gn"]))
+        record["seconds_per_second"] = sum(p["seconds"] for p in parts) / elapsed
+        record["skipped_steps"] = self.skipped_steps
+        record["time"] = self.elapsed_before + time.monotonic() - self._t0
+        self.logger.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")
+
+    def _log_valid(self) -> None:
+        res = self.validate()
+        if res is None:
+            return
+        self.last_valid_loss = res["loss"]
+        if self.logger is not None:
+            self.logger.write({"split": "valid", "step": self.step, "epoch": self.train_loader.epoch, **res})
+            self._info(f"step {self.step}: valid loss {res['loss']:.4g}")
+
+    def release_encoder(self, status: str) -> Path | None:
+        from speechssl.upstream.release import save_released_encoder
+
+        folder = self.exp_dir / "encoder"
+        if self.dist.is_main:
+            save_released_encoder(self.model, folder, extra={
+                "step": self.step, "status": status, "valid_loss": self.last_valid_loss,
+                "experiment": str(self.exp_dir.resolve())})
+            self._info(f"released encoder to {folder}")
+        barrier(self.dist)
+        return folder
+
+    def close(self) -> None:
+        self._restore_signal_handlers()
+        if self.logger is not None:
+            self.logger.close()
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def pretrain(cfg: PretrainConfig, train_manifest: str | Path, valid_manifest: str | Path | None,
+             exp_dir: str | Path, init_from: str | Path | None = None) -> PretrainResult:
+    """Train (or resume) the model of ``cfg`` on ``train_manifest``; see the module docstring."""
+    trainer = Trainer(cfg, train_manifest, valid_manifest, exp_dir, init_from=init_from)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
