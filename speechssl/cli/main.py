@@ -15,6 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "synth": ("speechssl.cli.synth", "render the built-in synthetic speech corpus"),
     "prepare": ("speechssl.cli.prepare", "scan an audio folder into a JSONL manifest"),
     "manifest": ("speechssl.cli.manifest", "import/export/split/inspect manifests"),
+    "corpus": ("speechssl.cli.corpus", "prepare manifests of a known corpus (LibriSpeech, IEMOCAP, VoxCeleb1, generic)"),
     "pretrain": ("speechssl.cli.pretrain", "pretrain an SSL model from a YAML recipe"),
     "extract": ("speechssl.cli.extract", "extract frozen-encoder features from audio"),
     "export": ("speechssl.cli.export", "export an encoder to other toolkits"),
