@@ -75,7 +75,22 @@ def test_resume_from_state_dict_continues_with_the_same_batches():
     fresh.set_epoch(4)
     assert len(list(fresh)) == len(fresh)  # a new epoch starts at its beginning
     with pytest.raises(ValueError, match="max_batch_seconds: saved 20.0 now 30.0"):
-        SecondsBatchSampler(d, 30.0, seed=5, pool_size=64).load_state_dict(state)
+        SecondsBatchSampler(d, 30.0, seed=5, pool_size=64).load_state_dict(state, strict=True)
+    changed = SecondsBatchSampler(d, 30.0, seed=5, pool_size=64)
+    changed.load_state_dict(state)  # other batching: the saved epoch restarts, with a warning
+    assert changed.epoch == 3 and list(changed) == changed.rank_batches(3)
+
+
+def test_resume_with_another_world_size_skips_seen_global_batches():
+    d = _durations()
+    two = [SecondsBatchSampler(d, 20.0, seed=5, num_replicas=2, rank=r, pool_size=64) for r in range(2)]
+    for s in two:
+        it = iter(s)
+        for _ in range(4):
+            next(it)
+    one = SecondsBatchSampler(d, 20.0, seed=5, pool_size=64)
+    one.load_state_dict(two[0].state_dict())
+    assert list(one) == one.global_batches()[8:]
 
 
 @pytest.mark.parametrize("world", [2, 3])

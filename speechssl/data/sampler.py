@@ -192,19 +192,27 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             **self._fingerprint(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], strict: bool = False) -> None:
         """Continue from ``state``: the next iteration starts with the next unseen batch.
 
+        If the state was saved for different data or batching settings (e.g. a new
+        ``max_batch_seconds`` after an out-of-memory error), the batches differ, so the saved
+        epoch restarts from its beginning with a warning; ``strict=True`` raises instead.
+
         Raises:
-            ValueError: the state was saved for different data or batching settings.
+            ValueError: ``strict`` and the settings differ.
         """
         mismatched = {k: (state.get(k), v) for k, v in self._fingerprint().items() if state.get(k) != v}
+        self.epoch = int(state["epoch"])
         if mismatched:
             detail = ", ".join(f"{k}: saved {a!r} now {b!r}" for k, (a, b) in mismatched.items())
-            raise ValueError(f"sampler state does not match this data/batching ({detail}); "
-                             "resume with the same manifest and data settings")
-        self.epoch = int(state["epoch"])
-        if int(state["num_replicas"]) == self.num_replicas:
+            if strict:
+                raise ValueError(f"sampler state does not match this data/batching ({detail}); "
+                                 "resume with the same manifest and data settings")
+            log.warning("sampler state was saved with other data/batching (%s): epoch %d restarts from "
+                        "its first batch", detail, self.epoch)
+            self._start = 0
+        elif int(state["num_replicas"]) == self.num_replicas:
             self._start = int(state["consumed"])
         else:
             # A different world size: continue after the global batches already seen (a few may repeat).

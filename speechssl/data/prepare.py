@@ -1,0 +1,282 @@
+"""Scan an audio folder into a manifest: ``speechssl prepare DIR --out data/train.jsonl``.
+
+No layout is assumed: every file under DIR (recursively, hidden files skipped) whose extension
+is in ``extensions`` is a candidate. Durations come from the file headers only, so scanning
+is fast. Each file ends up kept or dropped for a reason:
+
+- ``unreadable``: the header cannot be read (corrupt, unsupported codec, e.g. shorten ``.sph``);
+- ``empty``: zero samples;
+- ``too_short``: shorter than ``min_seconds``;
+- ``no_label_match``: a ``label_from_path`` regex did not match the file.
+
+Ids are the path relative to DIR without the extension, ``/`` and whitespace replaced by ``_``
+(``train/1089/134686/1089-134686-0000.flac`` -> ``train_1089_134686_1089-134686-0000``), so
+they are stable across re-runs. Files differing only by extension get it appended to the id.
+
+Labels from paths (``label_from_path``), each pattern one of:
+
+- ``FIELD=TEMPLATE``: the template may use ``{parent}`` (the folder holding the file),
+  ``{grandparent}``, ``{parentN}`` (N folders up, ``{parent1}`` is ``{parent}``), ``{stem}``
+  (file name without extension), ``{name}`` (with extension) and ``{top}`` (first folder under
+  DIR). Example: ``speaker={parent}``, ``language={top}``, ``corpus=mine``.
+- a regular expression with named groups, searched in the file stem, or in the relative path
+  without extension when the pattern contains ``/``. Each group becomes a field. Example for
+  LibriSpeech names: ``(?P<speaker>\\d+)-(?P<chapter>\\d+)-\\d+``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import string
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from speechssl.audio import AudioError, EmptyAudioError, audio_info
+from speechssl.data.manifest import write_manifest
+
+log = logging.getLogger(__name__)
+
+#: Extensions scanned by default (``sph`` works when libsndfile can decode it, i.e. not shorten).
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3", "sph")
+_TEMPLATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_PARENT_N = re.compile(r"^parent(\d+)$")
+_EXAMPLES_PER_REASON = 5
+
+
+class PrepareError(ValueError):
+    """Nothing usable was found; ``.report`` holds what was scanned."""
+
+    def __init__(self, message: str, report: PrepareReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What ``prepare_folder`` kept and dropped."""
+
+    folder: str
+    manifest: str | None = None  # None when nothing was written
+    kept: int = 0
+    seconds_kept: float = 0.0
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> files
+    seconds_dropped: dict[str, float] = dataclasses.field(default_factory=dict)  # reason -> seconds (0 if unknown)
+    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> first few "path: why"
+    other_files: int = 0  # files with other extensions
+    label_fields: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def hours_kept(self) -> float:
+        return self.seconds_kept / 3600.0
+
+    @property
+    def hours_dropped(self) -> float:
+        return sum(self.seconds_dropped.values()) / 3600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "hours_kept": self.hours_kept, "hours_dropped": self.hours_dropped}
+
+    def summary(self) -> str:
+        """Human-readable lines: hours kept, dropped per reason with examples."""
+        lines = [f"kept {self.kept} files, {self.hours_kept:.3f} h"
+                 + (f" -> {self.manifest}" if self.manifest else "")]
+        total = sum(self.dropped.values())
+        if total:
+            lines.append(f"dropped {total} files, {self.hours_dropped:.3f} h:")
+            for reason in sorted(self.dropped):
+                lines.append(f"  {reason}: {self.dropped[reason]} files, "
+                             f"{self.seconds_dropped.get(reason, 0.0) / 3600:.3f} h")
+                lines.extend(f"    e.g. {ex}" for ex in self.examples.get(reason, []))
+        if self.label_fields:
+            lines.append(f"label fields: {', '.join(self.label_fields)}")
+        return "\n".join(lines)
+
+    def _drop(self, reason: str, seconds: float, example: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.seconds_dropped[reason] = self.seconds_dropped.get(reason, 0.0) + seconds
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < _EXAMPLES_PER_REASON:
+            examples.append(example)
+
+
+LabelRule = Callable[[Path], "dict[str, str] | None"]
+
+
+def _path_values(rel: Path) -> dict[str, str]:
+    parents = rel.parent.parts
+    values = {"stem": rel.stem, "name": rel.name, "top": parents[0] if parents else ""}
+    for n in range(1, len(parents) + 1):
+        values[f"parent{n}"] = parents[-n]
+    values["parent"] = values.get("parent1", "")
+    values["grandparent"] = values.get("parent2", "")
+    return values
+
+
+def _template_rule(pattern: str, field: str, template: str) -> LabelRule:
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    for name in names:
+        if name not in ("parent", "grandparent", "stem", "name", "top") and not _PARENT_N.match(name):
+            raise ValueError(f"--label-from-path {pattern!r}: unknown placeholder {{{name}}}; use "
+                             "{parent}, {grandparent}, {parentN}, {stem}, {name} or {top}")
+
+    def rule(rel: Path) -> dict[str, str] | None:
+        values = _path_values(rel)
+        missing = [n for n in names if n not in values or values[n] == ""]
+        if missing:
+            return None
+        return {field: template.format(**values)}
+
+    return rule
+
+
+def _regex_rule(pattern: str) -> LabelRule:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--label-from-path {pattern!r} is neither FIELD=TEMPLATE nor a valid regex "
+                         f"({exc})") from None
+    if not regex.groupindex:
+        raise ValueError(f"--label-from-path {pattern!r}: a regex needs named groups, e.g. "
+                         r"'(?P<speaker>\d+)-(?P<chapter>\d+)-\d+'; or use FIELD=TEMPLATE like speaker={parent}")
+    on_path = "/" in pattern
+
+    def rule(rel: Path) -> dict[str, str] | None:
+        text = rel.with_suffix("").as_posix() if on_path else rel.stem
+        match = regex.search(text)
+        if match is None:
+            return None
+        return {k: v for k, v in match.groupdict().items() if v is not None}
+
+    return rule
+
+
+def parse_label_patterns(patterns: Iterable[str]) -> list[tuple[str, LabelRule]]:
+    """Turn ``--label-from-path`` strings into rules (see the module docstring).
+
+    Raises:
+        ValueError: an unknown placeholder, an invalid regex, or a regex without named groups.
+    """
+    rules = []
+    for pattern in patterns:
+        m = _TEMPLATE.match(pattern)
+        if m and "(?P<" not in pattern:
+            rules.append((pattern, _template_rule(pattern, m.group(1), m.group(2))))
+        else:
+            rules.append((pattern, _regex_rule(pattern)))
+    return rules
+
+
+def scan_audio_files(folder: Path, extensions: Sequence[str]) -> tuple[list[Path], int]:
+    """Audio files under ``folder`` (sorted relative paths) and how many other files were seen."""
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    found: list[Path] = []
+    others = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in exts:
+                found.append(Path(root, name).relative_to(folder))
+            else:
+                others += 1
+    found.sort(key=lambda p: p.as_posix())
+    return found, others
+
+
+def make_ids(relpaths: Sequence[Path]) -> list[str]:
+    """Stable unique ids from relative paths (see the module docstring)."""
+
+    def base(rel: Path) -> str:
+        return re.sub(r"[/\\\s]+", "_", rel.with_suffix("").as_posix())
+
+    bases = [base(r) for r in relpaths]
+    counts: dict[str, int] = {}
+    for b in bases:
+        counts[b] = counts.get(b, 0) + 1
+    ids = [f"{b}_{r.suffix.lstrip('.').lower()}" if counts[b] > 1 else b for b, r in zip(bases, relpaths)]
+    seen: dict[str, int] = {}
+    unique = []
+    for i in ids:
+        n = seen.get(i, 0)
+        seen[i] = n + 1
+        unique.append(i if n == 0 else f"{i}-{n + 1}")
+    return unique
+
+
+def prepare_folder(folder: str | Path, out: str | Path, label_from_path: str | Sequence[str] | None = None,
+                   min_seconds: float = 0.0, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> PrepareReport:
+    """Scan ``folder`` for audio and write the manifest ``out``.
+
+    Args:
+        folder: the folder to scan recursively.
+        out: the ``.jsonl`` manifest to write (atomic; overwritten on re-runs).
+        label_from_path: pattern(s) deriving label fields from each path (module docstring).
+        min_seconds: files shorter than this are dropped as ``too_short``.
+        extensions: file extensions to consider (case-insensitive, without the dot).
+    Returns:
+        PrepareReport with counts and hours kept and dropped per reason.
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: a bad label pattern.
+        PrepareError: no audio files found, or none usable (nothing is written then).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    patterns = [label_from_path] if isinstance(label_from_path, str) else list(label_from_path or [])
+    rules = parse_label_patterns(patterns)
+    report = PrepareReport(folder=str(folder))
+    relpaths, report.other_files = scan_audio_files(folder, extensions)
+    ext_text = ", ".join("." + e.lstrip(".") for e in extensions)
+    if not relpaths:
+        raise PrepareError(f"no audio files ({ext_text}) found under {folder} "
+                           f"({report.other_files} other files)", report)
+    records = []
+    fields: set[str] = set()
+    for n, (rel, utt_id) in enumerate(zip(relpaths, make_ids(relpaths)), start=1):
+        if n % 10000 == 0:
+            log.info("prepare: %d / %d files scanned", n, len(relpaths))
+        path = folder / rel
+        try:
+            info = audio_info(path)
+        except EmptyAudioError as exc:
+            report._drop("empty", 0.0, f"{rel}: {exc.reason}")
+            continue
+        except AudioError as exc:
+            report._drop("unreadable", 0.0, f"{rel}: {exc.reason}")
+            continue
+        if info.num_samples == 0:
+            report._drop("empty", 0.0, f"{rel}: 0 samples")
+            continue
+        if info.duration < min_seconds:
+            report._drop("too_short", info.duration, f"{rel}: {info.duration:.3f} s < {min_seconds} s")
+            continue
+        labels: dict[str, str] = {}
+        unmatched = None
+        for pattern, rule in rules:
+            got = rule(rel)
+            if got is None:
+                unmatched = pattern
+                break
+            labels.update(got)
+        if unmatched is not None:
+            report._drop("no_label_match", info.duration, f"{rel}: does not match {unmatched!r}")
+            continue
+        fields.update(labels)
+        records.append({"id": utt_id, "path": os.path.abspath(path), "num_samples": info.num_samples,
+                        "sample_rate": info.sample_rate, **labels})
+        report.kept += 1
+        report.seconds_kept += info.duration
+    report.label_fields = sorted(fields)
+    if not records:
+        raise PrepareError(f"none of the {len(relpaths)} audio files under {folder} is usable; nothing "
+                           f"written\n{report.summary()}", report)
+    write_manifest(records, out)
+    report.manifest = str(out)
+    log.info("prepare: %s", report.summary().replace("\n", "; "))
+    return report
