@@ -1,0 +1,172 @@
+"""Pretraining engine, in process: outputs, checkpoints, exact resume, NaN guard, limits, errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+
+import pytest
+import torch
+import yaml
+from test_train_support import CRASH, make_corpus, recipe
+
+from speechssl.config import ConfigError
+from speechssl.train import checkpoint as ckpt_io
+from speechssl.train.config import load_pretrain_config
+from speechssl.train.trainer import Trainer, TrainingError, pretrain
+from speechssl.upstream.release import load_released_model
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return make_corpus(root, n=12, short=2), make_corpus(root, n=4, name="dev", seed=1)
+
+
+def run(tmp_path, corpus, overrides=(), exp="exp", init_from=None, **sections):
+    cfg = load_pretrain_config(recipe(tmp_path, **sections), list(overrides))
+    return pretrain(cfg, corpus[0], corpus[1], tmp_path / exp, init_from=init_from)
+
+
+def final_state(exp):
+    return ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(exp / "checkpoints"))
+
+
+def test_outputs_checkpoint_contents_and_keep_last(tmp_path, corpus, caplog):
+    caplog.set_level(logging.INFO)
+    res = run(tmp_path, corpus, ["train.keep_last=2", "train.ckpt_every_steps=1"])
+    exp = tmp_path / "exp"
+    assert res.status == "finished" and res.step == 6 and res.dropped == {"too_short": 2}
+    assert "dropped 2 shorter than" in caplog.text
+    # keep_last: only the 2 newest of 6 checkpoints remain, no temporary files
+    assert [p.name for p in (exp / "checkpoints").iterdir()] == sorted(["step_00000005.pt", "step_00000006.pt"]) or \
+        sorted(p.name for p in (exp / "checkpoints").iterdir()) == ["step_00000005.pt", "step_00000006.pt"]
+    ck = torch.load(exp / "checkpoints" / "step_00000006.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "sampler", "step", "config",
+                "format_version", "speechssl_version", "model_name"):
+        assert key in ck, key
+    assert ck["step"] == 6 and ck["model_name"] == "toy_linear" and ck["config"]["train"]["keep_last"] == 2
+    assert set(ck["rng"][0]) == {"python", "numpy", "torch_cpu", "torch_cuda"}
+    assert ck["sampler"]["epoch"] >= 1 and "consumed" in ck["sampler"]
+    assert int(ck["model"]["last_step"]) == 6  # step_update was called after every step
+    info = yaml.safe_load((exp / "config.yaml").read_text())
+    assert info["model"]["name"] == "toy_linear" and info["info"]["world_size"] == 1
+    assert info["info"]["effective_batch_seconds"] == pytest.approx(1.0)
+    assert len(info["info"]["manifests"]["train"]["sha256"]) == 64 and "git_revision" in info["info"]
+    assert info["info"]["torch_version"] == str(torch.__version__)
+    lines = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["split"] == "train"]
+    assert [x["step"] for x in train] == [1, 2, 3, 4, 5, 6]
+    for key in ("epoch", "lr", "loss", "mse", "frames", "seconds_per_second"):
+        assert key in train[0]
+    assert [x["step"] for x in lines if x["split"] == "valid"] == [3, 6]
+    assert list((exp / "tensorboard").glob("events.out.tfevents.*"))
+    assert (exp / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    enc = load_released_model(exp / "encoder")
+    torch.testing.assert_close(enc.state_dict()["enc.weight"], ck["model"]["enc.weight"])
+    # rerunning the finished command resumes at the end and does nothing more
+    again = run(tmp_path, corpus, ["train.keep_last=2", "train.ckpt_every_steps=1"])
+    assert again.step == 6 and len(list((exp / "metrics.jsonl").read_text().splitlines())) == len(lines) + 1
+
+
+def test_resume_after_crash_is_exact(tmp_path, corpus):
+    # accumulation 2 (1.0 s per step, 0.5 s per forward), steps cross epochs, the model draws noise
+    sections = {"data": {"device_batch_seconds": 0.5}, "train": {"max_steps": 7}}
+    ref = run(tmp_path, corpus, exp="ref", **sections)
+    CRASH.update(after=8, calls=0)  # the 9th training forward (step 5) raises
+    try:
+        with pytest.raises(RuntimeError, match="injected crash"):
+            run(tmp_path, corpus, exp="crashed", **sections)
+    finally:
+        CRASH.update(after=None, calls=0)
+    assert ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints").name == "step_00000003.pt"
+    resumed = run(tmp_path, corpus, exp="crashed", **sections)
+    assert ref.step == resumed.step == 7
+    a, b = final_state(tmp_path / "ref"), final_state(tmp_path / "crashed")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["sampler"] == b["sampler"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "train"]
+    assert steps == list(range(1, 8))  # lines after the checkpoint were redone, not duplicated
+
+
+def test_nan_guard_skips_and_logs_ids_then_stops(tmp_path, corpus, caplog):
+    caplog.set_level(logging.WARNING)
+    res = run(tmp_path, corpus, ["model.nan_ids=[train_003]"], exp="some_nan")
+    assert res.status == "finished" and res.step == 6
+    skipped = [json.loads(x) for x in (tmp_path / "some_nan" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["split"] == "skipped"]
+    assert skipped and all("train_003" in s["ids"] for s in skipped)
+    assert "train_003" in caplog.text and "non-finite loss" in caplog.text
+    assert all(torch.isfinite(v).all() for v in final_state(tmp_path / "some_nan")["model"].values())
+    ids = "[" + ",".join(f"train_{i:03d}" for i in range(12)) + "]"
+    with pytest.raises(TrainingError, match="3 consecutive steps skipped"):
+        run(tmp_path, corpus, [f"model.nan_ids={ids}", "train.max_bad_steps=3"], exp="all_nan")
+
+
+def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):
+    res = run(tmp_path, corpus, ["train.max_minutes=1e-6", "train.max_steps=1000"])
+    assert res.status == "time_limit" and 1 <= res.step < 1000
+    assert res.checkpoint.is_file() and (res.encoder_dir / "model.safetensors").is_file()
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, corpus, monkeypatch):
+    real_save = torch.save
+
+    def save_fills_disk(obj, path, *a, **k):
+        if obj["step"] == 6:
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt_io.torch, "save", save_fills_disk)
+    with pytest.raises(OSError, match="No space left.*intact"):
+        run(tmp_path, corpus)
+    folder = tmp_path / "exp" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000003.pt"]  # no partial/temporary file
+    assert ckpt_io.load_checkpoint(folder / "step_00000003.pt")["step"] == 3
+    monkeypatch.setattr(ckpt_io.torch, "save", real_save)
+    assert run(tmp_path, corpus).step == 6
+
+
+def test_init_from_and_checkpoint_errors(tmp_path, corpus):
+    run(tmp_path, corpus, ["train.max_steps=2"], exp="src")
+    cfg = load_pretrain_config(recipe(tmp_path), [])
+    src_weights = final_state(tmp_path / "src")["model"]
+    for source in (tmp_path / "src" / "encoder", tmp_path / "src" / "checkpoints" / "step_00000002.pt", tmp_path / "src"):
+        trainer = Trainer(cfg, corpus[0], None, tmp_path / f"init_{source.name}", init_from=source)
+        try:
+            torch.testing.assert_close(trainer.model.state_dict()["out.bias"], src_weights["out.bias"])
+            assert trainer.step == 0 and not trainer.optimizer.state  # weights only
+        finally:
+            trainer.close()
+    bigger = load_pretrain_config(recipe(tmp_path), ["model.hidden=4"])
+    with pytest.raises(ckpt_io.CheckpointError, match="do not fit"):
+        Trainer(bigger, corpus[0], None, tmp_path / "x", init_from=tmp_path / "src" / "encoder")
+    # the same exp folder with another model config refuses to resume
+    with pytest.raises(ConfigError, match="different model config.*hidden"):
+        pretrain(bigger, corpus[0], None, tmp_path / "src")
+    good = tmp_path / "src" / "checkpoints" / "step_00000002.pt"
+    with pytest.raises(ckpt_io.CheckpointError, match="holds model 'toy_linear'.*'apc'"):
+        ckpt_io.load_checkpoint(good, expect_model="apc")
+    state = torch.load(good, weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, tmp_path / "future.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="format_version 99 is newer"):
+        ckpt_io.load_checkpoint(tmp_path / "future.pt")
+
+
+def test_short_only_manifest_and_precision(tmp_path, corpus):
+    shorts = make_corpus(tmp_path / "short", n=0, short=3)
+    cfg = load_pretrain_config(recipe(tmp_path), [])
+    with pytest.raises(ValueError, match="short.jsonl|train.jsonl"):
+        pretrain(cfg, shorts, None, tmp_path / "e1")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        pretrain(load_pretrain_config(recipe(tmp_path), ["train.precision=fp16"]), corpus[0], None, tmp_path / "e2")
+    res = run(tmp_path, corpus, ["train.precision=bf16", "train.max_steps=2"], exp="bf16")
+    assert res.status == "finished" and res.valid_loss is not None and res.valid_loss < 1.0
