@@ -10,7 +10,12 @@ from test_train_support import recipe
 
 from speechssl.config import ConfigError
 from speechssl.registry import UnknownNameError
-from speechssl.train.config import OptimConfig, load_pretrain_config, read_resolved_config, save_pretrain_config
+from speechssl.train.config import (
+    OptimConfig,
+    load_pretrain_config,
+    read_resolved_config,
+    save_pretrain_config,
+)
 from speechssl.train.optim import LRFactor, build_optimizer, build_scheduler
 
 
