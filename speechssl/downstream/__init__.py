@@ -34,7 +34,6 @@ from speechssl.downstream.model import (
 from speechssl.downstream.pooling import AttentiveStatsPool, masked_mean, masked_mean_std
 from speechssl.downstream.protocols import run_kfold, run_label_efficiency, run_lr_sweep
 from speechssl.downstream.splits import (
-    group_split,
     kfold_by_group,
     sample_per_class,
     splits_hash,
@@ -58,7 +57,6 @@ __all__ = [
     "compare",
     "confusion_matrix",
     "downstream_config",
-    "group_split",
     "input_records",
     "kfold_by_group",
     "load_downstream_model",

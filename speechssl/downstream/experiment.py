@@ -205,7 +205,7 @@ def run_experiment(
         "format_version": RESULTS_FORMAT_VERSION,
         "task": {"label": label, "level": level, "classes": labels.labels},
         "encoder": source.describe(),
-        "featurizer": {"layers": layers, "weights": model.featurizer.weights_dict(), **to_dict(cfg.featurizer)},
+        "featurizer": {**to_dict(cfg.featurizer), "layers": layers, "weights": model.featurizer.weights_dict()},
         "head": dict(cfg.head),
         "protocol": dict(protocol or {"name": "superb"}),
         "hyperparameters": to_dict(cfg),

@@ -137,8 +137,8 @@ def _read_index(folder: Path) -> list[dict]:
     index = folder / "index.tsv"
     if not index.is_file():
         raise FileNotFoundError(f"{folder}: no index.tsv (expected the output folder of `speechssl extract`)")
-    with open(index, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    with open(index, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise ValueError(f"{index}: no rows")
     for col in ("id", "path"):
@@ -148,85 +148,82 @@ def _read_index(folder: Path) -> list[dict]:
 
 
 def _read_meta(folder: Path) -> dict:
-    for name in ("meta.json", "extract.json", "config.json"):
-        path = folder / name
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: invalid JSON: {exc}") from None
-    return {}
-
-
-def _load_array(path: Path, where: str) -> tuple[list[torch.Tensor], list[str] | None]:
-    """A feature file -> (per-layer [T, D] tensors, layer names if the file carries them)."""
+    path = folder / "extract.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{where}: feature file not found: {path}")
-    if path.suffix == ".npy":
-        data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
-    elif path.suffix == ".pt":
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON: {exc}") from None
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x)).float()
+
+
+def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[torch.Tensor]:
+    """One utterance's per-layer [T, D] tensors from an index ``path`` entry (any extract format)."""
+    path = folder / loc
+    if path.is_dir():  # npy, several layers: <id>/<layer>.npy
+        return [_tensor(np.load(path / f"{name}.npy", allow_pickle=False)) for name in layers]
+    if path.suffix == ".npy" and path.is_file():
+        data = np.load(path, allow_pickle=False)
+        return [_tensor(data)] if data.ndim == 2 else [_tensor(a) for a in data]
+    if path.suffix == ".pt" and path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"{where}: unsupported feature file {path.name} (expected .npy or .pt)")
-    if isinstance(data, dict):
-        names = list(data)
-        return [torch.as_tensor(data[k]).float() for k in names], names
-    data = torch.as_tensor(data).float()
-    if data.dim() == 2:
-        return [data], None
-    if data.dim() == 3:
-        return list(data.unbind(0)), None
-    raise ValueError(f"{where}: {path.name} has shape {tuple(data.shape)}; expected [T, D] or [layers, T, D]")
+        if isinstance(data, dict):
+            missing = [n for n in layers if n not in data]
+            if missing:
+                raise ValueError(f"{where}: {path.name} lacks layers {missing}; it has {list(data)}")
+            return [data[n].float() for n in layers]
+        data = torch.as_tensor(data).float()
+        return [data] if data.dim() == 2 else list(data.unbind(0))
+    if ".h5:" in loc:  # hdf5: feats.h5:<key> with one dataset per layer
+        import h5py
+
+        file_name, key = loc.split(":", 1)
+        with h5py.File(folder / file_name, "r") as h5:
+            return [_tensor(h5[key][name][()]) for name in layers]
+    if ".ark:" in loc:  # kaldi: ark:offset per layer, comma-separated
+        import kaldiio
+
+        return [_tensor(kaldiio.load_mat(str(folder / part))) for part in loc.split(",")]
+    raise FileNotFoundError(f"{where}: feature entry {loc!r} not found under {folder}")
 
 
 def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
-    """Features of ``records`` from a ``speechssl extract`` folder.
+    """Features of ``records`` from a ``speechssl extract`` folder (npy, pt, HDF5 or Kaldi ark).
 
-    ``index.tsv`` has a header with at least ``id`` and ``path`` (relative to the folder); an
-    optional ``layer`` column gives one row per (utterance, layer). A feature file holds [T, D]
-    (one layer), [layers, T, D], or (``.pt``) a dict ``{layer_name: [T, D]}``. Layer names and the
-    frame shift come from the folder's ``meta.json``/``extract.json``/``config.json`` when present.
+    ``index.tsv`` has columns ``id path frames frame_rate layers dim``; ``extract.json`` gives the
+    layer names and frame shift. Records are matched by ``id``; any missing id is an error.
     """
     folder = Path(folder)
-    rows = _read_index(folder)
+    rows = {row["id"]: row for row in _read_index(folder)}
     meta = _read_meta(folder)
-    by_id: dict[str, list[dict]] = {}
-    for row in rows:
-        by_id.setdefault(row["id"], []).append(row)
-    missing = [r["id"] for r in records if r["id"] not in by_id]
+    missing = [r["id"] for r in records if r["id"] not in rows]
     if missing:
         raise KeyError(
             f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
             "extract them from the same manifest"
         )
     feats: list[list[torch.Tensor]] = []
-    layer_names: list[str] | None = None
+    layer_names: list[str] = []
     for rec in records:
-        tensors: list[torch.Tensor] = []
-        names: list[str] = []
-        for row in by_id[rec["id"]]:
-            where = f"{folder / 'index.tsv'} id {rec['id']!r}"
-            arrs, file_names = _load_array(folder / row["path"], where)
-            tensors += arrs
-            if file_names:
-                names += file_names
-            elif row.get("layer"):
-                names += [row["layer"]] if len(arrs) == 1 else [f"{row['layer']}_{i}" for i in range(len(arrs))]
-        if not names:
-            names = list(meta.get("layer_names") or meta.get("layers") or [])
-            if len(names) != len(tensors):
-                names = [f"layer_{i}" for i in range(len(tensors))] if len(tensors) > 1 else ["features"]
-        if layer_names is None:
+        row = rows[rec["id"]]
+        names = [n for n in (row.get("layers") or "").split(",") if n] or list(meta.get("layers") or [])
+        where = f"{folder / 'index.tsv'} id {rec['id']!r}"
+        tensors = _load_entry(folder, row["path"], names, where)
+        if len(names) != len(tensors):
+            names = ["features"] if len(tensors) == 1 else [f"layer_{i}" for i in range(len(tensors))]
+        if not layer_names:
             layer_names = names
         elif names != layer_names:
-            raise ValueError(f"{folder}: utterance {rec['id']!r} has layers {names}, others {layer_names}")
+            raise ValueError(f"{where}: layers {names} differ from other utterances' {layer_names}")
         feats.append(tensors)
-    return FeatureSet(
-        ids=[r["id"] for r in records],
-        feats=feats,
-        layer_names=layer_names or [],
-        frame_shift=int(meta.get("frame_shift") or 0),
-    )
+    frame_shift = int(meta.get("frame_shift") or 0)
+    if not frame_shift and rows and list(rows.values())[0].get("frame_rate"):
+        frame_shift = int(round(16000 / float(list(rows.values())[0]["frame_rate"])))
+    return FeatureSet(ids=[r["id"] for r in records], feats=feats, layer_names=layer_names, frame_shift=frame_shift)
 
 
 class LabelMap:

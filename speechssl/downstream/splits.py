@@ -1,8 +1,9 @@
-"""Evaluation splits: stratified and group-independent splits, k-fold by group, n-per-class
+"""Evaluation splits: stratified splits, k-fold by group (one fold per group by default), n-per-class
 sampling for label-efficiency curves, and a hash that identifies a split.
 
 All functions are deterministic for a given seed and never depend on input order (records are
-sorted by id first).
+sorted by id first). Group-independent (speaker-independent) train/dev/test splits come from
+:func:`speechssl.data.split_records` with ``group_by``.
 """
 
 from __future__ import annotations
@@ -67,30 +68,6 @@ def stratified_split(
         for nm, c in zip(names[1:], counts):
             out[nm] += recs[start : start + c]
             start += c
-    return out
-
-
-def group_split(
-    records: Sequence[dict], group_field: str, fractions: Mapping[str, float], seed: int = 0
-) -> dict[str, list[dict]]:
-    """Group-independent split (e.g. speaker-independent): all utterances of a group land in one
-    split. Groups are shuffled with ``seed`` and assigned greedily by utterance count."""
-    groups = group_by(records, group_field)
-    if len(groups) < len(fractions):
-        raise ValueError(
-            f"group split by {group_field!r}: {len(groups)} group(s) cannot fill {len(fractions)} splits {list(fractions)}"
-        )
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    total = sum(fractions.values())
-    want = {nm: fractions[nm] / total * len(records) for nm in fractions}
-    out: dict[str, list[dict]] = {nm: [] for nm in fractions}
-    # every split gets one group first, then each group goes where the deficit is largest
-    for nm, key in zip(fractions, keys):
-        out[nm] += groups[key]
-    for key in keys[len(fractions) :]:
-        nm = max(fractions, key=lambda s: want[s] - len(out[s]))
-        out[nm] += groups[key]
     return out
 
 

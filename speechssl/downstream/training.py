@@ -166,7 +166,7 @@ def train_model(
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         opt.step()
-        running += float(loss)
+        running += loss.item()
         count += 1
         bar.update(1)
         if dev is not None and (step % cfg.valid_every == 0 or step == cfg.max_steps):

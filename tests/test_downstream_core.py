@@ -1,0 +1,210 @@
+"""Downstream building blocks: pooling ignores padding, heads, featurizer weights, metrics on
+hand-computed cases, k-fold groups, n-per-class sampling, label checks, model save/load."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from speechssl.downstream import (
+    HEADS,
+    AttentiveStatsPool,
+    Featurizer,
+    FeaturizerConfig,
+    LabelMap,
+    build_head,
+    classification_metrics,
+    downstream_config,
+    kfold_by_group,
+    load_downstream_model,
+    masked_mean,
+    masked_mean_std,
+    sample_per_class,
+    splits_hash,
+    stratified_split,
+)
+from speechssl.downstream.model import build_downstream_model
+from speechssl.registry import UnknownNameError
+
+
+def _pad(x: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
+    pad = torch.full((x.shape[0], extra, x.shape[2]), fill)
+    return torch.cat([x, pad], dim=1)
+
+
+def test_pooling_ignores_padding():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5)
+    lengths = torch.tensor([7, 4, 1])
+    x = x.masked_fill(torch.arange(7).view(1, 7, 1) >= lengths.view(3, 1, 1), 0.0)
+    pool = AttentiveStatsPool(5, 8)
+    ref = [masked_mean(x, lengths), masked_mean_std(x, lengths), pool(x, lengths)]
+    # padding with garbage (large values, NaN) in the padded frames and in extra frames
+    noisy = x.clone()
+    noisy[1, 4:] = 1e4
+    noisy[2, 1:] = float("nan")
+    noisy = _pad(noisy, 5, 123.0)
+    got = [masked_mean(noisy, lengths), masked_mean_std(noisy, lengths), pool(noisy, lengths)]
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r)
+    # single utterance == batched
+    torch.testing.assert_close(masked_mean(x[1:2, :4], lengths[1:2]), ref[0][1:2])
+    torch.testing.assert_close(masked_mean(x[1:2, :4], lengths[1:2]), x[1, :4].mean(0, keepdim=True))
+    std = x[1, :4].std(0, unbiased=False)
+    torch.testing.assert_close(masked_mean_std(x[1:2, :4], lengths[1:2])[0, 5:], std, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["superb_utterance", "speaker_asp", "linear_probe"])
+def test_utterance_heads_ignore_padding(name):
+    torch.manual_seed(1)
+    head = build_head({"name": name}, input_dim=6, num_classes=3).eval()
+    x = torch.randn(2, 9, 6)
+    lengths = torch.tensor([9, 5])
+    ref = head(x, lengths)
+    assert ref.shape == (2, 3)
+    noisy = x.clone()
+    noisy[1, 5:] = 50.0
+    torch.testing.assert_close(head(_pad(noisy, 4, -7.0), lengths), ref)
+    torch.testing.assert_close(head(x[1:2, :5], lengths[1:2]), ref[1:2])
+
+
+def test_frame_head_and_registry():
+    head = build_head({"name": "frame_linear"}, 4, 5)
+    assert head.level == "frame" and head(torch.randn(2, 3, 4), torch.tensor([3, 2])).shape == (2, 3, 5)
+    assert set(HEADS) >= {"superb_utterance", "speaker_asp", "linear_probe", "frame_linear"}
+    with pytest.raises(UnknownNameError, match="superb_utterance"):
+        build_head({"name": "nope"}, 4, 2)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        build_head({"name": "superb_utterance", "hidden_dimm": 3}, 4, 2)
+    sup = build_head({"name": "superb_utterance"}, 80, 4)
+    assert sup.projector.out_features == 256 and sup.classifier.in_features == 256
+
+
+def test_featurizer_weights_sum_to_one_and_export(tmp_path):
+    feat = Featurizer(["latent", "layer_1", "layer_2"], FeaturizerConfig())
+    stacked = torch.randn(2, 3, 4, 5)
+    out = feat(stacked)
+    torch.testing.assert_close(out, stacked.mean(1))  # equal weights at init
+    # learnable: one optimisation step moves the weights, they still sum to 1
+    loss = (feat(stacked) * stacked[:, 2]).sum() * -1
+    loss.backward()
+    with torch.no_grad():
+        feat.weights -= 1.0 * feat.weights.grad
+    w = feat.weights_dict()
+    assert list(w) == ["latent", "layer_1", "layer_2"]
+    assert abs(sum(w.values()) - 1.0) < 1e-6 and w["layer_2"] > w["latent"]
+    feat.export_weights(tmp_path / "w.json")
+    saved = json.loads((tmp_path / "w.json").read_text())
+    assert saved["layers"] == list(w) and saved["by_layer"] == pytest.approx(w)
+    from speechssl.downstream.plots import plot_layer_weights
+
+    png = plot_layer_weights(w, tmp_path / "w.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    one = Featurizer(["layer_1"])
+    torch.testing.assert_close(one(stacked[:, 1:2]), stacked[:, 1])
+    normed = Featurizer(["a", "b"], FeaturizerConfig(layer_norm=True))(stacked[:, :2] * 100 + 3)
+    assert normed.abs().mean() < 3
+
+
+def test_metrics_hand_computed_imbalanced():
+    refs = [0, 0, 0, 0, 1, 1]
+    hyps = [0, 0, 0, 0, 0, 1]
+    m = classification_metrics(refs, hyps, 2)
+    assert m["accuracy"] == pytest.approx(5 / 6) and m["wa"] == m["accuracy"]
+    assert m["ua"] == pytest.approx((1.0 + 0.5) / 2)  # UA != WA on imbalanced data
+    f1_0 = 2 * 4 / (4 + 5)
+    f1_1 = 2 * 1 / (2 + 1)
+    assert m["macro_f1"] == pytest.approx((f1_0 + f1_1) / 2)
+    assert m["confusion_matrix"] == [[4, 0], [1, 1]]
+    # a class never referenced nor predicted does not count in UA / macro-F1
+    m3 = classification_metrics([0, 1], [0, 0], 3)
+    assert m3["ua"] == pytest.approx(0.5) and m3["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+def _records(n_groups=4, per_group=6, classes=("a", "b", "c")):
+    recs = []
+    for g in range(n_groups):
+        for i in range(per_group):
+            recs.append({"id": f"g{g}_{i}", "path": f"/x/g{g}_{i}.wav", "session": f"S{g}",
+                         "emotion": classes[(g + i) % len(classes)]})
+    return recs
+
+
+def test_kfold_never_shares_a_group():
+    recs = _records(5)
+    folds = kfold_by_group(recs, "session")
+    assert len(folds) == 5
+    seen = []
+    for fold in folds:
+        train_groups = {r["session"] for r in fold["train"]}
+        test_groups = {r["session"] for r in fold["test"]}
+        assert not train_groups & test_groups and test_groups
+        assert len(fold["train"]) + len(fold["test"]) == len(recs)
+        seen += [r["id"] for r in fold["test"]]
+    assert sorted(seen) == sorted(r["id"] for r in recs)  # every utterance tested exactly once
+    folds2 = kfold_by_group(recs, "session", k=2)
+    for fold in folds2:
+        assert not {r["session"] for r in fold["train"]} & {r["session"] for r in fold["test"]}
+    with pytest.raises(ValueError, match="k=9"):
+        kfold_by_group(recs, "session", k=9)
+
+
+def test_sample_per_class_deterministic():
+    recs = _records(4, 8)
+    a = sample_per_class(recs, "emotion", 2, seed=0)
+    shuffled = list(recs)
+    random.Random(5).shuffle(shuffled)
+    b = sample_per_class(shuffled, "emotion", 2, seed=0)
+    assert [r["id"] for r in a] == [r["id"] for r in b]  # same seed, any input order -> same pick
+    counts = {}
+    for r in a:
+        counts[r["emotion"]] = counts.get(r["emotion"], 0) + 1
+    assert counts == {"a": 2, "b": 2, "c": 2}
+    picks = {tuple(r["id"] for r in sample_per_class(recs, "emotion", 2, seed=s)) for s in range(5)}
+    assert len(picks) > 1  # seeds differ
+    assert len(sample_per_class(recs, "emotion", 100, seed=0)) == len(recs)  # small classes give all
+
+
+def test_stratified_split_and_hash():
+    recs = _records(4, 10)
+    parts = stratified_split(recs, "emotion", {"train": 0.8, "dev": 0.1, "test": 0.1}, seed=0)
+    ids = [r["id"] for p in parts.values() for r in p]
+    assert sorted(ids) == sorted(r["id"] for r in recs)
+    for p in parts.values():
+        assert {r["emotion"] for r in p} == {"a", "b", "c"}
+    h = splits_hash(parts)
+    assert h == splits_hash({k: list(reversed(v)) for k, v in parts.items()})
+    assert h != splits_hash({"train": parts["dev"], "dev": parts["train"], "test": parts["test"]})
+
+
+def test_unseen_labels_are_named():
+    train = [{"id": "1", "emotion": "happy"}, {"id": "2", "emotion": "sad"}]
+    labels = LabelMap.from_records(train, "emotion")
+    assert labels.labels == ["happy", "sad"]
+    with pytest.raises(ValueError, match=r"'angry' \(1 utt., e.g. 3\)") as err:
+        labels.check([{"id": "3", "emotion": "angry"}, {"id": "4", "emotion": "sad"}], "emotion", "test")
+    assert "test" in str(err.value) and "unseen in train" in str(err.value)
+    with pytest.raises(KeyError, match="no label field 'emotion'"):
+        labels.check([{"id": "5", "speaker": "x"}], "emotion", "dev")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        LabelMap.from_records(train[:1], "emotion")
+
+
+def test_model_save_load_roundtrip(tmp_path):
+    cfg = downstream_config({"head": {"name": "speaker_asp", "hidden_dim": 8, "embedding_dim": 8}})
+    model = build_downstream_model(cfg, ["l1", "l2"], 6, ["a", "b", "c"], {"label": "speaker"})
+    model.save(tmp_path)
+    assert not list(tmp_path.glob("*.pt")) and (tmp_path / "model.safetensors").is_file()
+    again = load_downstream_model(tmp_path)
+    x, n = torch.randn(2, 2, 5, 6), torch.tensor([5, 3])
+    torch.testing.assert_close(again(x, n), model.eval()(x, n))
+    assert again.labels == ["a", "b", "c"] and again.meta["label"] == "speaker"
+    with pytest.raises(ValueError, match="train.metric"):
+        downstream_config({"train": {"metric": "loss"}})
+    with pytest.raises(ValueError, match="unknown key"):
+        downstream_config({"optim": {"learning_rate": 1}})
+    assert np.isclose(sum(again.featurizer.weights_dict().values()), 1.0)
