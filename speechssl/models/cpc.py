@@ -20,8 +20,9 @@ in training its statistics include padding frames, in ``encode`` it uses running
 Frozen features (:meth:`CPC.encode`): ``latent`` (z), ``layer_1..N`` (context layers),
 ``context`` (= ``layer_N``).
 
-Parameters counted by SUPERB (encoder + context, no predictor): :func:`cpc_modified` 1,841,920
-(SUPERB: 1.84 M); :func:`cpc_paper` 5,841,152 (+1,575,936 in the 12 W_k).
+Parameters of encoder + context (what SUPERB counts; the predictor is training-only):
+:func:`cpc_modified` 1,843,456 (SUPERB: 1.84 M for modified CPC; 2,560 of them are the channel-norm
+scales/shifts); :func:`cpc_paper` 5,847,040 (+1,579,008 in the 12 W_k).
 """
 
 from __future__ import annotations

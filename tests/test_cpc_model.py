@@ -1,0 +1,169 @@
+"""CPC / modified CPC model: exact lengths, batched == single, metrics, presets, release."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from speechssl.config import ConfigError, to_dict
+from speechssl.features.base import num_frames
+from speechssl.models import build_model
+from speechssl.models.cpc import cpc_modified, cpc_paper, cpc_tiny
+from speechssl.upstream.release import load_released_model, save_released_encoder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not thrash when the CPU is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CONV = [(16, 10, 5), (16, 8, 4), (16, 4, 2), (16, 4, 2), (16, 4, 2)]  # paper strides, 16 channels
+VARIANTS = {
+    "conv_channel_lstm_transformer": {"norm": "channel", "context": "lstm", "predictor": "transformer",
+                                      "negatives": "speaker"},
+    "conv_batch_gru_linear": {"norm": "batch", "context": "gru", "predictor": "linear", "negatives": "batch"},
+    "frame_transformer": {"encoder": "frame", "frontend": {"name": "logmel", "n_mels": 20, "cmvn": "utterance"},
+                          "frame_dim": 16, "context": "transformer", "predictor": "linear",
+                          "negatives": "utterance"},
+}
+
+
+def small(**kw) -> torch.nn.Module:
+    cfg = {"name": "cpc", "conv_layers": CONV, "hidden_size": 16, "num_heads": 2, "ffn_dim": 32,
+           "prediction_steps": 3, "num_negatives": 5, "context_layers": 2, **kw}
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def batch_of(lengths, seed=0, speakers=None):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(max(lengths)) / 16000
+    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
+    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
+    lengths = torch.tensor(lengths)
+    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lengths[:, None])
+    batch = {"wavs": wavs, "lengths": lengths, "ids": [str(i) for i in range(len(lengths))]}
+    if speakers is not None:
+        batch["speaker"] = speakers
+    return batch
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_encode_exact_lengths_and_batched_equals_single(variant):
+    model = small(**VARIANTS[variant])
+    model.train()
+    model.loss(batch_of([6000, 5000], speakers=["a", "b"]))  # batch norm: non-trivial running stats
+    lens = [16000, 465, 2705, 7777]
+    b = batch_of(lens)
+    out = model.encode(b["wavs"], b["lengths"])
+    assert model.training
+    assert out.layer_names == ["latent", "layer_1", "layer_2", "context"]
+    assert out.frame_shift == 160
+    rf = 465 if "encoder" not in VARIANTS[variant] else 400
+    assert model.receptive_field == rf
+    assert out.lengths.tolist() == [num_frames(n, rf, 160) for n in lens]
+    for i, n in enumerate(lens):
+        single = model.encode(b["wavs"][i : i + 1, :n], b["lengths"][i : i + 1])
+        nf = int(out.lengths[i])
+        assert single.lengths.tolist() == [nf]
+        for hb, hs in zip(out.hidden_states, single.hidden_states):
+            torch.testing.assert_close(hb[i, :nf], hs[0], atol=2e-5, rtol=1e-4)
+            assert torch.all(hb[i, nf:] == 0)
+
+
+def test_conv_frame_count_formula():
+    model = small()
+    assert model.receptive_field == 465 and model.frame_shift == 160
+    for n, frames in [(464, 0), (465, 1), (624, 1), (625, 2), (16000, 98)]:
+        assert int(model.encoder.out_lengths(torch.tensor([n]))) == frames
+        out = model.encode(torch.randn(1, n), torch.tensor([n]))
+        assert out.hidden_states[0].shape[1] == frames and int(out.lengths) == frames
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_loss_metrics_and_gradients(variant):
+    model = small(**VARIANTS[variant])
+    out = model.loss(batch_of([9000, 4000, 6000], speakers=["a", "b", "a"]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert set(out.metrics) == {"infonce", "acc", "acc_k1", "acc_k2", "acc_k3"}
+    assert out.metrics["acc"] == pytest.approx(sum(out.metrics[f"acc_k{k}"] for k in (1, 2, 3)) / 3)
+    assert all(p.grad is not None for p in model.parameters()), "every parameter must get a gradient (DDP)"
+
+
+def test_speaker_negatives_without_speaker_field_warn_once(caplog):
+    model = small(negatives="speaker")
+    with caplog.at_level(logging.WARNING, logger="speechssl.models.cpc"):
+        model.loss(batch_of([5000, 4000]))
+        model.loss(batch_of([5000, 4000]))
+    assert sum("no 'speaker' field" in r.message for r in caplog.records) == 1
+
+
+def test_min_samples():
+    model = small(prediction_steps=3)
+    assert model.min_samples == 465 + 3 * 160
+    # min_samples: K + 1 latent frames, so even step K has a target
+    for n, frames in [(model.min_samples, 4), (model.min_samples - 1, 3)]:
+        assert int(model.encode(torch.randn(1, n), torch.tensor([n])).lengths) == frames
+    model.loss(batch_of([model.min_samples]))
+    with pytest.raises(ValueError, match="valid future target"):
+        model.loss(batch_of([465 + 159]))  # one frame: nothing to predict
+
+
+def test_overfit_one_batch():
+    model = small(encoder="frame", frontend={"name": "logmel", "n_mels": 20, "cmvn": "utterance"}, frame_dim=16,
+                  context="gru", context_layers=1, predictor="linear", negatives="batch")
+    b = batch_of([4000, 3000, 3500], seed=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(25):
+        out = model.loss(b)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+    assert out.metrics["acc"] > 1 / 6
+
+
+def test_preset_parameter_counts():
+    def counts(cfg):
+        model = build_model({"name": "cpc", **to_dict(cfg)})
+        total = sum(p.numel() for p in model.parameters())
+        return total, total - sum(p.numel() for p in model.predictor.parameters())
+
+    # SUPERB counts encoder + context: modified CPC 1.84 M
+    assert counts(cpc_modified())[1] == 1_843_456
+    paper_total, paper_encoder = counts(cpc_paper())
+    assert paper_encoder == 5_847_040 and paper_total == 5_847_040 + 12 * (256 * 512 + 512)
+    assert counts(cpc_tiny())[0] < 1_000_000
+
+
+@pytest.mark.parametrize("variant", ["conv_batch_gru_linear", "frame_transformer"])
+def test_release_round_trip(tmp_path, variant):
+    model = small(**VARIANTS[variant])
+    model.loss(batch_of([6000, 5000]))  # moves batch-norm running stats away from their init
+    model.eval()
+    b = batch_of([7000, 3000])
+    save_released_encoder(model, tmp_path / "enc")
+    loaded = load_released_model(tmp_path / "enc")
+    assert loaded.config == model.config
+    a, c = model.encode(b["wavs"], b["lengths"]), loaded.encode(b["wavs"], b["lengths"])
+    for x, y in zip(a.hidden_states, c.hidden_states):
+        torch.testing.assert_close(x, y)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="num_negatives"):
+        build_model({"name": "cpc", "num_negatives": 0})
+    with pytest.raises(ConfigError, match=r"conv_layers\[1\]"):
+        build_model({"name": "cpc", "conv_layers": [[8, 10, 5], [8, 0, 2]]})
+    with pytest.raises(ConfigError, match="negatives"):
+        build_model({"name": "cpc", "negatives": "everywhere"})
