@@ -96,16 +96,20 @@ def test_resume_with_another_world_size_skips_seen_global_batches():
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_partition_with_equal_counts(world):
     d = _durations(101)
-    ranks = [list(SecondsBatchSampler(d, 15.0, seed=0, num_replicas=world, rank=r, pool_size=32))
-             for r in range(world)]
+    ranks = [
+        list(SecondsBatchSampler(d, 15.0, seed=0, num_replicas=world, rank=r, pool_size=32))
+        for r in range(world)
+    ]
     counts = {len(r) for r in ranks}
     assert len(counts) == 1
     full = SecondsBatchSampler(d, 15.0, seed=0, pool_size=32).global_batches()
     flat = [tuple(b) for r in ranks for b in r]
     assert set(flat) == {tuple(b) for b in full}  # together they cover every batch
     assert len(flat) - len(full) < world  # only padding repeats
-    dropped = [list(SecondsBatchSampler(d, 15.0, num_replicas=world, rank=r, drop_last=True, pool_size=32))
-               for r in range(world)]
+    dropped = [
+        list(SecondsBatchSampler(d, 15.0, num_replicas=world, rank=r, drop_last=True, pool_size=32))
+        for r in range(world)
+    ]
     assert len({len(r) for r in dropped}) == 1
     assert len({tuple(b) for r in dropped for b in r}) == sum(len(r) for r in dropped)
 
@@ -119,8 +123,15 @@ def _make_corpus(tmp_path, n=12):
         x = (0.1 * rng.standard_normal(int(seconds * sr))).astype(np.float32)
         path = tmp_path / f"u{i}.wav"
         sf.write(path, x, sr, subtype="FLOAT")
-        recs.append({"id": f"u{i}", "path": str(path), "num_samples": len(x), "sample_rate": sr,
-                     "speaker": f"s{i % 2}"})
+        recs.append(
+            {
+                "id": f"u{i}",
+                "path": str(path),
+                "num_samples": len(x),
+                "sample_rate": sr,
+                "speaker": f"s{i % 2}",
+            }
+        )
     return recs
 
 
@@ -149,8 +160,14 @@ def test_dataset_drops_short_crops_deterministically(tmp_path):
 def test_dataset_honours_segments(tmp_path):
     x = np.arange(32000, dtype=np.float32) / 32000
     sf.write(tmp_path / "a.wav", x, 16000, subtype="FLOAT")
-    rec = {"id": "seg", "path": str(tmp_path / "a.wav"), "num_samples": 32000, "sample_rate": 16000,
-           "start": 0.5, "duration": 1.0}
+    rec = {
+        "id": "seg",
+        "path": str(tmp_path / "a.wav"),
+        "num_samples": 32000,
+        "sample_rate": 16000,
+        "start": 0.5,
+        "duration": 1.0,
+    }
     ds = AudioDataset([rec], max_seconds=0.5, random_crop=False)
     assert ds.durations == [0.5]
     np.testing.assert_allclose(ds[0]["wav"].numpy(), x[12000:20000])
@@ -159,7 +176,10 @@ def test_dataset_honours_segments(tmp_path):
 
 
 def test_collate_pads_and_keeps_labels():
-    items = [{"id": "a", "wav": torch.ones(3), "speaker": "x"}, {"id": "b", "wav": torch.ones(5), "speaker": "y"}]
+    items = [
+        {"id": "a", "wav": torch.ones(3), "speaker": "x"},
+        {"id": "b", "wav": torch.ones(5), "speaker": "y"},
+    ]
     batch = collate_audio(items)
     assert batch["wavs"].shape == (2, 5) and batch["wavs"].dtype == torch.float32
     assert batch["lengths"].tolist() == [3, 5] and batch["ids"] == ["a", "b"]

@@ -19,8 +19,13 @@ from speechssl.data import (
 
 
 def _rec(i: int, speaker: str = "s0", seconds: float = 1.0, path: str | None = None) -> dict:
-    return {"id": f"u{i:03d}", "path": path or f"/data/u{i:03d}.wav", "num_samples": int(seconds * 16000),
-            "sample_rate": 16000, "speaker": speaker}
+    return {
+        "id": f"u{i:03d}",
+        "path": path or f"/data/u{i:03d}.wav",
+        "num_samples": int(seconds * 16000),
+        "sample_rate": 16000,
+        "speaker": speaker,
+    }
 
 
 def test_round_trip_relative_and_absolute_paths(tmp_path):
@@ -61,19 +66,31 @@ def test_write_is_atomic_on_invalid_record(tmp_path):
         ('{"id": "b", "num_samples": 10, "sample_rate": 16000}', r"m\.jsonl:2: missing field 'path'"),
         ('{"id": "b", "path": "a.wav", "sample_rate": 16000}', r"m\.jsonl:2: missing field 'num_samples'"),
         ('{"id": "b", "path": "a.wav", "num_samples": 10}', r"m\.jsonl:2: missing field 'sample_rate'"),
-        ('{"id": "b", "path": "a.wav", "num_samples": 1.5, "sample_rate": 16000}',
-         r"m\.jsonl:2: field 'num_samples' must be int, got float 1.5"),
-        ('{"id": 7, "path": "a.wav", "num_samples": 10, "sample_rate": 16000}',
-         r"m\.jsonl:2: field 'id' must be str, got int"),
-        ('{"id": "b", "path": "a.wav", "num_samples": 10, "sample_rate": true}',
-         r"m\.jsonl:2: field 'sample_rate' must be int, got bool"),
+        (
+            '{"id": "b", "path": "a.wav", "num_samples": 1.5, "sample_rate": 16000}',
+            r"m\.jsonl:2: field 'num_samples' must be int, got float 1.5",
+        ),
+        (
+            '{"id": 7, "path": "a.wav", "num_samples": 10, "sample_rate": 16000}',
+            r"m\.jsonl:2: field 'id' must be str, got int",
+        ),
+        (
+            '{"id": "b", "path": "a.wav", "num_samples": 10, "sample_rate": true}',
+            r"m\.jsonl:2: field 'sample_rate' must be int, got bool",
+        ),
         ('{"id": "b", "path": "a.wav", "num_samples": 10, "sample_rate": 0}', r"'sample_rate' must be > 0"),
-        ('{"id": "b", "path": "a.wav", "num_samples": 16000, "sample_rate": 16000, "start": "x"}',
-         r"m\.jsonl:2: field 'start' must be a number"),
-        ('{"id": "b", "path": "a.wav", "num_samples": 16000, "sample_rate": 16000, "start": 0.9, "duration": 0.5}',
-         r"m\.jsonl:2: segment .* ends after the file"),
-        ('{"id": "a", "path": "b.wav", "num_samples": 10, "sample_rate": 16000}',
-         r"m\.jsonl:2: duplicate id 'a' \(first on line 1\)"),
+        (
+            '{"id": "b", "path": "a.wav", "num_samples": 16000, "sample_rate": 16000, "start": "x"}',
+            r"m\.jsonl:2: field 'start' must be a number",
+        ),
+        (
+            '{"id": "b", "path": "a.wav", "num_samples": 16000, "sample_rate": 16000, "start": 0.9, "duration": 0.5}',
+            r"m\.jsonl:2: segment .* ends after the file",
+        ),
+        (
+            '{"id": "a", "path": "b.wav", "num_samples": 10, "sample_rate": 16000}',
+            r"m\.jsonl:2: duplicate id 'a' \(first on line 1\)",
+        ),
     ],
 )
 def test_read_errors_name_file_line_and_key(tmp_path, line, match):
@@ -105,8 +122,9 @@ def test_grouped_split_never_shares_a_speaker_and_is_deterministic():
     fr = parse_fractions("train=0.8,dev=0.1,test=0.1")
     a = split_records(recs, fr, group_by="speaker", seed=3)
     b = split_records(list(reversed(recs)), fr, group_by="speaker", seed=3)
-    assert {k: sorted(r["id"] for r in v) for k, v in a.items()} == \
-        {k: sorted(r["id"] for r in v) for k, v in b.items()}  # independent of input order
+    assert {k: sorted(r["id"] for r in v) for k, v in a.items()} == {
+        k: sorted(r["id"] for r in v) for k, v in b.items()
+    }  # independent of input order
     speakers = {k: {r["speaker"] for r in v} for k, v in a.items()}
     assert not speakers["train"] & speakers["dev"] and not speakers["train"] & speakers["test"]
     assert not speakers["dev"] & speakers["test"]

@@ -38,28 +38,46 @@ def corpus(tmp_path) -> Path:
 
 def test_prepare_keeps_drops_and_labels(corpus, tmp_path):
     out = tmp_path / "data" / "train.jsonl"
-    report = prepare_folder(corpus, out, label_from_path=["speaker={grandparent}", "chapter={parent}",
-                                                          r"(?P<utt>\d+)$"], min_seconds=0.5)
+    report = prepare_folder(
+        corpus,
+        out,
+        label_from_path=["speaker={grandparent}", "chapter={parent}", r"(?P<utt>\d+)$"],
+        min_seconds=0.5,
+    )
     assert report.kept == 3 and report.seconds_kept == pytest.approx(4.5)
     assert report.dropped == {"too_short": 1, "unreadable": 1, "empty": 1}
     assert report.seconds_dropped["too_short"] == pytest.approx(0.2)
     assert "26/495/26-495-0002.wav" in report.examples["unreadable"][0]
     text = report.summary()
-    assert "kept 3 files, 0.001 h" in text and "unreadable: 1 files" in text and "too_short: 1" in text
+    assert (
+        "kept 3 files, 0.0013 h (4.5 s)" in text and "unreadable: 1 files" in text and "too_short: 1" in text
+    )
     recs = read_manifest(out)
     assert [r["id"] for r in recs] == ["19_198_19-198-0000", "19_198_19-198-0001", "26_495_26-495-0000"]
-    assert recs[2] == {"id": "26_495_26-495-0000", "path": str(corpus / "26/495/26-495-0000.wav"),
-                       "num_samples": 16000, "sample_rate": 8000, "speaker": "26", "chapter": "495", "utt": "0000"}
+    assert recs[2] == {
+        "id": "26_495_26-495-0000",
+        "path": str(corpus / "26/495/26-495-0000.wav"),
+        "num_samples": 16000,
+        "sample_rate": 8000,
+        "speaker": "26",
+        "chapter": "495",
+        "utt": "0000",
+    }
     # re-running gives the same manifest (stable ids, atomic overwrite)
     before = out.read_text()
-    prepare_folder(corpus, out, label_from_path=["speaker={grandparent}", "chapter={parent}",
-                                                 r"(?P<utt>\d+)$"], min_seconds=0.5)
+    prepare_folder(
+        corpus,
+        out,
+        label_from_path=["speaker={grandparent}", "chapter={parent}", r"(?P<utt>\d+)$"],
+        min_seconds=0.5,
+    )
     assert out.read_text() == before
 
 
 def test_prepare_regex_labels_and_no_match(corpus, tmp_path):
-    report = prepare_folder(corpus, tmp_path / "m.jsonl",
-                            label_from_path=r"(?P<speaker>\d+)-(?P<chapter>\d+)-0000")
+    report = prepare_folder(
+        corpus, tmp_path / "m.jsonl", label_from_path=r"(?P<speaker>\d+)-(?P<chapter>\d+)-0000"
+    )
     recs = read_manifest(tmp_path / "m.jsonl")
     assert {(r["speaker"], r["chapter"]) for r in recs} == {("19", "198"), ("26", "495")}
     assert report.dropped["no_label_match"] == 2  # the -0001 files
@@ -79,7 +97,9 @@ def test_label_pattern_errors():
 def test_prepare_empty_and_nothing_usable(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("hi")
-    with pytest.raises(PrepareError, match=r"no audio files \(.wav, .flac.*\) found under .*empty \(1 other files\)"):
+    with pytest.raises(
+        PrepareError, match=r"no audio files \(.wav, .flac.*\) found under .*empty \(1 other files\)"
+    ):
         prepare_folder(tmp_path / "empty", tmp_path / "m.jsonl")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.wav").write_bytes(b"xx")
@@ -105,8 +125,9 @@ def test_tsv_round_trip(corpus, tmp_path):
     lines = (tmp_path / "train.tsv").read_text().splitlines()
     assert lines[0] == str(corpus) and lines[1] == "19/198/19-198-0000.wav\t16000"
     back = read_tsv(tmp_path / "train.tsv", label_files={"text": tmp_path / "train.wrd"})
-    assert [(r["id"], r["path"], r["num_samples"], r["sample_rate"], r["text"]) for r in back] == \
-        [(r["id"], r["path"], r["num_samples"], r["sample_rate"], r["text"]) for r in recs]
+    assert [(r["id"], r["path"], r["num_samples"], r["sample_rate"], r["text"]) for r in back] == [
+        (r["id"], r["path"], r["num_samples"], r["sample_rate"], r["text"]) for r in recs
+    ]
     assert read_tsv(tmp_path / "train.tsv", sample_rate=16000)[2]["sample_rate"] == 16000
     (tmp_path / "bad.tsv").write_text(f"{corpus}\n19/198/19-198-0000.wav 16000\n")
     with pytest.raises(ManifestError, match=r"bad\.tsv:2: expected 'relative/path<TAB>num_samples'"):
@@ -122,9 +143,24 @@ def test_kaldi_round_trip_with_segments(corpus, tmp_path):
     a = str(corpus / "19/198/19-198-0000.wav")
     b = str(corpus / "26/495/26-495-0000.wav")
     recs = [
-        {"id": "19-utt1", "path": a, "num_samples": 16000, "sample_rate": 16000, "speaker": "19", "text": "hello"},
-        {"id": "26-seg1", "path": b, "num_samples": 16000, "sample_rate": 8000, "start": 0.5, "duration": 1.0,
-         "speaker": "26", "text": "a b"},
+        {
+            "id": "19-utt1",
+            "path": a,
+            "num_samples": 16000,
+            "sample_rate": 16000,
+            "speaker": "19",
+            "text": "hello",
+        },
+        {
+            "id": "26-seg1",
+            "path": b,
+            "num_samples": 16000,
+            "sample_rate": 8000,
+            "start": 0.5,
+            "duration": 1.0,
+            "speaker": "26",
+            "text": "a b",
+        },
     ]
     write_kaldi_dir(recs, tmp_path / "kaldi")
     files = {p.name: p.read_text() for p in (tmp_path / "kaldi").iterdir()}
@@ -167,12 +203,41 @@ def test_cli_prepare_split_info_import_export(corpus, tmp_path, capsys):
     for spk in range(6):  # more speakers so a grouped 3-way split is possible
         _write(corpus / f"9{spk}" / "1" / f"9{spk}-1-0000.wav", 1.0)
     m = tmp_path / "data" / "all.jsonl"
-    assert main(["prepare", str(corpus), "--out", str(m), "--label-from-path", "speaker={grandparent}",
-                 "--min-seconds", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(corpus),
+                "--out",
+                str(m),
+                "--label-from-path",
+                "speaker={grandparent}",
+                "--min-seconds",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "kept 9 files" in out and "dropped 3 files" in out
-    assert main(["manifest", "split", str(m), "--out-dir", str(tmp_path / "data"), "--group-by", "speaker",
-                 "--fractions", "train=0.6,dev=0.2,test=0.2", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "split",
+                str(m),
+                "--out-dir",
+                str(tmp_path / "data"),
+                "--group-by",
+                "speaker",
+                "--fractions",
+                "train=0.6,dev=0.2,test=0.2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     parts = {n: read_manifest(tmp_path / "data" / f"{n}.jsonl") for n in ("train", "dev", "test")}
     assert sum(len(p) for p in parts.values()) == 9
     spk = [{r["speaker"] for r in p} for p in parts.values()]
@@ -182,12 +247,32 @@ def test_cli_prepare_split_info_import_export(corpus, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["records"] == 9 and info["labels"]["speaker"]["distinct"] == 8
     assert main(["manifest", "export", "--to", "kaldi", str(m), "--out", str(tmp_path / "k")]) == 0
-    assert main(["manifest", "import", "--from", "kaldi", str(tmp_path / "k"), "--out", str(tmp_path / "k.jsonl")]) == 0
+    assert (
+        main(
+            ["manifest", "import", "--from", "kaldi", str(tmp_path / "k"), "--out", str(tmp_path / "k.jsonl")]
+        )
+        == 0
+    )
     assert main(["manifest", "export", "--to", "tsv", str(m), "--out", str(tmp_path / "t.tsv")]) == 0
-    assert main(["manifest", "import", "--from", "tsv", str(tmp_path / "t.tsv"), "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "import",
+                "--from",
+                "tsv",
+                str(tmp_path / "t.tsv"),
+                "--out",
+                str(tmp_path / "t.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert {r["id"] for r in read_manifest(tmp_path / "t.jsonl")} == {r["id"] for r in read_manifest(m)}
     k = read_manifest(tmp_path / "k.jsonl")
-    assert sorted((r["path"], r["speaker"]) for r in k) == sorted((r["path"], r["speaker"]) for r in read_manifest(m))
+    assert sorted((r["path"], r["speaker"]) for r in k) == sorted(
+        (r["path"], r["speaker"]) for r in read_manifest(m)
+    )
     # nothing usable: exit 1 with a message
     (tmp_path / "empty").mkdir()
     assert main(["prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "e.jsonl")]) == 1

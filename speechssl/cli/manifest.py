@@ -34,18 +34,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="fmt", choices=["tsv", "kaldi"], required=True)
     p.add_argument("source", help="the .tsv file, or the Kaldi data folder / wav.scp")
     p.add_argument("--out", required=True, help="manifest to write")
-    p.add_argument("--sample-rate", type=int, default=None,
-                   help="tsv: rate of every file (skips reading headers); default read each header")
-    p.add_argument("--labels", action="append", default=[], metavar="FIELD=FILE",
-                   help="tsv: line-aligned label file, e.g. text=train.wrd (repeatable)")
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="tsv: rate of every file (skips reading headers); default read each header",
+    )
+    p.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="FIELD=FILE",
+        help="tsv: line-aligned label file, e.g. text=train.wrd (repeatable)",
+    )
 
     p = sub.add_parser("export", help="JSONL manifest -> fairseq TSV or Kaldi data folder")
     p.add_argument("--to", dest="fmt", choices=["tsv", "kaldi"], required=True)
     p.add_argument("manifest")
     p.add_argument("--out", required=True, help="the .tsv file, or the Kaldi data folder")
     p.add_argument("--root", default=None, help="tsv: root folder (default: common folder of all files)")
-    p.add_argument("--labels", action="append", default=[], metavar="FIELD=FILE",
-                   help="tsv: also write a line-aligned label file, e.g. text=train.wrd (repeatable)")
+    p.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="FIELD=FILE",
+        help="tsv: also write a line-aligned label file, e.g. text=train.wrd (repeatable)",
+    )
     p.add_argument("--speaker-field", default="speaker", help="kaldi: field for utt2spk (default speaker)")
 
     p = sub.add_parser("split", help="deterministic (optionally speaker-grouped) split into parts")
@@ -76,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
             records = read_tsv(args.source, sample_rate=args.sample_rate, label_files=_labels(args.labels))
         else:
             if args.labels or args.sample_rate:
-                raise ValueError("--labels/--sample-rate apply to --from tsv only (Kaldi labels come from "
-                                 "utt2spk, text and utt2* files)")
+                raise ValueError(
+                    "--labels/--sample-rate apply to --from tsv only (Kaldi labels come from "
+                    "utt2spk, text and utt2* files)"
+                )
             records = read_kaldi_dir(args.source)
         if not records:
             raise ValueError(f"{args.source}: no entries")
@@ -100,11 +116,17 @@ def run(args: argparse.Namespace) -> int:
         from speechssl.data import parse_fractions, split_records
 
         records = read_manifest(args.manifest)
-        parts = split_records(records, parse_fractions(args.fractions), group_by=args.group_by, seed=args.seed)
+        parts = split_records(
+            records, parse_fractions(args.fractions), group_by=args.group_by, seed=args.seed
+        )
         for name, part in parts.items():
             out = Path(args.out_dir) / f"{name}.jsonl"
             write_manifest(part, out)
-            groups = f", {len({str(r[args.group_by]) for r in part})} {args.group_by}s" if args.group_by else ""
+            groups = (
+                f", {len({str(r[args.group_by]) for r in part})} distinct {args.group_by}"
+                if args.group_by
+                else ""
+            )
             print(f"{out}: {_hours(part)}{groups}")
         return 0
 
@@ -115,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
     print(f"{args.manifest}: {summary['records']} utterances, {summary['hours']:.3f} h")
-    print(f"  seconds: min {summary['seconds_min']}, mean {summary['seconds_mean']}, max {summary['seconds_max']}")
+    print(
+        f"  seconds: min {summary['seconds_min']}, mean {summary['seconds_mean']}, max {summary['seconds_max']}"
+    )
     print(f"  sample rates: {', '.join(f'{k} Hz x{v}' for k, v in summary['sample_rates'].items())}")
     if summary["segments"]:
         print(f"  segments: {summary['segments']}")

@@ -20,19 +20,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("folder", metavar="DIR", help="folder to scan recursively")
     parser.add_argument("--out", required=True, help="manifest to write, e.g. data/train.jsonl")
-    parser.add_argument("--label-from-path", action="append", default=[], metavar="PATTERN",
-                        help="derive label fields from each path (repeatable; see above)")
+    parser.add_argument(
+        "--label-from-path",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="derive label fields from each path (repeatable; see above)",
+    )
     parser.add_argument("--min-seconds", type=float, default=0.0, help="drop shorter files (default 0)")
-    parser.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
-                        help=f"comma-separated extensions (default {','.join(DEFAULT_EXTENSIONS)})")
+    parser.add_argument(
+        "--extensions",
+        default=",".join(DEFAULT_EXTENSIONS),
+        help=f"comma-separated extensions (default {','.join(DEFAULT_EXTENSIONS)})",
+    )
     parser.add_argument("--report", default=None, help="also write the report as JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
     extensions = [e.strip() for e in args.extensions.split(",") if e.strip()]
     try:
-        report = prepare_folder(args.folder, args.out, label_from_path=args.label_from_path,
-                                min_seconds=args.min_seconds, extensions=extensions)
+        report = prepare_folder(
+            args.folder,
+            args.out,
+            label_from_path=args.label_from_path,
+            min_seconds=args.min_seconds,
+            extensions=extensions,
+        )
     except PrepareError as exc:
         print(f"speechssl prepare: error: {exc}", file=sys.stderr)
         return 1

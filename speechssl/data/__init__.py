@@ -9,6 +9,7 @@
 """
 
 from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, make_loader, padded_seconds
+from speechssl.data.formats import read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
 from speechssl.data.manifest import (
     ManifestError,
     group_records,
@@ -22,6 +23,7 @@ from speechssl.data.manifest import (
     validate_record,
     write_manifest,
 )
+from speechssl.data.prepare import PrepareError, PrepareReport, prepare_folder
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.data.split import kfold_records, parse_fractions, split_records
 
@@ -29,6 +31,8 @@ __all__ = [
     "AudioDataset",
     "AudioLoader",
     "ManifestError",
+    "PrepareError",
+    "PrepareReport",
     "SecondsBatchSampler",
     "collate_audio",
     "group_records",
@@ -40,10 +44,15 @@ __all__ = [
     "manifest_summary",
     "padded_seconds",
     "parse_fractions",
+    "prepare_folder",
+    "read_kaldi_dir",
     "read_manifest",
+    "read_tsv",
     "record_duration",
     "split_records",
     "total_hours",
     "validate_record",
+    "write_kaldi_dir",
     "write_manifest",
+    "write_tsv",
 ]

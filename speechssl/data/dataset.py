@@ -45,9 +45,16 @@ class AudioDataset(torch.utils.data.Dataset):
     that fails to load raises :class:`speechssl.audio.AudioError` naming it.
     """
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], max_seconds: float | None = None,
-                 min_seconds: float = 0.0, random_crop: bool = True, seed: int = 0,
-                 label_fields: Sequence[str] | None = None, target_sr: int = TARGET_SR):
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        max_seconds: float | None = None,
+        min_seconds: float = 0.0,
+        random_crop: bool = True,
+        seed: int = 0,
+        label_fields: Sequence[str] | None = None,
+        target_sr: int = TARGET_SR,
+    ):
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
         if max_seconds is not None and max_seconds < min_seconds:
@@ -66,8 +73,10 @@ class AudioDataset(torch.utils.data.Dataset):
         for rec in records:
             missing = [f for f in self.label_fields if f not in rec]
             if missing:
-                raise KeyError(f"record {rec.get('id')!r} ({rec.get('path')}) has no label field(s) "
-                               f"{missing}; its fields: {sorted(rec)}")
+                raise KeyError(
+                    f"record {rec.get('id')!r} ({rec.get('path')}) has no label field(s) "
+                    f"{missing}; its fields: {sorted(rec)}"
+                )
             seconds = record_duration(rec)
             reason = "empty" if seconds <= 0 else "too_short" if seconds < self.min_seconds else None
             if reason:
@@ -77,8 +86,12 @@ class AudioDataset(torch.utils.data.Dataset):
             self.records.append(rec)
             full.append(seconds)
         if self.dropped:
-            log.info("dataset: kept %d utterances, dropped %s (min_seconds=%.2f)", len(self.records),
-                     ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items())), self.min_seconds)
+            log.info(
+                "dataset: kept %d utterances, dropped %s (min_seconds=%.2f)",
+                len(self.records),
+                ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items())),
+                self.min_seconds,
+            )
         self.full_durations = full
         self.durations = [min(d, max_seconds) if max_seconds is not None else d for d in full]
 
@@ -133,7 +146,9 @@ def collate_audio(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     wavs = [torch.as_tensor(it["wav"], dtype=torch.float32) for it in items]
     for it, w in zip(items, wavs):
         if w.ndim != 1:
-            raise ValueError(f"collate_audio: item {it.get('id')!r} wav must be 1-D, got shape {tuple(w.shape)}")
+            raise ValueError(
+                f"collate_audio: item {it.get('id')!r} wav must be 1-D, got shape {tuple(w.shape)}"
+            )
     lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
     out = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
     for i, w in enumerate(wavs):
@@ -159,8 +174,14 @@ class AudioLoader:
     again to continue with the following batch.
     """
 
-    def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = None):
+    def __init__(
+        self,
+        dataset: AudioDataset,
+        sampler: SecondsBatchSampler,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
         self.dataset = dataset
         self.sampler = sampler
         self.epoch = sampler.epoch
@@ -169,8 +190,13 @@ class AudioLoader:
         if num_workers > 0 and prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         self.dataloader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate_audio, num_workers=num_workers,
-            pin_memory=pin_memory, **kwargs)
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_audio,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            **kwargs,
+        )
 
     def __len__(self) -> int:
         """Batches in the current epoch for this rank (the whole epoch)."""
@@ -249,7 +275,7 @@ class _LoaderIterator:
         for index in batches[position] if position < len(batches) else []:
             path = str(self.loader.dataset.records[index]["path"])
             if message.startswith(path + ": "):
-                return cls(path, message[len(path) + 2:])
+                return cls(path, message[len(path) + 2 :])
         return cls("<unknown file>", message)
 
 
@@ -258,18 +284,31 @@ def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[i
         return num_replicas, rank
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        return (num_replicas if num_replicas is not None else dist.get_world_size(),
-                rank if rank is not None else dist.get_rank())
+        return (
+            num_replicas if num_replicas is not None else dist.get_world_size(),
+            rank if rank is not None else dist.get_rank(),
+        )
     return num_replicas or 1, rank or 0
 
 
-def make_loader(records: Sequence[Mapping[str, Any]], max_batch_seconds: float,
-                max_seconds: float | None = None, min_seconds: float = 0.0, shuffle: bool = True,
-                random_crop: bool | None = None, seed: int = 0, num_workers: int = 0,
-                num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
-                label_fields: Sequence[str] | None = None, pool_size: int = 10_000,
-                max_batch_size: int | None = None, pin_memory: bool = False,
-                min_samples: int = 0) -> AudioLoader:
+def make_loader(
+    records: Sequence[Mapping[str, Any]],
+    max_batch_seconds: float,
+    max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    shuffle: bool = True,
+    random_crop: bool | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    drop_last: bool = False,
+    label_fields: Sequence[str] | None = None,
+    pool_size: int = 10_000,
+    max_batch_size: int | None = None,
+    pin_memory: bool = False,
+    min_samples: int = 0,
+) -> AudioLoader:
     """Dataset + seconds-budget sampler + collate in one resumable loader.
 
     Args:
@@ -285,16 +324,31 @@ def make_loader(records: Sequence[Mapping[str, Any]], max_batch_seconds: float,
         ValueError: nothing is left after dropping short utterances.
     """
     min_seconds = max(float(min_seconds), min_samples / TARGET_SR)
-    dataset = AudioDataset(records, max_seconds=max_seconds, min_seconds=min_seconds,
-                           random_crop=shuffle if random_crop is None else random_crop, seed=seed,
-                           label_fields=label_fields)
+    dataset = AudioDataset(
+        records,
+        max_seconds=max_seconds,
+        min_seconds=min_seconds,
+        random_crop=shuffle if random_crop is None else random_crop,
+        seed=seed,
+        label_fields=label_fields,
+    )
     if len(dataset) == 0:
-        raise ValueError(f"no utterances left: all {len(records)} are shorter than {min_seconds:.3f} s "
-                         f"(dropped: {dataset.dropped})")
+        raise ValueError(
+            f"no utterances left: all {len(records)} are shorter than {min_seconds:.3f} s "
+            f"(dropped: {dataset.dropped})"
+        )
     world, rank = _distributed_defaults(num_replicas, rank)
-    sampler = SecondsBatchSampler(dataset.durations, max_batch_seconds, shuffle=shuffle, seed=seed,
-                                  num_replicas=world, rank=rank, drop_last=drop_last, pool_size=pool_size,
-                                  max_batch_size=max_batch_size)
+    sampler = SecondsBatchSampler(
+        dataset.durations,
+        max_batch_seconds,
+        shuffle=shuffle,
+        seed=seed,
+        num_replicas=world,
+        rank=rank,
+        drop_last=drop_last,
+        pool_size=pool_size,
+        max_batch_size=max_batch_size,
+    )
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 

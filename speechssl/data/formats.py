@@ -49,13 +49,16 @@ def _read_label_files(label_files: Mapping[str, str | Path] | None, count: int) 
     for field, file in (label_files or {}).items():
         lines = Path(file).read_text(encoding="utf-8").splitlines()
         if len(lines) != count:
-            raise ManifestError(f"has {len(lines)} lines but the TSV has {count} entries (they must align)", file)
+            raise ManifestError(
+                f"has {len(lines)} lines but the TSV has {count} entries (they must align)", file
+            )
         out[field] = lines
     return out
 
 
-def read_tsv(path: str | Path, sample_rate: int | None = None,
-             label_files: Mapping[str, str | Path] | None = None) -> list[dict]:
+def read_tsv(
+    path: str | Path, sample_rate: int | None = None, label_files: Mapping[str, str | Path] | None = None
+) -> list[dict]:
     """Read a fairseq wav2vec TSV into manifest records.
 
     Args:
@@ -99,8 +102,11 @@ def read_tsv(path: str | Path, sample_rate: int | None = None,
         rec.update({field: values[k] for field, values in labels.items()})
         records.append(validate_record(rec, path, lineno))
     if mismatched:
-        log.warning("%s: %d entries' num_samples differ from the file headers; the headers were used",
-                    path, mismatched)
+        log.warning(
+            "%s: %d entries' num_samples differ from the file headers; the headers were used",
+            path,
+            mismatched,
+        )
     return records
 
 
@@ -109,8 +115,12 @@ def _common_root(paths: Sequence[str]) -> str:
     return os.path.commonpath(folders) if folders else "/"
 
 
-def write_tsv(records: Sequence[Mapping[str, Any]], path: str | Path, root: str | Path | None = None,
-              label_files: Mapping[str, str | Path] | None = None) -> Path:
+def write_tsv(
+    records: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    root: str | Path | None = None,
+    label_files: Mapping[str, str | Path] | None = None,
+) -> Path:
     """Write records as a fairseq wav2vec TSV (atomic).
 
     Args:
@@ -123,8 +133,11 @@ def write_tsv(records: Sequence[Mapping[str, Any]], path: str | Path, root: str 
     path = Path(path)
     for rec in records:
         if rec.get("start") is not None or rec.get("duration") is not None:
-            raise ManifestError(f"record {rec['id']!r} is a segment (start/duration); the fairseq TSV "
-                                "cannot express segments", path)
+            raise ManifestError(
+                f"record {rec['id']!r} is a segment (start/duration); the fairseq TSV "
+                "cannot express segments",
+                path,
+            )
     root = os.path.abspath(root) if root is not None else _common_root([r["path"] for r in records])
     lines = [root]
     for rec in records:
@@ -138,7 +151,9 @@ def write_tsv(records: Sequence[Mapping[str, Any]], path: str | Path, root: str 
     for field, file in (label_files or {}).items():
         missing = [r["id"] for r in records if field not in r]
         if missing:
-            raise ManifestError(f"{len(missing)} records lack label field {field!r} (e.g. {missing[0]!r})", file)
+            raise ManifestError(
+                f"{len(missing)} records lack label field {field!r} (e.g. {missing[0]!r})", file
+            )
         atomic_write_text(file, "".join(f"{r[field]}\n" for r in records))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
@@ -159,19 +174,28 @@ def _kaldi_table(path: Path, min_fields: int = 2) -> list[tuple[int, str, str]]:
 
 def _wav_scp_path(rest: str, where: Path, lineno: int) -> str:
     if rest.endswith("|") or rest.startswith("|"):
-        raise ManifestError(f"{rest!r} is a command (pipe); speechssl reads audio files only: run the "
-                            "command once to write audio files and list those instead", where, lineno)
+        raise ManifestError(
+            f"{rest!r} is a command (pipe); speechssl reads audio files only: run the "
+            "command once to write audio files and list those instead",
+            where,
+            lineno,
+        )
     if rest == "-":
         raise ManifestError("'-' (stdin) is not a file", where, lineno)
     if not os.path.exists(rest):
         if re.search(r"\.ark:\d+$", rest):
-            raise ManifestError(f"{rest!r} is an offset into an ark file; list plain audio files instead",
-                                where, lineno)
+            raise ManifestError(
+                f"{rest!r} is an offset into an ark file; list plain audio files instead", where, lineno
+            )
         if re.search(r"\s", rest):
-            raise ManifestError(f"{rest!r} looks like a command, not a file; list plain audio files",
-                                where, lineno)
-        raise ManifestError(f"file not found: {rest} (relative paths are taken from the current "
-                            f"directory, as Kaldi does)", where, lineno)
+            raise ManifestError(
+                f"{rest!r} looks like a command, not a file; list plain audio files", where, lineno
+            )
+        raise ManifestError(
+            f"file not found: {rest} (relative paths are taken from the current directory, as Kaldi does)",
+            where,
+            lineno,
+        )
     return os.path.abspath(rest)
 
 
@@ -190,8 +214,9 @@ def read_kaldi_dir(data_dir: str | Path) -> list[dict]:
     recordings: dict[str, tuple[str, int, int, int]] = {}  # rec -> (path, num_samples, sr, line)
     for lineno, rec_id, rest in _kaldi_table(wav_scp):
         if rec_id in recordings:
-            raise ManifestError(f"duplicate recording id {rec_id!r} (first on line {recordings[rec_id][3]})",
-                                wav_scp, lineno)
+            raise ManifestError(
+                f"duplicate recording id {rec_id!r} (first on line {recordings[rec_id][3]})", wav_scp, lineno
+            )
         audio = _wav_scp_path(rest, wav_scp, lineno)
         num, sr = _header(audio, wav_scp, lineno)
         recordings[rec_id] = (audio, num, sr, lineno)
@@ -201,32 +226,42 @@ def read_kaldi_dir(data_dir: str | Path) -> list[dict]:
         for lineno, utt, rest in _kaldi_table(segments):
             parts = rest.split()
             if len(parts) != 3:
-                raise ManifestError(f"expected '<utt> <recording> <start> <end>', got {utt} {rest!r}",
-                                    segments, lineno)
+                raise ManifestError(
+                    f"expected '<utt> <recording> <start> <end>', got {utt} {rest!r}", segments, lineno
+                )
             if parts[0] not in recordings:
                 raise ManifestError(f"recording {parts[0]!r} is not in wav.scp", segments, lineno)
             try:
                 start, end = float(parts[1]), float(parts[2])
             except ValueError:
-                raise ManifestError(f"start/end must be numbers, got {parts[1]!r} {parts[2]!r}",
-                                    segments, lineno) from None
+                raise ManifestError(
+                    f"start/end must be numbers, got {parts[1]!r} {parts[2]!r}", segments, lineno
+                ) from None
             audio, num, sr, _ = recordings[parts[0]]
-            rec: dict[str, Any] = {"id": utt, "path": audio, "num_samples": num, "sample_rate": sr, "start": start}
+            rec: dict[str, Any] = {
+                "id": utt,
+                "path": audio,
+                "num_samples": num,
+                "sample_rate": sr,
+                "start": start,
+            }
             if end != -1:
                 if end <= start:
                     raise ManifestError(f"end {end} <= start {start}", segments, lineno)
                 rec["duration"] = round(min(end, num / sr) - start, 6)
             records.append(validate_record(rec, segments, lineno))
     else:
-        records = [{"id": rec_id, "path": audio, "num_samples": num, "sample_rate": sr}
-                   for rec_id, (audio, num, sr, _) in recordings.items()]
+        records = [
+            {"id": rec_id, "path": audio, "num_samples": num, "sample_rate": sr}
+            for rec_id, (audio, num, sr, _) in recordings.items()
+        ]
     by_id = {r["id"]: r for r in records}
     if len(by_id) != len(records):
         raise ManifestError("duplicate utterance ids", segments)
     label_files = {"speaker": folder / "utt2spk", "text": folder / "text"}
     for extra in sorted(folder.glob("utt2*")):
         if extra.name not in _KALDI_NOT_LABELS:
-            label_files[extra.name[len("utt2"):]] = extra
+            label_files[extra.name[len("utt2") :]] = extra
     for field, file in label_files.items():
         if not file.is_file():
             continue
@@ -243,13 +278,19 @@ def read_kaldi_dir(data_dir: str | Path) -> list[dict]:
 
 def _check_token(value: str, what: str, rec_id: str) -> str:
     if not value or re.search(r"\s", value):
-        raise ManifestError(f"record {rec_id!r}: {what} {value!r} is empty or contains whitespace, "
-                            "which Kaldi tables cannot hold")
+        raise ManifestError(
+            f"record {rec_id!r}: {what} {value!r} is empty or contains whitespace, "
+            "which Kaldi tables cannot hold"
+        )
     return value
 
 
-def write_kaldi_dir(records: Sequence[Mapping[str, Any]], out_dir: str | Path, speaker_field: str = "speaker",
-                    text_field: str = "text") -> Path:
+def write_kaldi_dir(
+    records: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    speaker_field: str = "speaker",
+    text_field: str = "text",
+) -> Path:
     """Write a Kaldi data folder: ``wav.scp``, ``utt2spk``, ``spk2utt``, and ``segments`` /
     ``text`` when needed. Files are sorted by key; utterances without a speaker are their own
     speaker (the Kaldi convention). Every file is written atomically.
@@ -284,10 +325,15 @@ def write_kaldi_dir(records: Sequence[Mapping[str, Any]], out_dir: str | Path, s
     if any(text_field in r for r in recs):
         files["text"] = [f"{r['id']} {r.get(text_field, '')}".rstrip() for r in recs]
     if any(not os.path.abspath(r["path"]).lower().endswith(".wav") for r in recs):
-        log.warning("%s: some files are not .wav; Kaldi binaries need wav (convert, or add pipes by hand)", out_dir)
+        log.warning(
+            "%s: some files are not .wav; Kaldi binaries need wav (convert, or add pipes by hand)", out_dir
+        )
     if sorted(spk.values()) != [spk[u] for u in spk]:
-        log.warning("%s: utterance ids are not prefixed by speaker ids; Kaldi's validate_data_dir.sh "
-                    "may ask for utils/fix_data_dir.sh", out_dir)
+        log.warning(
+            "%s: utterance ids are not prefixed by speaker ids; Kaldi's validate_data_dir.sh "
+            "may ask for utils/fix_data_dir.sh",
+            out_dir,
+        )
     for name, lines in files.items():
         atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
     return out_dir

@@ -39,10 +39,14 @@ RESERVED_FIELDS: tuple[str, ...] = ("id", "path", "num_samples", "sample_rate", 
 class ManifestError(ValueError):
     """A manifest line is invalid. The message names ``file:line`` and the offending key."""
 
-    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None,
-                 key: str | None = None):
-        where = f"{path}:{line}: " if path is not None and line is not None else (
-            f"{path}: " if path is not None else "")
+    def __init__(
+        self, message: str, path: str | Path | None = None, line: int | None = None, key: str | None = None
+    ):
+        where = (
+            f"{path}:{line}: "
+            if path is not None and line is not None
+            else (f"{path}: " if path is not None else "")
+        )
         super().__init__(f"{where}{message}")
         self.path = None if path is None else str(path)
         self.line = line
@@ -65,7 +69,10 @@ def validate_record(rec: Any, where: str | Path | None = None, line: int | None 
         if key not in rec:
             raise ManifestError(
                 f"missing field {key!r} (required: {', '.join(REQUIRED_FIELDS)}; got keys {sorted(rec)})",
-                where, line, key)
+                where,
+                line,
+                key,
+            )
         value = rec[key]
         if typ is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -73,33 +80,49 @@ def validate_record(rec: Any, where: str | Path | None = None, line: int | None 
             ok = isinstance(value, typ)
         if not ok:
             raise ManifestError(
-                f"field {key!r} must be {typ.__name__}, got {_type_name(value)} {value!r}", where, line, key)
+                f"field {key!r} must be {typ.__name__}, got {_type_name(value)} {value!r}", where, line, key
+            )
     if not rec["id"]:
         raise ManifestError("field 'id' is empty", where, line, "id")
     if not rec["path"]:
         raise ManifestError("field 'path' is empty", where, line, "path")
     if rec["num_samples"] < 0:
-        raise ManifestError(f"field 'num_samples' must be >= 0, got {rec['num_samples']}", where, line,
-                            "num_samples")
+        raise ManifestError(
+            f"field 'num_samples' must be >= 0, got {rec['num_samples']}", where, line, "num_samples"
+        )
     if rec["sample_rate"] <= 0:
-        raise ManifestError(f"field 'sample_rate' must be > 0, got {rec['sample_rate']}", where, line,
-                            "sample_rate")
+        raise ManifestError(
+            f"field 'sample_rate' must be > 0, got {rec['sample_rate']}", where, line, "sample_rate"
+        )
     for key, minimum in (("start", 0.0), ("duration", 0.0)):
         if key in rec and rec[key] is not None:
             value = rec[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ManifestError(f"field {key!r} must be a number of seconds, got {_type_name(value)} "
-                                    f"{value!r}", where, line, key)
+                raise ManifestError(
+                    f"field {key!r} must be a number of seconds, got {_type_name(value)} {value!r}",
+                    where,
+                    line,
+                    key,
+                )
             if value < minimum or (key == "duration" and value == 0):
-                raise ManifestError(f"field {key!r} must be {'> 0' if key == 'duration' else '>= 0'}, "
-                                    f"got {value}", where, line, key)
+                raise ManifestError(
+                    f"field {key!r} must be {'> 0' if key == 'duration' else '>= 0'}, got {value}",
+                    where,
+                    line,
+                    key,
+                )
     if rec.get("start") is not None:
         file_seconds = rec["num_samples"] / rec["sample_rate"]
         end = rec["start"] + (rec.get("duration") or 0.0)
         # Allow one sample of rounding slack for segments written from other tools.
         if end > file_seconds + 1.0 / rec["sample_rate"] + 1e-6:
-            raise ManifestError(f"segment start={rec['start']} duration={rec.get('duration')} ends after "
-                                f"the file ({file_seconds:.3f} s)", where, line, "start")
+            raise ManifestError(
+                f"segment start={rec['start']} duration={rec.get('duration')} ends after "
+                f"the file ({file_seconds:.3f} s)",
+                where,
+                line,
+                "start",
+            )
     return rec
 
 
@@ -128,12 +151,14 @@ def iter_manifest(path: str | Path) -> Iterator[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestError(f"bad JSON ({exc.msg} at column {exc.colno}): {line.strip()[:80]!r}",
-                                    path, lineno) from None
+                raise ManifestError(
+                    f"bad JSON ({exc.msg} at column {exc.colno}): {line.strip()[:80]!r}", path, lineno
+                ) from None
             validate_record(rec, path, lineno)
             if rec["id"] in seen:
-                raise ManifestError(f"duplicate id {rec['id']!r} (first on line {seen[rec['id']]})",
-                                    path, lineno, "id")
+                raise ManifestError(
+                    f"duplicate id {rec['id']!r} (first on line {seen[rec['id']]})", path, lineno, "id"
+                )
             seen[rec["id"]] = lineno
             rec["path"] = _resolve(rec["path"], folder)
             yield rec
@@ -156,7 +181,12 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[dict]:
 
 
 def _ordered(rec: Mapping[str, Any], path: str) -> dict:
-    out = {"id": rec["id"], "path": path, "num_samples": rec["num_samples"], "sample_rate": rec["sample_rate"]}
+    out = {
+        "id": rec["id"],
+        "path": path,
+        "num_samples": rec["num_samples"],
+        "sample_rate": rec["sample_rate"],
+    }
     for key in ("start", "duration"):
         if rec.get(key) is not None:
             out[key] = rec[key]
@@ -235,8 +265,7 @@ def group_records(records: Iterable[dict], field: str) -> dict[Any, list[dict]]:
     groups: dict[Any, list[dict]] = {}
     for rec in records:
         if field not in rec:
-            raise KeyError(f"record {rec.get('id')!r} has no field {field!r} "
-                           f"(fields: {sorted(rec)})")
+            raise KeyError(f"record {rec.get('id')!r} has no field {field!r} (fields: {sorted(rec)})")
         groups.setdefault(_hashable(rec[field]), []).append(rec)
     return groups
 

@@ -64,8 +64,12 @@ class PrepareReport:
     kept: int = 0
     seconds_kept: float = 0.0
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> files
-    seconds_dropped: dict[str, float] = dataclasses.field(default_factory=dict)  # reason -> seconds (0 if unknown)
-    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> first few "path: why"
+    seconds_dropped: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # reason -> seconds (0 if unknown)
+    examples: dict[str, list[str]] = dataclasses.field(
+        default_factory=dict
+    )  # reason -> first few "path: why"
     other_files: int = 0  # files with other extensions
     label_fields: list[str] = dataclasses.field(default_factory=list)
 
@@ -78,18 +82,26 @@ class PrepareReport:
         return sum(self.seconds_dropped.values()) / 3600.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hours_kept": self.hours_kept, "hours_dropped": self.hours_dropped}
+        return {
+            **dataclasses.asdict(self),
+            "hours_kept": self.hours_kept,
+            "hours_dropped": self.hours_dropped,
+        }
 
     def summary(self) -> str:
         """Human-readable lines: hours kept, dropped per reason with examples."""
-        lines = [f"kept {self.kept} files, {self.hours_kept:.3f} h"
-                 + (f" -> {self.manifest}" if self.manifest else "")]
+        lines = [
+            f"kept {self.kept} files, {_hours(self.seconds_kept)}"
+            + (f" -> {self.manifest}" if self.manifest else "")
+        ]
         total = sum(self.dropped.values())
         if total:
-            lines.append(f"dropped {total} files, {self.hours_dropped:.3f} h:")
+            lines.append(f"dropped {total} files, {_hours(sum(self.seconds_dropped.values()))}:")
             for reason in sorted(self.dropped):
-                lines.append(f"  {reason}: {self.dropped[reason]} files, "
-                             f"{self.seconds_dropped.get(reason, 0.0) / 3600:.3f} h")
+                seconds = self.seconds_dropped.get(reason, 0.0)
+                lines.append(
+                    f"  {reason}: {self.dropped[reason]} files" + (f", {_hours(seconds)}" if seconds else "")
+                )
                 lines.extend(f"    e.g. {ex}" for ex in self.examples.get(reason, []))
         if self.label_fields:
             lines.append(f"label fields: {', '.join(self.label_fields)}")
@@ -101,6 +113,10 @@ class PrepareReport:
         examples = self.examples.setdefault(reason, [])
         if len(examples) < _EXAMPLES_PER_REASON:
             examples.append(example)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 3600:.4f} h ({seconds:.1f} s)"
 
 
 LabelRule = Callable[[Path], "dict[str, str] | None"]
@@ -120,8 +136,10 @@ def _template_rule(pattern: str, field: str, template: str) -> LabelRule:
     names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     for name in names:
         if name not in ("parent", "grandparent", "stem", "name", "top") and not _PARENT_N.match(name):
-            raise ValueError(f"--label-from-path {pattern!r}: unknown placeholder {{{name}}}; use "
-                             "{parent}, {grandparent}, {parentN}, {stem}, {name} or {top}")
+            raise ValueError(
+                f"--label-from-path {pattern!r}: unknown placeholder {{{name}}}; use "
+                "{parent}, {grandparent}, {parentN}, {stem}, {name} or {top}"
+            )
 
     def rule(rel: Path) -> dict[str, str] | None:
         values = _path_values(rel)
@@ -137,11 +155,14 @@ def _regex_rule(pattern: str) -> LabelRule:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise ValueError(f"--label-from-path {pattern!r} is neither FIELD=TEMPLATE nor a valid regex "
-                         f"({exc})") from None
+        raise ValueError(
+            f"--label-from-path {pattern!r} is neither FIELD=TEMPLATE nor a valid regex ({exc})"
+        ) from None
     if not regex.groupindex:
-        raise ValueError(f"--label-from-path {pattern!r}: a regex needs named groups, e.g. "
-                         r"'(?P<speaker>\d+)-(?P<chapter>\d+)-\d+'; or use FIELD=TEMPLATE like speaker={parent}")
+        raise ValueError(
+            f"--label-from-path {pattern!r}: a regex needs named groups, e.g. "
+            r"'(?P<speaker>\d+)-(?P<chapter>\d+)-\d+'; or use FIELD=TEMPLATE like speaker={parent}"
+        )
     on_path = "/" in pattern
 
     def rule(rel: Path) -> dict[str, str] | None:
@@ -208,8 +229,13 @@ def make_ids(relpaths: Sequence[Path]) -> list[str]:
     return unique
 
 
-def prepare_folder(folder: str | Path, out: str | Path, label_from_path: str | Sequence[str] | None = None,
-                   min_seconds: float = 0.0, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> PrepareReport:
+def prepare_folder(
+    folder: str | Path,
+    out: str | Path,
+    label_from_path: str | Sequence[str] | None = None,
+    min_seconds: float = 0.0,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+) -> PrepareReport:
     """Scan ``folder`` for audio and write the manifest ``out``.
 
     Args:
@@ -234,8 +260,9 @@ def prepare_folder(folder: str | Path, out: str | Path, label_from_path: str | S
     relpaths, report.other_files = scan_audio_files(folder, extensions)
     ext_text = ", ".join("." + e.lstrip(".") for e in extensions)
     if not relpaths:
-        raise PrepareError(f"no audio files ({ext_text}) found under {folder} "
-                           f"({report.other_files} other files)", report)
+        raise PrepareError(
+            f"no audio files ({ext_text}) found under {folder} ({report.other_files} other files)", report
+        )
     records = []
     fields: set[str] = set()
     for n, (rel, utt_id) in enumerate(zip(relpaths, make_ids(relpaths)), start=1):
@@ -268,15 +295,25 @@ def prepare_folder(folder: str | Path, out: str | Path, label_from_path: str | S
             report._drop("no_label_match", info.duration, f"{rel}: does not match {unmatched!r}")
             continue
         fields.update(labels)
-        records.append({"id": utt_id, "path": os.path.abspath(path), "num_samples": info.num_samples,
-                        "sample_rate": info.sample_rate, **labels})
+        records.append(
+            {
+                "id": utt_id,
+                "path": os.path.abspath(path),
+                "num_samples": info.num_samples,
+                "sample_rate": info.sample_rate,
+                **labels,
+            }
+        )
         report.kept += 1
         report.seconds_kept += info.duration
     report.label_fields = sorted(fields)
     if not records:
-        raise PrepareError(f"none of the {len(relpaths)} audio files under {folder} is usable; nothing "
-                           f"written\n{report.summary()}", report)
+        raise PrepareError(
+            f"none of the {len(relpaths)} audio files under {folder} is usable; nothing "
+            f"written\n{report.summary()}",
+            report,
+        )
     write_manifest(records, out)
     report.manifest = str(out)
-    log.info("prepare: %s", report.summary().replace("\n", "; "))
+    log.debug("prepare: %s", report.summary().replace("\n", "; "))
     return report

@@ -36,8 +36,9 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def build_batches(durations: np.ndarray, order: np.ndarray, max_batch_seconds: float,
-                  max_batch_size: int | None = None) -> list[list[int]]:
+def build_batches(
+    durations: np.ndarray, order: np.ndarray, max_batch_seconds: float, max_batch_size: int | None = None
+) -> list[list[int]]:
     """Cut ``order`` (indices, longest first) greedily into batches within the padded budget.
 
     Args:
@@ -79,9 +80,18 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         max_batch_size: optional cap on the number of items per batch.
     """
 
-    def __init__(self, durations: Sequence[float], max_batch_seconds: float, shuffle: bool = True,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0, drop_last: bool = False,
-                 pool_size: int = 10_000, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        durations: Sequence[float],
+        max_batch_seconds: float,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+        pool_size: int = 10_000,
+        max_batch_size: int | None = None,
+    ):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -109,9 +119,13 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         self._cache: tuple[int, list[list[int]]] | None = None
         over = int(np.sum(self.durations > self.max_batch_seconds))
         if over:
-            log.warning("%d item(s) are longer than max_batch_seconds=%.1f and will be batches of one "
-                        "(longest %.1f s); crop them (max_seconds) to keep memory bounded",
-                        over, self.max_batch_seconds, float(self.durations.max()))
+            log.warning(
+                "%d item(s) are longer than max_batch_seconds=%.1f and will be batches of one "
+                "(longest %.1f s); crop them (max_seconds) to keep memory bounded",
+                over,
+                self.max_batch_seconds,
+                float(self.durations.max()),
+            )
 
     # ---- batch construction -------------------------------------------------
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
@@ -123,10 +137,12 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             perm = rng.permutation(n)
             batches: list[list[int]] = []
             for lo in range(0, n, self.pool_size):
-                pool = perm[lo:lo + self.pool_size]
+                pool = perm[lo : lo + self.pool_size]
                 # stable sort keeps the random order among equal durations
                 pool = pool[np.argsort(-self.durations[pool], kind="stable")]
-                batches.extend(build_batches(self.durations, pool, self.max_batch_seconds, self.max_batch_size))
+                batches.extend(
+                    build_batches(self.durations, pool, self.max_batch_seconds, self.max_batch_size)
+                )
             order = rng.permutation(len(batches))
             return [batches[i] for i in order]
         order = np.lexsort((np.arange(n), -self.durations))
@@ -145,7 +161,7 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             else:
                 extra = world - len(batches) % world
                 batches = batches + [batches[i % len(batches)] for i in range(extra)]
-        mine = batches[self.rank::world]
+        mine = batches[self.rank :: world]
         self._cache = (epoch, mine)
         return mine
 
@@ -207,16 +223,27 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         if mismatched:
             detail = ", ".join(f"{k}: saved {a!r} now {b!r}" for k, (a, b) in mismatched.items())
             if strict:
-                raise ValueError(f"sampler state does not match this data/batching ({detail}); "
-                                 "resume with the same manifest and data settings")
-            log.warning("sampler state was saved with other data/batching (%s): epoch %d restarts from "
-                        "its first batch", detail, self.epoch)
+                raise ValueError(
+                    f"sampler state does not match this data/batching ({detail}); "
+                    "resume with the same manifest and data settings"
+                )
+            log.warning(
+                "sampler state was saved with other data/batching (%s): epoch %d restarts from "
+                "its first batch",
+                detail,
+                self.epoch,
+            )
             self._start = 0
         elif int(state["num_replicas"]) == self.num_replicas:
             self._start = int(state["consumed"])
         else:
             # A different world size: continue after the global batches already seen (a few may repeat).
             self._start = int(state["global_consumed"]) // self.num_replicas
-            log.warning("resuming with %d ranks instead of %d: up to %d batches of epoch %d are repeated",
-                        self.num_replicas, state["num_replicas"], self.num_replicas, self.epoch)
+            log.warning(
+                "resuming with %d ranks instead of %d: up to %d batches of epoch %d are repeated",
+                self.num_replicas,
+                state["num_replicas"],
+                self.num_replicas,
+                self.epoch,
+            )
         self._dispatched = self._start

@@ -31,7 +31,9 @@ def parse_fractions(text: str) -> dict[str, float]:
         except ValueError:
             number = None
         if not sep or not name or number is None:
-            raise ValueError(f"bad fraction {part!r} in {text!r}: expected name=number, e.g. train=0.8,dev=0.1")
+            raise ValueError(
+                f"bad fraction {part!r} in {text!r}: expected name=number, e.g. train=0.8,dev=0.1"
+            )
         if name in out:
             raise ValueError(f"split {name!r} given twice in {text!r}")
         out[name] = number
@@ -83,8 +85,12 @@ def _deal(units: list[tuple[str, list]], targets: dict[str, float], seed: int) -
     return bins
 
 
-def split_records(records: Sequence[Mapping[str, Any]], fractions: Mapping[str, float],
-                  group_by: str | None = None, seed: int = 0) -> dict[str, list]:
+def split_records(
+    records: Sequence[Mapping[str, Any]],
+    fractions: Mapping[str, float],
+    group_by: str | None = None,
+    seed: int = 0,
+) -> dict[str, list]:
     """Split records into named parts by share of audio duration.
 
     Args:
@@ -105,12 +111,15 @@ def split_records(records: Sequence[Mapping[str, Any]], fractions: Mapping[str, 
         raise ValueError(f"cannot split {len(units)} {what} into {len(fractions)} parts {list(fractions)}")
     bins = _deal(units, dict(fractions), seed)
     position = {id(r): i for i, r in enumerate(records)}
-    return {name: sorted((r for _, recs in bins[name] for r in recs), key=lambda r: position[id(r)])
-            for name in fractions}
+    return {
+        name: sorted((r for _, recs in bins[name] for r in recs), key=lambda r: position[id(r)])
+        for name in fractions
+    }
 
 
-def kfold_records(records: Sequence[Mapping[str, Any]], k: int, group_by: str | None = None,
-                  seed: int = 0) -> list[tuple[list, list]]:
+def kfold_records(
+    records: Sequence[Mapping[str, Any]], k: int, group_by: str | None = None, seed: int = 0
+) -> list[tuple[list, list]]:
     """``k`` folds of (train, test) record lists; each record is in exactly one test fold.
 
     With ``group_by`` a group's records are all in the same fold (speaker-independent k-fold,
