@@ -112,6 +112,10 @@ def test_ranks_partition_with_equal_counts(world):
     ]
     assert len({len(r) for r in dropped}) == 1
     assert len({tuple(b) for r in dropped for b in r}) == sum(len(r) for r in dropped)
+    tiny = [list(SecondsBatchSampler([1.0], 15.0, num_replicas=world, rank=r)) for r in range(world)]
+    assert tiny == [[[0]]] * world  # fewer batches than ranks: repeated so no rank waits
+    with pytest.raises(ValueError, match="every rank would get none"):
+        len(SecondsBatchSampler([1.0], 15.0, num_replicas=world, rank=0, drop_last=True))
 
 
 def _make_corpus(tmp_path, n=12):

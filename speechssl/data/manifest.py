@@ -142,7 +142,7 @@ def iter_manifest(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    folder = path.resolve().parent
+    folder = Path(os.path.abspath(path)).parent
     seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -206,7 +206,7 @@ def write_manifest(records: Iterable[Mapping[str, Any]], path: str | Path) -> Pa
         ManifestError: a record is invalid or an id repeats (named by its position, 1-based).
     """
     path = Path(path)
-    folder = path.parent.resolve()
+    folder = Path(os.path.abspath(path)).parent
     seen: set[str] = set()
     lines = []
     for i, rec in enumerate(records, start=1):

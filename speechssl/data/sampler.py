@@ -161,6 +161,11 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             else:
                 extra = world - len(batches) % world
                 batches = batches + [batches[i % len(batches)] for i in range(extra)]
+        if not batches:
+            raise ValueError(
+                f"only {len(self.global_batches(epoch))} batches for {world} ranks with drop_last=True: "
+                "every rank would get none; use drop_last=False or a smaller max_batch_seconds"
+            )
         mine = batches[self.rank :: world]
         self._cache = (epoch, mine)
         return mine
