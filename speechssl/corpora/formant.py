@@ -120,7 +120,8 @@ def text_to_phones(text: str) -> list[tuple[str, bool, bool]]:
         if not word:
             continue
         phones: list[str] = []
-        if len(word) > 2 and word.endswith("e") and word[-2] not in "aeiouy":
+        spelled = word
+        if len(word) > 3 and word.endswith("e") and word[-2] not in "aeiouy":
             word = word[:-1]  # silent final e
         i = 0
         while i < len(word):
@@ -142,9 +143,9 @@ def text_to_phones(text: str) -> list[tuple[str, bool, bool]]:
                     break
             else:
                 i += 1  # a letter with no rule (a lone q) is silent
-        if word in _DH_WORDS and phones[:1] == ["TH"]:
+        if spelled in _DH_WORDS and phones[:1] == ["TH"]:
             phones[0] = "DH"
-        content = word not in FUNCTION_WORDS
+        content = spelled not in FUNCTION_WORDS
         stress_at = next((k for k, p in enumerate(phones) if p in _VOWELS), -1) if content else -1
         for k, p in enumerate(phones):
             out.append((p, k == stress_at, comma and k == len(phones) - 1))
@@ -235,19 +236,24 @@ def _f0_contour(seg: dict, p: FormantParams, rng: np.random.Generator, question:
 
 
 def _resonator_response(freqs: np.ndarray, bws: np.ndarray, omega: np.ndarray) -> np.ndarray:
-    """Cascade of 2nd-order all-pole resonators with unity DC gain.
+    """Cascade of 2nd-order all-pole resonators, each with unity DC gain.
 
     Args:
-        freqs, bws: [frames, n_formants] centre frequencies and bandwidths (Hz).
+        freqs, bws: [..., n_formants] centre frequencies and bandwidths (Hz).
         omega: [bins] radian frequencies.
     Returns:
-        [frames, bins] complex response.
+        [..., bins] complex64 response.
     """
-    r = np.exp(-np.pi * bws / SAMPLE_RATE)[..., None]
-    c = (2 * r * np.cos(2 * np.pi * freqs / SAMPLE_RATE)[..., None])
-    z1 = np.exp(-1j * omega)
-    den = 1 - c * z1 + r**2 * z1**2
-    return np.prod((1 - c + r**2) / den, axis=1)
+    r = np.exp(-np.pi * bws / SAMPLE_RATE)
+    c = 2 * r * np.cos(2 * np.pi * freqs / SAMPLE_RATE)
+    gain = np.prod(1 - c + r**2, axis=-1, keepdims=True).astype(np.float32)
+    z1 = np.exp(-1j * omega).astype(np.complex64)
+    z2 = z1 * z1
+    den = None
+    for i in range(freqs.shape[-1]):  # multiply denominators, divide once
+        term = 1 - c[..., i : i + 1].astype(np.float32) * z1 + (r[..., i : i + 1] ** 2).astype(np.float32) * z2
+        den = term if den is None else den * term
+    return gain / den
 
 
 def _stft(x: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -319,12 +325,12 @@ def render_formant(text: str, params: FormantParams, rng: np.random.Generator) -
     freq_hz = omega * SAMPLE_RATE / (2 * np.pi)
     scale = p.formant_scale
     f123 = formants[:, centres].T * scale  # [frames, 3]
-    f45 = np.broadcast_to(np.array([3300.0, 3750.0]) * scale, (n_frames, 2))
-    freqs = np.minimum(np.concatenate([f123, f45], axis=1), 0.45 * SAMPLE_RATE)
+    f45 = np.minimum(np.array([3300.0, 3750.0]) * scale, 0.45 * SAMPLE_RATE)
     bws = np.array([60.0, 90.0, 120.0, 180.0, 250.0]) * p.bandwidth_scale * np.sqrt(scale)
-    bws = np.broadcast_to(bws, freqs.shape)
     tilt = 10 ** (p.tilt_db_per_octave * np.log2(np.maximum(freq_hz, 1000.0) / 1000.0) / 20)
-    h_voiced = _resonator_response(freqs, bws, omega) * tilt
+    static = _resonator_response(f45, bws[3:], omega) * tilt.astype(np.float32)  # F4, F5 do not move
+    h_voiced = _resonator_response(np.minimum(f123, 0.45 * SAMPLE_RATE), np.broadcast_to(bws[:3], f123.shape), omega)
+    h_voiced *= static
     fc = fric_band[0, centres][:, None] * np.sqrt(scale)
     octaves = np.log2(np.maximum(freq_hz, 50.0)[None, :] / fc)
     h_fric = 3.0 * np.exp(-0.5 * (octaves / (fric_band[1, centres][:, None] / 2)) ** 2)

@@ -1,0 +1,236 @@
+"""Synthetic corpus: manifest, audio format, determinism, re-runs, labels, backends, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechssl.cli.main import main as cli_main
+from speechssl.corpora import espeak as espeak_backend
+from speechssl.corpora import synthetic
+from speechssl.corpora.formant import FormantParams, render_formant, text_to_phones
+from speechssl.corpora.synthetic import SynthConfig, make_speaker, resolve_backend, synthesize_corpus
+from speechssl.corpora.text import generate_sentence, sentence_with_words
+from speechssl.data.manifest import read_manifest
+
+STYLES = ("neutral", "happy", "sad", "angry")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The default corpus of the CLI example: 4 speakers x 10 utterances, seed 0."""
+    return synthesize_corpus(tmp_path_factory.mktemp("synth") / "data", speakers=4, utts_per_speaker=10)
+
+
+def _bytes_by_id(manifest: Path) -> dict[str, bytes]:
+    return {r["id"]: Path(r["path"]).read_bytes() for r in read_manifest(manifest)}
+
+
+def test_manifest_has_balanced_labelled_lines(corpus: Path):
+    lines = corpus.read_text().splitlines()
+    assert len(lines) == 40
+    first = json.loads(lines[0])
+    assert not Path(first["path"]).is_absolute() and first["path"].startswith("wavs/")
+    recs = read_manifest(corpus)
+    for r in recs:
+        assert {"id", "path", "num_samples", "sample_rate", "speaker", "gender", "style", "text"} <= set(r)
+        assert r["sample_rate"] == 16000 and r["text"] and r["backend"] == "formant"
+        assert 1.5 <= r["num_samples"] / 16000 <= 4.0
+    assert Counter(r["speaker"] for r in recs) == {f"spk{i:03d}": 10 for i in range(4)}
+    assert Counter(r["style"] for r in recs) == {s: 10 for s in STYLES}
+    assert Counter(r["gender"] for r in recs) == {"female": 20, "male": 20}
+    assert len({r["text"] for r in recs}) >= 38  # random content, not one sentence per style
+    config = json.loads((corpus.parent / "synth_config.json").read_text())
+    assert config["speakers"] == 4 and config["config"]["noise_prob"] == SynthConfig().noise_prob
+
+
+def test_wavs_are_16k_mono_float_in_range(corpus: Path):
+    for r in read_manifest(corpus):
+        info = sf.info(r["path"])
+        assert (info.samplerate, info.channels, info.frames) == (16000, 1, r["num_samples"])
+        wav, _ = sf.read(r["path"], dtype="float32")
+        assert wav.ndim == 1 and np.abs(wav).max() <= 1.0
+        assert np.sqrt(np.mean(wav**2)) > 1e-3  # not silent
+
+
+def test_deterministic_and_seeds_give_disjoint_sets(corpus: Path, tmp_path: Path):
+    # Same seed, fewer speakers/utterances: the same ids get bitwise-identical files.
+    small = synthesize_corpus(tmp_path / "again", speakers=2, utts_per_speaker=3, seed=0)
+    reference = _bytes_by_id(corpus)
+    again = _bytes_by_id(small)
+    assert len(again) == 6 and all(again[k] == reference[k] for k in again)
+    # Another seed: same speakers, other utterances (ids, texts and bytes all differ).
+    pool = synthesize_corpus(tmp_path / "pool", speakers=2, utts_per_speaker=3, seed=1)
+    pool_recs, small_recs = read_manifest(pool), read_manifest(small)
+    assert {r["speaker"] for r in pool_recs} == {r["speaker"] for r in small_recs}
+    assert not {r["id"] for r in pool_recs} & set(reference)
+    assert not {r["text"] for r in pool_recs} & {r["text"] for r in small_recs}
+    assert not set(_bytes_by_id(pool).values()) & set(again.values())
+    # speaker_offset gives new speakers.
+    other = read_manifest(synthesize_corpus(tmp_path / "other", speakers=1, utts_per_speaker=1, speaker_offset=7))
+    assert other[0]["speaker"] == "spk007" and other[0]["gender"] == "male"
+
+
+def test_rerun_skips_repairs_and_cleans(tmp_path: Path, monkeypatch):
+    out = tmp_path / "c"
+    manifest = synthesize_corpus(out, speakers=2, utts_per_speaker=3)
+    original = _bytes_by_id(manifest)
+    calls = []
+    real = synthetic.render_utterance
+    monkeypatch.setattr(synthetic, "render_utterance", lambda *a, **k: calls.append(a) or real(*a, **k))
+    synthesize_corpus(out, speakers=2, utts_per_speaker=3)
+    assert calls == []  # everything kept
+    victim = Path(read_manifest(manifest)[1]["path"])
+    victim.write_bytes(b"garbage")
+    synthesize_corpus(out, speakers=2, utts_per_speaker=3)
+    assert len(calls) == 1 and _bytes_by_id(manifest) == original  # repaired, identical
+    synthesize_corpus(out, speakers=2, utts_per_speaker=2)
+    recs = read_manifest(manifest)
+    assert len(recs) == 4 and len(list((out / "wavs").rglob("*.wav"))) == 4  # stale files removed
+    assert not list(out.rglob("*.tmp"))
+    # A changed rendering knob re-renders (cache key covers the config).
+    synthesize_corpus(out, speakers=2, utts_per_speaker=2, config=SynthConfig(noise_prob=0.0))
+    assert len(calls) == 5
+
+
+def _median_f0(path: str) -> float:
+    wav, _ = sf.read(path, dtype="float32")
+    f0 = librosa.yin(wav, fmin=60, fmax=450, sr=16000, frame_length=1024, hop_length=160)
+    rms = librosa.feature.rms(y=wav, frame_length=1024, hop_length=160)[0][: len(f0)]
+    return float(np.median(f0[rms > 0.3 * rms.max()]))
+
+
+def test_speakers_and_styles_differ_in_f0(corpus: Path):
+    recs = read_manifest(corpus)
+    semitones = {r["id"]: 12 * np.log2(_median_f0(r["path"])) for r in recs}
+    by_speaker: dict[str, list] = {}
+    for r in recs:
+        by_speaker.setdefault(r["speaker"], []).append(r)
+    rel: dict[str, list[float]] = {s: [] for s in STYLES}
+    for utts in by_speaker.values():
+        neutral = np.mean([semitones[r["id"]] for r in utts if r["style"] == "neutral"])
+        for r in utts:
+            rel[r["style"]].append(semitones[r["id"]] - neutral)
+    mean = {s: float(np.mean(v)) for s, v in rel.items()}
+    assert mean["happy"] > mean["angry"] > mean["neutral"] + 0.5 > mean["sad"] + 1.0, mean
+    female = [semitones[r["id"]] for r in recs if r["gender"] == "female"]
+    male = [semitones[r["id"]] for r in recs if r["gender"] == "male"]
+    assert np.mean(female) > np.mean(male) + 5  # > 5 semitones apart on average
+
+
+def test_speaker_voices_are_stable_and_distinct():
+    a, b = make_speaker(3, "formant"), make_speaker(3, "formant")
+    assert a == b and a.name == "spk003" and make_speaker(3, "espeak").name == "espk003"
+    scales = {make_speaker(i, "formant").formant.formant_scale for i in range(6)}
+    assert len(scales) == 6
+    assert make_speaker(3, "formant", voice_seed=2).formant != a.formant
+    assert make_speaker(3, "formant", voice_seed=2).name == "spk003v2"
+
+
+def test_formant_scale_moves_spectrum_up():
+    text = "The old farmer carried a heavy basket."
+
+    def centroid(scale: float) -> float:
+        wav = render_formant(text, FormantParams(f0_hz=140.0, formant_scale=scale), np.random.default_rng(0))
+        spec = np.abs(np.fft.rfft(wav)) ** 2
+        freqs = np.fft.rfftfreq(len(wav), 1 / 16000)
+        band = freqs < 3000  # vowel formant region
+        return float((spec[band] * freqs[band]).sum() / spec[band].sum())
+
+    assert centroid(1.2) > 1.08 * centroid(1.0)
+
+
+def test_formant_renderer_is_fast():
+    rng = np.random.default_rng(0)
+    texts = [sentence_with_words(rng, 6, 9) for _ in range(12)]
+    start, samples = time.process_time(), 0
+    for i, text in enumerate(texts):
+        samples += len(render_formant(text, FormantParams(), np.random.default_rng(i)))
+    realtime = samples / 16000 / (time.process_time() - start)
+    assert realtime > 25, f"formant synthesis only {realtime:.0f}x real time (CPU)"
+
+
+def test_text_generator_and_phones_are_deterministic():
+    a = [generate_sentence(np.random.default_rng(5)) for _ in range(3)]
+    assert len(set(a)) == 1 and a[0][0].isupper() and a[0][-1] in ".?"
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = len(sentence_with_words(rng, 4, 7).split())
+        assert 4 <= n <= 7
+    assert text_to_phones("Quick chess, thin shoe.") == text_to_phones("Quick chess, thin shoe.")
+    assert text_to_phones("the ship, those") == [
+        ("DH", False, False), ("EH", False, False), ("SH", False, False), ("IH", True, False), ("P", False, True),
+        ("DH", False, False), ("AA", False, False), ("S", False, False),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no letters"):
+        text_to_phones("123 !!")
+    with pytest.raises(ValueError, match="min_words"):
+        sentence_with_words(rng, 5, 2)
+
+
+def test_espeak_backend_renders(tmp_path: Path):
+    manifest = synthesize_corpus(tmp_path / "e", backend="espeak", speakers=1, utts_per_speaker=2, seed=3)
+    recs = read_manifest(manifest)
+    assert [r["style"] for r in recs] == ["neutral", "happy"]
+    assert {r["speaker"] for r in recs} == {"espk000"} and recs[0]["backend"] == "espeak"
+    for r in recs:
+        info = sf.info(r["path"])
+        assert (info.samplerate, info.channels) == (16000, 1) and 1.5 <= info.frames / 16000 <= 4.0
+    assert _median_f0(recs[1]["path"]) > _median_f0(recs[0]["path"])  # happy is higher
+    again = synthesize_corpus(tmp_path / "e2", backend="espeak", speakers=1, utts_per_speaker=2, seed=3)
+    assert _bytes_by_id(again) == _bytes_by_id(manifest)
+
+
+def test_backend_resolution_and_missing_espeak(monkeypatch, tmp_path: Path):
+    assert resolve_backend("auto") == "espeak"  # installed here and in CI
+    assert resolve_backend("formant") == "formant"
+    monkeypatch.setattr(espeak_backend, "espeak_binary", lambda: None)
+    assert resolve_backend("auto") == "formant"
+    with pytest.raises(espeak_backend.EspeakNotFoundError, match="apt-get install espeak-ng"):
+        synthesize_corpus(tmp_path / "x", backend="espeak", speakers=1, utts_per_speaker=1)
+    assert cli_main(["synth", "--out", str(tmp_path / "y"), "--backend", "espeak", "--speakers", "1"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backend": "festival"}, "unknown synth backend 'festival'"),
+        ({"styles": ("neutral", "bored")}, "styles must be distinct names"),
+        ({"styles": ()}, "styles is empty"),
+        ({"speakers": 0}, "speakers must be an integer >= 1"),
+        ({"utts_per_speaker": 2.5}, "utts_per_speaker must be an integer"),
+        ({"config": SynthConfig(min_seconds=5.0)}, "min_seconds"),
+        ({"config": SynthConfig(noise_prob=1.5)}, "noise_prob"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        synthesize_corpus(tmp_path / "bad", **kwargs)
+
+
+def test_cli(tmp_path: Path, capsys):
+    out = tmp_path / "cli"
+    argv = ["synth", "--out", str(out), "--speakers", "2", "--utts-per-speaker", "2", "--seed", "4",
+            "--styles", "sad", "angry", "--speaker-offset", "2", "--set", "noise_prob=0"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out.resolve() / "manifest.jsonl")
+    recs = read_manifest(out / "manifest.jsonl")
+    assert [(r["speaker"], r["style"]) for r in recs] == [
+        ("spk002", "sad"), ("spk002", "angry"), ("spk003", "angry"), ("spk003", "sad")
+    ]  # fmt: skip
+    assert json.loads((out / "synth_config.json").read_text())["config"]["noise_prob"] == 0.0
+    assert cli_main(["synth", "--out", str(out), "--styles", "bored"]) == 1
+    assert "bored" in capsys.readouterr().err
+    assert cli_main(["synth", "--out", str(out), "--speakers", "0"]) == 1
+    assert cli_main(["synth", "--out", str(out), "--set", "nope=1"]) == 1
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["synth", "--out", str(out), "--backend", "festival"])
+    assert exc.value.code == 2
