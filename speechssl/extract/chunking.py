@@ -18,7 +18,7 @@ Per-utterance CMVN becomes per-window CMVN.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ def encode_chunked(
     """
     s = encoder.frame_shift
     written = 0
-    for ws, we, a, b in plan_chunks(total, chunk, overlap, s):
+    for ws, we, _core_start, b in plan_chunks(total, chunk, overlap, s):
         wav = read_window(ws, we)
         if wav.numel() != we - ws:
             raise ValueError(f"read {wav.numel()} samples for the window [{ws}, {we}), expected {we - ws}")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from speechssl.extract.chunking import encode_chunked
 from speechssl.extract.inputs import Item, read_inputs
-from speechssl.extract.writers import FORMATS, FeatureWriter, KaldiWriter, make_writer
+from speechssl.extract.writers import FeatureWriter, KaldiWriter, check_format, make_writer
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,7 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     from speechssl.upstream import Encoder, load_encoder
 
     cfg = cfg or ExtractConfig()
-    if cfg.format not in FORMATS:
-        raise ValueError(f"unknown format {cfg.format!r}; formats: {', '.join(FORMATS)}")
+    check_format(cfg.format, cfg.dtype)
     if cfg.chunk_seconds <= 0 or cfg.batch_seconds <= 0 or cfg.overlap_seconds < 0:
         raise ValueError(
             f"chunk_seconds ({cfg.chunk_seconds}) and batch_seconds ({cfg.batch_seconds}) must be > 0, "
@@ -332,8 +331,9 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     index = _Appender(out / f"index.part{rank}.tsv", INDEX_COLUMNS, [previous[u] for u in sorted(done)])
     errors = _Appender(out / f"errors.part{rank}.tsv", ERROR_COLUMNS, [])
     todo = [i for i in mine if i.id not in done]
-    bar = tqdm(total=round(sum(i.seconds for i in todo), 1), unit="s", desc=f"extract[rank {rank}]",
-               disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(i.seconds for i in todo), desc=f"extract[rank {rank}]", disable=not cfg.progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
+               dynamic_ncols=True)
     run = _Run(encoder, writer, index, errors, bar)
     if rank == 0:
         for utt, path, reason in unreadable:

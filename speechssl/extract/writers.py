@@ -291,9 +291,15 @@ class Hdf5Writer(FeatureWriter):
 WRITERS = {"npy": NpyWriter, "pt": PtWriter, "kaldi": KaldiWriter, "hdf5": Hdf5Writer}
 
 
-def make_writer(fmt: str, out: Path, layers: list[str], dtype: str, rank: int = 0, world_size: int = 1) -> FeatureWriter:
+def check_format(fmt: str, dtype: str) -> None:
     if fmt not in WRITERS:
         raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     if dtype not in ("float32", "float16"):
         raise ValueError(f"unknown dtype {dtype!r}; choices: float32, float16")
+    if fmt == "kaldi" and dtype != "float32":
+        raise ValueError("Kaldi matrices are float32 or float64 only; use --dtype float32 with --format kaldi")
+
+
+def make_writer(fmt: str, out: Path, layers: list[str], dtype: str, rank: int = 0, world_size: int = 1) -> FeatureWriter:
+    check_format(fmt, dtype)
     return WRITERS[fmt](out, layers, np.dtype(dtype), rank=rank, world_size=world_size)
