@@ -191,7 +191,9 @@ class _KaldiBase(CMVNFrontend):
         x = x * self.window
         if c.use_energy and not c.raw_energy:
             energy = self._log_energy(x)
-        spec = torch.view_as_real(torch.fft.rfft(x, n=self.padded_length)).pow(2).sum(-1)  # [B, T, F] power
+        parts = torch.view_as_real(torch.fft.rfft(x, n=self.padded_length))  # [B, T, F, 2], fresh tensor
+        parts.square_()
+        spec = parts[..., 0] + parts[..., 1]  # [B, T, F] power
         if not use_power:
             spec = spec.sqrt()
         return rowwise_matmul(spec, self.mel_banks), energy

@@ -29,8 +29,10 @@ from typing import Literal
 import torch
 import torchaudio
 
-from speechssl.features.base import FRONTENDS, SAMPLE_RATE, FrontendSpec, frame_signal, rowwise_matmul
+from speechssl.features.base import FRONTENDS, SAMPLE_RATE, FrontendSpec, frame_signal, num_frames
 from speechssl.features.cmvn import CMVNFrontend
+
+MIN_FRAMES = 16  # see LogMel.compute
 
 
 @dataclasses.dataclass
@@ -101,15 +103,27 @@ class LogMel(CMVNFrontend):
 
     def compute(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         c = self.config
-        frames = frame_signal(wavs, c.win_length, c.hop_length)  # [B, T, W]
-        if frames.shape[1] == 0:
-            return wavs.new_zeros(wavs.shape[0], 0, self.out_dim)
-        spec = torch.fft.rfft(frames * self.window, n=c.n_fft)  # [B, T, F] complex
-        power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2
+        batch, samples = wavs.shape
+        frames = num_frames(samples, c.win_length, c.hop_length)
+        if frames == 0:
+            return wavs.new_zeros(batch, 0, self.out_dim)
+        if frames < MIN_FRAMES:
+            # Compute at least MIN_FRAMES frames (zero padding, dropped below): the BLAS kernel, and so the
+            # rounding, then does not depend on the utterance length, keeping batched == single bit-exact.
+            wavs = torch.nn.functional.pad(wavs, (0, (MIN_FRAMES - 1) * c.hop_length + c.win_length - samples))
+        if c.n_fft == c.win_length:
+            spec = torch.stft(
+                wavs, c.n_fft, c.hop_length, c.win_length, self.window, center=False, return_complex=True
+            )  # [B, F, T]
+            spec = spec.transpose(1, 2)  # [B, T, F] view
+        else:  # zero-pad each frame on the right to n_fft (torch.stft would centre the window instead)
+            spec = torch.fft.rfft(frame_signal(wavs, c.win_length, c.hop_length) * self.window, n=c.n_fft)
+        parts = torch.view_as_real(spec).square()  # [B, T, F, 2]
+        power = parts[..., 0] + parts[..., 1]  # |X|^2
         if c.power != 2.0:
             power = power.pow(c.power / 2.0)
-        mel = rowwise_matmul(power, self.mel_filters)  # [B, T, n_mels]
-        return mel.clamp(min=c.log_floor).log()
+        mel = torch.matmul(power, self.mel_filters)[:, :frames]  # [B, T, n_mels]
+        return mel.clamp_(min=c.log_floor).log_()
 
 
 FRONTENDS["logmel"] = FrontendSpec(LogMelConfig, LogMel)
