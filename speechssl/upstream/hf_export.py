@@ -1,0 +1,117 @@
+"""Export a speechssl wav2vec 2.0 model as a Hugging Face ``transformers`` folder.
+
+``export_hf(model, folder)`` writes
+
+* ``config.json``: a ``Wav2Vec2Config`` (``model_type: wav2vec2``, architecture ``Wav2Vec2ForPreTraining``),
+* ``model.safetensors``: ``wav2vec2.*`` encoder weights (our fused q/k/v split back into
+  ``q_proj``/``k_proj``/``v_proj``) plus ``quantizer.*``, ``project_q`` and ``project_hid``,
+* ``preprocessor_config.json``: a ``Wav2Vec2FeatureExtractor`` (16 kHz, ``do_normalize`` from our
+  waveform frontend).
+
+``transformers.Wav2Vec2Model.from_pretrained(folder)`` (or ``Wav2Vec2ForPreTraining``) then
+gives our hidden states: HF ``hidden_states[k]`` == our ``layer_k`` for k < N and
+``last_hidden_state`` == our ``context``. Only waveform-frontend models with a ``group_norm`` or
+``layer_norm`` conv stack can be expressed in that format; anything else is refused.
+Writes are atomic per file; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from speechssl.models.wav2vec2 import Wav2Vec2Model
+from speechssl.upstream.importers import key_table
+from speechssl.utils import atomic_path, atomic_write_json
+
+
+def hf_config(model: Wav2Vec2Model) -> dict:
+    """The Hugging Face ``Wav2Vec2Config`` dict describing ``model``."""
+    cfg = model.config
+    frontend = dict(cfg.frontend)
+    if frontend.get("name") != "waveform" or set(frontend) - {"name", "normalize"}:
+        raise ValueError(f"export_hf: only waveform-frontend models can be exported to Hugging Face, "
+                         f"this one has frontend {frontend}")
+    if cfg.conv_norm not in ("group_norm", "layer_norm"):
+        raise ValueError(f"export_hf: conv_norm {cfg.conv_norm!r} has no Hugging Face equivalent (group_norm, layer_norm)")
+    return {
+        "model_type": "wav2vec2",
+        "architectures": ["Wav2Vec2ForPreTraining"],
+        "conv_dim": [c for c, _, _ in cfg.conv_layers],
+        "conv_kernel": [k for _, k, _ in cfg.conv_layers],
+        "conv_stride": [s for _, _, s in cfg.conv_layers],
+        "num_feat_extract_layers": len(cfg.conv_layers),
+        "conv_bias": cfg.conv_bias,
+        "feat_extract_norm": "group" if cfg.conv_norm == "group_norm" else "layer",
+        "feat_extract_activation": "gelu",
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.ffn_dim,
+        "hidden_act": "gelu",
+        "do_stable_layer_norm": cfg.layer_norm_first,
+        "num_conv_pos_embeddings": cfg.pos_conv_kernel,
+        "num_conv_pos_embedding_groups": cfg.pos_conv_groups,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "hidden_dropout": cfg.dropout,
+        "activation_dropout": cfg.activation_dropout,
+        "attention_dropout": cfg.attention_dropout,
+        "feat_proj_dropout": cfg.input_dropout,
+        "feat_quantizer_dropout": cfg.target_dropout,
+        "final_dropout": 0.0,
+        "layerdrop": cfg.layer_drop,
+        "mask_time_prob": min(1.0, cfg.mask_prob * cfg.mask_span),
+        "mask_time_length": cfg.mask_span,
+        "mask_time_min_masks": cfg.min_masks,
+        "num_codevector_groups": cfg.num_groups,
+        "num_codevectors_per_group": cfg.num_vars,
+        "codevector_dim": cfg.vq_dim,
+        "proj_codevector_dim": cfg.final_dim,
+        "num_negatives": cfg.num_negatives,
+        "contrastive_logits_temperature": cfg.logit_temperature,
+        "diversity_loss_weight": cfg.diversity_weight,
+        "apply_spec_augment": True,
+        "add_adapter": False,
+    }
+
+
+def hf_state_dict(model: Wav2Vec2Model) -> dict[str, torch.Tensor]:
+    """Our weights under ``Wav2Vec2ForPreTraining`` names (inverse of the importer's table)."""
+    ours = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, names in key_table(model.config, "hf"):
+        tensor = ours[key].detach().cpu()
+        parts = tensor.chunk(len(names), dim=0) if len(names) > 1 else (tensor,)
+        for name, part in zip(names, parts):
+            prefix = "" if name.startswith(("quantizer.", "project_q.", "project_hid.")) else "wav2vec2."
+            out[prefix + name] = part.contiguous().clone()
+    return out
+
+
+def export_hf(model: Wav2Vec2Model, folder: str | Path) -> Path:
+    """Write ``model`` to ``folder`` as config.json + model.safetensors + preprocessor_config.json."""
+    if not isinstance(model, Wav2Vec2Model):
+        raise ValueError(f"export_hf: expected a speechssl wav2vec2 model, got {type(model).__name__}")
+    folder = Path(folder)
+    config = hf_config(model)
+    state = hf_state_dict(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(folder / "config.json", config)
+    atomic_write_json(
+        folder / "preprocessor_config.json",
+        {
+            "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+            "feature_size": 1,
+            "sampling_rate": 16000,
+            "padding_side": "right",
+            "padding_value": 0.0,
+            "do_normalize": bool(model.config.frontend.get("normalize", False)),
+            # group-norm models were trained without attention masks (HF convention)
+            "return_attention_mask": model.config.conv_norm == "layer_norm",
+        },
+    )
+    return folder

@@ -1,0 +1,397 @@
+"""Build speechssl wav2vec 2.0 models from torchaudio and Hugging Face models or folders.
+
+Importers map keys, never copy code (torchaudio ``utils/import_fairseq.py`` style): the
+foreign config is parsed into :class:`~speechssl.models.wav2vec2.Wav2Vec2Config`, then a small
+table maps every foreign state-dict key to ours. Every foreign key must be used (known
+task heads we have no counterpart for, e.g. a CTC ``lm_head``, are dropped with a log line);
+a missing or left-over key is an error naming the keys.
+
+Supported:
+
+* torchaudio ``Wav2Vec2Model`` and ``HuBERTPretrainModel`` objects (:func:`from_torchaudio`),
+  and torchaudio folders: ``config.json`` holding the keyword arguments of
+  ``torchaudio.models.wav2vec2_model`` (``extractor_mode``, ``encoder_embed_dim``, ...) plus
+  ``model.safetensors`` (or ``model.pt`` / ``model.pth``, read with ``weights_only=True``).
+* Hugging Face ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC`` (and
+  ``HubertModel``) objects or saved folders (``config.json`` + ``model.safetensors``,
+  sharded safetensors, or ``pytorch_model.bin``), both the group-norm (Base) and the
+  layer-norm / "stable layer norm" (Large-LV60) variants; old ``weight_g``/``weight_v``
+  weight-norm names are accepted. Quantizer, ``project_q`` and ``project_hid`` of a
+  ``ForPreTraining`` checkpoint map to ours; otherwise those stay freshly initialised.
+
+:func:`load_foreign` detects which format a folder holds. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechssl.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, build_wav2vec2
+
+log = logging.getLogger(__name__)
+
+# Foreign task heads without a counterpart in the SSL model: dropped (logged), never an error.
+DROPPED_PREFIXES = ("aux.", "lm_head.", "logit_generator.", "projector.", "classifier.")
+# Our keys that a foreign *encoder* checkpoint may legitimately lack (pretraining-only parts).
+OPTIONAL_OURS = ("mask_emb", "quantizer.weight_proj.", "quantizer.codevectors", "project_q.", "final_proj.")
+
+TA_DEFAULT_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+class ForeignCheckpointError(ValueError):
+    """A foreign model/folder cannot be mapped onto speechssl's wav2vec 2.0 model."""
+
+
+# --------------------------------------------------------------------------------------------
+# Key table
+# --------------------------------------------------------------------------------------------
+def key_table(cfg: Wav2Vec2Config, style: str) -> list[tuple[str, list[str]]]:
+    """``[(our_key, [their_keys])]`` for ``style`` ``"torchaudio"`` or ``"hf"``.
+
+    A list of several foreign keys means "concatenate along dim 0" (our fused q/k/v projection).
+    """
+    if style == "torchaudio":
+        proj, enc = "encoder.feature_projection.", "encoder.transformer."
+    elif style == "hf":
+        proj, enc = "feature_projection.", "encoder."
+    else:
+        raise ValueError(f"unknown key style {style!r}; choices: torchaudio, hf")
+    table: list[tuple[str, list[str]]] = []
+
+    def add(ours: str, theirs: str | list[str], params: tuple[str, ...] = ("weight", "bias")) -> None:
+        for p in params:
+            names = [theirs] if isinstance(theirs, str) else theirs
+            table.append((f"{ours}.{p}", [f"{t}.{p}" for t in names]))
+
+    for i, _ in enumerate(cfg.conv_layers):
+        add(f"feature_encoder.layers.{i}.conv", f"feature_extractor.conv_layers.{i}.conv",
+            ("weight", "bias") if cfg.conv_bias else ("weight",))
+        if cfg.conv_norm == "layer_norm" or (cfg.conv_norm == "group_norm" and i == 0):
+            add(f"feature_encoder.layers.{i}.norm", f"feature_extractor.conv_layers.{i}.layer_norm")
+    add("feature_projection.layer_norm", proj + "layer_norm")
+    add("feature_projection.projection", proj + "projection")
+    add("encoder.pos_conv.conv", enc + "pos_conv_embed.conv",
+        ("bias", "parametrizations.weight.original0", "parametrizations.weight.original1"))
+    add("encoder.layer_norm", enc + "layer_norm")
+    for i in range(cfg.num_layers):
+        ours, theirs = f"encoder.layers.{i}.", f"{enc}layers.{i}."
+        add(ours + "attention.qkv", [theirs + f"attention.{n}_proj" for n in ("q", "k", "v")])
+        add(ours + "attention.out_proj", theirs + "attention.out_proj")
+        add(ours + "attn_norm", theirs + "layer_norm")
+        add(ours + "ffn.fc1", theirs + "feed_forward.intermediate_dense")
+        add(ours + "ffn.fc2", theirs + "feed_forward.output_dense")
+        add(ours + "ffn_norm", theirs + "final_layer_norm")
+    if style == "hf":
+        table.append(("mask_emb", ["masked_spec_embed"]))
+        table.append(("quantizer.codevectors", ["quantizer.codevectors"]))
+        add("quantizer.weight_proj", "quantizer.weight_proj")
+        add("project_q", "project_q")
+        add("final_proj", "project_hid")
+    else:
+        table.append(("mask_emb", ["mask_generator.mask_embedding"]))
+    return table
+
+
+def _normalise_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip base-model prefixes and rename legacy weight-norm keys."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in ("wav2vec2.", "hubert."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        key = key.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
+        key = key.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
+        out[key] = value
+    return out
+
+
+def map_state_dict(cfg: Wav2Vec2Config, state: Mapping[str, torch.Tensor], style: str,
+                   source: str = "foreign model") -> dict[str, torch.Tensor]:
+    """Map a foreign state dict onto our key names; every foreign key must be used.
+
+    Raises:
+        ForeignCheckpointError: naming the missing foreign keys (needed by our model) and the
+            left-over foreign keys (not understood), and tensors of the wrong shape.
+    """
+    theirs = _normalise_foreign_keys(state)
+    used: set[str] = set()
+    mapped: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for ours, names in key_table(cfg, style):
+        present = [n for n in names if n in theirs]
+        if len(present) != len(names):
+            if not ours.startswith(OPTIONAL_OURS):
+                missing.extend(n for n in names if n not in theirs)
+            continue
+        tensors = [theirs[n] for n in names]
+        mapped[ours] = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        used.update(names)
+    dropped = sorted(k for k in theirs if k not in used and k.startswith(DROPPED_PREFIXES))
+    extra = sorted(k for k in theirs if k not in used and not k.startswith(DROPPED_PREFIXES))
+    if missing or extra:
+        raise ForeignCheckpointError(
+            f"{source}: state dict does not match a {style} wav2vec 2.0 model of this config: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''} ({len(missing)}); "
+            f"unexpected keys {extra[:20]}{' ...' if len(extra) > 20 else ''} ({len(extra)})"
+        )
+    if dropped:
+        log.info("%s: dropping task-head weights with no SSL counterpart: %s", source, ", ".join(dropped))
+    return mapped
+
+
+def _load_mapped(cfg: Wav2Vec2Config, mapped: dict[str, torch.Tensor], source: str) -> Wav2Vec2Model:
+    model = build_wav2vec2(cfg)
+    own = model.state_dict()
+    bad = [f"{k}: ours {tuple(own[k].shape)} vs theirs {tuple(v.shape)}" for k, v in mapped.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ForeignCheckpointError(f"{source}: tensor shapes differ from the parsed config: {bad[:10]}")
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    left = [k for k in missing if not k.startswith(OPTIONAL_OURS) and k != "quantizer.temperature"]
+    if left or unexpected:  # a bug in the table, not in the checkpoint
+        raise ForeignCheckpointError(f"{source}: internal key table error: missing {left}, unexpected {unexpected}")
+    fresh = sorted({k.split(".")[0] for k in missing if k != "quantizer.temperature"})
+    if fresh:
+        log.info("%s: %s not in the checkpoint; freshly initialised (only matter for further pretraining)",
+                 source, ", ".join(fresh))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# torchaudio
+# --------------------------------------------------------------------------------------------
+def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torchaudio config") -> Wav2Vec2Config:
+    """Our config from the keyword arguments of ``torchaudio.models.wav2vec2_model``."""
+    required = ("extractor_mode", "encoder_embed_dim", "encoder_num_layers", "encoder_num_heads",
+                "encoder_ff_interm_features", "encoder_layer_norm_first")
+    absent = [k for k in required if k not in kwargs]
+    if absent:
+        raise ForeignCheckpointError(f"{where}: missing keys {absent}")
+    mode = kwargs["extractor_mode"]
+    if mode not in ("group_norm", "layer_norm"):
+        raise ForeignCheckpointError(f"{where}: extractor_mode must be group_norm or layer_norm, got {mode!r}")
+    conv = kwargs.get("extractor_conv_layer_config") or TA_DEFAULT_CONV
+    return Wav2Vec2Config(
+        frontend={"name": "waveform"},
+        conv_layers=[tuple(int(v) for v in layer) for layer in conv],
+        conv_norm=mode,
+        conv_bias=bool(kwargs.get("extractor_conv_bias", False)),
+        embed_dim=int(kwargs["encoder_embed_dim"]),
+        num_layers=int(kwargs["encoder_num_layers"]),
+        num_heads=int(kwargs["encoder_num_heads"]),
+        ffn_dim=int(kwargs["encoder_ff_interm_features"]),
+        layer_norm_first=bool(kwargs["encoder_layer_norm_first"]),
+        pos_conv_kernel=int(kwargs.get("encoder_pos_conv_kernel", 128)),
+        pos_conv_groups=int(kwargs.get("encoder_pos_conv_groups", 16)),
+        dropout=float(kwargs.get("encoder_dropout", 0.1)),
+        attention_dropout=float(kwargs.get("encoder_attention_dropout", 0.1)),
+        activation_dropout=float(kwargs.get("encoder_ff_interm_dropout", 0.0)),
+        input_dropout=float(kwargs.get("encoder_projection_dropout", 0.1)),
+        layer_drop=float(kwargs.get("encoder_layer_drop", 0.05)),
+    )
+
+
+def torchaudio_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """Recover ``wav2vec2_model`` keyword arguments from a torchaudio ``Wav2Vec2Model``."""
+    convs = model.feature_extractor.conv_layers
+    first_norm = convs[0].layer_norm
+    mode = "group_norm" if isinstance(first_norm, torch.nn.GroupNorm) else "layer_norm"
+    if first_norm is None:
+        raise ForeignCheckpointError("torchaudio model: feature extractor without normalisation is not supported")
+    transformer = model.encoder.transformer
+    layer0 = transformer.layers[0]
+    return {
+        "extractor_mode": mode,
+        "extractor_conv_layer_config": [(c.conv.out_channels, c.conv.kernel_size[0], c.conv.stride[0]) for c in convs],
+        "extractor_conv_bias": convs[0].conv.bias is not None,
+        "encoder_embed_dim": model.encoder.feature_projection.projection.out_features,
+        "encoder_projection_dropout": model.encoder.feature_projection.dropout.p,
+        "encoder_pos_conv_kernel": transformer.pos_conv_embed.kernel_size,
+        "encoder_pos_conv_groups": transformer.pos_conv_embed.conv.groups,
+        "encoder_num_layers": len(transformer.layers),
+        "encoder_num_heads": layer0.attention.num_heads,
+        "encoder_attention_dropout": layer0.attention.dropout,
+        "encoder_ff_interm_features": layer0.feed_forward.intermediate_dense.out_features,
+        "encoder_ff_interm_dropout": layer0.feed_forward.intermediate_dropout.p,
+        "encoder_dropout": layer0.dropout.p,
+        "encoder_layer_norm_first": layer0.layer_norm_first,
+        "encoder_layer_drop": transformer.layer_drop,
+    }
+
+
+def from_torchaudio(model: torch.nn.Module) -> Wav2Vec2Model:
+    """speechssl model from a torchaudio ``Wav2Vec2Model`` or ``HuBERTPretrainModel`` (same hidden states)."""
+    kind = type(model).__name__
+    if kind == "HuBERTPretrainModel":
+        inner, state = model.wav2vec2, model.state_dict()  # "wav2vec2." prefix stripped by the mapper
+    elif kind == "Wav2Vec2Model" and hasattr(model, "feature_extractor"):
+        inner, state = model, model.state_dict()
+    else:
+        raise ForeignCheckpointError(f"from_torchaudio: expected a torchaudio Wav2Vec2Model or HuBERTPretrainModel, "
+                                     f"got {type(model).__module__}.{kind}")
+    cfg = config_from_torchaudio_kwargs(torchaudio_kwargs(inner), where=f"torchaudio {kind}")
+    return _load_mapped(cfg, map_state_dict(cfg, state, "torchaudio", f"torchaudio {kind}"), f"torchaudio {kind}")
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face
+# --------------------------------------------------------------------------------------------
+def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None,
+                   where: str = "Hugging Face config") -> Wav2Vec2Config:
+    """Our config from a Hugging Face ``Wav2Vec2Config`` / ``HubertConfig`` dict."""
+    model_type = hf.get("model_type")
+    if model_type not in ("wav2vec2", "hubert"):
+        raise ForeignCheckpointError(f"{where}: model_type {model_type!r} is not supported (wav2vec2, hubert)")
+    for key, expect in (("feat_extract_activation", "gelu"), ("hidden_act", "gelu"), ("add_adapter", False),
+                        ("feat_proj_layer_norm", True), ("conv_pos_batch_norm", False)):
+        if key in hf and hf[key] != expect:
+            raise ForeignCheckpointError(f"{where}: {key}={hf[key]!r} is not supported (need {expect!r})")
+    norm = {"group": "group_norm", "layer": "layer_norm"}.get(hf.get("feat_extract_norm", "group"))
+    if norm is None:
+        raise ForeignCheckpointError(f"{where}: feat_extract_norm {hf['feat_extract_norm']!r} is not group or layer")
+    dims, kernels, strides = hf.get("conv_dim"), hf.get("conv_kernel"), hf.get("conv_stride")
+    if not (dims and kernels and strides) or not len(dims) == len(kernels) == len(strides):
+        raise ForeignCheckpointError(f"{where}: conv_dim/conv_kernel/conv_stride missing or of different lengths")
+    span = int(hf.get("mask_time_length", 10))
+    normalize = bool((preprocessor or {}).get("do_normalize", False))
+    return Wav2Vec2Config(
+        frontend={"name": "waveform", "normalize": normalize},
+        conv_layers=[(int(d), int(k), int(s)) for d, k, s in zip(dims, kernels, strides)],
+        conv_norm=norm,
+        conv_bias=bool(hf.get("conv_bias", False)),
+        embed_dim=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=int(hf["num_attention_heads"]),
+        ffn_dim=int(hf["intermediate_size"]),
+        layer_norm_first=bool(hf.get("do_stable_layer_norm", False)),
+        pos_conv_kernel=int(hf.get("num_conv_pos_embeddings", 128)),
+        pos_conv_groups=int(hf.get("num_conv_pos_embedding_groups", 16)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        dropout=float(hf.get("hidden_dropout", 0.1)),
+        attention_dropout=float(hf.get("attention_dropout", 0.1)),
+        activation_dropout=float(hf.get("activation_dropout", 0.0)),
+        input_dropout=float(hf.get("feat_proj_dropout", 0.1)),
+        target_dropout=float(hf.get("feat_quantizer_dropout", 0.0)),
+        layer_drop=float(hf.get("layerdrop", 0.05)),
+        mask_prob=min(1.0, float(hf.get("mask_time_prob", 0.65)) / span),
+        mask_span=span,
+        min_masks=int(hf.get("mask_time_min_masks", 2)),
+        num_groups=int(hf.get("num_codevector_groups", 2)),
+        num_vars=int(hf.get("num_codevectors_per_group", 320)),
+        vq_dim=int(hf.get("codevector_dim", 256)),
+        final_dim=int(hf.get("proj_codevector_dim", 256)),
+        num_negatives=int(hf.get("num_negatives", 100)),
+        logit_temperature=float(hf.get("contrastive_logits_temperature", 0.1)),
+        diversity_weight=float(hf.get("diversity_loss_weight", 0.1)),
+    )
+
+
+def from_hf(model_or_folder: Any) -> Wav2Vec2Model:
+    """speechssl model from a ``transformers`` Wav2Vec2/HuBERT model object or a saved local folder."""
+    if isinstance(model_or_folder, (str, Path)):
+        return _from_hf_folder(Path(model_or_folder))
+    config = getattr(model_or_folder, "config", None)
+    if config is None or not hasattr(model_or_folder, "state_dict"):
+        raise ForeignCheckpointError(f"from_hf: expected a transformers model or a folder, got {type(model_or_folder)}")
+    source = f"transformers {type(model_or_folder).__name__}"
+    cfg = config_from_hf(config.to_dict(), where=source)
+    return _load_mapped(cfg, map_state_dict(cfg, model_or_folder.state_dict(), "hf", source), source)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ForeignCheckpointError(f"{path}: cannot read JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ForeignCheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Tensors of the first weights file found (safetensors, sharded safetensors, or a torch file)."""
+    from safetensors.torch import load_file
+
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(_read_json(path).get("weight_map", {}).values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(load_file(str(folder / shard)))
+            return state
+        if name.endswith(".safetensors"):
+            return load_file(str(path))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refused or corrupt file: say which
+            raise ForeignCheckpointError(f"{path}: cannot load with weights_only=True: {exc}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ForeignCheckpointError(f"{path}: expected a flat dict of tensors")
+        return state
+    raise ForeignCheckpointError(f"{folder}: no weights file; looked for {', '.join(names)}")
+
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TA_WEIGHTS = ("model.safetensors", "model.pt", "model.pth")
+
+
+def _from_hf_folder(folder: Path) -> Wav2Vec2Model:
+    config = _read_json(folder / "config.json")
+    pre_path = folder / "preprocessor_config.json"
+    preprocessor = _read_json(pre_path) if pre_path.is_file() else None
+    cfg = config_from_hf(config, preprocessor, where=str(folder / "config.json"))
+    state = _read_weights(folder, HF_WEIGHTS)
+    return _load_mapped(cfg, map_state_dict(cfg, state, "hf", str(folder)), str(folder))
+
+
+def _from_torchaudio_folder(folder: Path) -> Wav2Vec2Model:
+    kwargs = _read_json(folder / "config.json")
+    cfg = config_from_torchaudio_kwargs(kwargs, where=str(folder / "config.json"))
+    state = _read_weights(folder, TA_WEIGHTS)
+    return _load_mapped(cfg, map_state_dict(cfg, state, "torchaudio", str(folder)), str(folder))
+
+
+def detect_foreign_format(folder: str | Path) -> str:
+    """``"hf"`` or ``"torchaudio"`` for a folder, or ForeignCheckpointError explaining why neither."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ForeignCheckpointError(f"{folder}: no config.json, so neither a Hugging Face nor a torchaudio folder")
+    config = _read_json(path)
+    if "model_type" in config:
+        return "hf"
+    if "extractor_mode" in config:
+        return "torchaudio"
+    raise ForeignCheckpointError(
+        f"{path}: neither a Hugging Face config (no 'model_type') nor torchaudio wav2vec2_model keyword "
+        f"arguments (no 'extractor_mode'); keys: {sorted(config)[:15]}"
+    )
+
+
+def load_foreign(folder: str | Path) -> Wav2Vec2Model:
+    """Load a local Hugging Face or torchaudio wav2vec 2.0 / HuBERT folder (format detected)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ForeignCheckpointError(f"{folder}: not a folder")
+    if detect_foreign_format(folder) == "hf":
+        return _from_hf_folder(folder)
+    return _from_torchaudio_folder(folder)
+
+
+def export_hf(model: Wav2Vec2Model, folder: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face folder (see :func:`speechssl.upstream.hf_export.export_hf`)."""
+    from speechssl.upstream.hf_export import export_hf as _export
+
+    return _export(model, folder)

@@ -1,0 +1,144 @@
+"""wav2vec 2.0 model: presets, frame arithmetic, batched == single, loss, schedules, collapse warning."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from speechssl.models import build_model
+from speechssl.models.wav2vec2 import Wav2Vec2Config, build_wav2vec2, wav2vec2_base, wav2vec2_tiny
+
+
+def _micro(**kw) -> Wav2Vec2Config:
+    """Smaller than tiny, for speed; keeps the Base conv geometry (400-sample field, 320 shift)."""
+    base = dict(
+        conv_layers=[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2,
+        embed_dim=32, num_layers=2, num_heads=4, ffn_dim=64, pos_conv_kernel=16, pos_conv_groups=4,
+        num_vars=16, vq_dim=16, final_dim=16, num_negatives=10, layer_drop=0.0,
+    )
+    base.update(kw)
+    return Wav2Vec2Config(**base)
+
+
+def test_base_parameter_count_is_95_04_million():
+    with torch.device("meta"):
+        model = build_wav2vec2(wav2vec2_base())
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - 95.04e6) / 95.04e6 < 0.005, count
+    assert model.min_samples == 400 and model.frame_shift == 320
+    assert model.layer_names == ["latent", *(f"layer_{i}" for i in range(1, 13)), "context"]
+
+
+def test_tiny_preset_builds_through_the_registry():
+    model = build_model({"name": "wav2vec2", **dataclasses.asdict(wav2vec2_tiny())})
+    assert model.frame_shift == 320 and model.min_samples == 400
+    assert sum(p.numel() for p in model.parameters()) < 3e6
+
+
+@pytest.mark.parametrize("variant", ["post_ln_group_norm", "pre_ln_layer_norm"])
+def test_encode_shapes_lengths_and_batched_equals_single(variant):
+    torch.manual_seed(0)
+    kw = {} if variant == "post_ln_group_norm" else {"layer_norm_first": True, "conv_norm": "layer_norm", "conv_bias": True}
+    model = build_wav2vec2(_micro(**kw)).eval()
+    lengths = torch.tensor([16000, 400, 719, 720, 5000])
+    wavs = torch.randn(len(lengths), 16000) * (torch.arange(16000)[None] < lengths[:, None])
+    with torch.no_grad():
+        out = model.encode(wavs, lengths)
+    expected = [(n - 400) // 320 + 1 for n in lengths.tolist()]
+    assert out.lengths.tolist() == expected == model.num_frames(lengths).tolist()
+    assert out.layer_names == ["latent", "layer_1", "layer_2", "context"] and out.frame_shift == 320
+    assert all(h.shape == (5, expected[0], 32) for h in out.hidden_states)
+    if variant == "post_ln_group_norm":
+        assert out.layer("context") is out.layer("layer_2")
+    for i, n in enumerate(lengths.tolist()):
+        with torch.no_grad():
+            single = model.encode(wavs[i : i + 1, :n], lengths[i : i + 1])
+        for a, b in zip(out.hidden_states, single.hidden_states):
+            torch.testing.assert_close(a[i, : expected[i]], b[0], atol=1e-5, rtol=1e-4)
+
+
+def test_encode_refuses_audio_shorter_than_receptive_field():
+    model = build_wav2vec2(_micro()).eval()
+    with pytest.raises(ValueError, match="receptive field of 400 samples"):
+        model.encode(torch.zeros(2, 1000), torch.tensor([1000, 399]))
+
+
+def test_logmel_frontend_with_conv_subsampler():
+    torch.manual_seed(0)
+    cfg = _micro(frontend={"name": "logmel", "n_mels": 40}, conv_layers=[(16, 3, 2)])
+    model = build_wav2vec2(cfg).eval()
+    assert model.frame_shift == 320
+    assert model.min_samples == 400 + 2 * 160
+    lengths = torch.tensor([8000, 3000])
+    wavs = torch.randn(2, 8000) * (torch.arange(8000)[None] < lengths[:, None])
+    with torch.no_grad():
+        out = model.encode(wavs, lengths)
+        single = model.encode(wavs[1:, :3000], lengths[1:])
+    assert out.lengths.tolist() == model.num_frames(lengths).tolist()
+    torch.testing.assert_close(out.layer("context")[1, : out.lengths[1]], single.layer("context")[0],
+                               atol=1e-5, rtol=1e-4)
+    loss = model.train().loss({"wavs": wavs, "lengths": lengths})
+    assert torch.isfinite(loss.loss)
+
+
+def test_loss_metrics_backward_and_overfit_one_batch():
+    torch.manual_seed(0)
+    model = build_wav2vec2(_micro(dropout=0.0, input_dropout=0.0, target_dropout=0.0, attention_dropout=0.0))
+    lengths = torch.tensor([8000, 5000])
+    wavs = torch.randn(2, 8000) * (torch.arange(8000)[None] < lengths[:, None])
+    batch = {"wavs": wavs, "lengths": lengths, "ids": ["a", "b"]}
+    out = model.loss(batch)
+    assert out.loss.dtype == torch.float32 and out.loss.dim() == 0
+    for key in ("loss", "contrastive", "diversity", "feature_pen", "acc", "codebook_usage", "temperature",
+                "code_perplexity_0", "code_perplexity_1", "prob_perplexity_0", "prob_perplexity_1", "mask_ratio"):
+        assert key in out.metrics, key
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(1)
+    first = None
+    for _ in range(15):
+        optim.zero_grad()
+        out = model.loss(batch)
+        out.loss.backward()
+        optim.step()
+        first = out.metrics["contrastive"] if first is None else first
+    assert out.metrics["contrastive"] < first - 0.5, (first, out.metrics["contrastive"])
+
+
+def test_feature_grad_mult_scales_conv_gradient():
+    torch.manual_seed(0)
+    wavs = torch.randn(1, 4000)
+    grads = {}
+    for mult in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = build_wav2vec2(_micro(feature_grad_mult=mult, dropout=0.0, input_dropout=0.0, target_dropout=0.0))
+        torch.manual_seed(5)
+        model.loss({"wavs": wavs, "lengths": torch.tensor([4000])}).loss.backward()
+        grads[mult] = model.feature_encoder.layers[-1].conv.weight.grad.clone()
+    # the feature penalty's gradient is scaled too, so everything into the conv stack is x0.1
+    torch.testing.assert_close(grads[0.1], grads[1.0] * 0.1, atol=1e-6, rtol=1e-3)
+
+
+def test_step_update_anneals_temperature_in_state_dict():
+    model = build_wav2vec2(_micro(temp_decay=0.9))
+    model.step_update(3)
+    assert float(model.state_dict()["quantizer.temperature"]) == pytest.approx(2.0 * 0.9**3)
+    model.step_update(1000)
+    assert model.loss({"wavs": torch.randn(1, 4000)}).metrics["temperature"] == pytest.approx(0.5)
+
+
+def test_codebook_collapse_warns(caplog):
+    model = build_wav2vec2(_micro())
+    with torch.no_grad():
+        model.quantizer.weight_proj.weight.zero_()
+        model.quantizer.weight_proj.bias.zero_()
+        model.quantizer.weight_proj.bias[0] = 1e4  # group 0 always picks code 0
+        model.quantizer.weight_proj.bias[16] = 1e4  # group 1 always picks code 16
+    with caplog.at_level(logging.WARNING):
+        out = model.loss({"wavs": torch.randn(2, 16000), "lengths": torch.tensor([16000, 16000])})
+    assert out.metrics["code_perplexity_0"] == pytest.approx(1.0)
+    assert "codebook collapse" in caplog.text
