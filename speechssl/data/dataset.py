@@ -185,7 +185,7 @@ class AudioLoader:
         self.dataset = dataset
         self.sampler = sampler
         self.epoch = sampler.epoch
-        self.position = sampler.state_dict()["consumed"] if sampler._start else 0
+        self.position = sampler.start_position
         kwargs: dict[str, Any] = {}
         if num_workers > 0 and prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
@@ -211,14 +211,13 @@ class AudioLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch and number of batches of it already delivered (plus the sampler fingerprint)."""
-        self.sampler.set_epoch(self.epoch)
-        return self.sampler.state_dict(consumed=self.position)
+        return {**self.sampler.state_dict(consumed=self.position), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore epoch and position; the next iteration yields the next undelivered batch."""
         self.sampler.load_state_dict(state)
         self.epoch = self.sampler.epoch
-        self.position = self.sampler._start
+        self.position = self.sampler.start_position
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return _LoaderIterator(self)
@@ -232,7 +231,7 @@ class _LoaderIterator:
             loader.epoch += 1
             loader.position = 0
         loader.sampler.set_epoch(loader.epoch)
-        loader.sampler._start = loader.position
+        loader.sampler.seek(loader.position)
         loader.dataset.set_epoch(loader.epoch)
         self.inner = iter(loader.dataloader)
         self.done = False

@@ -177,6 +177,17 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             self._start = 0
         self.epoch = int(epoch)
 
+    @property
+    def start_position(self) -> int:
+        """Batches of the current epoch the next iteration skips (set by resume or :meth:`seek`)."""
+        return self._start
+
+    def seek(self, position: int) -> None:
+        """Make the next iteration start at this rank's batch ``position`` of the current epoch."""
+        if position < 0:
+            raise ValueError(f"position must be >= 0, got {position}")
+        self._start = int(position)
+
     def __len__(self) -> int:
         """Number of batches this rank gets in the current epoch (the whole epoch, not what remains)."""
         return len(self.rank_batches())
