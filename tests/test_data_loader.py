@@ -226,3 +226,21 @@ def test_loader_resume_and_bad_file(tmp_path, workers):
             assert broken.state_dict()["consumed"] == delivered + 1
     assert failed == [str(tmp_path / "u5.wav")]
     assert delivered + 1 == len(broken.sampler.rank_batches(0))
+
+
+def test_loader_state_saved_at_epoch_end_starts_next_epoch(tmp_path):
+    recs = _make_corpus(tmp_path, n=6)
+    loader = make_loader(recs, max_batch_seconds=2.5, max_seconds=1.0, seed=1, pool_size=3)
+    it = iter(loader)
+    n = len(loader)
+    for _ in range(n):
+        next(it)
+    state = loader.state_dict()  # every batch delivered, StopIteration not reached yet
+    assert state["epoch"] == 0 and state["consumed"] == n
+    resumed = make_loader(recs, max_batch_seconds=2.5, max_seconds=1.0, seed=1, pool_size=3)
+    resumed.load_state_dict(state)
+    ids = [b["ids"] for b in resumed]
+    assert resumed.epoch == 2  # epoch 1 was run in full
+    loader2 = make_loader(recs, max_batch_seconds=2.5, max_seconds=1.0, seed=1, pool_size=3)
+    loader2.set_epoch(1)
+    assert ids == [b["ids"] for b in loader2]

@@ -282,3 +282,17 @@ def test_cli_prepare_split_info_import_export(corpus, tmp_path, capsys):
     bad.write_text(bad.read_text() + "{oops\n")
     assert main(["manifest", "info", str(bad)]) == 1
     assert f"bad.jsonl:{len(k) + 1}: bad JSON" in capsys.readouterr().err
+
+
+def test_prepare_formats_and_extension_case(tmp_path):
+    d = tmp_path / "f"
+    _write(d / "a.sph", 1.0, fmt="NIST")
+    _write(d / "b.WAV", 1.0, fmt="WAV")
+    _write(d / "c.mp3", 1.0)
+    _write(d / "d.flac", 1.0, sr=44100)
+    report = prepare_folder(d, tmp_path / "m.jsonl")
+    recs = {r["id"]: r for r in read_manifest(tmp_path / "m.jsonl")}
+    assert report.kept == 4 and set(recs) == {"a", "b", "c", "d"}
+    assert recs["d"]["sample_rate"] == 44100 and recs["a"]["num_samples"] == 16000
+    only_wav = prepare_folder(d, tmp_path / "w.jsonl", extensions=["wav"])
+    assert only_wav.kept == 1 and only_wav.other_files == 3
