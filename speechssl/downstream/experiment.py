@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,7 @@ from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
 from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import evaluate, train_model
-from speechssl.utils import atomic_write_json, atomic_write_text, git_revision
+from speechssl.utils import atomic_write_json, atomic_write_text, git_revision, seed_everything
 
 logger = logging.getLogger(__name__)
 RESULTS_FORMAT_VERSION = 1
@@ -66,7 +67,9 @@ class PrecomputedSource:
 
     def __init__(self, folder: str | Path, encoder_spec: str | None = None):
         self.folder = Path(folder).resolve()
-        self.spec = encoder_spec
+        meta_path = self.folder / "extract.json"
+        recorded = json.loads(meta_path.read_text()).get("encoder") if meta_path.is_file() else None
+        self.spec = encoder_spec or (str(recorded) if recorded else None)
         self._cache: dict[str, list[torch.Tensor]] = {}
         self._meta: FeatureSet | None = None
 
@@ -191,6 +194,7 @@ def run_experiment(
     if len(set(sizes.values())) != 1:
         raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
     meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
+    seed_everything(cfg.train.seed)  # head initialisation depends only on the seed
     model = build_downstream_model(cfg, layers, next(iter(sizes.values())), labels.labels, meta)
     o = cfg.optim
     result = train_model(model, fs, targets["train"], cfg.train, o.lr, data.get("dev"), targets.get("dev"),

@@ -63,6 +63,7 @@ class TrainConfig:
     metric: str = "accuracy"  # dev metric for model selection: accuracy | ua | macro_f1
     crop_frames: int = 0  # random crop of training utterances to this many frames (0: none)
     seed: int = 0  # one seed for head init, batch order and crops
+    threads: int = 1  # torch intra-op threads while training the head (its ops are tiny; 0: leave as is)
 
 
 @dataclasses.dataclass
@@ -82,8 +83,14 @@ class DownstreamConfig:
 
 
 def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConfig:
-    """Plain dict (YAML) -> :class:`DownstreamConfig`, refusing unknown keys."""
-    return from_dict(DownstreamConfig, raw or {}, where=where)
+    """Plain dict (YAML) -> :class:`DownstreamConfig`, refusing unknown keys. A ``head`` section
+    without a ``name`` (e.g. only ``head.hidden_dim=32`` overridden) gets ``superb_utterance``."""
+    raw = dict(raw or {})
+    if isinstance(raw.get("head"), dict) and "name" not in raw["head"]:
+        raw["head"] = {"name": "superb_utterance", **raw["head"]}
+    cfg = from_dict(DownstreamConfig, raw, where=where)
+    build_head(cfg.head, 1, 2)  # validates the head name and keys now, not after encoding
+    return cfg
 
 
 class DownstreamModel(nn.Module):

@@ -134,6 +134,16 @@ def train_model(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place; on return it holds the best-on-dev state (or the last one)."""
+    previous = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight_decay, clip_norm, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight_decay, clip_norm, progress):
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
