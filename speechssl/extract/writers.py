@@ -130,6 +130,11 @@ class _NpySink(UtteranceSink):
 
 
 class NpyWriter(FeatureWriter):
+    def recover(self, done):
+        if len(self.layers) == 1:
+            return super().recover(done)
+        return {u for u, loc in done.items() if all((self.out / loc / f"{n}.npy").is_file() for n in self.layers)}
+
     def begin(self, utt_id, dims):
         return _NpySink(self, utt_id, dims)
 
