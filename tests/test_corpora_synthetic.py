@@ -61,8 +61,8 @@ def test_wavs_are_16k_mono_float_in_range(corpus: Path):
 
 
 def test_deterministic_and_seeds_give_disjoint_sets(corpus: Path, tmp_path: Path):
-    # Same seed, fewer speakers/utterances: the same ids get bitwise-identical files.
-    small = synthesize_corpus(tmp_path / "again", speakers=2, utts_per_speaker=3, seed=0)
+    # Same seed, fewer speakers/utterances, 2 worker processes: the same ids get bitwise-identical files.
+    small = synthesize_corpus(tmp_path / "again", speakers=2, utts_per_speaker=3, seed=0, jobs=2)
     reference = _bytes_by_id(corpus)
     again = _bytes_by_id(small)
     assert len(again) == 6 and all(again[k] == reference[k] for k in again)

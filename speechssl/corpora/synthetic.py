@@ -25,7 +25,7 @@ Labels
     spectral tilt, breathiness, jitter, shimmer, bandwidths), speaking rate and pitch range.
 ``style``
     A speaking style used as an emotion proxy (acted-emotion corpora label the same way). Mostly
-    prosodic, with a per-utterance intensity in ``style_intensity``:
+    prosodic, with a random per-utterance intensity (``SynthConfig.style_intensity``):
     ``neutral``: the speaker's own prosody. ``happy``: about +2.5 semitones, 1.7x pitch range,
     10 % faster, slightly louder, a final rise. ``sad``: about -1.5 semitones, 0.4x range, 20 %
     slower, 5 dB softer, breathier and darker, longer pauses. ``angry``: about +1.5 semitones,
@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -119,7 +120,7 @@ class SynthConfig:
     pad_seconds: tuple[float, float] = (0.1, 0.3)  # leading / trailing silence, each uniform in range
     f0_jitter_st: float = 1.5  # per-utterance mean-pitch offset, uniform +- semitones
     rate_jitter: float = 0.08  # per-utterance speaking-rate factor, uniform 1 +- this
-    style_intensity: tuple[float, float] = (0.6, 1.2)  # per-utterance scale of the style's deviations
+    style_intensity: tuple[float, float] = (0.7, 1.3)  # per-utterance scale of the style deviations (mean 1)
     level_dbfs: float = -26.0  # RMS level of a neutral utterance before jitter
     level_jitter_db: float = 4.0  # per-utterance level offset, uniform +- dB
     noise_prob: float = 0.5  # share of utterances with background noise
@@ -172,7 +173,7 @@ def make_speaker(index: int, backend: str, voice_seed: int = 0, foreign_voices: 
     gender = "female" if female else "male"
     formant = FormantParams(
         f0_hz=float(rng.uniform(165, 235) if female else rng.uniform(90, 150)),
-        f0_range_st=float(rng.uniform(2.0, 4.0)),
+        f0_range_st=float(rng.uniform(2.5, 5.0)),
         formant_scale=float(rng.uniform(1.08, 1.24) if female else rng.uniform(0.92, 1.06)),
         idiolect=0.05,
         idiolect_seed=int(rng.integers(2**31)),
@@ -408,7 +409,10 @@ def synthesize_corpus(
                                  "text": result["text"]}  # fmt: skip
 
     if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # Workers only run numpy/scipy/soundfile (never torch ops, so no OpenMP state to inherit):
+        # fork is safe and avoids re-importing torch in every worker.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
             for (slot, job), result in zip(todo, pool.map(_render_job, [j for _, j in todo], chunksize=4)):
                 finish(slot, job, result)
     else:
