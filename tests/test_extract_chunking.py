@@ -1,6 +1,6 @@
 """Chunked encoding of long files: exact tiling, and stitched == unchunked within stated tolerances.
 
-Tolerances (8 s of audio, 2 s chunks; random-init tiny models; max |difference| over all frames):
+Tolerances (6 s of audio, 2 s chunks; random-init tiny models; max |difference| over all frames):
 
 * frontends without utterance CMVN and convolutional ``latent`` layers without utterance-level
   normalisation: exact (1e-5);
@@ -57,7 +57,6 @@ def _model(name):
     torch.manual_seed(0)
     if name == "apc":
         cfg = apc.apc_tiny()
-        cfg.hidden_size = 64
         cfg.frontend = {"name": "fbank", "cmvn": "none"}
     elif name == "cpc":
         cfg = cpc.CPCConfig(conv_layers=[(64, k, s) for _, k, s in cpc.PAPER_CONV], hidden_size=64, context="gru")
@@ -67,10 +66,19 @@ def _model(name):
     return load_encoder(build_model({"name": name, **to_dict(cfg)}))
 
 
+@pytest.fixture
+def one_thread():
+    # small GRUs run ~3x faster on one thread than on two here
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("family,context_tol", [("apc", 1e-3), ("cpc", 1e-3), ("wav2vec2", 0.05)])
-def test_stitched_matches_unchunked(family, context_tol):
+def test_stitched_matches_unchunked(family, context_tol, one_thread):
     enc = _model(family)
-    wav = _signal()
+    wav = _signal(6.0)
     full = enc(wav[None])
     stitched = _stitched(enc, wav, 2.0, 1.0)
     for name, got, ref in zip(enc.layer_names, stitched, full.hidden_states):
