@@ -211,37 +211,48 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _styled_formant(spk: Speaker, style: StyleSpec, k: float, rng: np.random.Generator, cfg: SynthConfig) -> FormantParams:
+def _toward(style: StyleSpec, name: str, k: float) -> float:
+    """Field ``name`` of ``style`` at intensity ``k`` (0 = neutral, 1 = as specified, >1 = stronger)."""
+    neutral = getattr(STYLES["neutral"], name)
+    return neutral + k * (getattr(style, name) - neutral)
+
+
+def _styled_formant(
+    spk: Speaker, style: StyleSpec, k: float, rng: np.random.Generator, cfg: SynthConfig
+) -> FormantParams:
     """Speaker voice x style (intensity k) x per-utterance jitter."""
     v = spk.formant
     st = k * style.f0_st + rng.uniform(-cfg.f0_jitter_st, cfg.f0_jitter_st)
-    lerp = lambda neutral, styled: neutral + k * (styled - neutral)  # noqa: E731
+    rate_jitter = rng.uniform(1 - cfg.rate_jitter, 1 + cfg.rate_jitter)
     return replace(
         v,
         f0_hz=v.f0_hz * 2 ** (st / 12),
-        f0_range_st=v.f0_range_st * lerp(1.0, style.range_factor),
-        accent_width_s=v.accent_width_s * lerp(1.0, style.accent_width_s / 0.09),
-        accent_prob=lerp(0.6, style.accent_prob),
-        declination_st=lerp(2.0, style.declination_st),
-        final_st=lerp(-2.0, style.final_st),
-        rate=v.rate * lerp(1.0, style.rate_factor) * rng.uniform(1 - cfg.rate_jitter, 1 + cfg.rate_jitter),
-        dynamics_db=lerp(2.0, style.dynamics_db),
-        breathiness=max(0.0, v.breathiness + k * style.breathiness_add),
-        tilt_db_per_octave=v.tilt_db_per_octave + k * style.tilt_db_add,
-        open_quotient=float(np.clip(v.open_quotient + k * style.open_quotient_add, 0.3, 0.9)),
-        pause_s=0.18 * lerp(1.0, style.pause_factor),
+        f0_range_st=v.f0_range_st * _toward(style, "range_factor", k),
+        accent_width_s=v.accent_width_s * _toward(style, "accent_width_s", k) / STYLES["neutral"].accent_width_s,
+        accent_prob=_toward(style, "accent_prob", k),
+        declination_st=_toward(style, "declination_st", k),
+        final_st=_toward(style, "final_st", k),
+        rate=v.rate * _toward(style, "rate_factor", k) * rate_jitter,
+        dynamics_db=_toward(style, "dynamics_db", k),
+        breathiness=max(0.0, v.breathiness + _toward(style, "breathiness_add", k)),
+        tilt_db_per_octave=v.tilt_db_per_octave + _toward(style, "tilt_db_add", k),
+        open_quotient=float(np.clip(v.open_quotient + _toward(style, "open_quotient_add", k), 0.3, 0.9)),
+        pause_s=v.pause_s * _toward(style, "pause_factor", k),
     )
 
 
-def _styled_espeak(spk: Speaker, style: StyleSpec, k: float, rng: np.random.Generator, cfg: SynthConfig):
+def _styled_espeak(
+    spk: Speaker, style: StyleSpec, k: float, rng: np.random.Generator, cfg: SynthConfig
+) -> espeak_backend.EspeakParams:
+    """espeak-ng has no voice-quality controls: styles map to pitch, range and rate only."""
     v = spk.espeak
     st = k * style.f0_st + rng.uniform(-cfg.f0_jitter_st, cfg.f0_jitter_st)
-    rate = (1 + k * (style.rate_factor - 1)) * rng.uniform(1 - cfg.rate_jitter, 1 + cfg.rate_jitter)
+    rate = _toward(style, "rate_factor", k) * rng.uniform(1 - cfg.rate_jitter, 1 + cfg.rate_jitter)
     return replace(
         v,
         pitch=int(np.clip(round(v.pitch + 4.0 * st), 0, 99)),  # espeak -p: about 4 units per semitone
         words_per_minute=int(np.clip(round(v.words_per_minute * rate), 80, 450)),
-        range_percent=int(np.clip(round(v.range_percent * (1 + k * (style.range_factor - 1))), 0, 400)),
+        range_percent=int(np.clip(round(v.range_percent * _toward(style, "range_factor", k)), 0, 400)),
     )
 
 
