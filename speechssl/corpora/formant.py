@@ -16,7 +16,7 @@ Model (after Klatt 1980, "Software for a cascade/parallel formant synthesizer", 
   speaker-scaled by a vocal-tract-length factor, plus an extra spectral tilt. Frication noise
   goes through a band-pass in log-frequency. The time-varying filters are applied frame by
   frame in the STFT domain (512-point Hann, 128-sample hop, overlap-add), which keeps the
-  whole renderer vectorised: about 300x real time on one core.
+  whole renderer vectorised: about 150x real time (CPU time of one core).
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so output is bitwise
 reproducible. The renderer returns "dry" speech at 16 kHz with RMS 0.05; loudness, noise and
@@ -104,18 +104,19 @@ class FormantParams:
     breathiness: float = 0.05  # aspiration noise relative to the pulses
     jitter: float = 0.01  # per-period F0 perturbation (fraction)
     shimmer: float = 0.05  # per-period amplitude perturbation (fraction)
-    pause_s: float = 0.18  # pause at a comma
+    pause_s: float = 0.18  # pause at a comma or a sentence end inside the text
 
 
 def text_to_phones(text: str) -> list[tuple[str, bool, bool]]:
     """Letters to phones: a list of ``(phone, stressed, pause_after)``.
 
-    ``pause_after`` marks a comma. Non-letters other than commas are ignored; a text with no
-    letters raises ``ValueError``.
+    ``pause_after`` marks a phrase break (``, ; : . ? !`` after a word that is not the last).
+    Other non-letters are ignored; a text with no letters raises ``ValueError``.
     """
     out: list[tuple[str, bool, bool]] = []
-    for raw in text.lower().split():
-        comma = raw.endswith(",")
+    words = text.lower().split()
+    for w, raw in enumerate(words):
+        comma = raw.endswith((",", ";", ":", ".", "?", "!")) and w < len(words) - 1
         word = "".join(c for c in raw if "a" <= c <= "z")
         if not word:
             continue
