@@ -46,7 +46,7 @@ def test_librispeech(tmp_path, capsys):
     assert [r["id"] for r in train] == ["19-198-0000", "19-198-0001", "19-198-0002"]
     assert train[0]["speaker"] == "19" and train[0]["gender"] == "F" and train[0]["text"] == "HELLO WORLD 0"
     assert len(read_manifest(written["dev-clean"])) == 2  # the corrupt file is dropped...
-    assert "unreadable: 1" in capsys.readouterr().out  # ...and reported
+    assert "unreadable: 1 files" in capsys.readouterr().out  # ...and reported
     with pytest.raises(ValueError, match="not found"):
         prepare_librispeech(corpus, tmp_path / "out", subsets=["train-other-500"])
 

@@ -77,8 +77,8 @@ def prepare_generic(
             raise ValueError(f"{labels_file}: {ref!r} is listed twice")
         seen.add(utt_id)
         items.append((utt_id, path, {k: v for k, v in row.items() if k != key}))
-    records, report = records_from_files(items, min_seconds=min_seconds)
-    print(report.summary("generic"))
+    records, report = records_from_files(items, min_seconds=min_seconds, name=str(corpus_dir))
+    print(report.summary())
     if not records:
         raise ValueError(f"none of the files in {labels_file} is usable audio under {corpus_dir}")
     out = Path(out_dir) / "all.jsonl"

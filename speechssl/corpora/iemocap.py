@@ -75,10 +75,8 @@ def prepare_iemocap(corpus_dir: str | Path, out_dir: str | Path, min_seconds: fl
                     "gender": gender,
                 }
                 items.append((utt, wav, labels))
-    records, report = records_from_files(items, min_seconds=min_seconds)
-    msg = report.summary("iemocap") + f"; raw labels {dict(sorted(raw_counts.items()))} -> 4 classes"
-    log.info(msg)
-    print(msg)
+    records, report = records_from_files(items, min_seconds=min_seconds, name="iemocap")
+    print(f"iemocap: {report.summary()}\nraw labels {dict(sorted(raw_counts.items()))} -> 4 classes")
     if not records:
         raise ValueError(f"no usable IEMOCAP utterances under {root}")
     written = {"all": out_dir / "all.jsonl"}

@@ -16,7 +16,7 @@ import logging
 import re
 from pathlib import Path
 
-from speechssl.corpora.common import PrepareReport, records_from_files, require_dir
+from speechssl.corpora.common import records_from_files, require_dir
 from speechssl.data.manifest import write_manifest
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,8 @@ def prepare_librispeech(
                 if m.group(1) in genders:
                     labels["gender"] = genders[m.group(1)]
                 items.append((flac.stem, flac, labels))
-        records, report = records_from_files(items, min_seconds=min_seconds, report=PrepareReport())
-        log.info(report.summary(f"librispeech/{subset}"))
-        print(report.summary(f"librispeech/{subset}"))
+        records, report = records_from_files(items, min_seconds=min_seconds, name=f"librispeech/{subset}")
+        print(f"librispeech/{subset}: {report.summary()}")
         if records:
             written[subset] = out_dir / f"{subset}.jsonl"
             write_manifest(records, written[subset])

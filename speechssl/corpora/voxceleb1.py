@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from speechssl.corpora.common import PrepareReport, records_from_files, require_dir
+from speechssl.corpora.common import records_from_files, require_dir
 from speechssl.data.manifest import write_manifest
+from speechssl.data.prepare import PrepareReport
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,13 @@ def prepare_voxceleb1(
         items[SPLITS[code]].append((utt_id, _find(corpus_dir, rel), {"speaker": speaker, "video": video}))
     out_dir = Path(out_dir)
     written = {}
-    report = PrepareReport()
+    report = PrepareReport(folder=str(corpus_dir))
     for split, split_items in items.items():
         records, report = records_from_files(split_items, min_seconds=min_seconds, report=report)
         if records:
             written[split] = out_dir / f"{split}.jsonl"
             write_manifest(records, written[split])
-    print(report.summary("voxceleb1"))
+    print(f"voxceleb1: {report.summary()}")
     if "train" not in written:
         raise ValueError(f"no usable VoxCeleb1 training audio listed in {split_path}")
     return written

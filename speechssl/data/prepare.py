@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.audio import AudioError, EmptyAudioError, audio_info
+from speechssl.audio import AudioError, AudioNotFoundError, EmptyAudioError, audio_info
 from speechssl.data.manifest import write_manifest
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ class PrepareReport:
             lines.append(f"label fields: {', '.join(self.label_fields)}")
         return "\n".join(lines)
 
-    def _drop(self, reason: str, seconds: float, example: str) -> None:
+    def drop(self, reason: str, seconds: float, example: str) -> None:
+        """Count one dropped file (``example`` is kept for the first few of each reason)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.seconds_dropped[reason] = self.seconds_dropped.get(reason, 0.0) + seconds
         examples = self.examples.setdefault(reason, [])
@@ -229,6 +230,30 @@ def make_ids(relpaths: Sequence[Path]) -> list[str]:
     return unique
 
 
+def probe_file(path: Path, report: PrepareReport, min_seconds: float = 0.0, display: str | None = None):
+    """Read ``path``'s header; return its AudioInfo, or None after recording why it is dropped
+    (``missing``/``unreadable``, ``empty``, ``too_short``) in ``report``."""
+    display = display or str(path)
+    try:
+        info = audio_info(path)
+    except EmptyAudioError as exc:
+        report.drop("empty", 0.0, f"{display}: {exc.reason}")
+        return None
+    except AudioNotFoundError as exc:
+        report.drop("missing", 0.0, f"{display}: {exc.reason}")
+        return None
+    except AudioError as exc:
+        report.drop("unreadable", 0.0, f"{display}: {exc.reason}")
+        return None
+    if info.num_samples == 0:
+        report.drop("empty", 0.0, f"{display}: 0 samples")
+        return None
+    if info.duration < min_seconds:
+        report.drop("too_short", info.duration, f"{display}: {info.duration:.3f} s < {min_seconds} s")
+        return None
+    return info
+
+
 def prepare_folder(
     folder: str | Path,
     out: str | Path,
@@ -269,19 +294,8 @@ def prepare_folder(
         if n % 10000 == 0:
             log.info("prepare: %d / %d files scanned", n, len(relpaths))
         path = folder / rel
-        try:
-            info = audio_info(path)
-        except EmptyAudioError as exc:
-            report._drop("empty", 0.0, f"{rel}: {exc.reason}")
-            continue
-        except AudioError as exc:
-            report._drop("unreadable", 0.0, f"{rel}: {exc.reason}")
-            continue
-        if info.num_samples == 0:
-            report._drop("empty", 0.0, f"{rel}: 0 samples")
-            continue
-        if info.duration < min_seconds:
-            report._drop("too_short", info.duration, f"{rel}: {info.duration:.3f} s < {min_seconds} s")
+        info = probe_file(path, report, min_seconds, display=str(rel))
+        if info is None:
             continue
         labels: dict[str, str] = {}
         unmatched = None
@@ -292,7 +306,7 @@ def prepare_folder(
                 break
             labels.update(got)
         if unmatched is not None:
-            report._drop("no_label_match", info.duration, f"{rel}: does not match {unmatched!r}")
+            report.drop("no_label_match", info.duration, f"{rel}: does not match {unmatched!r}")
             continue
         fields.update(labels)
         records.append(
