@@ -208,3 +208,51 @@ def test_model_save_load_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         downstream_config({"optim": {"learning_rate": 1}})
     assert np.isclose(sum(again.featurizer.weights_dict().values()), 1.0)
+
+
+class _ConstructedSource:
+    """Hidden states built in the test: 2 layers, the frame label is the sign of layer 1's dim 0."""
+
+    def __init__(self):
+        self.store = {}
+
+    def features(self, records, desc=""):
+        from speechssl.downstream import FeatureSet
+
+        feats = []
+        for rec in records:
+            if rec["id"] not in self.store:
+                g = torch.Generator().manual_seed(int(rec["id"]))
+                signs = torch.tensor([1.0 if c == "p" else -1.0 for c in rec["frames"]])
+                h1 = torch.randn(len(signs), 4, generator=g)
+                h1[:, 0] = signs * (1 + h1[:, 0].abs())
+                self.store[rec["id"]] = [torch.randn(len(signs), 4, generator=g), h1]
+            feats.append(self.store[rec["id"]])
+        return FeatureSet([r["id"] for r in records], feats, ["noise", "signal"], 160)
+
+    def describe(self):
+        return {"spec": "constructed"}
+
+
+def test_frame_level_task_learns_from_the_informative_layer(tmp_path):
+    from speechssl.downstream import run_experiment
+
+    rng = random.Random(0)
+
+    def recs(lo, hi):
+        return [{"id": str(i), "frames": [rng.choice("pn") for _ in range(rng.randint(5, 30))]} for i in range(lo, hi)]
+
+    splits = {"train": recs(0, 40), "dev": recs(40, 50), "test": recs(50, 60)}
+    cfg = downstream_config({"head": {"name": "frame_linear"}, "optim": {"lr": 0.05},
+                             "train": {"max_steps": 40, "valid_every": 20, "batch_size": 8}})
+    res, model = run_experiment(_ConstructedSource(), splits, "frames", cfg, tmp_path, progress=False)
+    assert res["task"]["level"] == "frame" and res["task"]["classes"] == ["n", "p"]
+    n_frames = sum(len(r["frames"]) for r in splits["test"])
+    assert res["test"]["num"] == n_frames and res["test"]["accuracy"] > 0.95
+    w = res["featurizer"]["weights"]
+    assert w["signal"] > w["noise"] and abs(sum(w.values()) - 1) < 1e-6
+    line = (tmp_path / "predictions_test.tsv").read_text().splitlines()[1].split("\t")
+    assert len(line[1].split()) == len(splits["test"][0]["frames"])
+    with pytest.raises(ValueError, match="frame head"):
+        bad = {k: [dict(r, frames="pn"[int(r["id"]) % 2]) for r in v] for k, v in splits.items()}
+        run_experiment(_ConstructedSource(), bad, "frames", cfg, None, progress=False)

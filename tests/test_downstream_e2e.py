@@ -75,6 +75,11 @@ def test_cli_train_predict_compare(corpus, tmp_path, capsys):
     row = _tsv(tmp_path / "1.tsv")[0]
     assert row["prediction"] == next(r for r in _tsv(out) if r["id"] == one["id"])["prediction"]
 
+    folder = corpus["root"] / "synth" / "wavs" / "spk001"
+    assert main(["downstream", "predict", "--model", str(exp), "--input", str(folder), "--out", str(tmp_path / "d.tsv")]) == 0
+    rows = _tsv(tmp_path / "d.tsv")
+    assert len(rows) == 8 and rows[0]["id"] == "spk001_s0_0000" and "reference" not in rows[0]
+
     capsys.readouterr()
     assert main(["downstream", "compare", str(exp), str(exp), "--png", str(tmp_path / "cmp.png")]) == 0
     table = capsys.readouterr().out
@@ -93,6 +98,11 @@ def test_unseen_label_is_a_clear_error(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "'spk_new'" in err and "unseen in train" in err and recs[0]["id"] in err
     assert not (tmp_path / "x" / "results.json").exists()
+    # a speaker-independent split (one speaker per part here) cannot train speaker identity
+    rc = main(["downstream", "train", "--encoder", "logmel", "--data", str(corpus["all"]), "--split-by", "speaker",
+               "--fractions", "train=0.34,dev=0.33,test=0.33", "--label", "speaker", "--exp", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "needs at least 2 classes, found ['spk0" in err
 
 
 def test_precomputed_features_match_on_the_fly(corpus, tmp_path, capsys):
