@@ -116,3 +116,14 @@ def test_generic(tmp_path):
     (tmp_path / "bad.csv").write_text("file,mood\nx,y\n")
     with pytest.raises(ValueError, match=r"bad.csv:1: header needs a 'path' or 'id'"):
         prepare_generic(corpus, tmp_path / "bad.csv", tmp_path / "out3")
+
+
+def test_manifest_merge_cli(tmp_path):
+    from speechssl.cli.main import main
+
+    written = prepare_librispeech(make_librispeech(tmp_path / "corpus"), tmp_path / "out")
+    out = tmp_path / "train.jsonl"
+    assert main(["manifest", "merge", str(written["train-clean-100"]), str(written["dev-clean"]), "--out", str(out)]) == 0
+    assert len(read_manifest(out)) == 5
+    assert main(["manifest", "merge", str(out), str(written["dev-clean"]), "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert not (tmp_path / "x.jsonl").exists()

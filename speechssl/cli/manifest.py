@@ -6,6 +6,7 @@ Usage:
   speechssl manifest export --to tsv data/train.jsonl --out fairseq/train.tsv [--labels text=train.wrd]
   speechssl manifest export --to kaldi data/train.jsonl --out kaldi/train
   speechssl manifest split data/all.jsonl --out-dir data --fractions train=0.8,dev=0.1,test=0.1 [--group-by speaker] [--seed 0]
+  speechssl manifest merge data/a.jsonl data/b.jsonl --out data/train.jsonl
   speechssl manifest info data/train.jsonl [--json]
 """
 
@@ -69,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--group-by", default=None, help="label field whose values never straddle parts")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("merge", help="concatenate manifests (ids must stay unique)")
+    p.add_argument("manifests", nargs="+")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("info", help="hours, counts, duration range and label distributions")
     p.add_argument("manifest")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -128,6 +133,19 @@ def run(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"{out}: {_hours(part)}{groups}")
+        return 0
+
+    if args.action == "merge":
+        merged: list[dict] = []
+        first_seen: dict[str, str] = {}
+        for manifest in args.manifests:
+            for rec in read_manifest(manifest):
+                if rec["id"] in first_seen:
+                    raise ValueError(f"id {rec['id']!r} is in both {first_seen[rec['id']]} and {manifest}")
+                first_seen[rec["id"]] = manifest
+                merged.append(rec)
+        write_manifest(merged, args.out)
+        print(f"wrote {args.out}: {_hours(merged)}")
         return 0
 
     from speechssl.data import manifest_summary

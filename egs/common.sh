@@ -1,0 +1,69 @@
+# Shared by every egs/<corpus>/<task>/run.sh: option parsing, logging, stages, launchers.
+# Source it after setting defaults of the recipe's own options:
+#   . "$(dirname "$0")/../../common.sh"
+# Every variable that already has a value can be overridden as --name value (or --name=value).
+# Common options: --stage N --stop_stage N (run stages N..M), --ngpu N (processes per node),
+# --nnodes N, --launcher local|torchrun|slurm, --master_addr HOST, --master_port PORT.
+
+stage=${stage:-1}
+stop_stage=${stop_stage:-100}
+ngpu=${ngpu:-0}
+nnodes=${nnodes:-1}
+launcher=${launcher:-local}
+master_addr=${master_addr:-127.0.0.1}
+master_port=${master_port:-29500}
+
+log() { echo "[$(basename "$(dirname "$(dirname "$0")")")/$(basename "$(dirname "$0")") $(date '+%H:%M:%S')] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --name value / --name=value for every variable that already exists; flags without a value
+# (e.g. --quick) set the variable to true.
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --*=*) name=${1%%=*}; name=${name#--}; value=${1#*=}; shift ;;
+    --*)
+      name=${1#--}; shift
+      if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then value=$1; shift; else value=true; fi ;;
+    *) die "unexpected argument '$1' (options are --name value)" ;;
+  esac
+  name=${name//-/_}
+  if ! declare -p "$name" >/dev/null 2>&1; then die "unknown option --$name"; fi
+  printf -v "$name" '%s' "$value"
+done
+
+command -v speechssl >/dev/null 2>&1 || die "the speechssl command is not on PATH (run 'make setup' and activate .venv)"
+
+# stage N "description": true when stage N is selected and not already done (marker file).
+# Mark it done with `done_stage N` at its end; rerunning skips finished stages.
+stage_selected() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
+begin_stage() {
+  local n=$1; shift
+  stage_selected "$n" || return 1
+  if [ -f "$markers/stage$n.done" ]; then log "stage $n: $* (done, skipped; delete $markers/stage$n.done to redo)"; return 1; fi
+  log "stage $n: $*"
+  return 0
+}
+done_stage() { mkdir -p "$markers"; touch "$markers/stage$1.done"; }
+markers=${markers:-exp/.stages}
+
+# Run `speechssl pretrain ...` with the chosen launcher; the effective batch (seconds of audio)
+# stays the same at any world size because the Trainer derives accumulation from it.
+pretrain() {
+  local nproc=$ngpu
+  [ "$nproc" -gt 0 ] || nproc=1
+  case "$launcher" in
+    local)
+      speechssl pretrain "$@" ;;
+    torchrun)
+      torchrun --nnodes "$nnodes" --nproc_per_node "$nproc" --rdzv_backend c10d \
+        --rdzv_endpoint "$master_addr:$master_port" -m speechssl.cli.main pretrain "$@" ;;
+    slurm)
+      # One task per node; torchrun starts the per-node processes. Run inside an allocation:
+      #   salloc -N 2 --gpus-per-node 8 bash run.sh --launcher slurm --nnodes 2 --ngpu 8
+      local head
+      head=$(scontrol show hostnames "${SLURM_JOB_NODELIST:?run inside a SLURM allocation}" | head -n 1)
+      srun --nodes "$nnodes" --ntasks-per-node 1 torchrun --nnodes "$nnodes" --nproc_per_node "$nproc" \
+        --rdzv_backend c10d --rdzv_endpoint "$head:$master_port" -m speechssl.cli.main pretrain "$@" ;;
+    *) die "unknown launcher '$launcher' (local, torchrun, slurm)" ;;
+  esac
+}
