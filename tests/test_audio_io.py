@@ -157,3 +157,11 @@ def test_save_audio_atomic_pcm16(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         save_audio(tmp_path / "sub" / "o.wav", torch.tensor([float("nan")]))
     assert audio_info(tmp_path / "sub" / "o.wav").num_samples == 5  # old file untouched
+
+
+def test_errors_pickle_with_path_and_reason():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(AudioTooShortError("/x.wav", "too short")))
+    assert type(err) is AudioTooShortError and (err.path, err.reason) == ("/x.wav", "too short")
+    assert str(err) == "/x.wav: too short"

@@ -244,3 +244,17 @@ def test_features_fp32_under_autocast():
         feats, _ = fe(wav)
     assert feats.dtype == torch.float32
     assert torch.equal(feats, fe(wav)[0])
+
+
+@pytest.mark.parametrize("name", ["logmel", "fbank", "mfcc"])
+def test_cache_blocking_does_not_change_results(name, monkeypatch):
+    import speechssl.features.kaldi as kaldi_module
+    import speechssl.features.logmel as logmel_module
+
+    wavs, lengths = _batch([9000, 3000, 500])
+    fe = build_frontend(name).eval()
+    reference, _ = fe(wavs, lengths)
+    for module in (kaldi_module, logmel_module):
+        monkeypatch.setattr(module, "BLOCK_FRAMES_PER_THREAD", 7)  # many tiny blocks, odd sizes
+    blocked, _ = fe(wavs, lengths)
+    assert torch.equal(blocked, reference)

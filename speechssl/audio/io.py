@@ -47,6 +47,9 @@ class AudioError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable across processes (default pickling would drop ``reason``)
+        return (type(self), (self.path, self.reason))
+
 
 class AudioNotFoundError(AudioError):
     """The file does not exist."""

@@ -31,10 +31,19 @@ import torch
 import torchaudio
 from torchaudio.compliance import kaldi as ta_kaldi
 
-from speechssl.features.base import FRONTENDS, SAMPLE_RATE, FrontendSpec, frame_signal, rowwise_matmul
+from speechssl.features.base import (
+    FRONTENDS,
+    SAMPLE_RATE,
+    FrontendSpec,
+    block_frames_for,
+    frame_blocks,
+    frame_signal,
+    rowwise_matmul,
+)
 from speechssl.features.cmvn import CMVNFrontend
 
 EPSILON = torch.finfo(torch.float32).eps  # Kaldi's numeric_limits<float>::epsilon()
+BLOCK_FRAMES_PER_THREAD = 512  # cache blocking, see speechssl.features.base.frame_blocks
 
 
 @dataclasses.dataclass
@@ -175,25 +184,39 @@ class _KaldiBase(CMVNFrontend):
 
     def mel_energies(self, wavs: torch.Tensor, use_power: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[batch, samples] -> (mel energies [batch, frames, num_mel_bins] linear, log energy [batch, frames] or None)."""
+        frames = frame_signal(wavs, self.frame_length, self.frame_shift)  # [B, T, W] view, no copy
+        batch, count = frames.shape[:2]
+        mel = wavs.new_zeros(batch, count, self.config.num_mel_bins)
+        energy = wavs.new_zeros(batch, count) if self.config.use_energy else None
+        for rows, cols in frame_blocks(batch, count, block_frames_for(wavs.device, BLOCK_FRAMES_PER_THREAD)):
+            block_mel, block_energy = self._block(frames[rows, cols], use_power)
+            mel[rows, cols] = block_mel
+            if energy is not None:
+                energy[rows, cols] = block_energy
+        return mel, energy
+
+    def _block(self, x: torch.Tensor, use_power: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frames [b, t, W] -> (mel energies [b, t, num_mel_bins], log energy [b, t] or None)."""
         c = self.config
-        x = frame_signal(wavs, self.frame_length, self.frame_shift)  # [B, T, W] view
-        if x.shape[1] == 0:
-            empty = wavs.new_zeros(wavs.shape[0], 0, self.config.num_mel_bins)
-            return empty, (wavs.new_zeros(wavs.shape[0], 0) if self.config.use_energy else None)
         if self.training and c.dither > 0:
             x = x + torch.randn_like(x) * c.dither
         if c.remove_dc_offset:
             x = x - x.mean(-1, keepdim=True)
         energy = self._log_energy(x) if c.use_energy and c.raw_energy else None
+        # The FFT input, zero-padded to padded_length, is written in place (no padding copy).
+        padded = x.new_zeros(*x.shape[:-1], self.padded_length)
+        body = padded[..., : self.frame_length]
         if c.preemphasis_coefficient != 0:
-            previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)
-            x = x - c.preemphasis_coefficient * previous
-        x = x * self.window
+            torch.sub(x[..., 1:], x[..., :-1] * c.preemphasis_coefficient, out=body[..., 1:])
+            torch.sub(x[..., :1], x[..., :1] * c.preemphasis_coefficient, out=body[..., :1])
+        else:
+            body.copy_(x)
+        body.mul_(self.window)
         if c.use_energy and not c.raw_energy:
-            energy = self._log_energy(x)
-        parts = torch.view_as_real(torch.fft.rfft(x, n=self.padded_length))  # [B, T, F, 2], fresh tensor
+            energy = self._log_energy(body)
+        parts = torch.view_as_real(torch.fft.rfft(padded))  # [b, t, F, 2], a fresh tensor
         parts.square_()
-        spec = parts[..., 0] + parts[..., 1]  # [B, T, F] power
+        spec = parts[..., 0] + parts[..., 1]  # [b, t, F] power
         if not use_power:
             spec = spec.sqrt()
         return rowwise_matmul(spec, self.mel_banks), energy

@@ -29,10 +29,18 @@ from typing import Literal
 import torch
 import torchaudio
 
-from speechssl.features.base import FRONTENDS, SAMPLE_RATE, FrontendSpec, frame_signal, num_frames
+from speechssl.features.base import (
+    FRONTENDS,
+    SAMPLE_RATE,
+    FrontendSpec,
+    block_frames_for,
+    frame_blocks,
+    frame_signal,
+    rowwise_matmul,
+)
 from speechssl.features.cmvn import CMVNFrontend
 
-MIN_FRAMES = 16  # see LogMel.compute
+BLOCK_FRAMES_PER_THREAD = 512  # cache blocking, see speechssl.features.base.frame_blocks
 
 
 @dataclasses.dataclass
@@ -102,27 +110,27 @@ class LogMel(CMVNFrontend):
         self.register_buffer("mel_filters", fb.float().contiguous(), persistent=False)  # [n_fft//2+1, n_mels]
 
     def compute(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        frames = frame_signal(wavs, self.frame_length, self.frame_shift)  # [B, T, W] view, no copy
+        batch, count = frames.shape[:2]
+        out = wavs.new_zeros(batch, count, self.out_dim)
+        for rows, cols in frame_blocks(batch, count, block_frames_for(wavs.device, BLOCK_FRAMES_PER_THREAD)):
+            out[rows, cols] = self._block(frames[rows, cols])
+        return out
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames [b, t, win_length] -> log-Mel [b, t, n_mels]."""
         c = self.config
-        batch, samples = wavs.shape
-        frames = num_frames(samples, c.win_length, c.hop_length)
-        if frames == 0:
-            return wavs.new_zeros(batch, 0, self.out_dim)
-        if frames < MIN_FRAMES:
-            # Compute at least MIN_FRAMES frames (zero padding, dropped below): the BLAS kernel, and so the
-            # rounding, then does not depend on the utterance length, keeping batched == single bit-exact.
-            wavs = torch.nn.functional.pad(wavs, (0, (MIN_FRAMES - 1) * c.hop_length + c.win_length - samples))
         if c.n_fft == c.win_length:
-            spec = torch.stft(
-                wavs, c.n_fft, c.hop_length, c.win_length, self.window, center=False, return_complex=True
-            )  # [B, F, T]
-            spec = spec.transpose(1, 2)  # [B, T, F] view
-        else:  # zero-pad each frame on the right to n_fft (torch.stft would centre the window instead)
-            spec = torch.fft.rfft(frame_signal(wavs, c.win_length, c.hop_length) * self.window, n=c.n_fft)
-        parts = torch.view_as_real(spec).square()  # [B, T, F, 2]
+            windowed = x * self.window
+        else:  # zero-pad each frame on the right to n_fft, written in place
+            windowed = x.new_zeros(*x.shape[:-1], c.n_fft)
+            torch.mul(x, self.window, out=windowed[..., : c.win_length])
+        parts = torch.view_as_real(torch.fft.rfft(windowed))  # [b, t, F, 2], a fresh tensor
+        parts.square_()
         power = parts[..., 0] + parts[..., 1]  # |X|^2
         if c.power != 2.0:
-            power = power.pow(c.power / 2.0)
-        mel = torch.matmul(power, self.mel_filters)[:, :frames]  # [B, T, n_mels]
+            power = power.pow_(c.power / 2.0)
+        mel = rowwise_matmul(power, self.mel_filters)  # [b, t, n_mels]
         return mel.clamp_(min=c.log_floor).log_()
 
 
