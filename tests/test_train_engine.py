@@ -109,9 +109,11 @@ def test_nan_guard_skips_and_logs_ids_then_stops(tmp_path, corpus, caplog):
 
 
 def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):
-    res = run(tmp_path, corpus, ["train.max_minutes=1e-6", "train.max_steps=1000"])
+    res = run(tmp_path, corpus, ["train.max_minutes=1e-6", "train.max_steps=1000", "train.log_every=50"])
     assert res.status == "time_limit" and 1 <= res.step < 1000
     assert res.checkpoint.is_file() and (res.encoder_dir / "model.safetensors").is_file()
+    lines = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["split"] == "train"][-1] == res.step  # partial window flushed
 
 
 def test_full_disk_keeps_previous_checkpoint(tmp_path, corpus, monkeypatch):

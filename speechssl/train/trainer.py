@@ -35,6 +35,7 @@ import speechssl
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.models.base import SSLModel, build_model
 from speechssl.train import checkpoint as ckpt_io
+from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
 from speechssl.train.metrics import MetricsLogger, plot_loss_curve
@@ -96,9 +97,6 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig, train_manifest: str | Path, valid_manifest: str | Path | None,
                  exp_dir: str | Path, init_from: str | Path | None = None):
-        from speechssl.data.dataset import make_loader
-        from speechssl.data.manifest import read_manifest
-
         self.cfg = cfg
         self.exp_dir = Path(exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -130,56 +128,28 @@ class Trainer:
         elif init_from is not None:
             self._info(f"--init-from {init_from} ignored: resuming from {self.resume_path}")
 
-        # ---- batch arithmetic: effective batch in seconds is independent of the world size
+        # ---- batches: the effective batch in seconds is independent of the world size
+        self.min_samples = int(self.model.min_samples)
         world = self.dist.world_size
-        per_rank = dc.max_batch_seconds / world
-        self.accumulation = max(1, math.ceil(per_rank / dc.device_batch_seconds)) if dc.device_batch_seconds else 1
-        self.micro_seconds = per_rank / self.accumulation
-        self.effective_batch_seconds = self.micro_seconds * world * self.accumulation
-        min_samples = int(self.model.min_samples)
-        if dc.crop_seconds is not None:
-            if dc.crop_seconds > self.micro_seconds:
-                raise ConfigError(
-                    f"data.crop_seconds={dc.crop_seconds} does not fit one forward pass of "
-                    f"{self.micro_seconds:.3f} s (max_batch_seconds={dc.max_batch_seconds} / world_size={world} "
-                    f"/ accumulation={self.accumulation}); lower crop_seconds or raise the batch"
-                )
-            if dc.crop_seconds * 16000 < min_samples:
-                raise ConfigError(
-                    f"data.crop_seconds={dc.crop_seconds} gives {int(dc.crop_seconds * 16000)} samples, fewer than "
-                    f"model {self.model_name!r} needs (min_samples={min_samples})"
-                )
-        self.min_samples = min_samples
-
-        # ---- data
-        train_records = read_manifest(self.manifests["train"])
-        try:
-            self.train_loader = make_loader(
-                train_records, self.micro_seconds, max_seconds=dc.crop_seconds, min_seconds=dc.min_seconds,
-                shuffle=True, random_crop=True, seed=tc.seed, num_workers=dc.num_workers,
-                num_replicas=world, rank=self.dist.rank, min_samples=min_samples,
-                pin_memory=self.device.type == "cuda")
-        except ValueError as exc:
-            raise ValueError(f"{self.manifests['train']}: no usable utterance for training: {exc}") from None
+        self.plan = plan_batches(dc, world, self.min_samples, self.model_name)
+        self.accumulation, self.micro_seconds = self.plan.accumulation, self.plan.micro_seconds
+        self.effective_batch_seconds = self.plan.effective_seconds
+        self.train_loader = build_loader(
+            self.manifests["train"], dc, self.micro_seconds, dc.crop_seconds, True, tc.seed, world,
+            self.dist.rank, self.min_samples, pin_memory=self.device.type == "cuda")
         self.dropped = dict(self.train_loader.dataset.dropped)
-        kept = len(self.train_loader.dataset)
         self._info(
-            f"train: {kept} utterances kept from {len(train_records)}"
+            f"train: {len(self.train_loader.dataset)} utterances kept from {self.train_loader.num_records}"
             + (f"; dropped {sum(self.dropped.values())} shorter than "
-               f"{max(dc.min_seconds, min_samples / 16000):.3f} s (data.min_seconds={dc.min_seconds}, "
-               f"model min_samples={min_samples}): {self.dropped}" if self.dropped else "")
+               f"{max(dc.min_seconds, self.min_samples / 16000):.3f} s (data.min_seconds={dc.min_seconds}, "
+               f"model min_samples={self.min_samples}): {self.dropped}" if self.dropped else "")
         )
         self.valid_loader = None
         if self.manifests["valid"] is not None:
-            valid_records = read_manifest(self.manifests["valid"])
             crop = dc.valid_crop_seconds if dc.valid_crop_seconds is not None else dc.crop_seconds
-            try:
-                self.valid_loader = make_loader(
-                    valid_records, dc.valid_batch_seconds or self.micro_seconds, max_seconds=crop,
-                    min_seconds=dc.min_seconds, shuffle=False, random_crop=False, seed=tc.seed,
-                    num_workers=dc.num_workers, num_replicas=world, rank=self.dist.rank, min_samples=min_samples)
-            except ValueError as exc:
-                raise ValueError(f"{self.manifests['valid']}: no usable utterance for validation: {exc}") from None
+            self.valid_loader = build_loader(
+                self.manifests["valid"], dc, dc.valid_batch_seconds or self.micro_seconds, crop, False, tc.seed,
+                world, self.dist.rank, self.min_samples)
 
         # ---- optimisation
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
@@ -296,41 +266,6 @@ class Trainer:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
-
-    # ------------------------------------------------------------------ data stream
-    def _micro_batches(self):
-        """Endless stream of training micro-batches over epochs; a batch whose audio fails to load
-        (or whose utterances are all too short) comes as ``{"error": message}``."""
-        from speechssl.audio import AudioError
-
-        while True:
-            with torch.random.fork_rng(devices=[]):  # DataLoader draws a seed: keep the global RNG untouched
-                it = iter(self.train_loader)
-            while True:
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    break
-                except (AudioError, RuntimeError) as exc:
-                    if isinstance(exc, RuntimeError) and "audio failed to load" not in str(exc):
-                        raise
-                    yield {"error": str(exc)}
-                    continue
-                yield self._drop_short(batch)
-
-    def _drop_short(self, batch: dict[str, Any]) -> dict[str, Any]:
-        keep = batch["lengths"] >= self.min_samples
-        if bool(keep.all()):
-            return batch
-        short = [i for i, k in zip(batch["ids"], keep.tolist()) if not k]
-        log.warning("dropping %d utterance(s) shorter than min_samples=%d after loading: %s",
-                    len(short), self.min_samples, short)
-        if not bool(keep.any()):
-            return {"error": f"all utterances shorter than min_samples={self.min_samples}: {short}"}
-        idx = keep.nonzero().squeeze(1)
-        out = {k: ([v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]) for k, v in batch.items()}
-        out["wavs"] = out["wavs"][:, : int(out["lengths"].max())]
-        return out
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -480,7 +415,7 @@ class Trainer:
         window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0, desc="pretrain")
-        stream = self._micro_batches()
+        stream = micro_batch_stream(self.train_loader, self.min_samples)
         try:
             while self.step < tc.max_steps:
                 micro = [next(stream) for _ in range(self.accumulation)]
@@ -529,6 +464,8 @@ class Trainer:
                 if stop or time_up:
                     status = "interrupted" if stop else "time_limit"
                     break
+            if window["loss"]:  # steps since the last log line (stopped between log steps)
+                self._log_train(window, bar)
         finally:
             bar.close()
             self._restore_signal_handlers()
