@@ -165,3 +165,11 @@ def test_errors_pickle_with_path_and_reason():
     err = pickle.loads(pickle.dumps(AudioTooShortError("/x.wav", "too short")))
     assert type(err) is AudioTooShortError and (err.path, err.reason) == ("/x.wav", "too short")
     assert str(err) == "/x.wav: too short"
+
+
+def test_flac_segment_equals_slice_of_whole_file(tmp_path):
+    x = (np.random.default_rng(1).integers(-20000, 20000, 48000) / 32768).astype(np.float32)
+    sf.write(tmp_path / "a.flac", x, 16000, subtype="PCM_16")
+    whole = load_audio(tmp_path / "a.flac")
+    seg = load_audio(tmp_path / "a.flac", start=1.25, duration=0.5)
+    assert torch.equal(seg, whole[20000:28000])
