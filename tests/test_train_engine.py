@@ -108,6 +108,17 @@ def test_nan_guard_skips_and_logs_ids_then_stops(tmp_path, corpus, caplog):
         run(tmp_path, corpus, [f"model.nan_ids={ids}", "train.max_bad_steps=3"], exp="all_nan")
 
 
+def test_unreadable_file_skips_its_step(tmp_path, caplog):
+    train = make_corpus(tmp_path / "data", n=8)
+    (tmp_path / "data" / "train_002.wav").write_bytes(b"not audio at all")
+    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=4", "train.valid_every=0"])
+    res = pretrain(cfg, train, None, tmp_path / "exp")
+    assert res.status == "finished" and res.step == 4
+    skipped = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["split"] == "skipped"]
+    assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
+
+
 def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):
     res = run(tmp_path, corpus, ["train.max_minutes=1e-6", "train.max_steps=1000", "train.log_every=50"])
     assert res.status == "time_limit" and 1 <= res.step < 1000

@@ -95,9 +95,7 @@ def micro_batch_stream(loader, min_samples: int) -> Iterator[dict[str, Any]]:
                 batch = next(it)
             except StopIteration:
                 break
-            except (AudioError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and "audio failed to load" not in str(exc):
-                    raise
+            except AudioError as exc:  # AudioLoader re-raises workers' AudioErrors as such
                 yield {"error": str(exc)}
                 continue
             yield drop_short(batch, min_samples)

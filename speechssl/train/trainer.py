@@ -307,7 +307,7 @@ class Trainer:
         if all_reduce_max([float(bool(errors))], self.dist, self.device)[0] > 0:
             for e in errors:
                 log.warning("skipping step %d: %s", self.step + 1, e)
-            return {"skipped": "load_error", "seconds": 0.0}
+            return {"skipped": "load_error", "errors": errors, "seconds": 0.0}
         res = self.forward_backward(micro_batches)
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
@@ -426,7 +426,7 @@ class Trainer:
                     limit = tc.max_bad_steps + (FP16_EXTRA_OVERFLOWS if self.scaler.is_enabled() else 0)
                     if self.logger is not None:
                         self.logger.write({"split": "skipped", "step": self.step, "reason": res["skipped"],
-                                           "ids": res.get("ids", [])})
+                                           "ids": res.get("ids", []), "errors": res.get("errors", [])})
                     if self.bad_in_a_row >= limit:
                         raise TrainingError(
                             f"{self.bad_in_a_row} consecutive steps skipped (last: {res['skipped']}) at step "
