@@ -13,6 +13,7 @@ from test_train_support import CRASH, make_corpus, recipe
 
 from speechssl.config import ConfigError
 from speechssl.train import checkpoint as ckpt_io
+from speechssl.train.batches import micro_batch_stream
 from speechssl.train.config import load_pretrain_config
 from speechssl.train.trainer import Trainer, TrainingError, pretrain
 from speechssl.upstream.release import load_released_model
@@ -181,5 +182,15 @@ def test_short_only_manifest_and_precision(tmp_path, corpus):
         pretrain(cfg, shorts, None, tmp_path / "e1")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         pretrain(load_pretrain_config(recipe(tmp_path), ["train.precision=fp16"]), corpus[0], None, tmp_path / "e2")
+    with pytest.raises(ValueError, match="label_fields.*emotion"):
+        pretrain(load_pretrain_config(recipe(tmp_path), ["data.label_fields=[emotion]"]), corpus[0], None,
+                 tmp_path / "e3")
+    labelled = Trainer(load_pretrain_config(recipe(tmp_path), ["data.label_fields=[speaker]"]), corpus[0], None,
+                       tmp_path / "e4")
+    try:
+        batch = next(micro_batch_stream(labelled.train_loader, labelled.min_samples))
+        assert len(batch["speaker"]) == len(batch["ids"]) and batch["speaker"][0].startswith("spk")
+    finally:
+        labelled.close()
     res = run(tmp_path, corpus, ["train.precision=bf16", "train.max_steps=2"], exp="bf16")
     assert res.status == "finished" and res.valid_loss is not None and res.valid_loss < 1.0

@@ -113,7 +113,8 @@ def make_corpus(folder: Path, n: int = 12, seconds: tuple[float, float] = (0.3, 
         wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(num)
         path = folder / f"{name}_{i:03d}.wav"
         sf.write(path, wav.astype(np.float32), 16000, subtype="PCM_16")
-        lines.append({"id": f"{name}_{i:03d}", "path": path.name, "num_samples": num, "sample_rate": 16000})
+        lines.append({"id": f"{name}_{i:03d}", "path": path.name, "num_samples": num, "sample_rate": 16000,
+                      "speaker": f"spk{i % 3}"})
     manifest = folder / f"{name}.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return manifest

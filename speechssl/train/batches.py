@@ -74,7 +74,9 @@ def build_loader(manifest: Path, dc: DataConfig, batch_seconds: float, crop: flo
         loader = make_loader(
             records, batch_seconds, max_seconds=crop, min_seconds=dc.min_seconds, shuffle=train,
             random_crop=train, seed=seed, num_workers=dc.num_workers, num_replicas=world_size, rank=rank,
-            min_samples=min_samples, pin_memory=pin_memory)
+            min_samples=min_samples, pin_memory=pin_memory, label_fields=dc.label_fields or None)
+    except KeyError as exc:
+        raise ValueError(f"{manifest}: data.label_fields={dc.label_fields}: {exc}") from None
     except ValueError as exc:
         split = "training" if train else "validation"
         raise ValueError(f"{manifest}: no usable utterance for {split}: {exc}") from None

@@ -49,6 +49,9 @@ class DataConfig:
     num_workers: int = 0
     # Validation batch budget per forward pass (None: same as a training forward pass).
     valid_batch_seconds: float | None = None
+    # Manifest fields copied into every batch as lists (e.g. [speaker] for CPC's same-speaker
+    # negatives); every record must have them.
+    label_fields: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_batch_seconds <= 0:
