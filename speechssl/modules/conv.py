@@ -79,7 +79,16 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [batch, in_channels, frames] -> [batch, out_channels, frames_out]; lengths [batch] or None."""
-        x = self.conv(x)
+        conv = self.conv
+        if conv.in_channels == 1 and x.shape[-1] >= self.kernel:
+            # One input channel (waveform): a [C, k] x [k, T] matmul over strided windows (a view)
+            # is ~1.5x faster on CPU than the oneDNN convolution and gives the same numbers.
+            x = torch.matmul(conv.weight.view(conv.out_channels, self.kernel),
+                             x[:, 0].unfold(-1, self.kernel, self.stride).transpose(1, 2))
+            if conv.bias is not None:
+                x = x + conv.bias[:, None]
+        else:
+            x = conv(x)
         if lengths is not None:
             lengths = torch.clamp(torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1, min=0)
         if isinstance(self.norm, nn.GroupNorm):
