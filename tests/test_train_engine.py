@@ -165,6 +165,9 @@ def test_init_from_and_checkpoint_errors(tmp_path, corpus):
     # the same exp folder with another model config refuses to resume
     with pytest.raises(ConfigError, match="different model config.*hidden"):
         pretrain(bigger, corpus[0], None, tmp_path / "src")
+    (tmp_path / "src" / "config.yaml").unlink()  # the checkpoint's own config is checked too
+    with pytest.raises(ConfigError, match="different model config.*hidden"):
+        pretrain(bigger, corpus[0], None, tmp_path / "src")
     good = tmp_path / "src" / "checkpoints" / "step_00000002.pt"
     with pytest.raises(ckpt_io.CheckpointError, match="holds model 'toy_linear'.*'apc'"):
         ckpt_io.load_checkpoint(good, expect_model="apc")

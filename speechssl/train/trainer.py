@@ -206,6 +206,13 @@ class Trainer:
 
     def _load_resume_state(self, path: Path) -> None:
         state = ckpt_io.load_checkpoint(path, expect_model=self.model_name, map_location=self.device)
+        saved_model = (state.get("config") or {}).get("model")
+        if saved_model is not None and saved_model != to_dict(self.cfg.model):
+            diff = sorted(k for k in set(saved_model) | set(self.cfg.model) if saved_model.get(k) != self.cfg.model.get(k))
+            raise ConfigError(
+                f"{path} holds a different model config (differs in: {', '.join(diff)}); use a new --exp "
+                "folder, or --init-from to start from those weights"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
