@@ -1,12 +1,14 @@
 """Render the built-in synthetic speech corpus (speakers x speaking styles) with a manifest.
 
-Usage: speechssl synth --backend formant --out data/synth --speakers 4 --utts-per-speaker 10
+Examples:
+  speechssl synth --backend formant --out data/synth --speakers 4 --utts-per-speaker 10
+  speechssl synth --out data/pool --speakers 8 --utts-per-speaker 200 --seed 1 --jobs 2  # unlabelled pool
+  speechssl synth --out data/labelled --speakers 8 --utts-per-speaker 20 --seed 2      # same voices, new utterances
+  speechssl synth --out data/clean --set noise_prob=0 --set channel_prob=0 --set 'snr_db=[5,20]'
 
 Writes OUT/wavs/<speaker>/<id>.wav (16 kHz mono) and OUT/manifest.jsonl with labels speaker,
 gender, style, text, backend. Same arguments -> identical files; re-running skips finished work.
-A disjoint unlabelled pool of the same speakers: the same command with another --seed.
-Rendering knobs (noise, channel, jitter, durations) are set with --set key=value, e.g.
---set noise_prob=0 --set snr_db=[5,20]; see speechssl.corpora.synthetic.SynthConfig.
+--set keys: the fields of speechssl.corpora.synthetic.SynthConfig (label meanings: its module docstring).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from speechssl.corpora.synthetic import BACKENDS, STYLES, SynthConfig, synthesiz
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--backend", choices=BACKENDS, default="formant",
                         help="formant: built-in numpy synthesiser; espeak: espeak-ng; auto: espeak if installed")  # fmt: skip
