@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-import soundfile as sf
+from corpus_fixtures import write_noise_wav, make_iemocap, make_librispeech, make_voxceleb1
 
 from speechssl.corpora.generic import prepare_generic
 from speechssl.corpora.iemocap import prepare_iemocap
 from speechssl.corpora.librispeech import prepare_librispeech
 from speechssl.corpora.voxceleb1 import prepare_voxceleb1
 from speechssl.data.manifest import read_manifest
-
-
-def _wav(path: Path, seconds: float = 0.5, sr: int = 16000, fmt: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
-    sf.write(path, 0.1 * rng.standard_normal(int(seconds * sr)).astype("float32"), sr, format=fmt)
-    return path
-
-
-def make_librispeech(root: Path) -> Path:
-    base = root / "LibriSpeech"
-    (base).mkdir(parents=True)
-    (base / "SPEAKERS.TXT").write_text(";ID |SEX| SUBSET |MINUTES| NAME\n19 | F | train-clean-100 | 25 | Kara\n")
-    for subset, spk, chap in (("train-clean-100", "19", "198"), ("dev-clean", "84", "121123")):
-        d = base / subset / spk / chap
-        lines = []
-        for utt in range(3):
-            stem = f"{spk}-{chap}-{utt:04d}"
-            _wav(d / f"{stem}.flac", fmt="FLAC")
-            lines.append(f"{stem} HELLO WORLD {utt}")
-        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
-    (base / "dev-clean" / "84" / "121123" / "84-121123-0002.flac").write_bytes(b"not audio")
-    return root
 
 
 def test_librispeech(tmp_path, capsys):
@@ -49,22 +23,6 @@ def test_librispeech(tmp_path, capsys):
     assert "unreadable: 1 files" in capsys.readouterr().out  # ...and reported
     with pytest.raises(ValueError, match="not found"):
         prepare_librispeech(corpus, tmp_path / "out", subsets=["train-other-500"])
-
-
-def make_iemocap(root: Path) -> Path:
-    base = root / "IEMOCAP_full_release"
-    labels = {"Ses0{k}F_impro01_F000": "neu", "Ses0{k}F_impro01_M001": "exc", "Ses0{k}F_impro01_F002": "fru",
-              "Ses0{k}F_impro01_M003": "ang", "Ses0{k}F_impro01_F004": "sad"}
-    for k in (1, 2, 3):
-        s = base / f"Session{k}"
-        lines = ["% header", ""]
-        for i, (utt, lab) in enumerate(labels.items()):
-            utt = utt.format(k=k)
-            _wav(s / "sentences" / "wav" / f"Ses0{k}F_impro01" / f"{utt}.wav")
-            lines.append(f"[{i}.0000 - {i}.5000]\t{utt}\t{lab}\t[2.5000, 2.5000, 2.5000]")
-        (s / "dialog" / "EmoEvaluation").mkdir(parents=True)
-        (s / "dialog" / "EmoEvaluation" / f"Ses0{k}F_impro01.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def test_iemocap(tmp_path):
@@ -82,17 +40,6 @@ def test_iemocap(tmp_path):
         assert len(test) + len(train) == 12
 
 
-def make_voxceleb1(root: Path) -> Path:
-    lines = []
-    for spk in ("id10001", "id10002"):
-        for split, vid in (("1", "aaa"), ("1", "bbb"), ("2", "ccc"), ("3", "ddd")):
-            rel = f"{spk}/{vid}/00001.wav"
-            _wav(root / "wav" / rel)
-            lines.append(f"{split} {rel}")
-    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_voxceleb1(tmp_path):
     written = prepare_voxceleb1(make_voxceleb1(tmp_path / "vox"), tmp_path / "out")
     train = read_manifest(written["train"])
@@ -106,7 +53,7 @@ def test_voxceleb1(tmp_path):
 def test_generic(tmp_path):
     corpus = tmp_path / "clips"
     for i in range(4):
-        _wav(corpus / "sub" / f"c{i}.wav")
+        write_noise_wav(corpus / "sub" / f"c{i}.wav")
     (tmp_path / "labels.csv").write_text("path,mood\n" + "".join(f"sub/c{i}.wav,{'ab'[i % 2]}\n" for i in range(4)))
     recs = read_manifest(prepare_generic(corpus, tmp_path / "labels.csv", tmp_path / "out")["all"])
     assert [r["mood"] for r in recs] == ["a", "b", "a", "b"]

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# SUPERB emotion recognition on a local IEMOCAP copy: 4 classes, leave-one-session-out 5-fold.
+# Usage:
+#   bash egs/iemocap/er/run.sh --corpus /data/IEMOCAP_full_release \
+#       --encoders "logmel ../../librispeech/ssl/exp/apc/encoder" [--config ../../../recipes/downstream/emotion.yaml]
+#       [--overrides "train.max_steps=30000"]
+# Stages: 1 manifests, 2 k-fold training per encoder, 3 comparison table.
+set -euo pipefail
+cd "$(dirname "$0")"
+corpus=
+encoders="logmel fbank"
+config=../../../recipes/downstream/emotion.yaml
+overrides=
+. ../../common.sh
+[ -n "$corpus" ] || die "--corpus /path/to/IEMOCAP_full_release is required"
+
+if begin_stage 1 "IEMOCAP manifests (neutral, happy+excited, angry, sad; folds by session)"; then
+  speechssl corpus iemocap "$corpus" --out data
+  speechssl manifest info data/all.jsonl
+  done_stage 1
+fi
+
+name_of() { local n=${1%/}; n=${n%/encoder}; basename "$n"; }
+
+if begin_stage 2 "leave-one-session-out training for: $encoders"; then
+  for enc in $encoders; do
+    # shellcheck disable=SC2086
+    speechssl downstream kfold --encoder "$enc" --data data/all.jsonl --label emotion --group session \
+      --config "$config" --exp "exp/er_$(name_of "$enc")" $overrides
+  done
+  done_stage 2
+fi
+
+if begin_stage 3 "comparison"; then
+  dirs=()
+  for enc in $encoders; do dirs+=("exp/er_$(name_of "$enc")"); done
+  speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
+  done_stage 3
+fi
