@@ -14,6 +14,7 @@ Exit status: 0 finished (or train.max_minutes reached), 128+signal when stopped 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -37,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"speechssl pretrain: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{result.status} at step {result.step}; checkpoint {result.checkpoint}"
-          + (f"; encoder {result.encoder_dir}" if result.encoder_dir else "")
-          + (f"; valid loss {result.valid_loss:.4g}" if result.valid_loss is not None else ""))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(f"{result.status} at step {result.step}; checkpoint {result.checkpoint}"
+              + (f"; encoder {result.encoder_dir}" if result.encoder_dir else "")
+              + (f"; valid loss {result.valid_loss:.4g}" if result.valid_loss is not None else ""))
     if result.status == "interrupted" and result.signal is not None:
         return 128 + int(result.signal)
     return 0

@@ -116,6 +116,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     # DDP: only needed if some parameters get no gradient in some steps (slower; see train/distributed.py).
     find_unused_parameters: bool = False
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default / OMP_NUM_THREADS)
     progress: bool = True  # tqdm progress bar on rank 0
     plot: bool = True  # loss-curve PNG at the end
 
@@ -136,6 +137,8 @@ class TrainConfig:
             )
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"train.max_bad_steps must be >= 1, got {self.max_bad_steps}")
 

@@ -115,6 +115,8 @@ class Trainer:
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        if tc.num_threads is not None:
+            torch.set_num_threads(tc.num_threads)
         seed_everything(tc.seed + 1000 * self.dist.rank)
 
         # ---- resume or fresh start
