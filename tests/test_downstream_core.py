@@ -256,3 +256,29 @@ def test_frame_level_task_learns_from_the_informative_layer(tmp_path):
     with pytest.raises(ValueError, match="frame head"):
         bad = {k: [dict(r, frames="pn"[int(r["id"]) % 2]) for r in v] for k, v in splits.items()}
         run_experiment(_ConstructedSource(), bad, "frames", cfg, None, progress=False)
+
+
+class _MixedSizes(_ConstructedSource):
+    """Like APC: a small "latent" layer before two layers of the hidden size."""
+
+    def features(self, records, desc=""):
+        fs = super().features(records, desc)
+        fs.feats = [[f[0][:, :2], *f] for f in fs.feats]
+        fs.layer_names = ["latent", "noise", "signal"]
+        return fs
+
+
+def test_all_layers_mixes_the_hidden_size_and_mixed_lists_fail():
+    from speechssl.downstream import run_experiment
+
+    recs = [{"id": str(i), "frames": "pn"[i % 2] * 6, "cls": "pn"[i % 2]} for i in range(12)]
+    splits = {"train": recs[:8], "test": recs[8:]}
+    cfg = downstream_config({"head": {"name": "linear_probe"}, "train": {"max_steps": 3}})
+    res, _ = run_experiment(_MixedSizes(), splits, "cls", cfg, None, progress=False)
+    assert res["featurizer"]["layers"] == ["noise", "signal"]
+    bad = downstream_config({"head": {"name": "linear_probe"}, "featurizer": {"layers": ["latent", "signal"]}})
+    with pytest.raises(ValueError, match=r"equal sizes, got \{'latent': 2, 'signal': 4\}"):
+        run_experiment(_MixedSizes(), splits, "cls", bad, None, progress=False)
+    with pytest.raises(KeyError, match="unknown layer"):
+        run_experiment(_MixedSizes(), splits, "cls", downstream_config({"featurizer": {"layers": "layer_9"}}),
+                       None, progress=False)

@@ -191,6 +191,15 @@ def run_experiment(
     fs = data["train"]
     layers = resolve_layers(cfg.featurizer.layers, fs.layer_names)
     sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
+    if cfg.featurizer.layers == "all" and len(set(sizes.values())) > 1:
+        # e.g. APC's 80-dim "latent" (log-Mel) beside 256-dim GRU layers: mix the layers of the
+        # last layer's size, say which were left out
+        keep = sizes[layers[-1]]
+        dropped = [n for n in layers if sizes[n] != keep]
+        logger.warning("featurizer.layers=all: layers %s have another size than %d and are left out of the "
+                       "weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
+        layers = [n for n in layers if sizes[n] == keep]
+        sizes = {n: keep for n in layers}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
     meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
