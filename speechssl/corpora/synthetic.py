@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -443,10 +442,12 @@ def synthesize_corpus(
         "config": to_dict(cfg),
     })  # fmt: skip
     seconds = sum(r["num_samples"] for r in final) / SAMPLE_RATE
-    elapsed = time.time() - start
+    rendered = sum(records[slot]["num_samples"] for slot, _ in todo) / SAMPLE_RATE  # type: ignore[index]
+    elapsed = max(time.time() - start, 1e-6)
+    speed = f"{rendered / 60:.1f} min rendered in {elapsed:.1f} s ({rendered / elapsed:.0f}x real time)"
     log.info(
-        "synth %s: %d utterances (%d rendered, %d kept), %.1f min of audio in %.1f s (%.0fx real time) -> %s",
-        backend, len(final), len(todo), len(final) - len(todo), seconds / 60, elapsed,
-        seconds / elapsed if todo and elapsed > 0 else math.inf, manifest,
+        "synth %s: %d utterances, %.1f min of audio (%d rendered, %d kept from the last run; %s) -> %s",
+        backend, len(final), seconds / 60, len(todo), len(final) - len(todo),
+        speed if todo else "nothing to render", manifest,
     )  # fmt: skip
     return manifest
