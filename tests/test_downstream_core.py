@@ -259,12 +259,12 @@ def test_frame_level_task_learns_from_the_informative_layer(tmp_path):
 
 
 class _MixedSizes(_ConstructedSource):
-    """Like APC: a small "latent" layer before two layers of the hidden size."""
+    """Like APC: a small "latent" layer, two layers of the hidden size, "context" = the last one."""
 
     def features(self, records, desc=""):
         fs = super().features(records, desc)
-        fs.feats = [[f[0][:, :2], *f] for f in fs.feats]
-        fs.layer_names = ["latent", "noise", "signal"]
+        fs.feats = [[f[0][:, :2], *f, f[1].clone()] for f in fs.feats]
+        fs.layer_names = ["latent", "noise", "signal", "context"]
         return fs
 
 

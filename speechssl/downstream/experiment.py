@@ -200,6 +200,15 @@ def run_experiment(
                        "weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
         layers = [n for n in layers if sizes[n] == keep]
         sizes = {n: keep for n in layers}
+    if cfg.featurizer.layers == "all":
+        # "context" is often the last layer again; a copy would get a double share of the weights
+        first = fs.feats[0]
+        copies = [n for i, n in enumerate(layers) if any(
+            torch.equal(first[fs.layer_names.index(n)], first[fs.layer_names.index(m)]) for m in layers[:i])]
+        if copies:
+            logger.info("featurizer.layers=all: %s duplicate earlier layers and are left out", copies)
+            layers = [n for n in layers if n not in copies]
+            sizes = {n: sizes[n] for n in layers}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
     meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
