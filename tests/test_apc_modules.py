@@ -25,12 +25,13 @@ def _nets():
     return {
         "gru": RNNStack(6, 8, 3, "gru", residual=True, dropout=0.3),
         "lstm": RNNStack(6, 8, 2, "lstm", residual=False),
+        "gru_unpacked": RNNStack(6, 8, 2, "gru", residual=True, packed=False),
         "transformer": CausalTransformer(6, 8, 2, num_heads=2, ffn_dim=16, dropout=0.3),
         "cnn": CausalConvNet(6, 8, 3, kernel_size=3, dilation_growth=2, dropout=0.3),
     }
 
 
-@pytest.mark.parametrize("kind", ["gru", "lstm", "transformer", "cnn"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "gru_unpacked", "transformer", "cnn"])
 def test_batched_equals_single_and_padding_zero(kind):
     net = _nets()[kind].eval()
     torch.manual_seed(1)
@@ -60,6 +61,16 @@ def test_causal(kind):
     a, b = net(x, lengths)[-1], net(y, lengths)[-1]
     torch.testing.assert_close(a[0, :10], b[0, :10])
     assert not torch.allclose(a[0, 10], b[0, 10])
+
+
+def test_unpacked_equals_packed():
+    packed = RNNStack(6, 8, 2, "gru", packed=True).eval()
+    unpacked = RNNStack(6, 8, 2, "gru", packed=False).eval()
+    unpacked.load_state_dict(packed.state_dict())
+    lengths = torch.tensor(LENGTHS)
+    x = torch.randn(len(LENGTHS), max(LENGTHS), 6)
+    for a, b in zip(packed(x, lengths), unpacked(x, lengths)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_zero_length_rows_give_zeros():

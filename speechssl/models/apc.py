@@ -71,6 +71,9 @@ class APCConfig:
     hidden_size: int = 512  # context width (GRU/LSTM units, Transformer dim, CNN channels)
     residual: bool = True  # RNN residual connections between layers of equal width
     dropout: float = 0.0  # between context layers (training only)
+    # RNN contexts: run on packed sequences. False gives the same valid frames (padding comes after
+    # them in a unidirectional RNN) and a ~3x faster GRU backward on CPU.
+    packed_sequences: bool = True
     num_heads: int = 8  # transformer context only
     ffn_dim: int = 2048  # transformer context only
     kernel_size: int = 3  # cnn context only
@@ -110,8 +113,9 @@ def vq_apc_paper() -> APCConfig:
 
 
 def apc_tiny() -> APCConfig:
-    """CPU-sized APC for tests and the tiny recipe: 3 x 256 GRU, n = 3, 80-dim log-Mel."""
-    return APCConfig(num_layers=3, hidden_size=256)
+    """CPU-sized APC for the tiny recipe: 3 x 256 LSTM (PyTorch's LSTM trains ~2-3x faster than
+    its GRU on CPU), n = 3, 80-dim log-Mel with utterance CMVN."""
+    return APCConfig(context="lstm", num_layers=3, hidden_size=256)
 
 
 class MLPPrenet(nn.Module):
@@ -262,7 +266,9 @@ def build_apc(cfg: APCConfig) -> APC:
         prenet = MLPPrenet(in_dim, cfg.prenet_dim, cfg.prenet_layers, cfg.prenet_dropout)
         z_dim = cfg.prenet_dim
     if cfg.context in ("gru", "lstm"):
-        context: nn.Module = RNNStack(z_dim, cfg.hidden_size, cfg.num_layers, cfg.context, cfg.residual, cfg.dropout)
+        context: nn.Module = RNNStack(
+            z_dim, cfg.hidden_size, cfg.num_layers, cfg.context, cfg.residual, cfg.dropout, cfg.packed_sequences
+        )
     elif cfg.context == "transformer":
         context = CausalTransformer(z_dim, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout)
     else:

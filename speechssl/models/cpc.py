@@ -70,6 +70,9 @@ class CPCConfig:
     num_heads: int = 4  # transformer context / predictor
     ffn_dim: int = 1024  # transformer context / predictor
     dropout: float = 0.0  # context dropout (training only)
+    # RNN contexts: run on packed sequences. False gives the same valid frames (padding comes after
+    # them in a unidirectional RNN) and a ~3x faster GRU backward on CPU.
+    packed_sequences: bool = True
     # "linear": c -> W_k c for k = 1..K (the paper); "transformer": causal Transformer layers
     # shared by all steps, then W_k (modified CPC uses a Transformer prediction head).
     predictor: Literal["linear", "transformer"] = "transformer"
@@ -107,14 +110,14 @@ def cpc_modified() -> CPCConfig:
 
 
 def cpc_tiny() -> CPCConfig:
-    """CPU-sized CPC: log-Mel (40 bands, utterance CMVN) -> 2-layer frame MLP 128 -> GRU 256,
+    """CPU-sized CPC: log-Mel (40 bands, utterance CMVN) -> 2-layer frame MLP 128 -> LSTM 256,
     8 linear steps, 32 negatives from the batch (so speaker cues help discriminate)."""
     return CPCConfig(
         frontend={"name": "logmel", "n_mels": 40, "cmvn": "utterance"},
         encoder="frame",
         frame_layers=2,
         frame_dim=128,
-        context="gru",
+        context="lstm",
         hidden_size=256,
         predictor="linear",
         prediction_steps=8,
@@ -320,7 +323,9 @@ def build_cpc(cfg: CPCConfig) -> CPC:
         encoder = FrameEncoder(in_dim, cfg.frame_dim, cfg.frame_layers)
     z_dim = encoder.out_dim
     if cfg.context in ("gru", "lstm"):
-        context: nn.Module = RNNStack(z_dim, cfg.hidden_size, cfg.context_layers, cfg.context, False, cfg.dropout)
+        context: nn.Module = RNNStack(
+            z_dim, cfg.hidden_size, cfg.context_layers, cfg.context, False, cfg.dropout, cfg.packed_sequences
+        )
     else:
         context = CausalTransformer(z_dim, cfg.hidden_size, cfg.context_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout)
     transformer = None
