@@ -15,6 +15,7 @@ from speechssl.config import ConfigError
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import micro_batch_stream
 from speechssl.train.config import load_pretrain_config
+from speechssl.train.optim import LRFactor
 from speechssl.train.trainer import Trainer, TrainingError, pretrain
 from speechssl.upstream.release import load_released_model
 
@@ -93,6 +94,16 @@ def test_resume_after_crash_is_exact(tmp_path, corpus):
     steps = [json.loads(x)["step"] for x in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["split"] == "train"]
     assert steps == list(range(1, 8))  # lines after the checkpoint were redone, not duplicated
+
+
+def test_resume_with_more_steps_uses_the_new_schedule(tmp_path, corpus):
+    run(tmp_path, corpus, ["train.max_steps=3", "train.valid_every=0"])
+    res = run(tmp_path, corpus, ["train.max_steps=6", "train.valid_every=0"])
+    assert res.step == 6
+    lines = map(json.loads, (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines())
+    lrs = {x["step"]: x["lr"] for x in lines if x["split"] == "train"}
+    assert lrs[4] == pytest.approx(1e-2 * LRFactor("cosine", 2, 6, 0.0)(3))
+    assert lrs[2] == pytest.approx(1e-2)  # before the resume: warm-up end
 
 
 def test_nan_guard_skips_and_logs_ids_then_stops(tmp_path, corpus, caplog):

@@ -39,7 +39,7 @@ from speechssl.train.batches import build_loader, micro_batch_stream, plan_batch
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
 from speechssl.train.metrics import MetricsLogger, plot_loss_curve
-from speechssl.train.optim import build_optimizer, build_scheduler
+from speechssl.train.optim import LRFactor, build_optimizer, build_scheduler
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optim_config()
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["sampler"])
@@ -232,6 +233,18 @@ class Trainer:
             self._info(f"checkpoint was written by {len(rngs)} ranks, now {self.dist.world_size}: RNG reseeded")
         self.model.step_update(self.step)
         self._info(f"resumed from {path} at step {self.step}")
+
+    def _apply_optim_config(self) -> None:
+        """After loading optimiser/scheduler state: the current ``optim`` section and ``max_steps``
+        apply (a resumed run may extend training or change the learning rate)."""
+        oc = self.cfg.optim
+        factor = LRFactor(oc.schedule, oc.warmup_steps, self.cfg.train.max_steps, oc.final_lr_ratio)
+        self.scheduler.lr_lambdas = [factor for _ in self.optimizer.param_groups]
+        self.scheduler.base_lrs = [oc.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
+                         lr=oc.lr * factor(self.scheduler.last_epoch))
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _run_info(self) -> dict[str, Any]:
         manifests = {
