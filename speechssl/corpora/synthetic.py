@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 # Bump when a change alters the rendered audio: cached files are then re-rendered.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 BACKENDS = ("formant", "espeak", "auto")
 
 
@@ -172,7 +172,7 @@ def make_speaker(index: int, backend: str, voice_seed: int = 0, foreign_voices: 
     gender = "female" if female else "male"
     formant = FormantParams(
         f0_hz=float(rng.uniform(165, 235) if female else rng.uniform(90, 150)),
-        f0_range_st=float(rng.uniform(2.5, 5.0)),
+        f0_range_st=float(rng.uniform(3.0, 6.0)),
         formant_scale=float(rng.uniform(1.08, 1.24) if female else rng.uniform(0.92, 1.06)),
         idiolect=0.05,
         idiolect_seed=int(rng.integers(2**31)),
@@ -183,7 +183,7 @@ def make_speaker(index: int, backend: str, voice_seed: int = 0, foreign_voices: 
         jitter=float(rng.uniform(0.005, 0.02)),
         shimmer=float(rng.uniform(0.02, 0.08)),
         rate=float(rng.uniform(0.88, 1.12)),
-        accent_width_s=float(rng.uniform(0.07, 0.11)),
+        accent_width_s=float(rng.uniform(0.05, 0.08)),
     )
     voices = espeak_backend.ENGLISH_VOICES + (espeak_backend.FOREIGN_VOICES if foreign_voices else ())
     variants = espeak_backend.FEMALE_VARIANTS if female else espeak_backend.MALE_VARIANTS
