@@ -11,6 +11,7 @@ import torch
 import speechssl
 from speechssl.config import to_dict
 from speechssl.models.base import MODELS, build_model
+from speechssl.train.checkpoint import save_checkpoint
 from speechssl.upstream import Encoder, EncoderLoadError, load_encoder
 from speechssl.upstream.release import save_released_encoder
 
@@ -143,7 +144,8 @@ def test_training_checkpoint(tmp_path):
     model = tiny_model("apc", seed=4)
     ckpt = tmp_path / "exp" / "checkpoints" / "step_000010.pt"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"config": {"model": model.config_dict()}, "model": model.state_dict(), "step": 10}, ckpt)
+    save_checkpoint(ckpt, {"model_name": "apc", "config": {"model": model.config_dict()}, "step": 10,
+                           "model": model.state_dict()})
     enc = load_encoder(ckpt, layers="context")
     assert enc.kind == "checkpoint"
     _, a, _ = two_clips()
@@ -151,11 +153,14 @@ def test_training_checkpoint(tmp_path):
     torch.testing.assert_close(enc(a).hidden_states[0], ref)
     # an experiment folder without encoder/ uses its newest checkpoint
     older = ckpt.with_name("step_000002.pt")
-    torch.save({"config": {"model": model.config_dict()}, "model": tiny_model("apc", 9).state_dict()}, older)
+    save_checkpoint(older, {"config": {"model": model.config_dict()}, "model": tiny_model("apc", 9).state_dict()})
     assert load_encoder(tmp_path / "exp").source == str(ckpt)
-    torch.save({"model": model.state_dict()}, tmp_path / "noconfig.pt")
+    save_checkpoint(tmp_path / "noconfig.pt", {"model": model.state_dict()})
     with pytest.raises(EncoderLoadError, match="no 'config' -> 'model' section"):
         load_encoder(tmp_path / "noconfig.pt")
+    torch.save({"model": model.state_dict()}, tmp_path / "foreign.pt")  # not written by the trainer
+    with pytest.raises(ValueError, match="not a speechssl pretraining checkpoint"):
+        load_encoder(tmp_path / "foreign.pt")
 
 
 def test_encode_wav_resamples_with_a_warning(caplog):

@@ -5,7 +5,7 @@
 * a released speechssl encoder folder (``config.json`` + ``model.safetensors``,
   :mod:`speechssl.upstream.release`), e.g. ``exp/apc/encoder``;
 * an experiment folder ``exp/apc`` (its ``encoder/`` release, else its newest checkpoint);
-* a training checkpoint ``exp/apc/checkpoints/step_000500.pt`` (read with
+* a training checkpoint ``exp/apc/checkpoints/step_00000500.pt`` (read with
   ``torch.load(weights_only=True)``: tensors and plain containers only, never code);
 * a torchaudio or Hugging Face wav2vec 2.0 / HuBERT folder (via
   :func:`speechssl.upstream.importers.load_foreign`);
@@ -20,7 +20,6 @@ option is an error that lists the valid ones: nothing is silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,17 +53,6 @@ def _split_options(options: Mapping[str, Any], extra_names: list[str], source: s
     return enc_opts, extra
 
 
-def _step_of(path: Path) -> tuple[int, float]:
-    digits = re.findall(r"\d+", path.stem)
-    return (int(digits[-1]) if digits else -1, path.stat().st_mtime)
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """Newest ``*.pt``/``*.ckpt`` in ``folder`` (by the step number in its name, then mtime)."""
-    found = [p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
-    return max(found, key=_step_of) if found else None
-
-
 def _model_config_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> dict:
     """The model section of a trainer checkpoint (``config.model`` or ``model_config``)."""
     for key in ("model_config",):
@@ -91,16 +79,16 @@ def _state_dict_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> dict[str
 
 
 def load_checkpoint_model(path: str | Path) -> SSLModel:
-    """Rebuild the model of a training checkpoint without its optimiser or task state."""
+    """Rebuild the model of a training checkpoint without its optimiser or task state.
+
+    The file is read by :func:`speechssl.train.checkpoint.load_checkpoint`
+    (``torch.load(weights_only=True)``, kind and format-version checks); the model comes from
+    its ``config["model"]`` section and ``model`` state dict.
+    """
+    from speechssl.train.checkpoint import load_checkpoint
+
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise EncoderLoadError(
-            f"{path}: cannot read as a weights-only checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-    if not isinstance(ckpt, Mapping):
-        raise EncoderLoadError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    ckpt = load_checkpoint(path)
     model = build_model(_model_config_from_checkpoint(ckpt, path))
     state = _state_dict_from_checkpoint(ckpt, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -142,6 +130,8 @@ def _backbone_from_path(path: Path) -> tuple[nn.Module, str, str]:
     if (path / "encoder").is_dir() and _is_release(path / "encoder"):
         return load_released_model(path / "encoder"), "released", str(path / "encoder")
     if (path / "checkpoints").is_dir():
+        from speechssl.train.checkpoint import latest_checkpoint
+
         ckpt = latest_checkpoint(path / "checkpoints")
         if ckpt is None:
             raise EncoderLoadError(f"{path}: experiment folder without encoder/ and with no checkpoint")
