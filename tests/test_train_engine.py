@@ -137,6 +137,10 @@ def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):
     assert res.checkpoint.is_file() and (res.encoder_dir / "model.safetensors").is_file()
     lines = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"][-1] == res.step  # partial window flushed
+    timed = run(tmp_path, corpus, ["train.ckpt_every_steps=null", "train.ckpt_every_minutes=1e-9",
+                                   "train.keep_last=10", "train.max_steps=3"], exp="timed")
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "timed" / "checkpoints")] == [
+        f"step_0000000{i}.pt" for i in (1, 2, 3)] and timed.status == "finished"
 
 
 def test_full_disk_keeps_previous_checkpoint(tmp_path, corpus, monkeypatch):

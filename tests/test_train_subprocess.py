@@ -3,6 +3,7 @@ DistributedDataParallel (2 CPU ranks, gloo) matching one process on the combined
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -142,6 +143,8 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     info = yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["info"]
     assert info["world_size"] == 2 and info["accumulation"] == 1
     assert info["effective_batch_seconds"] == 1.0
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5]  # only rank 0 writes
     assert one.step == 5
     ref, got = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in ref:
