@@ -30,8 +30,10 @@ Labels
     10 % faster, slightly louder, a final rise. ``sad``: about -1.5 semitones, 0.4x range, 20 %
     slower, 5 dB softer, breathier and darker, longer pauses. ``angry``: about +1.5 semitones,
     sharp narrow pitch accents, 12 % faster, 5 dB louder, tense (brighter) voice, steep final fall,
-    strong stress dynamics. Utterance ``u`` of speaker ``k`` gets ``styles[(u + k) % len(styles)]``,
-    so styles are balanced over the corpus.
+    strong stress dynamics. The espeak backend realises styles through pitch, pitch range, rate
+    and level only. Utterance ``u`` of speaker ``k`` gets ``styles[(u + k) % len(styles)]``: counts
+    per speaker differ by at most one, and the corpus is exactly balanced when ``speakers`` or
+    ``utts_per_speaker`` is a multiple of ``len(styles)``.
 ``text``
     The sentence spoken, from :mod:`speechssl.corpora.text`.
 ``backend``
@@ -43,7 +45,8 @@ a random channel EQ / band limit, random leading and trailing silence.
 
 Disjoint sets: the utterance seed drives text and all per-utterance randomness, so
 ``seed=1`` (a large unlabelled pool) and ``seed=2`` (a small labelled set) give the same speakers
-saying different things; ``speaker_offset`` gives new speakers. Ids contain the seed
+saying different things (texts are drawn from a large grammar; an exact repeat is rare, not
+impossible); ``speaker_offset`` gives new speakers. Ids contain the seed
 (``spk000_s1_0007``), so manifests of different seeds can be concatenated.
 """
 
