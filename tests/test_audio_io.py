@@ -173,3 +173,11 @@ def test_flac_segment_equals_slice_of_whole_file(tmp_path):
     whole = load_audio(tmp_path / "a.flac")
     seg = load_audio(tmp_path / "a.flac", start=1.25, duration=0.5)
     assert torch.equal(seg, whole[20000:28000])
+
+
+def test_truncated_compressed_file_is_a_decode_error(tmp_path):
+    sf.write(tmp_path / "a.ogg", _sine(440, 16000, 2.0), 16000)
+    data = (tmp_path / "a.ogg").read_bytes()
+    (tmp_path / "cut.ogg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioDecodeError, match="cut.ogg"):
+        load_audio(tmp_path / "cut.ogg")

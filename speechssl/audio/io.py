@@ -37,6 +37,8 @@ TARGET_SR = 16000
 # A segment may end up to this many seconds past the end of the file (rounding in segment
 # lists written by other tools); it is then cut at the end of the file. Beyond that it is an error.
 SEGMENT_END_TOLERANCE = 0.05
+# Compressed headers (mp3) only estimate the length; a larger shortfall than this is logged.
+TRUNCATION_TOLERANCE = 0.01
 
 
 class AudioError(ValueError):
@@ -226,8 +228,14 @@ def load_audio(
     except (RuntimeError, OSError, ValueError, TypeError, EOFError) as exc:
         raise AudioDecodeError(path, _decode_reason(exc)) from None
     if data.shape[0] == 0:
+        if count > 0:
+            raise AudioDecodeError(path, f"header announces {total} samples but none could be decoded (truncated?)")
         where = "" if start is None and duration is None else f" in segment start={start} duration={duration}"
         raise EmptyAudioError(path, f"no samples{where}")
+    if data.shape[0] < count * (1 - TRUNCATION_TOLERANCE):
+        logger.warning(
+            "%s: decoded %d of the %d samples the header announces (truncated file?)", path, data.shape[0], count
+        )
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(data.size - finite.sum())
