@@ -16,7 +16,7 @@ from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import micro_batch_stream
 from speechssl.train.config import load_pretrain_config
 from speechssl.train.optim import LRFactor
-from speechssl.train.trainer import Trainer, TrainingError, pretrain
+from speechssl.train.trainer import Trainer, TrainingError, _refuse_other_model, pretrain
 from speechssl.upstream.release import load_released_model
 
 
@@ -183,6 +183,10 @@ def test_init_from_and_checkpoint_errors(tmp_path, corpus):
     (tmp_path / "src" / "config.yaml").unlink()  # the checkpoint's own config is checked too
     with pytest.raises(ConfigError, match="different model config.*hidden"):
         pretrain(bigger, corpus[0], None, tmp_path / "src")
+    # a field added to the family since the checkpoint (saved config lacks it) is accepted
+    _refuse_other_model({"name": "toy_linear", "frame": 16}, {"name": "toy_linear", "frame": 16, "new": 1}, "x")
+    with pytest.raises(ConfigError, match="differs in: frame"):
+        _refuse_other_model({"name": "toy_linear", "frame": 16}, {"name": "toy_linear", "frame": 8}, "x")
     good = tmp_path / "src" / "checkpoints" / "step_00000002.pt"
     with pytest.raises(ckpt_io.CheckpointError, match="holds model 'toy_linear'.*'apc'"):
         ckpt_io.load_checkpoint(good, expect_model="apc")

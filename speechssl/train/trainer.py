@@ -92,6 +92,18 @@ def _to_float(v: Any) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def _refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Resuming needs the same model config. Fields the saved config lacks (added to the family
+    since, with their defaults) are accepted."""
+    current = to_dict(current)
+    diff = sorted(k for k in saved if saved[k] != current.get(k, saved[k]) or k not in current)
+    if diff:
+        raise ConfigError(
+            f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
+            "use a new --exp folder, or --init-from to start from those weights"
+        )
+
+
 class Trainer:
     """Builds data, model, optimiser and logs from a :class:`PretrainConfig`; :meth:`run` trains."""
 
@@ -101,9 +113,19 @@ class Trainer:
         self.exp_dir = Path(exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.manifests = {"train": Path(train_manifest), "valid": Path(valid_manifest) if valid_manifest else None}
-        tc, dc = cfg.train, cfg.data
+        tc = cfg.train
         device_kind = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist, self._owns_group = init_distributed(device_kind)
+        self.logger: MetricsLogger | None = None
+        self._old_handlers: dict[int, Any] = {}
+        try:
+            self._setup(init_from)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, init_from: str | Path | None) -> None:
+        cfg, tc, dc = self.cfg, self.cfg.train, self.cfg.data
         self.device = _resolve_device(tc.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -171,7 +193,6 @@ class Trainer:
         self.last_valid_loss: float | None = None
         self._last_ckpt_step = -1
         self._stop_signal: int | None = None
-        self._old_handlers: dict[int, Any] = {}
         if self.resume_path is not None:
             self._load_resume_state(self.resume_path)
         self.logger = MetricsLogger(self.exp_dir, purge_step=self.step) if self.dist.is_main else None
@@ -194,27 +215,14 @@ class Trainer:
         if self.resume_path is None or not saved.is_file():
             return
         old = load_yaml(saved)
-        old_model = old.get("model")
-        if old_model != to_dict(self.cfg.model):
-            diff = sorted(k for k in set(old_model or {}) | set(self.cfg.model)
-                          if (old_model or {}).get(k) != self.cfg.model.get(k))
-            raise ConfigError(
-                f"{self.exp_dir} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
-                "use a new --exp folder, or --init-from to start from those weights"
-            )
+        _refuse_other_model(old.get("model") or {}, self.cfg.model, str(self.exp_dir))
         for section in ("data", "optim", "train"):
             if old.get(section) != to_dict(getattr(self.cfg, section)):
                 self._info(f"resuming with a changed '{section}' section (the new values apply)")
 
     def _load_resume_state(self, path: Path) -> None:
         state = ckpt_io.load_checkpoint(path, expect_model=self.model_name, map_location=self.device)
-        saved_model = (state.get("config") or {}).get("model")
-        if saved_model is not None and saved_model != to_dict(self.cfg.model):
-            diff = sorted(k for k in set(saved_model) | set(self.cfg.model) if saved_model.get(k) != self.cfg.model.get(k))
-            raise ConfigError(
-                f"{path} holds a different model config (differs in: {', '.join(diff)}); use a new --exp "
-                "folder, or --init-from to start from those weights"
-            )
+        _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model, str(path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -562,6 +570,7 @@ class Trainer:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+            self._owns_group = False
 
 
 def pretrain(cfg: PretrainConfig, train_manifest: str | Path, valid_manifest: str | Path | None,
