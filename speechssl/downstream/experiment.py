@@ -89,6 +89,16 @@ class PrecomputedSource:
                 "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
 
 
+def short_name(spec: str | None) -> str:
+    """A readable encoder name for plots and tables: ``logmel``, ``apc/encoder`` (not a long path)."""
+    if not spec:
+        return "?"
+    path = Path(spec)
+    if len(path.parts) <= 1:
+        return spec
+    return "/".join(path.parts[-2:]) if path.name in ("encoder", "checkpoints") else path.name
+
+
 def resolve_encoder_spec(spec: str) -> str:
     """An existing path becomes absolute (so a saved model finds it from anywhere); names stay."""
     path = Path(spec)
@@ -257,7 +267,7 @@ def write_artifacts(exp: Path, model: DownstreamModel, results: dict, cfg: Downs
     save_yaml(to_dict(cfg), exp / "config.yaml")
     model.featurizer.export_weights(exp / "layer_weights.json")
     plot_layer_weights(model.featurizer.weights_dict(), exp / "layer_weights.png",
-                       title=f"layer weights: {results['encoder'].get('spec')} / {label}")
+                       title=f"layer weights: {short_name(results['encoder'].get('spec'))} / {label}")
     final = results.get("summary_split")
     if final:
         plot_confusion_matrix(results[final]["confusion_matrix"], model.labels, exp / "confusion_matrix.png",

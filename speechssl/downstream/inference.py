@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechssl.downstream.experiment import SUMMARY_METRICS, open_source, write_predictions
+from speechssl.downstream.experiment import SUMMARY_METRICS, open_source, short_name, write_predictions
 from speechssl.downstream.model import load_downstream_model
 from speechssl.downstream.plots import plot_comparison
 from speechssl.downstream.training import predict_features
@@ -92,12 +92,12 @@ def compare(exp_dirs: Sequence[str | Path], png: str | Path | None = None,
         summary = res.get("summary")
         if not summary:
             raise ValueError(f"{exp}/results.json has no 'summary' (label-efficiency results compare by their plot)")
-        enc = (res.get("encoder") or {}).get("spec") or "?"
+        enc = short_name((res.get("encoder") or {}).get("spec"))
         cells = []
         for m in metrics:
             s = summary[m]
             cells.append(f"{s['mean']:.4f}" if s.get("n", 1) == 1 else f"{s['mean']:.4f} ± {s['std']:.4f}")
-        lines.append(f"| {exp} | {Path(str(enc)).name or enc} | {res.get('protocol', {}).get('name', '?')} | "
+        lines.append(f"| {exp} | {enc} | {res.get('protocol', {}).get('name', '?')} | "
                      f"{res.get('summary_split', '?')} | " + " | ".join(cells) + " |")
         rows.append((str(exp), {m: summary[m]["mean"] for m in metrics}))
         errs.append((str(exp), {m: summary[m]["std"] for m in metrics}))

@@ -105,7 +105,7 @@ def plot_comparison(
     for i, (name, values) in enumerate(rows):
         heights = [values.get(m, np.nan) for m in metrics]
         yerr = None
-        if errors is not None:
+        if errors is not None and any(errors[i][1].get(m, 0.0) for m in metrics):
             yerr = [errors[i][1].get(m, 0.0) for m in metrics]
         ax.bar(x + i * width - 0.4 + width / 2, heights, width, yerr=yerr, capsize=3, label=name)
     ax.set_xticks(x, labels=list(metrics))
