@@ -353,8 +353,7 @@ class Trainer:
             log.warning("step %d: %s (grad_norm=%s); skipping the update. utterances on rank %d: %s",
                         self.step + 1, reason, grad_norm, self.dist.rank, ids)
             if self.scaler.is_enabled():
-                self.scaler.step(self.optimizer)  # sees the inf, skips, and lowers the scale
-                self.scaler.update()
+                self.scaler.update()  # no optimiser step; lowers the loss scale if the gradients overflowed
             self.optimizer.zero_grad(set_to_none=True)
             res.update(skipped=reason, ids=ids)
             return res
