@@ -89,6 +89,17 @@ class PrecomputedSource:
                 "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
 
 
+_NOTED: set[str] = set()
+
+
+def _note_once(level: int, fmt: str, *args) -> None:
+    """Log a message once per process (sweeps repeat the same layer notes many times)."""
+    text = fmt % args
+    if text not in _NOTED:
+        _NOTED.add(text)
+        logger.log(level, text)
+
+
 def short_name(spec: str | None) -> str:
     """A readable encoder name for plots and tables: ``logmel``, ``apc/encoder`` (not a long path)."""
     if not spec:
@@ -206,8 +217,8 @@ def run_experiment(
         # last layer's size, say which were left out
         keep = sizes[layers[-1]]
         dropped = [n for n in layers if sizes[n] != keep]
-        logger.warning("featurizer.layers=all: layers %s have another size than %d and are left out of the "
-                       "weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
+        _note_once(logging.WARNING, "featurizer.layers=all: layers %s have another size than %d and are left "
+                   "out of the weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
         layers = [n for n in layers if sizes[n] == keep]
         sizes = {n: keep for n in layers}
     if cfg.featurizer.layers == "all":
@@ -216,7 +227,7 @@ def run_experiment(
         copies = [n for i, n in enumerate(layers) if any(
             torch.equal(first[fs.layer_names.index(n)], first[fs.layer_names.index(m)]) for m in layers[:i])]
         if copies:
-            logger.info("featurizer.layers=all: %s duplicate earlier layers and are left out", copies)
+            _note_once(logging.INFO, "featurizer.layers=all: %s duplicate earlier layers and are left out", copies)
             layers = [n for n in layers if n not in copies]
             sizes = {n: sizes[n] for n in layers}
     if len(set(sizes.values())) != 1:
