@@ -81,10 +81,10 @@ class ConvBlock(nn.Module):
         """x: [batch, in_channels, frames] -> [batch, out_channels, frames_out]; lengths [batch] or None."""
         conv = self.conv
         if conv.in_channels == 1 and x.shape[-1] >= self.kernel:
-            # One input channel (waveform): a [C, k] x [k, T] matmul over strided windows (a view)
+            # One input channel (waveform): a [C, k] x [k, T] batched matmul over strided windows
             # is ~1.5x faster on CPU than the oneDNN convolution and gives the same numbers.
-            x = torch.matmul(conv.weight.view(conv.out_channels, self.kernel),
-                             x[:, 0].unfold(-1, self.kernel, self.stride).transpose(1, 2))
+            weight = conv.weight.view(1, conv.out_channels, self.kernel).expand(x.shape[0], -1, -1)
+            x = torch.bmm(weight, x[:, 0].unfold(-1, self.kernel, self.stride).transpose(1, 2))
             if conv.bias is not None:
                 x = x + conv.bias[:, None]
         else:
