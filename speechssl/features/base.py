@@ -13,7 +13,19 @@ Frame-count formula (no centring, Kaldi ``snip_edges=True``)::
               = 1 + (L - frame_length) // frame_shift   otherwise
 
 Frame ``t`` covers samples ``[t * frame_shift, t * frame_shift + frame_length)``, so the valid
-frames of an utterance never see padding and batched output equals one-at-a-time output.
+frames of an utterance never see padding and batched output equals one-at-a-time output (bit for
+bit in the built-in frontends, which the tests check). A signal shorter than one window gives 0
+frames, ``feats`` of shape ``[batch, 0, out_dim]``, not an error.
+
+================  ============  ===========  ===========================================
+frontend          frame_length  frame_shift  frames for 1 s (16000 samples)
+================  ============  ===========  ===========================================
+logmel            400 (25 ms)   160 (10 ms)  98
+fbank, mfcc       400 (25 ms)   160 (10 ms)  98  (Kaldi ``snip_edges=true``)
+waveform          1             1            16000
+================  ============  ===========  ===========================================
+
+(librosa/torchaudio with ``center=True`` would give 101 frames: they pad n_fft // 2 on each side.)
 """
 
 from __future__ import annotations
