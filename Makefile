@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo demo-full test lint bench clean
 
-$(VENV)/.done: pyproject.toml tools/setup.sh tools/install_s3prl.sh
+$(VENV)/.done: pyproject.toml tools/setup.sh
 	bash tools/setup.sh $(VENV)
 	touch $@
 

@@ -23,13 +23,15 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-"$py" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# pip's own output goes to a log that is shown only when an install fails.
+pip_install() {
+  "$py" -m pip install -q "$@" >"$venv/pip.log" 2>&1 || { grep -v '^WARNING: Location' "$venv/pip.log"; exit 1; }
+}
 # PyTorch first and pinned: these versions are known to work together (torchaudio 2.11 with torch 2.14).
 if ! "$py" -c 'import torch, torchaudio' >/dev/null 2>&1; then
   log "installing torch and torchaudio"
-  "$py" -m pip install -q torch==2.14.1 torchaudio==2.11.0 2>&1 | grep -v '^WARNING: Location' || true
+  pip_install torch==2.14.1 torchaudio==2.11.0
 fi
-log "installing speechssl with extras dev, hf, io"
-"$py" -m pip install -q -e '.[dev,hf,io]' 2>&1 | grep -v '^WARNING: Location' || true
-bash tools/install_s3prl.sh "$venv"
+log "installing speechssl with extras dev, hf, io, s3prl"
+pip_install -e '.[dev,hf,io,s3prl]'
 "$py" -c 'import speechssl, torch, torchaudio; print("speechssl", speechssl.__version__, "torch", torch.__version__, "torchaudio", torchaudio.__version__)'
