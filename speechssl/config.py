@@ -16,8 +16,9 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -61,10 +62,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where=where)
-    if origin in (list, typing.List, tuple, typing.Tuple):
+    if origin in (list, list, tuple, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin in (tuple, typing.Tuple):
+        if origin in (tuple, tuple):
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
             if args:
@@ -74,7 +75,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return tuple(value)
         item = args[0] if args else Any
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)

@@ -6,7 +6,8 @@ An unknown name fails loudly with the list of choices (``MODELS``, ``FRONTENDS``
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from corpus_fixtures import write_noise_wav, make_iemocap, make_librispeech, make_voxceleb1
+from corpus_fixtures import make_iemocap, make_librispeech, make_voxceleb1, write_noise_wav
 
 from speechssl.corpora.generic import prepare_generic
 from speechssl.corpora.iemocap import prepare_iemocap
