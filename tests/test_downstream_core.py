@@ -282,3 +282,23 @@ def test_all_layers_mixes_the_hidden_size_and_mixed_lists_fail():
     with pytest.raises(KeyError, match="unknown layer"):
         run_experiment(_MixedSizes(), splits, "cls", downstream_config({"featurizer": {"layers": "layer_9"}}),
                        None, progress=False)
+
+
+@pytest.mark.parametrize("head", [{"name": "superb_utterance", "hidden_dim": 8},
+                                  {"name": "linear_probe", "pooling": "mean"}])
+def test_pooled_fast_path_equals_full_computation(head):
+    from speechssl.downstream.training import collate_features, pooled_inputs, predict_features
+
+    torch.manual_seed(3)
+    cfg = downstream_config({"head": head, "featurizer": {"layer_norm": True}})
+    model = build_downstream_model(cfg, ["a", "b", "c"], 6, ["x", "y", "z"], {}).eval()
+    with torch.no_grad():
+        model.featurizer.weights.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    feats = [[torch.randn(t, 6) * 5 + 2 for _ in range(3)] for t in (4, 11, 7)]
+    assert pooled_inputs(model, feats, [0, 1, 2]) is not None
+    fast = predict_features(model, feats, [0, 1, 2])
+    stacked, lengths, _ = collate_features(feats, [0, 1, 2])
+    full = torch.softmax(model(stacked, lengths), dim=-1)
+    torch.testing.assert_close(torch.stack(fast), full, atol=1e-5, rtol=1e-5)
+    slow = build_downstream_model(downstream_config({"head": {"name": "speaker_asp"}}), ["a"], 6, ["x", "y"], {})
+    assert pooled_inputs(slow, feats, [0]) is None

@@ -62,12 +62,13 @@ class Featurizer(nn.Module):
         """[layers] softmax of the raw weights; sums to 1."""
         return torch.softmax(self.weights.float(), dim=0)
 
-    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+    def forward(self, stacked: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        """``normalized``: the input is already layer-normalised (pooled fast path)."""
         if stacked.dim() != 4 or stacked.shape[1] != len(self.layer_names):
             raise ValueError(
                 f"featurizer expects [batch, {len(self.layer_names)} layers, frames, dim], got {tuple(stacked.shape)}"
             )
-        if self.config.layer_norm:
+        if self.config.layer_norm and not normalized:
             stacked = F.layer_norm(stacked, stacked.shape[-1:])
         if len(self.layer_names) == 1:
             return stacked[:, 0]

@@ -36,6 +36,9 @@ class Head(nn.Module):
 
     level: str = "utterance"
     name: str = ""
+    # True for heads whose output depends on the frames only through their mean: the trainer
+    # then feeds per-layer mean features (one frame per utterance), exactly equal and much faster.
+    pools_linearly: bool = False
 
     def __init__(self, config: Any, input_dim: int, num_classes: int):
         super().__init__()
@@ -65,6 +68,11 @@ class SuperbUtteranceHead(Head):
         self.projector = nn.Linear(input_dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_dim, num_classes)
+
+    @property
+    def pools_linearly(self) -> bool:
+        """True when the output depends on the frames only through their mean (no dropout)."""
+        return self.config.dropout == 0.0
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.config.dropout == 0.0 or not self.training:
@@ -124,6 +132,10 @@ class LinearProbeHead(Head):
             raise ValueError(f"head.pooling: expected 'mean_std' or 'mean', got {config.pooling!r}")
         factor = 2 if config.pooling == "mean_std" else 1
         self.classifier = nn.Linear(factor * input_dim, num_classes)
+
+    @property
+    def pools_linearly(self) -> bool:
+        return self.config.pooling == "mean"
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = masked_mean_std(x, lengths) if self.config.pooling == "mean_std" else masked_mean(x, lengths)

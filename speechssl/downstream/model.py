@@ -114,8 +114,8 @@ class DownstreamModel(nn.Module):
     def layers(self) -> list[str]:
         return self.featurizer.layer_names
 
-    def forward(self, stacked: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head(self.featurizer(stacked), lengths)
+    def forward(self, stacked: torch.Tensor, lengths: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        return self.head(self.featurizer(stacked, normalized), lengths)
 
     def config_dict(self) -> dict:
         return {

@@ -71,23 +71,42 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, lev
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
 
+def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], layer_index: Sequence[int]):
+    """Fast path for heads that only see the mean frame (``head.pools_linearly``): per utterance,
+    the mean over frames of every selected (layer-normalised) layer as one [1, D] "frame".
+    The featurizer's weighted sum is linear, so this equals the full computation.
+
+    Returns (pooled feats, new layer index, normalized flag) or None when not applicable."""
+    if not getattr(model.head, "pools_linearly", False):
+        return None
+    out = []
+    for layers in feats:
+        x = torch.stack([layers[j] for j in layer_index]).float()  # [n, T, D]
+        if model.featurizer.config.layer_norm:
+            x = F.layer_norm(x, x.shape[-1:])
+        out.append(list(x.mean(1, keepdim=True).unbind(0)))
+    return out, list(range(len(layer_index))), True
+
+
 @torch.no_grad()
 def predict_features(
     model: DownstreamModel, feats: Sequence[list[torch.Tensor]], layer_index: Sequence[int], batch_size: int = 32
 ) -> list[torch.Tensor]:
     """Posteriors per utterance: [C] (utterance level) or [T, C] (frame level), in input order."""
     model.eval()
-    out: list[torch.Tensor] = []
+    normalized = False
+    fast = pooled_inputs(model, feats, layer_index)
+    if fast is not None:
+        feats, layer_index, normalized = fast
     order = sorted(range(len(feats)), key=lambda i: int(feats[i][0].shape[0]))
     probs: dict[int, torch.Tensor] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         stacked, lengths, _ = collate_features([feats[i] for i in idx], layer_index)
-        p = torch.softmax(model(stacked, lengths).float(), dim=-1)
+        p = torch.softmax(model(stacked, lengths, normalized).float(), dim=-1)
         for b, i in enumerate(idx):
             probs[i] = p[b] if model.level == "utterance" else p[b, : int(lengths[b])]
-    out = [probs[i] for i in range(len(feats))]
-    return out
+    return [probs[i] for i in range(len(feats))]
 
 
 def score(model: DownstreamModel, probs: Sequence[torch.Tensor], targets: Sequence) -> dict:
@@ -149,6 +168,10 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     layer_index = [train.layer_names.index(n) for n in model.layers]
+    train_feats, normalized = train.feats, False
+    fast = pooled_inputs(model, train_feats, layer_index) if not cfg.crop_frames else None
+    if fast is not None:
+        train_feats, layer_index, normalized = fast
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     n = len(train)
     if n == 0:
@@ -168,9 +191,9 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
                 order, pos = torch.randperm(n, generator=gen).tolist(), 0
             idx.append(order[pos])
             pos += 1
-        stacked, lengths, offsets = collate_features([train.feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
+        stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
         target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
-        loss = _loss(model(stacked, lengths), target, lengths, model.level)
+        loss = _loss(model(stacked, lengths, normalized), target, lengths, model.level)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm:
