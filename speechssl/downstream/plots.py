@@ -73,11 +73,15 @@ def plot_layer_weights(weights: Mapping[str, float], path: str | Path, title: st
 
 
 def plot_label_efficiency(
-    curves: Mapping[str, Mapping[int, Sequence[float]]], path: str | Path, metric: str = "accuracy", title: str = ""
+    curves: Mapping[str, Mapping[int, Sequence[float]]], path: str | Path, metric: str = "accuracy", title: str = "",
+    chance: float | None = None,
 ) -> Path:
-    """``{encoder: {shots: [score per seed]}}`` -> mean ± std curve per encoder (log2 x axis)."""
+    """``{encoder: {shots: [score per seed]}}`` -> mean ± std curve per encoder (log2 x axis);
+    ``chance``: a dashed line at that score (1 / classes for accuracy)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
     for name, by_shot in curves.items():
         shots = sorted(by_shot)
         means = [float(np.mean(by_shot[s])) for s in shots]

@@ -142,8 +142,10 @@ def run_label_efficiency(
                              "train_hash": res["splits"]["hash"], "test": _strip(res["test"]),
                              "layer_weights": res["featurizer"]["weights"]})
                 logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, res["test"][metric])
+    classes = len({str(r[label]) for r in test})
     plot_label_efficiency(curves, out / "label_efficiency.png", metric=metric,
-                          title=f"{label}: label efficiency ({len(seeds)} seeds)")
+                          title=f"{label}: label efficiency ({len(seeds)} seeds, {classes} classes)",
+                          chance=1.0 / classes if metric in ("accuracy", "ua") else None)
     table = ["| encoder | " + " | ".join(f"{n}/class" for n in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for name, by_shot in curves.items():
