@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_text = VERBS[args.verb]
     module = importlib.import_module(module_name)
-    verb_parser = argparse.ArgumentParser(prog=f"speechssl {args.verb}", description=module.__doc__ or help_text)
+    verb_parser = argparse.ArgumentParser(
+        prog=f"speechssl {args.verb}",
+        description=module.__doc__ or help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.add_arguments(verb_parser)
     verb_args = verb_parser.parse_args(argv[verb_index + 1 :])
     try:
