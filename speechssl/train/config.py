@@ -100,7 +100,7 @@ class OptimConfig:
 class TrainConfig:
     """Length of training, precision, logging, validation and checkpointing."""
 
-    max_steps: int = 1000  # optimiser steps
+    max_steps: int = 1000  # optimiser steps; 0 releases the randomly initialised model (a control)
     max_minutes: float | None = None  # wall-clock budget; stops cleanly with a checkpoint + encoder
     seed: int = 0  # one seed for python, numpy, torch, crops and batch order
     # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only). Losses are fp32.
@@ -121,8 +121,8 @@ class TrainConfig:
     plot: bool = True  # loss-curve PNG at the end
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.max_steps < 0:
+            raise ConfigError(f"train.max_steps must be >= 0 (0 releases the initial weights), got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
         if self.log_every < 1:
