@@ -113,9 +113,10 @@ def vq_apc_paper() -> APCConfig:
 
 
 def apc_tiny() -> APCConfig:
-    """CPU-sized APC for the tiny recipe: 3 x 256 LSTM (PyTorch's LSTM trains ~2-3x faster than
-    its GRU on CPU), n = 3, 80-dim log-Mel with utterance CMVN."""
-    return APCConfig(context="lstm", num_layers=3, hidden_size=256)
+    """CPU-sized paper APC: 3 x 256 GRU with residuals, n = 3, 80-dim log-Mel with utterance CMVN
+    (s3prl-exportable like the paper model). ``recipes/pretrain/apc_tiny.yaml`` swaps the GRUs for
+    LSTMs, which PyTorch trains ~2-3x faster on CPU."""
+    return APCConfig(num_layers=3, hidden_size=256)
 
 
 class MLPPrenet(nn.Module):
