@@ -1,0 +1,200 @@
+"""Pretraining benchmarks: step throughput, achieved FLOP/s vs measured matmul peak, loader rate, scaling.
+
+Usage:
+  /work/venv/bin/python tools/bench/run_all.py --only pretrain,data,scaling --out bench
+
+* ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) ``torch.mm`` of ``size x size``; FLOP/s = 2 n^3 / t.
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2; tiny and base presets) the training step the
+  Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
+  median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
+  counted with ``torch.utils.flop_counter.FlopCounterMode`` (it counts matmuls, convolutions and
+  attention, not recurrent cells: APC/CPC fractions are lower bounds); fraction of the matmul peak
+  measured in the same process: the fraction is the median over steps of (step FLOP/s) / (peak measured
+  just before that step), which cancels most of a changing machine load.
+* ``loader_rate(spec)``: batches/s of ``speechssl.data.make_loader`` alone over a formant synthetic
+  corpus, with the same batch seconds and crop as the training step.
+* ``epoch_scaling(spec)``: one pretraining epoch (wav2vec2 tiny) over 1x/2x/4x of the corpus; wall
+  time and peak RSS (run each size in its own child process).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import SAMPLE_RATE, median, peak_rss_mib, synth_signal
+
+PRESETS = {
+    ("apc", "tiny"): "apc_tiny", ("apc", "base"): "apc_paper",
+    ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
+    ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
+}
+
+
+def build(family: str, size: str) -> torch.nn.Module:
+    import importlib
+
+    from speechssl.config import to_dict
+    from speechssl.models.base import build_model
+
+    module = importlib.import_module(f"speechssl.models.{family}")
+    cfg = getattr(module, PRESETS[(family, size)])()
+    torch.manual_seed(0)
+    return build_model({"name": family, **to_dict(cfg)})
+
+
+def make_batch(batch_size: int, crop_seconds: float, seed: int = 0) -> dict:
+    n = int(crop_seconds * SAMPLE_RATE)
+    wavs = torch.from_numpy(np.stack([synth_signal(crop_seconds, seed + i) for i in range(batch_size)]))
+    return {"wavs": wavs, "lengths": torch.full((batch_size,), n, dtype=torch.long),
+            "ids": [f"u{i}" for i in range(batch_size)], "speaker": [f"s{i % 2}" for i in range(batch_size)]}
+
+
+def train_step_fn(model: torch.nn.Module, batch: dict, clip_norm: float = 1.0):
+    """The Trainer's fp32 step: zero_grad -> loss -> backward -> clip -> Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = model.loss(batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        opt.step()
+        return out
+    return step
+
+
+def count_flops(model: torch.nn.Module, batch: dict) -> int:
+    """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa; RNN cells not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model.loss(batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(spec: dict) -> dict:
+    """spec: ``threads``, ``size``, ``repeats``, optional ``dtypes``. Best dense-matmul GFLOP/s per dtype."""
+    torch.set_num_threads(spec["threads"])
+    n = spec["size"]
+    out = {"size": n}
+    for name in spec.get("dtypes", ["fp32", "bf16"]):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_gflops"] = round(2 * n**3 / best / 1e9, 2)
+    return out
+
+
+def throughput(spec: dict) -> dict:
+    """spec: ``threads``, ``models`` list of [family, size, batch_size, crop_seconds], ``steps``, ``matmul``."""
+    torch.set_num_threads(spec["threads"])
+    peak = matmul_peak({"threads": spec["threads"], **spec["matmul"]})
+    result = {"matmul_peak": peak, "models": {}}
+    for family, size, batch_size, crop in spec["models"]:
+        model = build(family, size)
+        batch = make_batch(batch_size, crop)
+        step = train_step_fn(model, batch)
+        step()  # warm-up (also allocates Adam state)
+        times, peaks = [], []
+        for _ in range(spec["steps"]):
+            # a short peak measurement right before each step: under a changing load each step is
+            # compared with what the machine delivered to dense matmuls at that moment
+            peaks.append(matmul_peak({"threads": spec["threads"], "size": spec["matmul"]["size"], "repeats": 2,
+                                      "dtypes": ["fp32"]})["fp32_gflops"])
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        flops = count_flops(model, batch)
+        t = median(times)
+        achieved = flops / t / 1e9
+        paired = [flops / ti / 1e9 / pi for ti, pi in zip(times, peaks)]
+        result["models"][f"{family}_{size}"] = {
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "batch": [batch_size, crop], "audio_seconds_per_step": batch_size * crop,
+            "step_median_s": round(t, 4), "step_min_s": round(min(times), 4), "steps_timed": len(times),
+            "steps_per_s": round(1 / t, 4), "audio_s_per_s": round(batch_size * crop / t, 3),
+            "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(achieved, 2),
+            "peak_gflops_fp32_paired": [round(x, 1) for x in peaks],
+            "fraction_of_matmul_peak": round(median(paired), 4),
+        }
+        del model, step
+    return result
+
+
+def synth_corpus(out: Path, speakers: int, utts: int) -> Path:
+    """``speechssl synth --backend formant`` (skips finished work); returns the manifest path."""
+    import subprocess
+    import sys
+
+    manifest = out / "manifest.jsonl"
+    cli = [sys.executable, "-m", "speechssl.cli.main", "synth", "--backend", "formant", "--out", str(out),
+           "--speakers", str(speakers), "--utts-per-speaker", str(utts), "--jobs", "1"]
+    subprocess.run(cli, check=True, capture_output=True, text=True)
+    return manifest
+
+
+def loader_rate(spec: dict) -> dict:
+    """spec: ``manifest``, ``batch_seconds``, ``crop_seconds``, ``num_workers`` list, ``epochs``."""
+    from speechssl.data import make_loader, read_manifest
+
+    torch.set_num_threads(spec.get("threads", 1))
+    records = read_manifest(spec["manifest"])
+    out = {}
+    for workers in spec["num_workers"]:
+        loader = make_loader(records, max_batch_seconds=spec["batch_seconds"], max_seconds=spec["crop_seconds"],
+                             num_workers=workers, seed=0)
+        count, audio, rates = 0, 0.0, []
+        for epoch in range(spec["epochs"] + 1):  # epoch 0 is warm-up (file cache, worker start)
+            loader.set_epoch(epoch)
+            t0, n = time.perf_counter(), 0
+            for batch in loader:
+                n += 1
+                if epoch:
+                    audio += float(batch["lengths"].sum()) / SAMPLE_RATE
+            if epoch:
+                rates.append(n / (time.perf_counter() - t0))
+                count += n
+        out[f"workers_{workers}"] = {"batches_per_s": round(median(rates), 3), "batches": count,
+                                     "audio_s_per_s": round(audio / max(count, 1) * median(rates), 2)}
+    return out
+
+
+def epoch_scaling(spec: dict) -> dict:
+    """spec: ``manifest``, ``fraction`` (0-1 of the records), ``family``, ``size``, ``batch_seconds``,
+    ``crop_seconds``, ``threads``. One epoch: loader + training steps; wall time and peak RSS."""
+    from speechssl.data import make_loader, read_manifest
+
+    torch.set_num_threads(spec["threads"])
+    records = read_manifest(spec["manifest"])
+    records = records[: max(1, round(len(records) * spec["fraction"]))]
+    model = build(spec["family"], spec["size"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loader = make_loader(records, max_batch_seconds=spec["batch_seconds"], max_seconds=spec["crop_seconds"],
+                         seed=0, min_samples=model.min_samples)
+    model.train()
+    t0, steps, audio = time.perf_counter(), 0, 0.0
+    for batch in loader:
+        opt.zero_grad(set_to_none=True)
+        model.loss(batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps += 1
+        audio += float(batch["lengths"].sum()) / SAMPLE_RATE
+    return {"records": len(records), "steps": steps, "audio_seconds": round(audio, 2),
+            "wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(matmul_peak({"threads": 2, "size": 1024, "repeats": 3})))
