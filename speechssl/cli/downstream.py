@@ -9,6 +9,7 @@
   speechssl downstream label-efficiency --encoders logmel,exp/apc/encoder --train tr.jsonl --test te.jsonl \\
       --label speaker --shots 1,2,4,8 --seeds 3 --out exp/le
   speechssl downstream predict --model exp/er --input DIR|manifest.jsonl|file.wav [--out preds.tsv]
+  speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png
   speechssl downstream compare exp/a exp/b [--png cmp.png]
 """
 
@@ -54,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--exp", required=True)
 
     p = sub.add_parser("label-efficiency", help="n labelled utterances per class x seeds x encoders")
-    p.add_argument("--encoders", required=True, help="comma-separated encoder names/folders")
+    p.add_argument("--encoders", required=True,
+                   help="comma-separated encoders: a name (logmel), a folder (released encoder, checkpoint), or "
+                        "NAME=PATH to name it, where PATH may also be a `speechssl extract` folder (index.tsv)")
     p.add_argument("--train", required=True, help="pool to draw the labelled utterances from")
     p.add_argument("--valid", help="dev manifest (default: carve --dev-per-class from the pool)")
     p.add_argument("--dev-per-class", type=int, default=0, help="without --valid: dev utterances per class taken "
@@ -75,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output TSV (default MODEL/predictions.tsv)")
     p.add_argument("--encoder", help="override the encoder recorded in the model")
     p.add_argument("--features", help="precomputed features for the input (index.tsv)")
+
+    p = sub.add_parser("summary", help="label-efficiency verdict: SSL vs log-Mel vs random-init controls")
+    p.add_argument("tasks", nargs="+", metavar="TASK=DIR", help="label-efficiency output folders, e.g. speaker=exp/le_spk")
+    p.add_argument("--out", required=True, help="markdown summary (a .json verdict is written beside it)")
+    p.add_argument("--png", help="plot with one panel per task")
+    p.add_argument("--reference", default="logmel", help="the baseline every SSL encoder must beat")
+    p.add_argument("--note", default="", help="a line under the title (date, machine)")
 
     p = sub.add_parser("compare", help="markdown table (and PNG) of several experiments")
     p.add_argument("exps", nargs="+")
@@ -189,8 +199,13 @@ def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
         dev = []
     shots = [int(x) for x in _floats(args.shots, "--shots")]
     seeds = ([int(x) for x in _floats(args.seeds, "--seeds")] if "," in args.seeds else list(range(int(args.seeds))))
-    names = [e.strip() for e in args.encoders.split(",") if e.strip()]
-    sources = {name: source_from_config(cfg, name, None) for name in names}
+    sources = {}
+    for item in (e.strip() for e in args.encoders.split(",") if e.strip()):
+        name, _, path = item.partition("=") if "=" in item else (item, "", item)
+        if name in sources:
+            raise ValueError(f"--encoders: {name!r} is given twice")
+        is_features = (Path(path) / "index.tsv").is_file()
+        sources[name] = source_from_config(cfg, None if is_features else path, path if is_features else None)
     results = run_label_efficiency(sources, pool, dev, test, label, cfg, shots, seeds, args.out, args.metric,
                                    not args.quiet)
     print((Path(args.out) / "label_efficiency.md").read_text(), end="")
@@ -211,6 +226,18 @@ def run(args: argparse.Namespace) -> int:
         out = predict(args.model, args.input, args.out, encoder=args.encoder, features=args.features)
         n = sum(1 for _ in open(out)) - 1
         print(f"wrote {n} predictions to {out}")
+        return 0
+    if args.command == "summary":
+        from speechssl.downstream.summary import summarize_label_efficiency
+
+        tasks = {}
+        for item in args.tasks:
+            task, sep, folder = item.partition("=")
+            if not sep or not task or not folder:
+                raise ValueError(f"expected TASK=DIR, got {item!r}")
+            tasks[task] = folder
+        summarize_label_efficiency(tasks, args.out, args.png, reference=args.reference, note=args.note)
+        print(Path(args.out).read_text(), end="")
         return 0
     if args.command == "compare":
         from speechssl.downstream import compare

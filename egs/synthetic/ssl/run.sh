@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The demo: what self-supervised pretraining buys when labels are scarce, on the built-in
+# synthetic speech corpus (nothing is downloaded).
+# Usage:
+#   bash egs/synthetic/ssl/run.sh            # full size, about 20 minutes on 2 CPU cores
+#   bash egs/synthetic/ssl/run.sh --quick    # CI size, about 3 minutes
+#   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6   # redo the evaluation only
+# Stages:
+#   1 synthesise an unlabelled pool and a separate labelled set (espeak-ng if installed, else formant)
+#   2 manifests and splits (pretraining train/dev; labelled pool/test)
+#   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies
+#   4 extract features of the labelled set with every encoder
+#   5 speaker-ID and style (emotion proxy) label-efficiency curves for every encoder + logmel/fbank
+#   6 exp/summary.md and exp/summary.png
+set -euo pipefail
+cd "$(dirname "$0")"
+quick=false
+backend=auto
+speakers=16            # speaker-ID classes
+pool_utts=100          # unlabelled utterances per speaker for pretraining
+labelled_utts=24       # labelled utterances per speaker (half pool for the few labels, half test)
+pretrain_minutes=4     # per model
+models="apc cpc wav2vec2"
+shots=1,2,4,8
+seeds=3
+seed=0
+. ../../common.sh
+
+if [ "$quick" = true ]; then
+  speakers=8; pool_utts=40; labelled_utts=16; pretrain_minutes=0.5; shots=1,4; seeds=2
+fi
+recipes=../../../recipes
+log "demo: $speakers speakers, $pool_utts unlabelled + $labelled_utts labelled utterances each; models: $models"
+
+if begin_stage 1 "synthesise the corpus (backend $backend)"; then
+  speechssl synth --backend "$backend" --out data/pool --speakers "$speakers" --utts-per-speaker "$pool_utts" \
+    --seed $((seed + 1)) --jobs 2
+  speechssl synth --backend "$backend" --out data/labelled --speakers "$speakers" \
+    --utts-per-speaker "$labelled_utts" --seed $((seed + 2)) --jobs 2
+  done_stage 1
+fi
+
+if begin_stage 2 "manifests and splits"; then
+  speechssl manifest split data/pool/manifest.jsonl --out-dir data/pretrain --fractions train=0.95,dev=0.05 --seed "$seed"
+  speechssl manifest split data/labelled/manifest.jsonl --out-dir data/labelled --fractions pool=0.5,test=0.5 --seed "$seed"
+  speechssl manifest info data/labelled/pool.jsonl
+  done_stage 2
+fi
+
+if begin_stage 3 "pretrain $models ($pretrain_minutes min each) and random-init controls"; then
+  for m in $models; do
+    pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
+      --valid data/pretrain/dev.jsonl --exp "exp/$m" "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+    # The control: the same architecture and seed, released untrained (max_steps=0).
+    speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
+      --exp "exp/${m}_random" train.max_steps=0 "train.seed=$seed"
+  done
+  done_stage 3
+fi
+
+encoders="logmel fbank"
+for m in $models; do encoders="$encoders exp/$m/encoder exp/${m}_random/encoder"; done
+
+if begin_stage 4 "extract features of the labelled set"; then
+  for enc in $encoders; do
+    case "$enc" in logmel|fbank) name=$enc ;; *) name=$(basename "$(dirname "$enc")") ;; esac
+    speechssl extract --encoder "$enc" --input data/labelled/manifest.jsonl --layers all --out "exp/feats/$name" --format npy
+  done
+  done_stage 4
+fi
+
+if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
+  features=
+  for enc in $encoders; do
+    case "$enc" in logmel|fbank) name=$enc ;; *) name=$(basename "$(dirname "$enc")") ;; esac
+    features="${features:+$features,}$name=exp/feats/$name"
+  done
+  for task in speaker style; do
+    speechssl downstream label-efficiency --encoders "$features" --train data/labelled/pool.jsonl \
+      --test data/labelled/test.jsonl --label "$task" --shots "$shots" --seeds "$seeds" \
+      --config "$recipes/downstream/demo.yaml" --out "exp/le_$task" --quiet
+  done
+  done_stage 5
+fi
+
+if begin_stage 6 "summary"; then
+  speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png \
+    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo quick || echo full ) size."
+  cat exp/summary.md
+  done_stage 6
+fi
+log "done: $(pwd)/exp/summary.md"

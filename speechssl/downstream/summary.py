@@ -1,0 +1,200 @@
+"""Summaries across label-efficiency runs: does pretraining pay off with few labels?
+
+Reads the ``results.json`` written by ``speechssl downstream label-efficiency`` for several
+tasks and writes one markdown table (encoder x task x labels-per-class, mean ± std over seeds),
+a PNG with one panel per task, and a JSON verdict. Encoders are classified by name:
+
+* baselines: ``logmel``, ``fbank``, ``mfcc`` (features without learning);
+* controls: ``<name>_random`` — the architecture of ``<name>`` with random initial weights
+  (random recurrent or convolutional features often beat log-Mel on their own, so the gain
+  of pretraining is measured over its own control too, as in the CPC paper);
+* everything else is a pretrained (SSL) encoder.
+
+The verdict compares, at the smallest label budget, every SSL encoder with ``logmel`` and with
+its control on every task, and says by how much it wins or loses (accuracy points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from speechssl.utils import atomic_path, atomic_write_json, atomic_write_text
+
+BASELINES = ("logmel", "fbank", "mfcc")
+CONTROL_SUFFIX = "_random"
+
+
+def encoder_kind(name: str) -> str:
+    if name in BASELINES:
+        return "baseline"
+    if name.endswith(CONTROL_SUFFIX):
+        return "control"
+    return "ssl"
+
+
+def _load(results_dir: str | Path) -> dict:
+    path = Path(results_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `speechssl downstream label-efficiency --out {results_dir}` first")
+    data = json.loads(path.read_text())
+    if data.get("protocol", {}).get("name") != "label_efficiency" or "curves" not in data:
+        raise ValueError(f"{path} is not a label-efficiency result (protocol {data.get('protocol')})")
+    return data
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f} pts"
+
+
+def summarize_label_efficiency(
+    tasks: Mapping[str, str | Path],
+    out_md: str | Path,
+    out_png: str | Path | None = None,
+    reference: str = "logmel",
+    note: str = "",
+) -> dict[str, Any]:
+    """Summarise label-efficiency results.
+
+    Args:
+        tasks: ``{task name: folder with results.json}``, e.g. ``{"speaker": "exp/le_speaker"}``.
+        out_md: markdown summary to write (atomic).
+        out_png: optional PNG with one accuracy-vs-labels panel per task.
+        reference: the baseline every SSL encoder must beat.
+        note: a line to put under the title (e.g. date and machine).
+    Returns:
+        The verdict as a dict (also written beside ``out_md`` as JSON).
+    """
+    loaded = {task: _load(d) for task, d in tasks.items()}
+    metric = {t: r["protocol"].get("metric", "accuracy") for t, r in loaded.items()}
+    encoders: list[str] = []
+    for r in loaded.values():
+        encoders += [e for e in r["curves"] if e not in encoders]
+    order = {"baseline": 0, "control": 2, "ssl": 1}
+    encoders.sort(key=lambda e: (order[encoder_kind(e)], e.removesuffix(CONTROL_SUFFIX), e))
+
+    # Table: rows encoders, columns (task, shots).
+    cols = [(t, s) for t, r in loaded.items() for s in r["protocol"]["shots"]]
+    lines = ["# Label efficiency: pretrained encoders vs log-Mel and random-init controls", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
+        "Test " + ", ".join(sorted(set(metric.values()))) + " (mean ± std over seeds) with n labelled utterances "
+        "per class; the same head, protocol and held-out test set for every encoder.",
+        "",
+        "| encoder | kind | " + " | ".join(f"{t} n={s}" for t, s in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for enc in encoders:
+        cells = []
+        for t, s in cols:
+            c = loaded[t]["curves"].get(enc, {}).get(str(s))
+            cells.append(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "—")
+        lines.append(f"| {enc} | {encoder_kind(enc)} | " + " | ".join(cells) + " |")
+
+    # Verdict at the smallest label budget of each task.
+    verdict: dict[str, Any] = {"reference": reference, "tasks": {}, "encoders": {}}
+    for t, r in loaded.items():
+        n = min(r["protocol"]["shots"])
+        curves = r["curves"]
+        ref = curves.get(reference, {}).get(str(n))
+        verdict["tasks"][t] = {"shots": n, "reference": ref["mean"] if ref else None}
+        for enc in curves:
+            if encoder_kind(enc) != "ssl":
+                continue
+            mine = curves[enc][str(n)]["mean"]
+            control = curves.get(enc + CONTROL_SUFFIX, {}).get(str(n))
+            entry = verdict["encoders"].setdefault(enc, {})
+            entry[t] = {
+                "shots": n,
+                "score": mine,
+                "vs_reference": None if ref is None else mine - ref["mean"],
+                "vs_control": None if control is None else mine - control["mean"],
+            }
+    winners = [
+        enc
+        for enc, per_task in verdict["encoders"].items()
+        if len(per_task) == len(loaded)
+        and all(v["vs_reference"] is not None and v["vs_reference"] > 0 for v in per_task.values())
+        and all(v["vs_control"] is not None and v["vs_control"] > 0 for v in per_task.values())
+    ]
+    verdict["winners"] = winners
+    lines += ["", "## Verdict at the smallest label budget", ""]
+    for enc, per_task in verdict["encoders"].items():
+        parts = []
+        for t, v in per_task.items():
+            ref_txt = "no reference" if v["vs_reference"] is None else f"{_pts(v['vs_reference'])} vs {reference}"
+            ctl_txt = "no control" if v["vs_control"] is None else f"{_pts(v['vs_control'])} vs {enc}{CONTROL_SUFFIX}"
+            parts.append(f"{t} (n={v['shots']}): {v['score']:.3f}, {ref_txt}, {ctl_txt}")
+        lines.append(f"- **{enc}**: " + "; ".join(parts))
+    lines.append("")
+    if winners:
+        best = max(winners, key=lambda e: min(v["vs_reference"] for v in verdict["encoders"][e].values()))
+        lines.append(
+            f"**Pretraining pays off**: {', '.join(winners)} beat{'s' if len(winners) == 1 else ''} both {reference} "
+            f"and {'its' if len(winners) == 1 else 'their'} random-init control on every task at the smallest label "
+            f"budget; {best} by at least "
+            f"{100 * min(v['vs_reference'] for v in verdict['encoders'][best].values()):.1f} pts over {reference} and "
+            f"{100 * min(v['vs_control'] for v in verdict['encoders'][best].values()):.1f} pts over its control."
+        )
+    else:
+        lines.append(
+            f"**No pretrained encoder beats both {reference} and its random-init control on every task** at the "
+            "smallest label budget in this run."
+        )
+    out_md = Path(out_md)
+    atomic_write_text(out_md, "\n".join(lines) + "\n")
+    atomic_write_json(out_md.with_suffix(".json"), verdict)
+    if out_png is not None:
+        plot_summary(loaded, out_png, encoders)
+    return verdict
+
+
+def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequence[str]) -> None:
+    """One panel per task: score vs labelled utterances per class (log2 axis), error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(loaded), figsize=(5.5 * len(loaded), 4.2), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    families = sorted({e.removesuffix(CONTROL_SUFFIX) for e in encoders if encoder_kind(e) != "baseline"})
+    for ax, (task, r) in zip(axes[0], loaded.items()):
+        for enc in encoders:
+            curve = r["curves"].get(enc)
+            if not curve:
+                continue
+            shots = sorted(int(s) for s in curve)
+            means = [curve[str(s)]["mean"] for s in shots]
+            stds = [curve[str(s)]["std"] for s in shots]
+            kind = encoder_kind(enc)
+            if kind == "baseline":
+                style = {"color": "black" if enc == "logmel" else "grey", "linestyle": "-", "marker": "s"}
+            else:
+                fam = enc.removesuffix(CONTROL_SUFFIX)
+                style = {"color": palette(families.index(fam) % 10), "marker": "o",
+                         "linestyle": "--" if kind == "control" else "-"}
+            ax.errorbar(shots, means, yerr=stds, label=enc, capsize=3, linewidth=1.6, **style)
+        ax.set_xscale("log", base=2)
+        shots_all = r["protocol"]["shots"]
+        ax.set_xticks(shots_all)
+        ax.set_xticklabels([str(s) for s in shots_all])
+        ax.set_xlabel("labelled utterances per class")
+        ax.set_ylabel(r["protocol"].get("metric", "accuracy"))
+        n_classes = len(r["runs"][0]["test"].get("per_class_recall", {}) or {}) if r.get("runs") else 0
+        if n_classes:
+            ax.axhline(1 / n_classes, color="lightgrey", linestyle=":", label="chance")
+        ax.set_title(task)
+        ax.grid(True, alpha=0.3)
+        if not math.isnan(ax.get_ylim()[0]):
+            ax.set_ylim(bottom=0)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("SSL encoders (solid) vs random-init controls (dashed) vs log-Mel/fbank")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
