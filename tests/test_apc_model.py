@@ -125,7 +125,7 @@ def test_min_samples():
 
 
 def test_overfit_one_batch():
-    model = small(dropout=0.0)
+    model = small(dropout=0.0, context="lstm")
     b = batch_of([3000, 2000, 2500], seed=3)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     first = None
