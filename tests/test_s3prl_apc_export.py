@@ -15,8 +15,8 @@ from speechssl.upstream.release import save_released_encoder
 
 
 def _apc(**changes):
-    cfg = apc.apc_tiny()
-    cfg.frontend = {"name": "fbank", "window_type": "hamming", "cmvn": "utterance"}
+    cfg = apc.APCConfig(num_layers=3, hidden_size=256, context="gru",
+                        frontend={"name": "fbank", "window_type": "hamming", "cmvn": "utterance"})
     for key, value in changes.items():
         setattr(cfg, key, value)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def test_s3prl_run_downstream_trains_and_evaluates_emotion(s3prl_nn, releases, t
     cfg_path.write_text(yaml.safe_dump(config))
     expdir = tmp_path / "result"
     monkeypatch.chdir(tmp_path)
-    strategy = torch.multiprocessing.get_sharing_strategy()  # run_downstream sets 'file_system'
+    # run_downstream changes process-wide state: the sharing strategy ('file_system') and
+    # builtins.isinstance (s3prl's hack_isinstance); restore both for the tests that follow
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    original_isinstance = builtins.isinstance
     try:
         main(["-m", "train", "-u", "speechssl_local", "-k", str(releases["apc"]), "-d", "emotion",
               "-c", str(cfg_path), "-p", str(expdir)])
@@ -121,4 +125,5 @@ def test_s3prl_run_downstream_trains_and_evaluates_emotion(s3prl_nn, releases, t
         main(["-m", "evaluate", "-e", str(expdir / "states-4.ckpt")])
         assert "test acc:" in capsys.readouterr().out
     finally:
+        builtins.isinstance = original_isinstance
         torch.multiprocessing.set_sharing_strategy(strategy)
