@@ -49,7 +49,7 @@ class ExtractConfig:
     dtype: str = "float32"  # storage dtype: float32 | float16 (the encoder always runs in fp32)
     batch_seconds: float = 60.0  # padded seconds of audio per forward pass (wav2vec2 Base: ~0.4 GB per 60 s)
     chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
-    overlap_seconds: float = 4.0  # context on each side of a chunk (>= the receptive field)
+    overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
     device: str = "cpu"  # cpu | cuda | cuda:N
     progress: bool = True  # tqdm bar on stderr
     rank: int | None = None  # default: $RANK (0)
