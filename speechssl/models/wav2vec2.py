@@ -121,9 +121,16 @@ def wav2vec2_base() -> Wav2Vec2Config:
 
 
 def wav2vec2_tiny() -> Wav2Vec2Config:
-    """A ~1.5 M-parameter model that learns on 2 CPU cores in minutes (same 20 ms frames, 400-sample field)."""
+    """A ~1.8 M-parameter model that learns on 2 CPU cores in minutes.
+
+    80-dim log-Mel frontend (utterance CMVN) + one conv subsampler layer (stride 2: 20 ms frames,
+    like Base), 3 x 192 post-LN transformer, G = 2 x V = 64 codewords, K = 50 distractors. On the
+    synthetic corpus the waveform conv encoder at this size sits at chance (ln(K + 1)) for the first
+    hundreds of steps (wav2vec 2.0's initial plateau); log-Mel targets are predictable from the start.
+    """
     return Wav2Vec2Config(
-        conv_layers=[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2,
+        frontend={"name": "logmel", "n_mels": 80, "cmvn": "utterance"},
+        conv_layers=[(192, 3, 2)], conv_norm="layer_norm",
         embed_dim=192, num_layers=3, num_heads=4, ffn_dim=768, pos_conv_kernel=64, pos_conv_groups=8,
         dropout=0.05, attention_dropout=0.0, input_dropout=0.05, target_dropout=0.05, layer_drop=0.0,
         num_groups=2, num_vars=64, vq_dim=128, final_dim=128, temp_decay=0.995, num_negatives=50,
