@@ -175,3 +175,14 @@ def test_two_ranks_shard_and_rank0_merges(corpus, tmp_path):
     with h5py.File(out / "feats.r1.h5") as f1, h5py.File(out / "feats.r0.h5") as f0:
         assert len(f0) == len(f1) == 2
     assert set(_errors(out)) == {"broken", "spk1/tiny"}
+
+
+def test_a_file_the_model_refuses_fails_alone(corpus, tmp_path):
+    """wav2vec 2.0 raises for inputs shorter than its receptive field: only that file fails."""
+    from test_upstream_encoder import tiny_model
+
+    release = save_released_encoder(tiny_model("wav2vec2"), tmp_path / "w2v")
+    summary = extract_features(release, corpus / "wavs", tmp_path / "out",
+                               ExtractConfig(layers="context", batch_seconds=100, progress=False))
+    assert (summary.written, summary.failed) == (4, 2)
+    assert "receptive field" in _errors(tmp_path / "out")["spk1/tiny"]

@@ -169,7 +169,7 @@ class _Run:
         try:
             with torch.inference_mode():
                 out = self.encoder(padded, lengths)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # out of memory, or an utterance the model refuses
             if len(ok) == 1:
                 self.fail(ok[0], f"encoder failed: {str(exc)[:300]}")
                 self.bar.update(ok[0].seconds)
