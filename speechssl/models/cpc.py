@@ -110,10 +110,11 @@ def cpc_modified() -> CPCConfig:
 
 
 def cpc_tiny() -> CPCConfig:
-    """CPU-sized CPC: log-Mel (40 bands, utterance CMVN) -> 2-layer frame MLP 128 -> LSTM 256,
-    8 linear steps, 32 negatives from the batch (so speaker cues help discriminate)."""
+    """CPU-sized CPC: log-Mel (40 bands, no CMVN: level and spectral tilt are style/speaker cues)
+    -> 2-layer frame MLP 128 -> LSTM 256, 8 linear steps, 32 negatives from the batch (so speaker
+    cues help discriminate)."""
     return CPCConfig(
-        frontend={"name": "logmel", "n_mels": 40, "cmvn": "utterance"},
+        frontend={"name": "logmel", "n_mels": 40, "cmvn": "none"},
         encoder="frame",
         frame_layers=2,
         frame_dim=128,
