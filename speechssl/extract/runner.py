@@ -13,8 +13,9 @@ Usage (the library call behind ``speechssl extract``)::
   ``index.tsv`` with columns ``id path frames frame_rate layers dim``;
 * a rerun skips utterances already in the index whose output is intact;
 * unreadable or too-short files go to ``errors.tsv`` (``id path reason``) and the run goes on;
-* under ``torchrun`` (``RANK``/``WORLD_SIZE``) rank ``r`` takes every ``r``-th utterance of the
-  length-sorted list and rank 0 merges the per-rank indexes when all ranks are done.
+* under ``torchrun`` (``RANK``/``WORLD_SIZE``) each rank takes its share of the utterances
+  (balanced by seconds of audio, :func:`shard_items`) and rank 0 merges the per-rank indexes
+  when all ranks are done (marker files, so no process group is needed).
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ def _batches(items: list[Item], budget: float) -> list[list[Item]]:
     if cur:
         out.append(cur)
     return out
+
+
+def shard_items(items: list[Item], world: int) -> list[list[Item]]:
+    """Split items over ranks by seconds of audio: longest first, each to the least loaded rank.
+
+    Every rank computes the same split from the same input list (no communication needed).
+    """
+    shards: list[list[Item]] = [[] for _ in range(world)]
+    load = [0.0] * world
+    for item in sorted(items, key=lambda i: (-i.seconds, i.id)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        shards[r].append(item)
+        load[r] += item.seconds
+    return shards
 
 
 def _load(item: Item) -> torch.Tensor:
@@ -318,8 +333,7 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
         atomic_write_json(out / "extract.json", meta)
     (out / f".rank{rank}.done").unlink(missing_ok=True)
 
-    ordered = sorted(items, key=lambda i: (-i.seconds, i.id))
-    mine = ordered[rank::world]
+    mine = shard_items(items, world)[rank]
     mine_ids = {i.id for i in mine}
     writer = make_writer(cfg.format, out, encoder.layer_names, cfg.dtype, rank=rank, world_size=world)
     previous: dict[str, dict] = {}
