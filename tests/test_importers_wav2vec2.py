@@ -118,6 +118,14 @@ def test_hf_parity_object_and_folder(stable, tmp_path):
         enc = ours.encode(wavs)
     n = len(ref.hidden_states) - 1
     _assert_layers_equal(enc, list(ref.hidden_states[1:n]), ref.last_hidden_state)
+    if stable:  # layer-norm models take an attention mask in transformers: padded batch parity
+        lengths = torch.tensor([3200, 2000])
+        valid = torch.arange(3200)[None] < lengths[:, None]
+        with torch.no_grad():
+            ref_pad = hf.wav2vec2(wavs * valid, attention_mask=valid.long()).last_hidden_state
+            enc_pad = ours.encode(wavs * valid, lengths)
+        frames = int(enc_pad.lengths[1])
+        torch.testing.assert_close(enc_pad.layer("context")[1, :frames], ref_pad[1, :frames], atol=1e-4, rtol=1e-4)
     # a saved Wav2Vec2Model folder (safetensors), and the same weights as pytorch_model.bin
     hf.wav2vec2.save_pretrained(tmp_path / "st")
     (tmp_path / "bin").mkdir()
