@@ -215,3 +215,19 @@ def test_export_refuses_logmel_models(tmp_path):
     with pytest.raises(ValueError, match="only waveform-frontend"):
         export_hf(build_wav2vec2(cfg), tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_hf_hubert_model_parity():
+    cfg = transformers.HubertConfig(
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        conv_dim=[c for c, _, _ in CONV], conv_kernel=[k for _, k, _ in CONV], conv_stride=[s for _, _, s in CONV],
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+    )
+    hf = transformers.HubertModel(cfg)
+    _randomise(hf)
+    hf.eval()
+    ours = from_hf(hf)
+    wavs = torch.randn(1, 2400)
+    with torch.no_grad():
+        ref = hf(wavs, output_hidden_states=True)
+        _assert_layers_equal(ours.encode(wavs), list(ref.hidden_states[1:2]), ref.last_hidden_state)
