@@ -14,6 +14,9 @@ edited. What s3prl 0.4.18 needs and why:
 * ``huggingface_hub.HfFolder`` / ``Repository`` (removed in hub 1.0) are imported by
   ``s3prl/downstream/runner.py`` and ``run_downstream.py`` only for pushing results to the Hub ->
   placeholders that raise a clear error if that feature is used.
+* ``tensorboardX`` is imported by the downstream runner but is not among s3prl's declared
+  requirements -> if it is not installed, ``torch.utils.tensorboard`` (same ``SummaryWriter``
+  API) stands in for it (install ``tensorboardX`` to use the real one).
 * ``torch.load`` defaults to ``weights_only=True`` since torch 2.6; s3prl's own downstream
   checkpoints (``states-*.ckpt``) hold an ``argparse.Namespace``, which is allow-listed so
   ``run_downstream -e`` can resume/evaluate them. No other class is allowed.
@@ -140,6 +143,15 @@ def apply() -> None:
     for name in ("HfFolder", "Repository"):
         if not hasattr(huggingface_hub, name):
             setattr(huggingface_hub, name, type(name, (_RemovedHubFeature,), {}))
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        from torch.utils import tensorboard
+
+        module = types.ModuleType("tensorboardX")
+        module.SummaryWriter = tensorboard.SummaryWriter
+        module.__doc__ = "speechssl shim: torch.utils.tensorboard standing in for tensorboardX"
+        sys.modules["tensorboardX"] = module
     torch.serialization.add_safe_globals([argparse.Namespace])
     _APPLIED = True
     log.debug("s3prl compatibility shims applied")
