@@ -39,7 +39,7 @@ def test_overrides_typed_and_model_defaults_filled(tmp_path):
         (["optim.name=sgd"], ConfigError, ["sgd", "adamw"]),
         (["trian.max_steps=3"], ConfigError, ["trian", "valid sections", "train"]),
         (["model.name=nope"], UnknownNameError, ["nope", "toy_linear"]),
-        (["train.max_steps=0"], ConfigError, ["max_steps"]),
+        (["train.max_steps=-1"], ConfigError, ["max_steps"]),
         (["optim.lr"], ConfigError, ["key.sub=value"]),
     ],
 )

@@ -62,13 +62,13 @@ def test_outputs_checkpoint_contents_and_keep_last(tmp_path, corpus, caplog):
     assert [x["step"] for x in train] == [1, 2, 3, 4, 5, 6]
     for key in ("epoch", "lr", "loss", "mse", "frames", "seconds_per_second"):
         assert key in train[0]
-    assert [x["step"] for x in lines if x["split"] == "valid"] == [3, 6]
+    assert [x["step"] for x in lines if x["split"] == "valid"] == [0, 3, 6]  # step 0: the untrained model
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(exp / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
-    assert [e.step for e in events.Scalars("valid/mse")] == [3, 6]
+    assert [e.step for e in events.Scalars("valid/mse")] == [0, 3, 6]
     assert (exp / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     enc = load_released_model(exp / "encoder")
     torch.testing.assert_close(enc.state_dict()["enc.weight"], ck["model"]["enc.weight"])

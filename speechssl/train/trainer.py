@@ -376,7 +376,7 @@ class Trainer:
         total: dict[str, float] = {}
         count = 0
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.cfg.train.seed)
             for i, batch in enumerate(self.valid_loader):
                 if self.cfg.train.valid_max_batches is not None and i >= self.cfg.train.valid_max_batches:
@@ -445,6 +445,8 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0, desc="pretrain")
         stream = micro_batch_stream(self.train_loader, self.min_samples)
+        if self.step == 0 and tc.valid_every and tc.max_steps > 0:
+            self._log_valid()  # the untrained model's loss: the reference point of every curve
         try:
             while self.step < tc.max_steps:
                 micro = [next(stream) for _ in range(self.accumulation)]
