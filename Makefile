@@ -18,8 +18,10 @@ demo: setup
 demo-full: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh
 
+# One torch thread per process: the suite runs many small models and multi-process (DDP)
+# tests, where more threads than cores only add contention.
 test: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
+	PATH=$(abspath $(VENV))/bin:$$PATH OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: setup
 	$(VENV)/bin/ruff check speechssl tests tools
