@@ -196,5 +196,46 @@ def epoch_scaling(spec: dict) -> dict:
             "wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
+def synth_corpus_child(spec: dict) -> dict:
+    """spec: ``out``, ``speakers``, ``utts``."""
+    return {"manifest": str(synth_corpus(Path(spec["out"]), spec["speakers"], spec["utts"]))}
+
+
+def extract_scaling(spec: dict) -> dict:
+    """spec: ``seconds`` (list, e.g. 1x 2x 4x), ``family``, ``threads``, ``workdir``.
+
+    ``speechssl extract`` over folders of 5-s files totalling each length, each in a fresh child of
+    tools/bench/extract.py; wall time and peak RSS, and their ratios to the first size."""
+    import sys
+
+    from common import BENCH_DIR
+
+    sys.path.insert(0, str(BENCH_DIR))
+    import extract
+
+    work = Path(spec["workdir"])
+    work.mkdir(parents=True, exist_ok=True)
+    source = extract._child("release", {"family": spec["family"], "workdir": str(work)})
+    if "error" in source:
+        return source
+    runs = []
+    for seconds in spec["seconds"]:
+        folder = work / f"audio_{seconds:g}s"
+        if not folder.is_dir():
+            folder.mkdir()
+            for i in range(max(1, round(seconds / 5.0))):
+                extract._write_wav(folder / f"u{i:03d}.wav", 5.0, 1000 + i)
+        child = {"threads": spec["threads"], "layers": "all", "batch_seconds": 20.0, "chunk_seconds": 30.0,
+                 "overlap_seconds": 4.0, "encoder": source["encoder"], "input": str(folder),
+                 "out": str(work / f"feats_{seconds:g}_{time.time_ns()}")}
+        runs.append(extract._child("extract", child))
+    out = {"family": spec["family"], "batch_seconds": 20.0, "runs": runs}
+    if all("error" not in r for r in runs):
+        out["audio_ratios"] = [round(r["audio_seconds"] / runs[0]["audio_seconds"], 3) for r in runs]
+        out["time_ratios"] = [round(r["wall_seconds"] / runs[0]["wall_seconds"], 3) for r in runs]
+        out["peak_rss_ratios"] = [round(r["peak_rss_mib"] / runs[0]["peak_rss_mib"], 3) for r in runs]
+    return out
+
+
 if __name__ == "__main__":
     print(json.dumps(matmul_peak({"threads": 2, "size": 1024, "repeats": 3})))

@@ -1,0 +1,72 @@
+"""Smoke test of the benchmark suite's helpers (tools/bench) at tiny sizes. Never asserts speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import frontends  # noqa: E402
+import pretrain  # noqa: E402
+import profiling  # noqa: E402
+import report  # noqa: E402
+import run_all  # noqa: E402
+
+
+def test_compare_and_summarise_ratios():
+    calls = {"a": 0, "b": 0}
+
+    def bump(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    times = common.compare({"a": bump("a"), "b": bump("b")}, repeats=3, warmup=2)
+    assert calls == {"a": 5, "b": 5} and all(len(v) == 3 for v in times.values())
+    s = common.summarise({"ref": [2.0, 2.0, 4.0], "fast": [1.0, 1.0, 9.0]}, "ref")
+    assert s["fast"]["speedup_vs_ref"] == 2.0 and s["ref"]["speedup_vs_ref"] == 1.0
+    assert common.peak_rss_mib() > 0
+
+
+def test_frontends_match_references_tiny():
+    out = frontends.run({"num_utts": 2, "seconds": 0.5, "repeats": 1, "threads": 1})
+    assert out["logmel"]["max_abs_diff"]["torchaudio"] < 1e-3
+    assert out["logmel"]["max_abs_diff"]["librosa"] < 1e-3
+    assert out["fbank"]["max_abs_diff"]["torchaudio_kaldi"] < 1e-3
+    assert set(out["logmel"]["times"]) == {"speechssl", "torchaudio", "librosa"}
+
+
+def test_throughput_flops_and_profile_tiny(tmp_path):
+    spec = {"threads": 1, "steps": 1, "matmul": {"size": 64, "repeats": 1},
+            "models": [["wav2vec2", "tiny", 1, 0.5]]}
+    out = pretrain.throughput(spec)
+    r = out["models"]["wav2vec2_tiny"]
+    assert r["gflop_per_step"] > 0 and r["fraction_of_matmul_peak"] > 0 and out["matmul_peak"]["fp32_gflops"] > 0
+    prof = profiling.profile_model({"family": "apc", "size": "tiny", "batch_size": 1, "crop_seconds": 0.5,
+                                    "mode": "infer", "steps": 1, "threads": 1, "table_path": str(tmp_path / "t.txt")})
+    assert prof["top_ops"] and (tmp_path / "t.txt").read_text().strip()
+    assert 0.0 <= prof["buckets_fraction_of_wall"]["python_dispatch_overhead"] <= 1.0
+
+
+def test_markdown_report_and_quick_sizes(tmp_path):
+    results = {"environment": {"commit": "abc", "date": "d", "cpu_model": "cpu", "threads": 2, "torch": "t"},
+               "mode": "quick", "pretrain": {"matmul_peak": {"size": 64, "fp32_gflops": 10.0},
+                                             "models": {"wav2vec2_base": {
+                                                 "params_m": 95.0, "batch": [1, 2.0], "steps_per_s": 0.5,
+                                                 "audio_s_per_s": 1.0, "gflop_per_step": 100.0,
+                                                 "fraction_of_matmul_peak": 0.4}}},
+               "extract": {"long_file": {"wav2vec2": {"minutes": 60, "rtf": 0.1, "peak_rss_mib": 3000.0}}}}
+    report.write_markdown(results, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "commit `abc`" in text and text.count("MISSES") == 2  # 40 % < 50 %, 2.9 GiB > 2 GiB
+    quick = run_all.sizes(quick=True)
+    json.dumps(quick)
+    assert set(quick) == set(run_all.sizes(quick=False))
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nonsense", "--out", str(tmp_path)])

@@ -1,0 +1,141 @@
+"""Markdown summary of ``bench/results.json`` (written by tools/bench/run_all.py).
+
+Usage:
+  /work/venv/bin/python tools/bench/report.py bench/results.json   # rewrites bench/results.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _status(value, target, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_is_better else value < target
+    return "meets" if ok else "MISSES"
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(measurement, value, target, status) rows of the summary table."""
+    out = []
+    fe = results.get("frontends") or {}
+    for name in ("logmel", "fbank"):
+        sec = fe.get(name)
+        if not sec:
+            continue
+        times = sec["times"]
+        detail = ", ".join(f"{k} {v['median_s']:.3g} s" for k, v in times.items())
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in sec["max_abs_diff"].items())
+        s = sec["speedup_vs_fastest_reference"]
+        out.append((f"frontend {name}, {fe['audio_seconds'] / 60:.0f} min audio ({detail}; max abs diff {diffs})",
+                    f"{s:.2f}x fastest reference", ">= 1.0x", _status(s, 1.0)))
+    cmp_ = _get(results, "extract", "wav2vec2_base_comparison") or {}
+    for dtype in ("fp32", "bf16"):
+        sec = cmp_.get(dtype)
+        if not sec:
+            continue
+        s = sec["speechssl"]["speedup_vs_torchaudio"]
+        out.append((f"wav2vec2 Base extraction {dtype}: RTF ours {sec['speechssl']['rtf']:.3g}, torchaudio "
+                    f"{sec['torchaudio']['rtf']:.3g}, HF {sec['hf']['rtf']:.3g} (HF {sec['hf']['speedup_vs_torchaudio']:.2f}x); "
+                    f"max diff ours {sec['speechssl']['max_abs_diff_vs_torchaudio_fp32']:.1e}",
+                    f"{s:.2f}x torchaudio", ">= 1.2x" if dtype == "fp32" else "-",
+                    _status(s, 1.2) if dtype == "fp32" else "info"))
+    if "error" in cmp_:
+        out.append(("wav2vec2 Base extraction comparison", "error", ">= 1.2x", "not measured"))
+    for fam, r in (_get(results, "extract", "families") or {}).items():
+        if "error" in r:
+            out.append((f"extract {fam}", "error", "-", "not measured"))
+            continue
+        out.append((f"extract {fam} ({r['audio_seconds']:g} s audio, paper-sized model)",
+                    f"RTF {r['rtf']:.3g}, peak {r['peak_rss_mib']:.0f} MiB", "-", "info"))
+    for fam, r in (_get(results, "extract", "long_file") or {}).items():
+        if "error" in r:
+            out.append((f"long file {fam}", "error", "< 2 GiB", "not measured"))
+            continue
+        gib = r["peak_rss_mib"] / 1024
+        out.append((f"long file {r['minutes']:g} min, {fam} (RTF {r['rtf']:.3g})", f"peak {gib:.2f} GiB",
+                    "< 2 GiB (60 min)", _status(gib, 2.0, higher_is_better=False)))
+    pre = results.get("pretrain") or {}
+    if pre.get("matmul_peak"):
+        mp = pre["matmul_peak"]
+        out.append((f"dense matmul peak ({mp['size']}^2, best of several)",
+                    f"fp32 {mp['fp32_gflops']:.1f} GFLOP/s, bf16 {_fmt(mp.get('bf16_gflops'))}", "-", "info"))
+    for name, r in (pre.get("models") or {}).items():
+        target = ">= 50 %" if name == "wav2vec2_base" else "-"
+        frac = r["fraction_of_matmul_peak"]
+        out.append((f"pretrain {name} ({r['params_m']:.3g} M params, batch {r['batch'][0]} x {r['batch'][1]:g} s): "
+                    f"{r['steps_per_s']:.3g} steps/s, {r['audio_s_per_s']:.3g} audio-s/s, {r['gflop_per_step']:.3g} GFLOP/step",
+                    f"{100 * frac:.0f} % of matmul peak", target,
+                    _status(frac, 0.5) if name == "wav2vec2_base" else "info"))
+    for name, r in (_get(results, "data", "models") or {}).items():
+        if "keeps_up" not in r:
+            continue
+        best = max(v["batches_per_s"] for v in r["loader"].values())
+        out.append((f"loader vs {name} step ({r['batch_seconds']:g} s batches): loader {best:.3g} batches/s, "
+                    f"step {r['train_steps_per_s']:.3g}/s", f"{r['loader_over_consumption']:.3g}x consumption",
+                    ">= 1x", "meets" if r["keeps_up"] else "MISSES"))
+    sc = results.get("scaling") or {}
+    ext = sc.get("extraction") or {}
+    if "time_ratios" in ext:
+        out.append((f"scaling: extraction {ext['family']} at data x{ext['audio_ratios']}",
+                    f"time x{ext['time_ratios']}, peak RSS x{ext['peak_rss_ratios']}", "~linear time, flat memory", "info"))
+    ep = sc.get("epoch") or {}
+    if "time_ratios" in ep:
+        out.append((f"scaling: one epoch {ep['model']} at data x{ep['audio_ratios']}",
+                    f"time x{ep['time_ratios']}, peak RSS x{ep['peak_rss_ratios']}", "~linear time, flat memory", "info"))
+    for name, r in (results.get("profile") or {}).items():
+        if "error" in r:
+            out.append((f"profile {name}", "error", "-", "-"))
+            continue
+        top = ", ".join(f"{o['op'].replace('aten::', '')} {100 * o['fraction']:.0f}%" for o in r["top_ops"][:4])
+        b = r["buckets_fraction_of_wall"]
+        out.append((f"profile {name}: top {top}", f"python/dispatch {100 * b['python_dispatch_overhead']:.0f} %, "
+                    f"copies/index {100 * b['copy_index']:.0f} %", "-", "info"))
+    return out
+
+
+def write_markdown(results: dict, path: str | Path) -> None:
+    from speechssl.utils import atomic_write_text
+
+    env = results.get("environment", {})
+    lines = [
+        "# speechssl benchmark results", "",
+        f"commit `{env.get('commit')}`, {env.get('date')}, CPU {env.get('cpu_model')} ({env.get('cpu_count')} cores), "
+        f"threads {env.get('threads')}, torch {env.get('torch')}, torchaudio {env.get('torchaudio')}, "
+        f"mode {results.get('mode')}, load average {env.get('load_average')} -> {env.get('load_average_end')}, "
+        f"OMP_WAIT_POLICY={env.get('omp_wait_policy')}", "",
+        "Ratios are medians of interleaved repetitions after warm-up in one process; absolute times "
+        "depend on the machine load.", "",
+        "| measurement | value | target | status |", "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
+    errors = [s for s in ("frontends", "extract", "pretrain", "data", "scaling", "profile")
+              if isinstance(results.get(s), dict) and "error" in results[s]]
+    if errors:
+        lines += ["", "Sections that failed (see results.json): " + ", ".join(errors)]
+    lines += ["", "Section wall times (s): " + json.dumps(results.get("seconds", {}))]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    write_markdown(json.loads(src.read_text()), src.with_name("results.md"))

@@ -1,0 +1,199 @@
+"""The speechssl benchmark suite: one command, ``bench/results.json`` + ``bench/results.md``.
+
+Usage:
+  /work/venv/bin/python tools/bench/run_all.py --out bench            # everything (make bench)
+  /work/venv/bin/python tools/bench/run_all.py --out bench --quick    # small sizes, a smoke run
+  /work/venv/bin/python tools/bench/run_all.py --out bench --only frontends,extract
+
+Sections (each runs in its own child process, so peak memory and thread pools are per section):
+
+* ``frontends``: log-Mel / fbank, speechssl vs torchaudio vs librosa (tools/bench/frontends.py);
+* ``extract``: wav2vec2 Base ours vs torchaudio vs HF (fp32, bf16), per-family RTF + peak RSS,
+  the long file (tools/bench/extraction.py, tools/bench/extract.py);
+* ``pretrain``: steps/s, audio-s/s and FLOP/s as a fraction of the measured matmul peak
+  (tools/bench/pretrain.py);
+* ``data``: loader batches/s vs each model's step rate at the same batch size;
+* ``scaling``: extraction and one pretraining epoch at 1x, 2x, 4x the data (time, peak RSS, ratios);
+* ``profile``: torch.profiler of the wav2vec2 Base step and inference, APC and CPC steps
+  (tables in ``<out>/profile_*.txt``).
+
+Comparisons are interleaved repetitions in one process, median after warm-up, reported as
+ratios. ``OMP_WAIT_POLICY=PASSIVE`` is set for the children unless already set: on a loaded
+machine spinning OpenMP/OpenBLAS workers of one library steal the cores from the other and make
+interleaved comparisons meaningless (measured: 3-17x swings); the value is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, run_child  # noqa: E402
+from report import write_markdown  # noqa: E402
+
+SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
+
+# (family, size, batch size, crop seconds) of the training-step measurements
+FULL_MODELS = [["apc", "tiny", 8, 4.0], ["cpc", "tiny", 8, 4.0], ["wav2vec2", "tiny", 8, 4.0],
+               ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0], ["wav2vec2", "base", 2, 4.0]]
+QUICK_MODELS = [["apc", "tiny", 2, 2.0], ["cpc", "tiny", 2, 2.0], ["wav2vec2", "tiny", 2, 2.0]]
+
+
+def sizes(quick: bool) -> dict:
+    """Every size knob of the suite, full or quick."""
+    if quick:
+        return {"frontends": {"num_utts": 6, "seconds": 10.0, "repeats": 2},
+                "compare": {"clip_seconds": [2.0], "repeats": 1, "dtypes": ["fp32", "bf16"]},
+                "families": {"families": ["logmel", "fbank", "wav2vec2"], "short_seconds": 10.0,
+                             "long_minutes": 1.0, "long_families": ["logmel", "wav2vec2"]},
+                "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
+                "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
+                "scaling": {"extract_seconds": [5.0, 10.0, 20.0], "family": "logmel", "train": ["wav2vec2", "tiny"]},
+                "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]]}
+    return {"frontends": {"num_utts": 60, "seconds": 10.0, "repeats": 5},
+            "compare": {"clip_seconds": [4.0, 10.0, 15.0], "repeats": 3, "dtypes": ["fp32", "bf16"]},
+            "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2"], "short_seconds": 60.0,
+                         "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
+            "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
+            "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
+            "scaling": {"extract_seconds": [15.0, 30.0, 60.0], "family": "wav2vec2", "train": ["wav2vec2", "tiny"]},
+            "profile": [["wav2vec2", "base", 2, 4.0, "train", 2], ["wav2vec2", "base", 1, 15.0, "infer", 2],
+                        ["apc", "base", 4, 4.0, "train", 2], ["cpc", "base", 4, 4.0, "train", 2]]}
+
+
+def _ratios(values: list[float]) -> list[float]:
+    return [round(v / values[0], 3) if values[0] else None for v in values]
+
+
+def section_extract(cfg: dict, args, work: Path) -> dict:
+    out = {"wav2vec2_base_comparison": run_child("extraction", "compare_wav2vec2",
+                                                 {**cfg["compare"], "threads": args.threads})}
+    fam = dict(cfg["families"])
+    if args.long_minutes is not None:
+        fam["long_minutes"] = args.long_minutes
+    out.update(run_child("extraction", "families", {**fam, "threads": args.threads, "workdir": str(work / "extract")}))
+    return out
+
+
+def _corpus(cfg: dict, work: Path) -> str:
+    return run_child("pretrain", "synth_corpus_child", {"out": str(work / "corpus"), **cfg["corpus"]})["manifest"]
+
+
+def section_data(cfg: dict, args, work: Path, results: dict) -> dict:
+    manifest = _corpus(cfg, work)
+    batch_seconds = {f"{m[0]}_{m[1]}": m[2] * m[3] for m in cfg["pretrain"]["models"]}
+    out: dict = {"manifest": manifest, "models": {}}
+    steps = (results.get("pretrain") or {}).get("models", {})
+    if not steps:
+        steps = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads}).get("models", {})
+    for name, seconds in batch_seconds.items():
+        crop = next(m[3] for m in cfg["pretrain"]["models"] if f"{m[0]}_{m[1]}" == name)
+        rate = run_child("pretrain", "loader_rate", {"manifest": manifest, "batch_seconds": seconds, "crop_seconds": crop,
+                                                     "threads": 1, **cfg["loader"]})
+        step_rate = steps.get(name, {}).get("steps_per_s")
+        entry = {"batch_seconds": seconds, "loader": rate, "train_steps_per_s": step_rate}
+        if step_rate and "error" not in rate:
+            best = max(v["batches_per_s"] for v in rate.values())
+            entry["loader_over_consumption"] = round(best / step_rate, 2)
+            entry["keeps_up"] = best >= step_rate
+        out["models"][name] = entry
+    return out
+
+
+def section_scaling(cfg: dict, args, work: Path) -> dict:
+    sc = cfg["scaling"]
+    ext = run_child("pretrain", "extract_scaling", {"seconds": sc["extract_seconds"], "family": sc["family"],
+                                                    "threads": args.threads, "workdir": str(work / "scaling")})
+    manifest = _corpus(cfg, work)
+    family, size = sc["train"]
+    epochs = [run_child("pretrain", "epoch_scaling", {"manifest": manifest, "fraction": f, "family": family, "size": size,
+                                                      "batch_seconds": 16.0, "crop_seconds": 4.0, "threads": args.threads})
+              for f in (0.25, 0.5, 1.0)]
+    out = {"extraction": ext, "epoch": {"model": f"{family}_{size}", "runs": epochs}}
+    if all("error" not in e for e in epochs):
+        out["epoch"]["audio_ratios"] = _ratios([e["audio_seconds"] for e in epochs])
+        out["epoch"]["time_ratios"] = _ratios([e["wall_s"] for e in epochs])
+        out["epoch"]["peak_rss_ratios"] = _ratios([e["peak_rss_mib"] for e in epochs])
+    return out
+
+
+def section_profile(cfg: dict, args, out_dir: Path) -> dict:
+    runs = {}
+    for family, size, batch_size, crop, mode, steps in cfg["profile"]:
+        name = f"{family}_{size}_{mode}"
+        runs[name] = run_child("profiling", "profile_model", {
+            "family": family, "size": size, "batch_size": batch_size, "crop_seconds": crop, "mode": mode,
+            "steps": steps, "threads": args.threads, "table_path": str(out_dir / f"profile_{name}.txt")})
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench", help="output folder (results.json, results.md, profile tables)")
+    p.add_argument("--quick", action="store_true", help="small sizes (a couple of minutes)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every measurement")
+    p.add_argument("--long-minutes", type=float, default=None,
+                   help="length of the long-file extraction (default 10 full, 1 quick; 60 for the 1-hour figure)")
+    args = p.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        p.error(f"--only: unknown section(s) {unknown}; choices: {', '.join(SECTIONS)}")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    cfg = sizes(args.quick)
+    results: dict = {"environment": {**environment(), "threads": args.threads,
+                                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
+                     "mode": "quick" if args.quick else "full", "sections": only, "seconds": {}}
+    results_path = out_dir / "results.json"
+    if results_path.is_file():  # --only keeps the other sections of an earlier run
+        try:
+            old = json.loads(results_path.read_text())
+            if old.get("mode") == results["mode"]:
+                results.update({k: v for k, v in old.items() if k in SECTIONS and k not in only})
+        except json.JSONDecodeError:
+            pass
+
+    def save() -> None:
+        from speechssl.utils import atomic_write_json
+
+        results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        atomic_write_json(results_path, results)
+        write_markdown(results, out_dir / "results.md")
+
+    for section in SECTIONS:
+        if section not in only:
+            continue
+        t0 = time.perf_counter()
+        print(f"[bench] {section} ...", file=sys.stderr, flush=True)
+        if section == "frontends":
+            results[section] = run_child("frontends", "run", {**cfg["frontends"], "threads": args.threads})
+        elif section == "extract":
+            results[section] = section_extract(cfg, args, work)
+        elif section == "pretrain":
+            results[section] = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads})
+        elif section == "data":
+            results[section] = section_data(cfg, args, work, results)
+        elif section == "scaling":
+            results[section] = section_scaling(cfg, args, work)
+        else:
+            results[section] = section_profile(cfg, args, out_dir)
+        results["seconds"][section] = round(time.perf_counter() - t0, 1)
+        print(f"[bench] {section} done in {results['seconds'][section]} s", file=sys.stderr, flush=True)
+        save()
+    save()
+    print(f"wrote {results_path} and {out_dir / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
