@@ -19,7 +19,8 @@ backend=auto
 speakers=16            # speaker-ID classes
 pool_utts=100          # unlabelled utterances per speaker for pretraining
 labelled_utts=24       # labelled utterances per speaker (half pool for the few labels, half test)
-pretrain_minutes=4     # per model
+pretrain_steps=1000    # per model (cosine schedule length)
+pretrain_minutes=4     # per model: a hard stop whatever the step
 models="apc cpc wav2vec2"
 shots=1,2,4,8
 seeds=3
@@ -27,7 +28,7 @@ seed=0
 . ../../common.sh
 
 if [ "$quick" = true ]; then
-  speakers=8; pool_utts=40; labelled_utts=16; pretrain_minutes=0.5; shots=1,4; seeds=2
+  speakers=8; pool_utts=40; labelled_utts=16; pretrain_steps=120; pretrain_minutes=0.5; shots=1,4; seeds=2
 fi
 recipes=../../../recipes
 log "demo: $speakers speakers, $pool_utts unlabelled + $labelled_utts labelled utterances each; models: $models"
@@ -50,7 +51,8 @@ fi
 if begin_stage 3 "pretrain $models ($pretrain_minutes min each) and random-init controls"; then
   for m in $models; do
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-      --valid data/pretrain/dev.jsonl --exp "exp/$m" "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+      --valid data/pretrain/dev.jsonl --exp "exp/$m" "train.max_steps=$pretrain_steps" \
+      "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
     # The control: the same architecture and seed, released untrained (max_steps=0).
     speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
       --exp "exp/${m}_random" train.max_steps=0 "train.seed=$seed"
@@ -76,6 +78,7 @@ if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
     features="${features:+$features,}$name=exp/feats/$name"
   done
   for task in speaker style; do
+    # Features come from stage 4 (NAME=exp/feats/NAME): every encoder ran once over the labelled set.
     speechssl downstream label-efficiency --encoders "$features" --train data/labelled/pool.jsonl \
       --test data/labelled/test.jsonl --label "$task" --shots "$shots" --seeds "$seeds" \
       --config "$recipes/downstream/demo.yaml" --out "exp/le_$task" --quiet
