@@ -283,8 +283,8 @@ def _merge(out: Path, world: int, ids: list[str], fmt: str, layers: list[str], t
     atomic_write_text(out / "errors.tsv", _tsv_text(failed, ERROR_COLUMNS))
     if fmt == "kaldi":
         KaldiWriter.write_scps(out, ordered, layers)
-    for m in markers:
-        m.unlink(missing_ok=True)
+    for path in [*markers, *out.glob("index.part*.tsv"), *out.glob("errors.part*.tsv")]:
+        path.unlink(missing_ok=True)  # index.tsv / errors.tsv now hold everything
     return out / "index.tsv"
 
 
