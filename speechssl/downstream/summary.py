@@ -185,8 +185,10 @@ def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequ
         ax.set_xticklabels([str(s) for s in shots_all])
         ax.set_xlabel("labelled utterances per class")
         ax.set_ylabel(r["protocol"].get("metric", "accuracy"))
-        n_classes = len(r["runs"][0]["test"].get("per_class_recall", {}) or {}) if r.get("runs") else 0
-        if n_classes:
+        # n utterances per class were drawn for every run, so classes = train size / n.
+        first = (r.get("runs") or [{}])[0]
+        n_classes = first.get("train_size", 0) // max(1, first.get("shots", 1))
+        if n_classes > 1:
             ax.axhline(1 / n_classes, color="lightgrey", linestyle=":", label="chance")
         ax.set_title(task)
         ax.grid(True, alpha=0.3)
