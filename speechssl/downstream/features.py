@@ -118,7 +118,7 @@ class EncoderFeatureCache:
         if todo:
             if hasattr(self.encoder, "eval"):
                 self.encoder.eval()
-            with tqdm(total=len(todo), desc=desc, unit="utt", leave=False) as bar:
+            with tqdm(total=len(todo), desc=desc, unit="utt", leave=False, disable=None) as bar:  # None: only on a terminal
                 for start in range(0, len(todo), self.batch_size):
                     chunk = todo[start : start + self.batch_size]
                     self._encode_batch(chunk)
