@@ -67,7 +67,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
             continue
         out.append((f"extract {fam} ({r['audio_seconds']:g} s audio, paper-sized model)",
                     f"RTF {r['rtf']:.3g}, peak {r['peak_rss_mib']:.0f} MiB", "-", "info"))
-    for fam, r in (_get(results, "extract", "long_file") or {}).items():
+    long_runs = [(fam, r) for key in ("long_file", "long_file_60min")
+                 for fam, r in (_get(results, "extract", key) or {}).items()]
+    for fam, r in long_runs:
         if "error" in r:
             out.append((f"long file {fam}", "error", "< 2 GiB", "not measured"))
             continue

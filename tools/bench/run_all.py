@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every measurement")
     p.add_argument("--long-minutes", type=float, default=None,
                    help="length of the long-file extraction (default 10 full, 1 quick; 60 for the 1-hour figure)")
+    p.add_argument("--long-json", default=None,
+                   help="merge the long_file section of a tools/bench/extract.py JSON (e.g. its 60-min run) "
+                        "into results as extract.long_file_60min")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -192,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         results["seconds"][section] = round(time.perf_counter() - t0, 1)
         print(f"[bench] {section} done in {results['seconds'][section]} s", file=sys.stderr, flush=True)
         save()
+    if args.long_json:
+        long = json.loads(Path(args.long_json).read_text()).get("long_file", {})
+        results.setdefault("extract", {})["long_file_60min"] = {
+            fam: {**r, "source": args.long_json} for fam, r in long.items()}
     save()
     print(f"wrote {results_path} and {out_dir / 'results.md'}", file=sys.stderr)
     return 0
