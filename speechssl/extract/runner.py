@@ -48,7 +48,7 @@ class ExtractConfig:
     layers: Any = "all"  # "all", "context,latent" or a list of names / indices
     format: str = "npy"  # npy | pt | kaldi | hdf5
     dtype: str = "float32"  # storage dtype: float32 | float16 (the encoder always runs in fp32)
-    batch_seconds: float = 60.0  # padded seconds of audio per forward pass (wav2vec2 Base: ~0.4 GB per 60 s)
+    batch_seconds: float = 30.0  # padded seconds of audio per forward pass (keeps wav2vec2 Base, all layers, < 2 GiB)
     chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
     overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
     device: str = "cpu"  # cpu | cuda | cuda:N
