@@ -77,9 +77,9 @@ def test_baseline_takes_frontend_options_and_aliases():
 
 
 def test_unknown_option_lists_valid_options():
-    with pytest.raises(TypeError, match=r"unknown option\(s\) 'n_mel'.*valid options: layers, device, trainable.*n_mels"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'n_mel'.*valid options: layers, device, trainable, precision.*n_mels"):
         load_encoder("logmel", n_mel=40)
-    with pytest.raises(TypeError, match="unknown option.*'num_mel_bins'.*valid options: layers, device, trainable$"):
+    with pytest.raises(TypeError, match="unknown option.*'num_mel_bins'.*valid options: layers, device, trainable, precision$"):
         load_encoder(tiny_model("apc"), num_mel_bins=40)
 
 

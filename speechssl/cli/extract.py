@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated layer names (latent, layer_1.., context) or 'all' (default)")
     parser.add_argument("--format", choices=FORMATS, default=defaults.format)
     parser.add_argument("--dtype", choices=("float32", "float16"), default=defaults.dtype, help="storage dtype")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision,
+                        help="compute precision of the encoder (bf16: autocast, faster on CPUs with bf16 units)")
     parser.add_argument("--device", default=defaults.device, help="cpu | cuda | cuda:N")
     parser.add_argument("--batch-seconds", type=float, default=defaults.batch_seconds,
                         help="padded seconds of audio per forward pass (default %(default)s)")
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = ExtractConfig(
-        layers=args.layers, format=args.format, dtype=args.dtype, batch_seconds=args.batch_seconds,
+        layers=args.layers, format=args.format, dtype=args.dtype, precision=args.precision, batch_seconds=args.batch_seconds,
         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, device=args.device,
         progress=not args.no_progress,
     )

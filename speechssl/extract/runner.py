@@ -52,6 +52,7 @@ class ExtractConfig:
     chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
     overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
     device: str = "cpu"  # cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast; much faster where the CPU/GPU has bf16 units)
     progress: bool = True  # tqdm bar on stderr
     rank: int | None = None  # default: $RANK (0)
     world_size: int | None = None  # default: $WORLD_SIZE (1)
@@ -309,7 +310,7 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     rank, world = _rank_world(cfg)
     source_name = encoder.source if isinstance(encoder, Encoder) else str(encoder)
     if not isinstance(encoder, Encoder):
-        encoder = load_encoder(encoder, layers=cfg.layers, device=cfg.device, **encoder_options)
+        encoder = load_encoder(encoder, layers=cfg.layers, device=cfg.device, precision=cfg.precision, **encoder_options)
     elif encoder_options:
         raise TypeError(f"encoder options {sorted(encoder_options)} need an encoder path or name, not an Encoder")
     elif cfg.layers not in (None, "all"):

@@ -48,6 +48,9 @@ class EncoderOptions:
     layers: Any = "all"  # "all", a comma-separated string, or a list of layer names / indices
     device: str = "cpu"  # where the encoder runs ("cpu", "cuda", "cuda:1")
     trainable: bool = False  # False: eval mode and no autograd graph (a frozen upstream)
+    # fp32 | bf16: bf16 runs matmuls/convolutions under autocast (3.4x faster wav2vec2 Base on
+    # CPUs with avx512_bf16/AMX, last-layer differences ~1e-1); outputs are returned as float32.
+    precision: str = "fp32"
 
 
 def option_names() -> list[str]:
@@ -104,6 +107,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.options = options or EncoderOptions()
+        if self.options.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.options.precision!r}")
         self.source = source
         self.kind = kind
         self._indices, self._names = _resolve_layers(self.options.layers, list(backbone.layer_names))
@@ -178,6 +183,11 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _encode(self, wavs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        if self.options.precision == "bf16":
+            with torch.autocast(device_type=wavs.device.type, dtype=torch.bfloat16):
+                out = self.backbone.encode(wavs, lengths)
+            hidden = [out.hidden_states[i].float() for i in self._indices]
+            return EncoderOutput(hidden, out.lengths, list(self._names), int(out.frame_shift))
         out = self.backbone.encode(wavs, lengths)
         hidden = [out.hidden_states[i] for i in self._indices]
         return EncoderOutput(hidden, out.lengths, list(self._names), int(out.frame_shift))
