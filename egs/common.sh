@@ -46,6 +46,14 @@ begin_stage() {
 done_stage() { mkdir -p "$markers"; touch "$markers/stage$1.done"; }
 markers=${markers:-exp/.stages}
 
+# A short name for an encoder argument: logmel -> logmel, exp/apc/encoder -> apc, exp/apc -> apc.
+encoder_name() {
+  case "$1" in
+    logmel|fbank|mfcc) echo "$1" ;;
+    *) local n=${1%/}; n=${n%/encoder}; basename "$n" ;;
+  esac
+}
+
 # Run `speechssl pretrain ...` with the chosen launcher; the effective batch (seconds of audio)
 # stays the same at any world size because the Trainer derives accumulation from it.
 pretrain() {

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,20 +30,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import peak_rss_mib
 
 SAMPLE_RATE = 16000
 FAMILIES = ("logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2")
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not inherited through exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _synth(seconds: float, seed: int) -> np.ndarray:
@@ -109,7 +98,7 @@ def measure_extract(spec: dict) -> dict:
     from speechssl.extract import ExtractConfig, extract_features
 
     torch.set_num_threads(spec["threads"])
-    rss_start = _peak_rss_mib()
+    rss_start = peak_rss_mib()
     cfg = ExtractConfig(layers=spec["layers"], format="npy", batch_seconds=spec["batch_seconds"],
                         chunk_seconds=spec["chunk_seconds"], overlap_seconds=spec["overlap_seconds"], progress=False)
     t0 = time.perf_counter()
@@ -117,7 +106,7 @@ def measure_extract(spec: dict) -> dict:
     wall = time.perf_counter() - t0
     return {"audio_seconds": round(summary.seconds, 2), "wall_seconds": round(wall, 2),
             "rtf": round(wall / max(summary.seconds, 1e-9), 5), "written": summary.written,
-            "failed": summary.failed, "peak_rss_mib": round(_peak_rss_mib(), 1),
+            "failed": summary.failed, "peak_rss_mib": round(peak_rss_mib(), 1),
             "rss_after_imports_mib": round(rss_start, 1)}
 
 
@@ -161,7 +150,7 @@ def measure_torchaudio(spec: dict) -> dict:
     return {"audio_seconds": round(total, 2), "repeats": spec["repeats"],
             "rtf_torchaudio": round(best["torchaudio"] / total, 5), "rtf_speechssl": round(best["speechssl"] / total, 5),
             "speedup_vs_torchaudio": round(best["torchaudio"] / best["speechssl"], 3),
-            "max_abs_diff_last_layer": diff, "peak_rss_mib": round(_peak_rss_mib(), 1)}
+            "max_abs_diff_last_layer": diff, "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
 def _child(kind: str, spec: dict) -> dict:

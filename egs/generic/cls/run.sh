@@ -30,26 +30,24 @@ if begin_stage 2 "split ($fractions${group:+, grouped by $group})"; then
   done_stage 2
 fi
 
-name_of() { local n=${1%/}; n=${n%/encoder}; basename "$n"; }
-
 if begin_stage 3 "training for: $encoders"; then
   for enc in $encoders; do
     # shellcheck disable=SC2086
     speechssl downstream train --encoder "$enc" --train data/train.jsonl --valid data/dev.jsonl \
-      --test data/test.jsonl --label "$label" --config "$config" --exp "exp/$(name_of "$enc")" $overrides
+      --test data/test.jsonl --label "$label" --config "$config" --exp "exp/$(encoder_name "$enc")" $overrides
   done
   done_stage 3
 fi
 
 if begin_stage 4 "comparison"; then
   dirs=()
-  for enc in $encoders; do dirs+=("exp/$(name_of "$enc")"); done
+  for enc in $encoders; do dirs+=("exp/$(encoder_name "$enc")"); done
   speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
   done_stage 4
 fi
 
 if begin_stage 5 "predictions on the test split"; then
   first=$(echo "$encoders" | awk '{print $1}')
-  speechssl downstream predict --model "exp/$(name_of "$first")" --input data/test.jsonl --out exp/test_predictions.tsv
+  speechssl downstream predict --model "exp/$(encoder_name "$first")" --input data/test.jsonl --out exp/test_predictions.tsv
   done_stage 5
 fi

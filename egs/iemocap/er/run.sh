@@ -20,20 +20,18 @@ if begin_stage 1 "IEMOCAP manifests (neutral, happy+excited, angry, sad; folds b
   done_stage 1
 fi
 
-name_of() { local n=${1%/}; n=${n%/encoder}; basename "$n"; }
-
 if begin_stage 2 "leave-one-session-out training for: $encoders"; then
   for enc in $encoders; do
     # shellcheck disable=SC2086
     speechssl downstream kfold --encoder "$enc" --data data/all.jsonl --label emotion --group session \
-      --config "$config" --exp "exp/er_$(name_of "$enc")" $overrides
+      --config "$config" --exp "exp/er_$(encoder_name "$enc")" $overrides
   done
   done_stage 2
 fi
 
 if begin_stage 3 "comparison"; then
   dirs=()
-  for enc in $encoders; do dirs+=("exp/er_$(name_of "$enc")"); done
+  for enc in $encoders; do dirs+=("exp/er_$(encoder_name "$enc")"); done
   speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
   done_stage 3
 fi

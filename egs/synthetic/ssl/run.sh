@@ -18,12 +18,12 @@ quick=false
 backend=auto
 speakers=16            # speaker-ID classes
 pool_utts=100          # unlabelled utterances per speaker for pretraining
-labelled_utts=24       # labelled utterances per speaker (half pool for the few labels, half test)
+labelled_utts=40       # labelled utterances per speaker (half pool for the few labels, half test)
 pretrain_steps=1000    # per model (cosine schedule length)
 pretrain_minutes=4     # per model: a hard stop whatever the step
 models="apc cpc wav2vec2"
-shots=1,2,4,8
-seeds=3
+shots=2,4,8,16
+seeds=5
 seed=0
 . ../../common.sh
 
@@ -65,7 +65,7 @@ for m in $models; do encoders="$encoders exp/$m/encoder exp/${m}_random/encoder"
 
 if begin_stage 4 "extract features of the labelled set"; then
   for enc in $encoders; do
-    case "$enc" in logmel|fbank) name=$enc ;; *) name=$(basename "$(dirname "$enc")") ;; esac
+    name=$(encoder_name "$enc")
     speechssl extract --encoder "$enc" --input data/labelled/manifest.jsonl --layers all --out "exp/feats/$name" --format npy
   done
   done_stage 4
@@ -74,7 +74,7 @@ fi
 if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
   features=
   for enc in $encoders; do
-    case "$enc" in logmel|fbank) name=$enc ;; *) name=$(basename "$(dirname "$enc")") ;; esac
+    name=$(encoder_name "$enc")
     features="${features:+$features,}$name=exp/feats/$name"
   done
   for task in speaker style; do

@@ -20,20 +20,18 @@ if begin_stage 1 "VoxCeleb1 manifests"; then
   done_stage 1
 fi
 
-name_of() { local n=${1%/}; n=${n%/encoder}; basename "$n"; }
-
 if begin_stage 2 "speaker-ID training for: $encoders"; then
   for enc in $encoders; do
     # shellcheck disable=SC2086
     speechssl downstream train --encoder "$enc" --train data/train.jsonl --valid data/dev.jsonl \
-      --test data/test.jsonl --label speaker --config "$config" --exp "exp/sid_$(name_of "$enc")" $overrides
+      --test data/test.jsonl --label speaker --config "$config" --exp "exp/sid_$(encoder_name "$enc")" $overrides
   done
   done_stage 2
 fi
 
 if begin_stage 3 "comparison"; then
   dirs=()
-  for enc in $encoders; do dirs+=("exp/sid_$(name_of "$enc")"); done
+  for enc in $encoders; do dirs+=("exp/sid_$(encoder_name "$enc")"); done
   speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
   done_stage 3
 fi
