@@ -28,7 +28,7 @@ seed=0
 . ../../common.sh
 
 if [ "$quick" = true ]; then
-  speakers=8; pool_utts=40; labelled_utts=16; pretrain_steps=120; pretrain_minutes=0.5; shots=1,4; seeds=2
+  speakers=8; pool_utts=30; labelled_utts=16; pretrain_steps=80; pretrain_minutes=0.35; shots=1,4; seeds=2
 fi
 recipes=../../../recipes
 log "demo: $speakers speakers, $pool_utts unlabelled + $labelled_utts labelled utterances each; models: $models"
