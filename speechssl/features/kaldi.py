@@ -41,6 +41,7 @@ from speechssl.features.base import (
     rowwise_matmul,
 )
 from speechssl.features.cmvn import CMVNFrontend
+from speechssl.features.logmel import analysis_window
 
 EPSILON = torch.finfo(torch.float32).eps  # Kaldi's numeric_limits<float>::epsilon()
 BLOCK_FRAMES_PER_THREAD = 512  # cache blocking, see speechssl.features.base.frame_blocks
@@ -96,14 +97,8 @@ def kaldi_kwargs(cfg: KaldiFrameOptions) -> dict:
 
 def kaldi_window(kind: str, length: int, blackman_coeff: float = 0.42) -> torch.Tensor:
     """Kaldi's symmetric analysis windows, [length] float32."""
-    if kind == "hanning":
-        return torch.hann_window(length, periodic=False)
-    if kind == "hamming":
-        return torch.hamming_window(length, periodic=False, alpha=0.54, beta=0.46)
-    if kind == "povey":
-        return torch.hann_window(length, periodic=False).pow(0.85)
-    if kind == "rectangular":
-        return torch.ones(length)
+    if kind in ("hanning", "hamming", "povey", "rectangular"):
+        return analysis_window("hann" if kind == "hanning" else kind, length, periodic=False)
     if kind == "blackman":
         a = 2 * math.pi / (length - 1)
         n = torch.arange(length, dtype=torch.float32)
