@@ -79,3 +79,32 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_versioned_json(
+    path: str | Path, max_version: int, what: str, error: type[Exception] = ValueError
+) -> dict:
+    """Read a self-describing JSON config (released encoder, downstream model...).
+
+    Errors (``error``, or FileNotFoundError for a missing file) name the file and what was wrong:
+    missing, invalid JSON, no integer ``format_version``, or a version newer than ``max_version``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        missing = FileNotFoundError if error is ValueError else error
+        raise missing(f"{path.parent} is not {what}: {path.name} is missing")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise error(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    version = cfg.get("format_version")
+    if not isinstance(version, int):
+        raise error(f"{path}: 'format_version' is missing or not an integer")
+    if version > max_version:
+        raise error(
+            f"{path}: format_version {version} is newer than this speechssl understands ({max_version}); "
+            "upgrade speechssl"
+        )
+    return cfg

@@ -92,3 +92,19 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
+
+
+def test_read_versioned_json_errors(tmp_path):
+    from speechssl.utils import read_versioned_json
+
+    with pytest.raises(FileNotFoundError, match="is not a thing: config.json is missing"):
+        read_versioned_json(tmp_path / "config.json", 1, "a thing")
+    path = tmp_path / "config.json"
+    path.write_text("{bad")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        read_versioned_json(path, 1, "a thing")
+    path.write_text('{"format_version": 2}')
+    with pytest.raises(ValueError, match="format_version 2 is newer than this speechssl understands"):
+        read_versioned_json(path, 1, "a thing")
+    path.write_text('{"format_version": 1, "x": 3}')
+    assert read_versioned_json(path, 1, "a thing")["x"] == 3

@@ -14,7 +14,6 @@ Nothing is unpickled when it is loaded.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch import nn
 from speechssl.config import from_dict, to_dict
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
 from speechssl.downstream.heads import Head, build_head
-from speechssl.utils import atomic_path, atomic_write_json
+from speechssl.utils import atomic_path, atomic_write_json, read_versioned_json
 
 MODEL_FORMAT_VERSION = 1
 MODEL_CONFIG = "model.json"
@@ -152,15 +151,7 @@ def load_downstream_model(folder: str | Path) -> DownstreamModel:
     """Rebuild a saved downstream model (strict weight loading)."""
     folder = Path(folder)
     path = folder / MODEL_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a downstream model: {MODEL_CONFIG} is missing")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON: {exc}") from None
-    version = cfg.get("format_version")
-    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not supported (this speechssl reads <= 1)")
+    cfg = read_versioned_json(path, MODEL_FORMAT_VERSION, "a downstream model")
     for key in ("labels", "layers", "input_dim", "featurizer", "head"):
         if key not in cfg:
             raise ValueError(f"{path}: key {key!r} is missing")

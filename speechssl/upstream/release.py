@@ -12,7 +12,6 @@ Loading never unpickles code: tensors come from safetensors, the rest from JSON.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import speechssl
 from speechssl.models.base import SSLModel, build_model
-from speechssl.utils import atomic_path, atomic_write_json
+from speechssl.utils import atomic_path, atomic_write_json, read_versioned_json
 
 RELEASE_FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -56,22 +55,8 @@ def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, 
 
 
 def read_release_config(folder: str | Path) -> dict:
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise ReleaseError(f"{folder} is not a released encoder: {CONFIG_NAME} is missing")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReleaseError(f"{path}: invalid JSON: {exc}") from None
-    version = cfg.get("format_version")
-    if not isinstance(version, int):
-        raise ReleaseError(f"{path}: 'format_version' is missing or not an integer")
-    if version > RELEASE_FORMAT_VERSION:
-        raise ReleaseError(
-            f"{path}: format_version {version} is newer than this speechssl understands "
-            f"({RELEASE_FORMAT_VERSION}); upgrade speechssl"
-        )
+    path = Path(folder) / CONFIG_NAME
+    cfg = read_versioned_json(path, RELEASE_FORMAT_VERSION, "a released encoder", ReleaseError)
     if "model" not in cfg or "name" not in cfg.get("model", {}):
         raise ReleaseError(f"{path}: 'model' section with a 'name' is missing")
     return cfg
