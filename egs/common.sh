@@ -54,6 +54,13 @@ encoder_name() {
   esac
 }
 
+# compare_encoders PREFIX: exp/compare.md + exp/compare.png over exp/PREFIX<name> for every $encoders.
+compare_encoders() {
+  local dirs=() enc
+  for enc in $encoders; do dirs+=("exp/$1$(encoder_name "$enc")"); done
+  speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
+}
+
 # Run `speechssl pretrain ...` with the chosen launcher; the effective batch (seconds of audio)
 # stays the same at any world size because the Trainer derives accumulation from it.
 pretrain() {

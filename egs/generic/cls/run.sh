@@ -40,9 +40,7 @@ if begin_stage 3 "training for: $encoders"; then
 fi
 
 if begin_stage 4 "comparison"; then
-  dirs=()
-  for enc in $encoders; do dirs+=("exp/$(encoder_name "$enc")"); done
-  speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
+  compare_encoders ""
   done_stage 4
 fi
 

@@ -30,8 +30,6 @@ if begin_stage 2 "leave-one-session-out training for: $encoders"; then
 fi
 
 if begin_stage 3 "comparison"; then
-  dirs=()
-  for enc in $encoders; do dirs+=("exp/er_$(encoder_name "$enc")"); done
-  speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
+  compare_encoders "er_"
   done_stage 3
 fi
