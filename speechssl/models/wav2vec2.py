@@ -41,6 +41,7 @@ from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.contrastive import contrastive_loss
 from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.linear import Linear
 from speechssl.modules.masking import span_mask
 from speechssl.modules.quantizer import GumbelVectorQuantizer
 from speechssl.modules.transformer import TransformerEncoder
@@ -157,7 +158,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dropout: float, eps: float = 1e-5):
         super().__init__()
         self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
-        self.projection = nn.Linear(in_dim, out_dim)
+        self.projection = Linear(in_dim, out_dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,8 +334,8 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
             nn.init.zeros_(module.bias)
     quantizer = GumbelVectorQuantizer(feature_encoder.out_dim, cfg.num_groups, cfg.num_vars, cfg.vq_dim,
                                       cfg.temp_max, cfg.temp_min, cfg.temp_decay)
-    project_q = nn.Linear(cfg.vq_dim, cfg.final_dim)
-    final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
+    project_q = Linear(cfg.vq_dim, cfg.final_dim)
+    final_proj = Linear(cfg.embed_dim, cfg.final_dim)
     return Wav2Vec2Model(cfg, frontend, feature_encoder, feature_projection, encoder, quantizer, project_q,
                          final_proj)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechssl.modules.linear import Linear
 from speechssl.modules.recurrent import lengths_to_mask
 
 
@@ -49,10 +50,10 @@ class CausalSelfAttentionLayer(nn.Module):
             raise ValueError(f"transformer dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), Linear(ffn_dim, dim))
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = dropout
 

@@ -16,6 +16,15 @@ Frame arithmetic (exact, no padding)::
 A valid output frame only reads valid input frames, so padding can only leak through the
 GroupNorm statistics; those are computed over each utterance's valid frames, which makes
 batched output equal to one-at-a-time output.
+
+Inference fast path (CPU, fp32, no autograd, :mod:`speechssl.modules.linear` enabled): the stack
+runs channels-last, each layer as one oneDNN matmul over its strided input windows (a view, copied
+block by block of :data:`TIME_BLOCK` output frames so the operands stay in cache) with the GELU
+fused. The first layer's per-channel GroupNorm is folded into that matmul: its per-utterance mean
+and variance follow exactly from the mean and covariance of the input windows
+(``mean_y = W mean_x``, ``var_y = diag(W Cov_x W^T)``, in float64), so the layer is a single
+``gelu(windows @ W'^T + b')``. Outputs equal the reference path to float rounding (tests check
+1e-4); the speed-up on wav2vec 2.0 Base's encoder is about 1.6x (``tools/bench``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from speechssl.modules import linear as onednn
 
 ConvNorm = Literal["group_norm", "layer_norm", "none"]
 
@@ -102,6 +113,54 @@ class ConvBlock(nn.Module):
         return F.gelu(x), lengths
 
 
+TIME_BLOCK = 2048  # output frames per oneDNN call in the fast path (64-88 ms -> 65 ms per 10 s layer 1)
+
+
+def _windows(x: torch.Tensor, kernel: int, stride: int, frames_out: int) -> torch.Tensor:
+    """Strided windows of channels-last contiguous ``x`` [B, T, C]: a view [B, frames_out, kernel*C]."""
+    batch, frames, channels = x.shape
+    return x.as_strided((batch, frames_out, kernel * channels), (frames * channels, stride * channels, 1))
+
+
+def _block_matmul(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None) -> torch.Tensor:
+    """``act(win @ weight^T + bias)`` in blocks of :data:`TIME_BLOCK` frames (``win`` may be a strided view)."""
+    batch, frames, _ = win.shape
+    if frames <= TIME_BLOCK:
+        return onednn.linear(win.contiguous(), weight, bias, act)
+    out = win.new_empty(batch, frames, weight.shape[0])
+    for start in range(0, frames, TIME_BLOCK):
+        out[:, start:start + TIME_BLOCK] = onednn.linear(win[:, start:start + TIME_BLOCK].contiguous(), weight,
+                                                         bias, act)
+    return out
+
+
+def _folded_group_norm_layer(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             valid: list[int], norm: nn.GroupNorm) -> torch.Tensor:
+    """``gelu(GroupNorm(win @ weight^T + bias))`` with per-channel statistics over each utterance's valid frames.
+
+    The statistics come from the windows' mean and covariance (float64), then the normalisation
+    is folded into a per-utterance weight and bias: one fused matmul + GELU per utterance.
+    """
+    outs = []
+    for b, n in enumerate(valid):
+        xv = win[b, :n].to(torch.float64)
+        mean_x = xv.mean(0)
+        centred = xv - mean_x
+        cov = centred.T @ centred / n
+        w64 = weight.to(torch.float64)
+        mean_y = w64 @ mean_x + (bias.to(torch.float64) if bias is not None else 0.0)
+        var_y = ((w64 @ cov) * w64).sum(1)
+        scale = torch.rsqrt(var_y + norm.eps)
+        if norm.affine:
+            gain, shift = scale * norm.weight.to(torch.float64), norm.bias.to(torch.float64)
+        else:
+            gain, shift = scale, torch.zeros_like(scale)
+        w_fold = (w64 * gain[:, None]).to(weight.dtype)
+        b_fold = (shift - mean_y * gain + (bias.to(torch.float64) * gain if bias is not None else 0.0)).to(weight.dtype)
+        outs.append(_block_matmul(win[b:b + 1], w_fold, b_fold, "gelu"))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
 class ConvFeatureEncoder(nn.Module):
     """Stack of :class:`ConvBlock` s.
 
@@ -133,8 +192,40 @@ class ConvFeatureEncoder(nn.Module):
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_out_lengths(lengths, self.spec)
 
+    def _fast_path_ok(self, x: torch.Tensor, lengths: torch.Tensor | None) -> bool:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        shortest = x.shape[-1] if lengths is None else int(lengths.min())
+        return x.shape[0] > 0 and shortest >= self.receptive_field and onednn.enabled()
+
+    def _forward_fast(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The channels-last oneDNN path (see the module docstring); x: [batch, in_channels, frames]."""
+        x = x.transpose(1, 2).contiguous()  # [B, T, C] (a no-op for a transposed channels-last input)
+        for layer in self.layers:
+            conv = layer.conv
+            frames_out = (x.shape[1] - layer.kernel) // layer.stride + 1
+            win = _windows(x, layer.kernel, layer.stride, frames_out)
+            # conv weight [out, in, k] -> [out, k*in], matching the window order (frame-major).
+            weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1)
+            if lengths is not None:
+                lengths = torch.clamp(torch.div(lengths - layer.kernel, layer.stride, rounding_mode="floor") + 1, min=0)
+            if isinstance(layer.norm, nn.GroupNorm):
+                valid = [frames_out] * x.shape[0] if lengths is None else [int(n) for n in lengths]
+                x = _folded_group_norm_layer(win, weight, conv.bias, valid, layer.norm)
+            elif isinstance(layer.norm, nn.LayerNorm):
+                y = _block_matmul(win, weight, conv.bias, None)
+                x = F.gelu(F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias,
+                                        layer.norm.eps))
+            else:
+                x = _block_matmul(win, weight, conv.bias, "gelu")
+        return x, lengths
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [batch, in_channels, frames] -> ([batch, frames_out, out_dim], lengths_out [batch] or None)."""
+        if self._fast_path_ok(x, lengths):
+            return self._forward_fast(x, lengths)
         for layer in self.layers:
             x, lengths = layer(x, lengths)
         return x.transpose(1, 2), lengths

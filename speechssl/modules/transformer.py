@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from speechssl.modules.linear import Linear
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection ([q; k; v] rows)."""
@@ -32,8 +34,8 @@ class SelfAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: [batch, frames, dim]; attn_mask: [batch, 1, 1, frames] bool (True = attend) or None."""
@@ -46,17 +48,17 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``fc2(dropout(GELU(fc1(x))))`` followed by dropout."""
+    """``fc2(dropout(GELU(fc1(x))))`` followed by dropout (the GELU is fused into ``fc1``)."""
 
     def __init__(self, dim: int, ffn_dim: int, activation_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.fc1 = Linear(dim, ffn_dim, activation="gelu")
+        self.fc2 = Linear(ffn_dim, dim)
         self.activation_dropout = nn.Dropout(activation_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
+        return self.dropout(self.fc2(self.activation_dropout(self.fc1(x))))
 
 
 class TransformerLayer(nn.Module):

@@ -79,7 +79,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
     pre = results.get("pretrain") or {}
     if pre.get("matmul_peak"):
         mp = pre["matmul_peak"]
-        out.append((f"dense matmul peak ({mp['size']}^2, best of several)",
+        kernels = ", ".join(f"{k} {v:.0f}" for k, v in (mp.get("fp32_kernels") or {}).items())
+        out.append((f"dense matmul peak ({mp['size']}^2, best of several" + (f"; fp32 {kernels}" if kernels else "") + ")",
                     f"fp32 {mp['fp32_gflops']:.1f} GFLOP/s, bf16 {_fmt(mp.get('bf16_gflops'))}", "-", "info"))
     for name, r in (pre.get("models") or {}).items():
         target = ">= 50 %" if name == "wav2vec2_base" else "-"

@@ -1,0 +1,168 @@
+"""The oneDNN paths (speechssl.modules.linear and the conv encoder's channels-last path) equal the reference."""
+
+import platform
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from speechssl.modules import linear as onednn
+from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.linear import Linear, linear
+from speechssl.modules.transformer import TransformerEncoder
+
+BASE_SHAPE = [(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.fixture
+def reference_path():
+    """Run the block with oneDNN switched off, then restore the process default."""
+    def run(fn):
+        onednn.set_enabled(False)
+        try:
+            return fn()
+        finally:
+            onednn.set_enabled(None)
+    return run
+
+
+def test_onednn_is_used_on_x86_and_only_there():
+    # On x86-64 PyTorch builds the operator exists; if this fails, the fast path silently fell back.
+    assert onednn.enabled() == (X86 and torch.backends.mkldnn.is_available())
+
+
+def test_environment_switch(monkeypatch):
+    monkeypatch.setenv("SPEECHSSL_ONEDNN", "0")
+    onednn.set_enabled(None)
+    try:
+        assert not onednn.enabled()
+    finally:
+        monkeypatch.delenv("SPEECHSSL_ONEDNN")
+        onednn.set_enabled(None)
+
+
+@pytest.mark.parametrize("shape", [(7, 48), (3, 11, 48), (2, 0, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_linear_equals_f_linear(shape, bias, activation):
+    torch.manual_seed(0)
+    x, w = torch.randn(shape), torch.randn(20, 48)
+    b = torch.randn(20) if bias else None
+    expected = F.linear(x, w, b)
+    if activation:
+        expected = F.gelu(expected)
+    with torch.no_grad():
+        got = linear(x, w, b, activation)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # a non-contiguous input (a transposed view) gives the same numbers
+    xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    torch.testing.assert_close(linear(xt, w, b, activation).detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_linear_gradients_equal_f_linear(activation):
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    w = torch.randn(12, 16, requires_grad=True)
+    b = torch.randn(12, requires_grad=True)
+    g = torch.randn(2, 9, 12)
+
+    def grads(fn):
+        y = fn()
+        return torch.autograd.grad(y, (x, w, b), g)
+
+    ref = grads(lambda: F.gelu(F.linear(x, w, b)) if activation else F.linear(x, w, b))
+    got = grads(lambda: linear(x, w, b, activation))
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
+    torch.manual_seed(0)
+    ref = nn.Linear(8, 5)
+    mod = Linear(8, 5, activation="gelu")
+    mod.load_state_dict(ref.state_dict())
+    assert isinstance(mod, nn.Linear)
+    assert list(mod.state_dict()) == ["weight", "bias"]
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(mod(x), F.gelu(ref(x)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        Linear(8, 5, activation="relu")
+
+
+def test_autocast_and_other_dtypes_use_f_linear():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(5, 8), torch.randn(3, 8), torch.randn(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w, b).dtype == torch.bfloat16
+    x64, w64 = x.double(), w.double()
+    torch.testing.assert_close(linear(x64, w64), F.linear(x64, w64))
+
+
+@pytest.mark.parametrize("norm,bias", [("group_norm", False), ("layer_norm", True), ("none", False)])
+def test_conv_encoder_fast_path_equals_reference(norm, bias, reference_path):
+    torch.manual_seed(0)
+    enc = ConvFeatureEncoder(1, BASE_SHAPE, norm=norm, bias=bias).eval()
+    lengths = torch.tensor([16000, 9000, 400, 4321])
+    wavs = torch.randn(len(lengths), 16000) * (torch.arange(16000)[None] < lengths[:, None])
+    x = wavs.unsqueeze(1)
+    with torch.inference_mode():
+        if X86:
+            assert enc._fast_path_ok(x, lengths)
+        got, got_len = enc(x, lengths)
+        ref, ref_len = reference_path(lambda: enc(x, lengths))
+    assert torch.equal(got_len, ref_len)
+    for i, n in enumerate(ref_len.tolist()):  # valid frames only (padding frames are unspecified)
+        torch.testing.assert_close(got[i, :n], ref[i, :n], atol=1e-4, rtol=1e-4)
+    # no lengths: statistics over every frame
+    with torch.inference_mode():
+        got, _ = enc(x[:2])
+        ref, _ = reference_path(lambda: enc(x[:2]))
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_encoder_fast_path_on_multichannel_input_and_long_input(reference_path, monkeypatch):
+    # a log-Mel subsampler (80 input channels) and more frames than one oneDNN block
+    import speechssl.modules.conv as conv
+
+    monkeypatch.setattr(conv, "TIME_BLOCK", 7)
+    torch.manual_seed(0)
+    enc = ConvFeatureEncoder(80, [(32, 3, 2), (32, 3, 2)], norm="group_norm").eval()
+    feats = torch.randn(2, 80, 100)
+    lengths = torch.tensor([100, 61])
+    with torch.inference_mode():
+        got, got_len = enc(feats, lengths)
+        ref, _ = reference_path(lambda: enc(feats, lengths))
+    for i, n in enumerate(got_len.tolist()):
+        torch.testing.assert_close(got[i, :n], ref[i, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_training_keeps_the_reference_conv_path_and_gradients_match(reference_path):
+    torch.manual_seed(0)
+    enc = ConvFeatureEncoder(1, BASE_SHAPE, norm="group_norm")
+    x = torch.randn(2, 1, 4000)
+    assert not enc._fast_path_ok(x, None)  # parameters need gradients
+    out, _ = enc(x)
+    out.square().mean().backward()
+    grad = enc.layers[1].conv.weight.grad.clone()
+    enc.zero_grad()
+    ref, _ = reference_path(lambda: enc(x))
+    reference_path(lambda: ref.square().mean().backward())
+    torch.testing.assert_close(enc.layers[1].conv.weight.grad, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_encoder_equal_with_and_without_onednn(reference_path):
+    torch.manual_seed(0)
+    enc = TransformerEncoder(48, 2, 4, 96, dropout=0.0, attention_dropout=0.0).eval()
+    x = torch.randn(2, 30, 48)
+    pad = torch.arange(30)[None] >= torch.tensor([30, 17])[:, None]
+    with torch.inference_mode():
+        got, layers = enc(x, pad, return_layers=True)
+        ref, ref_layers = reference_path(lambda: enc(x, pad, return_layers=True))
+    valid = ~pad
+    torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
+    for a, b in zip(layers, ref_layers):
+        torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)
