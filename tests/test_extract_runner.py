@@ -194,3 +194,21 @@ def test_a_file_the_model_refuses_fails_alone(corpus, tmp_path):
                                ExtractConfig(layers="context", batch_seconds=100, progress=False))
     assert (summary.written, summary.failed) == (4, 2)
     assert "receptive field" in _errors(tmp_path / "out")["spk1/tiny"]
+
+
+def test_batches_fit_the_budget_and_cap_padding():
+    from speechssl.extract.runner import Item, _batches
+
+    def items(seconds):
+        return [Item(id=f"u{i}", path=f"u{i}.wav", seconds=s) for i, s in enumerate(seconds)]
+
+    # equal lengths: only the budget splits
+    assert [len(b) for b in _batches(items([5.0] * 10), 20.0)] == [4, 4, 2]
+    # 2 s and 15 s clips never share a batch (87 % of it would be padding)
+    for batch in _batches(items(sorted([2.0, 2.0, 4.5, 7.0, 9.5, 12.0, 15.0] * 2)), 60.0):
+        longest = max(i.seconds for i in batch)
+        real = sum(i.seconds for i in batch)
+        assert longest * len(batch) <= 60.0
+        assert 1 - real / (longest * len(batch)) <= 0.1 + 1e-9
+    # max_padding=1 keeps the old budget-only batching
+    assert [len(b) for b in _batches(items([1.0, 2.0, 3.0, 4.0]), 100.0, max_padding=1.0)] == [4]

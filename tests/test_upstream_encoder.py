@@ -180,3 +180,23 @@ def test_bad_input_shapes():
         enc(torch.zeros(1, 1, 100))
     with pytest.raises(ValueError, match="exceeds the padded size"):
         enc(torch.zeros(2, 100), torch.tensor([100, 200]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loading_skips_random_init_yet_restores_every_weight(tmp_path, family):
+    model = tiny_model(family, seed=5)
+    folder = save_released_encoder(model, tmp_path / family)
+    init_fns = {name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "kaiming_normal_")}
+    enc = speechssl.load_encoder(str(folder))
+    assert {name: getattr(torch.nn.init, name) for name in init_fns} == init_fns  # torch.nn.init restored
+    loaded = enc.backbone.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+    # and a model built afterwards is randomly initialised again
+    torch.manual_seed(0)
+    a = build_model(model.config_dict())
+    torch.manual_seed(0)
+    b = build_model(model.config_dict())
+    c = build_model(model.config_dict(), init_weights=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert set(c.state_dict()) == set(a.state_dict())

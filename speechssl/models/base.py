@@ -22,7 +22,9 @@ registers ``MODELS[name] = ModelSpec(ConfigCls, build_fn)``. A model:
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -114,8 +116,33 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def build_model(cfg: Mapping[str, Any]) -> SSLModel:
-    """``{"name": "apc", ...config fields}`` -> model. Unknown names/keys list the choices."""
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                   "sparse_")
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """``torch.nn.init``'s fills become no-ops (the weights are loaded right after)."""
+    with _INIT_LOCK:
+        saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+        try:
+            for name in saved:
+                setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.nn.init, name, fn)
+
+
+def build_model(cfg: Mapping[str, Any], init_weights: bool = True) -> SSLModel:
+    """``{"name": "apc", ...config fields}`` -> model. Unknown names/keys list the choices.
+
+    ``init_weights=False`` skips the random initialisation of ``torch.nn.init`` (0.5 s for
+    wav2vec 2.0 Base on 2 CPU cores) for a model whose every parameter is loaded right after
+    with a strict ``load_state_dict``; the parameters hold arbitrary values until then.
+    """
     import speechssl.models  # noqa: F401  (registers the built-in families)
 
     cfg = dict(cfg)
@@ -123,4 +150,8 @@ def build_model(cfg: Mapping[str, Any]) -> SSLModel:
         raise ValueError(f"model config needs a 'name'; choices: {', '.join(sorted(MODELS))}")
     name = cfg.pop("name")
     spec = MODELS[name]
-    return spec.build(from_dict(spec.config_cls, cfg, where="model"))
+    config = from_dict(spec.config_cls, cfg, where="model")
+    if init_weights:
+        return spec.build(config)
+    with _skip_init():
+        return spec.build(config)

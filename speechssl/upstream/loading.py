@@ -89,7 +89,7 @@ def load_checkpoint_model(path: str | Path) -> SSLModel:
 
     path = Path(path)
     ckpt = load_checkpoint(path)
-    model = build_model(_model_config_from_checkpoint(ckpt, path))
+    model = build_model(_model_config_from_checkpoint(ckpt, path), init_weights=False)
     state = _state_dict_from_checkpoint(ckpt, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

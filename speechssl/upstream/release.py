@@ -69,7 +69,7 @@ def load_released_model(folder: str | Path, map_location: str | torch.device = "
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ReleaseError(f"{folder}: {WEIGHTS_NAME} is missing")
-    model = build_model(cfg["model"])
+    model = build_model(cfg["model"], init_weights=False)
     state = load_file(str(weights), device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

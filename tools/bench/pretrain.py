@@ -8,8 +8,10 @@ Usage:
 * ``throughput(spec)``: per model (APC, CPC, wav2vec2; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
-  counted with ``torch.utils.flop_counter.FlopCounterMode`` (it counts matmuls, convolutions and
-  attention, not recurrent cells: APC/CPC fractions are lower bounds); fraction of the matmul peak
+  counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
+  convolutions and attention; a GRU decomposes into mm/addmm and is counted, checked against
+  the closed form; an LSTM runs as one ``mkldnn_rnn`` operator and is not: CPC's fractions are lower
+  bounds); fraction of the matmul peak
   measured in the same process: the fraction is the median over steps of (step FLOP/s) / (peak measured
   just before that step), which cancels most of a changing machine load.
 * ``loader_rate(spec)``: batches/s of ``speechssl.data.make_loader`` alone over a formant synthetic
@@ -55,8 +57,11 @@ def make_batch(batch_size: int, crop_seconds: float, seed: int = 0) -> dict:
 
 
 def train_step_fn(model: torch.nn.Module, batch: dict, clip_norm: float = 1.0):
-    """The Trainer's fp32 step: zero_grad -> loss -> backward -> clip -> Adam."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    """The Trainer's fp32 step: zero_grad -> loss -> backward -> clip -> Adam (the Trainer's fused Adam)."""
+    from speechssl.train.config import OptimConfig
+    from speechssl.train.optim import build_optimizer
+
+    opt = build_optimizer(model.parameters(), OptimConfig(lr=1e-4))
     model.train()
 
     def step():
@@ -70,12 +75,20 @@ def train_step_fn(model: torch.nn.Module, batch: dict, clip_norm: float = 1.0):
 
 
 def count_flops(model: torch.nn.Module, batch: dict) -> int:
-    """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa; RNN cells not counted)."""
+    """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa, GRUs through mm; LSTMs not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from speechssl.modules import linear as onednn
+
+    # FlopCounterMode has formulas for aten's mm/addmm/bmm/convolution/sdpa, not for oneDNN's
+    # linear operator: count on the aten path (the FLOPs are the model's, whatever the kernel).
     model.train()
-    with FlopCounterMode(display=False) as counter:
-        model.loss(batch).loss.backward()
+    onednn.set_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.loss(batch).loss.backward()
+    finally:
+        onednn.set_enabled(None)
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
