@@ -45,6 +45,10 @@ def build(family: str, size: str) -> torch.nn.Module:
 
     module = importlib.import_module(f"speechssl.models.{family}")
     cfg = getattr(module, PRESETS[(family, size)])()
+    if getattr(cfg, "layer_drop", 0.0):
+        # LayerDrop (0.05 in wav2vec 2.0 Base) skips a random number of layers per step: off here,
+        # so every timed step does the work whose FLOPs are counted.
+        cfg.layer_drop = 0.0
     torch.manual_seed(0)
     return build_model({"name": family, **to_dict(cfg)})
 
