@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads(results_path.read_text())
             if old.get("mode") == results["mode"]:
                 results.update({k: v for k, v in old.items() if k in SECTIONS and k not in only})
-                results["seconds"] = {k: v for k, v in old.get("seconds", {}).items() if k not in only}
+                results["seconds"] = {k: v for k, v in old.get("seconds", {}).items() if k in SECTIONS and k not in only}
         except json.JSONDecodeError:
             pass
 
