@@ -139,6 +139,20 @@ def _make_corpus(tmp_path, n=12):
     return recs
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_uneven_ranks_see_every_batch_exactly_once(world):
+    d = _durations(101)
+    full = SecondsBatchSampler(d, 15.0, shuffle=False).global_batches()
+    ranks = [list(SecondsBatchSampler(d, 15.0, shuffle=False, num_replicas=world, rank=r, even_ranks=False))
+             for r in range(world)]
+    flat = sorted(tuple(b) for r in ranks for b in r)
+    assert flat == sorted(tuple(b) for b in full)  # no repeats, nothing missing
+    assert max(map(len, ranks)) - min(map(len, ranks)) <= 1
+    # one batch, three ranks: two ranks get none, and their loader yields nothing
+    lonely = [list(SecondsBatchSampler([1.0], 15.0, num_replicas=3, rank=r, even_ranks=False)) for r in range(3)]
+    assert [len(r) for r in lonely] == [1, 0, 0]
+
+
 def test_dataset_drops_short_crops_deterministically(tmp_path):
     recs = _make_corpus(tmp_path)
     ds = AudioDataset(recs, max_seconds=1.0, min_seconds=0.4, seed=7, label_fields=["speaker"])

@@ -118,13 +118,15 @@ sys.exit(code)
 def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     # 8 equal utterances of 0.25 s; 1 s per optimiser step: 2 ranks x 0.5 s, or 1 process x 2 x 0.5 s
     train = make_corpus(tmp_path / "data", n=8, seconds=(0.25, 0.25), equal=True)
+    # 5 validation utterances -> 3 batches of <= 0.5 s: uneven over 2 ranks, none may be counted twice
+    valid = make_corpus(tmp_path / "valid", n=5, seconds=(0.25, 0.25), equal=True, seed=1, name="valid")
     cfg_path = recipe(tmp_path, model={"noise": 0.0}, data={"device_batch_seconds": 0.5, "crop_seconds": 0.25},
                       train={"max_steps": 5, "valid_every": 0, "ckpt_every_steps": 100})
     script = tmp_path / "ddp_check.py"
     script.write_text(GRAD_CHECK.format(tests=str(TESTS)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(script), str(cfg_path), str(train), str(tmp_path), "pretrain", "--config", str(cfg_path),
-           "--train", str(train), "--exp", str(tmp_path / "two")]
+           "--train", str(train), "--valid", str(valid), "--exp", str(tmp_path / "two")]
     proc = _run(cmd, _env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     # gradients: 2 ranks x 2 utterances == 1 process x the 4 utterances in one batch
@@ -139,12 +141,18 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     finally:
         single.close()
     # training: same effective batch in seconds, same weights as one process with accumulation 2
-    one = pretrain(load_pretrain_config(cfg_path), train, None, tmp_path / "one")
+    one = pretrain(load_pretrain_config(cfg_path), train, valid, tmp_path / "one")
     info = yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["info"]
     assert info["world_size"] == 2 and info["accumulation"] == 1
     assert info["effective_batch_seconds"] == 1.0
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5]  # only rank 0 writes
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x.get("split") != "valid"] == [1, 2, 3, 4, 5]  # only rank 0 writes
+    # the final validation over both ranks equals one process's: every utterance counted once
+    one_lines = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    ddp_valid = [x["loss"] for x in lines if x.get("split") == "valid"]
+    one_valid = [x["loss"] for x in one_lines if x.get("split") == "valid"]
+    assert len(ddp_valid) == len(one_valid) == 1
+    assert abs(ddp_valid[0] - one_valid[0]) <= 5e-5 * max(1.0, abs(one_valid[0])), (ddp_valid, one_valid)
     assert one.step == 5
     ref, got = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in ref:

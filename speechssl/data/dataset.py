@@ -307,6 +307,7 @@ def make_loader(
     max_batch_size: int | None = None,
     pin_memory: bool = False,
     min_samples: int = 0,
+    even_ranks: bool = True,
 ) -> AudioLoader:
     """Dataset + seconds-budget sampler + collate in one resumable loader.
 
@@ -319,6 +320,8 @@ def make_loader(
         random_crop: default ``shuffle``.
         num_replicas, rank: default from ``torch.distributed`` when initialised, else 1 and 0.
         min_samples: the model's receptive field in samples at 16 kHz.
+        even_ranks: as many batches on every rank (repeats a few; training). False: every batch once
+            (evaluation; a rank may get one fewer).
     Raises:
         ValueError: nothing is left after dropping short utterances.
     """
@@ -345,6 +348,7 @@ def make_loader(
         num_replicas=world,
         rank=rank,
         drop_last=drop_last,
+        even_ranks=even_ranks,
         pool_size=pool_size,
         max_batch_size=max_batch_size,
     )

@@ -13,7 +13,8 @@ How an epoch's batches are built (the same on every rank):
 4. With ``num_replicas`` ranks the global list is padded by repeating its first batches (or,
    with ``drop_last=True``, trimmed) to a multiple of ``num_replicas``; rank ``r`` takes batches
    ``r::num_replicas``. Every rank therefore gets the same number of batches and DDP never
-   waits for a rank that ran out.
+   waits for a rank that ran out. ``even_ranks=False`` (evaluation) skips the padding: every batch
+   is seen exactly once, and ranks may get one batch fewer (or none).
 
 This is the scheme of fairseq's wav2vec 2.0 ``batch_by_size`` and lhotse's
 ``DynamicBucketingSampler``, with the pool making the buckets.
@@ -76,6 +77,8 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         seed: with the epoch, fixes the batches; identical on all ranks.
         num_replicas: world size; ``rank``: this process's rank.
         drop_last: with several ranks, drop the leftover batches instead of repeating some.
+        even_ranks: pad (or, with ``drop_last``, trim) to a multiple of ``num_replicas`` so every
+            rank gets as many batches (training under DDP); False: each batch exactly once (evaluation).
         pool_size: items sorted together; larger means less padding but less variety.
         max_batch_size: optional cap on the number of items per batch.
     """
@@ -91,6 +94,7 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         drop_last: bool = False,
         pool_size: int = 10_000,
         max_batch_size: int | None = None,
+        even_ranks: bool = True,
     ):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
@@ -111,6 +115,7 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.even_ranks = bool(even_ranks)
         self.pool_size = pool_size
         self.max_batch_size = max_batch_size
         self.epoch = 0
@@ -155,6 +160,10 @@ class SecondsBatchSampler(torch.utils.data.Sampler):
             return self._cache[1]
         batches = self.global_batches(epoch)
         world = self.num_replicas
+        if not self.even_ranks:
+            mine = batches[self.rank :: world]
+            self._cache = (epoch, mine)
+            return mine
         if len(batches) % world:
             if self.drop_last:
                 batches = batches[: len(batches) - len(batches) % world]

@@ -74,7 +74,8 @@ def build_loader(manifest: Path, dc: DataConfig, batch_seconds: float, crop: flo
         loader = make_loader(
             records, batch_seconds, max_seconds=crop, min_seconds=dc.min_seconds, shuffle=train,
             random_crop=train, seed=seed, num_workers=dc.num_workers, num_replicas=world_size, rank=rank,
-            min_samples=min_samples, pin_memory=pin_memory, label_fields=dc.label_fields or None)
+            min_samples=min_samples, pin_memory=pin_memory, label_fields=dc.label_fields or None,
+            even_ranks=train)  # validation: every utterance once, none repeated to even out the ranks
     except KeyError as exc:
         raise ValueError(f"{manifest}: data.label_fields={dc.label_fields}: {exc}") from None
     except ValueError as exc:
