@@ -102,7 +102,8 @@ def test_autocast_and_other_dtypes_use_f_linear():
     torch.testing.assert_close(linear(x64, w64), F.linear(x64, w64))
 
 
-@pytest.mark.parametrize("norm,bias", [("group_norm", False), ("layer_norm", True), ("none", False)])
+@pytest.mark.parametrize("norm,bias", [("group_norm", False), ("group_norm", True), ("layer_norm", True),
+                                       ("none", False)])
 def test_conv_encoder_fast_path_equals_reference(norm, bias, reference_path):
     torch.manual_seed(0)
     enc = ConvFeatureEncoder(1, BASE_SHAPE, norm=norm, bias=bias).eval()
