@@ -184,3 +184,22 @@ def test_cli_label_efficiency(corpus, tmp_path, capsys):
     assert by[("logmel", 1, 0)] == by[("fbank", 1, 0)] != by[("logmel", 1, 1)]  # same draws across encoders
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert "| logmel |" in capsys.readouterr().out
+
+
+def test_precomputed_features_too_big_for_memory_fail_early(corpus, tmp_path, capsys, monkeypatch):
+    import speechssl.downstream.features as features
+
+    feats = tmp_path / "feats"
+    assert main(["extract", "--encoder", "logmel", "--input", str(corpus["all"]), "--out", str(feats),
+                 "--no-progress"]) == 0
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    rc = main(["downstream", "train", "--features", str(feats), "--train", str(corpus["train"]),
+               "--test", str(corpus["test"]), "--label", "style", "--exp", str(tmp_path / "a"), "--quiet", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "index.tsv" in err and "GiB in memory" in err and "--layers" in err
+    assert not (tmp_path / "a" / "results.json").exists()
+    # with the real available memory the same features load
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: 2**40)
+    records = [json.loads(line) for line in open(corpus["train"])]
+    fs = features.load_precomputed(feats, records)
+    assert len(fs) == len(records)

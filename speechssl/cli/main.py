@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, OSError, MemoryError) as exc:
         # Library errors carry the file/line/key; show them without a traceback.
         if args.verbose:
             raise

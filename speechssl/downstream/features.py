@@ -191,6 +191,38 @@ def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[t
     raise FileNotFoundError(f"{where}: feature entry {loc!r} not found under {folder}")
 
 
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_fits_in_memory(folder: Path, rows: dict[str, dict], records: Sequence[dict]) -> None:
+    """Fail before loading when the features (float32 in memory) cannot fit in the available RAM."""
+    need = 0
+    for rec in records:
+        row = rows[rec["id"]]
+        try:
+            frames = int(row.get("frames") or 0)
+            dims = [int(d) for d in str(row.get("dim") or "").split(",") if d]
+        except ValueError:
+            return  # an index without sizes: nothing to estimate from
+        need += frames * sum(dims) * 4
+    available = available_memory_bytes()
+    if available is not None and need > 0.9 * available:
+        raise MemoryError(
+            f"{folder / 'index.tsv'}: the features of {len(records)} utterances need {need / 2**30:.1f} GiB in "
+            f"memory (float32, every layer in the folder) but only {available / 2**30:.1f} GiB are available; "
+            "extract only the layers you need (speechssl extract --layers ...), or fewer utterances"
+        )
+
+
 def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
     """Features of ``records`` from a ``speechssl extract`` folder (npy, pt, HDF5 or Kaldi ark).
 
@@ -206,6 +238,7 @@ def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
             f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
             "extract them from the same manifest"
         )
+    _check_fits_in_memory(folder, rows, records)
     feats: list[list[torch.Tensor]] = []
     layer_names: list[str] = []
     for rec in records:
