@@ -11,14 +11,7 @@ from speechssl.models import build_model
 from speechssl.models.apc import APCConfig, VQConfig, apc_paper, apc_tiny, vq_apc_paper
 from speechssl.upstream.release import load_released_model, save_released_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not thrash when the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 VARIANTS = {
     "gru": {"context": "gru"},

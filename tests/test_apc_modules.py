@@ -8,14 +8,7 @@ import torch
 from speechssl.modules.causal import CausalConvNet, CausalTransformer, causal_padding_mask
 from speechssl.modules.recurrent import RNNStack, lengths_to_mask, run_packed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not thrash when the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 LENGTHS = [37, 5, 1, 20]
 

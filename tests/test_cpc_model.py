@@ -13,14 +13,7 @@ from speechssl.models import build_model
 from speechssl.models.cpc import cpc_modified, cpc_paper, cpc_tiny
 from speechssl.upstream.release import load_released_model, save_released_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not thrash when the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 CONV = [(16, 10, 5), (16, 8, 4), (16, 4, 2), (16, 4, 2), (16, 4, 2)]  # paper strides, 16 channels
