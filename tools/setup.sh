@@ -25,8 +25,19 @@ fi
 py="$venv/bin/python"
 # pip's own output goes to a log that is shown only when an install fails.
 pip_install() {
-  "$py" -m pip install -q "$@" >"$venv/pip.log" 2>&1 || { grep -v '^WARNING: Location' "$venv/pip.log"; exit 1; }
+  "$py" -m pip install -q --no-cache-dir "$@" >"$venv/pip.log" 2>&1 || { grep -v '^WARNING: Location' "$venv/pip.log"; exit 1; }
 }
+# A CUDA build of torch takes about 5.5 GB once unpacked; say so plainly instead of pip's
+# "[Errno 28] No space left on device" halfway through.
+need_gib=7
+if ! "$py" -c 'import torch' >/dev/null 2>&1; then
+  free_kib=$(df -Pk "$venv" | awk 'NR==2 {print $4}')
+  if [ -n "$free_kib" ] && [ "$free_kib" -lt $((need_gib * 1024 * 1024)) ]; then
+    echo "tools/setup.sh: only $((free_kib / 1024 / 1024)) GiB free on the disk that holds $venv;" \
+         "installing torch needs about $need_gib GiB. Free some space (or pass another VENV_DIR) and retry." >&2
+    exit 1
+  fi
+fi
 # PyTorch first and pinned: these versions are known to work together (torchaudio 2.11 with torch 2.14).
 if ! "$py" -c 'import torch, torchaudio' >/dev/null 2>&1; then
   log "installing torch and torchaudio"
