@@ -186,20 +186,77 @@ def test_cli_label_efficiency(corpus, tmp_path, capsys):
     assert "| logmel |" in capsys.readouterr().out
 
 
-def test_precomputed_features_too_big_for_memory_fail_early(corpus, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("fmt", ["npy", "pt", "hdf5", "kaldi"])
+def test_precomputed_features_larger_than_memory_are_read_from_disk(corpus, tmp_path, caplog, monkeypatch, fmt):
+    import speechssl.downstream.features as features
+
+    feats = tmp_path / "feats"
+    assert main(["extract", "--encoder", "fbank", "--input", str(corpus["all"]), "--out", str(feats),
+                 "--format", fmt, "--no-progress"]) == 0
+    records = [json.loads(line) for line in open(corpus["train"])]
+    eager = features.load_precomputed(feats, records, lazy=False)
+    assert isinstance(eager.feats, list)
+    # too big for the (pretended) memory: nothing is loaded, each use reads the files again
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    loads = []
+    real = features._load_entry
+    monkeypatch.setattr(features, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
+    lazy = features.load_precomputed(feats, records)
+    assert isinstance(lazy.feats, features.LazyFeatures) and "reading them from disk" in caplog.text
+    assert lazy.layer_names == eager.layer_names and lazy.frame_shift == eager.frame_shift and len(lazy) == len(eager)
+    assert len(loads) == 1  # the first utterance, for its layer names
+    for i in (0, len(records) - 1, 0):
+        assert [torch.equal(a, b) for a, b in zip(lazy.feats[i], eager.feats[i])] == [True]
+        assert features.num_frames(lazy.feats, i) == eager.feats[i][0].shape[0]
+    assert len(loads) == 4 and loads[1] == loads[3]  # read again, not kept
+    assert [len(x) for x in lazy.feats] == [1] * len(records)
+
+
+def test_downstream_on_features_larger_than_memory_gives_the_same_results(corpus, tmp_path, monkeypatch, caplog):
     import speechssl.downstream.features as features
 
     feats = tmp_path / "feats"
     assert main(["extract", "--encoder", "logmel", "--input", str(corpus["all"]), "--out", str(feats),
                  "--no-progress"]) == 0
+    common = ["--features", str(feats), "--train", str(corpus["train"]), "--valid", str(corpus["dev"]),
+              "--test", str(corpus["test"]), "--label", "style", "--quiet", *FAST]
+    # a non-linear pooling head on random crops: every training step reads its batch
+    heads = [["head.name=speaker_asp", "train.crop_frames=40"], []]
+    for i, head in enumerate(heads):
+        assert main(["downstream", "train", "--exp", str(tmp_path / f"mem{i}"), *common, *head]) == 0
     monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
-    rc = main(["downstream", "train", "--features", str(feats), "--train", str(corpus["train"]),
-               "--test", str(corpus["test"]), "--label", "style", "--exp", str(tmp_path / "a"), "--quiet", *FAST])
+    for i, head in enumerate(heads):
+        assert main(["downstream", "train", "--exp", str(tmp_path / f"disk{i}"), *common, *head]) == 0
+        a = json.loads((tmp_path / f"mem{i}" / "results.json").read_text())
+        b = json.loads((tmp_path / f"disk{i}" / "results.json").read_text())
+        assert a["test"] == b["test"] and a["history"] == b["history"]
+    assert "reading them from disk" in caplog.text
+    # the config decides when told to: always in memory (as before), or never
+    loads = []
+    real = features._load_entry
+    monkeypatch.setattr(features, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
+    assert main(["downstream", "train", "--exp", str(tmp_path / "forced"), *common, "encode.features_in_memory=always"]) == 0
+    assert len(loads) == 24  # each utterance of train, dev and test read once
+    assert json.loads((tmp_path / "forced" / "results.json").read_text())["test"] == a["test"]
+    monkeypatch.undo()
+    caplog.clear()
+    assert main(["downstream", "train", "--exp", str(tmp_path / "never"), *common, "encode.features_in_memory=never"]) == 0
+    assert json.loads((tmp_path / "never" / "results.json").read_text())["test"] == a["test"]
+    assert "reading them from disk" not in caplog.text  # asked for, not a surprise: no warning
+    assert main(["downstream", "train", "--exp", str(tmp_path / "bad"), *common, "encode.features_in_memory=sometimes"]) == 1
+
+
+def test_encoding_more_than_fits_in_memory_stops_after_the_first_batch(corpus, tmp_path, monkeypatch, capsys):
+    import speechssl.downstream.features as features
+
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    rc = main(["downstream", "train", "--encoder", "logmel", "--train", str(corpus["train"]), "--test",
+               str(corpus["test"]), "--label", "style", "--exp", str(tmp_path / "a"), "--quiet", *FAST])
     err = capsys.readouterr().err
-    assert rc == 1 and "index.tsv" in err and "GiB in memory" in err and "--layers" in err
+    assert rc == 1 and "with logmel would keep about" in err and "--features DIR" in err
     assert not (tmp_path / "a" / "results.json").exists()
-    # with the real available memory the same features load
-    monkeypatch.setattr(features, "available_memory_bytes", lambda: 2**40)
-    records = [json.loads(line) for line in open(corpus["train"])]
-    fs = features.load_precomputed(feats, records)
-    assert len(fs) == len(records)
+    cache = EncoderSource(speechssl.load_encoder("logmel"), "logmel", batch_size=4).cache
+    records = read_manifest(corpus["train"])
+    with pytest.raises(MemoryError):
+        cache.features(records)
+    assert cache.encoded == 4  # stopped after the first batch

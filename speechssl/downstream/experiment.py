@@ -28,8 +28,10 @@ from speechssl.downstream.features import (
     EncoderFeatureCache,
     FeatureSet,
     LabelMap,
+    LazyFeatures,
     frame_targets,
     load_precomputed,
+    num_frames,
 )
 from speechssl.downstream.featurizer import resolve_layers
 from speechssl.downstream.heads import head_level
@@ -52,7 +54,7 @@ class EncoderSource:
         self.spec = spec
         self.options = dict(options or {})
         self.cache = EncoderFeatureCache(encoder.to(device) if hasattr(encoder, "to") else encoder, batch_size,
-                                         getattr(torch, dtype), device)
+                                         getattr(torch, dtype), device, name=spec)
 
     def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
         return self.cache.features(records, desc)
@@ -65,8 +67,9 @@ class EncoderSource:
 class PrecomputedSource:
     """Features written by ``speechssl extract`` (a folder with ``index.tsv``)."""
 
-    def __init__(self, folder: str | Path, encoder_spec: str | None = None):
+    def __init__(self, folder: str | Path, encoder_spec: str | None = None, lazy: bool | None = None):
         self.folder = Path(folder).resolve()
+        self.lazy = lazy  # see load_precomputed: None keeps the features in memory when they fit
         meta_path = self.folder / "extract.json"
         recorded = json.loads(meta_path.read_text()).get("encoder") if meta_path.is_file() else None
         self.spec = encoder_spec or (str(recorded) if recorded else None)
@@ -76,9 +79,11 @@ class PrecomputedSource:
     def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
-            fs = load_precomputed(self.folder, todo)
-            self._cache.update(zip(fs.ids, fs.feats))
+            fs = load_precomputed(self.folder, todo, self.lazy)
             self._meta = fs
+            if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
+                return fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
+            self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")
         return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
@@ -117,11 +122,16 @@ def resolve_encoder_spec(spec: str) -> str:
 
 
 def open_source(encoder: str | None = None, features: str | Path | None = None, batch_size: int = 8,
-                dtype: str = "float32", device: str = "cpu", encoder_options: Mapping[str, Any] | None = None):
-    """``--features DIR`` -> :class:`PrecomputedSource`; else load ``encoder`` (a name such as
-    ``logmel`` or a folder) with ``speechssl.load_encoder`` -> :class:`EncoderSource`."""
+                dtype: str = "float32", device: str = "cpu", encoder_options: Mapping[str, Any] | None = None,
+                features_in_memory: str = "auto"):
+    """``--features DIR`` -> :class:`PrecomputedSource` (``features_in_memory``: auto | always |
+    never, see ``load_precomputed``); else load ``encoder`` (a name such as ``logmel`` or a
+    folder) with ``speechssl.load_encoder`` -> :class:`EncoderSource`."""
     if features:
-        return PrecomputedSource(features, resolve_encoder_spec(encoder) if encoder else None)
+        lazy = {"auto": None, "always": False, "never": True}.get(features_in_memory, "?")
+        if lazy == "?":
+            raise ValueError(f"features_in_memory: expected auto, always or never, got {features_in_memory!r}")
+        return PrecomputedSource(features, resolve_encoder_spec(encoder) if encoder else None, lazy)
     if not encoder:
         raise ValueError("give an encoder (--encoder NAME|DIR) or precomputed features (--features DIR)")
     spec = resolve_encoder_spec(encoder)
@@ -130,14 +140,15 @@ def open_source(encoder: str | None = None, features: str | Path | None = None, 
 
 
 def source_from_config(cfg: DownstreamConfig, encoder: str | None, features: str | Path | None):
-    return open_source(encoder, features, cfg.encode.batch_size, cfg.encode.dtype, cfg.encode.device)
+    return open_source(encoder, features, cfg.encode.batch_size, cfg.encode.dtype, cfg.encode.device,
+                       features_in_memory=cfg.encode.features_in_memory)
 
 
 def make_targets(records: Sequence[dict], fs: FeatureSet, labels: LabelMap, field: str, level: str,
                  label_frame_shift: int, where: str) -> list:
     """Class index per utterance, or per frame ([T] LongTensor, -100 where unlabelled)."""
     out: list = []
-    for rec, feats in zip(records, fs.feats):
+    for i, rec in enumerate(records):
         value = labels.encode(rec, field, where)
         if level == "utterance":
             if isinstance(value, list):
@@ -146,7 +157,7 @@ def make_targets(records: Sequence[dict], fs: FeatureSet, labels: LabelMap, fiel
         else:
             if not isinstance(value, list):
                 raise ValueError(f"{where}: frame head needs a list of labels in {field!r}, {rec['id']!r} has {value!r}")
-            out.append(frame_targets(value, int(feats[0].shape[0]), fs.frame_shift or 1, label_frame_shift))
+            out.append(frame_targets(value, num_frames(fs.feats, i), fs.frame_shift or 1, label_frame_shift))
     return out
 
 

@@ -4,7 +4,8 @@
   inference mode, with a tqdm bar) and keeps every utterance's hidden states in memory, so
   a sweep over heads, learning rates, seeds or shots encodes each utterance only once.
 * :func:`load_precomputed` reads features written by ``speechssl extract`` (``index.tsv`` +
-  npy/pt files), which is faster still when the same features serve many runs.
+  npy/pt files), which is faster still when the same features serve many runs. Features larger
+  than the available memory are not loaded but read from disk when used (:class:`LazyFeatures`).
 
 Both give a :class:`FeatureSet`: per utterance a list of per-layer [frames, dim] tensors.
 """
@@ -31,13 +32,14 @@ class FeatureSet:
 
     Attributes:
         ids: utterance ids, aligned with ``feats``.
-        feats: per utterance, one [frames, dim] float tensor per layer in ``layer_names``.
+        feats: per utterance, one [frames, dim] float tensor per layer in ``layer_names`` (a list,
+            or a :class:`LazyFeatures` that reads each utterance from disk when indexed).
         layer_names: names of the layers.
         frame_shift: samples (16 kHz) between frames.
     """
 
     ids: list[str]
-    feats: list[list[torch.Tensor]]
+    feats: Sequence[list[torch.Tensor]]
     layer_names: list[str]
     frame_shift: int
 
@@ -65,10 +67,17 @@ class EncoderFeatureCache:
         batch_size: utterances per forward pass (sorted by length, so padding stays small).
         dtype: storage dtype of cached features (float16 halves memory).
         device: where the encoder runs.
+        name: the encoder's name in messages (default: its ``name`` attribute or class).
+
+    When the first batch shows that the features of all requested utterances cannot fit in the
+    available memory, it raises MemoryError at once (pointing to ``speechssl extract``, whose
+    output is read from disk when it is too big) instead of failing hours later.
     """
 
-    def __init__(self, encoder: Any, batch_size: int = 8, dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(self, encoder: Any, batch_size: int = 8, dtype: torch.dtype = torch.float32, device="cpu",
+                 name: str | None = None):
         self.encoder = encoder
+        self.name = name or _encoder_name(encoder)  # for messages
         self.batch_size = max(1, int(batch_size))
         self.dtype = dtype
         self.device = torch.device(device)
@@ -100,10 +109,28 @@ class EncoderFeatureCache:
             if n < 1:
                 raise ValueError(
                     f"utterance {rec['id']!r} ({rec['path']}, {lengths[i].item()} samples) is too short for "
-                    f"encoder {_encoder_name(self.encoder)}: it gives no frame"
+                    f"encoder {self.name}: it gives no frame"
                 )
             self._store[record_key(rec)] = [h[i, :n].detach().to("cpu", self.dtype).clone() for h in out.hidden_states]
         self.encoded += len(recs)
+
+    def _check_fits(self, first: Sequence[dict], todo: Sequence[dict]) -> None:
+        """After the first batch: stop early with a clear message when keeping the features of all
+        of ``todo`` (estimated from the first batch's bytes per second of audio) cannot fit."""
+        seconds = sum(_seconds(r) for r in first)
+        total = sum(_seconds(r) for r in todo)
+        available = available_memory_bytes()
+        if seconds <= 0 or available is None:
+            return
+        stored = sum(t.numel() * t.element_size() for r in first for t in self._store[record_key(r)])
+        need = stored / seconds * total
+        if need > 0.9 * available:
+            raise MemoryError(
+                f"encoding {len(todo)} utterances ({total / 3600:.2f} h) with {self.name} would keep "
+                f"about {_size(need)} of features in memory but {_size(available)} are available; "
+                "write them once with `speechssl extract --encoder ... --layers ...` and pass --features DIR "
+                "(read from disk when they do not fit), or keep them as float16 (encode.dtype: float16)"
+            )
 
     def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
         """Encode the records not cached yet, then return all of them as a FeatureSet."""
@@ -114,7 +141,7 @@ class EncoderFeatureCache:
         seen: dict[tuple, dict] = {}
         for r in todo:
             seen.setdefault(record_key(r), r)
-        todo = sorted(seen.values(), key=lambda r: float(r.get("duration") or 0) or int(r.get("num_samples") or 0))
+        todo = sorted(seen.values(), key=_seconds)
         if todo:
             if hasattr(self.encoder, "eval"):
                 self.encoder.eval()
@@ -123,6 +150,8 @@ class EncoderFeatureCache:
                     chunk = todo[start : start + self.batch_size]
                     self._encode_batch(chunk)
                     bar.update(len(chunk))
+                    if start == 0:
+                        self._check_fits(chunk, todo)
         if self.layer_names is None:
             raise ValueError("no utterance to encode")
         return FeatureSet(
@@ -131,6 +160,20 @@ class EncoderFeatureCache:
             layer_names=list(self.layer_names),
             frame_shift=int(self.frame_shift or 0),
         )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _seconds(rec: dict) -> float:
+    """Seconds of audio of a manifest record (its segment, else the file from ``start``)."""
+    if rec.get("duration"):
+        return float(rec["duration"])
+    try:
+        return max(0.0, int(rec["num_samples"]) / int(rec["sample_rate"]) - float(rec.get("start") or 0.0))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0.0
 
 
 def _read_index(folder: Path) -> list[dict]:
@@ -158,7 +201,8 @@ def _read_meta(folder: Path) -> dict:
 
 
 def _tensor(x: Any) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x)).float()
+    x = np.asarray(x)
+    return torch.from_numpy(x if x.flags.writeable else x.copy()).float()
 
 
 def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[torch.Tensor]:
@@ -191,20 +235,60 @@ def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[t
     raise FileNotFoundError(f"{where}: feature entry {loc!r} not found under {folder}")
 
 
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_available() -> int | None:
+    """Memory left under this process's cgroup limit (v2 or v1; a container's or a SLURM job's),
+    counting inactive page cache as free (as ``docker stats`` does); None without a limit."""
+    for limit_file, usage_file, stat_file, key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is None or usage is None or limit >= 2**60:  # "max" or the v1 "no limit" value
+            continue
+        inactive = 0
+        try:
+            with open(stat_file, encoding="ascii") as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        inactive = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(0, limit - usage + inactive)
+    return None
+
+
 def available_memory_bytes() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` (Linux), else None."""
+    """Memory this process can still use: ``MemAvailable`` of ``/proc/meminfo``, or less under a
+    cgroup memory limit; None when neither can be read (not Linux)."""
+    found = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    found = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        found = None
+    cgroup = _cgroup_available()
+    if cgroup is not None:
+        found = cgroup if found is None else min(found, cgroup)
+    return found
 
 
-def _check_fits_in_memory(folder: Path, rows: dict[str, dict], records: Sequence[dict]) -> None:
-    """Fail before loading when the features (float32 in memory) cannot fit in the available RAM."""
+def _bytes_needed(rows: dict[str, dict], records: Sequence[dict]) -> int | None:
+    """float32 bytes of the records' features (every layer) from the index's frames/dim columns;
+    None for an index without sizes."""
     need = 0
     for rec in records:
         row = rows[rec["id"]]
@@ -212,22 +296,63 @@ def _check_fits_in_memory(folder: Path, rows: dict[str, dict], records: Sequence
             frames = int(row.get("frames") or 0)
             dims = [int(d) for d in str(row.get("dim") or "").split(",") if d]
         except ValueError:
-            return  # an index without sizes: nothing to estimate from
+            return None
+        if not frames or not dims:
+            return None
         need += frames * sum(dims) * 4
-    available = available_memory_bytes()
-    if available is not None and need > 0.9 * available:
-        raise MemoryError(
-            f"{folder / 'index.tsv'}: the features of {len(records)} utterances need {need / 2**30:.1f} GiB in "
-            f"memory (float32, every layer in the folder) but only {available / 2**30:.1f} GiB are available; "
-            "extract only the layers you need (speechssl extract --layers ...), or fewer utterances"
-        )
+    return need
 
 
-def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
+class LazyFeatures(Sequence):
+    """Utterances' per-layer tensors read from a ``speechssl extract`` folder each time they are
+    indexed, so features larger than the memory can still train and score a head (at the cost of
+    reading from disk; the operating system's page cache keeps what fits).
+
+    Behaves like the list of a :class:`FeatureSet`: ``len``, indexing, iteration."""
+
+    def __init__(self, folder: Path, entries: Sequence[tuple[str, str, list[str], int | None]], num_layers: int):
+        self.folder = Path(folder)
+        self._entries = list(entries)  # (where, index path entry, layer names in the index, frames from the index)
+        self.num_layers = int(num_layers)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        where, loc, names, _ = self._entries[i]
+        tensors = _load_entry(self.folder, loc, names, where)
+        if len(tensors) != self.num_layers:
+            raise ValueError(f"{where}: {len(tensors)} layer(s) in {loc!r}, other utterances have {self.num_layers}")
+        return tensors
+
+    def num_frames(self, i: int) -> int:
+        """Frames of utterance ``i`` (from the index when it says, else by reading it)."""
+        frames = self._entries[i][3]
+        return int(frames) if frames else int(self[i][0].shape[0])
+
+
+def num_frames(feats: Sequence[list[torch.Tensor]], i: int) -> int:
+    """Frames of utterance ``i`` of a FeatureSet's ``feats`` without reading it when it is lazy."""
+    return feats.num_frames(i) if isinstance(feats, LazyFeatures) else int(feats[i][0].shape[0])
+
+
+def _row_layers(row: dict, meta: dict) -> list[str]:
+    return [n for n in (row.get("layers") or "").split(",") if n] or list(meta.get("layers") or [])
+
+
+def load_precomputed(folder: str | Path, records: Sequence[dict], lazy: bool | None = None) -> FeatureSet:
     """Features of ``records`` from a ``speechssl extract`` folder (npy, pt, HDF5 or Kaldi ark).
 
     ``index.tsv`` has columns ``id path frames frame_rate layers dim``; ``extract.json`` gives the
     layer names and frame shift. Records are matched by ``id``; any missing id is an error.
+
+    Args:
+        lazy: False loads every utterance into memory (fast reuse); True keeps only the index and
+            reads an utterance each time it is used (:class:`LazyFeatures`); None (default) loads
+            into memory when the features (float32) fit in 90 % of the available memory, else
+            reads lazily and says so.
     """
     folder = Path(folder)
     rows = {row["id"]: row for row in _read_index(folder)}
@@ -238,12 +363,25 @@ def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
             f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
             "extract them from the same manifest"
         )
-    _check_fits_in_memory(folder, rows, records)
+    frame_shift = int(meta.get("frame_shift") or 0)
+    if not frame_shift and rows and list(rows.values())[0].get("frame_rate"):
+        frame_shift = int(round(16000 / float(list(rows.values())[0]["frame_rate"])))
+    if lazy is None:
+        need, available = _bytes_needed(rows, records), available_memory_bytes()
+        lazy = need is not None and available is not None and need > 0.9 * available
+        if lazy:
+            logger.warning(
+                "%s: the features of %d utterances need %s in memory (float32, every layer in the folder) "
+                "but %s are available: reading them from disk when used (slower; extracting only the "
+                "layers you need with `speechssl extract --layers ...` makes them smaller)",
+                folder / "index.tsv", len(records), _size(need), _size(available))
+    if lazy:
+        return _lazy_set(folder, rows, meta, records, frame_shift)
     feats: list[list[torch.Tensor]] = []
     layer_names: list[str] = []
     for rec in records:
         row = rows[rec["id"]]
-        names = [n for n in (row.get("layers") or "").split(",") if n] or list(meta.get("layers") or [])
+        names = _row_layers(row, meta)
         where = f"{folder / 'index.tsv'} id {rec['id']!r}"
         tensors = _load_entry(folder, row["path"], names, where)
         if len(names) != len(tensors):
@@ -253,10 +391,37 @@ def load_precomputed(folder: str | Path, records: Sequence[dict]) -> FeatureSet:
         elif names != layer_names:
             raise ValueError(f"{where}: layers {names} differ from other utterances' {layer_names}")
         feats.append(tensors)
-    frame_shift = int(meta.get("frame_shift") or 0)
-    if not frame_shift and rows and list(rows.values())[0].get("frame_rate"):
-        frame_shift = int(round(16000 / float(list(rows.values())[0]["frame_rate"])))
     return FeatureSet(ids=[r["id"] for r in records], feats=feats, layer_names=layer_names, frame_shift=frame_shift)
+
+
+def _lazy_set(folder: Path, rows: dict[str, dict], meta: dict, records: Sequence[dict], frame_shift: int) -> FeatureSet:
+    """A FeatureSet over :class:`LazyFeatures`; the layer names come from the index (checked for
+    every row now) and the first utterance (read once)."""
+    index = folder / "index.tsv"
+    entries = []
+    first: list[str] | None = None
+    layer_names: list[str] = []
+    for rec in records:
+        row = rows[rec["id"]]
+        where = f"{index} id {rec['id']!r}"
+        names = _row_layers(row, meta)
+        if first is None:
+            first = names
+            tensors = _load_entry(folder, row["path"], names, where)
+            layer_names = names
+            if len(names) != len(tensors):  # an index without layer names: name them as the eager path does
+                layer_names = ["features"] if len(tensors) == 1 else [f"layer_{i}" for i in range(len(tensors))]
+        elif names != first:
+            raise ValueError(f"{where}: layers {names} differ from other utterances' {first}")
+        try:
+            frames = int(row.get("frames") or 0) or None
+        except ValueError:
+            frames = None
+        entries.append((where, row["path"], names, frames))
+    if first is None:
+        raise ValueError("no utterance to load")
+    return FeatureSet(ids=[r["id"] for r in records], feats=LazyFeatures(folder, entries, len(layer_names)),
+                      layer_names=layer_names, frame_shift=frame_shift)
 
 
 class LabelMap:

@@ -43,6 +43,9 @@ class EncodeConfig:
     batch_size: int = 8  # utterances per encoder forward pass when caching features
     dtype: str = "float32"  # float32 | float16: storage of cached features
     device: str = "cpu"  # where the frozen encoder runs
+    # --features DIR: auto loads them into memory when they fit (90 % of the available memory, cgroup
+    # limits included), else reads each utterance from disk when used; always | never force one way
+    features_in_memory: str = "auto"
 
 
 @dataclasses.dataclass
@@ -79,6 +82,9 @@ class DownstreamConfig:
             raise ValueError(f"train.metric: expected accuracy, ua or macro_f1, got {self.train.metric!r}")
         if self.encode.dtype not in ("float32", "float16"):
             raise ValueError(f"encode.dtype: expected float32 or float16, got {self.encode.dtype!r}")
+        if self.encode.features_in_memory not in ("auto", "always", "never"):
+            raise ValueError("encode.features_in_memory: expected auto, always or never, got "
+                             f"{self.encode.features_in_memory!r}")
 
 
 def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConfig:

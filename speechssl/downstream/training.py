@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from speechssl.downstream.features import FeatureSet
+from speechssl.downstream.features import FeatureSet, num_frames
 from speechssl.downstream.metrics import classification_metrics
 from speechssl.downstream.model import DownstreamModel, TrainConfig
 from speechssl.downstream.pooling import valid_mask
@@ -98,7 +98,7 @@ def predict_features(
     fast = pooled_inputs(model, feats, layer_index)
     if fast is not None:
         feats, layer_index, normalized = fast
-    order = sorted(range(len(feats)), key=lambda i: int(feats[i][0].shape[0]))
+    order = sorted(range(len(feats)), key=lambda i: num_frames(feats, i))
     probs: dict[int, torch.Tensor] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
