@@ -302,3 +302,26 @@ def test_pooled_fast_path_equals_full_computation(head):
     torch.testing.assert_close(torch.stack(fast), full, atol=1e-5, rtol=1e-5)
     slow = build_downstream_model(downstream_config({"head": {"name": "speaker_asp"}}), ["a"], 6, ["x", "y"], {})
     assert pooled_inputs(slow, feats, [0]) is None
+
+
+def test_available_memory_follows_cgroup_limits(tmp_path):
+    from speechssl.downstream.features import _cgroup_available
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text("1000\n")
+    assert _cgroup_available(str(v2)) is None  # no limit
+    (v2 / "memory.max").write_text(f"{8 * 2**30}\n")
+    (v2 / "memory.current").write_text(f"{6 * 2**30}\n")
+    (v2 / "memory.stat").write_text(f"anon 100\ninactive_file {2**30}\nactive_file 5\n")
+    assert _cgroup_available(str(v2)) == 3 * 2**30  # 2 GiB left + 1 GiB of reclaimable page cache
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
+    assert _cgroup_available(str(v1)) is None  # v1's "no limit"
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("5000\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("6000\n")
+    assert _cgroup_available(str(v1)) == 0  # over the limit: nothing left, not negative
+    assert _cgroup_available(str(tmp_path / "none")) is None

@@ -244,14 +244,14 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _cgroup_available() -> int | None:
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
     """Memory left under this process's cgroup limit (v2 or v1; a container's or a SLURM job's),
     counting inactive page cache as free (as ``docker stats`` does); None without a limit."""
     for limit_file, usage_file, stat_file, key in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
     ):
+        limit_file, usage_file, stat_file = (f"{root}/{name}" for name in (limit_file, usage_file, stat_file))
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is None or usage is None or limit >= 2**60:  # "max" or the v1 "no limit" value
             continue
