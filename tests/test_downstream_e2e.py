@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -260,3 +262,92 @@ def test_encoding_more_than_fits_in_memory_stops_after_the_first_batch(corpus, t
     with pytest.raises(MemoryError):
         cache.features(records)
     assert cache.encoded == 4  # stopped after the first batch
+
+
+def _count_runs(monkeypatch):
+    """Count the heads actually trained by the protocols."""
+    import speechssl.downstream.protocols as protocols
+
+    calls = []
+    real = protocols.run_experiment
+    monkeypatch.setattr(protocols, "run_experiment", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+LE_FAST = ["train.max_steps=15", "train.valid_every=5", "head.hidden_dim=16"]
+
+
+def test_label_efficiency_resumes_after_an_interruption(corpus, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "le"
+    feats = tmp_path / "fbank_feats"
+    assert main(["extract", "--encoder", "fbank", "--input", str(corpus["all"]), "--out", str(feats),
+                 "--no-progress"]) == 0
+    args = ["downstream", "label-efficiency", "--encoders", f"logmel,fbank={feats}", "--train", str(corpus["train"]),
+            "--valid", str(corpus["dev"]), "--test", str(corpus["test"]), "--label", "speaker",
+            "--shots", "1,2", "--seeds", "2", "--out", str(out), "--quiet", *LE_FAST]
+    caplog.set_level(logging.INFO, logger="speechssl")
+    calls = _count_runs(monkeypatch)
+    assert main(args) == 0 and len(calls) == 8
+    full = json.loads((out / "results.json").read_text())
+    journal = (out / "runs.jsonl").read_text().splitlines()
+    assert len(journal) == 8
+    # interrupted during the 6th run's line: 5 finished runs and half a line
+    (out / "runs.jsonl").write_text("\n".join(journal[:5]) + "\n" + journal[5][:40])
+    (out / "results.json").unlink()
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 3
+    assert "5 of 8 runs finished earlier" in caplog.text and "cut short?" in caplog.text
+    again = json.loads((out / "results.json").read_text())
+    assert again["curves"] == full["curves"] and again["runs"] == full["runs"]
+    assert again["encoders"] == full["encoders"]
+    assert len(_journal_entries(out)) == 8  # the half line was followed by a fresh one, not glued to it
+    # nothing left to do
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 0
+    # another hyper-parameter: nothing matches
+    assert main([*args, "optim.lr=2e-3"]) == 0 and len(calls) == 8
+    # features extracted again (same path, new files): that encoder's runs are trained again
+    calls.clear()
+    shutil.rmtree(feats)
+    assert main(["extract", "--encoder", "fbank", "--input", str(corpus["all"]), "--out", str(feats),
+                 "--no-progress"]) == 0
+    assert main(args) == 0 and len(calls) == 4
+    calls.clear()
+    assert main([*args, "--restart"]) == 0 and len(calls) == 8
+
+
+def _journal_entries(out):
+    return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.startswith("{")
+            and line.endswith("}")]
+
+
+def test_kfold_and_lr_sweep_resume(corpus, tmp_path, monkeypatch):
+    exp = tmp_path / "kf"
+    args = ["downstream", "kfold", "--encoder", "logmel", "--data", str(corpus["all"]), "--label", "style",
+            "--group", "speaker", "--exp", str(exp), "--quiet", *FAST]
+    calls = _count_runs(monkeypatch)
+    assert main(args) == 0 and len(calls) == 3
+    full = json.loads((exp / "results.json").read_text())
+    (exp / "fold_2" / "results.json").unlink()  # interrupted while fold 2 was training
+    (exp / "results.json").unlink()
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 1
+    assert json.loads((exp / "results.json").read_text())["folds"] == full["folds"]
+    calls.clear()
+    assert main([*args, "--restart"]) == 0 and len(calls) == 3
+
+    sweep = tmp_path / "sweep"
+    args = ["downstream", "train", "--encoder", "logmel", "--train", str(corpus["train"]), "--valid",
+            str(corpus["dev"]), "--test", str(corpus["test"]), "--label", "style", "--lrs", "1e-3,1e-2",
+            "--exp", str(sweep), "--quiet", *[o for o in FAST if not o.startswith("optim.lr")]]
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 2
+    first = json.loads((sweep / "results.json").read_text())
+    calls.clear()
+    assert main([*args, "train.seed=1"]) == 0 and len(calls) == 2  # another seed: trained again
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 2  # back to seed 0: lr dirs now hold seed 1, so again
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 0
+    again = json.loads((sweep / "results.json").read_text())
+    assert again["sweep"] == first["sweep"] and again["test"] == first["test"]

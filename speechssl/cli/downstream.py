@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="without --valid: carve this stratified fraction of --train as dev")
     p.add_argument("--lrs", help="comma-separated learning rates: run a sweep and keep the best on dev")
     p.add_argument("--exp", required=True, help="experiment folder")
+    p.add_argument("--restart", action="store_true",
+                   help="with --lrs: train every learning rate again (default: a rerun reads back the ones finished)")
 
     p = sub.add_parser("kfold", help="k-fold cross-validation by a group field, mean ± std")
     _common(p)
@@ -53,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, help="number of folds (default: one per group)")
     p.add_argument("--dev-fraction", type=float, default=0.1, help="dev share of each fold's training part")
     p.add_argument("--exp", required=True)
+    p.add_argument("--restart", action="store_true",
+                   help="train every fold again (default: a rerun reads back the folds already finished)")
 
     p = sub.add_parser("label-efficiency", help="n labelled utterances per class x seeds x encoders")
     p.add_argument("--encoders", required=True,
@@ -69,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "ua", "macro_f1"])
     p.add_argument("--config")
     p.add_argument("--out", required=True)
+    p.add_argument("--restart", action="store_true",
+                   help="train every run again (default: a rerun reads back the runs in OUT/runs.jsonl)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*")
 
@@ -153,7 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
         logger.info("%s: %d utterances", name, len(recs))
     source = source_from_config(cfg, args.encoder, args.features)
     if args.lrs:
-        results = run_lr_sweep(source, splits, label, cfg, _floats(args.lrs, "--lrs"), args.exp, not args.quiet)
+        results = run_lr_sweep(source, splits, label, cfg, _floats(args.lrs, "--lrs"), args.exp, not args.quiet,
+                               resume=not args.restart)
         for run in results["sweep"]:
             print(f"lr {run['lr']:g}: dev {cfg.train.metric} {run['dev'][cfg.train.metric]:.4f}")
         print(f"selected lr {results['protocol']['selected_lr']:g}")
@@ -171,7 +178,7 @@ def run_kfold_cmd(args: argparse.Namespace) -> int:
     cfg = _config(args)
     source = source_from_config(cfg, args.encoder, args.features)
     results = run_kfold(source, read_manifest(args.data), cfg.task.label, args.group, cfg, args.exp, args.k,
-                        args.dev_fraction, not args.quiet)
+                        args.dev_fraction, not args.quiet, resume=not args.restart)
     for fold in results["folds"]:
         print(f"fold {fold['fold']} (test {', '.join(map(str, fold['test_groups']))}): "
               f"accuracy {fold['test']['accuracy']:.4f}, UA {fold['test']['ua']:.4f}")
@@ -207,7 +214,7 @@ def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
         is_features = (Path(path) / "index.tsv").is_file()
         sources[name] = source_from_config(cfg, None if is_features else path, path if is_features else None)
     results = run_label_efficiency(sources, pool, dev, test, label, cfg, shots, seeds, args.out, args.metric,
-                                   not args.quiet)
+                                   not args.quiet, resume=not args.restart)
     print((Path(args.out) / "label_efficiency.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'label_efficiency.png'}")
     return 0 if results else 1

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -63,6 +64,17 @@ class EncoderSource:
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
                 "frame_shift": self.cache.frame_shift, "features": None}
 
+    def fingerprint(self) -> dict:
+        """What identifies this encoder's features (see :func:`run_key`)."""
+        return {"spec": self.spec, "options": self.options, "files": _file_stamps(self.spec),
+                "dtype": str(self.cache.dtype)}
+
+    def release(self) -> None:
+        """Drop the cached features (a protocol is done with this encoder)."""
+        old = self.cache
+        self.cache = EncoderFeatureCache(old.encoder, old.batch_size, old.dtype, old.device, name=old.name)
+        self.cache.layer_names, self.cache.frame_shift = old.layer_names, old.frame_shift  # for describe()
+
 
 class PrecomputedSource:
     """Features written by ``speechssl extract`` (a folder with ``index.tsv``)."""
@@ -92,6 +104,56 @@ class PrecomputedSource:
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
                 "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
+
+    def fingerprint(self) -> dict:
+        return {"spec": self.spec, "features": str(self.folder),
+                "files": _file_stamps(self.folder / "index.tsv") + _file_stamps(self.folder / "extract.json")}
+
+    def release(self) -> None:
+        self._cache.clear()
+
+
+def _file_stamps(path: str | Path) -> list:
+    """(name, size, mtime in ns) of a file, or of every file below a folder: a re-trained encoder
+    or re-extracted features at the same path get another stamp. [] for names (``logmel``)."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        return []
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([str(f.relative_to(path)) if f != path else f.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def run_key(source, splits: Mapping[str, Sequence[dict]], cfg: DownstreamConfig, protocol: Mapping[str, Any],
+            label: str) -> str | None:
+    """A hash of everything that decides a run's result: the encoder or features (path, options and
+    file sizes/times), the splits, the label, the hyper-parameters, the protocol and the speechssl
+    version. Protocols reuse a finished run whose key is equal. None when the source cannot say."""
+    fingerprint = getattr(source, "fingerprint", None)
+    if fingerprint is None:
+        return None
+    blob = json.dumps({"source": fingerprint(), "splits": splits_hash({k: v for k, v in splits.items() if v}),
+                       "label": label, "config": to_dict(cfg), "protocol": dict(protocol),
+                       "version": speechssl.__version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
+    """The results of an earlier run in ``exp_dir`` with the same :func:`run_key`, else None."""
+    path = Path(exp_dir) / "results.json"
+    if key is None or not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return results if results.get("run_key") == key else None
 
 
 _NOTED: set[str] = set()
@@ -202,9 +264,12 @@ def run_experiment(
     exp_dir: str | Path | None = None,
     protocol: Mapping[str, Any] | None = None,
     progress: bool = True,
+    key: str | None = None,
 ) -> tuple[dict, DownstreamModel]:
     """Train on ``splits["train"]`` (early stopping on ``splits["dev"]`` if given), score
-    ``splits["test"]`` (or dev when there is no test). Returns (results dict, trained model)."""
+    ``splits["test"]`` (or dev when there is no test). Returns (results dict, trained model).
+    ``key`` (see :func:`run_key`) is recorded in the results so that a resumed protocol can
+    recognise the run."""
     t0 = time.time()
     if not splits.get("train"):
         raise ValueError("the train split is empty")
@@ -276,6 +341,7 @@ def run_experiment(
         "speechssl_version": speechssl.__version__,
         "git_revision": git_revision(),
         "seconds": round(time.time() - t0, 2),
+        "run_key": key,
     }
     if exp_dir is not None:
         write_artifacts(Path(exp_dir), model, results, cfg, splits, probs_by_split, label)

@@ -4,6 +4,10 @@
 * ``run_lr_sweep``: one run per learning rate, the best on dev is kept and reported on test;
 * ``run_label_efficiency``: n labelled utterances per class x several seeds x several encoders,
   same dev and test sets, one curve per encoder.
+
+All three resume: rerun the same command after an interruption and the runs already finished
+with the same encoder (files unchanged), splits, hyper-parameters and speechssl version are
+read back instead of trained again (``resume=False`` / ``--restart`` trains everything).
 """
 
 from __future__ import annotations
@@ -11,12 +15,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from speechssl.config import to_dict
-from speechssl.downstream.experiment import RESULTS_FORMAT_VERSION, run_experiment, summarize
+from speechssl.downstream.experiment import (
+    RESULTS_FORMAT_VERSION,
+    finished_run,
+    run_experiment,
+    run_key,
+    summarize,
+)
 from speechssl.downstream.model import DownstreamConfig
 from speechssl.downstream.plots import plot_label_efficiency
 from speechssl.downstream.splits import kfold_by_group, sample_per_class, splits_hash, stratified_split
@@ -40,20 +51,27 @@ def carve_dev(records: Sequence[dict], label: str, fraction: float, seed: int = 
 
 
 def run_kfold(source, records: Sequence[dict], label: str, group_field: str, cfg: DownstreamConfig,
-              exp_dir: str | Path, k: int | None = None, dev_fraction: float = 0.1, progress: bool = True) -> dict:
+              exp_dir: str | Path, k: int | None = None, dev_fraction: float = 0.1, progress: bool = True,
+              resume: bool = True) -> dict:
     """Fold i: test = the utterances of fold i's groups; dev = ``dev_fraction`` of the other folds
-    (stratified by label); train = the rest. Each fold's artifacts go to ``exp_dir/fold_<i>``."""
+    (stratified by label); train = the rest. Each fold's artifacts go to ``exp_dir/fold_<i>``;
+    a fold finished by an earlier identical run is read back (``resume``)."""
     exp = Path(exp_dir)
     folds = kfold_by_group(records, group_field, k)
     per_fold = []
     for i, fold in enumerate(folds, 1):
         train, dev = carve_dev(fold["train"], label, dev_fraction, seed=cfg.train.seed)
-        logger.info("fold %d/%d: test groups %s (%d utt), train %d, dev %d",
-                    i, len(folds), fold["test_groups"], len(fold["test"]), len(train), len(dev))
-        res, _ = run_experiment(source, {"train": train, "dev": dev, "test": fold["test"]}, label, cfg,
-                                exp / f"fold_{i}", {"name": "kfold", "fold": i, "k": len(folds),
-                                                    "group_field": group_field,
-                                                    "test_groups": fold["test_groups"]}, progress)
+        splits = {"train": train, "dev": dev, "test": fold["test"]}
+        protocol = {"name": "kfold", "fold": i, "k": len(folds), "group_field": group_field,
+                    "test_groups": fold["test_groups"]}
+        key = run_key(source, splits, cfg, protocol, label)
+        res = finished_run(exp / f"fold_{i}", key) if resume else None
+        if res is not None:
+            logger.info("fold %d/%d: finished earlier, read back from %s", i, len(folds), exp / f"fold_{i}")
+        else:
+            logger.info("fold %d/%d: test groups %s (%d utt), train %d, dev %d",
+                        i, len(folds), fold["test_groups"], len(fold["test"]), len(train), len(dev))
+            res, _ = run_experiment(source, splits, label, cfg, exp / f"fold_{i}", protocol, progress, key)
         per_fold.append({"fold": i, "test_groups": fold["test_groups"], "test": _strip(res["test"]),
                          "dev": _strip(res["dev"]), "best_step": res["best_step"], "layer_weights": res["featurizer"]["weights"],
                          "splits_hash": res["splits"]["hash"]})
@@ -81,17 +99,23 @@ def _strip(metrics: dict | None) -> dict | None:
 
 
 def run_lr_sweep(source, splits: Mapping[str, Sequence[dict]], label: str, cfg: DownstreamConfig,
-                 lrs: Sequence[float], exp_dir: str | Path, progress: bool = True) -> dict:
+                 lrs: Sequence[float], exp_dir: str | Path, progress: bool = True, resume: bool = True) -> dict:
     """One run per learning rate in ``exp_dir/lr_<lr>``; the best by the dev metric is copied to
-    ``exp_dir`` (model + plots) so ``predict --model exp_dir`` uses it."""
+    ``exp_dir`` (model + plots) so ``predict --model exp_dir`` uses it. A learning rate finished
+    by an earlier identical run is read back (``resume``)."""
     if not splits.get("dev"):
         raise ValueError("a learning-rate sweep needs a dev set (--valid, or --dev-fraction to carve one)")
     exp = Path(exp_dir)
     runs = []
     for lr in lrs:
         sub = exp / f"lr_{lr:g}"
-        res, _ = run_experiment(source, splits, label, _with_lr(cfg, lr), sub,
-                                {"name": "lr_sweep", "lr": lr}, progress)
+        protocol = {"name": "lr_sweep", "lr": lr}
+        key = run_key(source, splits, _with_lr(cfg, lr), protocol, label)
+        res = finished_run(sub, key) if resume else None
+        if res is not None:
+            logger.info("lr %g: finished earlier, read back from %s", lr, sub)
+        else:
+            res, _ = run_experiment(source, splits, label, _with_lr(cfg, lr), sub, protocol, progress, key)
         runs.append({"lr": lr, "dir": sub.name, "dev": _strip(res["dev"]), "test": _strip(res["test"]),
                      "best_step": res["best_step"]})
         logger.info("lr %g: dev %s %.4f", lr, cfg.train.metric, res["dev"][cfg.train.metric])
@@ -123,25 +147,51 @@ def run_label_efficiency(
     out_dir: str | Path,
     metric: str = "accuracy",
     progress: bool = True,
+    resume: bool = True,
 ) -> dict:
     """For every encoder, every n in ``shots`` and every seed: train on n utterances per class of
     ``pool`` (drawn with that seed), select on ``dev``, score ``test``. Writes
-    ``out_dir/results.json``, ``label_efficiency.png`` and ``label_efficiency.md``."""
+    ``out_dir/results.json``, ``label_efficiency.png`` and ``label_efficiency.md``.
+
+    Each finished run is appended to ``out_dir/runs.jsonl`` at once; with ``resume`` a rerun
+    reads back the runs recorded there with the same :func:`run_key` and trains only the rest.
+    An encoder's cached features are dropped when its runs are done."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "runs.jsonl"
+    done = _read_journal(journal) if resume else {}
     curves: dict[str, dict[int, list[float]]] = {}
     runs = []
+    reused = 0
+    described: dict[str, dict] = {}
     for name, source in sources.items():
         curves[name] = {}
         for n in shots:
             for seed in seeds:
                 train = sample_per_class(pool, label, n, seed)
-                res, _ = run_experiment(source, {"train": train, "dev": list(dev or []), "test": test}, label,
-                                        _with_seed(cfg, seed), None, {"name": "label_efficiency"}, progress)
-                curves[name].setdefault(n, []).append(res["test"][metric])
-                runs.append({"encoder": name, "shots": n, "seed": seed, "train_size": len(train),
-                             "train_hash": res["splits"]["hash"], "test": _strip(res["test"]),
-                             "layer_weights": res["featurizer"]["weights"]})
-                logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, res["test"][metric])
+                splits = {"train": train, "dev": list(dev or []), "test": test}
+                key = run_key(source, splits, _with_seed(cfg, seed), {"name": "label_efficiency"}, label)
+                entry = done.get((key, name)) if key is not None else None
+                if entry is not None:
+                    run = entry["run"]
+                    described.setdefault(name, entry.get("source") or source.describe())
+                    reused += 1
+                else:
+                    res, _ = run_experiment(source, splits, label, _with_seed(cfg, seed), None,
+                                            {"name": "label_efficiency"}, progress, key)
+                    run = {"encoder": name, "shots": n, "seed": seed, "train_size": len(train),
+                           "train_hash": res["splits"]["hash"], "test": _strip(res["test"]),
+                           "layer_weights": res["featurizer"]["weights"]}
+                    described[name] = source.describe()
+                    if key is not None:
+                        _append_journal(journal, key, run, described[name])
+                    logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, run["test"][metric])
+                curves[name].setdefault(n, []).append(run["test"][metric])
+                runs.append(run)
+        if hasattr(source, "release"):
+            source.release()
+    if reused:
+        logger.info("label efficiency: %d of %d runs finished earlier, read back from %s", reused, len(runs), journal)
     classes = len({str(r[label]) for r in test})
     plot_label_efficiency(curves, out / "label_efficiency.png", metric=metric,
                           title=f"{label}: label efficiency ({len(seeds)} seeds, {classes} classes)",
@@ -155,7 +205,7 @@ def run_label_efficiency(
     results = {
         "format_version": RESULTS_FORMAT_VERSION,
         "task": {"label": label},
-        "encoders": {name: src.describe() for name, src in sources.items()},
+        "encoders": {name: described.get(name) or src.describe() for name, src in sources.items()},
         "protocol": {"name": "label_efficiency", "shots": list(shots), "metric": metric},
         "hyperparameters": to_dict(cfg),
         "seeds": list(seeds),
@@ -167,6 +217,37 @@ def run_label_efficiency(
     }
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _read_journal(path: Path) -> dict[tuple[str, str], dict]:
+    """(run key, encoder name) -> journal entry (``run``, ``source``) of a ``runs.jsonl``; a line cut
+    short by an interruption is skipped."""
+    done: dict[tuple[str, str], dict] = {}
+    if not path.is_file():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                done[(str(entry["run_key"]), str(entry["run"]["encoder"]))] = entry
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                logger.warning("%s line %d: not a finished run (cut short?), ignored", path, number)
+    return done
+
+
+def _append_journal(path: Path, key: str, run: dict, source: dict) -> None:
+    """One line per finished run, flushed to disk before the next run starts."""
+    with open(path, "ab") as f:
+        if f.tell() > 0:  # after a line cut short by an interruption, start a new one
+            with open(path, "rb") as g:
+                g.seek(-1, os.SEEK_END)
+                if g.read(1) != b"\n":
+                    f.write(b"\n")
+        f.write((json.dumps({"run_key": key, "run": run, "source": source}) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _mean(v: Sequence[float]) -> float:
