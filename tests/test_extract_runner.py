@@ -88,6 +88,15 @@ def test_cli_folder_npy_index_errors_and_rerun(corpus, tmp_path, capsys):
     argv2 = [a if a != "context,latent" else "context" for a in argv]
     assert cli_main(argv2) == 1
     assert "different layers" in capsys.readouterr().err
+    # ... and so is the same path after the encoder was released again with other weights
+    save_released_encoder(tiny_model("cpc", seed=1), tmp_path / "enc")
+    assert cli_main(argv) == 1
+    assert "other weights than those of" in capsys.readouterr().err
+    # ... or another compute precision
+    save_released_encoder(model, tmp_path / "enc")  # the first weights again: resuming is fine
+    assert cli_main(argv) == 0
+    assert cli_main([*argv, "--precision", "bf16"]) == 1
+    assert "different precision" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt,dtype", [("pt", "float16"), ("kaldi", "float32"), ("hdf5", "float32")])

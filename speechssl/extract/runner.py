@@ -261,10 +261,22 @@ def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
 
 
 def _check_meta(out: Path, meta: dict) -> None:
+    """Resuming into ``out`` must not mix features of another encoder, weights, layers, format,
+    dtype or precision (keys an older extract.json lacks are not compared)."""
     path = out / "extract.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        diff = [k for k in ("encoder", "layers", "format", "dtype") if old.get(k) != meta.get(k)]
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON ({exc}); delete the folder or use another --out") from None
+        keys = ("encoder", "layers", "format", "dtype", "precision", "weights_sha256")
+        diff = [k for k in keys if (k in old or k in ("encoder", "layers", "format", "dtype")) and old.get(k) != meta.get(k)]
+        if "weights_sha256" in diff and diff[0] == "weights_sha256":
+            raise ValueError(
+                f"{out} holds features of other weights than those of {meta.get('encoder')!r} now "
+                f"(weights_sha256 {str(old.get('weights_sha256'))[:12]}... vs {str(meta.get('weights_sha256'))[:12]}...: "
+                "the encoder was trained or released again since); use another --out or delete it"
+            )
         if diff:
             raise ValueError(
                 f"{out} holds features made with a different {', '.join(diff)} "
@@ -340,7 +352,8 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
         seen[item.id] = item.path
     meta = {"encoder": source_name, "kind": encoder.kind, "layers": encoder.layer_names, "format": cfg.format,
             "dtype": cfg.dtype, "frame_shift": encoder.frame_shift, "hidden_sizes": encoder.hidden_sizes,
-            "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds}
+            "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds,
+            "precision": cfg.precision, "weights_sha256": encoder.weights_sha256()}
     _check_meta(out, meta)
     if rank == 0:
         atomic_write_json(out / "extract.json", meta)

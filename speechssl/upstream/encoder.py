@@ -25,6 +25,7 @@ Valid frames never see padding, so a batch gives the same features as one uttera
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -176,6 +177,17 @@ class Encoder(nn.Module):
             "frame_shift": self.frame_shift,
             "frontend": self.frontend.to_dict() if hasattr(self.frontend, "to_dict") else None,
         }
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the backbone's state (every parameter and buffer: names, dtypes, shapes,
+        values): features from two encoders with the same hash are the same features. Retraining
+        the encoder at the same path changes it; copying its folder does not."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.backbone.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(memoryview(t.view(torch.uint8).numpy()))
+        return digest.hexdigest()
 
     def train(self, mode: bool = True) -> Encoder:
         # A frozen encoder stays in eval mode (no dropout, no masking) even inside a training model.
