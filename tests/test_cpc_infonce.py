@@ -92,3 +92,32 @@ def test_infonce_vectorised_no_nan_with_empty_utterance():
 def test_no_valid_target_is_an_error():
     with pytest.raises(ValueError, match="no frame has a valid future target"):
         infonce(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 4), torch.tensor([1]), torch.zeros(1, 2, 1, dtype=torch.long))
+
+
+def test_infonce_equals_a_loop_over_frames_steps_and_negatives():
+    g = torch.Generator().manual_seed(0)
+    batch, frames, steps, negs, dim = 2, 9, 3, 4, 5
+    pred = torch.randn(batch, frames, steps, dim, generator=g)
+    z = torch.randn(batch, frames, dim, generator=g)
+    lengths = torch.tensor([9, 6])
+    neg = torch.randint(0, batch * frames, (batch, frames, negs), generator=g)
+    neg[0, 0, 1] = 1  # a negative that is the positive of (0, 0, k=1): masked out
+    out = infonce(pred, z, lengths, neg)
+    flat = z.reshape(-1, dim)
+    losses, right, counts = [], [0] * steps, [0] * steps
+    for b in range(batch):
+        for t in range(frames):
+            for k in range(steps):
+                target = t + k + 1
+                if target >= lengths[b]:
+                    continue
+                pos_index = b * frames + target
+                logits = [float(pred[b, t, k] @ flat[pos_index])]
+                logits += [float(pred[b, t, k] @ flat[j]) if j != pos_index else -math.inf for j in neg[b, t].tolist()]
+                top = max(logits)
+                losses.append(-(logits[0] - top - math.log(sum(math.exp(v - top) for v in logits))))
+                right[k] += logits[0] > max(logits[1:])
+                counts[k] += 1
+    assert out.loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert out.counts.tolist() == counts
+    assert out.accuracy.tolist() == pytest.approx([r / c for r, c in zip(right, counts)])

@@ -160,3 +160,28 @@ def test_config_errors():
         build_model({"name": "cpc", "conv_layers": [[8, 10, 5], [8, 0, 2]]})
     with pytest.raises(ConfigError, match="negatives"):
         build_model({"name": "cpc", "negatives": "everywhere"})
+
+
+@pytest.mark.parametrize("norm", ["channel", "none"])
+def test_channels_last_conv_stack_equals_the_channels_first_one(norm):
+    from speechssl.models.cpc import ConvEncoder
+
+    torch.manual_seed(0)
+    enc = ConvEncoder(1, [(16, 10, 5), (16, 8, 4), (16, 4, 2)], norm)
+    x = torch.randn(2, 1200, 1, requires_grad=True)
+    w = torch.randn(2, 28, 16)
+    grads = []
+    outs = []
+    for path in (enc._channels_last, enc._channels_first):
+        x.grad = None
+        enc.zero_grad()
+        out = path(x)
+        (out * w).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in enc.parameters()])
+    assert outs[0].shape == (2, 28, 16) and outs[0].is_contiguous()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # too short for the last layer: no frames, not an error
+    assert enc._channels_last(torch.randn(1, 60, 1)).shape == (1, 0, 16)

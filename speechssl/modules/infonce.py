@@ -140,8 +140,11 @@ def infonce(
     # index_select, not advanced indexing: same values, a much cheaper backward on CPU (tools/bench)
     positives = z_flat.index_select(0, pos_flat.reshape(-1)).view(*pos_flat.shape, dim)  # [B, T, K, D]
     pos_logits = (pred * positives).sum(-1)  # [B, T, K]
-    negatives = z_flat.index_select(0, negative_index.reshape(-1)).view(*negative_index.shape, dim)  # [B, T, N, D]
-    neg_logits = torch.einsum("btkd,btnd->btkn", pred, negatives)
+    negatives = z_flat.index_select(0, negative_index.reshape(-1)).view(batch * frames, -1, dim)  # [BT, N, D]
+    # [BT, N, D] @ [BT, D, K], then a view as [B, T, K, N]: the (large) negatives are read in place,
+    # where einsum("btkd,btnd->btkn") copied them into [BT, D, N] first (CPC modified: 208 MB a step)
+    neg_logits = torch.bmm(negatives, pred.reshape(batch * frames, steps, dim).transpose(1, 2))
+    neg_logits = neg_logits.view(batch, frames, -1, steps).transpose(2, 3)  # [B, T, K, N]
     same = negative_index[:, :, None, :] == pos_flat[..., None]  # [B, T, K, N]
     neg_logits = neg_logits.masked_fill(same, float("-inf"))
     logits = torch.cat([pos_logits[..., None], neg_logits], dim=-1)
