@@ -68,15 +68,6 @@ def _model(name):
     return load_encoder(build_model({"name": name, **to_dict(cfg)}))
 
 
-@pytest.fixture
-def one_thread():
-    # small GRUs run ~3x faster on one thread than on two here
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("family,context_tol", [("apc", 1e-3), ("cpc", 1e-3), ("wav2vec2", 0.05)])
 def test_stitched_matches_unchunked(family, context_tol, one_thread):
     enc = _model(family)
