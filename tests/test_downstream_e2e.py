@@ -351,3 +351,22 @@ def test_kfold_and_lr_sweep_resume(corpus, tmp_path, monkeypatch):
     assert main(args) == 0 and len(calls) == 0
     again = json.loads((sweep / "results.json").read_text())
     assert again["sweep"] == first["sweep"] and again["test"] == first["test"]
+
+
+def test_an_encoder_released_again_at_the_same_path_is_trained_again(corpus, tmp_path, monkeypatch):
+    from test_upstream_encoder import tiny_model
+
+    from speechssl.upstream.release import save_released_encoder
+
+    enc = tmp_path / "enc"
+    save_released_encoder(tiny_model("apc", seed=0), enc)
+    args = ["downstream", "train", "--encoder", str(enc), "--train", str(corpus["train"]), "--valid",
+            str(corpus["dev"]), "--label", "style", "--lrs", "1e-3", "--exp", str(tmp_path / "sweep"), "--quiet",
+            *[o for o in FAST if not o.startswith("optim.lr")]]
+    calls = _count_runs(monkeypatch)
+    assert main(args) == 0 and len(calls) == 1
+    assert main(args) == 0 and len(calls) == 1  # read back
+    save_released_encoder(tiny_model("apc", seed=1), enc)  # pretrained again: other weights, same path
+    assert main(args) == 0 and len(calls) == 2
+    save_released_encoder(tiny_model("apc", seed=1), enc)  # the same weights written again: still read back
+    assert main(args) == 0 and len(calls) == 2

@@ -56,6 +56,7 @@ class EncoderSource:
         self.options = dict(options or {})
         self.cache = EncoderFeatureCache(encoder.to(device) if hasattr(encoder, "to") else encoder, batch_size,
                                          getattr(torch, dtype), device, name=spec)
+        self._weights: str | list | None = None  # see fingerprint()
 
     def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
         return self.cache.features(records, desc)
@@ -65,9 +66,12 @@ class EncoderSource:
                 "frame_shift": self.cache.frame_shift, "features": None}
 
     def fingerprint(self) -> dict:
-        """What identifies this encoder's features (see :func:`run_key`)."""
-        return {"spec": self.spec, "options": self.options, "files": _file_stamps(self.spec),
-                "dtype": str(self.cache.dtype)}
+        """What identifies this encoder's features (see :func:`run_key`): its weights' SHA-256 when
+        it is a speechssl Encoder (content, computed once), else the sizes and times of its files."""
+        if self._weights is None:
+            digest = getattr(self.cache.encoder, "weights_sha256", None)
+            self._weights = digest() if callable(digest) else _file_stamps(self.spec)
+        return {"spec": self.spec, "options": self.options, "weights": self._weights, "dtype": str(self.cache.dtype)}
 
     def release(self) -> None:
         """Drop the cached features (a protocol is done with this encoder)."""
