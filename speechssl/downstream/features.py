@@ -342,6 +342,11 @@ def _row_layers(row: dict, meta: dict) -> list[str]:
     return [n for n in (row.get("layers") or "").split(",") if n] or list(meta.get("layers") or [])
 
 
+def _unnamed_layers(count: int) -> list[str]:
+    """Names for the layers of a folder whose index and extract.json do not name them."""
+    return ["features"] if count == 1 else [f"layer_{i}" for i in range(count)]
+
+
 def load_precomputed(folder: str | Path, records: Sequence[dict], lazy: bool | None = None) -> FeatureSet:
     """Features of ``records`` from a ``speechssl extract`` folder (npy, pt, HDF5 or Kaldi ark).
 
@@ -385,7 +390,7 @@ def load_precomputed(folder: str | Path, records: Sequence[dict], lazy: bool | N
         where = f"{folder / 'index.tsv'} id {rec['id']!r}"
         tensors = _load_entry(folder, row["path"], names, where)
         if len(names) != len(tensors):
-            names = ["features"] if len(tensors) == 1 else [f"layer_{i}" for i in range(len(tensors))]
+            names = _unnamed_layers(len(tensors))
         if not layer_names:
             layer_names = names
         elif names != layer_names:
@@ -409,8 +414,8 @@ def _lazy_set(folder: Path, rows: dict[str, dict], meta: dict, records: Sequence
             first = names
             tensors = _load_entry(folder, row["path"], names, where)
             layer_names = names
-            if len(names) != len(tensors):  # an index without layer names: name them as the eager path does
-                layer_names = ["features"] if len(tensors) == 1 else [f"layer_{i}" for i in range(len(tensors))]
+            if len(names) != len(tensors):
+                layer_names = _unnamed_layers(len(tensors))
         elif names != first:
             raise ValueError(f"{where}: layers {names} differ from other utterances' {first}")
         try:
