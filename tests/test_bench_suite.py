@@ -70,3 +70,13 @@ def test_markdown_report_and_quick_sizes(tmp_path):
     assert set(quick) == set(run_all.sizes(quick=False))
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nonsense", "--out", str(tmp_path)])
+
+
+def test_a_quick_section_runs_end_to_end_and_cleans_its_work_folder(tmp_path):
+    out = tmp_path / "bench"
+    assert run_all.main(["--quick", "--only", "data", "--out", str(out), "--threads", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rates = results["data"]
+    assert results["mode"] == "quick" and results["sections"] == ["data"] and rates
+    assert "loader" in (out / "results.md").read_text()
+    assert not (out / "work").exists()  # the synthetic corpus is gone, the results stay

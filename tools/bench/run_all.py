@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-json", default=None,
                    help="merge the long_file section of a tools/bench/extract.py JSON (e.g. its 60-min run) "
                         "into results as extract.long_file_60min")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep OUT/work (the synthetic corpora and extracted features, ~2.5 GB in a full run)")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("extract", {})["long_file_60min"] = {
             fam: {**r, "source": args.long_json} for fam, r in long.items()}
     save()
+    if not args.keep_work and work.is_dir():
+        shutil.rmtree(work, ignore_errors=True)  # inputs of the measurements, not results
     print(f"wrote {results_path} and {out_dir / 'results.md'}", file=sys.stderr)
     return 0
 
