@@ -14,7 +14,7 @@ setup: $(VENV)/.done
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh --quick
 
-# The full-size demo (~20 min on 2 cores).
+# The full-size demo (~5 min on 2 cores).
 demo-full: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh
 

@@ -2,7 +2,7 @@
 # The demo: what self-supervised pretraining buys when labels are scarce, on the built-in
 # synthetic speech corpus (nothing is downloaded).
 # Usage:
-#   bash egs/synthetic/ssl/run.sh            # full size, about 20 minutes on 2 CPU cores
+#   bash egs/synthetic/ssl/run.sh            # full size, about 5 minutes on 2 CPU cores
 #   bash egs/synthetic/ssl/run.sh --quick    # CI size, about 3 minutes
 #   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6   # redo the evaluation only
 # Stages:
@@ -88,7 +88,7 @@ fi
 
 if begin_stage 6 "summary"; then
   speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png \
-    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 20 min) for the comparison" || echo "full size" )."
+    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
   cat exp/summary.md
   done_stage 6
 fi
