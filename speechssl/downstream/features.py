@@ -167,11 +167,11 @@ def _size(n: float) -> str:
 
 
 def _seconds(rec: dict) -> float:
-    """Seconds of audio of a manifest record (its segment, else the file from ``start``)."""
-    if rec.get("duration"):
-        return float(rec["duration"])
+    """:func:`speechssl.data.record_duration`, or 0 for records without sizes (``predict`` on a folder)."""
+    from speechssl.data import record_duration
+
     try:
-        return max(0.0, int(rec["num_samples"]) / int(rec["sample_rate"]) - float(rec.get("start") or 0.0))
+        return record_duration(rec)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return 0.0
 

@@ -269,9 +269,10 @@ def _check_meta(out: Path, meta: dict) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc}); delete the folder or use another --out") from None
-        keys = ("encoder", "layers", "format", "dtype", "precision", "weights_sha256")
-        diff = [k for k in keys if (k in old or k in ("encoder", "layers", "format", "dtype")) and old.get(k) != meta.get(k)]
-        if "weights_sha256" in diff and diff[0] == "weights_sha256":
+        always, newer = ("encoder", "layers", "format", "dtype"), ("precision", "weights_sha256")
+        diff = [k for k in always if old.get(k) != meta.get(k)]
+        diff += [k for k in newer if k in old and old[k] != meta.get(k)]
+        if diff == ["weights_sha256"]:
             raise ValueError(
                 f"{out} holds features of other weights than those of {meta.get('encoder')!r} now "
                 f"(weights_sha256 {str(old.get('weights_sha256'))[:12]}... vs {str(meta.get('weights_sha256'))[:12]}...: "

@@ -152,7 +152,8 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor | None, w_ih: torch.Tensor, w_hh
 class GRU(nn.GRU):
     """``nn.GRU`` with the fast CPU path of :func:`gru_layer` where it applies (see the module doc)."""
 
-    def _fast(self, x) -> bool:
+    def takes_fast_path(self, x) -> bool:
+        """Whether ``forward(x)`` runs the fast path (see the module doc); else ``nn.GRU``'s code."""
         return (
             enabled()
             and isinstance(x, torch.Tensor)
@@ -169,7 +170,7 @@ class GRU(nn.GRU):
         )
 
     def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
-        if not self._fast(input):
+        if not self.takes_fast_path(input):
             return super().forward(input, hx)
         h0 = None if hx is None else hx[0]
         out = gru_layer(input, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)

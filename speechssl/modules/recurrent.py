@@ -127,7 +127,7 @@ class RNNStack(nn.Module):
         for i, rnn in enumerate(self.layers):
             inp = self.dropout(h) if i > 0 else h
             # the fast CPU GRU runs on the padded batch: same valid outputs as a packed run
-            fast = isinstance(rnn, GRU) and rnn._fast(inp)
+            fast = isinstance(rnn, GRU) and rnn.takes_fast_path(inp)
             if (self.packed and not fast) or inp.shape[1] == 0:
                 r = run_packed(rnn, inp, lengths)
             else:
