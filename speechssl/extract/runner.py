@@ -34,6 +34,7 @@ from tqdm import tqdm
 from speechssl.extract.chunking import encode_chunked
 from speechssl.extract.inputs import Item, read_inputs
 from speechssl.extract.writers import FeatureWriter, KaldiWriter, check_format, make_writer
+from speechssl.locks import hold_rank_lock, remove_stale_temporaries
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,15 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
         encoder = Encoder(encoder.backbone, dataclasses.replace(encoder.options, layers=cfg.layers),
                           source=encoder.source, kind=encoder.kind)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # One writer per folder: each rank of one torchrun job holds its own lock (speechssl/locks.py).
+    with hold_rank_lock(out, rank, world):
+        if int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world:  # all ranks here: pids are checkable
+            remove_stale_temporaries(out)
+        return _extract_locked(encoder, source, out, cfg, rank, world, source_name)
+
+
+def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, rank: int, world: int,
+                    source_name: str) -> ExtractSummary:
     start_time = time.time()
 
     items, unreadable = read_inputs(source)
