@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -92,7 +93,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             f = float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):  # int(inf) would raise OverflowError
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
@@ -130,6 +131,29 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     except TypeError as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return obj
+
+
+def check_finite(obj: Any, where: str) -> None:
+    """Refuse NaN and infinite numbers in the fields of dataclass ``obj`` (also inside lists/tuples).
+
+    Call it first in a config's ``__post_init__``: comparisons such as ``lr <= 0`` are False for
+    NaN, so range checks alone let it through.
+
+    Raises:
+        ConfigError: names the key, e.g. ``optim.lr must be a finite number, got inf``.
+    """
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, float):
+            return not math.isfinite(value)
+        if isinstance(value, (list, tuple)):
+            return any(bad(v) for v in value)
+        return False
+
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if bad(value):
+            raise ConfigError(f"{where}.{field.name} must be a finite number, got {value!r}")
 
 
 def to_dict(obj: Any) -> Any:

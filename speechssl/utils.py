@@ -108,3 +108,21 @@ def read_versioned_json(
             "upgrade speechssl"
         )
     return cfg
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the file system holding ``path`` (or its nearest existing parent), e.g. "1.2 GB"."""
+    import shutil
+
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = float(shutil.disk_usage(path).free)
+    except OSError:
+        return "unknown space"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1000
+    return f"{free:.1f} TB"

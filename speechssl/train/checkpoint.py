@@ -16,6 +16,7 @@ no code is ever unpickled. Python's and NumPy's RNG states are stored as tensors
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 import speechssl
-from speechssl.utils import atomic_path
+from speechssl.utils import atomic_path, free_space
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ _NAME = re.compile(r"step_(\d+)\.pt$")
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable, of another model, or of a newer format."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file cannot be read back at all (truncated by a kill or a full disk, or vanished)."""
 
 
 def checkpoint_path(folder: str | Path, step: int) -> Path:
@@ -116,8 +121,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus kind/format/version fields) atomically to ``path``.
 
     Raises:
-        OSError: the write failed (e.g. the disk is full); any previous file at ``path`` and
-            every other checkpoint are left untouched.
+        OSError: the write or the serialisation failed (e.g. the disk is full); one line naming
+            the free space. Any previous file at ``path`` and every other checkpoint are untouched.
     """
     path = Path(path)
     payload = {
@@ -129,9 +134,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # a full disk surfaces as RuntimeError from torch's inline_container
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OSError(
-            f"could not write checkpoint {path}: {exc}; earlier checkpoints in {path.parent} are intact"
+            f"could not write checkpoint {path}: {reason}; earlier checkpoints in {path.parent} are intact; "
+            f"{free_space(path.parent)} free there"
         ) from exc
     return path
 
@@ -148,11 +155,12 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise UnreadableCheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
-        raise CheckpointError(f"{path}: not a readable speechssl checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UnreadableCheckpointError(
+            f"{path}: not a readable speechssl checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: not a speechssl pretraining checkpoint (no kind={CHECKPOINT_KIND!r})")
     version = ckpt.get("format_version")
@@ -168,6 +176,41 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
             f"{expect_model!r}; use another --exp folder, or --init-from for weights of the same model"
         )
     return ckpt
+
+
+def load_latest_intact(folder: str | Path, expect_model: str | None = None, map_location: Any = "cpu",
+                       set_aside: bool = True) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint of ``folder`` that reads back, as ``(path, checkpoint)``.
+
+    Newer files that cannot be read at all (truncated by a kill or a full disk) are skipped with
+    a warning and, when ``set_aside``, renamed to ``<name>.unreadable`` so that no later reader
+    (``--init-from``, ``load_encoder``) picks them. ``(None, None)`` when none is left.
+
+    Raises:
+        CheckpointError: a readable checkpoint of another model or of a newer format (no fallback:
+            that is a wrong folder, not a damaged file).
+    """
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, expect_model=expect_model, map_location=map_location)
+        except UnreadableCheckpointError as exc:
+            log.warning("%s; falling back to the previous checkpoint", exc)
+            if set_aside:
+                with contextlib.suppress(OSError):  # another rank may have set it aside already
+                    path.rename(path.with_name(path.name + ".unreadable"))
+    return None, None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete ``.step_*.pt.*.tmp`` files left by writes that were killed. Only the holder of the
+    experiment's lock writes checkpoints, so under that lock every such file is stale."""
+    folder = Path(folder)
+    found = sorted(folder.glob(".step_*.pt.*.tmp")) if folder.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log.warning("removed %d unfinished checkpoint file(s) of killed runs from %s", len(found), folder)
+    return found
 
 
 def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: str) -> str:

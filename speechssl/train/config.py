@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from speechssl.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from speechssl.config import ConfigError, apply_overrides, check_finite, from_dict, load_yaml, to_dict
 
 
 @dataclasses.dataclass
@@ -54,6 +54,7 @@ class DataConfig:
     label_fields: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_finite(self, "data")
         if self.max_batch_seconds <= 0:
             raise ConfigError(f"data.max_batch_seconds must be > 0, got {self.max_batch_seconds}")
         if self.device_batch_seconds is not None and self.device_batch_seconds <= 0:
@@ -84,8 +85,13 @@ class OptimConfig:
     clip_norm: float | None = 1.0  # max global gradient L2 norm (None: no clipping)
 
     def __post_init__(self) -> None:
+        check_finite(self, "optim")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
@@ -117,10 +123,13 @@ class TrainConfig:
     # DDP: only needed if some parameters get no gradient in some steps (slower; see train/distributed.py).
     find_unused_parameters: bool = False
     num_threads: int | None = None  # torch CPU threads per process (None: torch's default / OMP_NUM_THREADS)
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # tqdm bar on rank 0 when stderr is a terminal (false: never a bar)
+    # Without a bar (not a terminal, or progress: false), a one-line progress log this often (null: none).
+    progress_every_seconds: float | None = 30.0
     plot: bool = True  # loss-curve PNG at the end
 
     def __post_init__(self) -> None:
+        check_finite(self, "train")
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must be >= 0 (0 releases the initial weights), got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -141,6 +150,11 @@ class TrainConfig:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"train.max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if self.valid_max_batches is not None and self.valid_max_batches < 1:
+            raise ConfigError(f"train.valid_max_batches must be >= 1 or null, got {self.valid_max_batches}")
+        if self.progress_every_seconds is not None and self.progress_every_seconds <= 0:
+            raise ConfigError(
+                f"train.progress_every_seconds must be > 0 or null, got {self.progress_every_seconds}")
 
 
 @dataclasses.dataclass

@@ -33,6 +33,7 @@ from torch import nn
 
 import speechssl
 from speechssl.config import ConfigError, load_yaml, to_dict
+from speechssl.locks import FolderLock, remove_stale_temporaries
 from speechssl.models.base import SSLModel, build_model
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
@@ -40,6 +41,8 @@ from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
 from speechssl.train.metrics import MetricsLogger, plot_loss_curve
 from speechssl.train.optim import LRFactor, build_optimizer, build_scheduler
+from speechssl.train.progress import Progress
+from speechssl.upstream.release import restore_interrupted_release
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,15 @@ class Trainer:
         self.dist, self._owns_group = init_distributed(device_kind)
         self.logger: MetricsLogger | None = None
         self._old_handlers: dict[int, Any] = {}
+        # One job per experiment folder; only rank 0 writes, so only rank 0 locks (DDP ranks excepted).
+        self._lock = FolderLock(self.exp_dir, purpose="speechssl pretrain") if self.dist.is_main else None
         try:
+            if self._lock is not None:
+                self._lock.acquire()
+                ckpt_io.remove_stale_temporaries(self.ckpt_dir)
+                remove_stale_temporaries(self.exp_dir)
+                restore_interrupted_release(self.exp_dir / "encoder")
+            barrier(self.dist)  # the other ranks read checkpoints only once rank 0 cleaned up
             self._setup(init_from)
         except BaseException:
             self.close()
@@ -141,8 +152,9 @@ class Trainer:
             torch.set_num_threads(tc.num_threads)
         seed_everything(tc.seed + 1000 * self.dist.rank)
 
-        # ---- resume or fresh start
-        self.resume_path = ckpt_io.latest_checkpoint(self.ckpt_dir)
+        # ---- resume (from the newest checkpoint that reads back) or fresh start
+        self.resume_path, resume_state = ckpt_io.load_latest_intact(
+            self.ckpt_dir, expect_model=cfg.model["name"], map_location=self.device, set_aside=self.dist.is_main)
         self._check_same_model()
         self.model = build_model(cfg.model).to(self.device)
         self.model_name = cfg.model["name"]
@@ -193,11 +205,11 @@ class Trainer:
         self.last_valid_loss: float | None = None
         self._last_ckpt_step = -1
         self._stop_signal: int | None = None
-        if self.resume_path is not None:
-            self._load_resume_state(self.resume_path)
+        if resume_state is not None:
+            self._load_resume_state(self.resume_path, resume_state)
         self.logger = MetricsLogger(self.exp_dir, purge_step=self.step) if self.dist.is_main else None
-        if self.logger is not None and self.resume_path is not None:
-            self.logger.truncate_after(self.step)
+        if self.logger is not None:  # lines of a killed run after the resumed step (all: a fresh start) go
+            self.logger.truncate_after(self.step if self.resume_path is not None else -1)
 
     # ------------------------------------------------------------------ helpers
     def _info(self, msg: str) -> None:
@@ -220,8 +232,7 @@ class Trainer:
             if old.get(section) != to_dict(getattr(self.cfg, section)):
                 self._info(f"resuming with a changed '{section}' section (the new values apply)")
 
-    def _load_resume_state(self, path: Path) -> None:
-        state = ckpt_io.load_checkpoint(path, expect_model=self.model_name, map_location=self.device)
+    def _load_resume_state(self, path: Path, state: dict[str, Any]) -> None:
         _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model, str(path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -378,6 +389,10 @@ class Trainer:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.cfg.train.seed)
+            # Always from the first batch: with valid_max_batches the loader would otherwise go on
+            # where the previous validation stopped, and each pass would measure another slice.
+            self.valid_loader.set_epoch(0)
+            self.valid_loader.position = 0
             for i, batch in enumerate(self.valid_loader):
                 if self.cfg.train.valid_max_batches is not None and i >= self.cfg.train.valid_max_batches:
                     break
@@ -426,8 +441,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> PretrainResult:
-        from tqdm import tqdm
-
         tc = self.cfg.train
         self._t0 = self._last_ckpt_time = time.monotonic()
         if self.dist.is_main:
@@ -442,8 +455,7 @@ class Trainer:
         self._install_signal_handlers()
         status = "finished"
         window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0, desc="pretrain")
+        bar = Progress(tc.max_steps, self.step, tc.progress, tc.progress_every_seconds, self.dist.is_main)
         stream = micro_batch_stream(self.train_loader, self.min_samples)
         if self.step == 0 and tc.valid_every and tc.max_steps > 0:
             self._log_valid()  # the untrained model's loss: the reference point of every curve
@@ -472,7 +484,7 @@ class Trainer:
                         window["metrics"].setdefault(k, []).append(v)
                     window["seconds"] += res["seconds"]
                     window["lr"] = res["lr"]
-                    bar.update(1)
+                    bar.update(self.step)
                     if self_sigterm and self.step == self_sigterm:
                         os.kill(os.getpid(), signal.SIGTERM)
                 now = time.monotonic()
@@ -567,6 +579,8 @@ class Trainer:
         self._restore_signal_handlers()
         if self.logger is not None:
             self.logger.close()
+        if self._lock is not None:
+            self._lock.release()
         if self._owns_group:
             import torch.distributed as dist
 

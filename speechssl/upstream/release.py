@@ -12,15 +12,21 @@ Loading never unpickles code: tensors come from safetensors, the rest from JSON.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import speechssl
 from speechssl.models.base import SSLModel, build_model
-from speechssl.utils import atomic_path, atomic_write_json, read_versioned_json
+from speechssl.utils import atomic_write_json, free_space, read_versioned_json
+
+log = logging.getLogger(__name__)
 
 RELEASE_FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -31,27 +37,80 @@ class ReleaseError(ValueError):
     """A released encoder folder is missing, malformed or from a newer format."""
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``folder`` (config.json + model.safetensors), atomically per file."""
+    """Write ``model`` to ``folder`` (config.json + model.safetensors) atomically as a whole.
+
+    Both files are written into a temporary sibling folder ``.<name>.<pid>.tmp`` that is then
+    renamed onto ``folder``: a crash or a full disk never leaves an empty or half-written
+    encoder, and an encoder released earlier stays until the new one is complete.
+
+    Raises:
+        OSError: writing failed (full disk...); one line naming the free space. ``folder`` is
+            unchanged.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+    old = folder.parent / f".{folder.name}.{os.getpid()}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp))
     frontend = model.frontend.to_dict() if hasattr(model.frontend, "to_dict") else None
-    atomic_write_json(
-        folder / CONFIG_NAME,
-        {
-            "format_version": RELEASE_FORMAT_VERSION,
-            "speechssl_version": speechssl.__version__,
-            "model": model.config_dict(),
-            "frontend": frontend,
-            "layer_names": list(model.layer_names),
-            "frame_shift": int(model.frame_shift),
-            "extra": extra or {},
-        },
-    )
+    try:
+        tmp.mkdir()
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        os.chmod(tmp / WEIGHTS_NAME, _umask_mode())
+        atomic_write_json(
+            tmp / CONFIG_NAME,
+            {
+                "format_version": RELEASE_FORMAT_VERSION,
+                "speechssl_version": speechssl.__version__,
+                "model": model.config_dict(),
+                "frontend": frontend,
+                "layer_names": list(model.layer_names),
+                "frame_shift": int(model.frame_shift),
+                "extra": extra or {},
+            },
+        )
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OSError(
+            f"could not release the encoder to {folder}: {reason}; {free_space(folder.parent)} free there"
+            + ("; the encoder released earlier is intact" if folder.exists() else "")
+        ) from exc
+    # A directory cannot be replaced by rename: move the old release aside first. A crash between
+    # the two renames leaves ``.<name>.<pid>.old``, which restore_interrupted_release() puts back.
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def restore_interrupted_release(folder: str | Path) -> None:
+    """Undo what a process killed inside :func:`save_released_encoder` left next to ``folder``:
+    put a moved-aside earlier release back if ``folder`` is missing, drop the rest. Call it only
+    while holding the experiment's lock."""
+    from speechssl.locks import pid_alive
+
+    folder = Path(folder)
+    prefix = f".{folder.name}."
+    for left in sorted(folder.parent.glob(f"{prefix}*")):
+        pid, _, kind = left.name[len(prefix):].partition(".")
+        if kind not in ("old", "tmp") or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if kind == "old" and not folder.exists() and (left / WEIGHTS_NAME).is_file() and (left / CONFIG_NAME).is_file():
+            os.replace(left, folder)
+            log.warning("restored %s from %s, left by a release that was killed", folder, left.name)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def read_release_config(folder: str | Path) -> dict:
