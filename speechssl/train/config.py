@@ -13,11 +13,12 @@ and every key can be overridden on the command line as ``section.key=value``
 (``optim.lr=1e-3``, ``model.frontend.n_mels=40``)::
 
     cfg = load_pretrain_config("recipes/pretrain/apc.yaml", ["train.max_steps=10"])
-    cfg.optim.lr, cfg.model["name"]
+    cfg.optim.lr, cfg.model_name, cfg.model.num_layers     # cfg.model: e.g. an APCConfig
 
-Unknown keys, sections and model names fail with the list of valid ones. The ``model``
-section is checked (and completed with its defaults) by the family's config dataclass and
-``speechssl.models.base.build_model``.
+Unknown keys, sections and model names fail with the list of valid ones, and so do NaN or
+infinite numbers and values out of range, all before any work starts. The ``model`` section is
+resolved once into the family's config dataclass, which checks its values; fields with a fixed
+set of values are ``Literal[...]``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from speechssl.config import ConfigError, apply_overrides, check_finite, from_dict, load_yaml, to_dict
+from speechssl.models.apc import APCConfig
+from speechssl.models.cpc import CPCConfig
+from speechssl.models.wav2vec2 import Wav2Vec2Config
+
+#: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
+#: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
+ModelConfig = APCConfig | CPCConfig | Wav2Vec2Config
 
 
 @dataclasses.dataclass
@@ -157,24 +165,75 @@ class TrainConfig:
                 f"train.progress_every_seconds must be > 0 or null, got {self.progress_every_seconds}")
 
 
+def model_name_of(model: Any) -> str:
+    """The ``MODELS`` name whose config class ``model`` is an instance of.
+
+    Raises:
+        ConfigError: the class is not registered, or registered under several names.
+    """
+    import speechssl.models  # noqa: F401  (registers the built-in families)
+    from speechssl.models.base import MODELS
+
+    names = [name for name, spec in MODELS.items() if type(model) is spec.config_cls]
+    if len(names) != 1:
+        raise ConfigError(
+            f"model: {type(model).__name__} is registered as {names or 'no model'} in MODELS; pass the model "
+            f"section as {{'name': ..., ...}}; choices: {', '.join(sorted(MODELS))}"
+        )
+    return names[0]
+
+
 @dataclasses.dataclass
 class PretrainConfig:
-    """A whole recipe. ``model`` is the resolved model section: ``{"name": ..., **all fields}``."""
+    """A whole recipe, typed.
 
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ``model`` is the family's config dataclass (``MODELS[name].config_cls``: :data:`ModelConfig`
+    for the built-in families), resolved once from the YAML section ``{"name": ..., **fields}``
+    and carried as that object; :attr:`model_name` says which family. A mapping with a ``name``
+    is accepted too and resolved here, so ``PretrainConfig(model={"name": "apc"})`` works.
+    :meth:`to_dict` writes the model section back as ``{"name": ..., **fields}`` (the YAML and
+    checkpoint format).
+    """
+
+    model: ModelConfig | Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self._model_name, self.model = resolve_model_section(self.model)
+        elif dataclasses.is_dataclass(self.model) and not isinstance(self.model, type):
+            self._model_name = model_name_of(self.model)
+        else:
+            raise ConfigError(f"model: expected a model config or a mapping with a 'name', got {self.model!r}")
+        for section, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
+            if not isinstance(getattr(self, section), cls):
+                raise ConfigError(f"{section}: expected {cls.__name__}, got {getattr(self, section)!r}")
+
+    @property
+    def model_name(self) -> str:
+        """The family's name in ``MODELS`` (``"apc"``...)."""
+        return self._model_name
+
+    def model_dict(self) -> dict[str, Any]:
+        """The model section as saved: ``{"name": ..., **fields}``."""
+        return {"name": self._model_name, **to_dict(self.model)}
+
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return {"model": self.model_dict(), "data": to_dict(self.data), "optim": to_dict(self.optim),
+                "train": to_dict(self.train)}
 
 
-def resolve_model_section(model: Mapping[str, Any] | None, where: str = "model") -> dict[str, Any]:
-    """Check a ``model`` section against its family's config dataclass; return it with all defaults.
+SECTIONS = ("model", "data", "optim", "train")
+
+
+def resolve_model_section(model: Mapping[str, Any] | None, where: str = "model") -> tuple[str, Any]:
+    """Check a ``model`` section against its family's config dataclass (which validates its values
+    in ``__post_init__``); return ``(name, config object)`` with every default filled in.
 
     Raises:
-        ConfigError: no ``name``, or an unknown key (the message lists the valid keys).
+        ConfigError: no ``name``, an unknown key (the message lists the valid keys) or a bad value.
         UnknownNameError (a KeyError): unknown model name (the message lists the registered ones).
     """
     import speechssl.models  # noqa: F401  (registers the built-in families)
@@ -187,61 +246,55 @@ def resolve_model_section(model: Mapping[str, Any] | None, where: str = "model")
     fields = dict(model)
     name = fields.pop("name")
     spec = MODELS[name]
-    cfg = from_dict(spec.config_cls, fields, where=where)
-    return {"name": name, **to_dict(cfg)}
+    try:
+        return name, from_dict(spec.config_cls, fields, where=where)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # some families' __post_init__ raise plain ValueError
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def pretrain_config_from_dict(
-    raw: Mapping[str, Any], source: str = "config", build: bool = True
-) -> PretrainConfig:
+def pretrain_config_from_dict(raw: Mapping[str, Any], source: str = "config") -> PretrainConfig:
     """Typed config from a plain dict (YAML contents after overrides).
+
+    The model section is resolved once into its family's config dataclass; the model itself is
+    built only by the Trainer (whose builder errors are config errors too, raised before any
+    file is written).
 
     Args:
         raw: ``{"model": {...}, "data": {...}, "optim": {...}, "train": {...}}``.
         source: name of the file, for error messages.
-        build: also build the model once with ``build_model`` so errors raised by the
-            family's builder (inconsistent sizes...) surface before training starts.
     """
-    from speechssl.models.base import build_model
-
     raw = dict(raw)
-    valid = [f.name for f in dataclasses.fields(PretrainConfig)]
-    unknown = sorted(set(raw) - set(valid))
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(valid)}")
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
     if "model" not in raw:
         raise ConfigError(f"{source}: the 'model' section is missing")
     try:
-        model = resolve_model_section(raw["model"])
-        data = from_dict(DataConfig, raw.get("data"), where="data")
-        optim = from_dict(OptimConfig, raw.get("optim"), where="optim")
-        train = from_dict(TrainConfig, raw.get("train"), where="train")
+        return PretrainConfig(
+            model=raw["model"],
+            data=from_dict(DataConfig, raw.get("data"), where="data"),
+            optim=from_dict(OptimConfig, raw.get("optim"), where="optim"),
+            train=from_dict(TrainConfig, raw.get("train"), where="train"),
+        )
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    if build:
-        try:
-            build_model(model)
-        except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"{source}: model {model['name']!r} cannot be built: {exc}") from None
-    return PretrainConfig(model=model, data=data, optim=optim, train=train)
 
 
-def load_pretrain_config(
-    path: str | Path | None, overrides: Sequence[str] = (), build: bool = True
-) -> PretrainConfig:
+def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:
     """Read a recipe YAML (or start from defaults when ``path`` is None), apply ``key.sub=value``
     overrides, and return the validated :class:`PretrainConfig`."""
     raw = load_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     for text in overrides:
         section = text.split("=", 1)[0].split(".", 1)[0].strip()
-        valid = [f.name for f in dataclasses.fields(PretrainConfig)]
-        if section not in valid:
+        if section not in SECTIONS:
             raise ConfigError(
-                f"override {text!r}: unknown section {section!r}; valid sections: {', '.join(valid)}"
+                f"override {text!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
             )
     raw = apply_overrides(raw, list(overrides))
-    return pretrain_config_from_dict(raw, source=source, build=build)
+    return pretrain_config_from_dict(raw, source=source)
 
 
 def save_pretrain_config(cfg: PretrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
@@ -258,4 +311,4 @@ def read_resolved_config(path: str | Path) -> PretrainConfig:
     """Read back a ``config.yaml`` written by :func:`save_pretrain_config` (the ``info`` section is ignored)."""
     raw = load_yaml(path)
     raw.pop("info", None)
-    return pretrain_config_from_dict(raw, source=str(path), build=False)
+    return pretrain_config_from_dict(raw, source=str(path))

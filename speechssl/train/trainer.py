@@ -34,7 +34,7 @@ from torch import nn
 import speechssl
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.locks import FolderLock, remove_stale_temporaries
-from speechssl.models.base import SSLModel, build_model
+from speechssl.models.base import SSLModel
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
 from speechssl.train.config import PretrainConfig, save_pretrain_config
@@ -124,6 +124,7 @@ class Trainer:
         # One job per experiment folder; only rank 0 writes, so only rank 0 locks (DDP ranks excepted).
         self._lock = FolderLock(self.exp_dir, purpose="speechssl pretrain") if self.dist.is_main else None
         try:
+            self._build_model()  # config errors of the family's builder come before any file is touched
             if self._lock is not None:
                 self._lock.acquire()
                 ckpt_io.remove_stale_temporaries(self.ckpt_dir)
@@ -135,8 +136,11 @@ class Trainer:
             self.close()
             raise
 
-    def _setup(self, init_from: str | Path | None) -> None:
-        cfg, tc, dc = self.cfg, self.cfg.train, self.cfg.data
+    def _build_model(self) -> None:
+        """Device, determinism, seeds, and the model, built once from the typed model config."""
+        from speechssl.models.base import MODELS
+
+        tc = self.cfg.train
         self.device = _resolve_device(tc.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -151,13 +155,18 @@ class Trainer:
         if tc.num_threads is not None:
             torch.set_num_threads(tc.num_threads)
         seed_everything(tc.seed + 1000 * self.dist.rank)
+        self.model_name = self.cfg.model_name
+        try:
+            self.model = MODELS[self.model_name].build(self.cfg.model).to(self.device)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"model {self.model_name!r} cannot be built: {exc}") from None
 
+    def _setup(self, init_from: str | Path | None) -> None:
+        tc, dc = self.cfg.train, self.cfg.data
         # ---- resume (from the newest checkpoint that reads back) or fresh start
         self.resume_path, resume_state = ckpt_io.load_latest_intact(
-            self.ckpt_dir, expect_model=cfg.model["name"], map_location=self.device, set_aside=self.dist.is_main)
+            self.ckpt_dir, expect_model=self.model_name, map_location=self.device, set_aside=self.dist.is_main)
         self._check_same_model()
-        self.model = build_model(cfg.model).to(self.device)
-        self.model_name = cfg.model["name"]
         if init_from is not None and self.resume_path is None:
             what = ckpt_io.load_model_weights(self.model, init_from, self.model_name)
             self._info(f"initialised model weights from {what}")
@@ -188,8 +197,8 @@ class Trainer:
                 world, self.dist.rank, self.min_samples)
 
         # ---- optimisation
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, tc.max_steps)
+        self.optimizer = build_optimizer(self.model.parameters(), self.cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, tc.max_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
         self.ddp: nn.Module | None = None
         if self.dist.enabled:
@@ -227,13 +236,13 @@ class Trainer:
         if self.resume_path is None or not saved.is_file():
             return
         old = load_yaml(saved)
-        _refuse_other_model(old.get("model") or {}, self.cfg.model, str(self.exp_dir))
+        _refuse_other_model(old.get("model") or {}, self.cfg.model_dict(), str(self.exp_dir))
         for section in ("data", "optim", "train"):
             if old.get(section) != to_dict(getattr(self.cfg, section)):
                 self._info(f"resuming with a changed '{section}' section (the new values apply)")
 
     def _load_resume_state(self, path: Path, state: dict[str, Any]) -> None:
-        _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model, str(path))
+        _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model_dict(), str(path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
