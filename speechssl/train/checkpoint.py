@@ -201,6 +201,19 @@ def load_latest_intact(folder: str | Path, expect_model: str | None = None, map_
     return None, None
 
 
+def clean_experiment(exp_dir: str | Path) -> None:
+    """Remove what killed runs left in an experiment folder: unfinished checkpoint files,
+    ``.<name>.<pid>.tmp`` temporaries of dead pids, and a half-swapped encoder release (put back).
+    Only call it while holding the folder's lock."""
+    from speechssl.locks import remove_stale_temporaries as remove_pid_temporaries
+    from speechssl.upstream.release import restore_interrupted_release
+
+    exp_dir = Path(exp_dir)
+    remove_stale_temporaries(exp_dir / "checkpoints")
+    remove_pid_temporaries(exp_dir)
+    restore_interrupted_release(exp_dir / "encoder")
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete ``.step_*.pt.*.tmp`` files left by writes that were killed. Only the holder of the
     experiment's lock writes checkpoints, so under that lock every such file is stale."""

@@ -58,3 +58,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     """A ``LambdaLR`` stepping once per optimiser step (see the module docstring)."""
     factor = LRFactor(cfg.schedule, cfg.warmup_steps, max_steps, cfg.final_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                       oc: OptimConfig, max_steps: int) -> None:
+    """After loading optimiser/scheduler state: the current ``optim`` section and ``max_steps``
+    apply (a resumed run may extend training or change the learning rate)."""
+    factor = LRFactor(oc.schedule, oc.warmup_steps, max_steps, oc.final_lr_ratio)
+    scheduler.lr_lambdas = [factor for _ in optimizer.param_groups]
+    scheduler.base_lrs = [oc.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group.update(initial_lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
+                     lr=oc.lr * factor(scheduler.last_epoch))
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -12,7 +12,9 @@ seconds does not depend on the world size. Rerunning on the same ``exp_dir`` res
 latest checkpoint exactly (model, optimiser, scheduler, scaler, RNG and batch position).
 
 ``exp_dir`` receives ``config.yaml`` (resolved config + run info), ``metrics.jsonl``,
-``tensorboard/``, ``checkpoints/step_*.pt``, ``loss_curve.png`` and ``encoder/``; only rank 0 writes.
+``tensorboard/``, ``checkpoints/step_*.pt``, ``loss_curve.png`` and ``encoder/``; only rank 0 writes,
+holding ``exp_dir/.speechssl.lock`` (a second run on the same folder is refused, naming the holder).
+A truncated newest checkpoint is set aside and the previous one resumed.
 """
 
 from __future__ import annotations
@@ -33,16 +35,15 @@ from torch import nn
 
 import speechssl
 from speechssl.config import ConfigError, load_yaml, to_dict
-from speechssl.locks import FolderLock, remove_stale_temporaries
+from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
 from speechssl.train.metrics import MetricsLogger, plot_loss_curve
-from speechssl.train.optim import LRFactor, build_optimizer, build_scheduler
+from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.progress import Progress
-from speechssl.upstream.release import restore_interrupted_release
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -127,9 +128,7 @@ class Trainer:
             self._build_model()  # config errors of the family's builder come before any file is touched
             if self._lock is not None:
                 self._lock.acquire()
-                ckpt_io.remove_stale_temporaries(self.ckpt_dir)
-                remove_stale_temporaries(self.exp_dir)
-                restore_interrupted_release(self.exp_dir / "encoder")
+                ckpt_io.clean_experiment(self.exp_dir)  # what killed runs left; safe under the lock
             barrier(self.dist)  # the other ranks read checkpoints only once rank 0 cleaned up
             self._setup(init_from)
         except BaseException:
@@ -246,7 +245,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_optim_config()
+        apply_optim_config(self.optimizer, self.scheduler, self.cfg.optim, self.cfg.train.max_steps)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["sampler"])
@@ -261,18 +260,6 @@ class Trainer:
             self._info(f"checkpoint was written by {len(rngs)} ranks, now {self.dist.world_size}: RNG reseeded")
         self.model.step_update(self.step)
         self._info(f"resumed from {path} at step {self.step}")
-
-    def _apply_optim_config(self) -> None:
-        """After loading optimiser/scheduler state: the current ``optim`` section and ``max_steps``
-        apply (a resumed run may extend training or change the learning rate)."""
-        oc = self.cfg.optim
-        factor = LRFactor(oc.schedule, oc.warmup_steps, self.cfg.train.max_steps, oc.final_lr_ratio)
-        self.scheduler.lr_lambdas = [factor for _ in self.optimizer.param_groups]
-        self.scheduler.base_lrs = [oc.lr for _ in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            group.update(initial_lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
-                         lr=oc.lr * factor(self.scheduler.last_epoch))
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _run_info(self) -> dict[str, Any]:
         manifests = {
