@@ -34,7 +34,6 @@ from speechssl.downstream.features import (
     load_precomputed,
     num_frames,
 )
-from speechssl.downstream.featurizer import resolve_layers
 from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
@@ -63,7 +62,18 @@ class EncoderSource:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
-                "frame_shift": self.cache.frame_shift, "features": None}
+                "frame_shift": self.cache.frame_shift, "features": None, **self._role()}
+
+    def _role(self) -> dict:
+        """``role``, ``control_of``, ``architecture`` of a speechssl Encoder (see Encoder.role_info)."""
+        info = getattr(self.cache.encoder, "role_info", None)
+        return info() if callable(info) else {"role": None, "control_of": None, "architecture": None}
+
+    def layer_aliases(self) -> dict[str, str] | None:
+        """The encoder's structural aliases (APC's ``context`` = its last layer); None when the
+        encoder is not a speechssl Encoder and cannot say."""
+        aliases = getattr(self.cache.encoder, "layer_aliases", None)
+        return dict(aliases) if isinstance(aliases, dict) else None
 
     def fingerprint(self) -> dict:
         """What identifies this encoder's features (see :func:`run_key`): its weights' SHA-256 when
@@ -87,7 +97,8 @@ class PrecomputedSource:
         self.folder = Path(folder).resolve()
         self.lazy = lazy  # see load_precomputed: None keeps the features in memory when they fit
         meta_path = self.folder / "extract.json"
-        recorded = json.loads(meta_path.read_text()).get("encoder") if meta_path.is_file() else None
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        recorded = self.meta.get("encoder")
         self.spec = encoder_spec or (str(recorded) if recorded else None)
         self._cache: dict[str, list[torch.Tensor]] = {}
         self._meta: FeatureSet | None = None
@@ -107,7 +118,32 @@ class PrecomputedSource:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
-                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
+                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder),
+                **self._role()}
+
+    def _role(self) -> dict:
+        """The encoder's role: extract.json's ``role`` when recorded, else ``baseline`` for a
+        baseline's features, else read from the released encoder the features came from; None
+        when none of these can tell (the summary then falls back to names)."""
+        unknown = {"role": None, "control_of": None, "architecture": None}
+        if self.meta.get("role"):
+            return {**unknown, **{k: self.meta.get(k) for k in unknown if k in self.meta}}
+        if self.meta.get("kind") == "baseline":
+            return {**unknown, "role": "baseline"}
+        recorded = self.meta.get("encoder") or self.spec
+        if recorded and (Path(recorded) / "config.json").is_file():
+            from speechssl.upstream.release import ReleaseError, encoder_role, read_release_config
+
+            try:
+                return encoder_role(read_release_config(recorded))
+            except ReleaseError:
+                return unknown
+        return unknown
+
+    def layer_aliases(self) -> dict[str, str] | None:
+        """extract.json's ``layer_aliases`` when recorded; None for folders that do not say."""
+        aliases = self.meta.get("layer_aliases")
+        return dict(aliases) if isinstance(aliases, dict) else None
 
     def fingerprint(self) -> dict:
         return {"spec": self.spec, "features": str(self.folder),
@@ -158,6 +194,31 @@ def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return results if results.get("run_key") == key else None
+
+
+def aliases_by_value(fs: FeatureSet) -> dict[str, str]:
+    """``{layer: earlier layer}`` for layers whose values equal an earlier layer's on the first
+    utterance. Only for sources that cannot say which layers are aliases (a feature folder whose
+    extract.json does not record ``layer_aliases``, a hand-made source): an encoder says it
+    structurally (:attr:`speechssl.upstream.Encoder.layer_aliases`)."""
+    if not len(fs.feats):
+        return {}
+    first = fs.feats[0]
+    out: dict[str, str] = {}
+    for j, name in enumerate(fs.layer_names):
+        for i in range(j):
+            if first[i].shape == first[j].shape and torch.equal(first[i], first[j]):
+                out[name] = fs.layer_names[i]
+                break
+    return out
+
+
+def layer_aliases(source, fs: FeatureSet) -> dict[str, str]:
+    """Which of ``fs``'s layers repeat an earlier one: what the source declares
+    (``source.layer_aliases()``, None when it cannot tell), else :func:`aliases_by_value`."""
+    declared = getattr(source, "layer_aliases", None)
+    aliases = declared() if callable(declared) else None
+    return dict(aliases) if aliases is not None else aliases_by_value(fs)
 
 
 _NOTED: set[str] = set()
@@ -290,28 +351,18 @@ def run_experiment(
             targets[name] = make_targets(splits[name], data[name], labels, label, level,
                                          cfg.task.label_frame_shift, name)
     fs = data["train"]
-    layers = resolve_layers(cfg.featurizer.layers, fs.layer_names)
-    sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
-    if cfg.featurizer.layers == "all" and len(set(sizes.values())) > 1:
-        # e.g. APC's 80-dim "latent" (log-Mel) beside 256-dim GRU layers: mix the layers of the
-        # last layer's size, say which were left out
-        keep = sizes[layers[-1]]
-        dropped = [n for n in layers if sizes[n] != keep]
+    selection = cfg.featurizer.selection
+    aliases = layer_aliases(source, fs) if selection.is_all else {}
+    layers, dropped = selection.for_weighted_sum(fs.layer_names, fs.hidden_sizes(), aliases)
+    if dropped["size"]:
         _note_once(logging.WARNING, "featurizer.layers=all: layers %s have another size than %d and are left "
-                   "out of the weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
-        layers = [n for n in layers if sizes[n] == keep]
-        sizes = {n: keep for n in layers}
-    if cfg.featurizer.layers == "all":
+                   "out of the weighted sum (select them explicitly, alone, to probe them)", dropped["size"],
+                   fs.hidden_sizes()[fs.layer_names.index(layers[-1])])
+    if dropped["alias"]:
         # "context" is often the last layer again; a copy would get a double share of the weights
-        first = fs.feats[0]
-        copies = [n for i, n in enumerate(layers) if any(
-            torch.equal(first[fs.layer_names.index(n)], first[fs.layer_names.index(m)]) for m in layers[:i])]
-        if copies:
-            _note_once(logging.INFO, "featurizer.layers=all: %s duplicate earlier layers and are left out", copies)
-            layers = [n for n in layers if n not in copies]
-            sizes = {n: sizes[n] for n in layers}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
+        _note_once(logging.INFO, "featurizer.layers=all: %s duplicate earlier layers and are left out",
+                   dropped["alias"])
+    sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
     meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
     seed_everything(cfg.train.seed)  # head initialisation depends only on the seed
     model = build_downstream_model(cfg, layers, next(iter(sizes.values())), labels.labels, meta)
