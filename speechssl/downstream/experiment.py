@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -106,15 +107,22 @@ class PrecomputedSource:
     def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
-            fs = load_precomputed(self.folder, todo, self.lazy)
+            fs = self._load(todo, self.lazy)
             self._meta = fs
             if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
+                return fs if len(todo) == len(records) else self._load(records, lazy=True)
             self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")
         return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
                           self._meta.layer_names, self._meta.frame_shift)
+
+    def _load(self, records: Sequence[dict], lazy: bool | None) -> FeatureSet:
+        """:func:`load_precomputed`, with a .pt file that is not plain tensors named in one line."""
+        try:
+            return load_precomputed(self.folder, records, lazy)
+        except pickle.UnpicklingError:
+            raise ValueError(_unsafe_pt_message(self.folder, records)) from None
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
@@ -151,6 +159,27 @@ class PrecomputedSource:
 
     def release(self) -> None:
         self._cache.clear()
+
+
+def _unsafe_pt_message(folder: Path, records: Sequence[dict]) -> str:
+    """Which ``.pt`` feature file of ``records`` holds pickled objects beyond tensors (found by
+    loading each with ``weights_only=True`` again; only on this error path)."""
+    import csv
+
+    with open(folder / "index.tsv", newline="", encoding="utf-8") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+    wanted = {r["id"] for r in records}
+    for uid, row in rows.items():
+        path = folder / str(row.get("path") or "")
+        if uid not in wanted or path.suffix != ".pt" or not path.is_file():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return (f"{path} (id {uid!r} in {folder / 'index.tsv'}): not plain tensors; .pt features are read "
+                    "with torch.load(weights_only=True), which refuses pickled objects that could run code; "
+                    "write features with `speechssl extract --format pt` (or npy)")
+    return f"{folder}: a .pt feature file holds pickled objects beyond tensors (refused by weights_only=True)"
 
 
 def _file_stamps(path: str | Path) -> list:
@@ -194,6 +223,24 @@ def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return results if results.get("run_key") == key else None
+
+
+def warn_single_examples(records: Sequence[dict], label: str, where: str) -> list[str]:
+    """Warn (one line) naming the classes of ``label`` that only one utterance of ``records`` has:
+    a head cannot learn a class from one example, and a dev split carved from it will lack the
+    class. Returns those classes."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        value = rec.get(label)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in {str(x) for x in values}:
+            counts[v] = counts.get(v, 0) + 1
+    single = sorted(v for v, n in counts.items() if n == 1)
+    if single:
+        shown = ", ".join(repr(v) for v in single[:10]) + (f" and {len(single) - 10} more" if len(single) > 10 else "")
+        logger.warning("%s: class(es) %s of %r have a single example; the head can hardly learn them "
+                       "(add examples, or merge or drop these classes)", where, shown, label)
+    return single
 
 
 def aliases_by_value(fs: FeatureSet) -> dict[str, str]:
@@ -340,6 +387,8 @@ def run_experiment(
         raise ValueError("the train split is empty")
     level = head_level(cfg.head)
     labels = LabelMap.from_records(splits["train"], label, "train")
+    if (protocol or {}).get("name") != "label_efficiency":  # there n per class is the point
+        warn_single_examples(splits["train"], label, "train")
     for name in ("dev", "test"):
         if splits.get(name):
             labels.check(splits[name], label, name)
