@@ -19,6 +19,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from speechssl.config import to_dict
 from speechssl.downstream.experiment import (
@@ -48,6 +49,85 @@ def carve_dev(records: Sequence[dict], label: str, fraction: float, seed: int = 
     """Stratified (train, dev) split of ``records``; dev gets ``fraction`` of every class."""
     parts = stratified_split(records, label, {"train": 1.0 - fraction, "dev": fraction}, seed=seed)
     return parts["train"], parts["dev"]
+
+
+def superb_splits(label: str, seed: int = 0, *, data: str | Path | None = None, train: str | Path | None = None,
+                  valid: str | Path | None = None, test: str | Path | None = None, split_by: str | None = None,
+                  fractions: Mapping[str, float] | None = None,
+                  dev_fraction: float = 0.0) -> tuple[dict[str, list], dict]:
+    """The splits of a SUPERB-style run and the protocol entry that records how they were made.
+
+    Either ``data`` (one manifest split into ``fractions``: by ``split_by`` groups, e.g. speaker,
+    or stratified by ``label``), or ``train`` (+ optional ``valid`` and ``test``) manifests; without
+    ``valid``, ``dev_fraction`` > 0 carves a stratified dev set out of ``train``.
+
+    Returns:
+        (``{"train", "dev", "test"}`` record lists (dev/test may be empty), protocol dict)
+    """
+    from speechssl.data import read_manifest, split_records
+
+    if data:
+        if train or valid or test:
+            raise ValueError("give either --data (to split) or --train/--valid/--test, not both")
+        records = read_manifest(data)
+        fractions = dict(fractions or {"train": 0.8, "dev": 0.1, "test": 0.1})
+        if split_by:
+            splits = split_records(records, fractions, group_by=split_by, seed=seed)
+        else:
+            splits = stratified_split(records, label, fractions, seed=seed)
+        protocol = {"name": "superb", "split": {"from": str(Path(data).resolve()), "group_by": split_by,
+                                                "fractions": fractions, "seed": seed}}
+        return splits, protocol
+    if not train:
+        raise ValueError("--train (or --data) is required")
+    splits = {"train": read_manifest(train), "dev": read_manifest(valid) if valid else [],
+              "test": read_manifest(test) if test else []}
+    if not valid and dev_fraction > 0:
+        splits["train"], splits["dev"] = carve_dev(splits["train"], label, dev_fraction, seed)
+    protocol = {"name": "superb", "manifests": {k: str(Path(v).resolve()) for k, v in
+                                                (("train", train), ("dev", valid), ("test", test)) if v}}
+    return splits, protocol
+
+
+def run_superb(source, splits: Mapping[str, Sequence[dict]], protocol: Mapping[str, Any], label: str,
+               cfg: DownstreamConfig, exp_dir: str | Path, lrs: Sequence[float] | None = None,
+               progress: bool = True, resume: bool = True) -> dict:
+    """One SUPERB-style run (:func:`run_experiment`), or a learning-rate sweep when ``lrs`` are
+    given (:func:`run_lr_sweep`). Returns the results written to ``exp_dir/results.json``."""
+    for name, recs in splits.items():
+        logger.info("%s: %d utterances", name, len(recs))
+    if lrs:
+        return run_lr_sweep(source, splits, label, cfg, lrs, exp_dir, progress, resume=resume)
+    results, _ = run_experiment(source, splits, label, cfg, exp_dir, protocol, progress)
+    return results
+
+
+def label_efficiency_splits(pool: Sequence[dict], label: str, dev: Sequence[dict] | None = None,
+                            dev_per_class: int = 0) -> tuple[list, list]:
+    """(pool, dev) of a label-efficiency protocol: ``dev`` when given; else ``dev_per_class``
+    utterances per class taken out of the pool, the same for every encoder, shot count and seed
+    (drawn with seed -1, which never trains); else no dev (the last step is kept)."""
+    if dev:
+        return list(pool), list(dev)
+    if dev_per_class > 0:
+        dev = sample_per_class(pool, label, dev_per_class, seed=-1)
+        taken = {r["id"] for r in dev}
+        return [r for r in pool if r["id"] not in taken], list(dev)
+    return list(pool), []
+
+
+def parse_encoder_list(text: str) -> dict[str, str]:
+    """``"logmel,apc=exp/apc/encoder"`` -> ``{"logmel": "logmel", "apc": "exp/apc/encoder"}``
+    (NAME=PATH names an encoder; a bare item is its own name). A repeated name is an error."""
+    out: dict[str, str] = {}
+    for item in (e.strip() for e in text.split(",") if e.strip()):
+        name, _, path = item.partition("=") if "=" in item else (item, "", item)
+        if not name or not path:
+            raise ValueError(f"--encoders: expected NAME or NAME=PATH, got {item!r}")
+        if name in out:
+            raise ValueError(f"--encoders: {name!r} is given twice")
+        out[name] = path
+    return out
 
 
 def run_kfold(source, records: Sequence[dict], label: str, group_field: str, cfg: DownstreamConfig,
