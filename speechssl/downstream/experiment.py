@@ -38,12 +38,12 @@ from speechssl.downstream.features import (
 from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
+from speechssl.downstream.results import ExperimentResult
 from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import evaluate, train_model
 from speechssl.utils import atomic_write_json, atomic_write_text, git_revision, seed_everything
 
 logger = logging.getLogger(__name__)
-RESULTS_FORMAT_VERSION = 1
 SUMMARY_METRICS = ("accuracy", "ua", "macro_f1")
 
 
@@ -213,7 +213,7 @@ def run_key(source, splits: Mapping[str, Sequence[dict]], cfg: DownstreamConfig,
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
+def finished_run(exp_dir: str | Path, key: str | None) -> ExperimentResult | None:
     """The results of an earlier run in ``exp_dir`` with the same :func:`run_key`, else None."""
     path = Path(exp_dir) / "results.json"
     if key is None or not path.is_file():
@@ -222,7 +222,12 @@ def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
         results = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return results if results.get("run_key") == key else None
+    if results.get("run_key") != key:
+        return None
+    try:
+        return ExperimentResult.from_dict(results)
+    except TypeError:  # a results.json missing keys (hand-edited, other version): train again
+        return None
 
 
 def warn_single_examples(records: Sequence[dict], label: str, where: str) -> list[str]:
@@ -377,9 +382,10 @@ def run_experiment(
     protocol: Mapping[str, Any] | None = None,
     progress: bool = True,
     key: str | None = None,
-) -> tuple[dict, DownstreamModel]:
+) -> tuple[ExperimentResult, DownstreamModel]:
     """Train on ``splits["train"]`` (early stopping on ``splits["dev"]`` if given), score
-    ``splits["test"]`` (or dev when there is no test). Returns (results dict, trained model).
+    ``splits["test"]`` (or dev when there is no test). Returns (results, trained model); with
+    ``exp_dir`` the results are also written there as ``results.json``.
     ``key`` (see :func:`run_key`) is recorded in the results so that a resumed protocol can
     recognise the run."""
     t0 = time.time()
@@ -424,49 +430,48 @@ def run_experiment(
         if name in data:
             scored[name], probs_by_split[name] = evaluate(model, data[name], targets[name])
     final = "test" if "test" in scored else ("dev" if "dev" in scored else None)
-    results = {
-        "format_version": RESULTS_FORMAT_VERSION,
-        "task": {"label": label, "level": level, "classes": labels.labels},
-        "encoder": source.describe(),
-        "featurizer": {**to_dict(cfg.featurizer), "layers": layers, "weights": model.featurizer.weights_dict()},
-        "head": dict(cfg.head),
-        "protocol": dict(protocol or {"name": "superb"}),
-        "hyperparameters": to_dict(cfg),
-        "seeds": [cfg.train.seed],
-        "splits": {"hash": splits_hash({k: v for k, v in splits.items() if v}),
-                   "sizes": {k: len(v) for k, v in splits.items() if v}},
-        "best_step": result.best_step,
-        "steps_run": result.steps_run,
-        "dev": scored.get("dev"),
-        "test": scored.get("test"),
-        "summary": summarize([scored[final]]) if final else None,
-        "summary_split": final,
-        "history": result.history,
-        "speechssl_version": speechssl.__version__,
-        "git_revision": git_revision(),
-        "seconds": round(time.time() - t0, 2),
-        "run_key": key,
-    }
+    results = ExperimentResult(
+        task={"label": label, "level": level, "classes": labels.labels},
+        encoder=source.describe(),
+        featurizer={**to_dict(cfg.featurizer), "layers": layers, "weights": model.featurizer.weights_dict()},
+        head=dict(cfg.head),
+        protocol=dict(protocol or {"name": "superb"}),
+        hyperparameters=to_dict(cfg),
+        seeds=[cfg.train.seed],
+        splits={"hash": splits_hash({k: v for k, v in splits.items() if v}),
+                "sizes": {k: len(v) for k, v in splits.items() if v}},
+        best_step=result.best_step,
+        steps_run=result.steps_run,
+        dev=scored.get("dev"),
+        test=scored.get("test"),
+        summary=summarize([scored[final]]) if final else None,
+        summary_split=final,
+        history=result.history,
+        speechssl_version=speechssl.__version__,
+        git_revision=git_revision(),
+        seconds=round(time.time() - t0, 2),
+        run_key=key,
+    )
     if exp_dir is not None:
         write_artifacts(Path(exp_dir), model, results, cfg, splits, probs_by_split, label)
     return results, model
 
 
-def write_artifacts(exp: Path, model: DownstreamModel, results: dict, cfg: DownstreamConfig,
+def write_artifacts(exp: Path, model: DownstreamModel, results: ExperimentResult, cfg: DownstreamConfig,
                     splits: Mapping[str, Sequence[dict]], probs_by_split: Mapping[str, list], label: str) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     model.save(exp)
     save_yaml(to_dict(cfg), exp / "config.yaml")
     model.featurizer.export_weights(exp / "layer_weights.json")
     plot_layer_weights(model.featurizer.weights_dict(), exp / "layer_weights.png",
-                       title=f"layer weights: {short_name(results['encoder'].get('spec'))} / {label}")
-    final = results.get("summary_split")
+                       title=f"layer weights: {short_name(results.encoder.get('spec'))} / {label}")
+    final = results.summary_split
     if final:
-        plot_confusion_matrix(results[final]["confusion_matrix"], model.labels, exp / "confusion_matrix.png",
-                              title=f"{label} ({final}, acc {results[final]['accuracy']:.3f}, "
-                                    f"UA {results[final]['ua']:.3f})")
+        scores = getattr(results, final)
+        plot_confusion_matrix(scores["confusion_matrix"], model.labels, exp / "confusion_matrix.png",
+                              title=f"{label} ({final}, acc {scores['accuracy']:.3f}, UA {scores['ua']:.3f})")
     for name, probs in probs_by_split.items():
         recs = splits[name]
         write_predictions(exp / f"predictions_{name}.tsv", [r["id"] for r in recs], probs, model.labels,
                           [_reference(r, label) for r in recs])
-    atomic_write_json(exp / "results.json", results)
+    atomic_write_json(exp / "results.json", results.to_dict())
