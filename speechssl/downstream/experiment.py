@@ -138,7 +138,7 @@ class PrecomputedSource:
             return {**unknown, **{k: self.meta.get(k) for k in unknown if k in self.meta}}
         if self.meta.get("kind") == "baseline":
             return {**unknown, "role": "baseline"}
-        recorded = self.meta.get("encoder") or self.spec
+        recorded = self.spec  # the --encoder given with the features, else extract.json's encoder
         if recorded and (Path(recorded) / "config.json").is_file():
             from speechssl.upstream.release import ReleaseError, encoder_role, read_release_config
 
