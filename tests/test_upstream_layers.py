@@ -164,3 +164,20 @@ def test_precomputed_features_carry_the_role_of_their_encoder(tmp_path):
         (tmp_path / name / "extract.json").write_text(json.dumps(meta))
     roles = {n: PrecomputedSource(tmp_path / n).describe()["role"] for n in ("base", "ctl", "recorded", "unknown")}
     assert roles == {"base": "baseline", "ctl": "control", "recorded": "ssl", "unknown": None}
+
+
+def test_pretrain_records_the_role_of_its_release(tmp_path):
+    from pathlib import Path
+
+    from speechssl.cli.main import main
+    from speechssl.corpora.synthetic import synthesize_corpus
+
+    manifest = synthesize_corpus(tmp_path / "synth", backend="formant", speakers=2, utts_per_speaker=2)
+    recipe = str(Path(__file__).parents[1] / "recipes/pretrain/apc_tiny.yaml")
+    roles = {}
+    for name, steps in (("random", 0), ("trained", 1)):
+        argv = ["pretrain", "--config", recipe, "--train", str(manifest), "--exp", str(tmp_path / name),
+                f"train.max_steps={steps}", "train.progress=false", "train.plot=false", "train.valid_every=0"]
+        assert main(argv) == 0
+        roles[name] = json.loads((tmp_path / name / "encoder" / "config.json").read_text())["role"]
+    assert roles == {"random": "control", "trained": "ssl"}
