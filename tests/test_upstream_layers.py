@@ -181,3 +181,15 @@ def test_pretrain_records_the_role_of_its_release(tmp_path):
         assert main(argv) == 0
         roles[name] = json.loads((tmp_path / name / "encoder" / "config.json").read_text())["role"]
     assert roles == {"random": "control", "trained": "ssl"}
+
+
+def test_extract_layers_use_the_same_grammar(tmp_path):
+    from speechssl.cli.main import main
+    from speechssl.corpora.synthetic import synthesize_corpus
+
+    manifest = synthesize_corpus(tmp_path / "synth", backend="formant", speakers=1, utts_per_speaker=2)
+    released = save_released_encoder(_tiny("apc"), tmp_path / "apc", extra={"step": 0})
+    out = tmp_path / "feats"
+    assert main(["extract", "--encoder", str(released), "--input", str(manifest), "--out", str(out),
+                 "--layers", "last,-2", "--format", "npy"]) == 0
+    assert json.loads((out / "extract.json").read_text())["layers"] == ["last", "layer_3"]
