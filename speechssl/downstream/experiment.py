@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -164,8 +165,6 @@ class PrecomputedSource:
 def _unsafe_pt_message(folder: Path, records: Sequence[dict]) -> str:
     """Which ``.pt`` feature file of ``records`` holds pickled objects beyond tensors (found by
     loading each with ``weights_only=True`` again; only on this error path)."""
-    import csv
-
     with open(folder / "index.tsv", newline="", encoding="utf-8") as f:
         rows = {row["id"]: row for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
     wanted = {r["id"] for r in records}
