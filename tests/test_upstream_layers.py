@@ -175,12 +175,17 @@ def test_pretrain_records_the_role_of_its_release(tmp_path):
     manifest = synthesize_corpus(tmp_path / "synth", backend="formant", speakers=2, utts_per_speaker=2)
     recipe = str(Path(__file__).parents[1] / "recipes/pretrain/apc_tiny.yaml")
     roles = {}
-    for name, steps in (("random", 0), ("trained", 1)):
+    for name, extra in (("random", ["train.max_steps=0", "train.control_of=apc"]), ("trained", ["train.max_steps=1"])):
         argv = ["pretrain", "--config", recipe, "--train", str(manifest), "--exp", str(tmp_path / name),
-                f"train.max_steps={steps}", "train.progress=false", "train.plot=false", "train.valid_every=0"]
+                *extra, "train.progress=false", "train.plot=false", "train.valid_every=0"]
         assert main(argv) == 0
-        roles[name] = json.loads((tmp_path / name / "encoder" / "config.json").read_text())["role"]
-    assert roles == {"random": "control", "trained": "ssl"}
+        cfg = json.loads((tmp_path / name / "encoder" / "config.json").read_text())
+        roles[name] = (cfg["role"], cfg["control_of"])
+    assert roles == {"random": ("control", "apc"), "trained": ("ssl", None)}
+    # naming what a trained encoder controls is a contradiction, refused before any work
+    argv = ["pretrain", "--config", recipe, "--train", str(manifest), "--exp", str(tmp_path / "bad"),
+            "train.max_steps=5", "train.control_of=apc"]
+    assert main(argv) == 1 and not (tmp_path / "bad" / "encoder").exists()
 
 
 def test_extract_layers_use_the_same_grammar(tmp_path):
