@@ -13,11 +13,9 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,13 +31,19 @@ from speechssl.downstream.features import (
     LabelMap,
     LazyFeatures,
     frame_targets,
-    load_precomputed,
     num_frames,
 )
 from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
 from speechssl.downstream.results import ExperimentResult
+from speechssl.downstream.source_info import (
+    encoder_layer_aliases,
+    encoder_role_info,
+    features_layer_aliases,
+    features_role_info,
+    load_precomputed_checked,
+)
 from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import evaluate, train_model
 from speechssl.utils import atomic_write_json, atomic_write_text, git_revision, seed_everything
@@ -64,18 +68,10 @@ class EncoderSource:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
-                "frame_shift": self.cache.frame_shift, "features": None, **self._role()}
-
-    def _role(self) -> dict:
-        """``role``, ``control_of``, ``architecture`` of a speechssl Encoder (see Encoder.role_info)."""
-        info = getattr(self.cache.encoder, "role_info", None)
-        return info() if callable(info) else {"role": None, "control_of": None, "architecture": None}
+                "frame_shift": self.cache.frame_shift, "features": None, **encoder_role_info(self.cache.encoder)}
 
     def layer_aliases(self) -> dict[str, str] | None:
-        """The encoder's structural aliases (APC's ``context`` = its last layer); None when the
-        encoder is not a speechssl Encoder and cannot say."""
-        aliases = getattr(self.cache.encoder, "layer_aliases", None)
-        return dict(aliases) if isinstance(aliases, dict) else None
+        return encoder_layer_aliases(self.cache.encoder)
 
     def fingerprint(self) -> dict:
         """What identifies this encoder's features (see :func:`run_key`): its weights' SHA-256 when
@@ -108,51 +104,23 @@ class PrecomputedSource:
     def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
-            fs = self._load(todo, self.lazy)
+            fs = load_precomputed_checked(self.folder, todo, self.lazy)
             self._meta = fs
             if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else self._load(records, lazy=True)
+                return fs if len(todo) == len(records) else load_precomputed_checked(self.folder, records, lazy=True)
             self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")
         return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
                           self._meta.layer_names, self._meta.frame_shift)
 
-    def _load(self, records: Sequence[dict], lazy: bool | None) -> FeatureSet:
-        """:func:`load_precomputed`, with a .pt file that is not plain tensors named in one line."""
-        try:
-            return load_precomputed(self.folder, records, lazy)
-        except pickle.UnpicklingError:
-            raise ValueError(_unsafe_pt_message(self.folder, records)) from None
-
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
                 "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder),
-                **self._role()}
-
-    def _role(self) -> dict:
-        """The encoder's role: extract.json's ``role`` when recorded, else ``baseline`` for a
-        baseline's features, else read from the released encoder the features came from; None
-        when none of these can tell (the summary then falls back to names)."""
-        unknown = {"role": None, "control_of": None, "architecture": None}
-        if self.meta.get("role"):
-            return {**unknown, **{k: self.meta.get(k) for k in unknown if k in self.meta}}
-        if self.meta.get("kind") == "baseline":
-            return {**unknown, "role": "baseline"}
-        recorded = self.spec  # the --encoder given with the features, else extract.json's encoder
-        if recorded and (Path(recorded) / "config.json").is_file():
-            from speechssl.upstream.release import ReleaseError, encoder_role, read_release_config
-
-            try:
-                return encoder_role(read_release_config(recorded))
-            except ReleaseError:
-                return unknown
-        return unknown
+                **features_role_info(self.meta, self.spec)}
 
     def layer_aliases(self) -> dict[str, str] | None:
-        """extract.json's ``layer_aliases`` when recorded; None for folders that do not say."""
-        aliases = self.meta.get("layer_aliases")
-        return dict(aliases) if isinstance(aliases, dict) else None
+        return features_layer_aliases(self.meta)
 
     def fingerprint(self) -> dict:
         return {"spec": self.spec, "features": str(self.folder),
@@ -160,25 +128,6 @@ class PrecomputedSource:
 
     def release(self) -> None:
         self._cache.clear()
-
-
-def _unsafe_pt_message(folder: Path, records: Sequence[dict]) -> str:
-    """Which ``.pt`` feature file of ``records`` holds pickled objects beyond tensors (found by
-    loading each with ``weights_only=True`` again; only on this error path)."""
-    with open(folder / "index.tsv", newline="", encoding="utf-8") as f:
-        rows = {row["id"]: row for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
-    wanted = {r["id"] for r in records}
-    for uid, row in rows.items():
-        path = folder / str(row.get("path") or "")
-        if uid not in wanted or path.suffix != ".pt" or not path.is_file():
-            continue
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            return (f"{path} (id {uid!r} in {folder / 'index.tsv'}): not plain tensors; .pt features are read "
-                    "with torch.load(weights_only=True), which refuses pickled objects that could run code; "
-                    "write features with `speechssl extract --format pt` (or npy)")
-    return f"{folder}: a .pt feature file holds pickled objects beyond tensors (refused by weights_only=True)"
 
 
 def _file_stamps(path: str | Path) -> list:
