@@ -67,3 +67,55 @@ def test_label_efficiency_named_encoders_and_feature_folders(tmp_path):
     assert curves["logmel"]["1"]["scores"] == curves["precomputed"]["1"]["scores"]
     assert main(["downstream", "label-efficiency", "--encoders", "logmel,logmel", "--train", str(manifest), "--test",
                  str(manifest), "--label", "speaker", "--shots", "1", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_roles_come_from_the_results_not_the_names(tmp_path):
+    """Free names: the control is found by its recorded role and architecture, a baseline by role."""
+    spk = _fake_results(tmp_path / "spk", {"mel": [0.30, 0.6], "mine": [0.45, 0.7], "untrained": [0.35, 0.6],
+                                            "other": [0.50, 0.8]})
+    data = json.loads((spk / "results.json").read_text())
+    data["encoders"] = {"mel": {"spec": "logmel", "role": "baseline"},
+                        "mine": {"spec": "/x/exp/apc/encoder", "role": "ssl", "architecture": "a1"},
+                        "untrained": {"spec": "/x/exp/ctl/encoder", "role": "control", "architecture": "a1"},
+                        "other": {"spec": "/x/exp/cpc/encoder", "role": "ssl", "architecture": "b2"}}
+    (spk / "results.json").write_text(json.dumps(data))
+    verdict = summarize_label_efficiency({"speaker": spk}, tmp_path / "summary.md", reference="mel")
+    assert abs(verdict["encoders"]["mine"]["speaker"]["vs_control"] - 0.10) < 1e-9
+    assert verdict["encoders"]["other"]["speaker"]["vs_control"] is None
+    assert set(verdict["encoders"]) == {"mine", "other"}  # neither the baseline nor the control is judged
+    text = (tmp_path / "summary.md").read_text()
+    assert "| mel | baseline |" in text and "| untrained | control |" in text
+    assert "+10.0 pts vs untrained" in text
+
+
+def test_control_of_names_the_encoder_it_controls(tmp_path):
+    from speechssl.downstream.summary import pair_controls
+
+    described = {"a": {"role": "ssl", "spec": "/e/apc/encoder", "architecture": "x"},
+                 "b": {"role": "ssl", "spec": "/e/apc_long/encoder", "architecture": "x"},
+                 "r": {"role": "control", "control_of": "/e/apc_long", "architecture": "x"}}
+    # control_of wins over the shared architecture; an encoder of the same architecture without a
+    # control of its own is compared with the same control
+    assert pair_controls(["a", "b", "r"], described) == {"b": "r", "a": "r"}
+    assert pair_controls(["apc", "apc_random"], {}) == {"apc": "apc_random"}  # old results: names
+
+
+def test_summary_legend_covers_no_panel(tmp_path):
+    from speechssl.downstream.summary import summary_figure
+
+    curves = {e: [0.3, 0.5] for e in ("logmel", "fbank", "apc", "apc_random", "cpc", "cpc_random")}
+    loaded = {}
+    for task in ("speaker", "style"):
+        folder = _fake_results(tmp_path / task, curves)
+        loaded[task] = json.loads((folder / "results.json").read_text())
+        loaded[task]["runs"] = [{"train_size": 8, "shots": 1}]  # 8 classes: a chance line at 0.125
+    fig = summary_figure(loaded, list(curves))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1
+    labels = [t.get_text() for t in legends[0].get_texts()]
+    assert labels[-1] == "chance" and set(curves) <= set(labels)
+    box = legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers panel {ax.get_title()}"

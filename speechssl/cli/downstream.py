@@ -22,7 +22,35 @@ from pathlib import Path
 logger = logging.getLogger("speechssl.downstream")
 
 
-def _common(p: argparse.ArgumentParser, encoder_required: bool = False) -> None:
+EXAMPLES = {
+    "train": ["speechssl downstream train --encoder logmel --train tr.jsonl --valid dv.jsonl --test te.jsonl "
+              "--label emotion --exp exp/er",
+              "speechssl downstream train --features exp/feats --data all.jsonl --split-by speaker --label speaker "
+              "--exp exp/sid optim.lr=1e-3",
+              "speechssl downstream train --encoder exp/apc/encoder --train tr.jsonl --dev-fraction 0.1 "
+              "--label emotion --lrs 1e-4,1e-3,1e-2 --exp exp/er_sweep"],
+    "kfold": ["speechssl downstream kfold --encoder logmel --data all.jsonl --label emotion --group session "
+              "--exp exp/er5"],
+    "label-efficiency": ["speechssl downstream label-efficiency --encoders logmel,apc=exp/apc/encoder "
+                         "--train pool.jsonl --test te.jsonl --label speaker --shots 1,2,4,8 --seeds 3 --out exp/le",
+                         "speechssl downstream label-efficiency --encoders logmel=exp/feats/logmel,apc=exp/feats/apc "
+                         "--train pool.jsonl --dev-per-class 2 --test te.jsonl --label style --out exp/le_style"],
+    "predict": ["speechssl downstream predict --model exp/er --input data/new_wavs --out preds.tsv",
+                "speechssl downstream predict --model exp/er --input te.jsonl --features exp/feats_te"],
+    "summary": ["speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md "
+                "--png exp/summary.png"],
+    "compare": ["speechssl downstream compare exp/er_logmel exp/er_apc --png exp/compare.png --out exp/compare.md"],
+}
+
+
+def subcommand(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A sub-verb parser whose ``--help`` shows ``description`` and its :data:`EXAMPLES`."""
+    return sub.add_parser(name, help=summary, description=description,
+                          epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="encoder name (logmel, fbank, mfcc) or folder (released encoder, checkpoint)")
     p.add_argument("--features", help="folder written by `speechssl extract` (index.tsv); skips the encoder")
     p.add_argument("--label", help="manifest field to predict (overrides task.label of the config)")
@@ -33,7 +61,10 @@ def _common(p: argparse.ArgumentParser, encoder_required: bool = False) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("train", help="train a head, early-stop on dev, score test")
+    p = subcommand(sub, "train", "train a head, early-stop on dev, score test",
+                   "Train a downstream head (featurizer + pooling + classifier) on frozen features, select "
+                   "the best dev step, score test, and write model, results.json, plots and predictions to "
+                   "--exp. With --lrs, one run per learning rate and the best on dev is kept.")
     _common(p)
     p.add_argument("--train", help="training manifest")
     p.add_argument("--valid", help="dev manifest (early stopping / model selection)")
@@ -48,17 +79,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="with --lrs: train every learning rate again (default: a rerun reads back the ones finished)")
 
-    p = sub.add_parser("kfold", help="k-fold cross-validation by a group field, mean ± std")
+    p = subcommand(sub, "kfold", "k-fold cross-validation by a group field, mean ± std",
+                   "Cross-validate by a group field: fold i tests on its groups' utterances, carves a "
+                   "stratified dev set from the other folds and trains on the rest. Reports mean ± std over "
+                   "folds; a rerun reads back the folds already finished.")
     _common(p)
     p.add_argument("--data", required=True, help="manifest with all utterances")
     p.add_argument("--group", required=True, help="group field; folds never share a value (e.g. session)")
     p.add_argument("--k", type=int, help="number of folds (default: one per group)")
     p.add_argument("--dev-fraction", type=float, default=0.1, help="dev share of each fold's training part")
-    p.add_argument("--exp", required=True)
+    p.add_argument("--exp", required=True, help="experiment folder (one fold_<i> folder per fold)")
     p.add_argument("--restart", action="store_true",
                    help="train every fold again (default: a rerun reads back the folds already finished)")
 
-    p = sub.add_parser("label-efficiency", help="n labelled utterances per class x seeds x encoders")
+    p = subcommand(sub, "label-efficiency", "n labelled utterances per class x seeds x encoders",
+                   "For every encoder, every n in --shots and every seed: train on n utterances per class of "
+                   "the pool, select on dev, score the same test set. Writes results.json, "
+                   "label_efficiency.png/.md and runs.jsonl (a rerun trains only the runs not recorded there).")
     p.add_argument("--encoders", required=True,
                    help="comma-separated encoders: a name (logmel), a folder (released encoder, checkpoint), or "
                         "NAME=PATH to name it, where PATH may also be a `speechssl extract` folder (index.tsv)")
@@ -66,34 +103,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--valid", help="dev manifest (default: carve --dev-per-class from the pool)")
     p.add_argument("--dev-per-class", type=int, default=0, help="without --valid: dev utterances per class taken "
                    "out of the pool (0: no dev, the last step is kept)")
-    p.add_argument("--test", required=True)
-    p.add_argument("--label", required=True)
+    p.add_argument("--test", required=True, help="test manifest, the same for every run")
+    p.add_argument("--label", required=True, help="manifest field to predict")
     p.add_argument("--shots", default="1,2,4,8", help="utterances per class, comma-separated")
     p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a comma-separated list")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "ua", "macro_f1"])
-    p.add_argument("--config")
-    p.add_argument("--out", required=True)
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "ua", "macro_f1"],
+                   help="test metric of the curves and table")
+    p.add_argument("--config", help="downstream YAML (recipes/downstream/*.yaml)")
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--restart", action="store_true",
                    help="train every run again (default: a rerun reads back the runs in OUT/runs.jsonl)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.max_steps=100")
 
-    p = sub.add_parser("predict", help="label new audio with a trained downstream model")
+    p = subcommand(sub, "predict", "label new audio with a trained downstream model",
+                   "Label audio with a model written by `downstream train` (or kfold/label-efficiency folds): "
+                   "features are computed with the encoder recorded in the model, the same layers, and "
+                   "written as TSV: id, prediction, confidence [, reference when the manifest has the label].")
     p.add_argument("--model", required=True, help="experiment folder (model.json + model.safetensors)")
     p.add_argument("--input", required=True, help="audio folder, JSONL manifest or one audio file")
     p.add_argument("--out", help="output TSV (default MODEL/predictions.tsv)")
     p.add_argument("--encoder", help="override the encoder recorded in the model")
     p.add_argument("--features", help="precomputed features for the input (index.tsv)")
 
-    p = sub.add_parser("summary", help="label-efficiency verdict: SSL vs log-Mel vs random-init controls")
+    p = subcommand(sub, "summary", "label-efficiency verdict: SSL vs log-Mel vs random-init controls",
+                   "Summarise label-efficiency folders of several tasks: one table (encoder x task x labels "
+                   "per class), a verdict at the smallest label budget (each SSL encoder vs the reference "
+                   "and vs its random-init control, by the roles recorded in results.json) and a plot.")
     p.add_argument("tasks", nargs="+", metavar="TASK=DIR", help="label-efficiency output folders, e.g. speaker=exp/le_spk")
     p.add_argument("--out", required=True, help="markdown summary (a .json verdict is written beside it)")
     p.add_argument("--png", help="plot with one panel per task")
     p.add_argument("--reference", default="logmel", help="the baseline every SSL encoder must beat")
     p.add_argument("--note", default="", help="a line under the title (date, machine)")
 
-    p = sub.add_parser("compare", help="markdown table (and PNG) of several experiments")
-    p.add_argument("exps", nargs="+")
+    p = subcommand(sub, "compare", "markdown table (and PNG) of several experiments",
+                   "Tabulate the results.json of several experiment folders (encoder, layers, test metrics) "
+                   "as markdown, optionally with a bar chart.")
+    p.add_argument("exps", nargs="+", help="experiment folders (or results.json files)")
     p.add_argument("--png", help="bar chart PNG")
     p.add_argument("--out", help="also write the table to this file")
 
@@ -128,44 +174,22 @@ def _print_summary(results: dict) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from speechssl.data import parse_fractions, read_manifest, split_records
-    from speechssl.downstream import run_experiment, run_lr_sweep, source_from_config, stratified_split
-    from speechssl.downstream.protocols import carve_dev
+    from speechssl.data import parse_fractions
+    from speechssl.downstream import source_from_config
+    from speechssl.downstream.protocols import run_superb, superb_splits
 
     cfg = _config(args)
-    label = cfg.task.label
-    if args.data:
-        if args.train or args.valid or args.test:
-            raise ValueError("give either --data (to split) or --train/--valid/--test, not both")
-        records = read_manifest(args.data)
-        fractions = parse_fractions(args.fractions)
-        if args.split_by:
-            splits = split_records(records, fractions, group_by=args.split_by, seed=cfg.train.seed)
-        else:
-            splits = stratified_split(records, label, fractions, seed=cfg.train.seed)
-        protocol = {"name": "superb", "split": {"from": str(Path(args.data).resolve()), "group_by": args.split_by,
-                                                "fractions": fractions, "seed": cfg.train.seed}}
-    else:
-        if not args.train:
-            raise ValueError("--train (or --data) is required")
-        splits = {"train": read_manifest(args.train)}
-        splits["dev"] = read_manifest(args.valid) if args.valid else []
-        splits["test"] = read_manifest(args.test) if args.test else []
-        if not args.valid and args.dev_fraction > 0:
-            splits["train"], splits["dev"] = carve_dev(splits["train"], label, args.dev_fraction, cfg.train.seed)
-        protocol = {"name": "superb", "manifests": {k: str(Path(v).resolve()) for k, v in
-                                                    (("train", args.train), ("dev", args.valid), ("test", args.test)) if v}}
-    for name, recs in splits.items():
-        logger.info("%s: %d utterances", name, len(recs))
+    splits, protocol = superb_splits(cfg.task.label, cfg.train.seed, data=args.data, train=args.train,
+                                     valid=args.valid, test=args.test, split_by=args.split_by,
+                                     fractions=parse_fractions(args.fractions), dev_fraction=args.dev_fraction)
     source = source_from_config(cfg, args.encoder, args.features)
-    if args.lrs:
-        results = run_lr_sweep(source, splits, label, cfg, _floats(args.lrs, "--lrs"), args.exp, not args.quiet,
-                               resume=not args.restart)
-        for run in results["sweep"]:
-            print(f"lr {run['lr']:g}: dev {cfg.train.metric} {run['dev'][cfg.train.metric]:.4f}")
+    lrs = _floats(args.lrs, "--lrs") if args.lrs else None
+    results = run_superb(source, splits, protocol, cfg.task.label, cfg, args.exp, lrs, not args.quiet,
+                         resume=not args.restart)
+    for run in results.get("sweep") or []:
+        print(f"lr {run['lr']:g}: dev {cfg.train.metric} {run['dev'][cfg.train.metric]:.4f}")
+    if lrs:
         print(f"selected lr {results['protocol']['selected_lr']:g}")
-    else:
-        results, _ = run_experiment(source, splits, label, cfg, args.exp, protocol, not args.quiet)
     _print_summary(results)
     print(f"wrote {Path(args.exp) / 'results.json'}")
     return 0
@@ -189,32 +213,21 @@ def run_kfold_cmd(args: argparse.Namespace) -> int:
 
 def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
     from speechssl.data import read_manifest
-    from speechssl.downstream import run_label_efficiency, sample_per_class, source_from_config
+    from speechssl.downstream import run_label_efficiency, source_from_config
+    from speechssl.downstream.protocols import label_efficiency_splits, parse_encoder_list
 
     cfg = _config(args)
     label = cfg.task.label
-    pool = read_manifest(args.train)
-    test = read_manifest(args.test)
-    if args.valid:
-        dev = read_manifest(args.valid)
-    elif args.dev_per_class > 0:
-        # a fixed dev set, the same for every encoder, shot count and seed (seed -1 never trains)
-        dev = sample_per_class(pool, label, args.dev_per_class, seed=-1)
-        taken = {r["id"] for r in dev}
-        pool = [r for r in pool if r["id"] not in taken]
-    else:
-        dev = []
+    pool, dev = label_efficiency_splits(read_manifest(args.train), label,
+                                        read_manifest(args.valid) if args.valid else None, args.dev_per_class)
     shots = [int(x) for x in _floats(args.shots, "--shots")]
     seeds = ([int(x) for x in _floats(args.seeds, "--seeds")] if "," in args.seeds else list(range(int(args.seeds))))
     sources = {}
-    for item in (e.strip() for e in args.encoders.split(",") if e.strip()):
-        name, _, path = item.partition("=") if "=" in item else (item, "", item)
-        if name in sources:
-            raise ValueError(f"--encoders: {name!r} is given twice")
+    for name, path in parse_encoder_list(args.encoders).items():
         is_features = (Path(path) / "index.tsv").is_file()
         sources[name] = source_from_config(cfg, None if is_features else path, path if is_features else None)
-    results = run_label_efficiency(sources, pool, dev, test, label, cfg, shots, seeds, args.out, args.metric,
-                                   not args.quiet, resume=not args.restart)
+    results = run_label_efficiency(sources, pool, dev, read_manifest(args.test), label, cfg, shots, seeds, args.out,
+                                   args.metric, not args.quiet, resume=not args.restart)
     print((Path(args.out) / "label_efficiency.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'label_efficiency.png'}")
     return 0 if results else 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -27,12 +26,25 @@ def _labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+def subcommand(sub, name: str, summary: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A sub-verb parser whose ``--help`` shows ``description`` and an ``examples:`` block."""
+    return sub.add_parser(
+        name, help=summary, description=description,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = sub.add_parser("import", help="fairseq TSV or Kaldi data folder -> JSONL manifest")
-    p.add_argument("--from", dest="fmt", choices=["tsv", "kaldi"], required=True)
+    p = subcommand(sub, "import", "fairseq TSV or Kaldi data folder -> JSONL manifest",
+                   "Read a fairseq wav2vec TSV (first line the root folder, then relpath<TAB>num_samples) or a "
+                   "Kaldi data folder (wav.scp, optional segments/utt2spk/text/utt2*) into a JSONL manifest.",
+                   ["speechssl manifest import --from tsv train.tsv --out data/train.jsonl --labels text=train.wrd",
+                    "speechssl manifest import --from kaldi data/train --out data/train.jsonl"])
+    p.add_argument("--from", dest="fmt", choices=["tsv", "kaldi"], required=True, help="format of SOURCE")
     p.add_argument("source", help="the .tsv file, or the Kaldi data folder / wav.scp")
     p.add_argument("--out", required=True, help="manifest to write")
     p.add_argument(
@@ -49,9 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tsv: line-aligned label file, e.g. text=train.wrd (repeatable)",
     )
 
-    p = sub.add_parser("export", help="JSONL manifest -> fairseq TSV or Kaldi data folder")
-    p.add_argument("--to", dest="fmt", choices=["tsv", "kaldi"], required=True)
-    p.add_argument("manifest")
+    p = subcommand(sub, "export", "JSONL manifest -> fairseq TSV or Kaldi data folder",
+                   "Write a manifest as a fairseq wav2vec TSV (+ line-aligned label files) or a Kaldi data "
+                   "folder (wav.scp, utt2spk, spk2utt, segments when records are segments).",
+                   ["speechssl manifest export --to tsv data/train.jsonl --out fairseq/train.tsv --labels text=train.wrd",
+                    "speechssl manifest export --to kaldi data/train.jsonl --out kaldi/train"])
+    p.add_argument("--to", dest="fmt", choices=["tsv", "kaldi"], required=True, help="format to write")
+    p.add_argument("manifest", help="JSONL manifest to export")
     p.add_argument("--out", required=True, help="the .tsv file, or the Kaldi data folder")
     p.add_argument("--root", default=None, help="tsv: root folder (default: common folder of all files)")
     p.add_argument(
@@ -63,19 +79,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--speaker-field", default="speaker", help="kaldi: field for utt2spk (default speaker)")
 
-    p = sub.add_parser("split", help="deterministic (optionally speaker-grouped) split into parts")
-    p.add_argument("manifest")
+    p = subcommand(sub, "split", "deterministic (optionally speaker-grouped) split into parts",
+                   "Split a manifest into parts by share of audio (seconds). The same records, fractions and "
+                   "seed give the same split whatever the input order; with --group-by no value of that "
+                   "field (e.g. a speaker) is in two parts.",
+                   ["speechssl manifest split data/all.jsonl --out-dir data --fractions train=0.8,dev=0.1,test=0.1",
+                    "speechssl manifest split data/all.jsonl --out-dir data --group-by speaker --seed 1"])
+    p.add_argument("manifest", help="JSONL manifest to split")
     p.add_argument("--out-dir", required=True, help="writes <name>.jsonl per part")
     p.add_argument("--fractions", default="train=0.8,dev=0.1,test=0.1", help="name=share,... (sum 1)")
     p.add_argument("--group-by", default=None, help="label field whose values never straddle parts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="changes which utterances (or groups) go where")
 
-    p = sub.add_parser("merge", help="concatenate manifests (ids must stay unique)")
-    p.add_argument("manifests", nargs="+")
-    p.add_argument("--out", required=True)
+    p = subcommand(sub, "merge", "concatenate manifests (ids must stay unique)",
+                   "Concatenate manifests in the order given into one; an id found in two of them is an "
+                   "error naming both files, and nothing is written then.",
+                   ["speechssl manifest merge data/a.jsonl data/b.jsonl --out data/train.jsonl"])
+    p.add_argument("manifests", nargs="+", help="manifests to concatenate, in order")
+    p.add_argument("--out", required=True, help="merged manifest to write")
 
-    p = sub.add_parser("info", help="hours, counts, duration range and label distributions")
-    p.add_argument("manifest")
+    p = subcommand(sub, "info", "hours, counts, duration range and label distributions",
+                   "Summarise a manifest: utterances, hours, shortest/mean/longest, sample rates, segments, "
+                   "and for every label field how many distinct values (with counts when there are few).",
+                   ["speechssl manifest info data/train.jsonl", "speechssl manifest info data/train.jsonl --json"])
+    p.add_argument("manifest", help="JSONL manifest to summarise")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -118,56 +145,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.action == "split":
-        from speechssl.data import parse_fractions, split_records
+        from speechssl.data import parse_fractions, split_manifest
 
-        records = read_manifest(args.manifest)
-        parts = split_records(
-            records, parse_fractions(args.fractions), group_by=args.group_by, seed=args.seed
-        )
-        for name, part in parts.items():
-            out = Path(args.out_dir) / f"{name}.jsonl"
-            write_manifest(part, out)
-            groups = (
-                f", {len({str(r[args.group_by]) for r in part})} distinct {args.group_by}"
-                if args.group_by
-                else ""
-            )
+        parts = split_manifest(args.manifest, args.out_dir, parse_fractions(args.fractions), args.group_by, args.seed)
+        for out, part in parts.values():
+            groups = f", {len({str(r[args.group_by]) for r in part})} distinct {args.group_by}" if args.group_by else ""
             print(f"{out}: {_hours(part)}{groups}")
         return 0
 
     if args.action == "merge":
-        merged: list[dict] = []
-        first_seen: dict[str, str] = {}
-        for manifest in args.manifests:
-            for rec in read_manifest(manifest):
-                if rec["id"] in first_seen:
-                    raise ValueError(f"id {rec['id']!r} is in both {first_seen[rec['id']]} and {manifest}")
-                first_seen[rec["id"]] = manifest
-                merged.append(rec)
-        write_manifest(merged, args.out)
+        from speechssl.data import merge_manifests
+
+        merged = merge_manifests(args.manifests, args.out)
         print(f"wrote {args.out}: {_hours(merged)}")
         return 0
 
-    from speechssl.data import manifest_summary
+    from speechssl.data import format_summary, manifest_summary
 
     summary = manifest_summary(read_manifest(args.manifest))
-    if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return 0
-    print(f"{args.manifest}: {summary['records']} utterances, {summary['hours']:.3f} h")
-    print(
-        f"  seconds: min {summary['seconds_min']}, mean {summary['seconds_mean']}, max {summary['seconds_max']}"
-    )
-    print(f"  sample rates: {', '.join(f'{k} Hz x{v}' for k, v in summary['sample_rates'].items())}")
-    if summary["segments"]:
-        print(f"  segments: {summary['segments']}")
-    for field, entry in summary["labels"].items():
-        line = f"  {field}: {entry['distinct']} distinct"
-        if entry["missing"]:
-            line += f", {entry['missing']} missing"
-        if "top" in entry:
-            line += ": " + ", ".join(f"{k} x{v}" for k, v in entry["top"].items())
-            if entry["distinct"] > len(entry["top"]):
-                line += ", ..."
-        print(line)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_summary(summary, args.manifest))
     return 0

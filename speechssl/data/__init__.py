@@ -12,11 +12,13 @@ from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, mak
 from speechssl.data.formats import read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
 from speechssl.data.manifest import (
     ManifestError,
+    format_summary,
     group_records,
     iter_manifest,
     label_counts,
     label_fields,
     manifest_summary,
+    merge_manifests,
     read_manifest,
     record_duration,
     total_hours,
@@ -25,7 +27,7 @@ from speechssl.data.manifest import (
 )
 from speechssl.data.prepare import PrepareError, PrepareReport, prepare_folder
 from speechssl.data.sampler import SecondsBatchSampler
-from speechssl.data.split import kfold_records, parse_fractions, split_records
+from speechssl.data.split import kfold_records, parse_fractions, split_manifest, split_records
 
 __all__ = [
     "AudioDataset",
@@ -35,6 +37,7 @@ __all__ = [
     "PrepareReport",
     "SecondsBatchSampler",
     "collate_audio",
+    "format_summary",
     "group_records",
     "iter_manifest",
     "kfold_records",
@@ -42,6 +45,7 @@ __all__ = [
     "label_fields",
     "make_loader",
     "manifest_summary",
+    "merge_manifests",
     "padded_seconds",
     "parse_fractions",
     "prepare_folder",
@@ -49,6 +53,7 @@ __all__ = [
     "read_manifest",
     "read_tsv",
     "record_duration",
+    "split_manifest",
     "split_records",
     "total_hours",
     "validate_record",

@@ -293,3 +293,43 @@ def manifest_summary(records: list[Mapping[str, Any]], max_values: int = 10) -> 
             entry["top"] = {str(k): v for k, v in counts.most_common(max_values)}
         summary["labels"][field] = entry
     return summary
+
+
+def merge_manifests(manifests: Iterable[str | Path], out: str | Path) -> list[dict]:
+    """Concatenate manifests, in order, into ``out`` (written atomically); returns the records.
+
+    Raises:
+        ManifestError: an id is in two manifests (both are named); nothing is written then.
+    """
+    merged: list[dict] = []
+    first_seen: dict[str, str] = {}
+    for manifest in manifests:
+        for rec in read_manifest(manifest):
+            if rec["id"] in first_seen:
+                raise ManifestError(f"id {rec['id']!r} is in both {first_seen[rec['id']]} and {manifest}",
+                                    manifest, key="id")
+            first_seen[rec["id"]] = str(manifest)
+            merged.append(rec)
+    write_manifest(merged, out)
+    return merged
+
+
+def format_summary(summary: Mapping[str, Any], name: str) -> str:
+    """:func:`manifest_summary` as the indented text ``speechssl manifest info`` prints."""
+    lines = [
+        f"{name}: {summary['records']} utterances, {summary['hours']:.3f} h",
+        f"  seconds: min {summary['seconds_min']}, mean {summary['seconds_mean']}, max {summary['seconds_max']}",
+        f"  sample rates: {', '.join(f'{k} Hz x{v}' for k, v in summary['sample_rates'].items())}",
+    ]
+    if summary["segments"]:
+        lines.append(f"  segments: {summary['segments']}")
+    for field, entry in summary["labels"].items():
+        line = f"  {field}: {entry['distinct']} distinct"
+        if entry["missing"]:
+            line += f", {entry['missing']} missing"
+        if "top" in entry:
+            line += ": " + ", ".join(f"{k} x{v}" for k, v in entry["top"].items())
+            if entry["distinct"] > len(entry["top"]):
+                line += ", ..."
+        lines.append(line)
+    return "\n".join(lines)

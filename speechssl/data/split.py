@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from speechssl.data.manifest import group_records, record_duration
@@ -144,3 +145,13 @@ def kfold_records(
         train = [r for r in records if id(r) not in test_ids]
         folds.append((train, test))
     return folds
+
+
+def split_manifest(manifest: str | Path, out_dir: str | Path, fractions: Mapping[str, float],
+                   group_by: str | None = None, seed: int = 0) -> dict[str, tuple[Path, list]]:
+    """:func:`split_records` of a manifest file, each part written to ``out_dir/<name>.jsonl``
+    (atomically). Returns ``{name: (path, records)}``."""
+    from speechssl.data.manifest import read_manifest, write_manifest
+
+    parts = split_records(read_manifest(manifest), fractions, group_by=group_by, seed=seed)
+    return {name: (write_manifest(part, Path(out_dir) / f"{name}.jsonl"), part) for name, part in parts.items()}

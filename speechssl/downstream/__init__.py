@@ -8,9 +8,11 @@ Library entry points (the ``speechssl downstream`` CLI is a thin wrapper over th
     cfg = downstream_config({"head": {"name": "superb_utterance"}, "optim": {"lr": 1e-3}})
     results, model = run_experiment(source, {"train": tr, "dev": dv, "test": te}, "emotion", cfg, "exp/er")
 
-Parts: :class:`Featurizer` (learned layer weights), ``HEADS`` (superb_utterance, speaker_asp,
-linear_probe, frame_linear), metrics (WA/UA/macro-F1/confusion), protocols (k-fold by group,
-learning-rate sweep, label efficiency), ``predict`` and ``compare``.
+Parts: :class:`Featurizer` (learned layer weights over layers chosen with
+:class:`speechssl.upstream.layers.LayerSelection`), ``HEADS`` (superb_utterance, speaker_asp,
+linear_probe, frame_linear), metrics (WA/UA/macro-F1/confusion), protocols (SUPERB splits, k-fold
+by group, learning-rate sweep, label efficiency) returning typed results (:mod:`.results`, written
+as ``results.json``), ``predict`` and ``compare``.
 """
 
 from speechssl.downstream.experiment import (
@@ -32,7 +34,21 @@ from speechssl.downstream.model import (
     load_downstream_model,
 )
 from speechssl.downstream.pooling import AttentiveStatsPool, masked_mean, masked_mean_std
-from speechssl.downstream.protocols import run_kfold, run_label_efficiency, run_lr_sweep
+from speechssl.downstream.protocols import (
+    compute_label_efficiency,
+    run_kfold,
+    run_label_efficiency,
+    run_lr_sweep,
+    run_superb,
+    superb_splits,
+    write_label_efficiency,
+)
+from speechssl.downstream.results import (
+    ExperimentResult,
+    KFoldResult,
+    LabelEfficiencyResult,
+    LabelEfficiencyRun,
+)
 from speechssl.downstream.splits import (
     kfold_by_group,
     sample_per_class,
@@ -47,14 +63,19 @@ __all__ = [
     "DownstreamModel",
     "EncoderFeatureCache",
     "EncoderSource",
+    "ExperimentResult",
     "FeatureSet",
     "Featurizer",
     "FeaturizerConfig",
+    "KFoldResult",
+    "LabelEfficiencyResult",
+    "LabelEfficiencyRun",
     "LabelMap",
     "PrecomputedSource",
     "build_head",
     "classification_metrics",
     "compare",
+    "compute_label_efficiency",
     "confusion_matrix",
     "downstream_config",
     "input_records",
@@ -70,8 +91,11 @@ __all__ = [
     "run_kfold",
     "run_label_efficiency",
     "run_lr_sweep",
+    "run_superb",
     "sample_per_class",
     "source_from_config",
     "splits_hash",
     "stratified_split",
+    "superb_splits",
+    "write_label_efficiency",
 ]

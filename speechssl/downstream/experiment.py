@@ -31,19 +31,24 @@ from speechssl.downstream.features import (
     LabelMap,
     LazyFeatures,
     frame_targets,
-    load_precomputed,
     num_frames,
 )
-from speechssl.downstream.featurizer import resolve_layers
 from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
+from speechssl.downstream.results import ExperimentResult
+from speechssl.downstream.source_info import (
+    encoder_layer_aliases,
+    encoder_role_info,
+    features_layer_aliases,
+    features_role_info,
+    load_precomputed_checked,
+)
 from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import evaluate, train_model
 from speechssl.utils import atomic_write_json, atomic_write_text, git_revision, seed_everything
 
 logger = logging.getLogger(__name__)
-RESULTS_FORMAT_VERSION = 1
 SUMMARY_METRICS = ("accuracy", "ua", "macro_f1")
 
 
@@ -63,7 +68,10 @@ class EncoderSource:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
-                "frame_shift": self.cache.frame_shift, "features": None}
+                "frame_shift": self.cache.frame_shift, "features": None, **encoder_role_info(self.cache.encoder)}
+
+    def layer_aliases(self) -> dict[str, str] | None:
+        return encoder_layer_aliases(self.cache.encoder)
 
     def fingerprint(self) -> dict:
         """What identifies this encoder's features (see :func:`run_key`): its weights' SHA-256 when
@@ -87,7 +95,8 @@ class PrecomputedSource:
         self.folder = Path(folder).resolve()
         self.lazy = lazy  # see load_precomputed: None keeps the features in memory when they fit
         meta_path = self.folder / "extract.json"
-        recorded = json.loads(meta_path.read_text()).get("encoder") if meta_path.is_file() else None
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        recorded = self.meta.get("encoder")
         self.spec = encoder_spec or (str(recorded) if recorded else None)
         self._cache: dict[str, list[torch.Tensor]] = {}
         self._meta: FeatureSet | None = None
@@ -95,10 +104,10 @@ class PrecomputedSource:
     def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
-            fs = load_precomputed(self.folder, todo, self.lazy)
+            fs = load_precomputed_checked(self.folder, todo, self.lazy)
             self._meta = fs
             if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
+                return fs if len(todo) == len(records) else load_precomputed_checked(self.folder, records, lazy=True)
             self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")
@@ -107,7 +116,11 @@ class PrecomputedSource:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
-                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder)}
+                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder),
+                **features_role_info(self.meta, self.spec)}
+
+    def layer_aliases(self) -> dict[str, str] | None:
+        return features_layer_aliases(self.meta)
 
     def fingerprint(self) -> dict:
         return {"spec": self.spec, "features": str(self.folder),
@@ -148,7 +161,7 @@ def run_key(source, splits: Mapping[str, Sequence[dict]], cfg: DownstreamConfig,
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
+def finished_run(exp_dir: str | Path, key: str | None) -> ExperimentResult | None:
     """The results of an earlier run in ``exp_dir`` with the same :func:`run_key`, else None."""
     path = Path(exp_dir) / "results.json"
     if key is None or not path.is_file():
@@ -157,7 +170,55 @@ def finished_run(exp_dir: str | Path, key: str | None) -> dict | None:
         results = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return results if results.get("run_key") == key else None
+    if results.get("run_key") != key:
+        return None
+    try:
+        return ExperimentResult.from_dict(results)
+    except TypeError:  # a results.json missing keys (hand-edited, other version): train again
+        return None
+
+
+def warn_single_examples(records: Sequence[dict], label: str, where: str) -> list[str]:
+    """Warn (one line) naming the classes of ``label`` that only one utterance of ``records`` has:
+    a head cannot learn a class from one example, and a dev split carved from it will lack the
+    class. Returns those classes."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        value = rec.get(label)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in {str(x) for x in values}:
+            counts[v] = counts.get(v, 0) + 1
+    single = sorted(v for v, n in counts.items() if n == 1)
+    if single:
+        shown = ", ".join(repr(v) for v in single[:10]) + (f" and {len(single) - 10} more" if len(single) > 10 else "")
+        logger.warning("%s: class(es) %s of %r have a single example; the head can hardly learn them "
+                       "(add examples, or merge or drop these classes)", where, shown, label)
+    return single
+
+
+def aliases_by_value(fs: FeatureSet) -> dict[str, str]:
+    """``{layer: earlier layer}`` for layers whose values equal an earlier layer's on the first
+    utterance. Only for sources that cannot say which layers are aliases (a feature folder whose
+    extract.json does not record ``layer_aliases``, a hand-made source): an encoder says it
+    structurally (:attr:`speechssl.upstream.Encoder.layer_aliases`)."""
+    if not len(fs.feats):
+        return {}
+    first = fs.feats[0]
+    out: dict[str, str] = {}
+    for j, name in enumerate(fs.layer_names):
+        for i in range(j):
+            if first[i].shape == first[j].shape and torch.equal(first[i], first[j]):
+                out[name] = fs.layer_names[i]
+                break
+    return out
+
+
+def layer_aliases(source, fs: FeatureSet) -> dict[str, str]:
+    """Which of ``fs``'s layers repeat an earlier one: what the source declares
+    (``source.layer_aliases()``, None when it cannot tell), else :func:`aliases_by_value`."""
+    declared = getattr(source, "layer_aliases", None)
+    aliases = declared() if callable(declared) else None
+    return dict(aliases) if aliases is not None else aliases_by_value(fs)
 
 
 _NOTED: set[str] = set()
@@ -269,9 +330,10 @@ def run_experiment(
     protocol: Mapping[str, Any] | None = None,
     progress: bool = True,
     key: str | None = None,
-) -> tuple[dict, DownstreamModel]:
+) -> tuple[ExperimentResult, DownstreamModel]:
     """Train on ``splits["train"]`` (early stopping on ``splits["dev"]`` if given), score
-    ``splits["test"]`` (or dev when there is no test). Returns (results dict, trained model).
+    ``splits["test"]`` (or dev when there is no test). Returns (results, trained model); with
+    ``exp_dir`` the results are also written there as ``results.json``.
     ``key`` (see :func:`run_key`) is recorded in the results so that a resumed protocol can
     recognise the run."""
     t0 = time.time()
@@ -279,6 +341,8 @@ def run_experiment(
         raise ValueError("the train split is empty")
     level = head_level(cfg.head)
     labels = LabelMap.from_records(splits["train"], label, "train")
+    if (protocol or {}).get("name") != "label_efficiency":  # there n per class is the point
+        warn_single_examples(splits["train"], label, "train")
     for name in ("dev", "test"):
         if splits.get(name):
             labels.check(splits[name], label, name)
@@ -290,28 +354,18 @@ def run_experiment(
             targets[name] = make_targets(splits[name], data[name], labels, label, level,
                                          cfg.task.label_frame_shift, name)
     fs = data["train"]
-    layers = resolve_layers(cfg.featurizer.layers, fs.layer_names)
-    sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
-    if cfg.featurizer.layers == "all" and len(set(sizes.values())) > 1:
-        # e.g. APC's 80-dim "latent" (log-Mel) beside 256-dim GRU layers: mix the layers of the
-        # last layer's size, say which were left out
-        keep = sizes[layers[-1]]
-        dropped = [n for n in layers if sizes[n] != keep]
+    selection = cfg.featurizer.selection
+    aliases = layer_aliases(source, fs) if selection.is_all else {}
+    layers, dropped = selection.for_weighted_sum(fs.layer_names, fs.hidden_sizes(), aliases)
+    if dropped["size"]:
         _note_once(logging.WARNING, "featurizer.layers=all: layers %s have another size than %d and are left "
-                   "out of the weighted sum (select them explicitly, alone, to probe them)", dropped, keep)
-        layers = [n for n in layers if sizes[n] == keep]
-        sizes = {n: keep for n in layers}
-    if cfg.featurizer.layers == "all":
+                   "out of the weighted sum (select them explicitly, alone, to probe them)", dropped["size"],
+                   fs.hidden_sizes()[fs.layer_names.index(layers[-1])])
+    if dropped["alias"]:
         # "context" is often the last layer again; a copy would get a double share of the weights
-        first = fs.feats[0]
-        copies = [n for i, n in enumerate(layers) if any(
-            torch.equal(first[fs.layer_names.index(n)], first[fs.layer_names.index(m)]) for m in layers[:i])]
-        if copies:
-            _note_once(logging.INFO, "featurizer.layers=all: %s duplicate earlier layers and are left out", copies)
-            layers = [n for n in layers if n not in copies]
-            sizes = {n: sizes[n] for n in layers}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"featurizer.layers: a weighted sum needs equal sizes, got {sizes}; choose layers of one size")
+        _note_once(logging.INFO, "featurizer.layers=all: %s duplicate earlier layers and are left out",
+                   dropped["alias"])
+    sizes = {n: fs.hidden_sizes()[fs.layer_names.index(n)] for n in layers}
     meta = {"label": label, "encoder": source.describe(), "label_frame_shift": cfg.task.label_frame_shift}
     seed_everything(cfg.train.seed)  # head initialisation depends only on the seed
     model = build_downstream_model(cfg, layers, next(iter(sizes.values())), labels.labels, meta)
@@ -324,49 +378,48 @@ def run_experiment(
         if name in data:
             scored[name], probs_by_split[name] = evaluate(model, data[name], targets[name])
     final = "test" if "test" in scored else ("dev" if "dev" in scored else None)
-    results = {
-        "format_version": RESULTS_FORMAT_VERSION,
-        "task": {"label": label, "level": level, "classes": labels.labels},
-        "encoder": source.describe(),
-        "featurizer": {**to_dict(cfg.featurizer), "layers": layers, "weights": model.featurizer.weights_dict()},
-        "head": dict(cfg.head),
-        "protocol": dict(protocol or {"name": "superb"}),
-        "hyperparameters": to_dict(cfg),
-        "seeds": [cfg.train.seed],
-        "splits": {"hash": splits_hash({k: v for k, v in splits.items() if v}),
-                   "sizes": {k: len(v) for k, v in splits.items() if v}},
-        "best_step": result.best_step,
-        "steps_run": result.steps_run,
-        "dev": scored.get("dev"),
-        "test": scored.get("test"),
-        "summary": summarize([scored[final]]) if final else None,
-        "summary_split": final,
-        "history": result.history,
-        "speechssl_version": speechssl.__version__,
-        "git_revision": git_revision(),
-        "seconds": round(time.time() - t0, 2),
-        "run_key": key,
-    }
+    results = ExperimentResult(
+        task={"label": label, "level": level, "classes": labels.labels},
+        encoder=source.describe(),
+        featurizer={**to_dict(cfg.featurizer), "layers": layers, "weights": model.featurizer.weights_dict()},
+        head=dict(cfg.head),
+        protocol=dict(protocol or {"name": "superb"}),
+        hyperparameters=to_dict(cfg),
+        seeds=[cfg.train.seed],
+        splits={"hash": splits_hash({k: v for k, v in splits.items() if v}),
+                "sizes": {k: len(v) for k, v in splits.items() if v}},
+        best_step=result.best_step,
+        steps_run=result.steps_run,
+        dev=scored.get("dev"),
+        test=scored.get("test"),
+        summary=summarize([scored[final]]) if final else None,
+        summary_split=final,
+        history=result.history,
+        speechssl_version=speechssl.__version__,
+        git_revision=git_revision(),
+        seconds=round(time.time() - t0, 2),
+        run_key=key,
+    )
     if exp_dir is not None:
         write_artifacts(Path(exp_dir), model, results, cfg, splits, probs_by_split, label)
     return results, model
 
 
-def write_artifacts(exp: Path, model: DownstreamModel, results: dict, cfg: DownstreamConfig,
+def write_artifacts(exp: Path, model: DownstreamModel, results: ExperimentResult, cfg: DownstreamConfig,
                     splits: Mapping[str, Sequence[dict]], probs_by_split: Mapping[str, list], label: str) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     model.save(exp)
     save_yaml(to_dict(cfg), exp / "config.yaml")
     model.featurizer.export_weights(exp / "layer_weights.json")
     plot_layer_weights(model.featurizer.weights_dict(), exp / "layer_weights.png",
-                       title=f"layer weights: {short_name(results['encoder'].get('spec'))} / {label}")
-    final = results.get("summary_split")
+                       title=f"layer weights: {short_name(results.encoder.get('spec'))} / {label}")
+    final = results.summary_split
     if final:
-        plot_confusion_matrix(results[final]["confusion_matrix"], model.labels, exp / "confusion_matrix.png",
-                              title=f"{label} ({final}, acc {results[final]['accuracy']:.3f}, "
-                                    f"UA {results[final]['ua']:.3f})")
+        scores = getattr(results, final)
+        plot_confusion_matrix(scores["confusion_matrix"], model.labels, exp / "confusion_matrix.png",
+                              title=f"{label} ({final}, acc {scores['accuracy']:.3f}, UA {scores['ua']:.3f})")
     for name, probs in probs_by_split.items():
         recs = splits[name]
         write_predictions(exp / f"predictions_{name}.tsv", [r["id"] for r in recs], probs, model.labels,
                           [_reference(r, label) for r in recs])
-    atomic_write_json(exp / "results.json", results)
+    atomic_write_json(exp / "results.json", results.to_dict())

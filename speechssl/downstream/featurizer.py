@@ -13,29 +13,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechssl.upstream.layers import LayerSelection
 from speechssl.utils import atomic_write_json
 
 
 @dataclasses.dataclass
 class FeaturizerConfig:
-    layers: list[str] | str = "all"  # "all" or a list of layer names (one name = that layer only)
+    # "all", "context,latent" or a list of names / indices / aliases (see speechssl.upstream.layers;
+    # one layer = that layer only). "all" leaves out layers of another size than the last one and
+    # aliases of earlier layers (APC's "context" is its last layer).
+    layers: list[str | int] | str | int = "all"
     layer_norm: bool = False  # layer-normalise each layer (no affine) before the weighted sum
     learn_weights: bool = True  # False: fixed equal weights (a plain average)
 
+    def __post_init__(self) -> None:
+        LayerSelection.parse(self.layers, "featurizer.layers")  # a malformed selection fails when read
 
-def resolve_layers(requested: list[str] | str, available: list[str]) -> list[str]:
-    """``"all"`` -> every layer; ``"a,b"`` or a list -> those layers, which must exist (the error
-    lists the available ones)."""
-    if isinstance(requested, str):
-        if requested == "all":
-            return list(available)
-        requested = [part.strip() for part in requested.split(",") if part.strip()]
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise KeyError(f"featurizer.layers: unknown layer(s) {unknown}; the encoder has {available}")
-    if not requested:
-        raise ValueError("featurizer.layers: no layer selected")
-    return list(requested)
+    @property
+    def selection(self) -> LayerSelection:
+        """``layers`` parsed (the field itself keeps the plain form saved in configs and results)."""
+        return LayerSelection.parse(self.layers, "featurizer.layers")
 
 
 class Featurizer(nn.Module):

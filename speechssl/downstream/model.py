@@ -85,6 +85,15 @@ class DownstreamConfig:
         if self.encode.features_in_memory not in ("auto", "always", "never"):
             raise ValueError("encode.features_in_memory: expected auto, always or never, got "
                              f"{self.encode.features_in_memory!r}")
+        # checked here so that a bad value fails before any feature is encoded, not mid-training
+        for key, value, least in (("train.batch_size", self.train.batch_size, 1),
+                                  ("train.max_steps", self.train.max_steps, 0),
+                                  ("train.valid_every", self.train.valid_every, 1),
+                                  ("train.patience", self.train.patience, 0),
+                                  ("train.crop_frames", self.train.crop_frames, 0),
+                                  ("encode.batch_size", self.encode.batch_size, 1)):
+            if value < least:
+                raise ValueError(f"{key}: expected an integer >= {least}, got {value}")
 
 
 def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConfig:

@@ -2,13 +2,20 @@
 
 Reads the ``results.json`` written by ``speechssl downstream label-efficiency`` for several
 tasks and writes one markdown table (encoder x task x labels-per-class, mean ± std over seeds),
-a PNG with one panel per task, and a JSON verdict. Encoders are classified by name:
+a PNG with one panel per task, and a JSON verdict. Each encoder has a role, read from the
+``results.json`` (``encoders.<name>.role``, which comes from the released encoder's ``config.json``
+or, for features, from ``extract.json`` and the encoder they were extracted with):
 
-* baselines: ``logmel``, ``fbank``, ``mfcc`` (features without learning);
-* controls: ``<name>_random`` — the architecture of ``<name>`` with random initial weights
-  (random recurrent or convolutional features often beat log-Mel on their own, so the gain
-  of pretraining is measured over its own control too, as in the CPC paper);
-* everything else is a pretrained (SSL) encoder.
+* ``baseline``: ``logmel``, ``fbank``, ``mfcc`` (features without learning);
+* ``control``: an encoder released untrained (``train.max_steps=0``) — an architecture with random
+  initial weights (random recurrent or convolutional features often beat log-Mel on their own, so
+  the gain of pretraining is measured over its own control too, as in the CPC paper). A control is
+  paired with the SSL encoder it names (``control_of``), else with the SSL encoder of the same
+  architecture (model config), else with ``<its name minus _random>``;
+* ``ssl``: a pretrained encoder.
+
+Results written before roles were recorded fall back to names: the baseline names above,
+``<name>_random`` for controls, everything else SSL (:func:`encoder_kind`).
 
 The verdict compares, at the smallest label budget, every SSL encoder with ``logmel`` and with
 its control on every task, and says by how much it wins or loses (accuracy points).
@@ -28,12 +35,60 @@ BASELINES = ("logmel", "fbank", "mfcc")
 CONTROL_SUFFIX = "_random"
 
 
-def encoder_kind(name: str) -> str:
+def encoder_kind(name: str, described: Mapping[str, Any] | None = None) -> str:
+    """``baseline`` | ``control`` | ``ssl``: the recorded ``role`` of ``described`` (an entry of a
+    results.json's ``encoders``), else guessed from the name (results without roles)."""
+    role = (described or {}).get("role")
+    if role in ("baseline", "control", "ssl"):
+        return str(role)
     if name in BASELINES:
         return "baseline"
     if name.endswith(CONTROL_SUFFIX):
         return "control"
     return "ssl"
+
+
+def _described(loaded: Mapping[str, dict]) -> dict[str, dict]:
+    """Encoder name -> its description (role, control_of, architecture, spec) over all tasks."""
+    out: dict[str, dict] = {}
+    for r in loaded.values():
+        for name, desc in (r.get("encoders") or {}).items():
+            if isinstance(desc, dict) and (name not in out or desc.get("role")):
+                out[name] = desc
+    return out
+
+
+def pair_controls(encoders: Sequence[str], described: Mapping[str, dict]) -> dict[str, str]:
+    """SSL encoder name -> the name of its control, by ``control_of`` (an encoder name, or the
+    spec / experiment folder of the SSL encoder), else by equal architecture, else by name."""
+    kinds = {e: encoder_kind(e, described.get(e)) for e in encoders}
+    ssl = [e for e in encoders if kinds[e] == "ssl"]
+    controls = [e for e in encoders if kinds[e] == "control"]
+    pairs: dict[str, str] = {}
+
+    def refs(enc: str) -> set[str]:
+        spec = str((described.get(enc) or {}).get("spec") or "")
+        names = {enc, spec}
+        if spec:
+            path = Path(spec)
+            names |= {path.name, str(path.parent), path.parent.name} if path.name == "encoder" else {path.name}
+        return {n for n in names if n}
+
+    for ctl in controls:
+        target = (described.get(ctl) or {}).get("control_of")
+        if target:
+            for enc in ssl:
+                if str(target) in refs(enc):
+                    pairs.setdefault(enc, ctl)
+    for ctl in controls:
+        arch = (described.get(ctl) or {}).get("architecture")
+        same = [e for e in ssl if arch and (described.get(e) or {}).get("architecture") == arch]
+        for enc in same:
+            pairs.setdefault(enc, ctl)
+    for enc in ssl:
+        if enc + CONTROL_SUFFIX in controls:
+            pairs.setdefault(enc, enc + CONTROL_SUFFIX)
+    return pairs
 
 
 def _load(results_dir: str | Path) -> dict:
@@ -73,8 +128,12 @@ def summarize_label_efficiency(
     encoders: list[str] = []
     for r in loaded.values():
         encoders += [e for e in r["curves"] if e not in encoders]
+    described = _described(loaded)
+    kinds = {e: encoder_kind(e, described.get(e)) for e in encoders}
+    control_of = pair_controls(encoders, described)
+    family = {e: e for e in encoders} | {ctl: enc for enc, ctl in control_of.items()}
     order = {"baseline": 0, "control": 2, "ssl": 1}
-    encoders.sort(key=lambda e: (order[encoder_kind(e)], e.removesuffix(CONTROL_SUFFIX), e))
+    encoders.sort(key=lambda e: (order[kinds[e]], family[e], e))
 
     # Table: rows encoders, columns (task, shots).
     cols = [(t, s) for t, r in loaded.items() for s in r["protocol"]["shots"]]
@@ -93,7 +152,7 @@ def summarize_label_efficiency(
         for t, s in cols:
             c = loaded[t]["curves"].get(enc, {}).get(str(s))
             cells.append(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "—")
-        lines.append(f"| {enc} | {encoder_kind(enc)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {enc} | {kinds[enc]} | " + " | ".join(cells) + " |")
 
     # Verdict at the smallest label budget of each task.
     verdict: dict[str, Any] = {"reference": reference, "tasks": {}, "encoders": {}}
@@ -103,10 +162,10 @@ def summarize_label_efficiency(
         ref = curves.get(reference, {}).get(str(n))
         verdict["tasks"][t] = {"shots": n, "reference": ref["mean"] if ref else None}
         for enc in curves:
-            if encoder_kind(enc) != "ssl":
+            if kinds[enc] != "ssl":
                 continue
             mine = curves[enc][str(n)]["mean"]
-            control = curves.get(enc + CONTROL_SUFFIX, {}).get(str(n))
+            control = curves.get(control_of.get(enc, ""), {}).get(str(n))
             entry = verdict["encoders"].setdefault(enc, {})
             entry[t] = {
                 "shots": n,
@@ -127,7 +186,7 @@ def summarize_label_efficiency(
         parts = []
         for t, v in per_task.items():
             ref_txt = "no reference" if v["vs_reference"] is None else f"{_pts(v['vs_reference'])} vs {reference}"
-            ctl_txt = "no control" if v["vs_control"] is None else f"{_pts(v['vs_control'])} vs {enc}{CONTROL_SUFFIX}"
+            ctl_txt = "no control" if v["vs_control"] is None else f"{_pts(v['vs_control'])} vs {control_of[enc]}"
             parts.append(f"{t} (n={v['shots']}): {v['score']:.3f}, {ref_txt}, {ctl_txt}")
         lines.append(f"- **{enc}**: " + "; ".join(parts))
     lines.append("")
@@ -149,12 +208,32 @@ def summarize_label_efficiency(
     atomic_write_text(out_md, "\n".join(lines) + "\n")
     atomic_write_json(out_md.with_suffix(".json"), verdict)
     if out_png is not None:
-        plot_summary(loaded, out_png, encoders)
+        plot_summary(loaded, out_png, encoders, kinds, family)
     return verdict
 
 
-def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequence[str]) -> None:
-    """One panel per task: score vs labelled utterances per class (log2 axis), error bars = std."""
+def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequence[str],
+                 kinds: Mapping[str, str] | None = None, family: Mapping[str, str] | None = None) -> None:
+    """Write :func:`summary_figure` to ``out_png`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(loaded, encoders, kinds, family)
+    with atomic_path(out_png) as tmp:
+        # "tight" grows the canvas to hold the legend placed right of the panels
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def summary_figure(loaded: Mapping[str, dict], encoders: Sequence[str], kinds: Mapping[str, str] | None = None,
+                   family: Mapping[str, str] | None = None):
+    """One panel per task: score vs labelled utterances per class (log2 axis), error bars = std;
+    one legend for all panels, right of them, so that it covers no point and no chance line.
+
+    ``kinds``: encoder -> baseline | control | ssl (default: :func:`encoder_kind` of the name);
+    ``family``: encoder -> the SSL encoder whose colour it shares (a control and its encoder).
+    Returns the matplotlib Figure."""
+    kinds = dict(kinds or {e: encoder_kind(e) for e in encoders})
+    family = dict(family or {e: e.removesuffix(CONTROL_SUFFIX) for e in encoders})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +241,7 @@ def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequ
 
     fig, axes = plt.subplots(1, len(loaded), figsize=(5.5 * len(loaded), 4.2), squeeze=False)
     palette = plt.get_cmap("tab10")
-    families = sorted({e.removesuffix(CONTROL_SUFFIX) for e in encoders if encoder_kind(e) != "baseline"})
+    families = sorted({family[e] for e in encoders if kinds[e] != "baseline"})
     for ax, (task, r) in zip(axes[0], loaded.items()):
         for enc in encoders:
             curve = r["curves"].get(enc)
@@ -171,11 +250,11 @@ def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequ
             shots = sorted(int(s) for s in curve)
             means = [curve[str(s)]["mean"] for s in shots]
             stds = [curve[str(s)]["std"] for s in shots]
-            kind = encoder_kind(enc)
+            kind = kinds[enc]
             if kind == "baseline":
                 style = {"color": "black" if enc == "logmel" else "grey", "linestyle": "-", "marker": "s"}
             else:
-                fam = enc.removesuffix(CONTROL_SUFFIX)
+                fam = family[enc]
                 style = {"color": palette(families.index(fam) % 10), "marker": "o",
                          "linestyle": "--" if kind == "control" else "-"}
             ax.errorbar(shots, means, yerr=stds, label=enc, capsize=3, linewidth=1.6, **style)
@@ -194,9 +273,15 @@ def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequ
         ax.grid(True, alpha=0.3)
         if not math.isnan(ax.get_ylim()[0]):
             ax.set_ylim(bottom=0)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:  # every encoder once, even one that only some tasks have
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    if "chance" in handles:  # after the encoders
+        handles["chance"] = handles.pop("chance")
     fig.suptitle("SSL encoders (solid) vs random-init controls (dashed) vs log-Mel/fbank")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
+               bbox_to_anchor=(1.03, 0.5), bbox_transform=axes[0][-1].transAxes, borderaxespad=0.0,
+               frameon=False)
+    return fig

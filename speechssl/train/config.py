@@ -115,6 +115,9 @@ class TrainConfig:
     """Length of training, precision, logging, validation and checkpointing."""
 
     max_steps: int = 1000  # optimiser steps; 0 releases the randomly initialised model (a control)
+    # a control (max_steps=0): the name of the encoder it is the control of, recorded in the released
+    # config.json ("control_of") so that summaries pair them whatever their folder names
+    control_of: str | None = None
     max_minutes: float | None = None  # wall-clock budget; stops cleanly with a checkpoint + encoder
     seed: int = 0  # one seed for python, numpy, torch, crops and batch order
     # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only). Losses are fp32.
@@ -140,6 +143,9 @@ class TrainConfig:
         check_finite(self, "train")
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must be >= 0 (0 releases the initial weights), got {self.max_steps}")
+        if self.control_of is not None and self.max_steps != 0:
+            raise ConfigError(f"train.control_of={self.control_of!r} names what a random-init control is the control "
+                              f"of; it needs train.max_steps=0, got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
         if self.log_every < 1:

@@ -566,7 +566,7 @@ class Trainer:
         if self.dist.is_main:
             save_released_encoder(self.model, folder, extra={
                 "step": self.step, "status": status, "valid_loss": self.last_valid_loss,
-                "experiment": str(self.exp_dir.resolve())})
+                "experiment": str(self.exp_dir.resolve())}, control_of=self.cfg.train.control_of)
             self._info(f"released encoder to {folder}")
         barrier(self.dist)
         return folder

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from speechssl.models.base import EncoderOutput
+from speechssl.upstream.layers import LayerSelection
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ _PROBE_SAMPLES = SAMPLE_RATE  # one second of silence: enough frames for every f
 class EncoderOptions:
     """Options accepted by :func:`speechssl.load_encoder` for every kind of encoder."""
 
-    layers: Any = "all"  # "all", a comma-separated string, or a list of layer names / indices
+    layers: Any = "all"  # "all", "context,latent", a list of names / indices, or a LayerSelection
     device: str = "cpu"  # where the encoder runs ("cpu", "cuda", "cuda:1")
     trainable: bool = False  # False: eval mode and no autograd graph (a frozen upstream)
     # fp32 | bf16: bf16 runs matmuls/convolutions under autocast (3.4x faster wav2vec2 Base on
@@ -58,38 +58,10 @@ def option_names() -> list[str]:
     return [f.name for f in dataclasses.fields(EncoderOptions)]
 
 
-def _resolve_layers(requested: Any, available: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Map a ``layers`` option to indices into ``available`` and the output names."""
-    available = list(available)
-    if requested is None or (isinstance(requested, str) and requested.strip() == "all"):
-        return list(range(len(available))), available
-    items = requested.split(",") if isinstance(requested, str) else list(requested)
-    if not items:
-        raise ValueError(f"layers: empty selection; layers: {', '.join(available)}")
-    indices, names = [], []
-    for item in items:
-        key = item.strip() if isinstance(item, str) else item
-        if isinstance(key, str) and key.lstrip("-").isdigit():
-            key = int(key)
-        if isinstance(key, int):
-            if not -len(available) <= key < len(available):
-                raise ValueError(
-                    f"layers: index {key} is out of range for {len(available)} layers ({', '.join(available)})"
-                )
-            idx, name = key % len(available), available[key]
-        elif key in available:
-            idx, name = available.index(key), key
-        elif key == "context":
-            idx, name = len(available) - 1, key
-        elif key == "latent":
-            idx, name = 0, key
-        else:
-            raise ValueError(f"layers: unknown layer {key!r}; layers: {', '.join(available)} (or 'all')")
-        if name in names:
-            raise ValueError(f"layers: {name!r} is selected twice")
-        indices.append(idx)
-        names.append(name)
-    return indices, names
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` and ``b`` are one tensor (or views of the same memory with one layout)."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype)
 
 
 class Encoder(nn.Module):
@@ -112,8 +84,11 @@ class Encoder(nn.Module):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.options.precision!r}")
         self.source = source
         self.kind = kind
-        self._indices, self._names = _resolve_layers(self.options.layers, list(backbone.layer_names))
+        self.selection = LayerSelection.parse(self.options.layers)
+        resolved = self.selection.resolve(list(backbone.layer_names))
+        self._indices, self._names = resolved.indices, resolved.names
         self._hidden_sizes: list[int] | None = None
+        self._aliases: dict[str, str] | None = None
         self.backbone.to(torch.device(self.options.device))
         self.trainable = bool(self.options.trainable)
         for p in self.backbone.parameters():
@@ -144,15 +119,59 @@ class Encoder(nn.Module):
     def frame_rate(self) -> float:
         return SAMPLE_RATE / self.frame_shift
 
+    def _probe(self) -> None:
+        """Encode one second of silence once: the selected layers' sizes and which of them are
+        aliases (the very same tensor as an earlier selected layer)."""
+        with torch.no_grad():
+            wav = torch.zeros(1, _PROBE_SAMPLES, device=self.device)
+            n = torch.tensor([_PROBE_SAMPLES], device=self.device)
+            if self.options.precision == "bf16":
+                with torch.autocast(device_type=wav.device.type, dtype=torch.bfloat16):
+                    out = self.backbone.encode(wav, n)
+            else:
+                out = self.backbone.encode(wav, n)
+        hidden = [out.hidden_states[i] for i in self._indices]
+        self._hidden_sizes = [int(h.shape[-1]) for h in hidden]
+        self._aliases = {}
+        for j, h in enumerate(hidden):
+            for i in range(j):
+                if _same_tensor(hidden[i], h):
+                    self._aliases[self._names[j]] = self._names[i]
+                    break
+
     @property
     def hidden_sizes(self) -> list[int]:
         """Feature dimension of each selected layer (found by encoding one second of silence)."""
         if self._hidden_sizes is None:
-            with torch.no_grad():
-                wav = torch.zeros(1, _PROBE_SAMPLES, device=self.device)
-                out = self._encode(wav, torch.tensor([_PROBE_SAMPLES], device=self.device))
-            self._hidden_sizes = [int(h.shape[-1]) for h in out.hidden_states]
+            self._probe()
         return list(self._hidden_sizes)
+
+    @property
+    def layer_aliases(self) -> dict[str, str]:
+        """``{layer: earlier selected layer}`` for each selected layer the backbone returns as the
+        very same tensor as an earlier one (APC's and CPC's ``context`` is their last ``layer_N``;
+        a pre-LN wav2vec 2.0's ``context`` is a layer norm of it, so not an alias). A weighted sum
+        over ``all`` leaves aliases out. Structural, not a comparison of values."""
+        if self._aliases is None:
+            self._probe()
+        return dict(self._aliases)
+
+    @property
+    def role(self) -> str:
+        """``ssl`` | ``control`` | ``baseline``: what this encoder is in a comparison, from the
+        released encoder's ``config.json`` (see :func:`speechssl.upstream.release.encoder_role`);
+        baselines are ``baseline``; anything else (a checkpoint, a foreign model) is ``ssl``."""
+        return self.role_info()["role"]
+
+    def role_info(self) -> dict:
+        """``{"role": ..., "control_of": name or None, "architecture": hash or None}``."""
+        if self.kind == "baseline":
+            return {"role": "baseline", "control_of": None, "architecture": None}
+        if self.kind == "released":
+            from speechssl.upstream.release import encoder_role, read_release_config
+
+            return encoder_role(read_release_config(self.source))
+        return {"role": "ssl", "control_of": None, "architecture": None}
 
     @property
     def hidden_size(self) -> int:
@@ -168,10 +187,11 @@ class Encoder(nn.Module):
         return getattr(self.backbone, "frontend", None)
 
     def describe(self) -> dict:
-        """Plain-dict summary (source, kind, layers, sizes, frame shift) for logs and indexes."""
+        """Plain-dict summary (source, kind, role, layers, sizes, frame shift) for logs and indexes."""
         return {
             "source": self.source,
             "kind": self.kind,
+            "role": self.role,
             "layers": self.layer_names,
             "hidden_sizes": self.hidden_sizes,
             "frame_shift": self.frame_shift,

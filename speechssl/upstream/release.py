@@ -5,13 +5,20 @@
     {"format_version": 1, "speechssl_version": "0.1.0",
      "model": {"name": "apc", ...model config...},
      "frontend": {"name": "logmel", ...},          # informational; also inside model config
-     "layer_names": [...], "frame_shift": 160, "extra": {...}}
+     "layer_names": [...], "frame_shift": 160, "extra": {...},
+     "role": "ssl" | "control",                     # control: released untrained (max_steps=0)
+     "control_of": "apc"}                            # optional: the encoder a control is the control of
+
+A folder written before ``role`` existed is read as a control when ``extra.step`` is 0 (released
+before any optimiser step) and as ``ssl`` otherwise (:func:`encoder_role`).
 
 Loading never unpickles code: tensors come from safetensors, the rest from JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,6 +36,7 @@ from speechssl.utils import atomic_write_json, free_space, read_versioned_json
 log = logging.getLogger(__name__)
 
 RELEASE_FORMAT_VERSION = 1
+ROLES = ("ssl", "control", "baseline")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -44,17 +52,26 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, Any] | None = None,
+                          role: str | None = None, control_of: str | None = None) -> Path:
     """Write ``model`` to ``folder`` (config.json + model.safetensors) atomically as a whole.
 
     Both files are written into a temporary sibling folder ``.<name>.<pid>.tmp`` that is then
     renamed onto ``folder``: a crash or a full disk never leaves an empty or half-written
     encoder, and an encoder released earlier stays until the new one is complete.
 
+    ``role``: ``ssl`` or ``control``; None: ``control`` when ``extra["step"]`` is 0 (weights that
+    never saw an optimiser step: a random-init control), else ``ssl``. ``control_of``: for a
+    control, the name of the pretrained encoder it is the control of (recorded as given).
+
     Raises:
         OSError: writing failed (full disk...); one line naming the free space. ``folder`` is
             unchanged.
     """
+    if role is None:
+        role = "control" if (extra or {}).get("step") == 0 else "ssl"
+    if role not in ROLES:
+        raise ReleaseError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
@@ -76,6 +93,8 @@ def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, 
                 "layer_names": list(model.layer_names),
                 "frame_shift": int(model.frame_shift),
                 "extra": extra or {},
+                "role": role,
+                "control_of": control_of,
             },
         )
     except (OSError, RuntimeError, SafetensorError) as exc:
@@ -119,6 +138,20 @@ def read_release_config(folder: str | Path) -> dict:
     if "model" not in cfg or "name" not in cfg.get("model", {}):
         raise ReleaseError(f"{path}: 'model' section with a 'name' is missing")
     return cfg
+
+
+def encoder_role(cfg: dict) -> dict:
+    """``{"role", "control_of", "architecture"}`` of a released encoder's config.json.
+
+    ``architecture`` is a short hash of the model config (a control and the encoder pretrained
+    from the same recipe share it). Folders without ``role`` (written before it existed): a
+    control when ``extra.step`` is 0, else ``ssl``."""
+    role = cfg.get("role")
+    if role is None:
+        role = "control" if (cfg.get("extra") or {}).get("step") == 0 else "ssl"
+    model = json.dumps(cfg.get("model"), sort_keys=True, default=str)
+    return {"role": str(role), "control_of": cfg.get("control_of"),
+            "architecture": hashlib.sha256(model.encode()).hexdigest()[:12]}
 
 
 def load_released_model(folder: str | Path, map_location: str | torch.device = "cpu") -> SSLModel:

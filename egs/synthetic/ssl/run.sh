@@ -53,9 +53,10 @@ if begin_stage 3 "pretrain $models ($pretrain_minutes min each) and random-init 
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
       --valid data/pretrain/dev.jsonl --exp "exp/$m" "train.max_steps=$pretrain_steps" \
       "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
-    # The control: the same architecture and seed, released untrained (max_steps=0).
+    # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
+    # says role "control" and control_of "$m", which the summary reads (folder names are free).
     speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-      --exp "exp/${m}_random" train.max_steps=0 "train.seed=$seed"
+      --exp "exp/${m}_random" train.max_steps=0 "train.seed=$seed" "train.control_of=$m"
   done
   done_stage 3
 fi

@@ -1,0 +1,85 @@
+"""Downstream edge cases fail early and clearly: bad batch sizes, pickles in .pt feature files,
+classes with a single example."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from speechssl.cli.main import main
+from speechssl.downstream import FeatureSet, PrecomputedSource, downstream_config, run_experiment
+
+
+@pytest.mark.parametrize("value", [0, -4])
+@pytest.mark.parametrize("key", ["train.batch_size", "encode.batch_size"])
+def test_batch_size_below_one_is_a_config_error(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ValueError, match=rf"{key}: expected an integer >= 1, got {value}"):
+        downstream_config({section: {name: value}})
+
+
+def test_cli_refuses_a_zero_batch_size_before_any_work(tmp_path, capsys):
+    # the manifest does not exist: the config error must come first, in one line
+    argv = ["downstream", "train", "--encoder", "logmel", "--train", str(tmp_path / "missing.jsonl"),
+            "--label", "speaker", "--exp", str(tmp_path / "exp"), "train.batch_size=0"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["speechssl downstream: error: train.batch_size: expected an integer >= 1, got 0"]
+    assert not (tmp_path / "exp").exists()
+
+
+class _Payload:
+    """Any class: pickling it into a .pt file is what weights_only=True refuses."""
+
+
+def _feature_folder(tmp_path, bad: bool):
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    rows = ["id\tpath\tframes\tframe_rate\tlayers\tdim"]
+    for i in range(3):
+        value = {"features": torch.randn(5, 4)}
+        if bad and i == 2:
+            value["extra"] = _Payload()
+        torch.save(value, folder / f"u{i}.pt")
+        rows.append(f"u{i}\tu{i}.pt\t5\t100\tfeatures\t4")
+    (folder / "index.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_pickled_objects_in_pt_features_are_refused_naming_the_file(tmp_path, lazy):
+    folder = _feature_folder(tmp_path, bad=True)
+    records = [{"id": f"u{i}"} for i in (2, 0, 1)]  # the bad file first, so the lazy set reads it too
+    with pytest.raises(ValueError, match=r"u2\.pt \(id 'u2' in .*index\.tsv\): not plain tensors.*weights_only=True"):
+        PrecomputedSource(folder, lazy=lazy).features(records)
+
+
+def test_plain_pt_features_load(tmp_path):
+    folder = _feature_folder(tmp_path, bad=False)
+    fs = PrecomputedSource(folder).features([{"id": "u0"}, {"id": "u1"}])
+    assert fs.layer_names == ["features"] and fs.feats[0][0].shape == (5, 4)
+
+
+class _Source:
+    def features(self, records, desc=""):
+        feats = [[torch.full((3, 2), float("abc".index(r["cls"])))] for r in records]
+        return FeatureSet([r["id"] for r in records], feats, ["features"], 160)
+
+    def describe(self):
+        return {"spec": "test"}
+
+
+def test_a_class_with_a_single_example_is_warned_by_name(caplog):
+    recs = [{"id": str(i), "cls": "ab"[i % 2]} for i in range(8)] + [{"id": "8", "cls": "c"}]
+    cfg = downstream_config({"head": {"name": "linear_probe"}, "train": {"max_steps": 1}})
+    with caplog.at_level(logging.WARNING, logger="speechssl.downstream"):
+        run_experiment(_Source(), {"train": recs}, "cls", cfg, None, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "single example" in r.getMessage()]
+    assert warned == ["train: class(es) 'c' of 'cls' have a single example; the head can hardly learn them "
+                      "(add examples, or merge or drop these classes)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speechssl.downstream"):
+        run_experiment(_Source(), {"train": recs[:8]}, "cls", cfg, None, progress=False)
+    assert not [r for r in caplog.records if "single example" in r.getMessage()]
