@@ -262,14 +262,16 @@ def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
 
 def _check_meta(out: Path, meta: dict) -> None:
     """Resuming into ``out`` must not mix features of another encoder, weights, layers, format,
-    dtype or precision (keys an older extract.json lacks are not compared)."""
+    dtype, precision or long-file chunking (``chunk_seconds`` / ``overlap_seconds`` decide the
+    frames of long files); keys an older extract.json lacks are not compared."""
     path = out / "extract.json"
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc}); delete the folder or use another --out") from None
-        always, newer = ("encoder", "layers", "format", "dtype"), ("precision", "weights_sha256")
+        always = ("encoder", "layers", "format", "dtype")
+        newer = ("precision", "chunk_seconds", "overlap_seconds", "weights_sha256")
         diff = [k for k in always if old.get(k) != meta.get(k)]
         diff += [k for k in newer if k in old and old[k] != meta.get(k)]
         if diff == ["weights_sha256"]:
