@@ -47,11 +47,11 @@ done_stage() { mkdir -p "$markers"; touch "$markers/stage$1.done"; }
 markers=${markers:-exp/.stages}
 
 # A short name for an encoder argument: logmel -> logmel, exp/apc/encoder -> apc, exp/apc -> apc.
-# Only for folder names: what an encoder is (ssl, control, baseline) is read from its config.json.
 encoder_name() {
-  local n=${1%/}
-  n=${n%/encoder}
-  basename "$n"
+  case "$1" in
+    logmel|fbank|mfcc) echo "$1" ;;
+    *) local n=${1%/}; n=${n%/encoder}; basename "$n" ;;
+  esac
 }
 
 # compare_encoders PREFIX: exp/compare.md + exp/compare.png over exp/PREFIX<name> for every $encoders.

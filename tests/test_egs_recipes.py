@@ -93,13 +93,3 @@ def test_recipe_rejects_unknown_option(workdir):
     proc = subprocess.run(["bash", str(workdir / "egs/generic/cls/run.sh"), "--colour", "red"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "unknown option --colour" in proc.stderr
-
-
-def test_encoder_name_is_only_a_folder_name():
-    """common.sh names encoders by their folder; it keeps no list of baseline names (roles are data)."""
-    common = REPO / "egs" / "common.sh"
-    script = (f'speechssl() {{ :; }}; set -- ; . "{common}"; '
-              'for e in logmel mfcc my_features exp/apc/encoder exp/apc_random/encoder/ exp/cpc; do encoder_name "$e"; done')
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["logmel", "mfcc", "my_features", "apc", "apc_random", "cpc"]
-    assert "fbank" not in common.read_text()

@@ -206,7 +206,8 @@ def test_a_file_the_model_refuses_fails_alone(corpus, tmp_path):
 
 
 def test_batches_fit_the_budget_and_cap_padding():
-    from speechssl.extract.runner import Item, _batches
+    from speechssl.extract.encode import Item
+    from speechssl.extract.encode import seconds_batches as _batches
 
     def items(seconds):
         return [Item(id=f"u{i}", path=f"u{i}.wav", seconds=s) for i, s in enumerate(seconds)]
