@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from speechssl.extract.chunking import long_file_method
 from speechssl.extract.encode import EncodePolicy, encode_records
 from speechssl.extract.inputs import Item, read_inputs
 from speechssl.extract.writers import FeatureWriter, KaldiWriter, UtteranceSink, check_format, make_writer
@@ -264,7 +265,8 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     meta = {"encoder": source_name, "kind": encoder.kind, "layers": encoder.layer_names, "format": cfg.format,
             "dtype": cfg.dtype, "frame_shift": encoder.frame_shift, "hidden_sizes": encoder.hidden_sizes,
             "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds,
-            "precision": cfg.precision, "weights_sha256": encoder.weights_sha256()}
+            "precision": cfg.precision, "weights_sha256": encoder.weights_sha256(),
+            "long_files": long_file_method(encoder)}  # how files over chunk_seconds are cut, and its error
     _check_meta(out, meta)
     if rank == 0:
         atomic_write_json(out / "extract.json", meta)
