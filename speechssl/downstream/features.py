@@ -58,7 +58,10 @@ def record_key(rec: dict) -> tuple:
 
 
 def _encoder_name(encoder: Any) -> str:
-    return str(getattr(encoder, "name", type(encoder).__name__))
+    """An Encoder's source (``logmel``, a folder), else the module's class name."""
+    from speechssl.upstream import Encoder
+
+    return encoder.source if isinstance(encoder, Encoder) and encoder.source else type(encoder).__name__
 
 
 class EncoderFeatureCache:
@@ -75,7 +78,7 @@ class EncoderFeatureCache:
         batch_size: utterances per forward pass (sorted by length, so padding stays small).
         dtype: storage dtype of cached features (float16 halves memory).
         device: where the encoder runs.
-        name: the encoder's name in messages (default: its ``name`` attribute or class).
+        name: the encoder's name in messages (default: an Encoder's source, else the class name).
         chunk_seconds, overlap_seconds: files longer than ``chunk_seconds`` are encoded in
             overlapping chunks (bounded memory; see :mod:`speechssl.extract.chunking`).
 

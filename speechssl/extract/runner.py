@@ -263,11 +263,12 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
             raise ValueError(f"{source}: duplicate utterance id {item.id!r} ({seen[item.id]} and {item.path})")
         seen[item.id] = item.path
     meta = {"encoder": source_name, "kind": encoder.kind, "layers": encoder.layer_names, "format": cfg.format,
-            "dtype": cfg.dtype, "frame_shift": encoder.frame_shift, "hidden_sizes": encoder.hidden_sizes,
+            "dtype": cfg.dtype, "frame_shift": encoder.frame_shift,
             "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds,
             "precision": cfg.precision, "weights_sha256": encoder.weights_sha256(),
             "long_files": long_file_method(encoder)}  # how files over chunk_seconds are cut, and its error
-    _check_meta(out, meta)
+    _check_meta(out, meta)  # before the encoder first runs (hidden_sizes): a refused rerun does no work
+    meta["hidden_sizes"] = encoder.hidden_sizes
     if rank == 0:
         atomic_write_json(out / "extract.json", meta)
     (out / f".rank{rank}.done").unlink(missing_ok=True)
