@@ -206,7 +206,8 @@ def test_a_file_the_model_refuses_fails_alone(corpus, tmp_path):
 
 
 def test_batches_fit_the_budget_and_cap_padding():
-    from speechssl.extract.runner import Item, _batches
+    from speechssl.extract.encode import Item
+    from speechssl.extract.encode import seconds_batches as _batches
 
     def items(seconds):
         return [Item(id=f"u{i}", path=f"u{i}.wav", seconds=s) for i, s in enumerate(seconds)]
@@ -221,3 +222,18 @@ def test_batches_fit_the_budget_and_cap_padding():
         assert 1 - real / (longest * len(batch)) <= 0.1 + 1e-9
     # max_padding=1 keeps the old budget-only batching
     assert [len(b) for b in _batches(items([1.0, 2.0, 3.0, 4.0]), 100.0, max_padding=1.0)] == [4]
+
+
+def test_rerun_with_other_chunking_is_refused(corpus, tmp_path):
+    """chunk_seconds and overlap_seconds decide the frames of long files: a rerun with other values
+    would mix two kinds of features in one folder."""
+    out = tmp_path / "feats"
+    cfg = ExtractConfig(chunk_seconds=2.0, overlap_seconds=0.5, progress=False)
+    assert extract_features("fbank", corpus / "wavs", out, cfg).written == 4
+    for key, value in (("chunk_seconds", 3.0), ("overlap_seconds", 1.0)):
+        other = ExtractConfig(**{**cfg.__dict__, key: value})
+        with pytest.raises(ValueError, match=f"different {key} \\({key}=") as info:
+            extract_features("fbank", corpus / "wavs", out, other)
+        assert str(out) in str(info.value)
+    assert json.loads((out / "extract.json").read_text())["chunk_seconds"] == 2.0  # not overwritten
+    assert extract_features("fbank", corpus / "wavs", out, cfg).skipped == 4  # the same values resume

@@ -127,13 +127,13 @@ from pathlib import Path
 import speechssl.extract.runner as runner
 from speechssl.extract import ExtractConfig, extract_features
 wavs, out = sys.argv[1], Path(sys.argv[2])
-original = runner._Run.batch
-def slow_batch(self, items):
+original = runner._Extraction.begin
+def slow_begin(self, *args):
     print("ready", flush=True)  # the folder is locked and extraction is under way
     while not (out.parent / "go").exists():
         time.sleep(0.05)
-    original(self, items)
-runner._Run.batch = slow_batch
+    return original(self, *args)
+runner._Extraction.begin = slow_begin
 extract_features("logmel", wavs, out, ExtractConfig(progress=False))
 """
 

@@ -4,7 +4,7 @@ Library entry points (the ``speechssl downstream`` CLI is a thin wrapper over th
 
     from speechssl.downstream import open_source, downstream_config, run_experiment
 
-    source = open_source("logmel")                      # or open_source(features="exp/feats")
+    source = open_source("logmel")      # an encoder name/folder, or a `speechssl extract` folder
     cfg = downstream_config({"head": {"name": "superb_utterance"}, "optim": {"lr": 1e-3}})
     results, model = run_experiment(source, {"train": tr, "dev": dv, "test": te}, "emotion", cfg, "exp/er")
 
@@ -15,13 +15,7 @@ by group, learning-rate sweep, label efficiency) returning typed results (:mod:`
 as ``results.json``), ``predict`` and ``compare``.
 """
 
-from speechssl.downstream.experiment import (
-    EncoderSource,
-    PrecomputedSource,
-    open_source,
-    run_experiment,
-    source_from_config,
-)
+from speechssl.downstream.experiment import run_experiment
 from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap, load_precomputed
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
 from speechssl.downstream.heads import HEADS, build_head
@@ -49,6 +43,13 @@ from speechssl.downstream.results import (
     LabelEfficiencyResult,
     LabelEfficiencyRun,
 )
+from speechssl.downstream.sources import (
+    EncoderSource,
+    FeatureSource,
+    PrecomputedSource,
+    open_source,
+    source_from_config,
+)
 from speechssl.downstream.splits import (
     kfold_by_group,
     sample_per_class,
@@ -65,6 +66,7 @@ __all__ = [
     "EncoderSource",
     "ExperimentResult",
     "FeatureSet",
+    "FeatureSource",
     "Featurizer",
     "FeaturizerConfig",
     "KFoldResult",

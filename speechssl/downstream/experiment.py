@@ -26,10 +26,8 @@ import torch
 import speechssl
 from speechssl.config import save_yaml, to_dict
 from speechssl.downstream.features import (
-    EncoderFeatureCache,
     FeatureSet,
     LabelMap,
-    LazyFeatures,
     frame_targets,
     num_frames,
 )
@@ -37,13 +35,7 @@ from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
 from speechssl.downstream.results import ExperimentResult
-from speechssl.downstream.source_info import (
-    encoder_layer_aliases,
-    encoder_role_info,
-    features_layer_aliases,
-    features_role_info,
-    load_precomputed_checked,
-)
+from speechssl.downstream.sources import FeatureSource
 from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import evaluate, train_model
 from speechssl.utils import atomic_write_json, atomic_write_text, git_revision, seed_everything
@@ -52,110 +44,12 @@ logger = logging.getLogger(__name__)
 SUMMARY_METRICS = ("accuracy", "ua", "macro_f1")
 
 
-class EncoderSource:
-    """Features from a frozen encoder, computed once per utterance and cached in memory."""
-
-    def __init__(self, encoder: Any, spec: str, options: Mapping[str, Any] | None = None, batch_size: int = 8,
-                 dtype: str = "float32", device: str = "cpu"):
-        self.spec = spec
-        self.options = dict(options or {})
-        self.cache = EncoderFeatureCache(encoder.to(device) if hasattr(encoder, "to") else encoder, batch_size,
-                                         getattr(torch, dtype), device, name=spec)
-        self._weights: str | list | None = None  # see fingerprint()
-
-    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
-        return self.cache.features(records, desc)
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
-                "frame_shift": self.cache.frame_shift, "features": None, **encoder_role_info(self.cache.encoder)}
-
-    def layer_aliases(self) -> dict[str, str] | None:
-        return encoder_layer_aliases(self.cache.encoder)
-
-    def fingerprint(self) -> dict:
-        """What identifies this encoder's features (see :func:`run_key`): its weights' SHA-256 when
-        it is a speechssl Encoder (content, computed once), else the sizes and times of its files."""
-        if self._weights is None:
-            digest = getattr(self.cache.encoder, "weights_sha256", None)
-            self._weights = digest() if callable(digest) else _file_stamps(self.spec)
-        return {"spec": self.spec, "options": self.options, "weights": self._weights, "dtype": str(self.cache.dtype)}
-
-    def release(self) -> None:
-        """Drop the cached features (a protocol is done with this encoder)."""
-        old = self.cache
-        self.cache = EncoderFeatureCache(old.encoder, old.batch_size, old.dtype, old.device, name=old.name)
-        self.cache.layer_names, self.cache.frame_shift = old.layer_names, old.frame_shift  # for describe()
-
-
-class PrecomputedSource:
-    """Features written by ``speechssl extract`` (a folder with ``index.tsv``)."""
-
-    def __init__(self, folder: str | Path, encoder_spec: str | None = None, lazy: bool | None = None):
-        self.folder = Path(folder).resolve()
-        self.lazy = lazy  # see load_precomputed: None keeps the features in memory when they fit
-        meta_path = self.folder / "extract.json"
-        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        recorded = self.meta.get("encoder")
-        self.spec = encoder_spec or (str(recorded) if recorded else None)
-        self._cache: dict[str, list[torch.Tensor]] = {}
-        self._meta: FeatureSet | None = None
-
-    def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
-        todo = [r for r in records if r["id"] not in self._cache]
-        if todo:
-            fs = load_precomputed_checked(self.folder, todo, self.lazy)
-            self._meta = fs
-            if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else load_precomputed_checked(self.folder, records, lazy=True)
-            self._cache.update(zip(fs.ids, fs.feats))
-        if self._meta is None:
-            raise ValueError("no utterance to load")
-        return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
-                          self._meta.layer_names, self._meta.frame_shift)
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
-                "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder),
-                **features_role_info(self.meta, self.spec)}
-
-    def layer_aliases(self) -> dict[str, str] | None:
-        return features_layer_aliases(self.meta)
-
-    def fingerprint(self) -> dict:
-        return {"spec": self.spec, "features": str(self.folder),
-                "files": _file_stamps(self.folder / "index.tsv") + _file_stamps(self.folder / "extract.json")}
-
-    def release(self) -> None:
-        self._cache.clear()
-
-
-def _file_stamps(path: str | Path) -> list:
-    """(name, size, mtime in ns) of a file, or of every file below a folder: a re-trained encoder
-    or re-extracted features at the same path get another stamp. [] for names (``logmel``)."""
-    path = Path(path)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    else:
-        return []
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append([str(f.relative_to(path)) if f != path else f.name, st.st_size, st.st_mtime_ns])
-    return out
-
-
-def run_key(source, splits: Mapping[str, Sequence[dict]], cfg: DownstreamConfig, protocol: Mapping[str, Any],
-            label: str) -> str | None:
+def run_key(source: FeatureSource, splits: Mapping[str, Sequence[dict]], cfg: DownstreamConfig,
+            protocol: Mapping[str, Any], label: str) -> str:
     """A hash of everything that decides a run's result: the encoder or features (path, options and
     file sizes/times), the splits, the label, the hyper-parameters, the protocol and the speechssl
-    version. Protocols reuse a finished run whose key is equal. None when the source cannot say."""
-    fingerprint = getattr(source, "fingerprint", None)
-    if fingerprint is None:
-        return None
-    blob = json.dumps({"source": fingerprint(), "splits": splits_hash({k: v for k, v in splits.items() if v}),
+    version. Protocols reuse a finished run whose key is equal."""
+    blob = json.dumps({"source": source.fingerprint(), "splits": splits_hash({k: v for k, v in splits.items() if v}),
                        "label": label, "config": to_dict(cfg), "protocol": dict(protocol),
                        "version": speechssl.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -240,35 +134,6 @@ def short_name(spec: str | None) -> str:
     if len(path.parts) <= 1:
         return spec
     return "/".join(path.parts[-2:]) if path.name in ("encoder", "checkpoints") else path.name
-
-
-def resolve_encoder_spec(spec: str) -> str:
-    """An existing path becomes absolute (so a saved model finds it from anywhere); names stay."""
-    path = Path(spec)
-    return str(path.resolve()) if path.exists() else spec
-
-
-def open_source(encoder: str | None = None, features: str | Path | None = None, batch_size: int = 8,
-                dtype: str = "float32", device: str = "cpu", encoder_options: Mapping[str, Any] | None = None,
-                features_in_memory: str = "auto"):
-    """``--features DIR`` -> :class:`PrecomputedSource` (``features_in_memory``: auto | always |
-    never, see ``load_precomputed``); else load ``encoder`` (a name such as ``logmel`` or a
-    folder) with ``speechssl.load_encoder`` -> :class:`EncoderSource`."""
-    if features:
-        lazy = {"auto": None, "always": False, "never": True}.get(features_in_memory, "?")
-        if lazy == "?":
-            raise ValueError(f"features_in_memory: expected auto, always or never, got {features_in_memory!r}")
-        return PrecomputedSource(features, resolve_encoder_spec(encoder) if encoder else None, lazy)
-    if not encoder:
-        raise ValueError("give an encoder (--encoder NAME|DIR) or precomputed features (--features DIR)")
-    spec = resolve_encoder_spec(encoder)
-    enc = speechssl.load_encoder(spec, **dict(encoder_options or {}))
-    return EncoderSource(enc, spec, encoder_options, batch_size, dtype, device)
-
-
-def source_from_config(cfg: DownstreamConfig, encoder: str | None, features: str | Path | None):
-    return open_source(encoder, features, cfg.encode.batch_size, cfg.encode.dtype, cfg.encode.device,
-                       features_in_memory=cfg.encode.features_in_memory)
 
 
 def make_targets(records: Sequence[dict], fs: FeatureSet, labels: LabelMap, field: str, level: str,

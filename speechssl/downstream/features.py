@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from speechssl.extract.encode import EncodePolicy, Item, encode_records
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,18 +58,29 @@ def record_key(rec: dict) -> tuple:
 
 
 def _encoder_name(encoder: Any) -> str:
-    return str(getattr(encoder, "name", type(encoder).__name__))
+    """An Encoder's source (``logmel``, a folder), else the module's class name."""
+    from speechssl.upstream import Encoder
+
+    return encoder.source if isinstance(encoder, Encoder) and encoder.source else type(encoder).__name__
 
 
 class EncoderFeatureCache:
     """In-memory cache of a frozen encoder's outputs, keyed by (id, path, start, duration).
 
+    The encoding itself is :func:`speechssl.extract.encode.encode_records` (the loop of
+    ``speechssl extract``) with ``errors="raise"``: a file that cannot be read or gives no frame
+    stops the run, since a missing utterance would change the task.
+
     Args:
-        encoder: any module with ``forward(wavs[B, L], lengths[B]) -> EncoderOutput``.
+        encoder: an :class:`~speechssl.upstream.Encoder`, or any module with ``forward(wavs[B, L],
+            lengths[B]) -> EncoderOutput`` (files longer than ``chunk_seconds`` also need its
+            ``frame_shift`` and ``layer_names``).
         batch_size: utterances per forward pass (sorted by length, so padding stays small).
         dtype: storage dtype of cached features (float16 halves memory).
         device: where the encoder runs.
-        name: the encoder's name in messages (default: its ``name`` attribute or class).
+        name: the encoder's name in messages (default: an Encoder's source, else the class name).
+        chunk_seconds, overlap_seconds: files longer than ``chunk_seconds`` are encoded in
+            overlapping chunks (bounded memory; see :mod:`speechssl.extract.chunking`).
 
     When the first batch shows that the features of all requested utterances cannot fit in the
     available memory, it raises MemoryError at once (pointing to ``speechssl extract``, whose
@@ -75,7 +88,7 @@ class EncoderFeatureCache:
     """
 
     def __init__(self, encoder: Any, batch_size: int = 8, dtype: torch.dtype = torch.float32, device="cpu",
-                 name: str | None = None):
+                 name: str | None = None, chunk_seconds: float = 30.0, overlap_seconds: float = 2.0):
         self.encoder = encoder
         self.name = name or _encoder_name(encoder)  # for messages
         self.batch_size = max(1, int(batch_size))
@@ -85,44 +98,43 @@ class EncoderFeatureCache:
         self.layer_names: list[str] | None = None
         self.frame_shift: int | None = None
         self.encoded = 0  # utterances actually run through the encoder (for tests and logs)
+        self.chunk_seconds, self.overlap_seconds = chunk_seconds, overlap_seconds
+        self._fit_check: Sequence[dict] | None = None  # records to check the memory for, after the first batch
+        self._bar = None  # tqdm bar of the running features() call
 
     def __len__(self) -> int:
         return len(self._store)
 
-    @torch.inference_mode()
-    def _encode_batch(self, recs: Sequence[dict]) -> None:
-        from speechssl.audio import load_audio
-
-        wavs = [load_audio(r["path"], start=r.get("start"), duration=r.get("duration")) for r in recs]
-        lengths = torch.tensor([int(w.numel()) for w in wavs], dtype=torch.long)
-        batch = torch.zeros(len(wavs), int(lengths.max()))
-        for i, w in enumerate(wavs):
-            batch[i, : w.numel()] = w
-        out = self.encoder(batch.to(self.device), lengths.to(self.device))
+    def begin(self, item: Item, layer_names: list[str], frame_shift: int) -> _CachedUtterance:
+        """:class:`~speechssl.extract.encode.FeatureConsumer`: where an utterance's frames go."""
         if self.layer_names is None:
-            self.layer_names = list(out.layer_names)
-            self.frame_shift = int(out.frame_shift)
-        elif list(out.layer_names) != self.layer_names:
-            raise ValueError(f"encoder returned layers {out.layer_names}, earlier {self.layer_names}")
-        for i, rec in enumerate(recs):
-            n = int(out.lengths[i])
-            if n < 1:
-                raise ValueError(
-                    f"utterance {rec['id']!r} ({rec['path']}, {lengths[i].item()} samples) is too short for "
-                    f"encoder {self.name}: it gives no frame"
-                )
-            self._store[record_key(rec)] = [h[i, :n].detach().to("cpu", self.dtype).clone() for h in out.hidden_states]
-        self.encoded += len(recs)
+            self.layer_names = list(layer_names)
+            self.frame_shift = int(frame_shift)
+        elif list(layer_names) != self.layer_names:
+            raise ValueError(f"encoder returned layers {layer_names}, earlier {self.layer_names}")
+        return _CachedUtterance(self, item.key)
 
-    def _check_fits(self, first: Sequence[dict], todo: Sequence[dict]) -> None:
+    def failed(self, item: Item, reason: str) -> None:
+        # encode_records raises instead under errors="raise", which the cache always uses
+        raise ValueError(f"utterance {item.id!r} ({item.path}): {reason}")
+
+    def finished(self, items: list[Item]) -> None:
+        self.encoded += len(items)
+        if self._bar is not None:
+            self._bar.update(len(items))
+        if self._fit_check is not None:  # after the first batch
+            todo, self._fit_check = self._fit_check, None
+            self._check_fits(items, todo)
+
+    def _check_fits(self, first: Sequence[Item], todo: Sequence[dict]) -> None:
         """After the first batch: stop early with a clear message when keeping the features of all
         of ``todo`` (estimated from the first batch's bytes per second of audio) cannot fit."""
-        seconds = sum(_seconds(r) for r in first)
+        seconds = sum(i.seconds for i in first)
         total = sum(_seconds(r) for r in todo)
         available = available_memory_bytes()
         if seconds <= 0 or available is None:
             return
-        stored = sum(t.numel() * t.element_size() for r in first for t in self._store[record_key(r)])
+        stored = sum(t.numel() * t.element_size() for i in first for t in self._store[i.key])
         need = stored / seconds * total
         if need > 0.9 * available:
             raise MemoryError(
@@ -143,15 +155,20 @@ class EncoderFeatureCache:
             seen.setdefault(record_key(r), r)
         todo = sorted(seen.values(), key=_seconds)
         if todo:
-            if hasattr(self.encoder, "eval"):
-                self.encoder.eval()
+            self.encoder.eval()
+            items = [Item(r["id"], str(r["path"]), _seconds(r), r.get("start"), r.get("duration"), key=record_key(r))
+                     for r in todo]
+            policy = EncodePolicy(batch_size=self.batch_size, chunk_seconds=self.chunk_seconds,
+                                  overlap_seconds=self.overlap_seconds, errors="raise", device=str(self.device),
+                                  name=self.name)
+            self._fit_check = todo
             with tqdm(total=len(todo), desc=desc, unit="utt", leave=False, disable=None) as bar:  # None: only on a terminal
-                for start in range(0, len(todo), self.batch_size):
-                    chunk = todo[start : start + self.batch_size]
-                    self._encode_batch(chunk)
-                    bar.update(len(chunk))
-                    if start == 0:
-                        self._check_fits(chunk, todo)
+                self._bar = bar
+                try:
+                    encode_records(self.encoder, items, policy, self)
+                finally:
+                    self._bar = None
+                    self._fit_check = None
         if self.layer_names is None:
             raise ValueError("no utterance to encode")
         return FeatureSet(
@@ -160,6 +177,28 @@ class EncoderFeatureCache:
             layer_names=list(self.layer_names),
             frame_shift=int(self.frame_shift or 0),
         )
+
+
+class _CachedUtterance:
+    """One utterance's frames on their way into an :class:`EncoderFeatureCache`."""
+
+    def __init__(self, cache: EncoderFeatureCache, key: tuple):
+        self.cache, self.key = cache, key
+        self.parts: list[list[np.ndarray]] = []
+
+    def append(self, arrays: list[np.ndarray]) -> None:
+        self.parts.append(arrays)
+
+    def commit(self) -> None:
+        layers = zip(*self.parts)
+        # a copy in the storage dtype: a view would keep the whole padded batch alive
+        self.cache._store[self.key] = [
+            torch.from_numpy(p[0] if len(p) == 1 else np.concatenate(p)).to(self.cache.dtype, copy=True)
+            for p in layers
+        ]
+
+    def abort(self) -> None:
+        self.parts = []
 
 
 def _size(n: float) -> str:

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechssl.downstream.experiment import SUMMARY_METRICS, open_source, short_name, write_predictions
+from speechssl.downstream.experiment import SUMMARY_METRICS, short_name, write_predictions
 from speechssl.downstream.model import load_downstream_model
 from speechssl.downstream.plots import plot_comparison
+from speechssl.downstream.sources import open_source
 from speechssl.downstream.training import predict_features
 from speechssl.utils import atomic_write_text
 

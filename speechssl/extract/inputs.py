@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph", ".au", ".w64")
 
@@ -25,6 +26,7 @@ class Item:
     start: float | None = None  # segment start (s) inside the file
     duration: float | None = None  # segment duration (s)
     sample_rate: int = 16000  # native rate of the file
+    key: Any = None  # the caller's handle for this utterance (the downstream cache's record key)
 
 
 def safe_id_path(utt_id: str) -> str:

@@ -6,9 +6,9 @@ Usage (the library call behind ``speechssl extract``)::
     summary = extract_features("exp/apc/encoder", "data/wavs", "feats/",
                                ExtractConfig(layers="context,latent", format="npy"))
 
-* utterances are sorted by length and batched under ``batch_seconds`` of padded audio, then
-  encoded under ``torch.inference_mode``;
-* files longer than ``chunk_seconds`` go through :mod:`speechssl.extract.chunking`;
+* utterances are sorted by length and encoded by :func:`speechssl.extract.encode.encode_records`
+  (batches under ``batch_seconds`` of padded audio; files longer than ``chunk_seconds`` in
+  overlapping chunks, :mod:`speechssl.extract.chunking`);
 * one output per utterance (or one ark / HDF5 file, see :mod:`speechssl.extract.writers`) and
   ``index.tsv`` with columns ``id path frames frame_rate layers dim``;
 * a rerun skips utterances already in the index whose output is intact;
@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from speechssl.extract.chunking import encode_chunked
+from speechssl.extract.chunking import long_file_method
+from speechssl.extract.encode import EncodePolicy, encode_records
 from speechssl.extract.inputs import Item, read_inputs
-from speechssl.extract.writers import FeatureWriter, KaldiWriter, check_format, make_writer
+from speechssl.extract.writers import FeatureWriter, KaldiWriter, UtteranceSink, check_format, make_writer
 from speechssl.locks import hold_rank_lock, remove_stale_temporaries
 from speechssl.utils import atomic_write_json, atomic_write_text
 
@@ -103,33 +104,6 @@ class _Appender:
         self.f.close()
 
 
-MAX_PADDING = 0.1  # a batch grows only while padding stays under this fraction of its padded audio
-
-
-def _batches(items: list[Item], budget: float, max_padding: float = MAX_PADDING) -> list[list[Item]]:
-    """Consecutive runs of length-sorted items whose padded size (max * count) fits ``budget``.
-
-    A batch also stops growing where padding would pass ``max_padding`` of it: padded frames cost
-    as much as real ones, and on a CPU one utterance per call already keeps the matmuls efficient
-    (wav2vec2 Base, tools/bench, 60 s batches of 2-15 s clips: RTF 0.100 without this cap, 0.059 with it
-    and the skipped random init at load).
-    """
-    out: list[list[Item]] = []
-    cur: list[Item] = []
-    real = 0.0
-    for item in items:
-        longest = max([item.seconds] + [i.seconds for i in cur])
-        padded = longest * (len(cur) + 1)
-        if cur and (padded > budget or 1.0 - (real + item.seconds) / padded > max_padding):
-            out.append(cur)
-            cur, real = [], 0.0
-        cur.append(item)
-        real += item.seconds
-    if cur:
-        out.append(cur)
-    return out
-
-
 def shard_items(items: list[Item], world: int) -> list[list[Item]]:
     """Split items over ranks by seconds of audio: longest first, each to the least loaded rank.
 
@@ -144,113 +118,51 @@ def shard_items(items: list[Item], world: int) -> list[list[Item]]:
     return shards
 
 
-def _load(item: Item) -> torch.Tensor:
-    from speechssl.audio import load_audio
+class _IndexedSink:
+    """A writer's sink whose commit also adds the utterance's line to ``index.tsv``."""
 
-    return load_audio(item.path, start=item.start, duration=item.duration)
+    def __init__(self, run: _Extraction, item: Item, sink: UtteranceSink):
+        self.run, self.item, self.sink, self.frames = run, item, sink, 0
+
+    def append(self, arrays: list[np.ndarray]) -> None:
+        self.sink.append(arrays)
+        self.frames += int(arrays[0].shape[0])
+
+    def commit(self) -> str:
+        loc = self.sink.commit()
+        run = self.run
+        run.index.add({"id": self.item.id, "path": loc, "frames": self.frames, "frame_rate": run.frame_rate,
+                       "layers": run.layers, "dim": ",".join(map(str, run.dims))})
+        run.written += 1
+        run.seconds += self.item.seconds
+        return loc
+
+    def abort(self) -> None:
+        self.sink.abort()
 
 
-class _Run:
+class _Extraction:
+    """Where :func:`~speechssl.extract.encode.encode_records` puts features during an extraction:
+    the writer and ``index.tsv``, failures in ``errors.tsv``, progress in seconds of audio."""
+
     def __init__(self, encoder, writer: FeatureWriter, index: _Appender, errors: _Appender, bar):
-        self.encoder, self.writer, self.index, self.errors, self.bar = encoder, writer, index, errors, bar
-        self.written = self.failed = 0
+        self.writer, self.index, self.errors, self.bar = writer, index, errors, bar
+        self.written = self.failed_count = 0
         self.seconds = 0.0
         self.dims = encoder.hidden_sizes
         self.layers = ",".join(encoder.layer_names)
         self.frame_rate = f"{SAMPLE_RATE / encoder.frame_shift:g}"
 
-    def fail(self, item: Item, reason: str) -> None:
+    def begin(self, item: Item, layer_names: list[str], frame_shift: int) -> _IndexedSink:
+        return _IndexedSink(self, item, self.writer.begin(item.id, self.dims))
+
+    def failed(self, item: Item, reason: str) -> None:
         log.warning("%s (%s): %s", item.id, item.path, reason)
         self.errors.add({"id": item.id, "path": item.path, "reason": reason})
-        self.failed += 1
+        self.failed_count += 1
 
-    def _commit(self, item: Item, arrays_chunks, frames: int) -> None:
-        self.index.add({"id": item.id, "path": arrays_chunks, "frames": frames, "frame_rate": self.frame_rate,
-                        "layers": self.layers, "dim": ",".join(map(str, self.dims))})
-        self.written += 1
-        self.seconds += item.seconds
-
-    def write_one(self, item: Item, arrays: list) -> None:
-        sink = self.writer.begin(item.id, self.dims)
-        try:
-            sink.append(arrays)
-            loc = sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
-        self._commit(item, loc, int(arrays[0].shape[0]))
-
-    def batch(self, items: list[Item]) -> None:
-        wavs, ok = [], []
-        for item in items:
-            try:
-                wavs.append(_load(item))
-                ok.append(item)
-            except (ValueError, OSError) as exc:
-                self.fail(item, str(exc))
-                self.bar.update(item.seconds)
-        if not ok:
-            return
-        lengths = torch.tensor([w.numel() for w in wavs])
-        padded = torch.zeros(len(wavs), int(lengths.max()))
-        for i, w in enumerate(wavs):
-            padded[i, : w.numel()] = w
-        try:
-            with torch.inference_mode():
-                out = self.encoder(padded, lengths)
-        except (RuntimeError, ValueError) as exc:  # out of memory, or an utterance the model refuses
-            if len(ok) == 1:
-                self.fail(ok[0], f"encoder failed: {str(exc)[:300]}")
-                self.bar.update(ok[0].seconds)
-                return
-            log.warning("batch of %d failed (%s); retrying one by one", len(ok), str(exc)[:200])
-            for item in ok:
-                self.batch([item])
-            return
-        for i, item in enumerate(ok):
-            n = int(out.lengths[i])
-            if n <= 0:
-                self.fail(item, f"too short: {int(lengths[i])} samples give no frame with this encoder")
-            else:
-                try:
-                    self.write_one(item, [h[i, :n].float().cpu().numpy() for h in out.hidden_states])
-                except (ValueError, OSError) as exc:
-                    self.fail(item, f"cannot write features: {exc}")
-            self.bar.update(item.seconds)
-
-    def long(self, item: Item, chunk: int, overlap: int) -> None:
-        from speechssl.audio import audio_info, load_audio
-
-        try:
-            info = audio_info(item.path)
-            base = float(item.start or 0.0)
-            if info.sample_rate == SAMPLE_RATE:
-                total = int(round((item.duration or (info.duration - base)) * SAMPLE_RATE))
-
-                def read(ws: int, we: int) -> torch.Tensor:
-                    return load_audio(item.path, start=base + ws / SAMPLE_RATE, duration=(we - ws) / SAMPLE_RATE)
-            else:  # resample once; slicing a resampled whole avoids misaligned chunk edges
-                whole = _load(item)
-                total = whole.numel()
-
-                def read(ws: int, we: int) -> torch.Tensor:
-                    return whole[ws:we]
-        except (ValueError, OSError) as exc:
-            self.fail(item, str(exc))
-            self.bar.update(item.seconds)
-            return
-        sink = self.writer.begin(item.id, self.dims)
-        try:
-            frames = encode_chunked(self.encoder, read, total, chunk, overlap, sink.append)
-            if frames <= 0:
-                raise ValueError(f"too short: {total} samples give no frame with this encoder")
-            loc = sink.commit()
-        except (ValueError, OSError, RuntimeError) as exc:
-            sink.abort()
-            self.fail(item, str(exc)[:300])
-        else:
-            self._commit(item, loc, frames)
-        self.bar.update(item.seconds)
+    def finished(self, items: list[Item]) -> None:
+        self.bar.update(sum(i.seconds for i in items))
 
 
 def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
@@ -263,14 +175,16 @@ def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
 
 def _check_meta(out: Path, meta: dict) -> None:
     """Resuming into ``out`` must not mix features of another encoder, weights, layers, format,
-    dtype or precision (keys an older extract.json lacks are not compared)."""
+    dtype, precision or long-file chunking (``chunk_seconds`` / ``overlap_seconds`` decide the
+    frames of long files); keys an older extract.json lacks are not compared."""
     path = out / "extract.json"
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc}); delete the folder or use another --out") from None
-        always, newer = ("encoder", "layers", "format", "dtype"), ("precision", "weights_sha256")
+        always = ("encoder", "layers", "format", "dtype")
+        newer = ("precision", "chunk_seconds", "overlap_seconds", "weights_sha256")
         diff = [k for k in always if old.get(k) != meta.get(k)]
         diff += [k for k in newer if k in old and old[k] != meta.get(k)]
         if diff == ["weights_sha256"]:
@@ -328,11 +242,8 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
 
     cfg = cfg or ExtractConfig()
     check_format(cfg.format, cfg.dtype)
-    if cfg.chunk_seconds <= 0 or cfg.batch_seconds <= 0 or cfg.overlap_seconds < 0:
-        raise ValueError(
-            f"chunk_seconds ({cfg.chunk_seconds}) and batch_seconds ({cfg.batch_seconds}) must be > 0, "
-            f"overlap_seconds ({cfg.overlap_seconds}) >= 0"
-        )
+    policy = EncodePolicy(batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds,
+                          overlap_seconds=cfg.overlap_seconds, errors="skip")
     rank, world = _rank_world(cfg)
     source_name = encoder.source if isinstance(encoder, Encoder) else str(encoder)
     if not isinstance(encoder, Encoder):
@@ -347,11 +258,11 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     with hold_rank_lock(out, rank, world):
         if int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world:  # all ranks here: pids are checkable
             remove_stale_temporaries(out)
-        return _extract_locked(encoder, source, out, cfg, rank, world, source_name)
+        return _extract_locked(encoder, source, out, cfg, policy, rank, world, source_name)
 
 
-def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, rank: int, world: int,
-                    source_name: str) -> ExtractSummary:
+def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, policy: EncodePolicy, rank: int,
+                    world: int, source_name: str) -> ExtractSummary:
     start_time = time.time()
 
     items, unreadable = read_inputs(source)
@@ -361,10 +272,12 @@ def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, 
             raise ValueError(f"{source}: duplicate utterance id {item.id!r} ({seen[item.id]} and {item.path})")
         seen[item.id] = item.path
     meta = {"encoder": source_name, "kind": encoder.kind, "layers": encoder.layer_names, "format": cfg.format,
-            "dtype": cfg.dtype, "frame_shift": encoder.frame_shift, "hidden_sizes": encoder.hidden_sizes,
+            "dtype": cfg.dtype, "frame_shift": encoder.frame_shift,
             "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds,
-            "precision": cfg.precision, "weights_sha256": encoder.weights_sha256()}
-    _check_meta(out, meta)
+            "precision": cfg.precision, "weights_sha256": encoder.weights_sha256(),
+            "long_files": long_file_method(encoder)}  # how files over chunk_seconds are cut, and its error
+    _check_meta(out, meta)  # before the encoder first runs (hidden_sizes): a refused rerun does no work
+    meta["hidden_sizes"] = encoder.hidden_sizes
     if rank == 0:
         atomic_write_json(out / "extract.json", meta)
     (out / f".rank{rank}.done").unlink(missing_ok=True)
@@ -384,19 +297,12 @@ def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, 
     bar = tqdm(total=sum(i.seconds for i in todo), desc=f"extract[rank {rank}]", disable=not cfg.progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
                dynamic_ncols=True)
-    run = _Run(encoder, writer, index, errors, bar)
+    run = _Extraction(encoder, writer, index, errors, bar)
     if rank == 0:
         for utt, path, reason in unreadable:
-            run.fail(Item(utt, path, 0.0), reason)
+            run.failed(Item(utt, path, 0.0), reason)
     try:
-        long_items = [i for i in todo if i.seconds > cfg.chunk_seconds]
-        short_items = [i for i in todo if i.seconds <= cfg.chunk_seconds]
-        chunk = int(cfg.chunk_seconds * SAMPLE_RATE)
-        overlap = int(cfg.overlap_seconds * SAMPLE_RATE)
-        for item in long_items:
-            run.long(item, chunk, overlap)
-        for batch in _batches(short_items, cfg.batch_seconds):
-            run.batch(batch)
+        encode_records(encoder, todo, policy, run)
     finally:
         bar.close()
         index.close()
@@ -404,9 +310,9 @@ def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, 
         writer.close()
     (out / f".rank{rank}.done").write_text("done\n")
     log.info("rank %d: %d extracted (%.1f s of audio), %d already done, %d failed", rank, run.written,
-             run.seconds, len(done), run.failed)
+             run.seconds, len(done), run.failed_count)
     index_path = None
     if rank == 0:
         all_ids = [i.id for i in items]
         index_path = _merge(out, world, all_ids, cfg.format, encoder.layer_names, cfg.merge_timeout_minutes)
-    return ExtractSummary(run.written, len(done), run.failed, run.seconds, time.time() - start_time, index_path)
+    return ExtractSummary(run.written, len(done), run.failed_count, run.seconds, time.time() - start_time, index_path)

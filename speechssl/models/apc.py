@@ -252,6 +252,50 @@ class APC(SSLModel):
             frame_shift=self.frame_shift,
         )
 
+    # ---- long files, chunk by chunk (speechssl.extract.chunking) -------------------------
+    def streams_exactly(self) -> bool:
+        """Whether :meth:`encode_continued` gives the frames of one pass (recurrent contexts:
+        the state is carried; the causal Transformer/CNN contexts are not streamed)."""
+        return isinstance(self.context, RNNStack)
+
+    def encode_continued(self, wavs: torch.Tensor, first: int, last: int | None, state: Any = None):
+        """Frames ``first .. last - 1`` of a window of a long file, continuing the recurrence from
+        ``state`` (None at the start of the file), in eval semantics.
+
+        Args:
+            wavs (Tensor): [1, samples] the window, all valid; its frame 0 must be the first
+                frame whose input the previous windows did not cover (see ``plan_chunks``).
+            first, last: frames of the window to return (``last`` None: to the end).
+            state: what the previous call returned.
+        Returns:
+            (EncoderOutput, state): ``latent``, ``layer_1..N``, ``context`` of the kept frames
+            ([1, last - first, D] each); the state after the last kept frame.
+        """
+        if not self.streams_exactly():
+            raise ValueError(f"APC with a {self.config.context} context cannot carry state across chunks")
+        was_training = self.training
+        self.eval()
+        try:
+            x, n = self.frontend(wavs, torch.tensor([wavs.shape[1]], device=wavs.device))
+            z = x if self.prenet is None else self.prenet(x)
+            last = int(n[0]) if last is None else last
+            if not 0 <= first <= last <= int(n[0]):
+                raise ValueError(f"frames {first}..{last} requested from a window of {int(n[0])} frames")
+            z = z[:, first:last]
+            between = None
+            if self.quantizers is not None:
+                quantizers, keep = self.quantizers, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+
+                def between(i: int, h: torch.Tensor) -> torch.Tensor:
+                    key = str(i + 1)
+                    return quantizers[key](h, keep).quantized.to(h.dtype) if key in quantizers else h
+
+            layers, state = self.context.continue_from(z, state, between)
+        finally:
+            self.train(was_training)
+        out = EncoderOutput([z, *layers, layers[-1]], torch.tensor([z.shape[1]]), self.layer_names, self.frame_shift)
+        return out, state
+
     def step_update(self, step: int) -> None:
         if self.quantizers is not None:
             for q in self.quantizers.values():

@@ -336,6 +336,43 @@ class CPC(SSLModel):
         )
 
 
+    # ---- long files, chunk by chunk (speechssl.extract.chunking) -------------------------
+    def streams_exactly(self) -> bool:
+        """Whether :meth:`encode_continued` gives the frames of one pass (GRU/LSTM contexts:
+        the state is carried; the causal Transformer context is not streamed)."""
+        return isinstance(self.context, RNNStack)
+
+    def encode_continued(self, wavs: torch.Tensor, first: int, last: int | None, state: Any = None):
+        """Frames ``first .. last - 1`` of a window of a long file, continuing the recurrence from
+        ``state`` (None at the start of the file), in eval semantics.
+
+        Args:
+            wavs (Tensor): [1, samples] the window, all valid (its frame ``t`` covers window
+                samples ``[t S, t S + R)``, see the module docstring).
+            first, last: latent frames of the window to return (``last`` None: to the end).
+            state: what the previous call returned.
+        Returns:
+            (EncoderOutput, state): ``latent``, ``layer_1..N``, ``context`` of the kept frames
+            ([1, last - first, D] each); the state after the last kept frame.
+        """
+        if not self.streams_exactly():
+            raise ValueError("CPC with a transformer context cannot carry state across chunks")
+        was_training = self.training
+        self.eval()
+        try:
+            feats, n = self.frontend(wavs, torch.tensor([wavs.shape[1]], device=wavs.device))
+            z, n_z = self.encoder(feats, n)
+            last = int(n_z[0]) if last is None else last
+            if not 0 <= first <= last <= int(n_z[0]):
+                raise ValueError(f"frames {first}..{last} requested from a window of {int(n_z[0])} frames")
+            z = z[:, first:last]
+            layers, state = self.context.continue_from(z, state)
+        finally:
+            self.train(was_training)
+        out = EncoderOutput([z, *layers, layers[-1]], torch.tensor([z.shape[1]]), self.layer_names, self.frame_shift)
+        return out, state
+
+
 def build_cpc(cfg: CPCConfig) -> CPC:
     """Build the frontend, encoder, context network and predictor from ``cfg``."""
     frontend = build_frontend(cfg.frontend)

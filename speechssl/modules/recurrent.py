@@ -139,3 +139,38 @@ class RNNStack(nn.Module):
             if between is not None and i + 1 < len(self.layers):
                 h = between(i, out) * mask
         return outputs
+
+    def continue_from(
+        self,
+        x: torch.Tensor,
+        state: list | None = None,
+        between: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], list]:
+        """Run the stack on the next frames of unpadded sequences, from the recurrent ``state`` the
+        previous call returned, so that feeding a sequence chunk by chunk gives the frames of one
+        pass over all of it (long-file extraction, :mod:`speechssl.extract.chunking`).
+
+        Args:
+            x (Tensor): [batch, frames, input_dim], every frame valid (no padding).
+            state: the second return value of the previous call, or None at the start.
+            between: as in :meth:`forward`.
+
+        Returns:
+            (list[Tensor], list): the output of every layer, each [batch, frames, hidden_size];
+            the state after the last frame (per layer: ``h`` [1, batch, hidden] for GRU layers,
+            ``(h, c)`` for LSTM layers).
+        """
+        if x.shape[1] == 0:  # nothing to read: the state carries over unchanged
+            return [x.new_zeros(x.shape[0], 0, self.hidden_size) for _ in self.layers], state
+        outputs, new_state = [], []
+        h = x
+        for i, rnn in enumerate(self.layers):
+            inp = self.dropout(h) if i > 0 else h
+            r, last = rnn(inp, None if state is None else state[i])
+            out = r + h if self.residual and h.shape[-1] == r.shape[-1] else r
+            outputs.append(out)
+            new_state.append(last)
+            h = out
+            if between is not None and i + 1 < len(self.layers):
+                h = between(i, out)
+        return outputs, new_state
