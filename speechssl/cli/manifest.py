@@ -53,7 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="fmt", choices=["tsv", "kaldi"], required=True)
     p.add_argument("manifest")
     p.add_argument("--out", required=True, help="the .tsv file, or the Kaldi data folder")
-    p.add_argument("--root", default=None, help="tsv: root folder (default: common folder of all files)")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="tsv: root line, as fairseq's wav2vec_manifest.py ROOT (default: the manifest's "
+        "folder if it holds every file, else their common folder)",
+    )
     p.add_argument(
         "--labels",
         action="append",
@@ -111,7 +116,13 @@ def run(args: argparse.Namespace) -> int:
 
         records = read_manifest(args.manifest)
         if args.fmt == "tsv":
-            write_tsv(records, args.out, root=args.root, label_files=_labels(args.labels))
+            write_tsv(
+                records,
+                args.out,
+                root=args.root,
+                label_files=_labels(args.labels),
+                manifest_dir=Path(args.manifest).parent,
+            )
         else:
             write_kaldi_dir(records, args.out, speaker_field=args.speaker_field)
         print(f"wrote {args.out}: {_hours(records)}")
