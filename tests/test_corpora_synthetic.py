@@ -219,7 +219,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, message:
 
 def test_cli(tmp_path: Path, capsys):
     out = tmp_path / "cli"
-    argv = ["synth", "--out", str(out), "--speakers", "2", "--utts-per-speaker", "2", "--seed", "4",
+    argv = ["synth", "--backend", "formant", "--out", str(out), "--speakers", "2", "--utts-per-speaker", "2", "--seed", "4",
             "--styles", "sad", "angry", "--speaker-offset", "2", "--set", "noise_prob=0"]  # fmt: skip
     assert cli_main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out.resolve() / "manifest.jsonl")

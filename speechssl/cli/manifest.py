@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -69,7 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="fmt", choices=["tsv", "kaldi"], required=True, help="format to write")
     p.add_argument("manifest", help="JSONL manifest to export")
     p.add_argument("--out", required=True, help="the .tsv file, or the Kaldi data folder")
-    p.add_argument("--root", default=None, help="tsv: root folder (default: common folder of all files)")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="tsv: root line, as fairseq's wav2vec_manifest.py ROOT (default: the manifest's "
+        "folder if it holds every file, else their common folder)",
+    )
     p.add_argument(
         "--labels",
         action="append",
@@ -138,7 +144,13 @@ def run(args: argparse.Namespace) -> int:
 
         records = read_manifest(args.manifest)
         if args.fmt == "tsv":
-            write_tsv(records, args.out, root=args.root, label_files=_labels(args.labels))
+            write_tsv(
+                records,
+                args.out,
+                root=args.root,
+                label_files=_labels(args.labels),
+                manifest_dir=Path(args.manifest).parent,
+            )
         else:
             write_kaldi_dir(records, args.out, speaker_field=args.speaker_field)
         print(f"wrote {args.out}: {_hours(records)}")

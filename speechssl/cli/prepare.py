@@ -1,6 +1,10 @@
 """Scan an audio folder (recursively) into a JSONL manifest and report hours kept and dropped.
 
 Usage: speechssl prepare DIR --out data/train.jsonl [--label-from-path 'speaker={parent}'] [--min-seconds 0.5]
+       speechssl prepare DIR --out data/train.jsonl --check-audio   # also decode: drop NaN/inf and silent files
+
+By default only the file headers are read (fast): a file of NaN samples or digital silence is
+kept. --check-audio decodes every file and drops those, with reasons (non_finite, silent).
 
 Labels from paths: FIELD=TEMPLATE with {parent} {grandparent} {parentN} {stem} {name} {top},
 e.g. 'speaker={parent}'; or a regex with named groups searched in the file stem (in the relative
@@ -13,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechssl.data.prepare import DEFAULT_EXTENSIONS, PrepareError, prepare_folder
+from speechssl.data.prepare import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK, PrepareError, prepare_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_EXTENSIONS),
         help=f"comma-separated extensions (default {','.join(DEFAULT_EXTENSIONS)})",
     )
+    parser.add_argument(
+        "--check-audio",
+        action="store_true",
+        help="decode every file and drop non-finite (NaN/inf) or silent ones; the default reads headers only",
+    )
+    parser.add_argument(
+        "--silence-peak",
+        type=float,
+        default=DEFAULT_SILENCE_PEAK,
+        help=f"with --check-audio, a file whose absolute peak is below this is silent (default {DEFAULT_SILENCE_PEAK:g})",
+    )
     parser.add_argument("--report", default=None, help="also write the report as JSON here")
 
 
@@ -45,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             label_from_path=args.label_from_path,
             min_seconds=args.min_seconds,
             extensions=extensions,
+            check_audio=args.check_audio,
+            silence_peak=args.silence_peak,
         )
     except PrepareError as exc:
         print(f"speechssl prepare: error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Render the built-in synthetic speech corpus (speakers x speaking styles) with a manifest.
 
 Examples:
+  speechssl synth --out data/synth --speakers 4 --utts-per-speaker 10      # espeak-ng if installed, else formant
   speechssl synth --backend formant --out data/synth --speakers 4 --utts-per-speaker 10
   speechssl synth --out data/pool --speakers 8 --utts-per-speaker 200 --seed 1 --jobs 2  # unlabelled pool
   speechssl synth --out data/labelled --speakers 8 --utts-per-speaker 20 --seed 2      # same voices, new utterances
@@ -8,22 +9,26 @@ Examples:
 
 Writes OUT/wavs/<speaker>/<id>.wav (16 kHz mono) and OUT/manifest.jsonl with labels speaker,
 gender, style, text, backend. Same arguments -> identical files; re-running skips finished work.
+The backend that ran is printed on stderr; stdout holds only the manifest path.
 --set keys: the fields of speechssl.corpora.synthetic.SynthConfig (label meanings: its module docstring).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from speechssl.config import ConfigError, apply_overrides, from_dict, to_dict
-from speechssl.corpora.synthetic import BACKENDS, STYLES, SynthConfig, synthesize_corpus
+from speechssl.corpora import espeak
+from speechssl.corpora.synthetic import BACKENDS, STYLES, SynthConfig, resolve_backend, synthesize_corpus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--backend", choices=BACKENDS, default="formant",
-                        help="formant: built-in numpy synthesiser; espeak: espeak-ng; auto: espeak if installed")  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto (default): espeak-ng if installed, else formant; formant: built-in numpy "
+                             "synthesiser; espeak: espeak-ng")  # fmt: skip
     parser.add_argument("--speakers", type=int, default=4, help="number of speakers (default 4)")
     parser.add_argument("--utts-per-speaker", type=int, default=10, help="utterances per speaker (default 10)")
     parser.add_argument("--styles", nargs="+", default=list(STYLES), metavar="STYLE",
@@ -41,9 +46,17 @@ def run(args: argparse.Namespace) -> int:
         cfg = from_dict(SynthConfig, apply_overrides(to_dict(SynthConfig()), args.overrides), where="synth --set")
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
+    backend = resolve_backend(args.backend)
+    if args.backend == "auto":
+        found = espeak.espeak_binary()
+        why = f"auto: espeak-ng found at {found}" if found else "auto: espeak-ng not installed"
+    else:
+        why = "--backend"
+    # stderr, so that stdout stays the manifest path that scripts capture.
+    print(f"speechssl synth: backend {backend} ({why})", file=sys.stderr)
     manifest = synthesize_corpus(
         args.out,
-        backend=args.backend,
+        backend=backend,
         speakers=args.speakers,
         utts_per_speaker=args.utts_per_speaker,
         styles=args.styles,

@@ -9,6 +9,13 @@ The first line is the root folder (a relative root is taken from the current dir
 fairseq does); each further line a path relative to it and its length in samples. Optional
 line-aligned label files (fairseq's ``train.wrd`` / ``train.ltr``) map to label fields.
 
+As fairseq's ``wav2vec_manifest.py ROOT`` does, the root line is the folder given (``root``),
+written as given, not shortened to the deepest folder the files share. The TSV has no id
+column, so export also writes ``train.ids`` next to ``train.tsv`` (``id<TAB>relative/path``
+per entry, line-aligned; fairseq ignores it) and import takes ids from it, checking each path
+against its TSV line. A TSV without one (e.g. written by fairseq) gets ids from its paths
+(:func:`speechssl.data.prepare.make_ids`).
+
 Kaldi data folder: ``wav.scp`` (``<recording-id> <path>``), optional ``segments``
 (``<utt-id> <recording-id> <start> <end>``, seconds; end -1 = end of file), ``utt2spk``
 (-> field ``speaker``), ``text`` (-> ``text``) and other ``utt2<x>`` files (-> field ``x``).
@@ -56,10 +63,44 @@ def _read_label_files(label_files: Mapping[str, str | Path] | None, count: int) 
     return out
 
 
+def ids_path(tsv: str | Path) -> Path:
+    """The id file that travels with a TSV: ``train.tsv`` -> ``train.ids``."""
+    return Path(tsv).with_suffix(".ids")
+
+
+def _read_ids(file: Path, relpaths: Sequence[str]) -> list[str]:
+    """Ids from an export's ``.ids`` file, each line checked against its TSV entry's path."""
+    rows = file.read_text(encoding="utf-8").splitlines()
+    rows = [row for row in rows if row.strip()]
+    if len(rows) != len(relpaths):
+        raise ManifestError(
+            f"has {len(rows)} ids but the TSV has {len(relpaths)} entries (stale? delete it to "
+            "take ids from the paths)",
+            file,
+        )
+    ids = []
+    for lineno, (row, rel) in enumerate(zip(rows, relpaths), start=1):
+        parts = row.split("\t")
+        if len(parts) != 2 or not parts[0]:
+            raise ManifestError(f"expected 'id<TAB>relative/path', got {row!r}", file, lineno)
+        if parts[1] != rel:
+            raise ManifestError(
+                f"path {parts[1]!r} differs from the TSV's entry {lineno} {rel!r} (stale? delete it "
+                "to take ids from the paths)",
+                file,
+                lineno,
+            )
+        ids.append(parts[0])
+    return ids
+
+
 def read_tsv(
     path: str | Path, sample_rate: int | None = None, label_files: Mapping[str, str | Path] | None = None
 ) -> list[dict]:
     """Read a fairseq wav2vec TSV into manifest records.
+
+    Ids come from the ``.ids`` file next to the TSV when there is one (:func:`write_tsv` writes
+    it), otherwise from the relative paths.
 
     Args:
         path: the ``.tsv`` file.
@@ -67,7 +108,8 @@ def read_tsv(
             header (also checks the files exist).
         label_files: ``{field: file}`` line-aligned with the TSV entries, e.g. ``{"text": "train.wrd"}``.
     Raises:
-        ManifestError: naming ``file:line`` (bad line, bad count, unreadable audio).
+        ManifestError: naming ``file:line`` (bad line, bad count, unreadable audio, an ``.ids``
+            file that does not match the TSV).
     """
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -87,7 +129,11 @@ def read_tsv(
             raise ManifestError(f"num_samples must be an integer, got {parts[1]!r}", path, lineno) from None
         entries.append((lineno, parts[0], num))
     labels = _read_label_files(label_files, len(entries))
-    ids = make_ids([Path(rel) for _, rel, _ in entries])
+    id_file = ids_path(path)
+    if id_file.is_file():
+        ids = _read_ids(id_file, [rel for _, rel, _ in entries])
+    else:
+        ids = make_ids([Path(rel) for _, rel, _ in entries])
     records = []
     mismatched = 0
     for k, ((lineno, rel, num), utt_id) in enumerate(zip(entries, ids)):
@@ -115,22 +161,39 @@ def _common_root(paths: Sequence[str]) -> str:
     return os.path.commonpath(folders) if folders else "/"
 
 
+def default_tsv_root(records: Sequence[Mapping[str, Any]], manifest_dir: str | Path | None = None) -> str:
+    """The root line when none is given: the manifest's folder when it holds every file (the
+    corpus folder, as with ``speechssl synth`` or ``corpus prepare``), else the deepest common folder."""
+    paths = [os.path.abspath(r["path"]) for r in records]
+    if manifest_dir is not None:
+        folder = os.path.abspath(manifest_dir)
+        if all(not os.path.relpath(p, folder).startswith(os.pardir) for p in paths):
+            return folder
+    return _common_root(paths)
+
+
 def write_tsv(
     records: Sequence[Mapping[str, Any]],
     path: str | Path,
     root: str | Path | None = None,
     label_files: Mapping[str, str | Path] | None = None,
+    manifest_dir: str | Path | None = None,
 ) -> Path:
-    """Write records as a fairseq wav2vec TSV (atomic).
+    """Write records as a fairseq wav2vec TSV and its ``.ids`` file (both atomic).
 
     Args:
-        root: the first line; default the deepest folder holding every file.
+        root: the first line, written as given (fairseq's ``wav2vec_manifest.py ROOT``); default
+            :func:`default_tsv_root` (``manifest_dir`` if it holds every file, else the deepest
+            common folder).
         label_files: ``{field: file}`` to also write line-aligned label files (e.g. ``text`` -> ``.wrd``).
+        manifest_dir: the folder of the manifest the records came from (for the default root).
     Raises:
         ManifestError: a record is a segment (TSV cannot express start/duration), lacks a label
             field, or lies outside ``root``.
     """
     path = Path(path)
+    if ids_path(path) == path:
+        raise ManifestError("the TSV must not end in .ids (that name holds its ids)", path)
     for rec in records:
         if rec.get("start") is not None or rec.get("duration") is not None:
             raise ManifestError(
@@ -138,13 +201,17 @@ def write_tsv(
                 "cannot express segments",
                 path,
             )
-    root = os.path.abspath(root) if root is not None else _common_root([r["path"] for r in records])
+    root = os.path.abspath(root) if root is not None else default_tsv_root(records, manifest_dir)
     lines = [root]
+    id_lines = []
     for rec in records:
         rel = os.path.relpath(os.path.abspath(rec["path"]), root)
         if rel.startswith(os.pardir):
             raise ManifestError(f"record {rec['id']!r} ({rec['path']}) is outside the root {root}", path)
+        if "\t" in rel or "\n" in rel or "\t" in rec["id"] or "\n" in rec["id"]:
+            raise ManifestError(f"record {rec['id']!r}: a tab or newline in its id or path cannot go in a TSV", path)
         lines.append(f"{rel}\t{rec['num_samples']}")
+        id_lines.append(f"{rec['id']}\t{rel}\n")
     other_rates = sorted({r["sample_rate"] for r in records} - {16000})
     if other_rates:
         log.warning("%s: files at %s Hz; fairseq's audio datasets expect 16000 Hz", path, other_rates)
@@ -155,6 +222,8 @@ def write_tsv(
                 f"{len(missing)} records lack label field {field!r} (e.g. {missing[0]!r})", file
             )
         atomic_write_text(file, "".join(f"{r[field]}\n" for r in records))
+    # The ids first: a TSV is never left next to the ids of an earlier export.
+    atomic_write_text(ids_path(path), "".join(id_lines))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

@@ -1,12 +1,17 @@
 """Scan an audio folder into a manifest: ``speechssl prepare DIR --out data/train.jsonl``.
 
 No layout is assumed: every file under DIR (recursively, hidden files skipped) whose extension
-is in ``extensions`` is a candidate. Durations come from the file headers only, so scanning
-is fast. Each file ends up kept or dropped for a reason:
+is in ``extensions`` is a candidate. By default durations come from the file headers only, so
+scanning is fast but a file of NaN samples or digital silence is kept; ``check_audio=True``
+(``--check-audio``) also decodes every file, in blocks, to catch those. Each file ends up kept or
+dropped for a reason:
 
-- ``unreadable``: the header cannot be read (corrupt, unsupported codec, e.g. shorten ``.sph``);
+- ``unreadable``: the header cannot be read (corrupt, unsupported codec, e.g. shorten ``.sph``),
+  or, with ``check_audio``, the samples cannot be decoded (truncated data);
 - ``empty``: zero samples;
 - ``too_short``: shorter than ``min_seconds``;
+- ``non_finite`` (``check_audio`` only): a decoded sample is NaN or infinite;
+- ``silent`` (``check_audio`` only): no sample reaches ``silence_peak`` in absolute value;
 - ``no_label_match``: a ``label_from_path`` regex did not match the file.
 
 Ids are the path relative to DIR without the extension, ``/`` and whitespace replaced by ``_``
@@ -35,7 +40,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.audio import AudioError, AudioNotFoundError, EmptyAudioError, audio_info
+import numpy as np
+import soundfile as sf
+
+from speechssl.audio import AudioError, AudioInfo, AudioNotFoundError, EmptyAudioError, audio_info
 from speechssl.data.manifest import write_manifest
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,11 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3", "sph")
 _TEMPLATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 _PARENT_N = re.compile(r"^parent(\d+)$")
 _EXAMPLES_PER_REASON = 5
+#: ``check_audio``: a file whose absolute peak stays below this is ``silent``. 1e-4 (-80 dBFS) is
+#: about 3 steps of 16-bit PCM, so dither or a faint hum is kept while digital zeros are not.
+DEFAULT_SILENCE_PEAK = 1e-4
+# ``check_audio`` decodes this many frames at a time so a long file never sits whole in memory.
+_CHECK_BLOCK_FRAMES = 1 << 20
 
 
 class PrepareError(ValueError):
@@ -230,9 +243,52 @@ def make_ids(relpaths: Sequence[Path]) -> list[str]:
     return unique
 
 
-def probe_file(path: Path, report: PrepareReport, min_seconds: float = 0.0, display: str | None = None):
+def check_samples(
+    path: Path, info: AudioInfo, silence_peak: float = DEFAULT_SILENCE_PEAK
+) -> tuple[str, str] | None:
+    """Decode every sample of ``path`` in blocks; return ``(reason, why)`` when it is unusable.
+
+    ``reason`` is ``non_finite`` (NaN/inf, with the first bad frame), ``silent`` (absolute peak
+    below ``silence_peak``) or ``unreadable`` (decoding fails or stops short of the header's
+    length); None when the file is fine. Memory stays at one block whatever the file's length.
+    """
+    peak = 0.0
+    seen = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(frames=_CHECK_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                finite = np.isfinite(block)
+                if not finite.all():
+                    first = seen + int(np.argmin(finite.all(axis=1)))
+                    return "non_finite", f"non-finite (NaN/inf) sample at frame {first}"
+                peak = max(peak, float(np.abs(block).max()))
+                seen += block.shape[0]
+    except (RuntimeError, OSError, ValueError, TypeError, EOFError) as exc:
+        return (
+            "unreadable",
+            f"cannot decode samples after frame {seen} ({str(exc).strip() or type(exc).__name__})",
+        )
+    if seen == 0:
+        return "unreadable", f"header announces {info.num_samples} samples but none could be decoded"
+    if peak < silence_peak:
+        return "silent", f"peak |sample| {peak:.3g} < {silence_peak:g} over {seen} frames"
+    return None
+
+
+def probe_file(
+    path: Path,
+    report: PrepareReport,
+    min_seconds: float = 0.0,
+    display: str | None = None,
+    check_audio: bool = False,
+    silence_peak: float = DEFAULT_SILENCE_PEAK,
+) -> AudioInfo | None:
     """Read ``path``'s header; return its AudioInfo, or None after recording why it is dropped
-    (``missing``/``unreadable``, ``empty``, ``too_short``) in ``report``."""
+    (``missing``/``unreadable``, ``empty``, ``too_short``) in ``report``. With ``check_audio``
+    the samples are decoded too (:func:`check_samples`: ``non_finite``, ``silent``, ``unreadable``)."""
     display = display or str(path)
     try:
         info = audio_info(path)
@@ -251,6 +307,12 @@ def probe_file(path: Path, report: PrepareReport, min_seconds: float = 0.0, disp
     if info.duration < min_seconds:
         report.drop("too_short", info.duration, f"{display}: {info.duration:.3f} s < {min_seconds} s")
         return None
+    if check_audio:
+        problem = check_samples(path, info, silence_peak)
+        if problem is not None:
+            reason, why = problem
+            report.drop(reason, info.duration, f"{display}: {why}")
+            return None
     return info
 
 
@@ -260,6 +322,8 @@ def prepare_folder(
     label_from_path: str | Sequence[str] | None = None,
     min_seconds: float = 0.0,
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    check_audio: bool = False,
+    silence_peak: float = DEFAULT_SILENCE_PEAK,
 ) -> PrepareReport:
     """Scan ``folder`` for audio and write the manifest ``out``.
 
@@ -269,6 +333,9 @@ def prepare_folder(
         label_from_path: pattern(s) deriving label fields from each path (module docstring).
         min_seconds: files shorter than this are dropped as ``too_short``.
         extensions: file extensions to consider (case-insensitive, without the dot).
+        check_audio: decode every file and drop ``non_finite`` and ``silent`` ones (slower: reads
+            all the audio instead of the headers only).
+        silence_peak: with ``check_audio``, files whose absolute peak stays below this are ``silent``.
     Returns:
         PrepareReport with counts and hours kept and dropped per reason.
     Raises:
@@ -294,7 +361,9 @@ def prepare_folder(
         if n % 10000 == 0:
             log.info("prepare: %d / %d files scanned", n, len(relpaths))
         path = folder / rel
-        info = probe_file(path, report, min_seconds, display=str(rel))
+        info = probe_file(
+            path, report, min_seconds, display=str(rel), check_audio=check_audio, silence_peak=silence_peak
+        )
         if info is None:
             continue
         labels: dict[str, str] = {}

@@ -10,7 +10,17 @@
 * a torchaudio or Hugging Face wav2vec 2.0 / HuBERT folder (via
   :func:`speechssl.upstream.importers.load_foreign`);
 * a baseline name: ``logmel``, ``fbank``, ``mfcc`` (:mod:`speechssl.upstream.baselines`);
-* an :class:`SSLModel` instance (wrapped as it is).
+* an :class:`SSLModel` instance (wrapped as it is);
+* a torchaudio ``Wav2Vec2Model`` / ``HuBERTPretrainModel`` or a Hugging Face ``Wav2Vec2Model`` /
+  ``HubertModel`` (/ ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC``) object, imported with
+  :func:`~speechssl.upstream.importers.from_torchaudio` / :func:`~speechssl.upstream.importers.from_hf`.
+
+:func:`save_encoder` writes any of these model objects (or an :class:`Encoder` over one) as a
+released encoder folder, so an imported model is loaded by path afterwards like any other::
+
+    from speechssl.upstream import load_encoder, save_encoder
+    save_encoder(torchaudio.pipelines.WAV2VEC2_BASE.get_model(), "encoders/w2v2_base")
+    enc = load_encoder("encoders/w2v2_base")   # or: speechssl extract --encoder encoders/w2v2_base
 
 Options (:class:`EncoderOptions`): ``layers`` ("all" | list | "context,latent"), ``device``,
 ``trainable``. Baselines also take their frontend's config fields (``n_mels=40``). Any other
@@ -30,7 +40,13 @@ from torch import nn
 from speechssl.models.base import SSLModel, build_model
 from speechssl.upstream.baselines import BASELINES, build_baseline, frontend_option_names
 from speechssl.upstream.encoder import Encoder, EncoderOptions, option_names
-from speechssl.upstream.release import CONFIG_NAME, WEIGHTS_NAME, load_released_model, read_release_config
+from speechssl.upstream.release import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_released_model,
+    read_release_config,
+    save_released_encoder,
+)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
@@ -149,6 +165,70 @@ def _backbone_from_path(path: Path) -> tuple[nn.Module, str, str]:
     return model, "foreign", str(path)
 
 
+_IMPORTERS_HINT = (
+    "import other wav2vec 2.0 / HuBERT models with speechssl.upstream.importers "
+    "(from_torchaudio, from_hf, load_foreign), or pass a speechssl SSLModel"
+)
+
+
+def _foreign_family(obj: nn.Module) -> str | None:
+    """``"torchaudio"`` / ``"hf"`` when ``obj``'s class comes from that library, else None."""
+    top = type(obj).__module__.split(".", 1)[0]
+    return {"torchaudio": "torchaudio", "transformers": "hf"}.get(top)
+
+
+def as_ssl_model(obj: nn.Module) -> tuple[SSLModel, str]:
+    """The speechssl model behind ``obj`` and a label of where it came from.
+
+    ``obj`` is an :class:`SSLModel` (returned as it is), an :class:`Encoder` over one, or a
+    torchaudio / Hugging Face wav2vec 2.0 or HuBERT object (imported, weights copied).
+    Raises:
+        EncoderLoadError: anything else, or a foreign object the importers cannot map; the
+            message names the type and points to the importers.
+    """
+    if isinstance(obj, Encoder):
+        if not isinstance(obj.backbone, SSLModel):
+            raise EncoderLoadError(
+                f"encoder {obj.source!r} (kind {obj.kind}) is not a trained speechssl model; "
+                "baselines are rebuilt by name and need no saving"
+            )
+        return obj.backbone, obj.source
+    if isinstance(obj, SSLModel):
+        return obj, type(obj).__name__
+    family = _foreign_family(obj)
+    name = f"{type(obj).__module__}.{type(obj).__name__}"
+    if family is None:
+        raise EncoderLoadError(
+            f"{name} is neither a speechssl model (no encode(wavs, lengths) method) nor a torchaudio "
+            f"Wav2Vec2Model/HuBERTPretrainModel or Hugging Face Wav2Vec2Model/HubertModel; {_IMPORTERS_HINT}"
+        )
+    from speechssl.upstream.importers import ForeignCheckpointError, from_hf, from_torchaudio
+
+    try:
+        model = from_torchaudio(obj) if family == "torchaudio" else from_hf(obj)
+    except (ForeignCheckpointError, KeyError, AttributeError) as exc:
+        raise EncoderLoadError(f"cannot import {name}: {exc}; {_IMPORTERS_HINT}") from None
+    label = f"{'torchaudio' if family == 'torchaudio' else 'transformers'} {type(obj).__name__}"
+    return model.eval(), label
+
+
+def save_encoder(model_or_encoder: nn.Module, folder: str | Path) -> Path:
+    """Write a model as a released speechssl encoder folder (``config.json`` + ``model.safetensors``).
+
+    Args:
+        model_or_encoder: an :class:`SSLModel`, an :class:`Encoder` over one, or a torchaudio /
+            Hugging Face wav2vec 2.0 / HuBERT object (imported first, see :func:`as_ssl_model`).
+        folder: the release folder; ``load_encoder(folder)`` and ``speechssl extract --encoder
+            folder`` read it back. Its ``config.json`` records the origin under ``extra.source``.
+    Returns:
+        The folder.
+    Raises:
+        EncoderLoadError: an object that is not one of the above.
+    """
+    model, source = as_ssl_model(model_or_encoder)
+    return save_released_encoder(model, folder, extra={"source": source})
+
+
 def load_encoder(path_or_name: str | Path | nn.Module, **options: Any) -> Encoder:
     """Load a frozen encoder; see the module docstring for sources and options.
 
@@ -159,10 +239,11 @@ def load_encoder(path_or_name: str | Path | nn.Module, **options: Any) -> Encode
         EncoderLoadError / FileNotFoundError: an unloadable or missing source.
     """
     if isinstance(path_or_name, nn.Module):
-        if not hasattr(path_or_name, "encode"):
-            raise EncoderLoadError(f"{type(path_or_name).__name__} has no encode(wavs, lengths) method")
         opts, _ = _split_options(options, [], type(path_or_name).__name__)
-        return Encoder(path_or_name.eval(), opts, source=type(path_or_name).__name__, kind="model")
+        if hasattr(path_or_name, "encode"):
+            return Encoder(path_or_name.eval(), opts, source=type(path_or_name).__name__, kind="model")
+        model, source = as_ssl_model(path_or_name)  # torchaudio / Hugging Face objects, else a clear error
+        return Encoder(model, opts, source=source, kind="foreign")
     source = str(path_or_name)
     path = Path(source).expanduser()
     if path.exists():

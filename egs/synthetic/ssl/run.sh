@@ -88,9 +88,9 @@ if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
 fi
 
 if begin_stage 6 "summary"; then
+  # `downstream summary` prints the summary itself
   speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png \
     --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
-  cat exp/summary.md
   done_stage 6
 fi
 log "done: $(pwd)/exp/summary.md"
