@@ -9,8 +9,8 @@ Examples:
   speechssl synth --task words --vocabulary yes no up down --out data/kws --utts-per-speaker 16
 
 Writes OUT/wavs/<speaker>/<id>.wav (16 kHz mono) and OUT/manifest.jsonl with labels speaker,
-gender, style, text, backend (and word, with --task words: 1 s clips of one word each; utterance u
-says word u mod V of the vocabulary). Same arguments -> identical files; re-running skips finished work.
+gender, style, text, backend (and word, with --task words: 1 s clips of one word each; utterance u of
+speaker k says word (u + k) mod V of the vocabulary). Same arguments -> identical files; re-running skips finished work.
 --set keys: the fields of speechssl.corpora.synthetic.SynthConfig (label meanings: its module docstring).
 """
 

@@ -43,9 +43,9 @@ Labels
     on, off, stop, go, zero .. nine), or a chosen subset. Each utterance is one isolated word in a
     clip of ``SynthConfig.word_clip_seconds`` (1 s, as in Speech Commands; longer only if a slow
     rendering needs it) at a random position. Utterance ``u`` of speaker ``k`` says
-    ``vocabulary[u % V]`` in style ``styles[(u // V + k) % S]``: with ``utts_per_speaker = V x S``
-    every speaker says every word in every style, and with ``V`` only, the styles rotate across
-    speakers. The formant backend speaks each word with one fixed phone sequence (its lexicon),
+    ``vocabulary[(u + k) % V]`` in style ``styles[(u // V + k) % S]``: with ``utts_per_speaker =
+    V x S`` every speaker says every word in every style; with ``V``, every word once while the
+    styles rotate across speakers; with fewer, the words rotate across speakers. The formant backend speaks each word with one fixed phone sequence (its lexicon),
     the espeak backend reads the word; everything else (voice, style, jitter, noise, channel)
     varies as for sentences. ``min_seconds``/``max_seconds`` apply to sentences only.
 ``backend``
@@ -469,7 +469,7 @@ def synthesize_corpus(
         for u in range(utts_per_speaker):
             word = None
             if task == "words":
-                word = words[u % len(words)]
+                word = words[(u + spk.index) % len(words)]
                 style = styles[(u // len(words) + spk.index) % len(styles)]
                 utt_id = f"{spk.name}_w{seed}_{u:04d}"
             else:
