@@ -107,7 +107,7 @@ fi
 
 if begin_stage 6 "summary"; then
   speechssl downstream summary speaker=exp/le_speaker style=exp/le_style word=exp/le_word --out exp/summary.md --png exp/summary.png \
-    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
+    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
   cat exp/summary.md
   done_stage 6
 fi
