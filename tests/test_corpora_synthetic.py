@@ -15,10 +15,12 @@ import soundfile as sf
 from speechssl.cli.main import main as cli_main
 from speechssl.corpora import espeak as espeak_backend
 from speechssl.corpora import synthetic
-from speechssl.corpora.formant import FormantParams, render_formant, text_to_phones
+from speechssl.corpora.formant import FormantParams, render_formant, render_formant_phones, text_to_phones
 from speechssl.corpora.synthetic import SynthConfig, make_speaker, resolve_backend, synthesize_corpus
 from speechssl.corpora.text import generate_sentence, sentence_with_words
+from speechssl.corpora.words import PRONUNCIATIONS, VOCABULARY, check_lexicon, word_phones
 from speechssl.data.manifest import read_manifest
+from speechssl.data.split import split_records
 
 STYLES = ("neutral", "happy", "sad", "angry")
 
@@ -236,3 +238,145 @@ def test_cli(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["synth", "--out", str(out), "--backend", "festival"])
     assert exc.value.code == 2
+
+
+# --- the spoken-word task -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def words_corpus(tmp_path_factory) -> Path:
+    """Every word x every style for 2 formant speakers: 2 x 20 x 4 = 160 one-second clips."""
+    return synthesize_corpus(tmp_path_factory.mktemp("words") / "w", task="words", speakers=2, utts_per_speaker=80)
+
+
+def test_words_every_voice_says_every_word_in_every_style(words_corpus: Path):
+    recs = read_manifest(words_corpus)
+    assert len(recs) == 160
+    combos = Counter((r["speaker"], r["word"], r["style"]) for r in recs)
+    assert set(combos.values()) == {1}
+    assert {w for _, w, _ in combos} == set(VOCABULARY) and len(VOCABULARY) == 20
+    assert {(s, st) for s, _, st in combos} == {(f"spk00{i}", st) for i in range(2) for st in STYLES}
+    for r in recs:
+        assert r["text"] == r["word"] and r["backend"] == "formant" and "_w0_" in r["id"]
+        assert r["num_samples"] == 16000  # the 1 s clip: no formant word needs more
+        wav, sr = sf.read(r["path"], dtype="float32")
+        assert sr == 16000 and np.sqrt(np.mean(wav**2)) > 1e-3 and np.abs(wav).max() <= 1.0
+    config = json.loads((words_corpus.parent / "synth_config.json").read_text())
+    assert config["task"] == "words" and config["vocabulary"] == list(VOCABULARY)
+
+
+def test_words_are_deterministic_and_separate_from_sentences(words_corpus: Path, tmp_path: Path):
+    # The same seed with fewer utterances and 2 workers: the same ids, labels and bytes.
+    again = synthesize_corpus(tmp_path / "again", task="words", speakers=2, utts_per_speaker=25, jobs=2)
+    reference = {r["id"]: r for r in read_manifest(words_corpus)}
+    for r in read_manifest(again):
+        assert (r["word"], r["style"]) == (reference[r["id"]]["word"], reference[r["id"]]["style"])
+        assert Path(r["path"]).read_bytes() == Path(reference[r["id"]]["path"]).read_bytes()
+    # Utterance u of speaker k says word (u + k) mod 20: the words rotate across speakers.
+    assert [r["word"] for r in read_manifest(again)][:2] == ["yes", "no"]
+    assert [r["word"] for r in read_manifest(again)][25:27] == ["no", "up"]
+    # Another seed: the same word by the same voice is another recording; sentences get other ids.
+    other = {r["id"][:6] + r["word"] + r["style"]: Path(r["path"]).read_bytes()
+             for r in read_manifest(synthesize_corpus(tmp_path / "s1", task="words", speakers=1, utts_per_speaker=20,
+                                                      seed=1))}  # fmt: skip
+    ref = {r["id"][:6] + r["word"] + r["style"]: Path(r["path"]).read_bytes() for r in reference.values()}
+    assert len(other) == 20 and all(other[k] != ref[k] for k in other)
+    sentences = read_manifest(synthesize_corpus(tmp_path / "sent", speakers=1, utts_per_speaker=2))
+    assert "word" not in sentences[0] and not {r["id"] for r in sentences} & set(reference)
+
+
+def test_formant_words_come_from_a_fixed_lexicon():
+    check_lexicon()  # known phones, a vowel each, no homophones
+    assert len({PRONUNCIATIONS[w] for w in VOCABULARY}) == 20
+    assert word_phones("seven") == [("S", False, False), ("EH", True, False), ("V", False, False),
+                                    ("AX", False, False), ("N", False, False)]  # fmt: skip
+    # The lexicon, not the letter rules: "no" would otherwise be N AA (like "gnaw").
+    assert [p for p, _, _ in text_to_phones("no")] == ["N", "AA"] and PRONUNCIATIONS["no"] == ("N", "OW")
+    # The same word, the same phones for every speaker: two voices differ only in voice, not content.
+    rng = np.random.default_rng
+    a = render_formant_phones(word_phones("two"), FormantParams(), rng(0), what="two")
+    b = render_formant_phones(word_phones("two"), FormantParams(), rng(0), what="two")
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="same pronunciation"):
+        check_lexicon({"no": ("N", "OW"), "know": ("N", "OW")})
+    with pytest.raises(ValueError, match="'xyz'.*not in the formant inventory"):
+        check_lexicon({"xyz": ("X", "AA")})
+    with pytest.raises(ValueError, match="unknown phones"):
+        render_formant_phones([("Q", True, False)], FormantParams(), rng(0), what="q")
+
+
+def test_formant_words_are_speaker_independently_recognisable(words_corpus: Path):
+    """Nearest class mean of log-Mel statistics, trained on one speaker, tested on the other (of the
+    other gender, in noise and random channels): far above chance, so the words differ acoustically."""
+    recs = read_manifest(words_corpus)
+    mel = librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)
+
+    def embed(path: str) -> np.ndarray:
+        wav, _ = sf.read(path, dtype="float32")
+        frames = np.lib.stride_tricks.sliding_window_view(wav, 400)[::160] * np.hanning(400)
+        logmel = np.log(mel @ (np.abs(np.fft.rfft(frames, axis=1)) ** 2).T + 1e-6)  # [40, frames]
+        energy = logmel.mean(axis=0)
+        logmel = logmel[:, energy > energy.max() - 4]  # the word, not the silence around it
+        logmel -= logmel.mean(axis=1, keepdims=True)  # per-utterance CMN removes most of voice and channel
+        thirds = np.array_split(logmel, 3, axis=1)  # keeps the order of sounds ("no" vs "on")
+        return np.concatenate([t.mean(axis=1) for t in thirds] + [logmel.std(axis=1)])
+
+    x = {r["id"]: embed(r["path"]) for r in recs}
+    for train_spk, test_spk in (("spk000", "spk001"), ("spk001", "spk000")):
+        train = [r for r in recs if r["speaker"] == train_spk]
+        means = {w: np.mean([x[r["id"]] for r in train if r["word"] == w], axis=0) for w in VOCABULARY}
+        test = [r for r in recs if r["speaker"] == test_spk]
+        hits = [min(means, key=lambda w: np.linalg.norm(x[r["id"]] - means[w])) == r["word"] for r in test]
+        assert np.mean(hits) > 3 / len(VOCABULARY), (train_spk, np.mean(hits))  # chance is 1/20
+
+
+def test_espeak_words(tmp_path: Path):
+    manifest = synthesize_corpus(tmp_path / "ew", backend="espeak", task="words", speakers=2, utts_per_speaker=20,
+                                 vocabulary=VOCABULARY, seed=5)  # fmt: skip
+    recs = read_manifest(manifest)
+    assert Counter(r["word"] for r in recs) == {w: 2 for w in VOCABULARY}
+    assert {r["speaker"] for r in recs} == {"espk000", "espk001"} and {r["backend"] for r in recs} == {"espeak"}
+    assert {r["style"] for r in recs} == {"neutral", "happy"}  # speaker k's first 20 words: style k
+    for r in recs:
+        assert 16000 <= r["num_samples"] <= 24000 and r["text"] == r["word"]
+    again = synthesize_corpus(tmp_path / "ew2", backend="espeak", task="words", speakers=2, utts_per_speaker=20, seed=5)
+    assert _bytes_by_id(again) == _bytes_by_id(manifest)
+    assert [r["word"] for r in read_manifest(again)] == [r["word"] for r in recs]
+
+
+def test_words_speaker_independent_split(words_corpus: Path):
+    parts = split_records(read_manifest(words_corpus), {"pool": 0.5, "test": 0.5}, group_by="speaker")
+    assert not {r["speaker"] for r in parts["pool"]} & {r["speaker"] for r in parts["test"]}
+    assert {r["word"] for r in parts["pool"]} == {r["word"] for r in parts["test"]} == set(VOCABULARY)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "poems"}, "unknown synth task 'poems'"),
+        ({"task": "words", "vocabulary": ("yes", "maybe")}, r"unknown: maybe"),
+        ({"task": "words", "vocabulary": ("yes", "yes")}, "repeated words"),
+        ({"task": "words", "vocabulary": ()}, "vocabulary is empty"),
+        ({"vocabulary": ("yes",)}, "only used with task='words'"),
+        ({"task": "words", "config": SynthConfig(word_clip_seconds=0.1)}, "word_clip_seconds"),
+    ],
+)
+def test_bad_word_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        synthesize_corpus(tmp_path / "bad", **kwargs)
+
+
+def test_cli_words(tmp_path: Path, capsys):
+    out = tmp_path / "cliw"
+    argv = ["synth", "--backend", "formant", "--task", "words", "--vocabulary", "stop", "go", "--out", str(out), "--speakers", "2",
+            "--utts-per-speaker", "4", "--styles", "sad", "angry", "--set", "word_clip_seconds=1.2"]  # fmt: skip
+    assert cli_main(argv) == 0
+    recs = read_manifest(out / "manifest.jsonl")
+    assert [(r["speaker"], r["word"], r["style"]) for r in recs] == [
+        ("spk000", "stop", "sad"), ("spk000", "go", "sad"), ("spk000", "stop", "angry"), ("spk000", "go", "angry"),
+        ("spk001", "go", "angry"), ("spk001", "stop", "angry"), ("spk001", "go", "sad"), ("spk001", "stop", "sad"),
+    ]  # fmt: skip
+    assert {r["num_samples"] for r in recs} == {19200}
+    capsys.readouterr()
+    assert cli_main(["synth", "--task", "words", "--vocabulary", "maybe", "--out", str(out)]) == 1
+    assert "maybe" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def _fake_curves(folder: Path) -> None:
 def test_summary_stage_prints_the_summary_once(tmp_path):
     shutil.copytree(REPO / "egs", tmp_path / "egs", ignore=shutil.ignore_patterns("data", "exp"))
     demo = tmp_path / "egs/synthetic/ssl"
-    for task in ("speaker", "style"):
+    for task in ("speaker", "style", "word"):
         _fake_curves(demo / f"exp/le_{task}")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg")
     proc = subprocess.run(["bash", str(demo / "run.sh"), "--quick", "--stage", "6", "--stop_stage", "6"],

@@ -6,9 +6,12 @@ Examples:
   speechssl synth --out data/pool --speakers 8 --utts-per-speaker 200 --seed 1 --jobs 2  # unlabelled pool
   speechssl synth --out data/labelled --speakers 8 --utts-per-speaker 20 --seed 2      # same voices, new utterances
   speechssl synth --out data/clean --set noise_prob=0 --set channel_prob=0 --set 'snr_db=[5,20]'
+  speechssl synth --task words --out data/words --speakers 8 --utts-per-speaker 80   # 20 words x 4 styles each
+  speechssl synth --task words --vocabulary yes no up down --out data/kws --utts-per-speaker 16
 
 Writes OUT/wavs/<speaker>/<id>.wav (16 kHz mono) and OUT/manifest.jsonl with labels speaker,
-gender, style, text, backend. Same arguments -> identical files; re-running skips finished work.
+gender, style, text, backend (and word, with --task words: 1 s clips of one word each; utterance u of
+speaker k says word (u + k) mod V of the vocabulary). Same arguments -> identical files; re-running skips finished work.
 The backend that ran is printed on stderr; stdout holds only the manifest path.
 --set keys: the fields of speechssl.corpora.synthetic.SynthConfig (label meanings: its module docstring).
 """
@@ -20,7 +23,15 @@ import sys
 
 from speechssl.config import ConfigError, apply_overrides, from_dict, to_dict
 from speechssl.corpora import espeak
-from speechssl.corpora.synthetic import BACKENDS, STYLES, SynthConfig, resolve_backend, synthesize_corpus
+from speechssl.corpora.synthetic import (
+    BACKENDS,
+    STYLES,
+    TASKS,
+    SynthConfig,
+    resolve_backend,
+    synthesize_corpus,
+)
+from speechssl.corpora.words import VOCABULARY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto (default): espeak-ng if installed, else formant; formant: built-in numpy "
                              "synthesiser; espeak: espeak-ng")  # fmt: skip
+    parser.add_argument("--task", choices=TASKS, default="sentences",
+                        help="sentences: random sentences (default); words: isolated keywords labelled 'word'")  # fmt: skip
+    parser.add_argument("--vocabulary", nargs="+", default=None, metavar="WORD",
+                        help=f"--task words: the words, from: {' '.join(VOCABULARY)} (default: all)")  # fmt: skip
     parser.add_argument("--speakers", type=int, default=4, help="number of speakers (default 4)")
     parser.add_argument("--utts-per-speaker", type=int, default=10, help="utterances per speaker (default 10)")
     parser.add_argument("--styles", nargs="+", default=list(STYLES), metavar="STYLE",
@@ -65,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         voice_seed=args.voice_seed,
         config=cfg,
         jobs=args.jobs,
+        task=args.task,
+        vocabulary=args.vocabulary,
     )
     print(manifest)
     return 0

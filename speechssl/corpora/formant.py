@@ -4,7 +4,8 @@ Model (after Klatt 1980, "Software for a cascade/parallel formant synthesizer", 
 
 * **Text -> phones.** ``text_to_phones`` maps letters and common digraphs to a 40-phone
   inventory with fixed rules, so the same text always gives the same phone sequence. The first
-  vowel of a content word is stressed.
+  vowel of a content word is stressed. ``render_formant_phones`` takes a phone sequence directly
+  (the spoken-word task's lexicon, :mod:`speechssl.corpora.words`).
 * **Phones -> segments.** Each phone becomes one or more segments with a duration and targets:
   voicing / frication / aspiration amplitudes, formant targets F1-F3 (loci for consonants,
   two targets for diphthongs), a frication band. Stops are closure + burst (+ aspiration).
@@ -60,6 +61,7 @@ _FRICATIVES = {
     "SH": (False, (300, 1900, 2400), 3200, 0.7, 1.0), "ZH": (True, (300, 1900, 2400), 3200, 0.7, 1.0),
 }  # fmt: skip
 PHONES: tuple[str, ...] = (*_VOWELS, *_APPROX, *_NASALS, *_STOPS, *_FRICATIVES, "H", "CH", "JH")
+VOWELS: frozenset[str] = frozenset(_VOWELS)
 _PHONE_INDEX = {p: i for i, p in enumerate(PHONES)}
 
 # Grapheme rules, longest first: letters -> phones ("" = silent).
@@ -272,20 +274,46 @@ def _overlap_add(frames: np.ndarray, length: int) -> np.ndarray:
     return out[:length]
 
 
-def render_formant(text: str, params: FormantParams, rng: np.random.Generator) -> np.ndarray:
-    """Render ``text`` with ``params``.
-
-    Returns:
-        [samples] float32 at 16 kHz, RMS 0.05 over the whole utterance, no leading/trailing pad.
-    """
-    p = params
+def _check_params(p: FormantParams) -> None:
     if not 40.0 <= p.f0_hz <= 600.0:
         raise ValueError(f"f0_hz must be within [40, 600] Hz, got {p.f0_hz}")
     if not 0.2 <= p.open_quotient <= 0.95:
         raise ValueError(f"open_quotient must be within [0.2, 0.95], got {p.open_quotient}")
     if p.rate <= 0:
         raise ValueError(f"rate must be positive, got {p.rate}")
-    phones = text_to_phones(text)
+
+
+def render_formant(text: str, params: FormantParams, rng: np.random.Generator) -> np.ndarray:
+    """Render ``text`` with ``params`` (letters to phones by :func:`text_to_phones`).
+
+    Returns:
+        [samples] float32 at 16 kHz, RMS 0.05 over the whole utterance, no leading/trailing pad.
+    """
+    _check_params(params)
+    return render_formant_phones(text_to_phones(text), params, rng, question=text.rstrip().endswith("?"), what=text)
+
+
+def render_formant_phones(
+    phones: list[tuple[str, bool, bool]],
+    params: FormantParams,
+    rng: np.random.Generator,
+    question: bool = False,
+    what: str = "",
+) -> np.ndarray:
+    """Render a phone sequence as :func:`text_to_phones` returns it: ``(phone, stressed, pause_after)``.
+
+    ``question`` gives the final rise of a question; ``what`` names the input in errors.
+
+    Returns:
+        [samples] float32 at 16 kHz, RMS 0.05 over the whole utterance, no leading/trailing pad.
+    """
+    p = params
+    _check_params(p)
+    if not phones:
+        raise ValueError(f"no phones to render for {what!r}")
+    unknown = sorted({ph for ph, _, _ in phones if ph not in _PHONE_INDEX})
+    if unknown:
+        raise ValueError(f"unknown phones {unknown} for {what!r}; the inventory is {' '.join(PHONES)}")
     seg = _segments(phones, p, rng)
     samples, table = seg["samples"], seg["table"]
     n = int(samples.sum())
@@ -298,7 +326,7 @@ def render_formant(text: str, params: FormantParams, rng: np.random.Generator) -
     fric_band = per_sample[6:8]
 
     # Glottal source: Rosenberg flow, derivative taken as the excitation.
-    f0 = _f0_contour(seg, p, rng, question=text.rstrip().endswith("?"))
+    f0 = _f0_contour(seg, p, rng, question=question)
     phase0 = np.cumsum(f0) / SAMPLE_RATE
     n_periods = int(phase0[-1]) + 2
     period0 = phase0.astype(np.int64)
@@ -343,5 +371,5 @@ def render_formant(text: str, params: FormantParams, rng: np.random.Generator) -
     out = out[pad : pad + n]
     rms = float(np.sqrt(np.mean(out**2)))
     if not np.isfinite(rms) or rms == 0.0:
-        raise ValueError(f"formant synthesis produced silence for text {text!r}")
+        raise ValueError(f"formant synthesis produced silence for {what!r}")
     return (out * (0.05 / rms)).astype(np.float32)

@@ -3,6 +3,7 @@
 Usage::
 
     speechssl synth --backend formant --out data/synth --speakers 4 --utts-per-speaker 10
+    speechssl synth --task words --out data/words --speakers 4 --utts-per-speaker 80   # every word x style
 
     from speechssl.corpora.synthetic import synthesize_corpus
     manifest = synthesize_corpus("data/synth", speakers=4, utts_per_speaker=10, seed=0)
@@ -35,7 +36,18 @@ Labels
     per speaker differ by at most one, and the corpus is exactly balanced when ``speakers`` or
     ``utts_per_speaker`` is a multiple of ``len(styles)``.
 ``text``
-    The sentence spoken, from :mod:`speechssl.corpora.text`.
+    The sentence spoken, from :mod:`speechssl.corpora.text` (the word, in the words task).
+``word``
+    Only with ``task="words"``: the word spoken, from the closed keyword-spotting vocabulary of
+    :mod:`speechssl.corpora.words` (Speech Commands' 20 core words: yes, no, up, down, left, right,
+    on, off, stop, go, zero .. nine), or a chosen subset. Each utterance is one isolated word in a
+    clip of ``SynthConfig.word_clip_seconds`` (1 s, as in Speech Commands; longer only if a slow
+    rendering needs it) at a random position. Utterance ``u`` of speaker ``k`` says
+    ``vocabulary[(u + k) % V]`` in style ``styles[(u // V + k) % S]``: with ``utts_per_speaker =
+    V x S`` every speaker says every word in every style; with ``V``, every word once while the
+    styles rotate across speakers; with fewer, the words rotate across speakers. The formant backend speaks each word with one fixed phone sequence (its lexicon),
+    the espeak backend reads the word; everything else (voice, style, jitter, noise, channel)
+    varies as for sentences. ``min_seconds``/``max_seconds`` apply to sentences only.
 ``backend``
     ``formant`` or ``espeak``.
 
@@ -47,7 +59,8 @@ Disjoint sets: the utterance seed drives text and all per-utterance randomness, 
 ``seed=1`` (a large unlabelled pool) and ``seed=2`` (a small labelled set) give the same speakers
 saying different things (texts are drawn from a large grammar; an exact repeat is rare, not
 impossible); ``speaker_offset`` gives new speakers. Ids contain the seed
-(``spk000_s1_0007``), so manifests of different seeds can be concatenated.
+(``spk000_s1_0007``; ``spk000_w1_0007`` in the words task, whose random streams are separate from
+the sentences' too), so manifests of different seeds and tasks can be concatenated.
 """
 
 from __future__ import annotations
@@ -67,8 +80,9 @@ from scipy.signal import firwin2, lfilter, oaconvolve
 from speechssl.audio import save_audio
 from speechssl.config import to_dict
 from speechssl.corpora import espeak as espeak_backend
-from speechssl.corpora.formant import FormantParams, render_formant
+from speechssl.corpora.formant import FormantParams, render_formant, render_formant_phones
 from speechssl.corpora.text import sentence_with_words
+from speechssl.corpora.words import VOCABULARY, check_lexicon, check_vocabulary, word_phones
 from speechssl.data.manifest import write_manifest
 from speechssl.utils import atomic_write_json, file_sha256
 
@@ -78,6 +92,7 @@ SAMPLE_RATE = 16000
 # Bump when a change alters the rendered audio: cached files are then re-rendered.
 SYNTH_VERSION = 2
 BACKENDS = ("formant", "espeak", "auto")
+TASKS = ("sentences", "words")
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,7 @@ class SynthConfig:
     channel_eq_db: float = 6.0  # channel EQ: smooth random curve within +- dB
     lowpass_hz: tuple[float, float] = (3400.0, 8000.0)  # channel band limit, uniform in range
     espeak_foreign_voices: bool = False  # espeak: also use non-English voices reading English
+    word_clip_seconds: float = 1.0  # words task: clip length (Speech Commands: 1 s); the word at a random offset
 
     def validate(self) -> None:
         def check(ok: bool, key: str, value: object, what: str) -> None:
@@ -153,6 +169,7 @@ class SynthConfig:
         check(0 <= self.channel_eq_db <= 24, "channel_eq_db", self.channel_eq_db, "need 0..24 dB")
         check(1000 <= self.lowpass_hz[0] <= self.lowpass_hz[1] <= 8000, "lowpass_hz", self.lowpass_hz,
               "need 1000 <= lo <= hi <= 8000 Hz")  # fmt: skip
+        check(0.25 <= self.word_clip_seconds <= 10, "word_clip_seconds", self.word_clip_seconds, "need 0.25..10 s")
 
 
 @dataclass(frozen=True)
@@ -313,8 +330,37 @@ def render_utterance(
     assert best is not None
     _, speech, text = best
     pad_n = np.round(pads * SAMPLE_RATE).astype(int)
+    return _finish(speech, (int(pad_n[0]), int(pad_n[1])), k * style.level_db, cfg, rng), text
+
+
+def render_word(
+    spk: Speaker, style_name: str, word: str, backend: str, seed: int, utt: int, cfg: SynthConfig
+) -> np.ndarray:
+    """``spk`` says ``word`` in ``style_name``: [samples] float32 16 kHz in [-1, 1].
+
+    The clip is ``cfg.word_clip_seconds`` long (longer only when the word plus the minimum pads
+    ``cfg.pad_seconds[0]`` on both sides needs it), the word at a uniformly random offset.
+    """
+    # A stream of its own (last key 3): word utterance u never shares randomness with sentence u.
+    rng = np.random.default_rng([seed, spk.index, utt, 1 if backend == "formant" else 2, 3])
+    style = STYLES[style_name]
+    k = rng.uniform(*cfg.style_intensity)
+    if backend == "formant":
+        speech = render_formant_phones(word_phones(word), _styled_formant(spk, style, k, rng, cfg), rng, what=word)
+    else:
+        speech = espeak_backend.render_espeak(word, _styled_espeak(spk, style, k, rng, cfg))
+    min_pad = round(cfg.pad_seconds[0] * SAMPLE_RATE)
+    clip = max(round(cfg.word_clip_seconds * SAMPLE_RATE), len(speech) + 2 * min_pad)
+    lead = int(rng.integers(min_pad, clip - len(speech) - min_pad + 1))
+    return _finish(speech, (lead, clip - len(speech) - lead), k * style.level_db, cfg, rng)
+
+
+def _finish(
+    speech: np.ndarray, pad_n: tuple[int, int], level_shift_db: float, cfg: SynthConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Dry speech [samples] -> padded, levelled, noisy, channel-filtered utterance (float32)."""
     wav = np.concatenate([np.zeros(pad_n[0]), speech.astype(np.float64), np.zeros(pad_n[1])])
-    level_db = cfg.level_dbfs + k * style.level_db + rng.uniform(-cfg.level_jitter_db, cfg.level_jitter_db)
+    level_db = cfg.level_dbfs + level_shift_db + rng.uniform(-cfg.level_jitter_db, cfg.level_jitter_db)
     speech_rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
     wav *= 10 ** (level_db / 20) / speech_rms
     if rng.random() < cfg.noise_prob:
@@ -325,27 +371,37 @@ def render_utterance(
     peak = float(np.max(np.abs(wav)))
     if peak > 0.99:  # rare: only very loud angry utterances
         wav *= 0.99 / peak
-    return wav.astype(np.float32), text
+    return wav.astype(np.float32)
 
 
-def _cache_key(backend: str, cfg: SynthConfig, speaker: Speaker, style: str, seed: int, voice_seed: int, utt: int) -> str:
-    info = {
+def _cache_key(backend: str, cfg: SynthConfig, speaker: Speaker, style: str, seed: int, voice_seed: int, utt: int,
+               word: str | None = None) -> str:
+    config = to_dict(cfg)
+    if word is None:  # a words-only knob: leaving it out keeps the keys of existing sentence caches valid
+        config.pop("word_clip_seconds")
+    info: dict = {
         "version": SYNTH_VERSION,
         "backend": backend,
         "espeak": espeak_backend.espeak_version() if backend == "espeak" else None,
-        "config": to_dict(cfg),
+        "config": config,
         "speaker": speaker.index,
         "voice_seed": voice_seed,
         "style": style,
         "seed": seed,
         "utt": utt,
     }
+    if word is not None:
+        info.update(task="words", word=word, lexicon=list(word_phones(word)) if backend == "formant" else None)
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
 
 
 def _render_job(job: dict) -> dict:
     """Render and save one utterance (runs in a worker process when jobs > 1)."""
-    wav, text = render_utterance(job["speaker"], job["style"], job["backend"], job["seed"], job["utt"], job["cfg"])
+    if "word" in job:
+        word = job["word"]
+        wav, text = render_word(job["speaker"], job["style"], word, job["backend"], job["seed"], job["utt"], job["cfg"]), word
+    else:
+        wav, text = render_utterance(job["speaker"], job["style"], job["backend"], job["seed"], job["utt"], job["cfg"])
     save_audio(job["abs_path"], wav, SAMPLE_RATE)
     return {**job["record"], "num_samples": len(wav), "text": text, "sha256": file_sha256(job["abs_path"])}
 
@@ -361,8 +417,13 @@ def synthesize_corpus(
     voice_seed: int = 0,
     config: SynthConfig | None = None,
     jobs: int = 1,
+    task: str = "sentences",
+    vocabulary: tuple[str, ...] | list[str] | None = None,
 ) -> Path:
     """Render ``speakers x utts_per_speaker`` utterances into ``out_dir``; return the manifest path.
+
+    ``task="sentences"``: random sentences; ``task="words"``: isolated words from ``vocabulary``
+    (default: all of :data:`speechssl.corpora.words.VOCABULARY`), labelled ``word`` (module docstring).
 
     Re-running is safe: utterances whose cache key (everything that affects the audio) and file
     hash match the previous run are kept, others are re-rendered atomically, and files of the
@@ -373,6 +434,13 @@ def synthesize_corpus(
     cfg.validate()
     backend = resolve_backend(backend)
     styles = tuple(styles)
+    if task not in TASKS:
+        raise ValueError(f"unknown synth task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "words":
+        check_lexicon()
+        words = check_vocabulary(VOCABULARY if vocabulary is None else vocabulary)
+    elif vocabulary is not None:
+        raise ValueError("vocabulary is only used with task='words'")
     if not styles:
         raise ValueError("styles is empty; choose from " + ", ".join(STYLES))
     unknown = [s for s in styles if s not in STYLES]
@@ -399,12 +467,20 @@ def synthesize_corpus(
     for i in range(speakers):
         spk = make_speaker(speaker_offset + i, backend, voice_seed, cfg.espeak_foreign_voices)
         for u in range(utts_per_speaker):
-            style = styles[(u + spk.index) % len(styles)]
-            utt_id = f"{spk.name}_s{seed}_{u:04d}"
+            word = None
+            if task == "words":
+                word = words[(u + spk.index) % len(words)]
+                style = styles[(u // len(words) + spk.index) % len(styles)]
+                utt_id = f"{spk.name}_w{seed}_{u:04d}"
+            else:
+                style = styles[(u + spk.index) % len(styles)]
+                utt_id = f"{spk.name}_s{seed}_{u:04d}"
             rel = f"wavs/{spk.name}/{utt_id}.wav"
-            key = _cache_key(backend, cfg, spk, style, seed, voice_seed, u)
+            key = _cache_key(backend, cfg, spk, style, seed, voice_seed, u, word)
             record = {"id": utt_id, "path": str(out / rel), "num_samples": 0, "sample_rate": SAMPLE_RATE,
                       "speaker": spk.name, "gender": spk.gender, "style": style, "text": "", "backend": backend}  # fmt: skip
+            if word is not None:
+                record["word"] = word
             old = old_files.get(rel)
             if old and old.get("key") == key and (out / rel).exists() and file_sha256(out / rel) == old.get("sha256"):
                 records.append({**record, "num_samples": old["num_samples"], "text": old["text"]})
@@ -413,6 +489,8 @@ def synthesize_corpus(
             records.append(None)
             job = {"speaker": spk, "style": style, "backend": backend, "seed": seed, "utt": u, "cfg": cfg,
                    "abs_path": str(out / rel), "record": record, "key": key, "rel": rel}  # fmt: skip
+            if word is not None:
+                job["word"] = word
             todo.append((len(records) - 1, job))
 
     def finish(slot: int, job: dict, result: dict) -> None:
@@ -442,15 +520,15 @@ def synthesize_corpus(
     atomic_write_json(out / "synth_config.json", {
         "version": SYNTH_VERSION, "backend": backend, "speakers": speakers, "utts_per_speaker": utts_per_speaker,
         "styles": list(styles), "seed": seed, "speaker_offset": speaker_offset, "voice_seed": voice_seed,
-        "config": to_dict(cfg),
+        "config": to_dict(cfg), "task": task, **({"vocabulary": list(words)} if task == "words" else {}),
     })  # fmt: skip
     seconds = sum(r["num_samples"] for r in final) / SAMPLE_RATE
     rendered = sum(records[slot]["num_samples"] for slot, _ in todo) / SAMPLE_RATE  # type: ignore[index]
     elapsed = max(time.time() - start, 1e-6)
     speed = f"{rendered / 60:.1f} min rendered in {elapsed:.1f} s ({rendered / elapsed:.0f}x real time)"
     log.info(
-        "synth %s: %d utterances, %.1f min of audio (%d rendered, %d kept from the last run; %s) -> %s",
-        backend, len(final), seconds / 60, len(todo), len(final) - len(todo),
+        "synth %s %s: %d utterances, %.1f min of audio (%d rendered, %d kept from the last run; %s) -> %s",
+        backend, task, len(final), seconds / 60, len(todo), len(final) - len(todo),
         speed if todo else "nothing to render", manifest,
     )  # fmt: skip
     return manifest

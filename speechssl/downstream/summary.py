@@ -204,12 +204,38 @@ def summarize_label_efficiency(
             f"**No pretrained encoder beats both {reference} and its random-init control on every task** at the "
             "smallest label budget in this run."
         )
+    verdict["best"] = best_per_task(loaded, kinds)
+    lines += ["", "**Best per task** at the smallest label budget: " + "; ".join(
+        f"{t} (n={b['shots']}): {b['encoder']} ({b['kind']}) {b['score']:.3f}"
+        + ("" if b["best_ssl"] in (None, b["encoder"]) else f", best pretrained {b['best_ssl']} {b['best_ssl_score']:.3f}")
+        for t, b in verdict["best"].items()) + "."]  # fmt: skip
     out_md = Path(out_md)
     atomic_write_text(out_md, "\n".join(lines) + "\n")
     atomic_write_json(out_md.with_suffix(".json"), verdict)
     if out_png is not None:
         plot_summary(loaded, out_png, encoders, kinds, family)
     return verdict
+
+
+def best_per_task(loaded: Mapping[str, dict], kinds: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Which encoder wins each task at its smallest label budget (highest mean), and the best SSL one.
+
+    Returns:
+        ``{task: {"shots", "encoder", "kind", "score", "best_ssl", "best_ssl_score"}}`` (``best_ssl``
+        is ``None`` when the task has no SSL encoder); ties go to the first name in sorted order.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for t, r in loaded.items():
+        n = str(min(r["protocol"]["shots"]))
+        scores = {e: c[n]["mean"] for e, c in sorted(r["curves"].items()) if n in c}
+        if not scores:
+            continue
+        top = max(scores, key=lambda e: scores[e])
+        ssl = [e for e in scores if kinds.get(e, encoder_kind(e)) == "ssl"]
+        top_ssl = max(ssl, key=lambda e: scores[e]) if ssl else None
+        best[t] = {"shots": int(n), "encoder": top, "kind": kinds.get(top, encoder_kind(top)), "score": scores[top],
+                   "best_ssl": top_ssl, "best_ssl_score": scores[top_ssl] if top_ssl else None}  # fmt: skip
+    return best
 
 
 def plot_summary(loaded: Mapping[str, dict], out_png: str | Path, encoders: Sequence[str],

@@ -6,11 +6,14 @@
 #   bash egs/synthetic/ssl/run.sh --quick    # CI size, about 3 minutes
 #   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6   # redo the evaluation only
 # Stages:
-#   1 synthesise an unlabelled pool and a separate labelled set (espeak-ng if installed, else formant)
-#   2 manifests and splits (pretraining train/dev; labelled pool/test)
+#   1 synthesise an unlabelled pool (sentences + isolated words) and separate labelled sets of sentences
+#     and of words (espeak-ng if installed, else formant)
+#   2 manifests and splits (pretraining train/dev; labelled pool/test: sentences split by utterance for
+#     speaker ID, words split by speaker so that the word task's test speakers are unseen in its labels)
 #   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies
-#   4 extract features of the labelled set with every encoder
-#   5 speaker-ID and style (emotion proxy) label-efficiency curves for every encoder + logmel/fbank
+#   4 extract features of the labelled sets with every encoder
+#   5 speaker-ID, style (emotion proxy) and spoken-word (keyword spotting, 20 words) label-efficiency
+#     curves for every encoder + logmel/fbank
 #   6 exp/summary.md and exp/summary.png
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,6 +22,9 @@ backend=auto
 speakers=16            # speaker-ID classes
 pool_utts=100          # unlabelled utterances per speaker for pretraining
 labelled_utts=40       # labelled utterances per speaker (half pool for the few labels, half test)
+# Words: 1 s clips, utterance u of speaker k says word (u + k) mod 20 (speechssl.corpora.words).
+pool_word_utts=20      # unlabelled word clips per speaker in the pretraining pool (each word once)
+word_utts=40           # labelled word clips per speaker (each word twice); half the speakers label, half test
 pretrain_steps=1000    # per model (cosine schedule length)
 pretrain_minutes=4     # per model: a hard stop whatever the step
 models="apc cpc wav2vec2"
@@ -28,23 +34,35 @@ seed=0
 . ../../common.sh
 
 if [ "$quick" = true ]; then
-  speakers=8; pool_utts=30; labelled_utts=16; pretrain_steps=80; pretrain_minutes=0.35; shots=1,4; seeds=2
+  speakers=8; pool_utts=30; labelled_utts=16; pool_word_utts=10; word_utts=20; pretrain_steps=80
+  pretrain_minutes=0.35; shots=1,4; seeds=2
 fi
 recipes=../../../recipes
-log "demo: $speakers speakers, $pool_utts unlabelled + $labelled_utts labelled utterances each; models: $models"
+log "demo: $speakers speakers, $pool_utts + $pool_word_utts unlabelled and $labelled_utts + $word_utts labelled" \
+  "utterances (sentences + words) each; models: $models"
 
 if begin_stage 1 "synthesise the corpus (backend $backend)"; then
   speechssl synth --backend "$backend" --out data/pool --speakers "$speakers" --utts-per-speaker "$pool_utts" \
     --seed $((seed + 1)) --jobs 2
   speechssl synth --backend "$backend" --out data/labelled --speakers "$speakers" \
     --utts-per-speaker "$labelled_utts" --seed $((seed + 2)) --jobs 2
+  # Isolated words: other recordings (seeds) of the same voices, unlabelled for pretraining, labelled for the task.
+  speechssl synth --backend "$backend" --task words --out data/pool_words --speakers "$speakers" \
+    --utts-per-speaker "$pool_word_utts" --seed $((seed + 1)) --jobs 2
+  speechssl synth --backend "$backend" --task words --out data/words --speakers "$speakers" \
+    --utts-per-speaker "$word_utts" --seed $((seed + 2)) --jobs 2
   done_stage 1
 fi
 
 if begin_stage 2 "manifests and splits"; then
-  speechssl manifest split data/pool/manifest.jsonl --out-dir data/pretrain --fractions train=0.95,dev=0.05 --seed "$seed"
+  speechssl manifest merge data/pool/manifest.jsonl data/pool_words/manifest.jsonl --out data/pretrain/all.jsonl
+  speechssl manifest split data/pretrain/all.jsonl --out-dir data/pretrain --fractions train=0.95,dev=0.05 --seed "$seed"
   speechssl manifest split data/labelled/manifest.jsonl --out-dir data/labelled --fractions pool=0.5,test=0.5 --seed "$seed"
   speechssl manifest info data/labelled/pool.jsonl
+  # Speaker-independent: no speaker of words/test is in words/pool (speaker ID needs the opposite).
+  speechssl manifest split data/words/manifest.jsonl --out-dir data/words --fractions pool=0.5,test=0.5 \
+    --group-by speaker --seed "$seed"
+  speechssl manifest merge data/labelled/manifest.jsonl data/words/manifest.jsonl --out data/extract.jsonl
   done_stage 2
 fi
 
@@ -64,10 +82,10 @@ fi
 encoders="logmel fbank"
 for m in $models; do encoders="$encoders exp/$m/encoder exp/${m}_random/encoder"; done
 
-if begin_stage 4 "extract features of the labelled set"; then
+if begin_stage 4 "extract features of the labelled sets"; then
   for enc in $encoders; do
     name=$(encoder_name "$enc")
-    speechssl extract --encoder "$enc" --input data/labelled/manifest.jsonl --layers all --out "exp/feats/$name" --format npy
+    speechssl extract --encoder "$enc" --input data/extract.jsonl --layers all --out "exp/feats/$name" --format npy
   done
   done_stage 4
 fi
@@ -78,10 +96,11 @@ if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
     name=$(encoder_name "$enc")
     features="${features:+$features,}$name=exp/feats/$name"
   done
-  for task in speaker style; do
-    # Features come from stage 4 (NAME=exp/feats/NAME): every encoder ran once over the labelled set.
-    speechssl downstream label-efficiency --encoders "$features" --train data/labelled/pool.jsonl \
-      --test data/labelled/test.jsonl --label "$task" --shots "$shots" --seeds "$seeds" \
+  for task in speaker style word; do
+    sets=data/labelled; [ "$task" = word ] && sets=data/words
+    # Features come from stage 4 (NAME=exp/feats/NAME): every encoder ran once over the labelled sets.
+    speechssl downstream label-efficiency --encoders "$features" --train "$sets/pool.jsonl" \
+      --test "$sets/test.jsonl" --label "$task" --shots "$shots" --seeds "$seeds" \
       --config "$recipes/downstream/demo.yaml" --out "exp/le_$task" --quiet
   done
   done_stage 5
@@ -89,8 +108,8 @@ fi
 
 if begin_stage 6 "summary"; then
   # `downstream summary` prints the summary itself
-  speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png \
-    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
+  speechssl downstream summary speaker=exp/le_speaker style=exp/le_style word=exp/le_word --out exp/summary.md --png exp/summary.png \
+    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
   done_stage 6
 fi
 log "done: $(pwd)/exp/summary.md"
