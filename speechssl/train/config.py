@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from speechssl.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from speechssl.train.probe import ProbeConfig
 
 
 @dataclasses.dataclass
@@ -119,6 +120,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads per process (None: torch's default / OMP_NUM_THREADS)
     progress: bool = True  # tqdm progress bar on rank 0
     plot: bool = True  # loss-curve PNG at the end
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)  # live linear probe (train/probe.py)
 
     def __post_init__(self) -> None:
         if self.max_steps < 0:
