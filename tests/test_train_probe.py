@@ -120,15 +120,23 @@ def test_choice_is_seeded_balanced_and_grouped():
     assert {u["id"] for u in other} != {utts[i]["id"] for i in speaker.train + speaker.test}  # the seed draws
 
 
-def test_bad_probe_configs_name_the_key(corpus, tmp_path):
+def test_bad_probe_configs_name_the_key(corpus, caplog):
     with pytest.raises(ConfigError, match="exactly one of manifest"):
         ProbeConfig(labels=["speaker"])
     with pytest.raises(ConfigError, match="per_class must be >= 2"):
         ProbeConfig(per_class=1)
-    with pytest.raises(ConfigError, match="has no field \\['emotion'\\]"):
-        LiveProbe.build(ProbeConfig(labels=["emotion"], label_from="train"), {"train": corpus}, 32)
-    with pytest.raises(ConfigError, match="label 'id' has"):  # one utterance per class: nothing to hold out
-        LiveProbe.build(ProbeConfig(labels=["id"], label_from="train"), {"train": corpus}, 32)
+    # a labelled probe manifest must carry its labels ...
+    with pytest.raises(ConfigError, match="has no field 'emotion' \\(fields: speaker\\)"):
+        LiveProbe.build(ProbeConfig(labels=["emotion"], manifest=str(corpus)), {}, 32)
+    with pytest.raises(ConfigError, match="label 'id' has 18 class"):  # one utterance per class: nothing held out
+        LiveProbe.build(ProbeConfig(labels=["id"], manifest=str(corpus)), {}, 32)
+    # ... a recipe's training manifest (label_from) may not: the probe keeps what it can use
+    with caplog.at_level(logging.WARNING):
+        probe = LiveProbe.build(ProbeConfig(labels=["emotion", "speaker"], label_from="train"), {"train": corpus}, 32)
+        assert [s.label for s in probe.splits] == ["speaker"]
+        assert LiveProbe.build(ProbeConfig(labels=["id"], label_from="train"), {"train": corpus}, 32) is None
+    assert "has no field 'emotion' (fields: speaker); not probing emotion" in caplog.text
+    assert "none of the labels ['id'] is usable" in caplog.text
 
 
 # ---------------------------------------------------------------- one probe point

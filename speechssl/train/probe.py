@@ -242,18 +242,20 @@ class LiveProbe:
     @classmethod
     def build(cls, cfg: ProbeConfig, manifests: Mapping[str, Path | None], min_samples: int,
               is_main: bool = True, dist: Any = None, probed_step: int | None = None) -> LiveProbe | None:
-        """None when ``cfg.labels`` is empty. Reads the manifest and the audio on the main rank only;
-        unreadable or too short utterances are reported and skipped. ``probed_step``: the step a
-        resumed run starts from (it was probed before its checkpoint was written)."""
+        """The probe of ``cfg``, or None when there is nothing to probe.
+
+        Unreadable or too short utterances are reported and skipped. With ``label_from`` a label
+        the manifest lacks (or has fewer than 2 usable classes of) is skipped with a warning, and no
+        usable label turns the probe off; with ``manifest`` that is a :class:`ConfigError`.
+        ``probed_step``: the step a resumed run starts from (probed before its checkpoint was written).
+        """
         if not cfg.labels:
             return None
-        if not is_main:
-            probe = cls(cfg, [], [], is_main=False, dist=dist)
-            probe.last_step = probed_step
-            return probe
         from speechssl.audio.io import AudioError, load_audio
         from speechssl.data.manifest import read_manifest
 
+        # Every rank reads the manifest and makes the same choice (so all agree on whether there is a
+        # probe); only the main rank reads audio.
         if cfg.manifest is not None:
             path = Path(cfg.manifest)
         else:
@@ -261,11 +263,31 @@ class LiveProbe:
             if path is None:
                 raise ConfigError(f"train.probe.label_from={cfg.label_from} but no {cfg.label_from} manifest was given")
         records = read_manifest(path)
-        missing = [f for f in cfg.labels if not any(r.get(f) is not None for r in records)]
-        if missing:
-            raise ConfigError(f"train.probe.labels: {path} has no field {missing} (fields: "
-                              f"{sorted({k for r in records for k in r} - {'id', 'path', 'num_samples', 'sample_rate'})})")
         usable = [r for r in records if r["num_samples"] * 16000 // r["sample_rate"] >= min_samples]
+        labels = []
+        for label in cfg.labels:
+            try:
+                if not any(r.get(label) is not None for r in records):
+                    raise ConfigError(f"train.probe.labels: {path} has no field {label!r} (fields: " + ", ".join(
+                        sorted({k for r in records for k in r} - {"id", "path", "num_samples", "sample_rate"})) + ")")
+                _pick(usable, dataclasses.replace(cfg, labels=[label]), str(path))
+                labels.append(label)
+            except ConfigError as exc:
+                # a labelled probe manifest was asked for: its labels must work. The training
+                # manifest of a recipe (label_from) may simply not carry them: probe what it has.
+                if cfg.label_from is None:
+                    raise
+                if is_main:
+                    log.warning("probe: %s; not probing %s", exc, label)
+        if not labels:
+            if is_main:
+                log.warning("probe: none of the labels %s is usable in %s; the live probe is off", cfg.labels, path)
+            return None
+        cfg = dataclasses.replace(cfg, labels=labels)
+        if not is_main:
+            probe = cls(cfg, [], [], is_main=False, dist=dist)
+            probe.last_step = probed_step
+            return probe
         chosen, picks = _pick(usable, cfg, str(path))
         keep_samples = int(cfg.max_seconds * 16000)
         wavs, loaded = [], []
