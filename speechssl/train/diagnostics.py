@@ -7,7 +7,8 @@ Numbers and where they come from (all in ``metrics.jsonl``):
 ``health/<layer>/std_mean``        mean over dimensions of the per-dimension std of the last
 ``health/<layer>/std_min``         layer's frames on the probe set (probe records); ~0: collapse
 ``health/<layer>/eff_rank``        effective rank (Roy & Vetterli 2007) of those frames; ~1: collapse
-``grad_norm/<block>``              gradient L2 norm per top-level block (train records, pre-clip)
+``grad_norm/<block>``              gradient L2 norm per top-level block at the log step, before
+                                   clipping (train records; ``grad_norm`` is the window's mean)
 ``code_perplexity*``               wav2vec 2.0 / VQ-APC quantizer: perplexity of the hard codes
 ``codebook_usage``                 share of codewords chosen in the batch
 ``mask_ratio``                     wav2vec 2.0: share of valid frames actually masked
