@@ -42,6 +42,21 @@ if "toy_constant" not in MODELS:
     MODELS["toy_constant"] = ModelSpec(ToyConfig, ToyConstant)
 
 
+class ToyMasksNothing(ToyLinear):
+    """``toy_linear`` reporting that its masked objective masked no frame."""
+
+    name = "toy_masks_nothing"
+
+    def loss(self, batch):
+        out = super().loss(batch)
+        out.metrics["mask_ratio"] = 0.0
+        return out
+
+
+if "toy_masks_nothing" not in MODELS:
+    MODELS["toy_masks_nothing"] = ModelSpec(ToyConfig, ToyMasksNothing)
+
+
 def test_effective_rank_by_hand():
     # two orthogonal directions of equal energy -> singular values (a, a) -> exp(ln 2) = 2
     assert effective_rank(np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])) == pytest.approx(2.0)
@@ -80,6 +95,17 @@ def test_trainer_warns_about_a_constant_encoder(tmp_path, caplog):
     assert lines and lines[0].startswith("step 0: representation collapse: the context features are constant")
     report = run_report(tmp_path / "exp")
     assert "warnings at the last step:" in report and "representation collapse" in report
+
+
+def test_trainer_warns_once_about_a_bad_training_metric(tmp_path, caplog):
+    train = make_corpus(tmp_path / "data", n=6)
+    cfg = load_pretrain_config(recipe(tmp_path, model={"name": "toy_masks_nothing"},
+                                      train={"max_steps": 3, "valid_every": 0}))
+    with caplog.at_level(logging.WARNING):
+        pretrain(cfg, train, None, tmp_path / "exp")
+    lines = [r.getMessage() for r in caplog.records if "frames masked" in r.getMessage()]
+    assert lines == ["step 1: only 0.0 % of frames masked: the masked objective has little to predict; "
+                     "raise mask_prob or lower mask_span"]
 
 
 def _micro_wav2vec2(**kw) -> Wav2Vec2Config:
