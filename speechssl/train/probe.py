@@ -236,7 +236,6 @@ class LiveProbe:
         self.is_main = is_main
         self.dist = dist
         self.last_step: int | None = None
-        self.total_seconds = 0.0
         self.watch = HealthWatch()
 
     @classmethod
@@ -358,9 +357,7 @@ class LiveProbe:
                                                                     self.cfg.ridge)
             record[f"probe_chance/{s.label}"] = float(np.bincount(s.y_test).max() / len(s.y_test))
         record.update(feature_health(sample))
-        elapsed = time.perf_counter() - start
-        self.total_seconds += elapsed
-        record["probe_seconds"] = elapsed
+        record["probe_seconds"] = time.perf_counter() - start
         return record
 
     @torch.inference_mode()
