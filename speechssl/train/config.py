@@ -32,6 +32,7 @@ from speechssl.config import ConfigError, apply_overrides, check_finite, from_di
 from speechssl.models.apc import APCConfig
 from speechssl.models.cpc import CPCConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
+from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
@@ -138,6 +139,7 @@ class TrainConfig:
     # Without a bar (not a terminal, or progress: false), a one-line progress log this often (null: none).
     progress_every_seconds: float | None = 30.0
     plot: bool = True  # loss-curve PNG at the end
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)  # live linear probe (train/probe.py)
 
     def __post_init__(self) -> None:
         check_finite(self, "train")

@@ -6,6 +6,10 @@ loss-curve PNG. Only rank 0 creates a :class:`MetricsLogger`.
     {"split": "train", "step": 10, "epoch": 0, "lr": 0.0001, "loss": 1.23, "l1": 1.23,
      "seconds_per_second": 412.5, "time": 3.2}
     {"split": "valid", "step": 100, "epoch": 1, "loss": 1.10, "l1": 1.10}
+    {"split": "probe", "step": 100, "probe/speaker/context": 0.83, "health/context/eff_rank": 41.2, ...}
+
+TensorBoard tags are ``<split>/<key>``, except keys that already hold a ``/`` (``probe/speaker/context``,
+``grad_norm/encoder``, ``health/context/std_mean``): those are their own tags.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k in ("split", "step", "epoch") or not isinstance(v, (int, float)) or isinstance(v, bool):
                     continue
-                self.writer.add_scalar(f"{split}/{k}", v, global_step=int(record["step"]))
+                tag = k if "/" in k else f"{split}/{k}"
+                self.writer.add_scalar(tag, v, global_step=int(record["step"]))
             self.writer.flush()
 
     def close(self) -> None:
@@ -69,12 +74,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    """Train and valid loss against step (matplotlib Agg). Returns the PNG path, or None if no data."""
+    """Train and valid loss against step (matplotlib Agg); with probe records, a second panel shows
+    the probe accuracy per label (best layer and the last, context layer) against step.
+    Returns the PNG path, or None if no data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speechssl.train.diagnostics import probe_curves
     from speechssl.utils import atomic_path
 
     records = read_metrics(metrics_path)
@@ -83,9 +91,11 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
         pts = [(r["step"], r["loss"]) for r in records if r.get("split") == split and isinstance(r.get("loss"), float)]
         if pts:
             series[split] = pts
-    if not series:
+    curves = probe_curves(records)
+    if not series and not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(11 if curves else 6, 4), squeeze=False)
+    ax = axes[0][0]
     for split, pts in series.items():
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o" if split == "valid" else None, markersize=3, label=split)
@@ -93,10 +103,37 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     ax.set_ylabel("loss")
     ax.set_title(Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if series:
+        ax.legend()
+    if curves:
+        _plot_probe_panel(axes[0][1], curves, records)
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return out_png
+
+
+def _plot_probe_panel(ax, curves: dict[str, dict[str, list[tuple[int, float]]]], records: list[dict]) -> None:
+    """Per label: the layer with the best last accuracy (solid) and the last layer (dashed), plus chance."""
+    colors = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+    for i, (label, layers) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        last_layer = list(layers)[-1]
+        best = max(layers, key=lambda name: (layers[name][-1][1], name == last_layer))
+        shown = [best] if best == last_layer else [best, last_layer]
+        for name in shown:
+            xs, ys = zip(*layers[name])
+            ax.plot(xs, ys, color=color, marker="o", markersize=3, linestyle="-" if name == best else "--",
+                    label=f"{label}: {name}" + (" (best)" if name == best else ""))
+        chance = [r.get(f"probe_chance/{label}") for r in records if r.get("split") == "probe"]
+        chance = [c for c in chance if isinstance(c, float)]
+        if chance:
+            ax.axhline(chance[-1], color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("probe accuracy (held out)")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title("live probe (dotted: chance)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

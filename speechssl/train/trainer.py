@@ -40,9 +40,11 @@ from speechssl.models.base import SSLModel
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
 from speechssl.train.config import PretrainConfig, save_pretrain_config
+from speechssl.train.diagnostics import HealthWatch, block_grad_norms
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
 from speechssl.train.metrics import MetricsLogger, plot_loss_curve
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
+from speechssl.train.probe import LiveProbe
 from speechssl.train.progress import Progress
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
@@ -218,6 +220,10 @@ class Trainer:
         self.logger = MetricsLogger(self.exp_dir, purge_step=self.step) if self.dist.is_main else None
         if self.logger is not None:  # lines of a killed run after the resumed step (all: a fresh start) go
             self.logger.truncate_after(self.step if self.resume_path is not None else -1)
+        # live probe + health warnings (train/probe.py, train/diagnostics.py); a resumed step was probed
+        self.probe = LiveProbe.build(tc.probe, self.manifests, self.min_samples, self.dist.is_main, self.dist,
+                                     probed_step=self.step if self.resume_path is not None else None)
+        self.health = HealthWatch()
 
     # ------------------------------------------------------------------ helpers
     def _info(self, msg: str) -> None:
@@ -455,6 +461,7 @@ class Trainer:
         stream = micro_batch_stream(self.train_loader, self.min_samples)
         if self.step == 0 and tc.valid_every and tc.max_steps > 0:
             self._log_valid()  # the untrained model's loss: the reference point of every curve
+        self._probe()  # step 0: the random-init control of the probe curve
         try:
             while self.step < tc.max_steps:
                 micro = [next(stream) for _ in range(self.accumulation)]
@@ -498,6 +505,7 @@ class Trainer:
                     window = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
                 if tc.valid_every and self.step % tc.valid_every == 0 and self.step < tc.max_steps:
                     self._log_valid()
+                self._probe()
                 if ckpt_due or (tc.ckpt_every_steps and self.step % tc.ckpt_every_steps == 0):
                     self.save_checkpoint()
                 if stop or time_up:
@@ -517,6 +525,7 @@ class Trainer:
             if self.valid_loader is not None:
                 self._log_valid()
             encoder_dir = self.release_encoder(status)
+            self._probe(final=True)
         else:
             self._info(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint "
                        f"{checkpoint}; rerun the same command to resume")
@@ -547,7 +556,9 @@ class Trainer:
         record["seconds_per_second"] = sum(p["seconds"] for p in parts) / elapsed
         record["skipped_steps"] = self.skipped_steps
         record["time"] = self.elapsed_before + time.monotonic() - self._t0
+        record.update(block_grad_norms(self.model, total=window["gn"][-1] if window["gn"] else None))
         self.logger.write(record)
+        self.health.check(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")
 
     def _log_valid(self) -> None:
@@ -558,6 +569,11 @@ class Trainer:
         if self.logger is not None:
             self.logger.write({"split": "valid", "step": self.step, "epoch": self.train_loader.epoch, **res})
             self._info(f"step {self.step}: valid loss {res['loss']:.4g}")
+
+    def _probe(self, final: bool = False) -> None:
+        """Collective: a probe point (rank 0 probes, the others wait); ``final`` probes an unprobed last step."""
+        if self.probe is not None and (self.probe.due(self.step) or (final and self.probe.last_step != self.step)):
+            self.probe.run(self.model, self.step, self.logger)
 
     def release_encoder(self, status: str) -> Path | None:
         from speechssl.upstream.release import save_released_encoder
