@@ -82,22 +82,15 @@ def count_flops(model: torch.nn.Module, batch: dict) -> int:
     """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa, GRUs through mm; LSTMs not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from speechssl.modules import gru as fast_gru
-    from speechssl.modules import linear as onednn
+    from speechssl import accel
 
     # FlopCounterMode has formulas for aten's mm/addmm/bmm/convolution/sdpa, not for oneDNN's
     # linear operator: count on the aten path (the FLOPs are the model's, whatever the kernel).
     # The fast GRU's backward recomputes its gates (two extra matmuls): count nn.GRU's FLOPs, the
     # model's own work, so the fraction of peak is not inflated by the recomputation.
     model.train()
-    onednn.set_enabled(False)
-    fast_gru.set_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model.loss(batch).loss.backward()
-    finally:
-        onednn.set_enabled(None)
-        fast_gru.set_enabled(None)
+    with accel.use(onednn_linear=False, fast_gru=False), FlopCounterMode(display=False) as counter:
+        model.loss(batch).loss.backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
