@@ -170,7 +170,8 @@ def decision() -> Decision:
     return decide()
 
 
-_FORCED: contextvars.ContextVar[dict[str, bool]] = contextvars.ContextVar("speechssl_accel_forced", default={})
+_FORCED: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar("speechssl_accel_forced",
+                                                                                 default=None)
 
 
 @contextlib.contextmanager
@@ -180,7 +181,7 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
     Forcing a fast path *on* where the process decision is off (e.g. no oneDNN on this CPU) is
     refused with a ``RuntimeError``: the kernel would fail or give wrong numbers.
     """
-    forced = dict(_FORCED.get())
+    forced = dict(_FORCED.get() or {})
     for name, flag in (("onednn_linear", onednn_linear), ("fast_gru", fast_gru)):
         if flag is None:
             continue
@@ -196,9 +197,9 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
 
 def onednn_linear() -> bool:
     """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`)."""
-    return _FORCED.get().get("onednn_linear", decision().onednn_linear)
+    return (_FORCED.get() or {}).get("onednn_linear", decision().onednn_linear)
 
 
 def fast_gru() -> bool:
     """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`)."""
-    return _FORCED.get().get("fast_gru", decision().fast_gru)
+    return (_FORCED.get() or {}).get("fast_gru", decision().fast_gru)

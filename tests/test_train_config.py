@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_train_support import recipe
+from helpers import recipe
 
 from speechssl.config import ConfigError
 from speechssl.registry import UnknownNameError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_train_support import make_corpus, recipe
+from helpers import make_corpus, recipe
 
 from speechssl.data.dataset import collate_audio
 from speechssl.train import checkpoint as ckpt_io
@@ -29,7 +29,7 @@ def _runner(tmp_path: Path) -> Path:
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "import test_train_support  # noqa: F401  (registers toy_linear)\n"
+        "import helpers  # noqa: F401  (registers toy_linear)\n"
         "from speechssl.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -90,7 +90,7 @@ import os, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, {tests!r})
-import test_train_support  # noqa: F401  (registers toy_linear)
+import helpers  # noqa: F401  (registers toy_linear)
 from speechssl.data.dataset import collate_audio
 from speechssl.train.config import load_pretrain_config
 from speechssl.train.trainer import Trainer
