@@ -13,7 +13,8 @@ import soundfile as sf
 
 from speechssl.cli.main import main as cli_main
 from speechssl.corpora import espeak as espeak_backend
-from speechssl.corpora import synthetic, text
+from speechssl.corpora import synthetic
+from speechssl.corpora import text as text_gen
 from speechssl.corpora.formant import PHONES, FormantParams, render_formant, text_to_phones
 from speechssl.corpora.synthetic import SynthConfig, make_speaker, resolve_backend, synthesize_corpus
 from speechssl.corpora.text import generate_sentence, sentence_with_words
@@ -151,9 +152,9 @@ def test_text_generator_and_phones_are_deterministic():
     assert generate_sentence(np.random.default_rng(5)) == generate_sentence(np.random.default_rng(5))
     sentences = [generate_sentence(np.random.default_rng(seed)) for seed in range(40)]
     assert len(set(sentences)) > 30
-    vocabulary = {w.lower() for words in (text.DETERMINERS, text.ADJECTIVES, text.NOUNS, text.NAMES,
-                                          text.TRANSITIVE_VERBS, text.BASE_VERBS, text.INTRANSITIVE_VERBS,
-                                          text.ADVERBS, text.PREPOSITIONS, text.INTERJECTIONS) for w in words}
+    vocabulary = {w.lower() for words in (text_gen.DETERMINERS, text_gen.ADJECTIVES, text_gen.NOUNS, text_gen.NAMES,
+                                          text_gen.TRANSITIVE_VERBS, text_gen.BASE_VERBS, text_gen.INTRANSITIVE_VERBS,
+                                          text_gen.ADVERBS, text_gen.PREPOSITIONS, text_gen.INTERJECTIONS) for w in words}
     vocabulary |= {"did", "and"}
     for s in sentences:
         assert s[0].isupper() and s[-1] in ".?", s
