@@ -340,4 +340,4 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
                          final_proj)
 
 
-MODELS["wav2vec2"] = ModelSpec(Wav2Vec2Config, build_wav2vec2)
+MODELS.register("wav2vec2", ModelSpec(Wav2Vec2Config, build_wav2vec2))
