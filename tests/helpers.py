@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (test modules import from here, never from each other).
 
-* ``tiny_model(name)``: a family's ``<name>_tiny()`` preset, randomly initialised.
+* ``built_in_families()`` / ``tiny_model(name)``: the registered families; one's ``<name>_tiny()``
+  preset, randomly initialised.
 * ``toy_linear``: a tiny SSL model for the pretraining-engine tests. It predicts the next 16-sample
   waveform frame from the current one through an 8-unit tanh layer (squared error over valid frames
   only), adds a little Gaussian noise to its input in training (so exact resume also checks the
@@ -141,6 +142,11 @@ def recipe(tmp: Path, **sections: dict) -> Path:
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(base))
     return path
+
+
+def built_in_families() -> list[str]:
+    """Every family registered in ``MODELS`` by ``speechssl.models`` (test-only models excluded)."""
+    return sorted(n for n, spec in MODELS.items() if spec.build.__module__.startswith("speechssl.models."))
 
 
 def tiny_model(name: str, seed: int = 0) -> SSLModel:
