@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from speechssl import accel
 from speechssl.modules import linear as onednn
+from speechssl.modules.padding import lengths_to_mask
 
 ConvNorm = Literal["group_norm", "layer_norm", "none"]
 
@@ -62,7 +63,7 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
     """GroupNorm of ``x`` [batch, channels, frames] with statistics over valid frames only."""
     batch, channels, frames = x.shape
     groups = norm.num_groups
-    valid = (torch.arange(frames, device=x.device) < lengths[:, None]).to(x.dtype)  # [B, T]
+    valid = lengths_to_mask(lengths, frames).to(x.dtype)  # [B, T]
     xg = x.view(batch, groups, channels // groups, frames)
     w = valid[:, None, None, :]
     count = (lengths.to(x.dtype) * (channels // groups)).clamp(min=1)[:, None, None, None]

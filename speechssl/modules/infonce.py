@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from speechssl.modules.recurrent import lengths_to_mask
+from speechssl.modules.padding import lengths_to_mask
 
 NegativeMode = Literal["utterance", "batch", "speaker"]
 
