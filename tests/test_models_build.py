@@ -42,3 +42,18 @@ def test_buffers_that_are_not_saved_are_still_computed():
     other = dict(skipped.named_buffers())
     for name, value in unsaved.items():
         assert torch.equal(other[name], value), name
+
+
+def test_build_loaded_is_strict_and_names_the_source():
+    import pytest
+
+    from speechssl.models.base import build_loaded
+
+    cfg = {"name": "apc", "frontend": {"name": "logmel", "n_mels": 20}, "num_layers": 1, "hidden_size": 8}
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    model = build_loaded(cfg, state, "x.safetensors")
+    assert not model.training and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    del state[next(iter(state))]
+    with pytest.raises(KeyError, match=r"x.safetensors: weights do not fit model 'apc': missing \['"):
+        build_loaded(cfg, state, "x.safetensors", KeyError)

@@ -155,3 +155,18 @@ def build_model(cfg: Mapping[str, Any], init_weights: bool = True) -> SSLModel:
         return spec.build(config)
     with _SkipRandomInit():
         return spec.build(config)
+
+
+def build_loaded(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str,
+                 error: type[Exception] = ValueError) -> SSLModel:
+    """Build ``cfg``'s model without random init, load ``state`` strictly, return it in eval mode.
+
+    The one "rebuild a saved model" path of released encoders and training checkpoints. Raises
+    ``error`` naming ``where`` and the missing / unexpected keys (first ten of each).
+    """
+    model = build_model(cfg, init_weights=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise error(f"{where}: weights do not fit model {cfg.get('name')!r}: missing {sorted(missing)[:10]}, "
+                    f"unexpected {sorted(unexpected)[:10]}")
+    return model.eval()
