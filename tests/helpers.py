@@ -7,6 +7,7 @@
   only), adds a little Gaussian noise to its input in training (so exact resume also checks the
   torch RNG), and gives a NaN loss for utterances whose id is in ``nan_ids`` (the NaN guard).
   Importing this module registers it in ``MODELS``; ``CRASH`` injects an in-process crash.
+* ``speech_batch(lengths)``: a padded batch of noisy sines for ``model.loss``.
 * ``make_corpus`` / ``recipe``: a tiny noisy-sine corpus and recipe YAML.
 """
 
@@ -155,3 +156,18 @@ def tiny_model(name: str, seed: int = 0) -> SSLModel:
     preset = getattr(module, f"{name}_tiny")
     torch.manual_seed(seed)
     return build_model({"name": name, **to_dict(preset())}).eval()
+
+
+def speech_batch(lengths: list[int], seed: int = 0, speakers: list[str] | None = None) -> dict:
+    """A pretraining batch of noisy sines: ``wavs`` [B, max(lengths)] zero-padded, ``lengths``, ``ids``
+    and, when given, ``speaker``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(max(lengths)) / 16000
+    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
+    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
+    lengths = torch.tensor(lengths)
+    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lengths[:, None])
+    batch = {"wavs": wavs, "lengths": lengths, "ids": [str(i) for i in range(len(lengths))]}
+    if speakers is not None:
+        batch["speaker"] = speakers
+    return batch

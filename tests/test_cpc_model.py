@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from helpers import speech_batch as batch_of
 
 from speechssl.config import ConfigError, to_dict
 from speechssl.features.base import num_frames
@@ -31,19 +32,6 @@ def small(**kw) -> torch.nn.Module:
            "prediction_steps": 3, "num_negatives": 5, "context_layers": 2, **kw}
     torch.manual_seed(0)
     return build_model(cfg)
-
-
-def batch_of(lengths, seed=0, speakers=None):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(max(lengths)) / 16000
-    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
-    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
-    lengths = torch.tensor(lengths)
-    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lengths[:, None])
-    batch = {"wavs": wavs, "lengths": lengths, "ids": [str(i) for i in range(len(lengths))]}
-    if speakers is not None:
-        batch["speaker"] = speakers
-    return batch
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

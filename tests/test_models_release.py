@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import built_in_families
+from helpers import built_in_families, speech_batch
 
 from speechssl.config import to_dict
 from speechssl.models import build_model
@@ -37,17 +37,6 @@ def _config(family: str, variant: str) -> dict:
     return {"name": family, **to_dict(preset), **VARIANTS.get(family, {}).get(variant, {})}
 
 
-def _batch(lengths: list[int], seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(max(lengths)) / 16000
-    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
-    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
-    lens = torch.tensor(lengths)
-    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lens[:, None])
-    return {"wavs": wavs, "lengths": lens, "ids": [f"u{i}" for i in range(len(lengths))],
-            "speaker": [f"s{i % 2}" for i in range(len(lengths))]}
-
-
 def test_every_built_in_family_is_covered():
     assert {"apc", "cpc", "wav2vec2"} <= set(built_in_families())
     assert set(VARIANTS) <= set(built_in_families())
@@ -59,7 +48,7 @@ def test_release_round_trip(tmp_path, family, variant):
     model = build_model(_config(family, variant))
     n = max(model.min_samples, 4000)
     model.train()
-    model.loss(_batch([n + 2000, n + 1000]))  # moves batch-norm running statistics away from their init
+    model.loss(speech_batch([n + 2000, n + 1000], speakers=["s0", "s1"]))  # moves batch-norm running statistics away from their init
     model.step_update(5)  # schedules kept in buffers (e.g. Gumbel temperature)
     model.eval()
     save_released_encoder(model, tmp_path / "enc")
@@ -69,7 +58,7 @@ def test_release_round_trip(tmp_path, family, variant):
     assert list(got) == list(want)
     for key in want:
         assert torch.equal(got[key], want[key]), key
-    b = _batch([n + 3000, n], seed=1)
+    b = speech_batch([n + 3000, n], seed=1)
     a, c = model.encode(b["wavs"], b["lengths"]), loaded.encode(b["wavs"], b["lengths"])
     assert a.layer_names == c.layer_names and torch.equal(a.lengths, c.lengths)
     for x, y in zip(a.hidden_states, c.hidden_states):
