@@ -13,6 +13,8 @@ Shared by every family:
 * :mod:`~speechssl.modules.linear` -- ``Linear`` / ``linear``: fp32 CPU matmuls through oneDNN (about 2x
   MKL on AMD CPUs, same numbers), fused GELU, oneDNN backward; :mod:`speechssl.accel` decides whether it runs
   (``SPEECHSSL_ONEDNN=0`` switches it off).
+* :mod:`~speechssl.modules.padding` -- ``lengths_to_mask`` and ``pad_to_batch`` (used by every package).
+* :mod:`~speechssl.modules.negatives` -- ``sample_in_groups``: the negative sampler of every contrastive loss.
 
 Recurrent and contrastive blocks of APC and CPC:
 

@@ -38,7 +38,11 @@ from speechssl import accel
 
 
 def _matmul():
-    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b``: oneDNN where it is enabled, else F.linear."""
+    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b``: oneDNN where it is enabled, else F.linear.
+
+    Asked again by the backward, which may run outside an ``accel.use`` block that held during the
+    forward: harmless, both kernels give the same numbers.
+    """
     if accel.onednn_linear():
         op = torch.ops.mkldnn._linear_pointwise
         return lambda a, w, b: op(a, w, b, "none", [], "")
