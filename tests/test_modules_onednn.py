@@ -203,7 +203,9 @@ def test_training_keeps_the_reference_conv_path_and_gradients_match(reference_pa
     torch.testing.assert_close(fast, out, atol=1e-4, rtol=1e-4)
     fast.square().mean().backward()
     for ref, (name, p) in zip(ref_grads, enc.named_parameters()):
-        torch.testing.assert_close(p.grad, ref, atol=1e-5, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+        # tolerance relative to the gradient's scale (these gradients are ~1e-5 in absolute terms)
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(p.grad, ref, atol=1e-4 * scale, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
     # and the inference call takes the fast path where oneDNN is on
     with torch.inference_mode():
         enc(x)
