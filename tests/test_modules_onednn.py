@@ -224,3 +224,17 @@ def test_transformer_encoder_equal_with_and_without_onednn(reference_path):
     torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
     for a, b in zip(layers, ref_layers):
         torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_forcing_a_kernel_on_where_the_process_decided_off_is_refused(monkeypatch):
+    import dataclasses
+
+    off = dataclasses.replace(accel.decide(), onednn_linear=False, reasons={"onednn_linear": "no oneDNN here",
+                                                                            "fast_gru": "on"})
+    monkeypatch.setattr(accel, "decision", lambda: off)
+    assert not accel.onednn_linear()
+    with pytest.raises(RuntimeError, match="cannot force onednn_linear on: no oneDNN here"):
+        with accel.use(onednn_linear=True):
+            pass
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    torch.testing.assert_close(linear(x, w, onednn=True), F.linear(x, w))  # the argument cannot force it either
