@@ -236,5 +236,9 @@ def test_forcing_a_kernel_on_where_the_process_decided_off_is_refused(monkeypatc
     with pytest.raises(RuntimeError, match="cannot force onednn_linear on: no oneDNN here"):
         with accel.use(onednn_linear=True):
             pass
+    def missing_kernel(*args):
+        raise AssertionError("the oneDNN kernel ran although the process decided against it")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", missing_kernel)
     x, w = torch.randn(4, 8), torch.randn(3, 8)
     torch.testing.assert_close(linear(x, w, onednn=True), F.linear(x, w))  # the argument cannot force it either
