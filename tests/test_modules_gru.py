@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from speechssl import accel
+import speechssl.accel as accel
 from speechssl.modules import gru as fast_gru
 from speechssl.modules.recurrent import RNNStack
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl import accel
+import speechssl.accel as accel
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear, linear
 from speechssl.modules.transformer import TransformerEncoder

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl import accel
+import speechssl.accel as accel
 from speechssl.modules import linear as onednn
 from speechssl.modules.padding import lengths_to_mask
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl import accel
+import speechssl.accel as accel
 
 
 def _matmul():

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl import accel
+import speechssl.accel as accel
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor, onednn: bool | None) -> bool:
