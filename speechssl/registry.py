@@ -1,13 +1,16 @@
 """Explicit registries: a dict from a config's ``name:`` to a builder.
 
 An unknown name fails loudly with the list of choices (``MODELS``, ``FRONTENDS``,
-``HEADS`` are all instances of :class:`Registry`).
+``HEADS`` are all instances of :class:`Registry`). Every registration -- ``REG.register(name, obj)``,
+the ``@REG.register(name)`` decorator, or ``REG[name] = obj`` -- goes through one check, so a name
+registered twice (two families claiming ``"hubert"``) fails at import instead of silently replacing
+the first builder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -31,12 +34,28 @@ class Registry(dict, Generic[V]):
             f"unknown {self.kind} {name!r}; choices: {', '.join(sorted(self)) or '(none registered)'}"
         )
 
-    def register(self, name: str) -> Callable[[V], V]:
-        """Decorator: ``@MODELS.register("apc")``."""
+    def __setitem__(self, name: str, obj: V) -> None:
+        if name in self:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        super().__setitem__(name, obj)
+
+    def update(self, *args: Any, **kwargs: V) -> None:
+        for name, obj in dict(*args, **kwargs).items():
+            self[name] = obj
+
+    def setdefault(self, name: str, default: V) -> V:  # type: ignore[override]
+        if name not in self:
+            self[name] = default
+        return self[name]
+
+    def register(self, name: str, obj: V | None = None) -> V | Callable[[V], V]:
+        """Register ``obj`` under ``name`` (``MODELS.register("apc", spec)``), or decorate:
+        ``@HEADS.register("mlp")``. A name already registered raises ``ValueError``."""
+        if obj is not None:
+            self[name] = obj
+            return obj
 
         def deco(obj: V) -> V:
-            if name in self:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
             self[name] = obj
             return obj
 

@@ -151,18 +151,6 @@ def test_vq_temperature_follows_step_update_and_round_trips(tmp_path):
     assert float(loaded.quantizers["2"].temperature) == pytest.approx(float(q.temperature))
 
 
-@pytest.mark.parametrize("variant", ["gru", "transformer"])
-def test_release_round_trip(tmp_path, variant):
-    model = small(**VARIANTS[variant]).eval()
-    b = batch_of([7000, 3000])
-    save_released_encoder(model, tmp_path / "enc")
-    loaded = load_released_model(tmp_path / "enc")
-    assert loaded.config == model.config
-    a, c = model.encode(b["wavs"], b["lengths"]), loaded.encode(b["wavs"], b["lengths"])
-    for x, y in zip(a.hidden_states, c.hidden_states):
-        torch.testing.assert_close(x, y)
-
-
 def test_config_errors():
     with pytest.raises(ConfigError, match="vq"):
         APCConfig(context="transformer", vq=VQConfig())

@@ -79,4 +79,10 @@ def test_a_quick_section_runs_end_to_end_and_cleans_its_work_folder(tmp_path):
     rates = results["data"]
     assert results["mode"] == "quick" and results["sections"] == ["data"] and rates
     assert "loader" in (out / "results.md").read_text()
+    # the formant synthesiser's speed is a bench row (not a timed unit test)
+    assert results["data"]["formant_renderer"]["realtime_factor"] > 0
+    assert "formant synthesiser" in (out / "results.md").read_text()
+    # the kernels speechssl.accel chose are recorded with the CPU
+    kernels = results["environment"]["kernels"]
+    assert {"onednn_linear", "fast_gru", "cpu_vendor", "cpu_model", "isa"} <= set(kernels)
     assert not (out / "work").exists()  # the synthetic corpus is gone, the results stay

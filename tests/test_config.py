@@ -74,10 +74,31 @@ def test_load_yaml_errors(tmp_path):
 def test_registry_lists_choices():
     reg: Registry = Registry("thing")
     reg.register("a")(1)
-    with pytest.raises(UnknownNameError, match="unknown thing 'b'; choices: a"):
+    reg.register("c", 3)
+    with pytest.raises(UnknownNameError, match="unknown thing 'b'; choices: a, c"):
         reg["b"]
-    with pytest.raises(ValueError, match="twice"):
-        reg.register("a")(2)
+    for again in (lambda: reg.register("a")(2), lambda: reg.register("a", 2), lambda: reg.__setitem__("a", 2),
+                  lambda: reg.update(a=2)):
+        with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+            again()
+    assert reg == {"a": 1, "c": 3}
+
+
+@pytest.mark.parametrize("registry", ["MODELS", "FRONTENDS", "HEADS"])
+def test_production_registrations_refuse_a_second_builder_for_a_name(registry):
+    import speechssl.downstream.heads as heads
+    import speechssl.features as features
+    import speechssl.models as models
+
+    reg = {"MODELS": models.MODELS, "FRONTENDS": features.FRONTENDS, "HEADS": heads.HEADS}[registry]
+    assert len(reg) >= 3  # the built-ins registered themselves
+    name = sorted(reg)[0]
+    first = reg[name]
+    with pytest.raises(ValueError, match="registered twice"):
+        reg[name] = object()  # how the built-ins register
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register(name, object())
+    assert reg[name] is first
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):

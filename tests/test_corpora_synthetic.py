@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,14 @@ import soundfile as sf
 from speechssl.cli.main import main as cli_main
 from speechssl.corpora import espeak as espeak_backend
 from speechssl.corpora import synthetic
-from speechssl.corpora.formant import FormantParams, render_formant, render_formant_phones, text_to_phones
+from speechssl.corpora import text as text_gen
+from speechssl.corpora.formant import (
+    PHONES,
+    FormantParams,
+    render_formant,
+    render_formant_phones,
+    text_to_phones,
+)
 from speechssl.corpora.synthetic import SynthConfig, make_speaker, resolve_backend, synthesize_corpus
 from speechssl.corpora.text import generate_sentence, sentence_with_words
 from speechssl.corpora.words import PRONUNCIATIONS, VOCABULARY, check_lexicon, word_phones
@@ -149,29 +155,38 @@ def test_formant_scale_moves_spectrum_up():
     assert centroid(1.2) > 1.08 * centroid(1.0)
 
 
-def test_formant_renderer_is_fast():
-    rng = np.random.default_rng(0)
-    texts = [sentence_with_words(rng, 6, 9) for _ in range(12)]
-    start, samples = time.process_time(), 0
-    for i, text in enumerate(texts):
-        samples += len(render_formant(text, FormantParams(), np.random.default_rng(i)))
-    realtime = samples / 16000 / (time.process_time() - start)
-    assert realtime > 25, f"formant synthesis only {realtime:.0f}x real time (CPU)"
-
-
 def test_text_generator_and_phones_are_deterministic():
-    a = [generate_sentence(np.random.default_rng(5)) for _ in range(3)]
-    assert len(set(a)) == 1 and a[0][0].isupper() and a[0][-1] in ".?"
+    # the seed decides the sentence: equal seeds agree, different seeds give different sentences
+    assert generate_sentence(np.random.default_rng(5)) == generate_sentence(np.random.default_rng(5))
+    sentences = [generate_sentence(np.random.default_rng(seed)) for seed in range(40)]
+    assert len(set(sentences)) > 30
+    vocabulary = {w.lower() for words in (text_gen.DETERMINERS, text_gen.ADJECTIVES, text_gen.NOUNS, text_gen.NAMES,
+                                          text_gen.TRANSITIVE_VERBS, text_gen.BASE_VERBS, text_gen.INTRANSITIVE_VERBS,
+                                          text_gen.ADVERBS, text_gen.PREPOSITIONS, text_gen.INTERJECTIONS) for w in words}
+    vocabulary |= {"did", "and"}
+    for s in sentences:
+        assert s[0].isupper() and s[-1] in ".?", s
+        assert {w.strip(",.?").lower() for w in s.split()} <= vocabulary, s
     rng = np.random.default_rng(1)
     for _ in range(20):
         n = len(sentence_with_words(rng, 4, 7).split())
         assert 4 <= n <= 7
-    assert text_to_phones("Quick chess, thin shoe.") == text_to_phones("Quick chess, thin shoe.")
-    assert text_to_phones("Oh. the ship, those.")[1] == ("H", False, True)  # pause after a sentence end
-    assert text_to_phones("Oh. the ship, those.")[2:] == [
-        ("DH", False, False), ("EH", False, False), ("SH", False, False), ("IH", True, False), ("P", False, True),
-        ("DH", False, False), ("AA", False, False), ("S", False, False),
-    ]  # fmt: skip
+    # phones: every phone can be rendered, and the spelling rules hold as relations
+    phones = text_to_phones(" ".join(sentences))
+    assert {p for p, _, _ in phones} <= set(PHONES)
+    assert [p for p, _, _ in text_to_phones("the")][0] == "DH" and [p for p, _, _ in text_to_phones("thin")][0] == "TH"
+    assert text_to_phones("hope") == text_to_phones("hop")  # silent final e
+    assert text_to_phones("shipp") == text_to_phones("ship")  # a double consonant is one phone
+    assert text_to_phones("cell")[0][0] == "S" and text_to_phones("cat")[0][0] == "K"
+    # one stressed vowel per content word, none in a function word
+    assert sum(stressed for _, stressed, _ in text_to_phones("ship")) == 1
+    assert sum(stressed for _, stressed, _ in text_to_phones("the")) == 0
+    # a pause after each punctuated word but the last, on that word's last phone
+    oh, the, ship, those = (text_to_phones(w) for w in ("oh", "the", "ship", "those"))
+    got = text_to_phones("Oh. the ship, those.")
+    assert [p for p, _, _ in got] == [p for p, _, _ in oh + the + ship + those]
+    pauses = [i for i, (_, _, pause) in enumerate(got) if pause]
+    assert pauses == [len(oh) - 1, len(oh) + len(the) + len(ship) - 1]
     with pytest.raises(ValueError, match="no letters"):
         text_to_phones("123 !!")
     with pytest.raises(ValueError, match="min_words"):
@@ -193,7 +208,9 @@ def test_espeak_backend_renders(tmp_path: Path):
 
 
 def test_backend_resolution_and_missing_espeak(monkeypatch, tmp_path: Path):
-    assert resolve_backend("auto") == "espeak"  # installed here and in CI
+    # espeak-ng is optional: both branches, with the lookup controlled (not whatever this machine has)
+    monkeypatch.setattr(espeak_backend, "espeak_binary", lambda: "/opt/fake/espeak-ng")
+    assert resolve_backend("auto") == "espeak"
     assert resolve_backend("formant") == "formant"
     monkeypatch.setattr(espeak_backend, "espeak_binary", lambda: None)
     assert resolve_backend("auto") == "formant"

@@ -6,12 +6,12 @@ import logging
 
 import pytest
 import torch
+from helpers import speech_batch as batch_of
 
 from speechssl.config import ConfigError, to_dict
 from speechssl.features.base import num_frames
 from speechssl.models import build_model
 from speechssl.models.cpc import cpc_modified, cpc_paper, cpc_tiny
-from speechssl.upstream.release import load_released_model, save_released_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -32,19 +32,6 @@ def small(**kw) -> torch.nn.Module:
            "prediction_steps": 3, "num_negatives": 5, "context_layers": 2, **kw}
     torch.manual_seed(0)
     return build_model(cfg)
-
-
-def batch_of(lengths, seed=0, speakers=None):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(max(lengths)) / 16000
-    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
-    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
-    lengths = torch.tensor(lengths)
-    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lengths[:, None])
-    batch = {"wavs": wavs, "lengths": lengths, "ids": [str(i) for i in range(len(lengths))]}
-    if speakers is not None:
-        batch["speaker"] = speakers
-    return batch
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -137,20 +124,6 @@ def test_preset_parameter_counts():
     paper_total, paper_encoder = counts(cpc_paper())
     assert paper_encoder == 5_847_040 and paper_total == 5_847_040 + 12 * (256 * 512 + 512)
     assert counts(cpc_tiny())[0] < 1_000_000
-
-
-@pytest.mark.parametrize("variant", ["conv_batch_gru_linear", "frame_transformer"])
-def test_release_round_trip(tmp_path, variant):
-    model = small(**VARIANTS[variant])
-    model.loss(batch_of([6000, 5000]))  # moves batch-norm running stats away from their init
-    model.eval()
-    b = batch_of([7000, 3000])
-    save_released_encoder(model, tmp_path / "enc")
-    loaded = load_released_model(tmp_path / "enc")
-    assert loaded.config == model.config
-    a, c = model.encode(b["wavs"], b["lengths"]), loaded.encode(b["wavs"], b["lengths"])
-    for x, y in zip(a.hidden_states, c.hidden_states):
-        torch.testing.assert_close(x, y)
 
 
 def test_config_errors():

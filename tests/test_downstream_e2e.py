@@ -354,7 +354,7 @@ def test_kfold_and_lr_sweep_resume(corpus, tmp_path, monkeypatch):
 
 
 def test_an_encoder_released_again_at_the_same_path_is_trained_again(corpus, tmp_path, monkeypatch):
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     from speechssl.upstream.release import save_released_encoder
 

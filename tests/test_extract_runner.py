@@ -54,7 +54,7 @@ def _reference(enc, path):
 
 def test_cli_folder_npy_index_errors_and_rerun(corpus, tmp_path, capsys):
     torch.manual_seed(0)
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model("cpc")
     release = save_released_encoder(model, tmp_path / "enc")
@@ -196,7 +196,7 @@ def test_two_ranks_shard_and_rank0_merges(corpus, tmp_path):
 
 def test_a_file_the_model_refuses_fails_alone(corpus, tmp_path):
     """wav2vec 2.0 raises for inputs shorter than its receptive field: only that file fails."""
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     release = save_released_encoder(tiny_model("wav2vec2"), tmp_path / "w2v")
     summary = extract_features(release, corpus / "wavs", tmp_path / "out",

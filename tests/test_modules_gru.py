@@ -7,17 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+import speechssl.accel as accel
 from speechssl.modules import gru as fast_gru
-from speechssl.modules import linear as onednn
 from speechssl.modules.recurrent import RNNStack
 
 
 @pytest.fixture
 def aten_matmuls():
     """F.linear instead of oneDNN (which has no float64 kernel) for exact float64 checks."""
-    onednn.set_enabled(False)
-    yield
-    onednn.set_enabled(None)
+    with accel.use(onednn_linear=False):
+        yield
 
 
 def _grads(module, x, h0, out_weight):
@@ -90,20 +89,15 @@ def test_gru_is_an_nn_gru_and_falls_back_where_the_fast_path_does_not_apply(monk
     torch.testing.assert_close(fast(packed)[0].data, ref(packed)[0].data)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(fast(x)[0], ref(x)[0])
-    fast_gru.set_enabled(False)
-    try:
+    with accel.use(fast_gru=False):
         torch.testing.assert_close(fast(x)[0], ref(x)[0])
-    finally:
-        fast_gru.set_enabled(None)
     assert used == []
     torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
     assert used == [1]
     monkeypatch.setenv("SPEECHSSL_FAST_GRU", "0")
-    fast_gru.set_enabled(None)
-    assert not fast_gru.enabled()
+    assert not accel.decide().fast_gru
     monkeypatch.delenv("SPEECHSSL_FAST_GRU")
-    fast_gru.set_enabled(None)
-    assert fast_gru.enabled()
+    assert accel.decide().fast_gru
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -117,14 +111,11 @@ def test_rnn_stack_valid_frames_equal_a_packed_nn_gru_run(residual):
     outs = stack(x, lengths)
     (outs[-1] * w).sum().backward()
     g_fast = [x.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
-    fast_gru.set_enabled(False)  # the packed nn.GRU reference
-    try:
+    with accel.use(fast_gru=False):  # the packed nn.GRU reference
         x.grad = None
         stack.zero_grad()
         ref = stack(x, lengths)
         (ref[-1] * w).sum().backward()
-    finally:
-        fast_gru.set_enabled(None)
     g_ref = [x.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
     for a, b in zip(outs, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

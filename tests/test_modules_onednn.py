@@ -1,4 +1,5 @@
-"""The oneDNN paths (speechssl.modules.linear and the conv encoder's channels-last path) equal the reference."""
+"""The oneDNN paths (speechssl.modules.linear and the conv encoder's channels-last path) equal the
+reference, and speechssl.accel decides, records and forces them."""
 
 import platform
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl.modules import linear as onednn
+import speechssl.accel as accel
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear, linear
 from speechssl.modules.transformer import TransformerEncoder
@@ -18,29 +19,69 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 @pytest.fixture
 def reference_path():
-    """Run the block with oneDNN switched off, then restore the process default."""
+    """Run the block with oneDNN forced off (a context variable: no module global changes)."""
     def run(fn):
-        onednn.set_enabled(False)
-        try:
+        with accel.use(onednn_linear=False):
             return fn()
-        finally:
-            onednn.set_enabled(None)
     return run
 
 
 def test_onednn_is_used_on_x86_and_only_there():
-    # On x86-64 PyTorch builds the operator exists; if this fails, the fast path silently fell back.
-    assert onednn.enabled() == (X86 and torch.backends.mkldnn.is_available())
+    # On x86-64 PyTorch builds with AVX2 the operator exists; if this fails, the fast path silently fell back.
+    fast_isa = accel.decision().isa in ("AVX2", "AVX512")
+    assert accel.onednn_linear() == (X86 and torch.backends.mkldnn.is_available() and fast_isa)
 
 
 def test_environment_switch(monkeypatch):
     monkeypatch.setenv("SPEECHSSL_ONEDNN", "0")
-    onednn.set_enabled(None)
-    try:
-        assert not onednn.enabled()
-    finally:
-        monkeypatch.delenv("SPEECHSSL_ONEDNN")
-        onednn.set_enabled(None)
+    monkeypatch.setenv("SPEECHSSL_FAST_GRU", "off")
+    decided = accel.decide()
+    assert not decided.onednn_linear and not decided.fast_gru
+    assert "SPEECHSSL_ONEDNN" in decided.reasons["onednn_linear"]
+    monkeypatch.delenv("SPEECHSSL_ONEDNN")
+    monkeypatch.delenv("SPEECHSSL_FAST_GRU")
+    assert accel.decide().onednn_linear == accel.decision().onednn_linear
+
+
+def test_decision_is_recorded_with_the_cpu():
+    record = accel.decision().as_dict()
+    assert set(record) >= {"onednn_linear", "fast_gru", "reasons", "cpu_vendor", "cpu_model", "isa", "machine"}
+    assert record["cpu_vendor"] and record["cpu_model"] and record["isa"]
+    assert accel.decision() is accel.decision()  # decided once per process
+
+
+@pytest.mark.skipif(not accel.decision().onednn_linear, reason="oneDNN is off on this machine")
+def test_forcing_a_path_is_scoped_and_counts_the_kernel(monkeypatch):
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with accel.use(onednn_linear=False):
+        assert not accel.onednn_linear()
+        linear(x, w)
+        assert calls == []
+        with accel.use(onednn_linear=True):
+            linear(x, w)
+        assert calls == [1]
+        linear(x, w, onednn=True)  # the function argument overrides the context
+        assert calls == [1, 1]
+    assert accel.onednn_linear()
+    linear(x, w, onednn=False)
+    assert calls == [1, 1]
+
+
+def test_the_self_check_rejects_a_wrong_backward_kernel(monkeypatch):
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def wrong_on_transposed(x, w, *rest):
+        out = real(x, w, *rest)
+        return out + 1.0 if not w.is_contiguous() else out  # a kernel that misreads transposed strides
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", wrong_on_transposed)
+    decided = accel.decide()
+    if X86 and torch.backends.mkldnn.is_available() and decided.isa in ("AVX2", "AVX512"):
+        assert not decided.onednn_linear
+        assert "disagrees" in decided.reasons["onednn_linear"]
 
 
 @pytest.mark.parametrize("shape", [(48,), (7, 48), (3, 11, 48), (2, 3, 5, 48), (2, 0, 48)])
@@ -142,18 +183,33 @@ def test_conv_encoder_fast_path_on_multichannel_input_and_long_input(reference_p
         torch.testing.assert_close(got[i, :n], ref[i, :n], atol=1e-4, rtol=1e-4)
 
 
-def test_training_keeps_the_reference_conv_path_and_gradients_match(reference_path):
+def test_training_keeps_the_reference_conv_path_and_gradients_match(reference_path, monkeypatch):
     torch.manual_seed(0)
     enc = ConvFeatureEncoder(1, BASE_SHAPE, norm="group_norm")
     x = torch.randn(2, 1, 4000)
-    assert not enc._fast_path_ok(x, None)  # parameters need gradients
+    fast_calls = []
+    real_fast = enc._forward_fast
+    monkeypatch.setattr(enc, "_forward_fast", lambda *a: fast_calls.append(1) or real_fast(*a))
+    assert not enc._fast_path_ok(x, None)  # parameters need gradients: training takes the reference path
     out, _ = enc(x)
+    assert fast_calls == []
     out.square().mean().backward()
-    grad = enc.layers[1].conv.weight.grad.clone()
+    ref_grads = [p.grad.clone() for p in enc.parameters()]
     enc.zero_grad()
-    ref, _ = reference_path(lambda: enc(x))
-    reference_path(lambda: ref.square().mean().backward())
-    torch.testing.assert_close(enc.layers[1].conv.weight.grad, grad, atol=1e-5, rtol=1e-4)
+    # the fast path's own graph (oneDNN matmuls with their backward, the folded GroupNorm)
+    fast, _ = real_fast(x, None)
+    if X86:
+        assert fast.grad_fn is not None
+    torch.testing.assert_close(fast, out, atol=1e-4, rtol=1e-4)
+    fast.square().mean().backward()
+    for ref, (name, p) in zip(ref_grads, enc.named_parameters()):
+        # tolerance relative to the gradient's scale (these gradients are ~1e-5 in absolute terms)
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(p.grad, ref, atol=1e-4 * scale, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+    # and the inference call takes the fast path where oneDNN is on
+    with torch.inference_mode():
+        enc(x)
+    assert fast_calls == ([1] if accel.onednn_linear() else [])
 
 
 def test_transformer_encoder_equal_with_and_without_onednn(reference_path):
@@ -168,3 +224,21 @@ def test_transformer_encoder_equal_with_and_without_onednn(reference_path):
     torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
     for a, b in zip(layers, ref_layers):
         torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_forcing_a_kernel_on_where_the_process_decided_off_is_refused(monkeypatch):
+    import dataclasses
+
+    off = dataclasses.replace(accel.decide(), onednn_linear=False, reasons={"onednn_linear": "no oneDNN here",
+                                                                            "fast_gru": "on"})
+    monkeypatch.setattr(accel, "decision", lambda: off)
+    assert not accel.onednn_linear()
+    with pytest.raises(RuntimeError, match="cannot force onednn_linear on: no oneDNN here"):
+        with accel.use(onednn_linear=True):
+            pass
+    def missing_kernel(*args):
+        raise AssertionError("the oneDNN kernel ran although the process decided against it")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", missing_kernel)
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    torch.testing.assert_close(linear(x, w, onednn=True), F.linear(x, w))  # the argument cannot force it either

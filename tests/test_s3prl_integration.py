@@ -29,7 +29,7 @@ def s3prl_nn():
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     root = tmp_path_factory.mktemp("releases")
     return {fam: save_released_encoder(tiny_model(fam, seed=1), root / fam) for fam in ("apc", "wav2vec2")}

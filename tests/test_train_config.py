@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_support import recipe
+from helpers import recipe
 
 from speechssl.config import ConfigError, to_dict
 from speechssl.registry import UnknownNameError
@@ -101,7 +101,7 @@ def test_model_section_is_the_family_config_object_and_saves_as_before(tmp_path,
 
 
 def test_loading_a_config_builds_no_model_and_the_trainer_builds_one(tmp_path, monkeypatch):
-    from test_train_support import ToyConfig, ToyLinear, make_corpus
+    from helpers import ToyConfig, ToyLinear, make_corpus
 
     from speechssl.models.base import MODELS, ModelSpec
     from speechssl.train.trainer import Trainer
@@ -121,7 +121,7 @@ def test_loading_a_config_builds_no_model_and_the_trainer_builds_one(tmp_path, m
 
 
 def test_builder_errors_are_config_errors_before_any_file(tmp_path, monkeypatch):
-    from test_train_support import ToyConfig
+    from helpers import ToyConfig
 
     from speechssl.models.base import MODELS, ModelSpec
     from speechssl.train.trainer import pretrain

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from test_train_support import ToyConfig, ToyLinear, make_corpus, recipe
+from helpers import ToyConfig, ToyLinear, make_corpus, recipe
 
 from speechssl.cli.main import main
 from speechssl.models.base import MODELS, EncoderOutput, ModelSpec

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 import yaml
-from test_train_support import CRASH, make_corpus, recipe
+from helpers import CRASH, make_corpus, recipe
 
 from speechssl.config import ConfigError
 from speechssl.train import checkpoint as ckpt_io

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CRASH, make_corpus, recipe
 from safetensors import SafetensorError
-from test_train_support import CRASH, make_corpus, recipe
 
 import speechssl.upstream.release as release
 from speechssl.cli.main import main as cli_main
@@ -50,7 +50,7 @@ SLOW_PRETRAIN = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from test_train_support import recipe
+from helpers import recipe
 from speechssl.train.config import load_pretrain_config
 from speechssl.train.trainer import Trainer, pretrain
 tmp, train, valid = Path(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import CRASH, ToyConfig, ToyLinear, make_corpus, recipe
 from sklearn.linear_model import RidgeClassifier
-from test_train_support import CRASH, ToyConfig, ToyLinear, make_corpus, recipe
 
 from speechssl.config import ConfigError
 from speechssl.models.base import MODELS, EncoderOutput, ModelSpec
@@ -229,15 +229,16 @@ def test_probe_panel_in_loss_curve(tmp_path, corpus):
 DDP_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-import test_train_support  # noqa: F401  (registers toy_linear)
+import helpers  # noqa: F401  (registers toy_linear)
 from speechssl.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_ddp_rank0_probes_and_nobody_deadlocks(tmp_path):
-    from test_train_subprocess import _env, _free_port
-    from test_train_subprocess import _run as run_group
+    from helpers import free_port as _free_port
+    from helpers import run_group
+    from helpers import subprocess_env as _env
 
     train = make_corpus(tmp_path / "data", n=12, seconds=(0.25, 0.25), equal=True)
     cfg = recipe(tmp_path, model={"noise": 0.0}, data={"device_batch_seconds": 0.5},

@@ -4,16 +4,16 @@ DistributedDataParallel (2 CPU ranks, gloo) matching one process on the combined
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import yaml
-from test_train_support import make_corpus, recipe
+from helpers import free_port as _free_port
+from helpers import make_corpus, recipe
+from helpers import run_group as _run
+from helpers import subprocess_env as _env
 
 from speechssl.data.dataset import collate_audio
 from speechssl.train import checkpoint as ckpt_io
@@ -29,36 +29,11 @@ def _runner(tmp_path: Path) -> Path:
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "import test_train_support  # noqa: F401  (registers toy_linear)\n"
+        "import helpers  # noqa: F401  (registers toy_linear)\n"
         "from speechssl.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return script
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (SELF_SIGTERM_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def _run(cmd: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own process group; on timeout kill the whole group (torchrun's workers too)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(exp: Path) -> dict[str, torch.Tensor]:
@@ -90,7 +65,7 @@ import os, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, {tests!r})
-import test_train_support  # noqa: F401  (registers toy_linear)
+import helpers  # noqa: F401  (registers toy_linear)
 from speechssl.data.dataset import collate_audio
 from speechssl.train.config import load_pretrain_config
 from speechssl.train.trainer import Trainer

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import pytest
 import torch
+from helpers import built_in_families, tiny_model
 
 import speechssl
-from speechssl.config import to_dict
-from speechssl.models.base import MODELS, build_model
+from speechssl.models.base import build_model
 from speechssl.train.checkpoint import save_checkpoint
 from speechssl.upstream import Encoder, EncoderLoadError, load_encoder
 from speechssl.upstream.release import save_released_encoder
 
 LONG, SHORT = 20000 + 123, 3217  # very different lengths (1.26 s vs 0.2 s)
-
-
-def tiny_model(name: str, seed: int = 0):
-    """The family's ``<name>_tiny()`` preset, randomly initialised."""
-    module = importlib.import_module(f"speechssl.models.{name}")
-    preset = getattr(module, f"{name}_tiny")
-    torch.manual_seed(seed)
-    return build_model({"name": name, **to_dict(preset())}).eval()
 
 
 def two_clips(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,7 +39,7 @@ def assert_batched_equals_single(enc: Encoder, atol: float) -> None:
 
 
 # The package's own families (other test modules register toy models in MODELS too).
-FAMILIES = sorted(n for n, spec in MODELS.items() if spec.build.__module__.startswith("speechssl.models."))
+FAMILIES = built_in_families()
 
 
 def test_every_family_has_a_tiny_preset():

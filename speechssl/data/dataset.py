@@ -24,6 +24,7 @@ import speechssl.audio
 from speechssl.audio import TARGET_SR, AudioError, load_audio
 from speechssl.data.manifest import record_duration
 from speechssl.data.sampler import SecondsBatchSampler
+from speechssl.modules.padding import pad_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,7 @@ def collate_audio(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             raise ValueError(
                 f"collate_audio: item {it.get('id')!r} wav must be 1-D, got shape {tuple(w.shape)}"
             )
-    lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-    out = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
-    for i, w in enumerate(wavs):
-        out[i, : w.numel()] = w
+    out, lengths = pad_to_batch(wavs)
     batch: dict[str, Any] = {"wavs": out, "lengths": lengths, "ids": [it["id"] for it in items]}
     for key in items[0]:
         if key not in ("id", "wav"):

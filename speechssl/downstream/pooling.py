@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from speechssl.modules.padding import lengths_to_mask
 
-def valid_mask(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
-    """[batch] lengths -> [batch, max_frames] bool, True on valid frames."""
-    steps = torch.arange(max_frames, device=lengths.device)
-    return steps.unsqueeze(0) < lengths.to(steps.device).unsqueeze(1)
+#: [batch] lengths -> [batch, max_frames] bool, True on valid frames (the shared helper).
+valid_mask = lengths_to_mask
 
 
 def _check_lengths(x: torch.Tensor, lengths: torch.Tensor) -> None:

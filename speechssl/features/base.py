@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from speechssl.config import from_dict, to_dict
+from speechssl.modules.padding import lengths_to_mask
 from speechssl.registry import Registry
 
 SAMPLE_RATE = 16000
@@ -82,9 +83,8 @@ def check_batch(
     return wavs.float(), lengths
 
 
-def frame_mask(feat_lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
-    """[batch] valid frames -> [batch, max_frames] bool, True on valid frames."""
-    return torch.arange(max_frames, device=feat_lengths.device)[None, :] < feat_lengths[:, None]
+#: [batch] valid frames -> [batch, max_frames] bool, True on valid frames (the shared helper).
+frame_mask = lengths_to_mask
 
 
 def frame_signal(wavs: torch.Tensor, frame_length: int, frame_shift: int) -> torch.Tensor:

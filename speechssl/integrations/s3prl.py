@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from speechssl.modules.padding import pad_to_batch
 from speechssl.upstream import Encoder, load_encoder
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,7 @@ class SpeechSSLUpstream(nn.Module):
         if not wavs:
             raise ValueError("speechssl_local: empty batch")
         device = next(iter(self.encoder.parameters()), torch.empty(0)).device
-        lengths = torch.tensor([int(w.numel()) for w in wavs])
-        padded = torch.zeros(len(wavs), int(lengths.max()), device=device)
-        for i, w in enumerate(wavs):
-            padded[i, : w.numel()] = w.reshape(-1).to(device, torch.float32)
+        padded, lengths = pad_to_batch([w.reshape(-1) for w in wavs], device=device)
         out = self.encoder(padded, lengths)
         stride = self.encoder.frame_shift
         expected = (lengths - 1) // stride + 1  # len(range(0, L, stride))

@@ -22,14 +22,13 @@ registers ``MODELS[name] = ModelSpec(ConfigCls, build_fn)``. A model:
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from speechssl.config import from_dict, to_dict
 from speechssl.registry import Registry
@@ -116,32 +115,33 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
-                   "sparse_")
-_INIT_LOCK = threading.Lock()
+class _SkipRandomInit(TorchFunctionMode):
+    """While active (this thread only), random fills return their tensor untouched.
 
+    ``torch.nn.init``'s random initialisers either dispatch through ``__torch_function__`` themselves
+    (``uniform_``, ``normal_``, ``kaiming_uniform_``) or end in ``Tensor.uniform_`` /
+    ``Tensor.normal_`` (``xavier_*``, ``kaiming_normal_``, ``trunc_normal_``), so skipping these
+    skips the costly part of building a model whose every parameter is loaded right after. Unlike
+    patching ``torch.nn.init``, a mode touches no global state: other threads build normally.
+    Deterministic fills (``zeros_``, ``ones_``, ``fill_``) and computed buffers (window
+    functions, filterbanks) still run, so non-persistent buffers are right.
+    """
 
-@contextlib.contextmanager
-def _skip_init():
-    """``torch.nn.init``'s fills become no-ops (the weights are loaded right after)."""
-    with _INIT_LOCK:
-        saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
-        try:
-            for name in saved:
-                setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-            yield
-        finally:
-            for name, fn in saved.items():
-                setattr(torch.nn.init, name, fn)
+    SKIP = frozenset({torch.nn.init.uniform_, torch.nn.init.normal_, torch.nn.init.kaiming_uniform_,
+                      torch.Tensor.uniform_, torch.Tensor.normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIP:  # the filled tensor: Tensor methods' self, or nn.init's ``tensor``
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def build_model(cfg: Mapping[str, Any], init_weights: bool = True) -> SSLModel:
     """``{"name": "apc", ...config fields}`` -> model. Unknown names/keys list the choices.
 
-    ``init_weights=False`` skips the random initialisation of ``torch.nn.init`` (0.5 s for
-    wav2vec 2.0 Base on 2 CPU cores) for a model whose every parameter is loaded right after
-    with a strict ``load_state_dict``; the parameters hold arbitrary values until then.
+    ``init_weights=False`` skips the random initialisation of the parameters (0.5 s for
+    wav2vec 2.0 Base on 2 CPU cores; :class:`_SkipRandomInit`) for a model whose every parameter
+    is loaded right after with a strict ``load_state_dict``; they hold arbitrary values until then.
     """
     import speechssl.models  # noqa: F401  (registers the built-in families)
 
@@ -153,5 +153,20 @@ def build_model(cfg: Mapping[str, Any], init_weights: bool = True) -> SSLModel:
     config = from_dict(spec.config_cls, cfg, where="model")
     if init_weights:
         return spec.build(config)
-    with _skip_init():
+    with _SkipRandomInit():
         return spec.build(config)
+
+
+def build_loaded(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str,
+                 error: type[Exception] = ValueError) -> SSLModel:
+    """Build ``cfg``'s model without random init, load ``state`` strictly, return it in eval mode.
+
+    The one "rebuild a saved model" path of released encoders and training checkpoints. Raises
+    ``error`` naming ``where`` and the missing / unexpected keys (first ten of each).
+    """
+    model = build_model(cfg, init_weights=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise error(f"{where}: weights do not fit model {cfg.get('name')!r}: missing {sorted(missing)[:10]}, "
+                    f"unexpected {sorted(unexpected)[:10]}")
+    return model.eval()

@@ -43,6 +43,7 @@ from speechssl.modules.contrastive import contrastive_loss
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear
 from speechssl.modules.masking import span_mask
+from speechssl.modules.padding import lengths_to_mask
 from speechssl.modules.quantizer import GumbelVectorQuantizer
 from speechssl.modules.transformer import TransformerEncoder
 
@@ -220,7 +221,7 @@ class Wav2Vec2Model(SSLModel):
         """[B, T] bool, True = padding; None when no utterance is padded (fast path)."""
         if bool((lengths >= frames).all()):
             return None
-        return torch.arange(frames, device=lengths.device)[None, :] >= lengths[:, None]
+        return ~lengths_to_mask(lengths, frames)
 
     def _check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if wavs.dim() != 2:
@@ -267,7 +268,7 @@ class Wav2Vec2Model(SSLModel):
             with torch.no_grad():
                 feats, frame_lengths = self.conv_features(wavs, lengths)
         batch_size, frames, _ = feats.shape
-        valid = torch.arange(frames, device=feats.device)[None, :] < frame_lengths[:, None]
+        valid = lengths_to_mask(frame_lengths, frames)
         padding = None if bool(valid.all()) else ~valid
         feature_pen = (feats.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
 
@@ -340,4 +341,4 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
                          final_proj)
 
 
-MODELS["wav2vec2"] = ModelSpec(Wav2Vec2Config, build_wav2vec2)
+MODELS.register("wav2vec2", ModelSpec(Wav2Vec2Config, build_wav2vec2))

@@ -11,13 +11,16 @@ wav2vec 2.0-style blocks:
 Shared by every family:
 
 * :mod:`~speechssl.modules.linear` -- ``Linear`` / ``linear``: fp32 CPU matmuls through oneDNN (about 2x
-  MKL on AMD CPUs, same numbers), fused GELU, oneDNN backward; ``SPEECHSSL_ONEDNN=0`` switches it off.
+  MKL on AMD CPUs, same numbers), fused GELU, oneDNN backward; :mod:`speechssl.accel` decides whether it runs
+  (``SPEECHSSL_ONEDNN=0`` switches it off).
+* :mod:`~speechssl.modules.padding` -- ``lengths_to_mask`` and ``pad_to_batch`` (used by every package).
+* :mod:`~speechssl.modules.negatives` -- ``sample_in_groups``: the negative sampler of every contrastive loss.
 
 Recurrent and contrastive blocks of APC and CPC:
 
 * :mod:`~speechssl.modules.recurrent` -- ``RNNStack``: GRU/LSTM layers with residuals over padded batches.
 * :mod:`~speechssl.modules.gru` -- ``GRU``: an ``nn.GRU`` whose fp32 CPU path trains ~2.4x faster (custom
-  backward, same numbers); ``SPEECHSSL_FAST_GRU=0`` switches it off.
+  backward, same numbers); :mod:`speechssl.accel` decides (``SPEECHSSL_FAST_GRU=0`` switches it off).
 * :mod:`~speechssl.modules.causal` -- causal Transformer context network.
 * :mod:`~speechssl.modules.infonce` -- CPC's InfoNCE over future latents and negative sampling.
 

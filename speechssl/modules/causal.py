@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechssl.modules.linear import Linear
-from speechssl.modules.recurrent import lengths_to_mask
+from speechssl.modules.padding import lengths_to_mask
 
 
 def sinusoidal_positions(num_frames: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -6,9 +6,10 @@ For every masked frame ``t`` of utterance ``b`` the context ``c[b, t]`` must pic
 cross-utterance negatives). Logits are ``cos(c, q) / temperature``; a distractor identical to the
 target (same codes) is masked out, as in fairseq.
 
-Sampling is vectorised on the device: the masked positions of every utterance are gathered into a
-sorted table, and a distractor rank ``j`` in ``[0, n_b - 1)`` is shifted by one when ``j >= rank(t)``,
-so it can never be the positive nor a padding / unmasked frame.
+Sampling is :func:`speechssl.modules.negatives.sample_in_groups` (CPC's sampler too) over the
+masked frames grouped by utterance, excluding the query itself: a distractor rank ``j`` in
+``[0, n_b - 1)`` is shifted by one when ``j >= rank(t)``, so it can never be the positive nor a
+padding / unmasked frame.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 
 import torch
 from torch.nn import functional as F
+
+from speechssl.modules.negatives import sample_in_groups
 
 
 @dataclasses.dataclass
@@ -37,20 +40,17 @@ class Distractors:
 
 def sample_distractors(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None) -> Distractors:
     """Draw ``num_negatives`` distractors per masked frame from ``mask`` [batch, frames] bool."""
-    batch_index, frame_index = mask.nonzero(as_tuple=True)
-    counts = mask.sum(1)  # [B]
-    # Masked frame positions of each utterance, in time order, packed to the left.
-    packed = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # [B, T]
-    rank = (mask.cumsum(1) - 1)[batch_index, frame_index]  # [N] rank of each masked frame
-    n = counts[batch_index]  # [N]
-    others = (n - 1).clamp(min=1).to(torch.float32)
-    u = torch.rand(batch_index.shape[0], num_negatives, device=mask.device, generator=generator)
-    j = torch.floor(u * others[:, None]).long()
-    j = torch.minimum(j, (n - 2).clamp(min=0)[:, None])  # guards u == 1.0 rounding
-    j = j + (j >= rank[:, None]).long()
+    batch_index, frame_index = mask.nonzero(as_tuple=True)  # [N] each, utterance-major time order
+    n = mask.sum(1)[batch_index]  # [N] masked frames of each query's utterance
     valid = (n > 1)[:, None].expand(-1, num_negatives)
-    j = torch.where(valid, j, torch.zeros_like(j))
-    distractor_frames = packed[batch_index[:, None], j]
+    if batch_index.numel() == 0:
+        empty = torch.zeros(0, num_negatives, dtype=torch.long, device=mask.device)
+        return Distractors(batch_index, frame_index, empty, valid)
+    # candidates = the masked frames themselves; each query excludes its own entry
+    picked = sample_in_groups(batch_index, batch_index, num_negatives, generator,
+                              exclude=torch.arange(batch_index.numel(), device=mask.device))
+    # an utterance with one masked frame has no distractor: point at the frame itself (masked out)
+    distractor_frames = torch.where(valid, frame_index[picked], frame_index[:, None])
     return Distractors(batch_index, frame_index, distractor_frames, valid)
 
 

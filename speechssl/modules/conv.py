@@ -17,7 +17,7 @@ A valid output frame only reads valid input frames, so padding can only leak thr
 GroupNorm statistics; those are computed over each utterance's valid frames, which makes
 batched output equal to one-at-a-time output.
 
-Inference fast path (CPU, fp32, no autograd, :mod:`speechssl.modules.linear` enabled): the stack
+Inference fast path (CPU, fp32, no autograd, ``speechssl.accel.onednn_linear()``): the stack
 runs channels-last, each layer as one oneDNN matmul over its strided input windows (a view, copied
 block by block of :data:`TIME_BLOCK` output frames so the operands stay in cache) with the GELU
 fused. The first layer's per-channel GroupNorm is folded into that matmul: its per-utterance mean
@@ -36,7 +36,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import speechssl.accel as accel
 from speechssl.modules import linear as onednn
+from speechssl.modules.padding import lengths_to_mask
 
 ConvNorm = Literal["group_norm", "layer_norm", "none"]
 
@@ -61,7 +63,7 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
     """GroupNorm of ``x`` [batch, channels, frames] with statistics over valid frames only."""
     batch, channels, frames = x.shape
     groups = norm.num_groups
-    valid = (torch.arange(frames, device=x.device) < lengths[:, None]).to(x.dtype)  # [B, T]
+    valid = lengths_to_mask(lengths, frames).to(x.dtype)  # [B, T]
     xg = x.view(batch, groups, channels // groups, frames)
     w = valid[:, None, None, :]
     count = (lengths.to(x.dtype) * (channels // groups)).clamp(min=1)[:, None, None, None]
@@ -202,7 +204,7 @@ class ConvFeatureEncoder(nn.Module):
                for layer in self.layers):
             return False  # the folded GroupNorm is per channel
         shortest = x.shape[-1] if lengths is None else int(lengths.min())
-        return x.shape[0] > 0 and shortest >= self.receptive_field and onednn.enabled()
+        return x.shape[0] > 0 and shortest >= self.receptive_field and accel.onednn_linear()
 
     def _forward_fast(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The channels-last oneDNN path (see the module docstring); x: [batch, in_channels, frames]."""

@@ -24,38 +24,26 @@ PyTorch's GRU equations (``torch.nn.GRU``): ``r = σ(W_ir x + b_ir + W_hr h + b_
 takes this path for one-layer, unidirectional, batch-first fp32 CPU input given as a padded
 tensor (a unidirectional RNN reads every valid frame before any padding, so the valid outputs are
 those of a packed run), and ``nn.GRU``'s own code for everything else (packed sequences, CUDA,
-bf16, autocast). ``SPEECHSSL_FAST_GRU=0`` in the environment, or :func:`set_enabled` ``(False)``,
-turns it off.
+bf16, autocast). Whether the path is used is :func:`speechssl.accel.fast_gru` (``SPEECHSSL_FAST_GRU=0``
+in the environment turns it off; ``accel.use(fast_gru=False)`` forces ``nn.GRU`` in a block of code).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speechssl.modules import linear as _linear
-
-_state: dict[str, bool | None] = {"enabled": None}
-
-
-def enabled() -> bool:
-    """Whether :class:`GRU` takes the fast path (``SPEECHSSL_FAST_GRU``, default on)."""
-    if _state["enabled"] is None:
-        _state["enabled"] = os.environ.get("SPEECHSSL_FAST_GRU", "1").strip().lower() not in ("0", "false", "no", "off")
-    return bool(_state["enabled"])
-
-
-def set_enabled(flag: bool | None) -> None:
-    """Force the fast path on/off (None: decide again from the environment)."""
-    _state["enabled"] = None if flag is None else bool(flag)
+import speechssl.accel as accel
 
 
 def _matmul():
-    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b``: oneDNN where it is enabled, else F.linear."""
-    if _linear.enabled():
+    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b``: oneDNN where it is enabled, else F.linear.
+
+    Asked again by the backward, which may run outside an ``accel.use`` block that held during the
+    forward: harmless, both kernels give the same numbers.
+    """
+    if accel.onednn_linear():
         op = torch.ops.mkldnn._linear_pointwise
         return lambda a, w, b: op(a, w, b, "none", [], "")
     return F.linear
@@ -155,7 +143,7 @@ class GRU(nn.GRU):
     def takes_fast_path(self, x) -> bool:
         """Whether ``forward(x)`` runs the fast path (see the module doc); else ``nn.GRU``'s code."""
         return (
-            enabled()
+            accel.fast_gru()
             and isinstance(x, torch.Tensor)
             and x.dim() == 3
             and self.batch_first

@@ -21,7 +21,10 @@ from typing import Literal
 
 import torch
 
-from speechssl.modules.recurrent import lengths_to_mask
+from speechssl.modules.negatives import sample_in_groups
+from speechssl.modules.padding import lengths_to_mask
+
+__all__ = ["InfoNCEOutput", "infonce", "sample_in_groups", "sample_negatives"]
 
 NegativeMode = Literal["utterance", "batch", "speaker"]
 
@@ -34,37 +37,6 @@ class InfoNCEOutput:
     loss: torch.Tensor
     accuracy: torch.Tensor
     counts: torch.Tensor
-
-
-def sample_in_groups(
-    frame_groups: torch.Tensor,
-    query_groups: torch.Tensor,
-    num: int,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Uniformly draw ``num`` frames (with replacement) from each query's group.
-
-    Args:
-        frame_groups (Tensor): [M] non-negative group id of every candidate frame.
-        query_groups (Tensor): [...] group id of every query.
-        num: draws per query.
-        generator: optional RNG (on the tensors' device).
-
-    Returns:
-        LongTensor: [..., num] indices into the M candidates, each in the query's group. A query
-        whose group has no candidate gets index 0 (callers mask such queries).
-    """
-    if frame_groups.numel() == 0:
-        raise ValueError("cannot sample negatives: there are no valid frames in the batch")
-    num_groups = int(max(int(frame_groups.max()), int(query_groups.max()) if query_groups.numel() else 0)) + 1
-    order = torch.argsort(frame_groups, stable=True)
-    counts = torch.bincount(frame_groups, minlength=num_groups)
-    offsets = torch.cumsum(counts, 0) - counts
-    q_counts = counts[query_groups].clamp(min=1)
-    u = torch.rand((*query_groups.shape, num), device=frame_groups.device, generator=generator)
-    r = torch.minimum((u * q_counts[..., None]).long(), q_counts[..., None] - 1)
-    pos = (offsets[query_groups][..., None] + r).clamp(max=frame_groups.numel() - 1)
-    return order[pos]
 
 
 def sample_negatives(

@@ -17,63 +17,21 @@ oneDNN as well (:class:`_OneDNNLinear`): a wav2vec 2.0 Base training step went f
 :class:`Linear` is an ``nn.Linear`` (same parameters, state-dict keys, init and ``isinstance``)
 whose forward is :func:`linear`; ``activation="gelu"`` fuses the exact GELU into the matmul.
 
-The path is checked once per process against ``F.linear`` on a small problem and switched off
-(with one warning) if the operator is missing or disagrees. ``SPEECHSSL_ONEDNN=0`` in the
-environment, or :func:`set_enabled` ``(False)``, turns it off.
+Whether the path is used is decided once per process by :mod:`speechssl.accel` (CPU, operator
+availability, a forward and backward self-check; ``SPEECHSSL_ONEDNN=0`` in the environment turns it
+off); ``accel.use(onednn_linear=False)`` or ``linear(..., onednn=False)`` forces ``F.linear``.
 """
 
 from __future__ import annotations
-
-import logging
-import os
-import platform
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-log = logging.getLogger(__name__)
-
-_state: dict[str, bool | None] = {"enabled": None}
+import speechssl.accel as accel
 
 
-def _self_check() -> bool:
-    if os.environ.get("SPEECHSSL_ONEDNN", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
-        return False
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if op is None:
-        return False
-    try:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(37, 48, generator=gen)
-        w = torch.randn(20, 48, generator=gen)
-        b = torch.randn(20, generator=gen)
-        with torch.no_grad():
-            ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-4, rtol=1e-4)
-            ok = ok and torch.allclose(op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)), atol=1e-4, rtol=1e-4)
-    except Exception as exc:  # noqa: BLE001 - any failure means: use F.linear
-        log.warning("oneDNN linear unavailable (%s); using F.linear", exc)
-        return False
-    if not ok:
-        log.warning("oneDNN linear disagrees with F.linear on a self-check; using F.linear")
-    return bool(ok)
-
-
-def enabled() -> bool:
-    """Whether fp32 CPU linears go through oneDNN in this process."""
-    if _state["enabled"] is None:
-        _state["enabled"] = _self_check()
-    return bool(_state["enabled"])
-
-
-def set_enabled(flag: bool | None) -> None:
-    """Force the oneDNN path on/off (None: decide again from the environment and the self-check)."""
-    _state["enabled"] = None if flag is None else (bool(flag) and _self_check())
-
-
-def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _usable(x: torch.Tensor, weight: torch.Tensor, onednn: bool | None) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -81,7 +39,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dim() >= 2
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
-        and enabled()
+        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_linear)
     )
 
 
@@ -131,12 +89,17 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           activation: str | None = None) -> torch.Tensor:
-    """``F.linear`` (then exact GELU if ``activation == "gelu"``), through oneDNN where that is faster."""
+           activation: str | None = None, onednn: bool | None = None) -> torch.Tensor:
+    """``F.linear`` (then exact GELU if ``activation == "gelu"``), through oneDNN where that is faster.
+
+    ``x`` [..., in], ``weight`` [out, in], ``bias`` [out] -> [..., out]. ``onednn``: None asks
+    :func:`speechssl.accel.onednn_linear`; False forces ``F.linear``; True takes oneDNN wherever the
+    operands (fp32, CPU) and the process decision allow it.
+    """
     if activation not in (None, "gelu"):
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
     act = activation or "none"
-    if _usable(x, weight):
+    if _usable(x, weight, onednn):
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
         if not needs_grad:

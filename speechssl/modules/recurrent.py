@@ -24,11 +24,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechssl.modules.gru import GRU
+from speechssl.modules.padding import lengths_to_mask
 
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """[batch] lengths -> [batch, max_len] bool, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+__all__ = ["RNNStack", "lengths_to_mask", "run_packed"]  # lengths_to_mask: re-exported for the model files
 
 
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from speechssl.models.wav2vec2 import Wav2Vec2Model
-from speechssl.upstream.importers import key_table
+from speechssl.upstream.foreign_tables import HF_FIELDS, HF_FIXED, key_table, write_fields
 from speechssl.utils import atomic_path, atomic_write_json
 
 
@@ -43,37 +43,12 @@ def hf_config(model: Wav2Vec2Model) -> dict:
         "conv_kernel": [k for _, k, _ in cfg.conv_layers],
         "conv_stride": [s for _, _, s in cfg.conv_layers],
         "num_feat_extract_layers": len(cfg.conv_layers),
-        "conv_bias": cfg.conv_bias,
         "feat_extract_norm": "group" if cfg.conv_norm == "group_norm" else "layer",
-        "feat_extract_activation": "gelu",
-        "hidden_size": cfg.embed_dim,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.ffn_dim,
-        "hidden_act": "gelu",
-        "do_stable_layer_norm": cfg.layer_norm_first,
-        "num_conv_pos_embeddings": cfg.pos_conv_kernel,
-        "num_conv_pos_embedding_groups": cfg.pos_conv_groups,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "hidden_dropout": cfg.dropout,
-        "activation_dropout": cfg.activation_dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "feat_proj_dropout": cfg.input_dropout,
-        "feat_quantizer_dropout": cfg.target_dropout,
+        **write_fields(cfg, HF_FIELDS),
+        **{k: v for k, v in HF_FIXED.items() if k in ("feat_extract_activation", "hidden_act", "add_adapter")},
         "final_dropout": 0.0,
-        "layerdrop": cfg.layer_drop,
         "mask_time_prob": min(1.0, cfg.mask_prob * cfg.mask_span),
-        "mask_time_length": cfg.mask_span,
-        "mask_time_min_masks": cfg.min_masks,
-        "num_codevector_groups": cfg.num_groups,
-        "num_codevectors_per_group": cfg.num_vars,
-        "codevector_dim": cfg.vq_dim,
-        "proj_codevector_dim": cfg.final_dim,
-        "num_negatives": cfg.num_negatives,
-        "contrastive_logits_temperature": cfg.logit_temperature,
-        "diversity_loss_weight": cfg.diversity_weight,
         "apply_spec_augment": True,
-        "add_adapter": False,
     }
 
 

@@ -19,7 +19,9 @@ Supported:
   weight-norm names are accepted. Quantizer, ``project_q`` and ``project_hid`` of a
   ``ForPreTraining`` checkpoint map to ours; otherwise those stay freshly initialised.
 
-:func:`load_foreign` detects which format a folder holds. Nothing is ever downloaded.
+:func:`load_foreign` detects which format a folder holds. Nothing is ever downloaded. The config
+fields and state-dict keys are tables in :mod:`speechssl.upstream.foreign_tables`, shared with the
+Hugging Face exporter (:func:`export_hf`, re-exported here).
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ from typing import Any
 import torch
 
 from speechssl.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, build_wav2vec2
+from speechssl.upstream.foreign_tables import (
+    HF_FIELDS,
+    HF_FIXED,
+    TORCHAUDIO_FIELDS,
+    ForeignCheckpointError,
+    key_table,
+    missing_fields,
+    read_fields,
+)
+from speechssl.upstream.hf_export import export_hf
+
+__all__ = ["ForeignCheckpointError", "config_from_hf", "config_from_torchaudio_kwargs", "detect_foreign_format",
+           "export_hf", "from_hf", "from_torchaudio", "key_table", "load_foreign", "map_state_dict",
+           "torchaudio_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -44,60 +60,9 @@ OPTIONAL_OURS = ("mask_emb", "quantizer.weight_proj.", "quantizer.codevectors", 
 TA_DEFAULT_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
 
-class ForeignCheckpointError(ValueError):
-    """A foreign model/folder cannot be mapped onto speechssl's wav2vec 2.0 model."""
-
-
 # --------------------------------------------------------------------------------------------
-# Key table
+# State dict (the key table lives in speechssl.upstream.foreign_tables)
 # --------------------------------------------------------------------------------------------
-def key_table(cfg: Wav2Vec2Config, style: str) -> list[tuple[str, list[str]]]:
-    """``[(our_key, [their_keys])]`` for ``style`` ``"torchaudio"`` or ``"hf"``.
-
-    A list of several foreign keys means "concatenate along dim 0" (our fused q/k/v projection).
-    """
-    if style == "torchaudio":
-        proj, enc = "encoder.feature_projection.", "encoder.transformer."
-    elif style == "hf":
-        proj, enc = "feature_projection.", "encoder."
-    else:
-        raise ValueError(f"unknown key style {style!r}; choices: torchaudio, hf")
-    table: list[tuple[str, list[str]]] = []
-
-    def add(ours: str, theirs: str | list[str], params: tuple[str, ...] = ("weight", "bias")) -> None:
-        for p in params:
-            names = [theirs] if isinstance(theirs, str) else theirs
-            table.append((f"{ours}.{p}", [f"{t}.{p}" for t in names]))
-
-    for i, _ in enumerate(cfg.conv_layers):
-        add(f"feature_encoder.layers.{i}.conv", f"feature_extractor.conv_layers.{i}.conv",
-            ("weight", "bias") if cfg.conv_bias else ("weight",))
-        if cfg.conv_norm == "layer_norm" or (cfg.conv_norm == "group_norm" and i == 0):
-            add(f"feature_encoder.layers.{i}.norm", f"feature_extractor.conv_layers.{i}.layer_norm")
-    add("feature_projection.layer_norm", proj + "layer_norm")
-    add("feature_projection.projection", proj + "projection")
-    add("encoder.pos_conv.conv", enc + "pos_conv_embed.conv",
-        ("bias", "parametrizations.weight.original0", "parametrizations.weight.original1"))
-    add("encoder.layer_norm", enc + "layer_norm")
-    for i in range(cfg.num_layers):
-        ours, theirs = f"encoder.layers.{i}.", f"{enc}layers.{i}."
-        add(ours + "attention.qkv", [theirs + f"attention.{n}_proj" for n in ("q", "k", "v")])
-        add(ours + "attention.out_proj", theirs + "attention.out_proj")
-        add(ours + "attn_norm", theirs + "layer_norm")
-        add(ours + "ffn.fc1", theirs + "feed_forward.intermediate_dense")
-        add(ours + "ffn.fc2", theirs + "feed_forward.output_dense")
-        add(ours + "ffn_norm", theirs + "final_layer_norm")
-    if style == "hf":
-        table.append(("mask_emb", ["masked_spec_embed"]))
-        table.append(("quantizer.codevectors", ["quantizer.codevectors"]))
-        add("quantizer.weight_proj", "quantizer.weight_proj")
-        add("project_q", "project_q")
-        add("final_proj", "project_hid")
-    else:
-        table.append(("mask_emb", ["mask_generator.mask_embedding"]))
-    return table
-
-
 def _normalise_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip base-model prefixes and rename legacy weight-norm keys."""
     out: dict[str, torch.Tensor] = {}
@@ -169,9 +134,7 @@ def _load_mapped(cfg: Wav2Vec2Config, mapped: dict[str, torch.Tensor], source: s
 # --------------------------------------------------------------------------------------------
 def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torchaudio config") -> Wav2Vec2Config:
     """Our config from the keyword arguments of ``torchaudio.models.wav2vec2_model``."""
-    required = ("extractor_mode", "encoder_embed_dim", "encoder_num_layers", "encoder_num_heads",
-                "encoder_ff_interm_features", "encoder_layer_norm_first")
-    absent = [k for k in required if k not in kwargs]
+    absent = ([] if "extractor_mode" in kwargs else ["extractor_mode"]) + missing_fields(kwargs, TORCHAUDIO_FIELDS)
     if absent:
         raise ForeignCheckpointError(f"{where}: missing keys {absent}")
     mode = kwargs["extractor_mode"]
@@ -182,19 +145,7 @@ def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torch
         frontend={"name": "waveform"},
         conv_layers=[tuple(int(v) for v in layer) for layer in conv],
         conv_norm=mode,
-        conv_bias=bool(kwargs.get("extractor_conv_bias", False)),
-        embed_dim=int(kwargs["encoder_embed_dim"]),
-        num_layers=int(kwargs["encoder_num_layers"]),
-        num_heads=int(kwargs["encoder_num_heads"]),
-        ffn_dim=int(kwargs["encoder_ff_interm_features"]),
-        layer_norm_first=bool(kwargs["encoder_layer_norm_first"]),
-        pos_conv_kernel=int(kwargs.get("encoder_pos_conv_kernel", 128)),
-        pos_conv_groups=int(kwargs.get("encoder_pos_conv_groups", 16)),
-        dropout=float(kwargs.get("encoder_dropout", 0.1)),
-        attention_dropout=float(kwargs.get("encoder_attention_dropout", 0.1)),
-        activation_dropout=float(kwargs.get("encoder_ff_interm_dropout", 0.0)),
-        input_dropout=float(kwargs.get("encoder_projection_dropout", 0.1)),
-        layer_drop=float(kwargs.get("encoder_layer_drop", 0.05)),
+        **read_fields(kwargs, TORCHAUDIO_FIELDS, where),
     )
 
 
@@ -249,8 +200,7 @@ def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     model_type = hf.get("model_type")
     if model_type not in ("wav2vec2", "hubert"):
         raise ForeignCheckpointError(f"{where}: model_type {model_type!r} is not supported (wav2vec2, hubert)")
-    for key, expect in (("feat_extract_activation", "gelu"), ("hidden_act", "gelu"), ("add_adapter", False),
-                        ("feat_proj_layer_norm", True), ("conv_pos_batch_norm", False)):
+    for key, expect in HF_FIXED.items():
         if key in hf and hf[key] != expect:
             raise ForeignCheckpointError(f"{where}: {key}={hf[key]!r} is not supported (need {expect!r})")
     norm = {"group": "group_norm", "layer": "layer_norm"}.get(hf.get("feat_extract_norm", "group"))
@@ -259,37 +209,15 @@ def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     dims, kernels, strides = hf.get("conv_dim"), hf.get("conv_kernel"), hf.get("conv_stride")
     if not (dims and kernels and strides) or not len(dims) == len(kernels) == len(strides):
         raise ForeignCheckpointError(f"{where}: conv_dim/conv_kernel/conv_stride missing or of different lengths")
-    span = int(hf.get("mask_time_length", 10))
+    fields = read_fields(hf, HF_FIELDS, where)
     normalize = bool((preprocessor or {}).get("do_normalize", False))
     return Wav2Vec2Config(
         frontend={"name": "waveform", "normalize": normalize},
         conv_layers=[(int(d), int(k), int(s)) for d, k, s in zip(dims, kernels, strides)],
         conv_norm=norm,
-        conv_bias=bool(hf.get("conv_bias", False)),
-        embed_dim=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
-        num_heads=int(hf["num_attention_heads"]),
-        ffn_dim=int(hf["intermediate_size"]),
-        layer_norm_first=bool(hf.get("do_stable_layer_norm", False)),
-        pos_conv_kernel=int(hf.get("num_conv_pos_embeddings", 128)),
-        pos_conv_groups=int(hf.get("num_conv_pos_embedding_groups", 16)),
-        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-        dropout=float(hf.get("hidden_dropout", 0.1)),
-        attention_dropout=float(hf.get("attention_dropout", 0.1)),
-        activation_dropout=float(hf.get("activation_dropout", 0.0)),
-        input_dropout=float(hf.get("feat_proj_dropout", 0.1)),
-        target_dropout=float(hf.get("feat_quantizer_dropout", 0.0)),
-        layer_drop=float(hf.get("layerdrop", 0.05)),
-        mask_prob=min(1.0, float(hf.get("mask_time_prob", 0.65)) / span),
-        mask_span=span,
-        min_masks=int(hf.get("mask_time_min_masks", 2)),
-        num_groups=int(hf.get("num_codevector_groups", 2)),
-        num_vars=int(hf.get("num_codevectors_per_group", 320)),
-        vq_dim=int(hf.get("codevector_dim", 256)),
-        final_dim=int(hf.get("proj_codevector_dim", 256)),
-        num_negatives=int(hf.get("num_negatives", 100)),
-        logit_temperature=float(hf.get("contrastive_logits_temperature", 0.1)),
-        diversity_weight=float(hf.get("diversity_loss_weight", 0.1)),
+        # HF's mask_time_prob is the share of masked frames; ours the share of span starts
+        mask_prob=min(1.0, float(hf.get("mask_time_prob", 0.65)) / fields["mask_span"]),
+        **fields,
     )
 
 
@@ -388,10 +316,3 @@ def load_foreign(folder: str | Path) -> Wav2Vec2Model:
     if detect_foreign_format(folder) == "hf":
         return _from_hf_folder(folder)
     return _from_torchaudio_folder(folder)
-
-
-def export_hf(model: Wav2Vec2Model, folder: str | Path) -> Path:
-    """Write ``model`` as a Hugging Face folder (see :func:`speechssl.upstream.hf_export.export_hf`)."""
-    from speechssl.upstream.hf_export import export_hf as _export
-
-    return _export(model, folder)

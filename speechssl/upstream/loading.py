@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechssl.models.base import SSLModel, build_model
+from speechssl.models.base import SSLModel, build_loaded
 from speechssl.upstream.baselines import BASELINES, build_baseline, frontend_option_names
 from speechssl.upstream.encoder import Encoder, EncoderOptions, option_names
 from speechssl.upstream.release import (
@@ -105,16 +105,8 @@ def load_checkpoint_model(path: str | Path) -> SSLModel:
 
     path = Path(path)
     ckpt = load_checkpoint(path)
-    model = build_model(_model_config_from_checkpoint(ckpt, path), init_weights=False)
-    state = _state_dict_from_checkpoint(ckpt, path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise EncoderLoadError(
-            f"{path}: weights do not fit the model in its config: missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}"
-        )
-    model.eval()
-    return model
+    cfg = _model_config_from_checkpoint(ckpt, path)
+    return build_loaded(cfg, _state_dict_from_checkpoint(ckpt, path), str(path), EncoderLoadError)
 
 
 def _is_release(folder: Path) -> bool:

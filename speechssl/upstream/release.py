@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import speechssl
-from speechssl.models.base import SSLModel, build_model
+from speechssl.models.base import SSLModel, build_loaded
 from speechssl.utils import atomic_write_json, free_space, read_versioned_json
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,5 @@ def load_released_model(folder: str | Path, map_location: str | torch.device = "
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ReleaseError(f"{folder}: {WEIGHTS_NAME} is missing")
-    model = build_model(cfg["model"], init_weights=False)
     state = load_file(str(weights), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ReleaseError(
-            f"{weights}: weights do not fit model {cfg['model']['name']!r}: "
-            f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}"
-        )
-    model.eval()
-    return model
+    return build_loaded(cfg["model"], state, str(weights), ReleaseError)

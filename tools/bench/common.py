@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
 SAMPLE_RATE = 16000
@@ -78,19 +80,18 @@ def summarise(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name (``speechssl.accel.cpu_identity``)."""
+    from speechssl.accel import cpu_identity
+
+    return cpu_identity()[1]
 
 
 def environment() -> dict:
-    """Commit, date, CPU, threads, library versions, load average."""
+    """Commit, date, CPU, threads, library versions, load average, the kernels speechssl.accel chose."""
     import torch
     import torchaudio
+
+    from speechssl import accel
 
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -109,6 +110,7 @@ def environment() -> dict:
         "torchaudio": torchaudio.__version__,
         "python": platform.python_version(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "kernels": accel.decision().as_dict(),
     }
 
 
@@ -132,8 +134,19 @@ def run_child(module: str, function: str, spec: dict, timeout: float | None = No
         return {"error": f"no JSON from child; stdout tail: {proc.stdout[-500:]!r} stderr: {proc.stderr[-1500:]!r}"}
 
 
-def synth_signal(seconds: float, seed: int):
-    """Speech-like test signal (numpy float32), shared with tools/bench/extract.py."""
-    from extract import _synth
-
-    return _synth(seconds, seed)
+def synth_signal(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like test signal (numpy float32, 16 kHz): a gliding harmonic source with syllable-rate amplitude modulation."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    out = np.empty(n, np.float32)
+    block = SAMPLE_RATE * 60
+    phase = 0.0
+    for start in range(0, n, block):  # in blocks: bounded memory for an hour of audio
+        t = np.arange(start, min(n, start + block)) / SAMPLE_RATE
+        f0 = 120 + 30 * np.sin(2 * np.pi * 0.3 * t)
+        inst = phase + 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        phase = float(inst[-1])
+        x = sum(np.sin(k * inst) / k for k in range(1, 6))
+        env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+        out[start:start + t.size] = (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return out

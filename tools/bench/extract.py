@@ -29,29 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from common import peak_rss_mib
+from common import SAMPLE_RATE, peak_rss_mib, synth_signal
 
-SAMPLE_RATE = 16000
 FAMILIES = ("logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2")
-
-
-def _synth(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like test signal: a gliding harmonic source with syllable-rate amplitude modulation."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    out = np.empty(n, np.float32)
-    block = SAMPLE_RATE * 60
-    phase = 0.0
-    for start in range(0, n, block):  # in blocks: bounded memory for an hour of audio
-        t = np.arange(start, min(n, start + block)) / SAMPLE_RATE
-        f0 = 120 + 30 * np.sin(2 * np.pi * 0.3 * t)
-        inst = phase + 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-        phase = float(inst[-1])
-        x = sum(np.sin(k * inst) / k for k in range(1, 6))
-        env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
-        out[start:start + t.size] = (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-    return out
 
 
 def _write_wav(path: Path, seconds: float, seed: int) -> None:
@@ -62,7 +42,7 @@ def _write_wav(path: Path, seconds: float, seed: int) -> None:
         i = 0
         while remaining > 0:
             size = min(block, remaining)
-            f.write(_synth(size / SAMPLE_RATE, seed + i))
+            f.write(synth_signal(size / SAMPLE_RATE, seed + i))
             remaining -= size
             i += 1
 
@@ -122,7 +102,7 @@ def measure_torchaudio(spec: dict) -> dict:
     torch.manual_seed(0)
     ta = torchaudio.models.wav2vec2_base().eval()
     ours = load_encoder(from_torchaudio(ta), layers="context")
-    clips = [torch.from_numpy(_synth(s, i)) for i, s in enumerate(spec["clip_seconds"])]
+    clips = [torch.from_numpy(synth_signal(s, i)) for i, s in enumerate(spec["clip_seconds"])]
     total = sum(c.numel() for c in clips) / SAMPLE_RATE
 
     def run_ta():

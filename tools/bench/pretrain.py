@@ -16,6 +16,8 @@ Usage:
   just before that step), which cancels most of a changing machine load.
 * ``loader_rate(spec)``: batches/s of ``speechssl.data.make_loader`` alone over a formant synthetic
   corpus, with the same batch seconds and crop as the training step.
+* ``formant_render_rate(spec)``: real-time factor (CPU seconds) of the formant synthesiser behind
+  ``speechssl synth --backend formant`` on 6-9-word sentences (was a timed unit test; it wants > 25x).
 * ``epoch_scaling(spec)``: one pretraining epoch (wav2vec2 tiny) over 1x/2x/4x of the corpus; wall
   time and peak RSS (run each size in its own child process).
 """
@@ -82,22 +84,15 @@ def count_flops(model: torch.nn.Module, batch: dict) -> int:
     """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa, GRUs through mm; LSTMs not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from speechssl.modules import gru as fast_gru
-    from speechssl.modules import linear as onednn
+    from speechssl import accel
 
     # FlopCounterMode has formulas for aten's mm/addmm/bmm/convolution/sdpa, not for oneDNN's
     # linear operator: count on the aten path (the FLOPs are the model's, whatever the kernel).
     # The fast GRU's backward recomputes its gates (two extra matmuls): count nn.GRU's FLOPs, the
     # model's own work, so the fraction of peak is not inflated by the recomputation.
     model.train()
-    onednn.set_enabled(False)
-    fast_gru.set_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model.loss(batch).loss.backward()
-    finally:
-        onednn.set_enabled(None)
-        fast_gru.set_enabled(None)
+    with accel.use(onednn_linear=False, fast_gru=False), FlopCounterMode(display=False) as counter:
+        model.loss(batch).loss.backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
@@ -197,6 +192,23 @@ def synth_corpus(out: Path, speakers: int, utts: int) -> Path:
            "--speakers", str(speakers), "--utts-per-speaker", str(utts), "--jobs", "1"]
     subprocess.run(cli, check=True, capture_output=True, text=True)
     return manifest
+
+
+def formant_render_rate(spec: dict) -> dict:
+    """spec: ``sentences``, ``repeats``. Audio seconds rendered per CPU second (median over repeats)."""
+    from speechssl.corpora.formant import FormantParams, render_formant
+    from speechssl.corpora.text import sentence_with_words
+
+    rng = np.random.default_rng(0)
+    texts = [sentence_with_words(rng, 6, 9) for _ in range(spec["sentences"])]
+    rates = []
+    for _ in range(spec["repeats"]):
+        start, samples = time.process_time(), 0
+        for i, text in enumerate(texts):
+            samples += len(render_formant(text, FormantParams(), np.random.default_rng(i)))
+        rates.append(samples / SAMPLE_RATE / max(time.process_time() - start, 1e-9))
+    return {"sentences": len(texts), "audio_seconds": round(samples / SAMPLE_RATE, 2),
+            "realtime_factor": round(median(rates), 1)}
 
 
 def loader_rate(spec: dict) -> dict:

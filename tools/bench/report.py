@@ -96,6 +96,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
         out.append((f"loader vs {name} step ({r['batch_seconds']:g} s batches): loader {best:.3g} batches/s, "
                     f"step {r['train_steps_per_s']:.3g}/s", f"{r['loader_over_consumption']:.3g}x consumption",
                     ">= 1x", "meets" if r["keeps_up"] else "MISSES"))
+    fr = _get(results, "data", "formant_renderer") or {}
+    if "realtime_factor" in fr:
+        rtf = fr["realtime_factor"]
+        out.append((f"formant synthesiser ({fr['sentences']} sentences, {fr['audio_seconds']:g} s of audio)",
+                    f"{rtf:.3g}x real time (CPU)", "> 25x", _status(rtf, 25)))
     sc = results.get("scaling") or {}
     ext = sc.get("extraction") or {}
     if "time_ratios" in ext:

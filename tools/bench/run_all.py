@@ -55,6 +55,7 @@ def sizes(quick: bool) -> dict:
                              "long_minutes": 1.0, "long_families": ["logmel", "wav2vec2"]},
                 "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
+                "formant": {"sentences": 3, "repeats": 1},
                 "scaling": {"extract_seconds": [5.0, 10.0, 20.0], "family": "logmel", "train": ["wav2vec2", "tiny"]},
                 "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]]}
     return {"frontends": {"num_utts": 60, "seconds": 10.0, "repeats": 5},
@@ -63,6 +64,7 @@ def sizes(quick: bool) -> dict:
                          "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
+            "formant": {"sentences": 12, "repeats": 3},
             "scaling": {"extract_seconds": [15.0, 30.0, 60.0], "family": "wav2vec2", "train": ["wav2vec2", "tiny"]},
             # APC Base's GRU runs step by step (~40k operator events per second of audio): a small
             # batch keeps the profiler's event buffer in memory (4 x 4 s was killed)
@@ -91,7 +93,8 @@ def _corpus(cfg: dict, work: Path) -> str:
 def section_data(cfg: dict, args, work: Path, results: dict) -> dict:
     manifest = _corpus(cfg, work)
     batch_seconds = {f"{m[0]}_{m[1]}": m[2] * m[3] for m in cfg["pretrain"]["models"]}
-    out: dict = {"manifest": manifest, "models": {}}
+    out: dict = {"manifest": manifest, "models": {},
+                 "formant_renderer": run_child("pretrain", "formant_render_rate", cfg["formant"])}
     steps = (results.get("pretrain") or {}).get("models", {})
     if not steps:
         steps = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads}).get("models", {})

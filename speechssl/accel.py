@@ -1,0 +1,205 @@
+"""Which CPU kernels speechssl uses, decided once per process: the one seam for every speed-up.
+
+Two fast paths exist, each giving the numbers of PyTorch's reference code to float rounding:
+
+* ``onednn_linear``: fp32 CPU matmuls of :mod:`speechssl.modules.linear` (and the conv feature
+  encoder's inference path and the fast GRU's matmuls) through oneDNN's
+  ``torch.ops.mkldnn._linear_pointwise`` instead of ``F.linear`` (MKL's AVX2 path on AMD CPUs:
+  about 2x slower on wav2vec 2.0's shapes, measured with ``tools/bench``);
+* ``fast_gru``: the custom-backward GRU of :mod:`speechssl.modules.gru` (about 2x faster APC/CPC
+  training on CPU).
+
+:func:`decision` decides once per process from the CPU (x86-64 with AVX2 or better, as
+``torch.backends.cpu.get_cpu_capability()`` reports it), the operator's availability and a
+self-check that runs the oneDNN forward (plain and fused GELU) *and* the two transposed-stride calls
+of its backward (``grad @ W`` and ``grad^T @ x`` read through ``.t()`` views) on a couple of
+shapes against ``torch.matmul`` (the fast GRU's backward makes the same calls). The
+environment still overrides: ``SPEECHSSL_ONEDNN=0`` / ``SPEECHSSL_FAST_GRU=0`` switch a path off.
+The record (kernels chosen, why, CPU vendor and model, ISA) is :meth:`Decision.as_dict`, for logs
+and benchmark reports.
+
+Blocks ask :func:`onednn_linear` / :func:`fast_gru` when they run. Tests (and benchmarks) force a
+path for a block of code with :func:`use` -- a context variable, so no module global changes and
+other threads are unaffected::
+
+    with accel.use(onednn_linear=False, fast_gru=False):
+        reference = model(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import logging
+import os
+import platform
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+_OFF = ("0", "false", "no", "off")
+_FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (tools/bench)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The kernels chosen for this process and why.
+
+    Attributes:
+        onednn_linear: fp32 CPU matmuls go through oneDNN.
+        fast_gru: :class:`speechssl.modules.gru.GRU` takes its custom-backward path.
+        reasons: one short sentence per kernel saying why it is on or off.
+        cpu_vendor, cpu_model: from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere).
+        machine: ``platform.machine()``.
+        isa: ``torch.backends.cpu.get_cpu_capability()`` (``AVX2``, ``AVX512``, ``DEFAULT``...).
+        torch_version: the PyTorch the check ran on.
+    """
+
+    onednn_linear: bool
+    fast_gru: bool
+    reasons: dict[str, str]
+    cpu_vendor: str
+    cpu_model: str
+    machine: str
+    isa: str
+    torch_version: str
+
+    def as_dict(self) -> dict:
+        """A JSON-ready copy (benchmarks and run logs record it)."""
+        return dataclasses.asdict(self)
+
+
+def _env_off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in _OFF
+
+
+def cpu_identity() -> tuple[str, str]:
+    """``(vendor, model name)`` of this machine's CPU (``"unknown"`` where it cannot be read)."""
+    vendor = model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "model name" and not model:
+                    model = value.strip()
+                if vendor and model:
+                    break
+    except OSError:
+        pass
+    return vendor or platform.processor() or "unknown", model or platform.processor() or "unknown"
+
+
+def _isa() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, atol=1e-4, rtol=1e-4))
+
+
+def _check_onednn() -> tuple[bool, str]:
+    """Forward (plain, fused GELU) and the backward's transposed-stride calls vs torch.matmul."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None:
+        return False, "torch.ops.mkldnn._linear_pointwise is missing from this PyTorch build"
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            for rows, inp, out in ((37, 48, 20), (2 * 9, 16, 12)):
+                x = torch.randn(rows, inp, generator=gen)
+                w = torch.randn(out, inp, generator=gen)
+                b = torch.randn(out, generator=gen)
+                g = torch.randn(rows, out, generator=gen)
+                ok = (
+                    _close(op(x, w, b, "none", [], ""), F.linear(x, w, b))
+                    and _close(op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)))
+                    # backward of y = x W^T: dx = g W (W^T read through its strides) ...
+                    and _close(op(g, w.t(), None, "none", [], ""), g @ w)
+                    # ... and dW = g^T x (both operands transposed views)
+                    and _close(op(g.t(), x.t(), None, "none", [], ""), g.t() @ x)
+                )
+                if not ok:
+                    return False, f"oneDNN disagrees with torch.matmul on a {rows}x{inp}->{out} self-check"
+    except Exception as exc:  # noqa: BLE001 - any failure of the operator means: use F.linear
+        return False, f"oneDNN self-check raised {type(exc).__name__}: {exc}"
+    return True, "x86-64, oneDNN forward and backward self-check passed"
+
+
+def decide() -> Decision:
+    """Decide afresh from the environment, the CPU and the self-checks (:func:`decision` caches it)."""
+    machine = platform.machine()
+    vendor, model = cpu_identity()
+    isa = _isa()
+    reasons = {}
+    if _env_off("SPEECHSSL_ONEDNN"):
+        onednn, reasons["onednn_linear"] = False, "SPEECHSSL_ONEDNN is off in the environment"
+    elif machine.lower() not in ("x86_64", "amd64"):
+        onednn, reasons["onednn_linear"] = False, f"not an x86-64 CPU ({machine})"
+    elif not torch.backends.mkldnn.is_available():
+        onednn, reasons["onednn_linear"] = False, "this PyTorch build has no oneDNN (mkldnn)"
+    elif isa not in _FAST_ISAS:
+        onednn, reasons["onednn_linear"] = False, f"CPU capability {isa}: no AVX2, oneDNN gains nothing"
+    else:
+        onednn, reasons["onednn_linear"] = _check_onednn()
+    if _env_off("SPEECHSSL_FAST_GRU"):
+        gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
+    else:
+        # pure PyTorch ops plus the matmuls checked above (the same transposed-stride calls)
+        gru, reasons["fast_gru"] = True, "on by default (its matmuls follow onednn_linear)"
+    for kernel, on in (("onednn_linear", onednn), ("fast_gru", gru)):
+        if not on and "environment" not in reasons[kernel]:
+            log.info("%s off: %s", kernel, reasons[kernel])
+    return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
+                    machine=machine, isa=isa, torch_version=torch.__version__)
+
+
+@functools.cache
+def decision() -> Decision:
+    """This process's :class:`Decision`, made at the first call."""
+    return decide()
+
+
+_FORCED: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar("speechssl_accel_forced",
+                                                                                 default=None)
+
+
+@contextlib.contextmanager
+def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iterator[None]:
+    """Force kernels inside the ``with`` block (None: keep the current choice).
+
+    Forcing a fast path *on* where the process decision is off (e.g. no oneDNN on this CPU) is
+    refused with a ``RuntimeError``: the kernel would fail or give wrong numbers.
+    """
+    forced = dict(_FORCED.get() or {})
+    for name, flag in (("onednn_linear", onednn_linear), ("fast_gru", fast_gru)):
+        if flag is None:
+            continue
+        if flag and not getattr(decision(), name):
+            raise RuntimeError(f"cannot force {name} on: {decision().reasons[name]}")
+        forced[name] = bool(flag)
+    token = _FORCED.set(forced)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def onednn_linear() -> bool:
+    """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`)."""
+    return (_FORCED.get() or {}).get("onednn_linear", decision().onednn_linear)
+
+
+def fast_gru() -> bool:
+    """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`)."""
+    return (_FORCED.get() or {}).get("fast_gru", decision().fast_gru)

@@ -1,0 +1,203 @@
+"""Helpers shared by several test modules (test modules import from here, never from each other).
+
+* ``built_in_families()`` / ``tiny_model(name)``: the registered families; one's ``<name>_tiny()``
+  preset, randomly initialised.
+* ``toy_linear``: a tiny SSL model for the pretraining-engine tests. It predicts the next 16-sample
+  waveform frame from the current one through an 8-unit tanh layer (squared error over valid frames
+  only), adds a little Gaussian noise to its input in training (so exact resume also checks the
+  torch RNG), and gives a NaN loss for utterances whose id is in ``nan_ids`` (the NaN guard).
+  Importing this module registers it in ``MODELS``; ``CRASH`` injects an in-process crash.
+* ``speech_batch(lengths)``: a padded batch of noisy sines for ``model.loss``.
+* ``make_corpus`` / ``recipe``: a tiny noisy-sine corpus and recipe YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+from speechssl.config import to_dict
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, build_model
+from speechssl.train.trainer import SELF_SIGTERM_ENV
+
+#: In-process crash injection: raise after this many training ``loss`` calls (None: never).
+CRASH = {"after": None, "calls": 0}
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    frame: int = 16  # samples per frame (= frame_shift)
+    hidden: int = 8  # tanh units
+    noise: float = 0.01  # std of the input noise in training
+    nan_ids: list[str] = dataclasses.field(default_factory=list)  # utterances that give a NaN loss
+    frontend: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "waveform"})
+
+
+class FramesFrontend(nn.Module):
+    def __init__(self, frame: int):
+        super().__init__()
+        self.frame = frame
+
+    def to_dict(self) -> dict:
+        return {"name": "waveform"}
+
+
+class ToyLinear(SSLModel):
+    name = "toy_linear"
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__(cfg)
+        self.frontend = FramesFrontend(cfg.frame)
+        self.enc = nn.Linear(cfg.frame, cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.frame)
+        self.register_buffer("last_step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def min_samples(self) -> int:
+        return 2 * self.config.frame
+
+    @property
+    def frame_shift(self) -> int:
+        return self.config.frame
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["latent", "context"]
+
+    def _frames(self, wavs, lengths):
+        f = self.config.frame
+        t = wavs.shape[1] // f
+        x = wavs[:, : t * f].reshape(wavs.shape[0], t, f)
+        return x, lengths // f
+
+    def loss(self, batch) -> LossOutput:
+        if CRASH["after"] is not None and self.training:
+            CRASH["calls"] += 1
+            if CRASH["calls"] > CRASH["after"]:
+                raise RuntimeError("injected crash")
+        wavs = batch["wavs"]
+        if self.training and self.config.noise:
+            wavs = wavs + self.config.noise * torch.randn_like(wavs)
+        x, n = self._frames(wavs, batch["lengths"])
+        pred = self.out(torch.tanh(self.enc(x[:, :-1])))
+        mask = torch.arange(x.shape[1] - 1, device=x.device)[None, :] < (n - 1)[:, None]
+        err = ((pred - x[:, 1:]) ** 2).mean(-1)
+        loss = (err * mask).sum() / mask.sum().clamp(min=1)
+        if any(i in self.config.nan_ids for i in batch["ids"]):
+            loss = loss * float("nan")
+        return LossOutput(loss=loss.float(), metrics={"mse": float(loss.detach()), "frames": float(mask.sum())})
+
+    def encode(self, wavs, lengths) -> EncoderOutput:
+        x, n = self._frames(wavs, lengths)
+        h = torch.tanh(self.enc(x))
+        return EncoderOutput([h, h], n, self.layer_names, self.frame_shift)
+
+    def step_update(self, step: int) -> None:
+        self.last_step.fill_(step)
+
+
+if "toy_linear" not in MODELS:
+    MODELS["toy_linear"] = ModelSpec(ToyConfig, ToyLinear)
+
+
+def make_corpus(folder: Path, n: int = 12, seconds: tuple[float, float] = (0.3, 0.6), short: int = 0,
+                seed: int = 0, equal: bool = False, name: str = "train") -> Path:
+    """Write ``n`` noisy-sine wavs (+ ``short`` 1-ms ones) and a manifest; returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n + short):
+        dur = 0.001 if i >= n else (seconds[0] if equal else rng.uniform(*seconds))
+        num = int(dur * 16000)
+        t = np.arange(num) / 16000
+        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(num)
+        path = folder / f"{name}_{i:03d}.wav"
+        sf.write(path, wav.astype(np.float32), 16000, subtype="PCM_16")
+        lines.append({"id": f"{name}_{i:03d}", "path": path.name, "num_samples": num, "sample_rate": 16000,
+                      "speaker": f"spk{i % 3}"})
+    manifest = folder / f"{name}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return manifest
+
+
+def recipe(tmp: Path, **sections: dict) -> Path:
+    """A tiny recipe YAML (toy model, 1-s batches, 0.25-s crops), sections merged over the defaults."""
+    import yaml
+
+    base = {
+        "model": {"name": "toy_linear"},
+        "data": {"max_batch_seconds": 1.0, "crop_seconds": 0.25, "min_seconds": 0.1},
+        "optim": {"name": "adam", "lr": 1e-2, "schedule": "cosine", "warmup_steps": 2},
+        "train": {"max_steps": 6, "log_every": 1, "valid_every": 3, "ckpt_every_steps": 3,
+                  "progress": False, "seed": 1},
+    }
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def built_in_families() -> list[str]:
+    """Every family registered in ``MODELS`` by ``speechssl.models`` (test-only models excluded)."""
+    return sorted(n for n, spec in MODELS.items() if spec.build.__module__.startswith("speechssl.models."))
+
+
+def tiny_model(name: str, seed: int = 0) -> SSLModel:
+    """The family's ``<name>_tiny()`` preset, randomly initialised from ``seed``, in eval mode."""
+    module = importlib.import_module(f"speechssl.models.{name}")
+    preset = getattr(module, f"{name}_tiny")
+    torch.manual_seed(seed)
+    return build_model({"name": name, **to_dict(preset())}).eval()
+
+
+def speech_batch(lengths: list[int], seed: int = 0, speakers: list[str] | None = None) -> dict:
+    """A pretraining batch of noisy sines: ``wavs`` [B, max(lengths)] zero-padded, ``lengths``, ``ids``
+    and, when given, ``speaker``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(max(lengths)) / 16000
+    f0 = 100 + 300 * torch.rand(len(lengths), 1, generator=g)
+    wavs = torch.sin(2 * torch.pi * f0 * t[None]) + 0.1 * torch.randn(len(lengths), max(lengths), generator=g)
+    lengths = torch.tensor(lengths)
+    wavs = wavs * (torch.arange(wavs.shape[1])[None] < lengths[:, None])
+    batch = {"wavs": wavs, "lengths": lengths, "ids": [str(i) for i in range(len(lengths))]}
+    if speakers is not None:
+        batch["speaker"] = speakers
+    return batch
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (SELF_SIGTERM_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_group(cmd: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """For multi-process tests: run ``cmd`` in its own process group; on timeout kill the whole group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
