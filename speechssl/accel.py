@@ -203,3 +203,21 @@ def onednn_linear() -> bool:
 def fast_gru() -> bool:
     """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`)."""
     return (_FORCED.get() or {}).get("fast_gru", decision().fast_gru)
+
+
+@functools.cache
+def bf16_lstm() -> bool:
+    """Whether oneDNN can run an LSTM under CPU bf16 autocast here.
+
+    PyTorch's CPU LSTM under autocast goes to oneDNN, which has no bf16 LSTM primitive on CPUs
+    without AVX512 ("could not create a primitive descriptor for the LSTM forward propagation
+    primitive", seen on a 2-core AMD EPYC with AVX2 only). Checked once per process on a tiny LSTM;
+    where it fails, :class:`speechssl.modules.recurrent.RNNStack` runs its LSTM layers in fp32.
+    """
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(8, 8, batch_first=True)(torch.randn(2, 3, 8))
+    except RuntimeError as exc:
+        log.info("bf16 LSTM off (LSTM layers run in fp32 under bf16 autocast): %s", str(exc).splitlines()[0])
+        return False
+    return True

@@ -16,6 +16,7 @@ al. 2019, official ``iamyuanchung/Autoregressive-Predictive-Coding`` ``model.py`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Literal
 
@@ -23,10 +24,20 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechssl import accel
 from speechssl.modules.gru import GRU
 from speechssl.modules.padding import lengths_to_mask
 
 __all__ = ["RNNStack", "lengths_to_mask", "run_packed"]  # lengths_to_mask: re-exported for the model files
+
+
+def fp32_if_needed(rnn: nn.RNNBase, x: torch.Tensor) -> tuple[contextlib.AbstractContextManager, torch.Tensor]:
+    """``(context, x)`` to run ``rnn`` on ``x`` in: autocast off and ``x`` in fp32 for an LSTM under
+    CPU bf16 autocast where oneDNN has no bf16 LSTM (:func:`speechssl.accel.bf16_lstm`), else as is."""
+    if (isinstance(rnn, nn.LSTM) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not accel.bf16_lstm()):
+        return torch.autocast("cpu", enabled=False), x.float()
+    return contextlib.nullcontext(), x
 
 
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -126,10 +137,9 @@ class RNNStack(nn.Module):
             inp = self.dropout(h) if i > 0 else h
             # the fast CPU GRU runs on the padded batch: same valid outputs as a packed run
             fast = isinstance(rnn, GRU) and rnn.takes_fast_path(inp)
-            if (self.packed and not fast) or inp.shape[1] == 0:
-                r = run_packed(rnn, inp, lengths)
-            else:
-                r = rnn(inp)[0]
+            context, inp = fp32_if_needed(rnn, inp)
+            with context:
+                r = run_packed(rnn, inp, lengths) if (self.packed and not fast) or inp.shape[1] == 0 else rnn(inp)[0]
             out = r + h if self.residual and h.shape[-1] == r.shape[-1] else r
             out = out * mask
             outputs.append(out)
@@ -164,7 +174,9 @@ class RNNStack(nn.Module):
         h = x
         for i, rnn in enumerate(self.layers):
             inp = self.dropout(h) if i > 0 else h
-            r, last = rnn(inp, None if state is None else state[i])
+            context, inp = fp32_if_needed(rnn, inp)
+            with context:
+                r, last = rnn(inp, None if state is None else state[i])
             out = r + h if self.residual and h.shape[-1] == r.shape[-1] else r
             outputs.append(out)
             new_state.append(last)
