@@ -147,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace):
     from speechssl.downstream import load_downstream_config
 
-    return load_downstream_config(args.config, args.overrides or [], getattr(args, "label", None))
+    return load_downstream_config(args.config, args.overrides or [], args.label)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         from speechssl.downstream import predict
 
         out = predict(args.model, args.input, args.out, encoder=args.encoder, features=args.features)
-        n = sum(1 for _ in open(out)) - 1
+        with open(out, encoding="utf-8") as f:
+            n = sum(1 for _ in f) - 1  # rows under the header
         print(f"wrote {n} predictions to {out}")
         return 0
     if args.command == "summary":
