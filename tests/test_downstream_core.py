@@ -233,6 +233,15 @@ class _ConstructedSource:
     def describe(self):
         return {"spec": "constructed"}
 
+    def layer_aliases(self):
+        return None  # cannot tell: run_experiment compares values
+
+    def fingerprint(self):
+        return {"spec": "test"}
+
+    def release(self):
+        pass
+
 
 def test_frame_level_task_learns_from_the_informative_layer(tmp_path):
     from speechssl.downstream import run_experiment

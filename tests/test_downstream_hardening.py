@@ -10,6 +10,7 @@ import torch
 
 from speechssl.cli.main import main
 from speechssl.downstream import FeatureSet, PrecomputedSource, downstream_config, run_experiment
+from speechssl.downstream.features import LazyFeatures
 
 
 @pytest.mark.parametrize("value", [0, -4])
@@ -56,6 +57,20 @@ def test_pickled_objects_in_pt_features_are_refused_naming_the_file(tmp_path, la
         PrecomputedSource(folder, lazy=lazy).features(records)
 
 
+def test_a_bad_pt_file_read_lazily_during_training_is_named_in_one_line(tmp_path):
+    """Features too big for memory are read when used: a pickle in any file but the first used to
+    surface as a raw UnpicklingError in the middle of training."""
+    folder = _feature_folder(tmp_path, bad=True)
+    fs = PrecomputedSource(folder, lazy=True).features([{"id": f"u{i}"} for i in range(3)])  # u2 is not read now
+    assert isinstance(fs.feats, LazyFeatures) and fs.feats[0][0].shape == (5, 4)
+    with pytest.raises(ValueError, match=r"u2\.pt \(id 'u2' in .*index\.tsv\): not plain tensors.*weights_only=True") as err:
+        fs.feats[2]
+    assert "\n" not in str(err.value)
+    (folder / "u1.pt").write_bytes(b"PK\x03\x04 cut short")  # a truncated or foreign file
+    with pytest.raises(ValueError, match=r"u1\.pt \(id 'u1' in .*index\.tsv\): not a readable \.pt file"):
+        fs.feats[1]
+
+
 def test_plain_pt_features_load(tmp_path):
     folder = _feature_folder(tmp_path, bad=False)
     fs = PrecomputedSource(folder).features([{"id": "u0"}, {"id": "u1"}])
@@ -69,6 +84,15 @@ class _Source:
 
     def describe(self):
         return {"spec": "test"}
+
+    def layer_aliases(self):
+        return None  # cannot tell: run_experiment compares values
+
+    def fingerprint(self):
+        return {"spec": "test"}
+
+    def release(self):
+        pass
 
 
 def test_a_class_with_a_single_example_is_warned_by_name(caplog):

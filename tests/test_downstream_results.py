@@ -33,6 +33,12 @@ class _Source:
     def fingerprint(self):
         return {"spec": "test"}
 
+    def layer_aliases(self):
+        return None  # cannot tell: run_experiment compares values
+
+    def release(self):
+        pass
+
 
 RECS = [{"id": str(i), "cls": "ab"[i % 2]} for i in range(16)]
 CFG = downstream_config({"head": {"name": "linear_probe"}, "train": {"max_steps": 3}})

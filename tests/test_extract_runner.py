@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import kaldiio
@@ -237,3 +238,33 @@ def test_rerun_with_other_chunking_is_refused(corpus, tmp_path):
         assert str(out) in str(info.value)
     assert json.loads((out / "extract.json").read_text())["chunk_seconds"] == 2.0  # not overwritten
     assert extract_features("fbank", corpus / "wavs", out, cfg).skipped == 4  # the same values resume
+
+
+def test_extract_json_records_layer_aliases_and_role(corpus, tmp_path):
+    """A feature folder answers for its encoder by itself: which layers are aliases (structurally,
+    no value comparison) and its role (no lookup of a released encoder that may have moved)."""
+    from test_upstream_encoder import tiny_model
+
+    from speechssl.downstream import open_source
+
+    release = save_released_encoder(tiny_model("cpc", seed=1), tmp_path / "enc", role="control", control_of="cpc_long")
+    out = tmp_path / "feats"
+    extract_features(str(release), corpus / "wavs", out, ExtractConfig(progress=False))
+    meta = json.loads((out / "extract.json").read_text())
+    enc = load_encoder(release)
+    assert meta["layer_aliases"] == enc.layer_aliases == {"context": "layer_1"}
+    assert {k: meta[k] for k in ("role", "control_of", "architecture")} == enc.role_info()
+    assert meta["role"] == "control" and meta["control_of"] == "cpc_long"
+    shutil.rmtree(release)  # the encoder is gone: the folder alone must tell
+    source = open_source(out)
+    assert source.layer_aliases() == {"context": "layer_1"}
+    described = source.describe()
+    assert (described["role"], described["control_of"], described["architecture"]) == (
+        "control", "cpc_long", meta["architecture"])
+    # a folder written before these keys existed still opens: nothing recorded, nothing to look up
+    for key in ("layer_aliases", "role", "control_of", "architecture"):
+        del meta[key]
+    (out / "extract.json").write_text(json.dumps(meta))
+    old = open_source(out)
+    assert old.layer_aliases() is None and old.describe()["role"] is None
+    assert open_source(out).features([{"id": "a"}]).layer_names == ["latent", "layer_1", "context"]

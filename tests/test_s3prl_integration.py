@@ -63,6 +63,26 @@ def test_s3prl_upstream_and_featurizer_equal_our_single_utterance_features(s3prl
                                atol=1e-5, rtol=0)
 
 
+def test_default_layers_leave_out_the_encoders_aliases_not_a_name(tmp_path):
+    """A pre-LN wav2vec 2.0's ``context`` is a layer norm of ``layer_3``, not a copy: it is a layer
+    of its own and stays; APC's ``context`` is ``layer_3`` itself and goes."""
+    from test_upstream_encoder import tiny_model
+
+    from speechssl.config import to_dict
+    from speechssl.integrations.s3prl import default_s3prl_layers
+    from speechssl.models import build_model
+    from speechssl.models.wav2vec2 import wav2vec2_tiny
+
+    torch.manual_seed(0)
+    pre_ln = build_model({"name": "wav2vec2", **to_dict(wav2vec2_tiny()), "layer_norm_first": True}).eval()
+    enc = load_encoder(save_released_encoder(pre_ln, tmp_path / "pre_ln"))
+    assert enc.layer_aliases == {}
+    assert default_s3prl_layers(enc) == ["latent", "layer_1", "layer_2", "layer_3", "context"]
+    apc = load_encoder(save_released_encoder(tiny_model("apc"), tmp_path / "apc"))
+    assert apc.layer_aliases == {"context": "layer_3"}
+    assert default_s3prl_layers(apc) == ["layer_1", "layer_2", "layer_3"]
+
+
 def test_unknown_layer_option_through_model_config(s3prl_nn, releases, tmp_path):
     cfg = tmp_path / "opts.yaml"
     cfg.write_text("layers: [layer_1, layer_3]\n")

@@ -70,3 +70,45 @@ def test_label_efficiency_splits_and_encoder_lists():
     assert parse_encoder_list("logmel, apc=exp/apc/encoder") == {"logmel": "logmel", "apc": "exp/apc/encoder"}
     with pytest.raises(ValueError, match="'logmel' is given twice"):
         parse_encoder_list("logmel,logmel")
+
+
+def _tones(tmp_path, n=8):
+    import numpy as np
+
+    from speechssl.audio import save_audio
+
+    recs = []
+    for i in range(n):
+        t = np.arange(8000) / 16000
+        path = tmp_path / "wavs" / f"u{i}.wav"
+        save_audio(path, (0.3 * np.sin(2 * np.pi * (150 if i % 2 else 400) * t)).astype(np.float32))
+        recs.append({"id": f"u{i}", "path": str(path), "num_samples": t.size, "sample_rate": 16000, "pitch": "lh"[i % 2]})
+    return recs
+
+
+def test_label_efficiency_and_superb_take_feature_folders_and_encoders_alike(tmp_path, capsys):
+    """No index.tsv probing in the CLI: open_source tells a feature folder from an encoder, for a
+    NAME=PATH of --encoders as for --features."""
+    from speechssl.downstream import label_efficiency, load_downstream_config, superb
+    from speechssl.extract import ExtractConfig, extract_features
+
+    recs = _tones(tmp_path)
+    pool, test = write(recs[:6], tmp_path / "pool.jsonl"), write(recs[6:], tmp_path / "test.jsonl")
+    feats = tmp_path / "feats"
+    extract_features("fbank", tmp_path / "wavs", feats, ExtractConfig(progress=False))
+    cfg = load_downstream_config(None, ["train.max_steps=2", "head.name=linear_probe"], label="pitch")
+    assert cfg.task.label == "pitch" and cfg.train.max_steps == 2
+    with pytest.raises(ValueError, match="no label field: pass --label FIELD"):
+        load_downstream_config(None, [])
+    result = label_efficiency(cfg, parse_encoder_list(f"fbank,folder={feats}"), pool, test, tmp_path / "le",
+                              shots=[1], seeds=[0], progress=False)
+    assert result.encoders["folder"]["features"] == str(feats.resolve()) and result.encoders["folder"]["spec"] == "fbank"
+    assert result.encoders["fbank"]["features"] is None
+    assert result.curves["folder"] == result.curves["fbank"]  # the same features either way
+    res = superb(cfg, tmp_path / "sup", features=feats, train=pool, test=test, progress=False)
+    assert res.encoder["features"] == str(feats.resolve())
+    # the verb is that call: the same table from the CLI
+    assert main(["downstream", "label-efficiency", "--encoders", f"fbank,folder={feats}", "--train", str(pool),
+                 "--test", str(test), "--label", "pitch", "--shots", "1", "--seeds", "1", "--out",
+                 str(tmp_path / "le_cli"), "--quiet", "train.max_steps=2", "head.name=linear_probe"]) == 0
+    assert (tmp_path / "le_cli" / "label_efficiency.md").read_text() == (tmp_path / "le" / "label_efficiency.md").read_text()

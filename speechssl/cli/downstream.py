@@ -145,18 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from speechssl.config import apply_overrides, load_yaml
-    from speechssl.downstream import downstream_config
+    from speechssl.downstream import load_downstream_config
 
-    raw = load_yaml(args.config) if args.config else {}
-    raw = apply_overrides(raw, list(args.overrides or []))
-    label = getattr(args, "label", None)
-    if label:
-        raw.setdefault("task", {})["label"] = label
-    cfg = downstream_config(raw, where=args.config or "config")
-    if not cfg.task.label:
-        raise ValueError("no label field: pass --label FIELD (or task.label in the config)")
-    return cfg
+    return load_downstream_config(args.config, args.overrides or [], args.label)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -175,17 +166,14 @@ def _print_summary(results: dict) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from speechssl.data import parse_fractions
-    from speechssl.downstream import source_from_config
-    from speechssl.downstream.protocols import run_superb, superb_splits
+    from speechssl.downstream import superb
 
     cfg = _config(args)
-    splits, protocol = superb_splits(cfg.task.label, cfg.train.seed, data=args.data, train=args.train,
-                                     valid=args.valid, test=args.test, split_by=args.split_by,
-                                     fractions=parse_fractions(args.fractions), dev_fraction=args.dev_fraction)
-    source = source_from_config(cfg, args.encoder, args.features)
     lrs = _floats(args.lrs, "--lrs") if args.lrs else None
-    results = run_superb(source, splits, protocol, cfg.task.label, cfg, args.exp, lrs, not args.quiet,
-                         resume=not args.restart)
+    results = superb(cfg, args.exp, encoder=args.encoder, features=args.features, data=args.data, train=args.train,
+                     valid=args.valid, test=args.test, split_by=args.split_by,
+                     fractions=parse_fractions(args.fractions), dev_fraction=args.dev_fraction, lrs=lrs,
+                     progress=not args.quiet, resume=not args.restart)
     for run in results.get("sweep") or []:
         print(f"lr {run['lr']:g}: dev {cfg.train.metric} {run['dev'][cfg.train.metric]:.4f}")
     if lrs:
@@ -196,13 +184,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_kfold_cmd(args: argparse.Namespace) -> int:
-    from speechssl.data import read_manifest
-    from speechssl.downstream import run_kfold, source_from_config
+    from speechssl.downstream import kfold
 
     cfg = _config(args)
-    source = source_from_config(cfg, args.encoder, args.features)
-    results = run_kfold(source, read_manifest(args.data), cfg.task.label, args.group, cfg, args.exp, args.k,
-                        args.dev_fraction, not args.quiet, resume=not args.restart)
+    results = kfold(cfg, args.data, args.group, args.exp, encoder=args.encoder, features=args.features, k=args.k,
+                    dev_fraction=args.dev_fraction, progress=not args.quiet, resume=not args.restart)
     for fold in results["folds"]:
         print(f"fold {fold['fold']} (test {', '.join(map(str, fold['test_groups']))}): "
               f"accuracy {fold['test']['accuracy']:.4f}, UA {fold['test']['ua']:.4f}")
@@ -212,22 +198,15 @@ def run_kfold_cmd(args: argparse.Namespace) -> int:
 
 
 def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
-    from speechssl.data import read_manifest
-    from speechssl.downstream import run_label_efficiency, source_from_config
-    from speechssl.downstream.protocols import label_efficiency_splits, parse_encoder_list
+    from speechssl.downstream import label_efficiency
+    from speechssl.downstream.protocols import parse_encoder_list
 
     cfg = _config(args)
-    label = cfg.task.label
-    pool, dev = label_efficiency_splits(read_manifest(args.train), label,
-                                        read_manifest(args.valid) if args.valid else None, args.dev_per_class)
     shots = [int(x) for x in _floats(args.shots, "--shots")]
     seeds = ([int(x) for x in _floats(args.seeds, "--seeds")] if "," in args.seeds else list(range(int(args.seeds))))
-    sources = {}
-    for name, path in parse_encoder_list(args.encoders).items():
-        is_features = (Path(path) / "index.tsv").is_file()
-        sources[name] = source_from_config(cfg, None if is_features else path, path if is_features else None)
-    results = run_label_efficiency(sources, pool, dev, read_manifest(args.test), label, cfg, shots, seeds, args.out,
-                                   args.metric, not args.quiet, resume=not args.restart)
+    results = label_efficiency(cfg, parse_encoder_list(args.encoders), args.train, args.test, args.out,
+                               valid=args.valid, dev_per_class=args.dev_per_class, shots=shots, seeds=seeds,
+                               metric=args.metric, progress=not args.quiet, resume=not args.restart)
     print((Path(args.out) / "label_efficiency.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'label_efficiency.png'}")
     return 0 if results else 1
@@ -244,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         from speechssl.downstream import predict
 
         out = predict(args.model, args.input, args.out, encoder=args.encoder, features=args.features)
-        n = sum(1 for _ in open(out)) - 1
+        with open(out, encoding="utf-8") as f:
+            n = sum(1 for _ in f) - 1  # rows under the header
         print(f"wrote {n} predictions to {out}")
         return 0
     if args.command == "summary":
@@ -261,12 +241,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "compare":
         from speechssl.downstream import compare
-        from speechssl.downstream.inference import save_table
 
-        table = compare(args.exps, png=args.png)
-        print(table, end="")
-        if args.out:
-            save_table(table, args.out)
+        print(compare(args.exps, png=args.png, out=args.out), end="")
         if args.png:
             print(f"wrote {args.png}")
         return 0

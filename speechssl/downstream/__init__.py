@@ -25,15 +25,19 @@ from speechssl.downstream.model import (
     DownstreamConfig,
     DownstreamModel,
     downstream_config,
+    load_downstream_config,
     load_downstream_model,
 )
 from speechssl.downstream.pooling import AttentiveStatsPool, masked_mean, masked_mean_std
 from speechssl.downstream.protocols import (
     compute_label_efficiency,
+    kfold,
+    label_efficiency,
     run_kfold,
     run_label_efficiency,
     run_lr_sweep,
     run_superb,
+    superb,
     superb_splits,
     write_label_efficiency,
 )
@@ -81,7 +85,10 @@ __all__ = [
     "confusion_matrix",
     "downstream_config",
     "input_records",
+    "kfold",
     "kfold_by_group",
+    "label_efficiency",
+    "load_downstream_config",
     "load_downstream_model",
     "load_precomputed",
     "masked_mean",
@@ -98,6 +105,7 @@ __all__ = [
     "source_from_config",
     "splits_hash",
     "stratified_split",
+    "superb",
     "superb_splits",
     "write_label_efficiency",
 ]

@@ -107,11 +107,10 @@ def aliases_by_value(fs: FeatureSet) -> dict[str, str]:
     return out
 
 
-def layer_aliases(source, fs: FeatureSet) -> dict[str, str]:
+def layer_aliases(source: FeatureSource, fs: FeatureSet) -> dict[str, str]:
     """Which of ``fs``'s layers repeat an earlier one: what the source declares
-    (``source.layer_aliases()``, None when it cannot tell), else :func:`aliases_by_value`."""
-    declared = getattr(source, "layer_aliases", None)
-    aliases = declared() if callable(declared) else None
+    (``source.layer_aliases()``), else, when it cannot tell (None), :func:`aliases_by_value`."""
+    aliases = source.layer_aliases()
     return dict(aliases) if aliases is not None else aliases_by_value(fs)
 
 
@@ -187,7 +186,7 @@ def summarize(metric_dicts: Sequence[Mapping[str, float]]) -> dict:
 
 
 def run_experiment(
-    source,
+    source: FeatureSource,
     splits: Mapping[str, Sequence[dict]],
     label: str,
     cfg: DownstreamConfig,

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import json
 import logging
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,8 +245,38 @@ def _tensor(x: Any) -> torch.Tensor:
     return torch.from_numpy(x if x.flags.writeable else x.copy()).float()
 
 
+def _where(index: Path, uid: str) -> str:
+    """How messages name an utterance of a feature folder: ``id 'u1' in /x/feats/index.tsv``."""
+    return f"id {uid!r} in {index}"
+
+
+def _load_pt(path: Path, where: str) -> Any:
+    """``torch.load(weights_only=True)`` of a ``.pt`` feature file; a file holding pickled objects
+    beyond tensors, or one that is not a torch file at all (truncated, overwritten), is a one-line
+    ValueError naming the file and the utterance, whichever utterance it is and whenever it is read
+    (a lazily read folder reads it only during training)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise ValueError(f"{path} ({where}): not plain tensors; .pt features are read with "
+                             "torch.load(weights_only=True), which refuses pickled objects that could run code; "
+                             "write features with `speechssl extract --format pt` (or npy)") from None
+        raise ValueError(f"{path} ({where}): not a readable .pt file ({_first_line(exc)}); "
+                         "extract it again (delete it and rerun `speechssl extract`)") from None
+    except (RuntimeError, EOFError) as exc:  # torch's zip reader on a truncated or foreign file
+        raise ValueError(f"{path} ({where}): not a readable .pt file ({_first_line(exc)}); "
+                         "extract it again (delete it and rerun `speechssl extract`)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[torch.Tensor]:
-    """One utterance's per-layer [T, D] tensors from an index ``path`` entry (any extract format)."""
+    """One utterance's per-layer [T, D] tensors from an index ``path`` entry (any extract format).
+    ``where`` names the utterance in errors (:func:`_where`)."""
     path = folder / loc
     if path.is_dir():  # npy, several layers: <id>/<layer>.npy
         return [_tensor(np.load(path / f"{name}.npy", allow_pickle=False)) for name in layers]
@@ -253,7 +284,7 @@ def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[t
         data = np.load(path, allow_pickle=False)
         return [_tensor(data)] if data.ndim == 2 else [_tensor(a) for a in data]
     if path.suffix == ".pt" and path.is_file():
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load_pt(path, where)
         if isinstance(data, dict):
             missing = [n for n in layers if n not in data]
             if missing:
@@ -426,7 +457,7 @@ def load_precomputed(folder: str | Path, records: Sequence[dict], lazy: bool | N
     for rec in records:
         row = rows[rec["id"]]
         names = _row_layers(row, meta)
-        where = f"{folder / 'index.tsv'} id {rec['id']!r}"
+        where = _where(folder / "index.tsv", rec["id"])
         tensors = _load_entry(folder, row["path"], names, where)
         if len(names) != len(tensors):
             names = _unnamed_layers(len(tensors))
@@ -447,7 +478,7 @@ def _lazy_set(folder: Path, rows: dict[str, dict], meta: dict, records: Sequence
     layer_names: list[str] = []
     for rec in records:
         row = rows[rec["id"]]
-        where = f"{index} id {rec['id']!r}"
+        where = _where(index, rec["id"])
         names = _row_layers(row, meta)
         if first is None:
             first = names

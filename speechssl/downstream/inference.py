@@ -83,8 +83,9 @@ def _load_results(exp: Path) -> dict:
 
 
 def compare(exp_dirs: Sequence[str | Path], png: str | Path | None = None,
-            metrics: Sequence[str] = SUMMARY_METRICS) -> str:
-    """Markdown table of the experiments' summaries (mean ± std over folds/seeds when several)."""
+            metrics: Sequence[str] = SUMMARY_METRICS, out: str | Path | None = None) -> str:
+    """Markdown table of the experiments' summaries (mean ± std over folds/seeds when several);
+    also written to ``out`` when given, and plotted to ``png``."""
     rows, errs = [], []
     lines = ["| experiment | encoder | protocol | split | " + " | ".join(metrics) + " |",
              "|---|---|---|---|" + "---|" * len(metrics)]
@@ -105,6 +106,8 @@ def compare(exp_dirs: Sequence[str | Path], png: str | Path | None = None,
     table = "\n".join(lines) + "\n"
     if png:
         plot_comparison(rows, metrics, png, errors=errs)
+    if out:
+        save_table(table, out)
     return table
 
 

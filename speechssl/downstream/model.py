@@ -107,6 +107,23 @@ def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConf
     return cfg
 
 
+def load_downstream_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                           label: str | None = None) -> DownstreamConfig:
+    """A downstream YAML (``recipes/downstream/*.yaml``; None: the defaults) with ``key.sub=value``
+    ``overrides`` applied and ``label``, when given, as ``task.label``. A config that names no label
+    field is an error (every verb needs one)."""
+    from speechssl.config import apply_overrides, load_yaml
+
+    raw = load_yaml(path) if path else {}
+    raw = apply_overrides(raw, list(overrides))
+    if label:
+        raw.setdefault("task", {})["label"] = label
+    cfg = downstream_config(raw, where=str(path) if path else "config")
+    if not cfg.task.label:
+        raise ValueError("no label field: pass --label FIELD (or task.label in the config)")
+    return cfg
+
+
 class DownstreamModel(nn.Module):
     """Featurizer over the selected layers + a head.
 

@@ -36,6 +36,7 @@ from speechssl.downstream.results import (
     LabelEfficiencyResult,
     LabelEfficiencyRun,
 )
+from speechssl.downstream.sources import FeatureSource, source_from_config
 from speechssl.downstream.splits import kfold_by_group, sample_per_class, splits_hash, stratified_split
 from speechssl.utils import atomic_write_json, atomic_write_text
 
@@ -94,7 +95,7 @@ def superb_splits(label: str, seed: int = 0, *, data: str | Path | None = None, 
     return splits, protocol
 
 
-def run_superb(source, splits: Mapping[str, Sequence[dict]], protocol: Mapping[str, Any], label: str,
+def run_superb(source: FeatureSource, splits: Mapping[str, Sequence[dict]], protocol: Mapping[str, Any], label: str,
                cfg: DownstreamConfig, exp_dir: str | Path, lrs: Sequence[float] | None = None,
                progress: bool = True, resume: bool = True) -> ExperimentResult:
     """One SUPERB-style run (:func:`run_experiment`), or a learning-rate sweep when ``lrs`` are
@@ -135,7 +136,7 @@ def parse_encoder_list(text: str) -> dict[str, str]:
     return out
 
 
-def run_kfold(source, records: Sequence[dict], label: str, group_field: str, cfg: DownstreamConfig,
+def run_kfold(source: FeatureSource, records: Sequence[dict], label: str, group_field: str, cfg: DownstreamConfig,
               exp_dir: str | Path, k: int | None = None, dev_fraction: float = 0.1, progress: bool = True,
               resume: bool = True) -> KFoldResult:
     """Fold i: test = the utterances of fold i's groups; dev = ``dev_fraction`` of the other folds
@@ -182,7 +183,7 @@ def _strip(metrics: dict | None) -> dict | None:
     return None if metrics is None else {k: v for k, v in metrics.items() if k != "confusion_matrix"}
 
 
-def run_lr_sweep(source, splits: Mapping[str, Sequence[dict]], label: str, cfg: DownstreamConfig,
+def run_lr_sweep(source: FeatureSource, splits: Mapping[str, Sequence[dict]], label: str, cfg: DownstreamConfig,
                  lrs: Sequence[float], exp_dir: str | Path, progress: bool = True,
                  resume: bool = True) -> ExperimentResult:
     """One run per learning rate in ``exp_dir/lr_<lr>``; the best by the dev metric is copied to
@@ -221,7 +222,7 @@ def run_lr_sweep(source, splits: Mapping[str, Sequence[dict]], label: str, cfg: 
 
 
 def run_label_efficiency(
-    sources: Mapping[str, object],
+    sources: Mapping[str, FeatureSource],
     pool: Sequence[dict],
     dev: Sequence[dict] | None,
     test: Sequence[dict],
@@ -243,7 +244,7 @@ def run_label_efficiency(
 
 
 def compute_label_efficiency(
-    sources: Mapping[str, object],
+    sources: Mapping[str, FeatureSource],
     pool: Sequence[dict],
     dev: Sequence[dict] | None,
     test: Sequence[dict],
@@ -295,8 +296,7 @@ def compute_label_efficiency(
                     logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, run.test[metric])
                 scores[name].setdefault(n, []).append(run.test[metric])
                 runs.append(run)
-        if hasattr(source, "release"):
-            source.release()
+        source.release()
     if reused:
         logger.info("label efficiency: %d of %d runs finished earlier, read back from %s", reused, len(runs), journal)
     return LabelEfficiencyResult(
@@ -367,3 +367,53 @@ def _mean(v: Sequence[float]) -> float:
 def _std(v: Sequence[float]) -> float:
     m = _mean(v)
     return float((sum((x - m) ** 2 for x in v) / len(v)) ** 0.5)
+
+
+# One call per `speechssl downstream` verb: manifests and encoder/feature paths in, results out.
+# The CLI only parses arguments; tests and notebooks call these directly.
+
+
+def superb(cfg: DownstreamConfig, exp_dir: str | Path, *, encoder: str | None = None,
+           features: str | Path | None = None, data: str | Path | None = None, train: str | Path | None = None,
+           valid: str | Path | None = None, test: str | Path | None = None, split_by: str | None = None,
+           fractions: Mapping[str, float] | None = None, dev_fraction: float = 0.0,
+           lrs: Sequence[float] | None = None, progress: bool = True, resume: bool = True) -> ExperimentResult:
+    """``speechssl downstream train``: the splits of :func:`superb_splits` (read and checked before
+    any encoder is loaded), the source of :func:`~speechssl.downstream.sources.source_from_config`
+    (``encoder`` and/or ``features``), then :func:`run_superb` into ``exp_dir``."""
+    splits, protocol = superb_splits(cfg.task.label, cfg.train.seed, data=data, train=train, valid=valid, test=test,
+                                     split_by=split_by, fractions=fractions, dev_fraction=dev_fraction)
+    source = source_from_config(cfg, encoder, features)
+    return run_superb(source, splits, protocol, cfg.task.label, cfg, exp_dir, lrs, progress, resume=resume)
+
+
+def kfold(cfg: DownstreamConfig, data: str | Path, group_field: str, exp_dir: str | Path, *,
+          encoder: str | None = None, features: str | Path | None = None, k: int | None = None,
+          dev_fraction: float = 0.1, progress: bool = True, resume: bool = True) -> KFoldResult:
+    """``speechssl downstream kfold``: :func:`run_kfold` over the manifest ``data`` with the source
+    of ``encoder`` and/or ``features``."""
+    from speechssl.data import read_manifest
+
+    records = read_manifest(data)
+    source = source_from_config(cfg, encoder, features)
+    return run_kfold(source, records, cfg.task.label, group_field, cfg, exp_dir, k, dev_fraction, progress,
+                     resume=resume)
+
+
+def label_efficiency(cfg: DownstreamConfig, encoders: Mapping[str, str | Path], train: str | Path,
+                     test: str | Path, out_dir: str | Path, *, valid: str | Path | None = None,
+                     dev_per_class: int = 0, shots: Sequence[int] = (1, 2, 4, 8), seeds: Sequence[int] = (0, 1, 2),
+                     metric: str = "accuracy", progress: bool = True, resume: bool = True) -> LabelEfficiencyResult:
+    """``speechssl downstream label-efficiency``: :func:`run_label_efficiency` on the pool ``train``
+    (dev: ``valid``, else ``dev_per_class`` taken out of the pool, :func:`label_efficiency_splits`)
+    and ``test``, for every ``{name: encoder or feature folder}`` of ``encoders`` (see
+    :func:`parse_encoder_list`); :func:`~speechssl.downstream.sources.open_source` tells the two apart."""
+    from speechssl.data import read_manifest
+
+    label = cfg.task.label
+    pool, dev = label_efficiency_splits(read_manifest(train), label, read_manifest(valid) if valid else None,
+                                        dev_per_class)
+    test_records = read_manifest(test)
+    sources = {name: source_from_config(cfg, str(path)) for name, path in encoders.items()}
+    return run_label_efficiency(sources, pool, dev, test_records, label, cfg, shots, seeds, out_dir, metric,
+                                progress, resume)

@@ -20,14 +20,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LazyFeatures
+from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LazyFeatures, load_precomputed
 from speechssl.downstream.model import DownstreamConfig
 from speechssl.downstream.source_info import (
     encoder_layer_aliases,
     encoder_role_info,
     features_layer_aliases,
     features_role_info,
-    load_precomputed_checked,
 )
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -134,10 +133,10 @@ class PrecomputedSource:
     def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
-            fs = load_precomputed_checked(self.folder, todo, self.lazy)
+            fs = load_precomputed(self.folder, todo, self.lazy)
             self._meta = fs
             if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else load_precomputed_checked(self.folder, records, lazy=True)
+                return fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
             self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")

@@ -278,6 +278,11 @@ def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, 
             "long_files": long_file_method(encoder)}  # how files over chunk_seconds are cut, and its error
     _check_meta(out, meta)  # before the encoder first runs (hidden_sizes): a refused rerun does no work
     meta["hidden_sizes"] = encoder.hidden_sizes
+    # What the encoder says about itself, so the folder alone answers it (read by
+    # speechssl.downstream.source_info): aliases found structurally, not by comparing values,
+    # and the role without looking up a released encoder that may have moved.
+    meta["layer_aliases"] = encoder.layer_aliases
+    meta.update(encoder.role_info())  # role, control_of, architecture
     if rank == 0:
         atomic_write_json(out / "extract.json", meta)
     (out / f".rank{rank}.done").unlink(missing_ok=True)

@@ -21,9 +21,10 @@ folder, an experiment folder, a checkpoint, a torchaudio/HF folder, or ``logmel`
 ``model_config`` (s3prl's ``-g``) is an optional YAML/JSON file of ``load_encoder`` options,
 e.g. ``layers: [layer_1, layer_2, layer_3]``.
 
-Default layers: every layer with the hidden size of the last layer, except ``context`` when it
-duplicates ``layer_N`` (s3prl's Featurizer needs one size and stride for all layers; APC's 80-dim
-``latent`` is dropped, wav2vec 2.0's same-size ``latent`` is kept).
+Default layers: every layer with the hidden size of the last layer, except the encoder's layer
+aliases (``context`` when it is the very same tensor as ``layer_N``; s3prl's Featurizer needs one
+size and stride for all layers; APC's 80-dim ``latent`` is dropped, wav2vec 2.0's same-size
+``latent`` is kept).
 
 Frames: s3prl expects ``ceil(L / stride)`` frames per utterance (``len(range(0, L, stride))``)
 while speechssl frames never run past the signal (``1 + (L - receptive_field) // stride``). Each
@@ -52,12 +53,11 @@ _S3PRL_PROTOCOL_KWARGS = ("refresh",)
 
 
 def default_s3prl_layers(encoder: Encoder) -> list[str]:
-    """Layers of one hidden size (the last layer's), without a duplicated ``context``."""
-    names, sizes = encoder.layer_names, encoder.hidden_sizes
-    keep = [n for n, d in zip(names, sizes) if d == sizes[-1]]
-    if "context" in keep and any(n.startswith("layer_") for n in keep):
-        keep.remove("context")
-    return keep
+    """Layers of one hidden size (the last layer's), without the encoder's layer aliases (a layer
+    that is the very same tensor as an earlier one, e.g. APC's ``context`` = ``layer_3``, would
+    count twice in s3prl's weighted sum; see :attr:`speechssl.upstream.Encoder.layer_aliases`)."""
+    names, sizes, aliases = encoder.layer_names, encoder.hidden_sizes, encoder.layer_aliases
+    return [n for n, d in zip(names, sizes) if d == sizes[-1] and n not in aliases]
 
 
 def _read_model_config(path: str | None) -> dict[str, Any]:
