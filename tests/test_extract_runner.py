@@ -243,7 +243,7 @@ def test_rerun_with_other_chunking_is_refused(corpus, tmp_path):
 def test_extract_json_records_layer_aliases_and_role(corpus, tmp_path):
     """A feature folder answers for its encoder by itself: which layers are aliases (structurally,
     no value comparison) and its role (no lookup of a released encoder that may have moved)."""
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     from speechssl.downstream import open_source
 

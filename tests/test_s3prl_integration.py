@@ -66,7 +66,7 @@ def test_s3prl_upstream_and_featurizer_equal_our_single_utterance_features(s3prl
 def test_default_layers_leave_out_the_encoders_aliases_not_a_name(tmp_path):
     """A pre-LN wav2vec 2.0's ``context`` is a layer norm of ``layer_3``, not a copy: it is a layer
     of its own and stays; APC's ``context`` is ``layer_3`` itself and goes."""
-    from test_upstream_encoder import tiny_model
+    from helpers import tiny_model
 
     from speechssl.config import to_dict
     from speechssl.integrations.s3prl import default_s3prl_layers
