@@ -137,3 +137,18 @@ def _plot_probe_panel(ax, curves: dict[str, dict[str, list[tuple[int, float]]]],
     ax.set_title("live probe (dotted: chance)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def merge_train_windows(parts: list[dict[str, Any]], elapsed: float) -> dict[str, float]:
+    """One train record from every rank's logging window (``loss``, ``metrics``, ``gn`` lists and
+    ``seconds`` of audio): means over all ranks' steps, the grad norm of this rank's steps (equal on
+    every rank after all-reduce) and audio seconds per wall second over ``elapsed``."""
+    losses = [x for p in parts for x in p["loss"]]
+    record = {"loss": sum(losses) / max(1, len(losses))}
+    for k in parts[0]["metrics"]:
+        vals = [x for p in parts for x in p["metrics"].get(k, [])]
+        record[k] = sum(vals) / max(1, len(vals))
+    gn = parts[0]["gn"]
+    record["grad_norm"] = sum(gn) / max(1, len(gn))
+    record["seconds_per_second"] = sum(p["seconds"] for p in parts) / elapsed
+    return record

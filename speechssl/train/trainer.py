@@ -42,7 +42,7 @@ from speechssl.train.batches import build_loader, micro_batch_stream, plan_batch
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.diagnostics import HealthWatch, block_grad_norms
 from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
-from speechssl.train.metrics import MetricsLogger, plot_loss_curve
+from speechssl.train.metrics import MetricsLogger, merge_train_windows, plot_loss_curve
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.probe import LiveProbe
 from speechssl.train.progress import Progress
@@ -543,17 +543,8 @@ class Trainer:
         parts = gather_objects(local, self.dist)
         if self.logger is None:
             return
-        losses = [x for p in parts for x in p["loss"]]
-        record: dict[str, Any] = {
-            "split": "train", "step": self.step, "epoch": self.train_loader.epoch,
-            "lr": window["lr"],
-            "loss": sum(losses) / max(1, len(losses)),
-        }
-        for k in parts[0]["metrics"]:
-            vals = [x for p in parts for x in p["metrics"].get(k, [])]
-            record[k] = sum(vals) / max(1, len(vals))
-        record["grad_norm"] = sum(window["gn"]) / max(1, len(window["gn"]))
-        record["seconds_per_second"] = sum(p["seconds"] for p in parts) / elapsed
+        record: dict[str, Any] = {"split": "train", "step": self.step, "epoch": self.train_loader.epoch,
+                                  "lr": window["lr"], **merge_train_windows(parts, elapsed)}
         record["skipped_steps"] = self.skipped_steps
         record["time"] = self.elapsed_before + time.monotonic() - self._t0
         record.update(block_grad_norms(self.model, total=window["gn"][-1] if window["gn"] else None))
@@ -594,9 +585,7 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
         if self._owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()
             self._owns_group = False
 
 
