@@ -231,14 +231,12 @@ def run_label_efficiency(
     shots: Sequence[int],
     seeds: Sequence[int],
     out_dir: str | Path,
-    metric: str = "accuracy",
-    progress: bool = True,
-    resume: bool = True,
+    **options: Any,
 ) -> LabelEfficiencyResult:
-    """:func:`compute_label_efficiency` then :func:`write_label_efficiency`: ``out_dir/results.json``,
-    ``label_efficiency.png`` and ``label_efficiency.md`` (and ``runs.jsonl``, written as runs finish)."""
-    result = compute_label_efficiency(sources, pool, dev, test, label, cfg, shots, seeds, out_dir, metric,
-                                      progress, resume)
+    """:func:`compute_label_efficiency` (``options``: its ``metric``, ``progress``, ``resume``) then
+    :func:`write_label_efficiency`: ``out_dir/results.json``, ``label_efficiency.png`` and
+    ``label_efficiency.md`` (and ``runs.jsonl``, written as runs finish)."""
+    result = compute_label_efficiency(sources, pool, dev, test, label, cfg, shots, seeds, out_dir, **options)
     write_label_efficiency(result, out_dir, classes=len({str(r[label]) for r in test}))
     return result
 

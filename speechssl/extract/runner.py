@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -48,13 +48,13 @@ ERROR_COLUMNS = ("id", "path", "reason")
 @dataclasses.dataclass
 class ExtractConfig:
     layers: Any = "all"  # "all", "context,latent" or a list of names / indices
-    format: str = "npy"  # npy | pt | kaldi | hdf5
-    dtype: str = "float32"  # storage dtype: float32 | float16 (the encoder always runs in fp32)
+    format: Literal["npy", "pt", "kaldi", "hdf5"] = "npy"
+    dtype: Literal["float32", "float16"] = "float32"  # storage dtype (the encoder runs in fp32 or bf16)
     batch_seconds: float = 30.0  # padded seconds of audio per forward pass (keeps wav2vec2 Base, all layers, < 2 GiB)
     chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
     overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
     device: str = "cpu"  # cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast; much faster where the CPU/GPU has bf16 units)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, much faster where the CPU/GPU has bf16 units
     progress: bool = True  # tqdm bar on stderr
     rank: int | None = None  # default: $RANK (0)
     world_size: int | None = None  # default: $WORLD_SIZE (1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class EncoderOptions:
     trainable: bool = False  # False: eval mode and no autograd graph (a frozen upstream)
     # fp32 | bf16: bf16 runs matmuls/convolutions under autocast (3.4x faster wav2vec2 Base on
     # CPUs with avx512_bf16/AMX, last-layer differences ~1e-1); outputs are returned as float32.
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 def option_names() -> list[str]:
