@@ -170,10 +170,10 @@ class HeadSpec:
 
 
 HEADS: Registry[HeadSpec] = Registry("head")
-HEADS["superb_utterance"] = HeadSpec(SuperbUtteranceConfig, SuperbUtteranceHead, "utterance")
-HEADS["speaker_asp"] = HeadSpec(SpeakerASPConfig, SpeakerASPHead, "utterance")
-HEADS["linear_probe"] = HeadSpec(LinearProbeConfig, LinearProbeHead, "utterance")
-HEADS["frame_linear"] = HeadSpec(FrameLinearConfig, FrameLinearHead, "frame")
+HEADS.register("superb_utterance", HeadSpec(SuperbUtteranceConfig, SuperbUtteranceHead, "utterance"))
+HEADS.register("speaker_asp", HeadSpec(SpeakerASPConfig, SpeakerASPHead, "utterance"))
+HEADS.register("linear_probe", HeadSpec(LinearProbeConfig, LinearProbeHead, "utterance"))
+HEADS.register("frame_linear", HeadSpec(FrameLinearConfig, FrameLinearHead, "frame"))
 
 
 def head_level(cfg: Mapping[str, Any]) -> str:

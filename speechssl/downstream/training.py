@@ -16,6 +16,7 @@ from speechssl.downstream.features import FeatureSet, num_frames
 from speechssl.downstream.metrics import classification_metrics
 from speechssl.downstream.model import DownstreamModel, TrainConfig
 from speechssl.downstream.pooling import valid_mask
+from speechssl.modules.padding import pad_to_batch
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
@@ -45,11 +46,7 @@ def collate_features(
             t = crop_frames
         chosen.append([layers[j][off : off + t] for j in layer_index])
         offsets.append(off)
-    lengths = torch.tensor([c[0].shape[0] for c in chosen], dtype=torch.long)
-    dim = int(chosen[0][0].shape[-1])
-    out = torch.zeros(len(chosen), len(layer_index), int(lengths.max()), dim)
-    for i, c in enumerate(chosen):
-        out[i, :, : c[0].shape[0]] = torch.stack(c).float()
+    out, lengths = pad_to_batch([torch.stack(c) for c in chosen], time_dim=1)
     return out, lengths, offsets
 
 

@@ -34,6 +34,7 @@ import torch
 
 from speechssl.extract.chunking import encode_chunked
 from speechssl.extract.inputs import Item
+from speechssl.modules.padding import pad_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +214,7 @@ def _encode_batch(encoder, items: list[Item], policy: EncodePolicy, consumer: Fe
             consumer.failed(item, str(exc))
     if not ok:
         return
-    lengths = torch.tensor([int(w.numel()) for w in wavs], dtype=torch.long)
-    padded = torch.zeros(len(wavs), int(lengths.max()))
-    for i, w in enumerate(wavs):
-        padded[i, : w.numel()] = w
+    padded, lengths = pad_to_batch(wavs)
     try:
         with torch.inference_mode():
             if policy.device is not None:

@@ -277,5 +277,5 @@ class KaldiMfcc(_KaldiBase):
         return torch.cat(feats, dim=-1)
 
 
-FRONTENDS["fbank"] = FrontendSpec(FbankConfig, KaldiFbank)
-FRONTENDS["mfcc"] = FrontendSpec(MfccConfig, KaldiMfcc)
+FRONTENDS.register("fbank", FrontendSpec(FbankConfig, KaldiFbank))
+FRONTENDS.register("mfcc", FrontendSpec(MfccConfig, KaldiMfcc))

@@ -134,4 +134,4 @@ class LogMel(CMVNFrontend):
         return mel.clamp_(min=c.log_floor).log_()
 
 
-FRONTENDS["logmel"] = FrontendSpec(LogMelConfig, LogMel)
+FRONTENDS.register("logmel", FrontendSpec(LogMelConfig, LogMel))

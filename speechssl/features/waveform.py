@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from speechssl.features.base import FRONTENDS, Frontend, FrontendSpec, check_batch, valid_sum
+from speechssl.modules.padding import lengths_to_mask
 
 NORM_EPS = 1e-5  # as torch.nn.functional.layer_norm
 
@@ -39,7 +40,7 @@ class Waveform(Frontend):
             (Tensor, Tensor): [batch, samples, 1] float32, [batch] lengths.
         """
         wavs, lengths = check_batch(wavs, lengths, self.name)
-        mask = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
+        mask = lengths_to_mask(lengths, wavs.shape[1])
         x = wavs.masked_fill(~mask, 0.0)
         if self.config.normalize:
             count = lengths.clamp(min=1).double()[:, None]
@@ -50,4 +51,4 @@ class Waveform(Frontend):
         return x.unsqueeze(-1), lengths
 
 
-FRONTENDS["waveform"] = FrontendSpec(WaveformConfig, Waveform)
+FRONTENDS.register("waveform", FrontendSpec(WaveformConfig, Waveform))

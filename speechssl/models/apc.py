@@ -343,4 +343,4 @@ def build_apc(cfg: APCConfig) -> APC:
     return APC(cfg, frontend, prenet, context, postnet, quantizers)
 
 
-MODELS["apc"] = ModelSpec(APCConfig, build_apc)
+MODELS.register("apc", ModelSpec(APCConfig, build_apc))

@@ -397,4 +397,4 @@ def build_cpc(cfg: CPCConfig) -> CPC:
     return CPC(cfg, frontend, encoder, context, predictor)
 
 
-MODELS["cpc"] = ModelSpec(CPCConfig, build_cpc)
+MODELS.register("cpc", ModelSpec(CPCConfig, build_cpc))
