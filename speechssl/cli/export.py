@@ -34,14 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: load it in s3prl with S3PRLUpstream('apc_local', path_or_url='{out}') "
               "(hidden states = our layer_1, layer_2, layer_3)", file=sys.stderr)
         return 0
-    from speechssl.models.wav2vec2 import Wav2Vec2Model
-    from speechssl.upstream import load_encoder
-    from speechssl.upstream.importers import export_hf
+    from speechssl.upstream.hf_export import export_hf_encoder
 
-    enc = load_encoder(args.encoder)
-    if not isinstance(enc.backbone, Wav2Vec2Model):
-        raise ValueError(f"{args.encoder}: hf export needs a wav2vec 2.0-style encoder, got "
-                         f"{type(enc.backbone).__name__}")
-    out = export_hf(enc.backbone, args.out)
+    out = export_hf_encoder(args.encoder, args.out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -119,23 +119,13 @@ def _hours(records: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speechssl.data import read_manifest, write_manifest
+    from speechssl.data import read_manifest
 
     if args.action == "import":
-        from speechssl.data.formats import read_kaldi_dir, read_tsv
+        from speechssl.data import import_manifest
 
-        if args.fmt == "tsv":
-            records = read_tsv(args.source, sample_rate=args.sample_rate, label_files=_labels(args.labels))
-        else:
-            if args.labels or args.sample_rate:
-                raise ValueError(
-                    "--labels/--sample-rate apply to --from tsv only (Kaldi labels come from "
-                    "utt2spk, text and utt2* files)"
-                )
-            records = read_kaldi_dir(args.source)
-        if not records:
-            raise ValueError(f"{args.source}: no entries")
-        write_manifest(records, args.out)
+        records = import_manifest(args.fmt, args.source, args.out, sample_rate=args.sample_rate,
+                                  label_files=_labels(args.labels))
         print(f"wrote {args.out}: {_hours(records)}")
         return 0
 

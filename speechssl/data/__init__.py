@@ -9,7 +9,7 @@
 """
 
 from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, make_loader, padded_seconds
-from speechssl.data.formats import read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
+from speechssl.data.formats import import_manifest, read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
 from speechssl.data.manifest import (
     ManifestError,
     format_summary,
@@ -39,6 +39,7 @@ __all__ = [
     "collate_audio",
     "format_summary",
     "group_records",
+    "import_manifest",
     "iter_manifest",
     "kfold_records",
     "label_counts",

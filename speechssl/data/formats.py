@@ -30,10 +30,10 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from speechssl.audio import AudioError, audio_info
-from speechssl.data.manifest import ManifestError, record_duration, validate_record
+from speechssl.data.manifest import ManifestError, record_duration, validate_record, write_manifest
 from speechssl.data.prepare import make_ids
 from speechssl.utils import atomic_write_text
 
@@ -406,3 +406,42 @@ def write_kaldi_dir(
     for name, lines in files.items():
         atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
     return out_dir
+
+
+def import_manifest(
+    fmt: Literal["tsv", "kaldi"],
+    source: str | Path,
+    out: str | Path,
+    sample_rate: int | None = None,
+    label_files: Mapping[str, str | Path] | None = None,
+) -> list[dict]:
+    """``speechssl manifest import``: read a fairseq TSV or a Kaldi data folder, write ``out`` as JSONL.
+
+    Args:
+        fmt: ``"tsv"`` (:func:`read_tsv`) or ``"kaldi"`` (:func:`read_kaldi_dir`).
+        source: the ``.tsv`` file, or the Kaldi data folder / ``wav.scp``.
+        out: the manifest to write (atomically, :func:`~speechssl.data.write_manifest`).
+        sample_rate: tsv only: the rate of every file (None reads each header).
+        label_files: tsv only: ``{field: file}`` line-aligned with the TSV entries.
+    Returns:
+        The records written.
+    Raises:
+        ValueError: an unknown ``fmt``, tsv-only options with ``kaldi``, or a source with no
+            entries (nothing is written then).
+        ManifestError: a bad line of the source, named by file and line.
+    """
+    if fmt == "tsv":
+        records = read_tsv(source, sample_rate=sample_rate, label_files=label_files)
+    elif fmt == "kaldi":
+        if label_files or sample_rate:
+            raise ValueError(
+                "--labels/--sample-rate apply to --from tsv only (Kaldi labels come from "
+                "utt2spk, text and utt2* files)"
+            )
+        records = read_kaldi_dir(source)
+    else:
+        raise ValueError(f"unknown manifest format {fmt!r}; choices: kaldi, tsv")
+    if not records:
+        raise ValueError(f"{source}: no entries")
+    write_manifest(records, out)
+    return records
