@@ -84,21 +84,46 @@ def test_registry_lists_choices():
     assert reg == {"a": 1, "c": 3}
 
 
-@pytest.mark.parametrize("registry", ["MODELS", "FRONTENDS", "HEADS"])
-def test_production_registrations_refuse_a_second_builder_for_a_name(registry):
+def _built_in_registries() -> dict[str, Registry]:
+    import speechssl.corpora as corpora
     import speechssl.downstream.heads as heads
     import speechssl.features as features
     import speechssl.models as models
 
-    reg = {"MODELS": models.MODELS, "FRONTENDS": features.FRONTENDS, "HEADS": heads.HEADS}[registry]
+    return {"MODELS": models.MODELS, "FRONTENDS": features.FRONTENDS, "HEADS": heads.HEADS, "CORPORA": corpora.CORPORA}
+
+
+@pytest.mark.parametrize("registry", ["MODELS", "FRONTENDS", "HEADS", "CORPORA"])
+def test_production_registrations_refuse_a_second_builder_for_a_name(registry):
+    reg = _built_in_registries()[registry]
     assert len(reg) >= 3  # the built-ins registered themselves
     name = sorted(reg)[0]
     first = reg[name]
     with pytest.raises(ValueError, match="registered twice"):
-        reg[name] = object()  # how the built-ins register
+        reg[name] = object()
     with pytest.raises(ValueError, match="registered twice"):
         reg.register(name, object())
     assert reg[name] is first
+
+
+def test_built_ins_register_through_register():
+    """Every built-in entry is added as ``REG.register(name, spec)`` (one spelling to copy for a new
+    family, frontend, head or corpus), never by item assignment ``REG[name] = spec``."""
+    import re
+    from pathlib import Path
+
+    import speechssl
+
+    sources = {p: p.read_text(encoding="utf-8") for p in Path(speechssl.__file__).parent.rglob("*.py")}
+    assigned = [f"{p.name}: {m.group(0).strip()}" for p, text in sources.items()
+                for m in re.finditer(r"^\s*[A-Z][A-Z_]*\[[^\]\n]+\]\s*=[^=]", text, re.M)]
+    assert not assigned
+    registered = {m.group(1) for text in sources.values() for m in re.finditer(r'\.register\(\s*"([^"]+)"', text)}
+    for kind, reg in _built_in_registries().items():
+        # skip what other tests registered (toy models): every field of a built-in's spec is speechssl code
+        built_in = {name for name, spec in reg.items() if all(
+            value.__module__.startswith("speechssl.") for value in vars(spec).values() if callable(value))}
+        assert len(built_in) >= 3 and built_in <= registered, f"{kind}: {sorted(built_in - registered)} not added with .register()"
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):

@@ -3,9 +3,17 @@ library functions that tests (and users) call directly; the CLI only parses argu
 
 from __future__ import annotations
 
-import pytest
+import argparse
 
+import pytest
+import torch
+from corpus_fixtures import make_iemocap, make_librispeech
+from safetensors.torch import load_file
+
+from speechssl.cli import corpus as corpus_cli
 from speechssl.cli.main import main
+from speechssl.corpora import CORPORA, prepare_corpus
+from speechssl.corpora.librispeech import prepare_librispeech
 from speechssl.data import (
     ManifestError,
     format_summary,
@@ -17,6 +25,10 @@ from speechssl.data import (
 from speechssl.data import write_manifest as write
 from speechssl.downstream import stratified_split
 from speechssl.downstream.protocols import label_efficiency_splits, parse_encoder_list, superb_splits
+from speechssl.models.wav2vec2 import Wav2Vec2Config, build_wav2vec2
+from speechssl.registry import UnknownNameError
+from speechssl.upstream import save_encoder
+from speechssl.upstream.hf_export import export_hf, export_hf_encoder
 
 
 def _recs(ids, speaker="s0", emotion=None):
@@ -112,3 +124,75 @@ def test_label_efficiency_and_superb_take_feature_folders_and_encoders_alike(tmp
                  "--test", str(test), "--label", "pitch", "--shots", "1", "--seeds", "1", "--out",
                  str(tmp_path / "le_cli"), "--quiet", "train.max_steps=2", "head.name=linear_probe"]) == 0
     assert (tmp_path / "le_cli" / "label_efficiency.md").read_text() == (tmp_path / "le" / "label_efficiency.md").read_text()
+
+
+def test_import_manifest_reads_tsv_or_kaldi_and_writes_the_manifest(tmp_path, capsys):
+    """`manifest import` is `import_manifest(fmt, source, out, ...)`: format choice, tsv-only
+    options and empty sources are checked in the library."""
+    from speechssl.data import import_manifest, read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
+
+    recs = _tones(tmp_path, n=3)
+    write_tsv(recs, tmp_path / "train.tsv")
+    (tmp_path / "train.wrd").write_text("a\nb\nc\n")
+    got = import_manifest("tsv", tmp_path / "train.tsv", tmp_path / "tsv.jsonl", label_files={"text": tmp_path / "train.wrd"})
+    assert got == read_manifest(tmp_path / "tsv.jsonl") == read_tsv(tmp_path / "train.tsv", label_files={"text": tmp_path / "train.wrd"})
+    assert [r["text"] for r in got] == ["a", "b", "c"]
+    write_kaldi_dir(recs, tmp_path / "kaldi")
+    got = import_manifest("kaldi", tmp_path / "kaldi", tmp_path / "kaldi.jsonl")
+    assert got == read_manifest(tmp_path / "kaldi.jsonl") == read_kaldi_dir(tmp_path / "kaldi")
+    with pytest.raises(ValueError, match="--labels/--sample-rate apply to --from tsv only"):
+        import_manifest("kaldi", tmp_path / "kaldi", tmp_path / "no.jsonl", sample_rate=16000)
+    (tmp_path / "empty.tsv").write_text(f"{tmp_path}\n")
+    with pytest.raises(ValueError, match=r"empty\.tsv: no entries"):
+        import_manifest("tsv", tmp_path / "empty.tsv", tmp_path / "no.jsonl")
+    with pytest.raises(ValueError, match="unknown manifest format 'scp'; choices: kaldi, tsv"):
+        import_manifest("scp", tmp_path / "kaldi", tmp_path / "no.jsonl")  # type: ignore[arg-type]
+    assert not (tmp_path / "no.jsonl").exists()
+    # the verb is that call
+    assert main(["manifest", "import", "--from", "kaldi", str(tmp_path / "kaldi"), "--out", str(tmp_path / "cli.jsonl")]) == 0
+    assert read_manifest(tmp_path / "cli.jsonl") == read_manifest(tmp_path / "kaldi.jsonl")
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_corpus_registry_lists_choices_and_checks_each_corpus_options(tmp_path, capsys):
+    assert list(CORPORA) == ["librispeech", "iemocap", "voxceleb1", "generic"]
+    with pytest.raises(UnknownNameError, match="unknown corpus 'timit'; choices: generic, iemocap, librispeech, voxceleb1"):
+        prepare_corpus("timit", tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"generic corpus needs --labels FILE"):
+        prepare_corpus("generic", tmp_path, tmp_path / "out")
+    iemocap = make_iemocap(tmp_path / "iemocap")
+    with pytest.raises(ValueError, match="corpus 'iemocap' takes no option subsets; its options: none"):
+        prepare_corpus("iemocap", iemocap, tmp_path / "out", subsets=["dev-clean"])
+    assert not (tmp_path / "out").exists()
+    libri = make_librispeech(tmp_path / "libri")
+    written = prepare_corpus("librispeech", libri, tmp_path / "lib", subsets=["train-clean-100"], split_file=None)
+    ref = prepare_librispeech(libri, tmp_path / "ref", subsets=["train-clean-100"])
+    assert list(written) == list(ref) == ["train-clean-100"]  # None options are "not given"
+    assert read_manifest(written["train-clean-100"]) == read_manifest(ref["train-clean-100"])
+    # the CLI's choices are the registry, and the verb is one prepare_corpus call
+    parser = argparse.ArgumentParser()
+    corpus_cli.add_arguments(parser)
+    assert next(a for a in parser._actions if a.dest == "corpus").choices == list(CORPORA)
+    assert main(["corpus", "iemocap", str(iemocap), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "all.jsonl").is_file() and "wrote all: " in capsys.readouterr().out
+
+
+def test_export_hf_encoder_loads_checks_and_exports(tmp_path, capsys):
+    """`export hf` is `export_hf_encoder(encoder, out)`: the same folder as export_hf of the model."""
+    torch.manual_seed(0)
+    model = build_wav2vec2(Wav2Vec2Config(conv_layers=[(16, 10, 5), (16, 3, 2)], embed_dim=24, num_layers=2,
+                                          num_heads=4, ffn_dim=48, pos_conv_kernel=8, pos_conv_groups=4,
+                                          num_vars=8, vq_dim=16, final_dim=12)).eval()
+    release = save_encoder(model, tmp_path / "release")
+    export_hf(model, tmp_path / "ref")
+    assert export_hf_encoder(release, tmp_path / "hf") == tmp_path / "hf"
+    for name in ("config.json", "preprocessor_config.json"):
+        assert (tmp_path / "hf" / name).read_text() == (tmp_path / "ref" / name).read_text()
+    ours, ref = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="logmel: hf export needs a wav2vec 2.0-style encoder, got "):
+        export_hf_encoder("logmel", tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    assert main(["export", "hf", "--encoder", str(release), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "config.json").read_text() == (tmp_path / "ref" / "config.json").read_text()
+    assert f"wrote {tmp_path / 'cli'}" in capsys.readouterr().err
