@@ -28,7 +28,8 @@ from speechssl.downstream.protocols import label_efficiency_splits, parse_encode
 from speechssl.models.wav2vec2 import Wav2Vec2Config, build_wav2vec2
 from speechssl.registry import UnknownNameError
 from speechssl.upstream import save_encoder
-from speechssl.upstream.hf_export import export_hf, export_hf_encoder
+from speechssl.upstream.hf_export import export_hf
+from speechssl.upstream.hf_export_encoder import export_hf_encoder
 
 
 def _recs(ids, speaker="s0", emotion=None):

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: load it in s3prl with S3PRLUpstream('apc_local', path_or_url='{out}') "
               "(hidden states = our layer_1, layer_2, layer_3)", file=sys.stderr)
         return 0
-    from speechssl.upstream.hf_export import export_hf_encoder
+    from speechssl.upstream.hf_export_encoder import export_hf_encoder
 
     out = export_hf_encoder(args.encoder, args.out)
     print(f"wrote {out}", file=sys.stderr)

@@ -18,7 +18,6 @@ Writes are atomic per file; nothing is pickled.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -91,28 +90,3 @@ def export_hf(model: Wav2Vec2Model, folder: str | Path) -> Path:
         },
     )
     return folder
-
-
-def export_hf_encoder(encoder_or_path: Any, folder: str | Path) -> Path:
-    """``speechssl export hf``: load an encoder and write its wav2vec 2.0 model with :func:`export_hf`.
-
-    Args:
-        encoder_or_path: an :class:`~speechssl.upstream.Encoder`, or anything
-            :func:`speechssl.upstream.load_encoder` accepts (release folder, experiment folder,
-            training checkpoint, torchaudio / Hugging Face folder).
-        folder: the Hugging Face folder to write.
-    Returns:
-        ``folder``.
-    Raises:
-        ValueError: naming the encoder, when its model is not a wav2vec 2.0-style
-            :class:`Wav2Vec2Model` (APC, CPC and baselines have no Hugging Face form).
-    """
-    # imported here: loading reaches the importers, which import this module for export_hf
-    from speechssl.upstream.encoder import Encoder
-    from speechssl.upstream.loading import load_encoder
-
-    enc = encoder_or_path if isinstance(encoder_or_path, Encoder) else load_encoder(encoder_or_path)
-    if not isinstance(enc.backbone, Wav2Vec2Model):
-        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0-style encoder, got "
-                         f"{type(enc.backbone).__name__}")
-    return export_hf(enc.backbone, folder)
