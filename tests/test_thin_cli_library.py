@@ -16,11 +16,17 @@ from speechssl.corpora import CORPORA, prepare_corpus
 from speechssl.corpora.librispeech import prepare_librispeech
 from speechssl.data import (
     ManifestError,
+    export_manifest,
     format_summary,
+    import_manifest,
     manifest_summary,
     merge_manifests,
+    read_kaldi_dir,
     read_manifest,
+    read_tsv,
     split_manifest,
+    write_kaldi_dir,
+    write_tsv,
 )
 from speechssl.data import write_manifest as write
 from speechssl.downstream import stratified_split
@@ -127,11 +133,9 @@ def test_label_efficiency_and_superb_take_feature_folders_and_encoders_alike(tmp
     assert (tmp_path / "le_cli" / "label_efficiency.md").read_text() == (tmp_path / "le" / "label_efficiency.md").read_text()
 
 
-def test_import_manifest_reads_tsv_or_kaldi_and_writes_the_manifest(tmp_path, capsys):
-    """`manifest import` is `import_manifest(fmt, source, out, ...)`: format choice, tsv-only
-    options and empty sources are checked in the library."""
-    from speechssl.data import import_manifest, read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
-
+def test_import_and_export_manifest_pick_the_format_in_the_library(tmp_path, capsys):
+    """`manifest import` / `export` are `import_manifest` / `export_manifest(fmt, ...)`: format
+    choice, tsv-only options and empty sources are handled in the library."""
     recs = _tones(tmp_path, n=3)
     write_tsv(recs, tmp_path / "train.tsv")
     (tmp_path / "train.wrd").write_text("a\nb\nc\n")
@@ -149,7 +153,17 @@ def test_import_manifest_reads_tsv_or_kaldi_and_writes_the_manifest(tmp_path, ca
     with pytest.raises(ValueError, match="unknown manifest format 'scp'; choices: kaldi, tsv"):
         import_manifest("scp", tmp_path / "kaldi", tmp_path / "no.jsonl")  # type: ignore[arg-type]
     assert not (tmp_path / "no.jsonl").exists()
-    # the verb is that call
+    # export is the mirror call; export then import gives the records back
+    assert export_manifest("kaldi", tmp_path / "kaldi.jsonl", tmp_path / "kaldi2") == got
+    assert import_manifest("kaldi", tmp_path / "kaldi2", tmp_path / "kaldi2.jsonl") == got
+    assert [r["path"] for r in export_manifest("tsv", tmp_path / "tsv.jsonl", tmp_path / "out" / "t.tsv", root=tmp_path)] == [
+        r["path"] for r in recs]
+    assert (tmp_path / "out" / "t.tsv").read_text().splitlines()[0] == str(tmp_path)
+    with pytest.raises(ValueError, match="unknown manifest format 'scp'"):
+        export_manifest("scp", tmp_path / "kaldi.jsonl", tmp_path / "no")  # type: ignore[arg-type]
+    # the verbs are those calls
+    assert main(["manifest", "export", "--to", "kaldi", str(tmp_path / "kaldi.jsonl"), "--out", str(tmp_path / "k3")]) == 0
+    assert (tmp_path / "k3" / "wav.scp").read_text() == (tmp_path / "kaldi2" / "wav.scp").read_text()
     assert main(["manifest", "import", "--from", "kaldi", str(tmp_path / "kaldi"), "--out", str(tmp_path / "cli.jsonl")]) == 0
     assert read_manifest(tmp_path / "cli.jsonl") == read_manifest(tmp_path / "kaldi.jsonl")
     assert "wrote" in capsys.readouterr().out

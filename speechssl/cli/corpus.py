@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for the manifests")
     parser.add_argument("--min-seconds", type=float, default=0.0, help="drop shorter files (reported)")
     parser.add_argument("--subsets", nargs="*", help="librispeech: subset folders to read (default all)")
-    parser.add_argument("--labels", dest="labels_file", help="generic: CSV/TSV with a path or id column and label columns")
+    parser.add_argument("--labels", dest="labels_file", metavar="FILE", help="generic: CSV/TSV with a path or id column and label columns")
     parser.add_argument("--split-file", help="voxceleb1: iden_split.txt (default CORPUS/iden_split.txt)")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -130,19 +129,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.action == "export":
-        from speechssl.data.formats import write_kaldi_dir, write_tsv
+        from speechssl.data import export_manifest
 
-        records = read_manifest(args.manifest)
-        if args.fmt == "tsv":
-            write_tsv(
-                records,
-                args.out,
-                root=args.root,
-                label_files=_labels(args.labels),
-                manifest_dir=Path(args.manifest).parent,
-            )
-        else:
-            write_kaldi_dir(records, args.out, speaker_field=args.speaker_field)
+        records = export_manifest(args.fmt, args.manifest, args.out, root=args.root, label_files=_labels(args.labels),
+                                  speaker_field=args.speaker_field)
         print(f"wrote {args.out}: {_hours(records)}")
         return 0
 

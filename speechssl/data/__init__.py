@@ -9,7 +9,14 @@
 """
 
 from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, make_loader, padded_seconds
-from speechssl.data.formats import import_manifest, read_kaldi_dir, read_tsv, write_kaldi_dir, write_tsv
+from speechssl.data.formats import (
+    export_manifest,
+    import_manifest,
+    read_kaldi_dir,
+    read_tsv,
+    write_kaldi_dir,
+    write_tsv,
+)
 from speechssl.data.manifest import (
     ManifestError,
     format_summary,
@@ -37,6 +44,7 @@ __all__ = [
     "PrepareReport",
     "SecondsBatchSampler",
     "collate_audio",
+    "export_manifest",
     "format_summary",
     "group_records",
     "import_manifest",

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from speechssl.audio import AudioError, audio_info
-from speechssl.data.manifest import ManifestError, record_duration, validate_record, write_manifest
+from speechssl.data.manifest import (
+    ManifestError,
+    read_manifest,
+    record_duration,
+    validate_record,
+    write_manifest,
+)
 from speechssl.data.prepare import make_ids
 from speechssl.utils import atomic_write_text
 
@@ -444,4 +450,38 @@ def import_manifest(
     if not records:
         raise ValueError(f"{source}: no entries")
     write_manifest(records, out)
+    return records
+
+
+def export_manifest(
+    fmt: Literal["tsv", "kaldi"],
+    manifest: str | Path,
+    out: str | Path,
+    root: str | Path | None = None,
+    label_files: Mapping[str, str | Path] | None = None,
+    speaker_field: str = "speaker",
+) -> list[dict]:
+    """``speechssl manifest export``: write a JSONL manifest as a fairseq TSV or a Kaldi data folder.
+
+    Args:
+        fmt: ``"tsv"`` (:func:`write_tsv`; its default root is found from the manifest's folder)
+            or ``"kaldi"`` (:func:`write_kaldi_dir`).
+        manifest: the JSONL manifest to export.
+        out: the ``.tsv`` file, or the Kaldi data folder.
+        root: tsv: the root line (default: see :func:`write_tsv`).
+        label_files: tsv: ``{field: file}`` line-aligned label files to write too.
+        speaker_field: kaldi: the field written to ``utt2spk``.
+    Returns:
+        The manifest's records.
+    Raises:
+        ValueError: an unknown ``fmt``.
+        ManifestError: a record the format cannot express (see the writers).
+    """
+    records = read_manifest(manifest)
+    if fmt == "tsv":
+        write_tsv(records, out, root=root, label_files=label_files, manifest_dir=Path(manifest).parent)
+    elif fmt == "kaldi":
+        write_kaldi_dir(records, out, speaker_field=speaker_field)
+    else:
+        raise ValueError(f"unknown manifest format {fmt!r}; choices: kaldi, tsv")
     return records
