@@ -413,5 +413,5 @@ def label_efficiency(cfg: DownstreamConfig, encoders: Mapping[str, str | Path], 
                                         dev_per_class)
     test_records = read_manifest(test)
     sources = {name: source_from_config(cfg, str(path)) for name, path in encoders.items()}
-    return run_label_efficiency(sources, pool, dev, test_records, label, cfg, shots, seeds, out_dir, metric,
-                                progress, resume)
+    return run_label_efficiency(sources, pool, dev, test_records, label, cfg, shots, seeds, out_dir, metric=metric,
+                                progress=progress, resume=resume)
