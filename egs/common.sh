@@ -12,6 +12,7 @@ nnodes=${nnodes:-1}
 launcher=${launcher:-local}
 master_addr=${master_addr:-127.0.0.1}
 master_port=${master_port:-29500}
+parallel=${parallel:-1}  # independent jobs of a stage run this many at a time (spawn / wait_spawned)
 
 log() { echo "[$(basename "$(dirname "$(dirname "$0")")")/$(basename "$(dirname "$0")") $(date '+%H:%M:%S')] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -32,6 +33,26 @@ while [ $# -gt 0 ]; do
 done
 
 command -v speechssl >/dev/null 2>&1 || die "the speechssl command is not on PATH (run 'make setup' and activate .venv)"
+
+# spawn CMD...: run CMD in the background, at most $parallel at a time; wait_spawned waits for all
+# of them and stops the recipe if any failed. Each job should use one thread (OMP_NUM_THREADS=1).
+_spawned=0
+_spawn_failed=0
+spawn() {
+  if [ "$_spawned" -ge "$parallel" ]; then
+    wait -n || _spawn_failed=1
+    _spawned=$((_spawned - 1))
+  fi
+  "$@" &
+  _spawned=$((_spawned + 1))
+}
+wait_spawned() {
+  while [ "$_spawned" -gt 0 ]; do
+    wait -n || _spawn_failed=1
+    _spawned=$((_spawned - 1))
+  done
+  [ "$_spawn_failed" = 0 ] || die "a job of this stage failed (its error is above)"
+}
 
 # stage N "description": true when stage N is selected and not already done (marker file).
 # Mark it done with `done_stage N` at its end; rerunning skips finished stages.

@@ -2,8 +2,9 @@
 # The demo: what self-supervised pretraining buys when labels are scarce, on the built-in
 # synthetic speech corpus (nothing is downloaded).
 # Usage:
-#   bash egs/synthetic/ssl/run.sh            # full size, about 5 minutes on 2 CPU cores
-#   bash egs/synthetic/ssl/run.sh --quick    # CI size, about 3 minutes
+#   bash egs/synthetic/ssl/run.sh            # full size (make demo), about 6 minutes on 2 CPU cores
+#   bash egs/synthetic/ssl/run.sh --models all --exp_dir exp_all   # every family (make demo-all)
+#   bash egs/synthetic/ssl/run.sh --quick    # CI size: every stage runs, nothing is claimed
 #   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6   # redo the evaluation only
 # Stages:
 #   1 synthesise an unlabelled pool (sentences + isolated words) and separate labelled sets of sentences
@@ -27,17 +28,25 @@ pool_word_utts=20      # unlabelled word clips per speaker in the pretraining po
 word_utts=40           # labelled word clips per speaker (each word twice); half the speakers label, half test
 pretrain_steps=1000    # per model (cosine schedule length)
 pretrain_minutes=4     # per model: a hard stop whatever the step
-models="apc cpc wav2vec2"
+models="apc cpc wav2vec2"  # or "all": every family with a recipes/pretrain/<family>_demo.yaml
+exp_dir=exp            # experiments, features and the summary go here (data/ is shared)
 shots=2,4,8,16
 seeds=5
 seed=0
+parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
 . ../../common.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+markers=$exp_dir/.stages
+recipes=../../../recipes
+if [ "$models" = all ]; then
+  models=$(for f in "$recipes"/pretrain/*_demo.yaml; do basename "$f" _demo.yaml; done | tr '\n' ' ')
+fi
+for m in $models; do [ -f "$recipes/pretrain/${m}_demo.yaml" ] || die "no recipe $recipes/pretrain/${m}_demo.yaml for --models $m"; done
 
 if [ "$quick" = true ]; then
   speakers=8; pool_utts=30; labelled_utts=16; pool_word_utts=10; word_utts=20; pretrain_steps=80
   pretrain_minutes=0.35; shots=1,4; seeds=2
 fi
-recipes=../../../recipes
 log "demo: $speakers speakers, $pool_utts + $pool_word_utts unlabelled and $labelled_utts + $word_utts labelled" \
   "utterances (sentences + words) each; models: $models"
 
@@ -66,27 +75,32 @@ if begin_stage 2 "manifests and splits"; then
   done_stage 2
 fi
 
-if begin_stage 3 "pretrain $models ($pretrain_minutes min each) and random-init controls"; then
-  for m in $models; do
-    pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-      --valid data/pretrain/dev.jsonl --exp "exp/$m" "train.max_steps=$pretrain_steps" \
-      "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
-    # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
-    # says role "control" and control_of "$m", which the summary reads (folder names are free).
-    speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-      --exp "exp/${m}_random" train.max_steps=0 "train.seed=$seed" "train.control_of=$m"
-  done
+pretrain_model() {
+  local m=$1
+  pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
+    --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \
+    "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+  # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
+  # says role "control" and control_of "$m", which the summary reads (folder names are free).
+  speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
+    --exp "$exp_dir/${m}_random" train.max_steps=0 "train.seed=$seed" "train.control_of=$m"
+}
+
+if begin_stage 3 "pretrain $models ($pretrain_minutes min each, $parallel at a time) and random-init controls"; then
+  for m in $models; do spawn pretrain_model "$m"; done
+  wait_spawned
   done_stage 3
 fi
 
 encoders="logmel fbank"
-for m in $models; do encoders="$encoders exp/$m/encoder exp/${m}_random/encoder"; done
+for m in $models; do encoders="$encoders $exp_dir/$m/encoder $exp_dir/${m}_random/encoder"; done
 
 if begin_stage 4 "extract features of the labelled sets"; then
   for enc in $encoders; do
-    name=$(encoder_name "$enc")
-    speechssl extract --encoder "$enc" --input data/extract.jsonl --layers all --out "exp/feats/$name" --format npy
+    spawn speechssl extract --encoder "$enc" --input data/extract.jsonl --layers all \
+      --out "$exp_dir/feats/$(encoder_name "$enc")" --format npy --no-progress
   done
+  wait_spawned
   done_stage 4
 fi
 
@@ -94,22 +108,23 @@ if begin_stage 5 "label-efficiency curves (shots $shots, $seeds seeds)"; then
   features=
   for enc in $encoders; do
     name=$(encoder_name "$enc")
-    features="${features:+$features,}$name=exp/feats/$name"
+    features="${features:+$features,}$name=$exp_dir/feats/$name"
   done
   for task in speaker style word; do
     sets=data/labelled; [ "$task" = word ] && sets=data/words
-    # Features come from stage 4 (NAME=exp/feats/NAME): every encoder ran once over the labelled sets.
-    speechssl downstream label-efficiency --encoders "$features" --train "$sets/pool.jsonl" \
+    # Features come from stage 4 (NAME=$exp_dir/feats/NAME): every encoder ran once over the labelled sets.
+    spawn speechssl downstream label-efficiency --encoders "$features" --train "$sets/pool.jsonl" \
       --test "$sets/test.jsonl" --label "$task" --shots "$shots" --seeds "$seeds" \
-      --config "$recipes/downstream/demo.yaml" --out "exp/le_$task" --quiet
+      --config "$recipes/downstream/demo.yaml" --out "$exp_dir/le_$task" --quiet
   done
+  wait_spawned
   done_stage 5
 fi
 
 if begin_stage 6 "summary"; then
   # `downstream summary` prints the summary itself
-  speechssl downstream summary speaker=exp/le_speaker style=exp/le_style word=exp/le_word --out exp/summary.md --png exp/summary.png \
-    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (about 5 min) for the comparison" || echo "full size" )."
+  speechssl downstream summary speaker=$exp_dir/le_speaker style=$exp_dir/le_style word=$exp_dir/le_word --out $exp_dir/summary.md --png $exp_dir/summary.png \
+    --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (make demo) for the comparison" || echo "full size" )."
   done_stage 6
 fi
-log "done: $(pwd)/exp/summary.md"
+log "done: $(pwd)/$exp_dir/summary.md"
