@@ -9,7 +9,8 @@ the first builder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
@@ -60,3 +61,18 @@ class Registry(dict, Generic[V]):
             return obj
 
         return deco
+
+    @contextlib.contextmanager
+    def replaced(self, name: str, obj: V) -> Iterator[V]:
+        """Put ``obj`` under ``name`` for the ``with`` block only, then restore what was there (or
+        nothing): for tests and experiments that swap a builder without a second registration."""
+        missing = object()
+        old = dict.get(self, name, missing)
+        dict.__setitem__(self, name, obj)
+        try:
+            yield obj
+        finally:
+            if old is missing:
+                dict.pop(self, name, None)
+            else:
+                dict.__setitem__(self, name, old)

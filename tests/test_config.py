@@ -154,3 +154,17 @@ def test_read_versioned_json_errors(tmp_path):
         read_versioned_json(path, 1, "a thing")
     path.write_text('{"format_version": 1, "x": 3}')
     assert read_versioned_json(path, 1, "a thing")["x"] == 3
+
+
+def test_registry_replaced_swaps_for_a_block_and_restores():
+    from speechssl.registry import Registry
+
+    reg: Registry[int] = Registry("thing")
+    reg.register("a", 1)
+    with reg.replaced("a", 2):
+        assert reg["a"] == 2
+    with reg.replaced("b", 3):
+        assert reg["b"] == 3
+    assert dict(reg) == {"a": 1}
+    with pytest.raises(ValueError, match="registered twice"):
+        reg["a"] = 5

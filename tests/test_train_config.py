@@ -113,10 +113,10 @@ def test_loading_a_config_builds_no_model_and_the_trainer_builds_one(tmp_path, m
         built.append(config)
         return ToyLinear(config)
 
-    monkeypatch.setitem(MODELS, "toy_linear", ModelSpec(ToyConfig, build))
-    cfg = load_pretrain_config(recipe(tmp_path), ["model.hidden=4"])
-    assert built == [] and cfg.model == ToyConfig(hidden=4) and cfg.model_name == "toy_linear"
-    Trainer(cfg, make_corpus(tmp_path / "data", n=3), None, tmp_path / "exp").close()
+    with MODELS.replaced("toy_linear", ModelSpec(ToyConfig, build)):
+        cfg = load_pretrain_config(recipe(tmp_path), ["model.hidden=4"])
+        assert built == [] and cfg.model == ToyConfig(hidden=4) and cfg.model_name == "toy_linear"
+        Trainer(cfg, make_corpus(tmp_path / "data", n=3), None, tmp_path / "exp").close()
     assert built == [cfg.model]
 
 
@@ -129,10 +129,10 @@ def test_builder_errors_are_config_errors_before_any_file(tmp_path, monkeypatch)
     def build(config):
         raise ValueError("hidden must divide frame")
 
-    monkeypatch.setitem(MODELS, "toy_linear", ModelSpec(ToyConfig, build))
-    cfg = load_pretrain_config(recipe(tmp_path))  # reading the config builds nothing
-    with pytest.raises(ConfigError, match="model 'toy_linear' cannot be built: hidden must divide frame"):
-        pretrain(cfg, tmp_path / "none.jsonl", None, tmp_path / "exp")
+    with MODELS.replaced("toy_linear", ModelSpec(ToyConfig, build)):
+        cfg = load_pretrain_config(recipe(tmp_path))  # reading the config builds nothing
+        with pytest.raises(ConfigError, match="model 'toy_linear' cannot be built: hidden must divide frame"):
+            pretrain(cfg, tmp_path / "none.jsonl", None, tmp_path / "exp")
     assert not (tmp_path / "exp").exists()
 
 

@@ -41,7 +41,6 @@ recipes=../../../recipes
 if [ "$models" = all ]; then
   models=$(for f in "$recipes"/pretrain/*_demo.yaml; do basename "$f" _demo.yaml; done | tr '\n' ' ')
 fi
-for m in $models; do [ -f "$recipes/pretrain/${m}_demo.yaml" ] || die "no recipe $recipes/pretrain/${m}_demo.yaml for --models $m"; done
 
 if [ "$quick" = true ]; then
   speakers=8; pool_utts=30; labelled_utts=16; pool_word_utts=10; word_utts=20; pretrain_steps=80
@@ -87,6 +86,7 @@ pretrain_model() {
 }
 
 if begin_stage 3 "pretrain $models ($pretrain_minutes min each, $parallel at a time) and random-init controls"; then
+  for m in $models; do [ -f "$recipes/pretrain/${m}_demo.yaml" ] || die "--models $m: no $recipes/pretrain/${m}_demo.yaml"; done
   for m in $models; do spawn pretrain_model "$m"; done
   wait_spawned
   done_stage 3
