@@ -1,0 +1,280 @@
+"""BEST-RQ: masked prediction of random-projection-quantized targets (Chiu et al. 2022, ICML).
+
+"Self-supervised Learning with Random-projection Quantizer for Speech Recognition"; SpeechBrain
+``speechbrain/lobes/models/BESTRQ.py`` and ``recipes/LibriSpeech/self-supervised-learning/BEST-RQ``.
+No offline target step: the quantizer lives in the model, frozen, and is saved with it.
+
+Pipeline (shapes for one batch of ``B`` waveforms)::
+
+    wavs [B, L] --frontend (log-Mel / fbank, CMVN)--> [B, T10, F]          10 ms frames
+         --stack stack_frames (4) non-overlapping frames--> x [B, T, 4F]   40 ms frames
+    targets = RandomProjectionQuantizer(x)               [B, T, K]  (unmasked x, no grad)
+    mask    = span_mask(T)                                [B, T]     (training only)
+    x~      = x with masked frames replaced by N(0, mask_noise_std^2) noise
+         --input_projection: Linear(4F, D) -> dropout--> latent [B, T, D]
+         --encoder (pos conv + transformer)--> layer_1 .. layer_N, context [B, T, D]
+    loss    = CE(LinearHead(context), targets) on masked frames (+ unmasked_weight x CE on the others)
+
+The paper uses a conformer and a conv subsampler; here the context network is the shared
+transformer of :mod:`speechssl.modules.transformer` and the 4x subsampling is frame stacking,
+which lines the model's frames up exactly with the quantizer's (both see the same stacked
+frames) and adds no parameters (as MelHuBERT does).
+
+Frames: frame ``t`` stacks frontend frames ``4t .. 4t + 3``, i.e. samples
+``[640 t, 640 t + 880)``; ``frame_shift`` = ``stack_frames x`` the frontend's shift (640 = 40 ms);
+``min_samples`` = one stacked frame (880 samples); frames(L) = ``frontend.num_frames(L) // stack_frames``
+(a tail of fewer than ``stack_frames`` frontend frames is dropped).
+
+``encode`` layer names: ``latent`` = the projected stacked frames (no mask, no noise), ``layer_k`` =
+transformer layer k, ``context`` = final output (== ``layer_N`` post-LN, its final LayerNorm pre-LN).
+
+Loss metrics: ``loss``, ``masked_ce``, ``unmasked_ce``, ``acc`` (masked accuracy, mean over
+codebooks), ``acc_codebook_<k>``, ``code_perplexity_<k>`` and ``codebook_usage`` of the targets
+(the Trainer's health watch reads these names), ``mask_ratio``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechssl.features.base import build_frontend
+from speechssl.features.cmvn import CMVNFrontend
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.modules.linear import Linear
+from speechssl.modules.masked_prediction import LinearHead, masked_prediction_loss
+from speechssl.modules.masking import span_mask
+from speechssl.modules.padding import lengths_to_mask
+from speechssl.modules.random_projection import RandomProjectionQuantizer
+from speechssl.modules.transformer import TransformerEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BestRQConfig:
+    """BEST-RQ config. Defaults = :func:`bestrq_base` (SpeechBrain's LibriSpeech recipe sizes, the paper's masking)."""
+
+    # Frontend: a frame frontend with CMVN (logmel / fbank / mfcc, ``cmvn: utterance | global``).
+    # The quantizer needs normalised input: without it the targets collapse onto a few codes.
+    frontend: dict = dataclasses.field(default_factory=lambda: {"name": "logmel", "n_mels": 80, "cmvn": "utterance"})
+    stack_frames: int = 4  # frontend frames per model frame (4 x 10 ms = 40 ms, as in the paper)
+    # Transformer context network (SpeechBrain: 12 conformer layers, d_model 576, 8 heads, d_ffn 2048).
+    embed_dim: int = 576
+    num_layers: int = 12
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    layer_norm_first: bool = True  # pre-LN, as a conformer is
+    pos_conv_kernel: int = 64  # convolutional positional embedding: 64 x 40 ms = 2.56 s (wav2vec 2.0: 128 x 20 ms)
+    pos_conv_groups: int = 16
+    layer_norm_eps: float = 1.0e-5
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    input_dropout: float = 0.1  # on the projected input (after masking)
+    layer_drop: float = 0.0
+    # Span masking on 40 ms frames. Paper: every 10 ms frame starts a 400 ms span with probability
+    # 0.01, i.e. a 40 ms frame with 1 - 0.99^4 = 0.04, span 10 frames; ~33 % of frames masked.
+    mask_prob: float = 0.04  # probability that a frame starts a span (speechssl.modules.masking units)
+    mask_span: int = 10
+    min_masks: int = 1
+    mask_noise_std: float = 0.1  # masked input frames become N(0, 0.1^2) noise (paper)
+    # Random-projection quantizer (paper: one codebook of 8192 codes of dimension 16).
+    num_codebooks: int = 1  # > 1: the paper's multi-softmax variant (one classifier per codebook)
+    codebook_size: int = 8192
+    code_dim: int = 16
+    quantizer_seed: int = 0  # seed of the frozen projection and codebooks (saved with the model anyway)
+    # Loss.
+    unmasked_weight: float = 0.0  # CE weight of unmasked frames (0: masked frames only, as in the paper)
+    # Warn when a codebook's target perplexity falls below this (targets collapsed onto a few codes).
+    collapse_perplexity: float = 2.0
+
+    def __post_init__(self) -> None:
+        for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "layer_drop", "mask_prob"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"model.{key} must be in [0, 1], got {value}")
+        for key in ("stack_frames", "num_layers", "num_codebooks", "code_dim", "mask_span"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.codebook_size < 2:
+            raise ValueError(f"model.codebook_size must be >= 2, got {self.codebook_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.embed_dim % self.pos_conv_groups:
+            raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by pos_conv_groups {self.pos_conv_groups}")
+        if self.mask_noise_std < 0 or self.unmasked_weight < 0:
+            raise ValueError(f"model.mask_noise_std and model.unmasked_weight must be >= 0, got "
+                             f"{self.mask_noise_std} and {self.unmasked_weight}")
+
+
+def bestrq_base() -> BestRQConfig:
+    """Paper-like BEST-RQ (REFERENCE.md "Masked prediction of discrete targets").
+
+    Sizes of SpeechBrain's LibriSpeech recipe (12 layers, d 576, 8 heads, FFN 2048; lr 8e-4 in the
+    recipe) but with our transformer instead of a conformer (no convolution module, so fewer
+    parameters: 50.6 M). Masking follows the paper (Chiu et al. 2022: p = 0.01 per 10 ms frame,
+    400 ms spans, ~33 % masked), not SpeechBrain's 0.15 / span 4 (~14 % of frames in 160 ms spans),
+    because the paper's numbers are the ones its results were obtained with; SpeechBrain's is
+    ``mask_prob=0.0375, mask_span=4`` here. Quantizer: one codebook of 8192 codes of dimension 16.
+    """
+    return BestRQConfig()
+
+
+def bestrq_tiny() -> BestRQConfig:
+    """A 1.5 M-parameter BEST-RQ that learns on 2 CPU cores in minutes.
+
+    80-dim log-Mel (utterance CMVN) stacked to 40 ms, 3 x 192 post-LN transformer, one codebook of
+    256 codes (a small corpus cannot fill 8192 codes: most would never be a target), paper masking.
+    """
+    return BestRQConfig(
+        embed_dim=192, num_layers=3, num_heads=4, ffn_dim=768, layer_norm_first=False,
+        pos_conv_kernel=16, pos_conv_groups=8, dropout=0.05, attention_dropout=0.0, input_dropout=0.05,
+        codebook_size=256,
+    )
+
+
+class BestRQModel(SSLModel):
+    """BEST-RQ (see the module docstring). Build with :func:`build_bestrq`."""
+
+    name = "bestrq"
+
+    def __init__(self, config: BestRQConfig, frontend: CMVNFrontend, quantizer: RandomProjectionQuantizer,
+                 input_projection: nn.Module, encoder: TransformerEncoder, head: LinearHead):
+        super().__init__(config)
+        self.frontend = frontend
+        self.quantizer = quantizer
+        self.input_projection = input_projection
+        self.input_dropout = nn.Dropout(config.input_dropout)
+        self.encoder = encoder
+        self.head = head
+        self._calls_since_warning = 10**9
+
+    # ---- contract properties -------------------------------------------------------------
+    @property
+    def min_samples(self) -> int:
+        return int(self.frontend.frame_length + (self.config.stack_frames - 1) * self.frontend.frame_shift)
+
+    @property
+    def frame_shift(self) -> int:
+        return int(self.frontend.frame_shift * self.config.stack_frames)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid model frames for ``num_samples`` [batch] samples."""
+        return torch.div(self.frontend.num_frames(num_samples), self.config.stack_frames, rounding_mode="floor")
+
+    # ---- shared feature path -------------------------------------------------------------
+    def _check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if wavs.dim() != 2:
+            raise ValueError(f"bestrq: expected wavs [batch, samples], got shape {tuple(wavs.shape)}")
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        lengths = torch.as_tensor(lengths, device=wavs.device).long()
+        short = (lengths < self.min_samples).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(
+                f"bestrq: utterance(s) {short} have {lengths[short].tolist()} samples, fewer than one "
+                f"{self.frame_shift / 16:.0f} ms frame needs ({self.min_samples} samples); pad or drop them")
+        return lengths
+
+    def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""
+        feats, feat_lengths = self.frontend(wavs, lengths)
+        k = self.config.stack_frames
+        frames = feats.shape[1] // k
+        x = feats[:, : frames * k].reshape(feats.shape[0], frames, k * feats.shape[2])
+        return x, torch.div(feat_lengths, k, rounding_mode="floor")
+
+    @staticmethod
+    def _padding_mask(valid: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] bool True = padding, or None when nothing is padded (fast path)."""
+        return None if bool(valid.all()) else ~valid
+
+    # ---- frozen features -----------------------------------------------------------------
+    def encode(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
+        ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
+        lengths = self._check_lengths(wavs, lengths)
+        x, frame_lengths = self.stacked_features(wavs, lengths)
+        latent = self.input_dropout(self.input_projection(x))
+        valid = lengths_to_mask(frame_lengths, x.shape[1])
+        context, layers = self.encoder(latent, self._padding_mask(valid), return_layers=True)
+        return EncoderOutput(hidden_states=[latent, *layers, context], lengths=frame_lengths,
+                             layer_names=self.layer_names, frame_shift=self.frame_shift)
+
+    # ---- pretraining loss ----------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Any]) -> LossOutput:
+        """Masked cross-entropy on ``batch["wavs"]`` [B, L], ``batch["lengths"]`` [B]."""
+        cfg = self.config
+        wavs = batch["wavs"]
+        lengths = self._check_lengths(wavs, batch.get("lengths"))
+        x, frame_lengths = self.stacked_features(wavs, lengths)
+        valid = lengths_to_mask(frame_lengths, x.shape[1])
+        targets = self.quantizer(x)  # from the unmasked input
+        mask = span_mask(frame_lengths, x.shape[1], cfg.mask_prob, cfg.mask_span, cfg.min_masks)
+        noise = torch.randn_like(x) * cfg.mask_noise_std
+        x = torch.where(mask.unsqueeze(-1), noise, x)
+        latent = self.input_dropout(self.input_projection(x))
+        context, _ = self.encoder(latent, self._padding_mask(valid))
+        out = masked_prediction_loss(self.head, context, targets, mask, valid, cfg.unmasked_weight)
+
+        metrics = {
+            "loss": float(out.loss.detach()),
+            "masked_ce": float(out.masked_loss.detach()),
+            "unmasked_ce": float(out.unmasked_loss.detach()),
+            "acc": sum(out.accuracy) / len(out.accuracy),
+            "mask_ratio": float(mask.sum() / valid.sum().clamp(min=1)),
+            "codebook_usage": sum(out.codebook_usage) / len(out.codebook_usage),
+        }
+        for k in range(cfg.num_codebooks):
+            metrics[f"acc_codebook_{k}"] = out.accuracy[k]
+            metrics[f"code_perplexity_{k}"] = out.code_perplexity[k]
+        self._warn_on_collapse(out.code_perplexity, int(valid.sum()))
+        return LossOutput(loss=out.loss, metrics=metrics)
+
+    def _warn_on_collapse(self, code_perplexity: list[float], num_frames: int) -> None:
+        self._calls_since_warning += 1
+        threshold = self.config.collapse_perplexity
+        if num_frames >= 4 * threshold and min(code_perplexity) < threshold and self._calls_since_warning >= 100:
+            log.warning("bestrq: the random-projection targets use about %s code(s) per codebook (perplexity "
+                        "threshold %.1f): the input is probably not normalised; check model.frontend.cmvn",
+                        [round(v, 2) for v in code_perplexity], threshold)
+            self._calls_since_warning = 0
+
+
+def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
+    """Build every submodule from ``cfg`` and assemble the model."""
+    frontend = build_frontend(cfg.frontend)
+    if not isinstance(frontend, CMVNFrontend):
+        raise ValueError(f"model.frontend: BEST-RQ needs a frame frontend with CMVN (logmel, fbank or mfcc), "
+                         f"got {cfg.frontend.get('name')!r}")
+    if frontend.config.cmvn == "none":
+        raise ValueError("model.frontend.cmvn: BEST-RQ needs normalised input ('utterance' or 'global'), got "
+                         "'none'; unnormalised log-Mel makes the random-projection targets collapse onto a few codes")
+    in_dim = cfg.stack_frames * frontend.out_dim
+    quantizer = RandomProjectionQuantizer(in_dim, cfg.num_codebooks, cfg.codebook_size, cfg.code_dim,
+                                          cfg.quantizer_seed)
+    input_projection = Linear(in_dim, cfg.embed_dim)
+    encoder = TransformerEncoder(
+        cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
+        cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
+        cfg.layer_norm_eps,
+    )
+    for module in encoder.modules():
+        if isinstance(module, nn.Linear):  # BERT-style init, as for wav2vec 2.0 (fairseq init_bert_params)
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(module.bias)
+    head = LinearHead(cfg.embed_dim, [cfg.codebook_size] * cfg.num_codebooks)
+    return BestRQModel(cfg, frontend, quantizer, input_projection, encoder, head)
+
+
+MODELS.register("bestrq", ModelSpec(BestRQConfig, build_bestrq))
