@@ -1,0 +1,220 @@
+"""BEST-RQ: the frozen random-projection quantizer, the masked-prediction loss, the model, a tiny pretraining run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import recipe, speech_batch, tiny_model
+
+from speechssl.audio import load_audio
+from speechssl.cli.main import main
+from speechssl.config import to_dict
+from speechssl.corpora.synthetic import synthesize_corpus
+from speechssl.data import read_manifest
+from speechssl.models import build_model
+from speechssl.models.bestrq import bestrq_base, bestrq_tiny
+from speechssl.modules.masked_prediction import LinearHead, masked_prediction_loss
+from speechssl.modules.random_projection import RandomProjectionQuantizer
+from speechssl.upstream import load_encoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def tiny_config(**overrides) -> dict:
+    return {"name": "bestrq", **to_dict(bestrq_tiny()), **overrides}
+
+
+# ---------------------------------------------------------------- quantizer
+def test_quantizer_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone():
+    x = torch.randn(2, 7, 40)
+    state = torch.random.get_rng_state()
+    a, b = RandomProjectionQuantizer(40, 2, 64, 8, seed=3), RandomProjectionQuantizer(40, 2, 64, 8, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    c = RandomProjectionQuantizer(40, 2, 64, 8, seed=4)
+    assert torch.equal(a.projection, b.projection) and torch.equal(a.codebook, b.codebook)
+    assert torch.equal(a(x), b(x)) and a(x).shape == (2, 7, 2) and a(x).dtype == torch.long
+    assert not torch.equal(a.projection, c.projection) and not torch.equal(a(x), c(x))
+    # two models built under different global seeds share the quantizer of their quantizer_seed
+    torch.manual_seed(1)
+    m1 = build_model(tiny_config())
+    torch.manual_seed(2)
+    m2 = build_model(tiny_config())
+    assert torch.equal(m1.quantizer.codebook, m2.quantizer.codebook)
+    assert not torch.equal(m1.head.classifiers[0].weight, m2.head.classifiers[0].weight)
+
+
+def test_quantizer_codes_are_the_nearest_normalised_codeword():
+    q = RandomProjectionQuantizer(12, 1, 32, 4, seed=0)
+    x = torch.randn(3, 5, 12)
+    p = torch.nn.functional.normalize(x @ q.projection[0], dim=-1)  # [3, 5, 4]
+    dist = (p[..., None, :] - q.codebook[0]).norm(dim=-1)  # [3, 5, 32]
+    assert torch.equal(q(x)[..., 0], dist.argmin(-1))
+    torch.testing.assert_close(q.codebook.norm(dim=-1), torch.ones(1, 32))
+
+
+def test_quantizer_is_frozen_and_saved_with_the_model():
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).train()
+    names = {n for n, _ in model.named_parameters()}
+    assert not any(n.startswith("quantizer.") for n in names)
+    assert {"quantizer.projection", "quantizer.codebook"} <= set(model.state_dict())
+    before = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    out = model.loss(speech_batch([16000, 12000]))
+    out.loss.backward()
+    opt.step()
+    for key, value in model.quantizer.state_dict().items():
+        assert not value.requires_grad and torch.equal(value, before[key]), key
+    x = torch.randn(1, 3, model.quantizer.in_dim, requires_grad=True)
+    assert not model.quantizer(x).requires_grad
+
+
+def test_quantizer_uses_many_codes_on_normalised_speech_and_few_without_normalisation():
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    b = speech_batch([32000] * 4, seed=3)
+    x, n = model.stacked_features(b["wavs"], b["lengths"])
+    codes = model.quantizer(x)[..., 0].flatten()
+    used = codes.unique().numel()
+    # the same frames without CMVN: the shared log-Mel offset dominates every projection
+    raw, _ = model.frontend.raw_features(b["wavs"], b["lengths"])
+    raw = raw[:, : x.shape[1] * 4].reshape(x.shape)
+    raw_used = model.quantizer(raw)[..., 0].unique().numel()
+    assert used >= 40 and raw_used < used / 2, (used, raw_used)
+
+
+def test_unnormalised_or_waveform_frontend_is_refused():
+    with pytest.raises(ValueError, match=r"model.frontend.cmvn: BEST-RQ needs normalised input"):
+        build_model(tiny_config(frontend={"name": "logmel", "cmvn": "none"}))
+    with pytest.raises(ValueError, match=r"frame frontend with CMVN .* got 'waveform'"):
+        build_model(tiny_config(frontend={"name": "waveform"}))
+
+
+# ---------------------------------------------------------------- masked-prediction loss
+def _loss_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    head = LinearHead(8, [5, 7])
+    context = torch.randn(2, 6, 8, generator=g)
+    targets = torch.stack([torch.randint(0, 5, (2, 6), generator=g), torch.randint(0, 7, (2, 6), generator=g)], -1)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 1:3] = mask[1, 0] = True
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    return head, context, targets, mask, valid
+
+
+def test_loss_counts_only_masked_frames_unless_unmasked_weight():
+    head, context, targets, mask, valid = _loss_case()
+    base = masked_prediction_loss(head, context, targets, mask, valid)
+    changed = targets.clone()
+    changed[~mask] = (changed[~mask] + 1) % 5  # every unmasked target (valid and padding) differs
+    assert torch.equal(masked_prediction_loss(head, context, changed, mask, valid).loss, base.loss)
+    assert base.unmasked_loss == 0
+    weighted = masked_prediction_loss(head, context, targets, mask, valid, unmasked_weight=0.5)
+    weighted_changed = masked_prediction_loss(head, context, changed, mask, valid, unmasked_weight=0.5)
+    assert not torch.equal(weighted.loss, weighted_changed.loss)
+    torch.testing.assert_close(weighted.loss, base.masked_loss + 0.5 * weighted.unmasked_loss)
+    # padding never counts, even with an unmasked weight
+    padded = targets.clone()
+    padded[~valid] = (padded[~valid] + 1) % 5
+    assert torch.equal(masked_prediction_loss(head, context, padded, mask, valid, 0.5).loss, weighted.loss)
+    # a masked target does count
+    hit = targets.clone()
+    hit[0, 1, 0] = (hit[0, 1, 0] + 1) % 5
+    assert not torch.equal(masked_prediction_loss(head, context, hit, mask, valid).loss, base.loss)
+
+
+def test_loss_value_accuracy_and_perplexity_per_codebook():
+    head, context, targets, mask, valid = _loss_case()
+    out = masked_prediction_loss(head, context, targets, mask, valid)
+    logits = head(context[mask])
+    want = (torch.nn.functional.cross_entropy(logits[0], targets[mask][:, 0])
+            + torch.nn.functional.cross_entropy(logits[1], targets[mask][:, 1])) / 2
+    torch.testing.assert_close(out.loss, want)
+    assert out.num_masked == 3 and len(out.accuracy) == 2
+    for k in range(2):
+        assert out.accuracy[k] == pytest.approx(float((logits[k].argmax(-1) == targets[mask][:, k]).float().mean()))
+    # targets all equal -> perplexity 1 and one code used
+    same = torch.zeros_like(targets)
+    flat = masked_prediction_loss(head, context, same, mask, valid)
+    assert flat.code_perplexity == [pytest.approx(1.0)] * 2 and flat.codebook_usage == pytest.approx([1 / 5, 1 / 7])
+
+
+def test_no_masked_frame_gives_a_zero_loss_that_keeps_the_head_in_the_graph():
+    head, context, targets, _, valid = _loss_case()
+    out = masked_prediction_loss(head, context, targets, torch.zeros_like(valid), valid)
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0.0 and all(p.grad is not None for p in head.parameters())
+
+
+# ---------------------------------------------------------------- model
+def test_model_masks_with_noise_and_quantizes_the_unmasked_input(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(input_dropout=0.0, dropout=0.0)).train()
+    b = speech_batch([20000, 16000])
+    seen = {}
+    quantize, project = model.quantizer.forward, model.input_projection.forward
+    monkeypatch.setattr(model.quantizer, "forward", lambda x: seen.setdefault("quantizer", x) is not None and quantize(x))
+    monkeypatch.setattr(model.input_projection, "forward",
+                        lambda x: seen.setdefault("encoder", x) is not None and project(x))
+    out = model.loss(b)
+    x, _ = model.stacked_features(b["wavs"], b["lengths"])
+    assert torch.equal(seen["quantizer"], x)
+    changed = (seen["encoder"] != x).all(-1)  # [B, T]: the frames replaced by noise
+    ratio = out.metrics["mask_ratio"]
+    assert 0.1 < ratio < 0.6 and changed.any()
+    noise = seen["encoder"][changed]
+    assert abs(float(noise.std()) - 0.1) < 0.02 and abs(float(noise.mean())) < 0.02
+    for key in ("acc", "acc_codebook_0", "code_perplexity_0", "codebook_usage", "masked_ce", "mask_ratio"):
+        assert key in out.metrics, key
+
+
+def test_frame_arithmetic_and_too_short_input():
+    model = tiny_model("bestrq")
+    assert model.frame_shift == 640 and model.min_samples == 880
+    lengths = torch.tensor([880, 1519, 1520, 16000])
+    assert model.num_frames(lengths).tolist() == [1, 1, 2, 24]
+    out = model.encode(torch.zeros(4, 16000), lengths)
+    assert out.lengths.tolist() == [1, 1, 2, 24] and out.hidden_states[0].shape == (4, 24, 192)
+    with pytest.raises(ValueError, match=r"bestrq: utterance\(s\) \[0\] have \[879\] samples"):
+        model.encode(torch.zeros(1, 879))
+
+
+def test_presets_sizes():
+    torch.manual_seed(0)
+    tiny = build_model(tiny_config())
+    assert 3e5 < sum(p.numel() for p in tiny.parameters()) < 2e6
+    base = bestrq_base()
+    assert (base.num_layers, base.embed_dim, base.codebook_size, base.code_dim, base.mask_span) == (12, 576, 8192, 16, 10)
+
+
+# ---------------------------------------------------------------- tiny pretraining run
+def test_tiny_pretraining_lowers_masked_ce_and_releases_an_encoder(tmp_path):
+    # Formant speech, not helpers.make_corpus's noisy sines: after utterance CMVN a stationary sine is
+    # white noise, whose random-projection codes nothing can predict.
+    train = synthesize_corpus(tmp_path / "data", backend="formant", speakers=2, utts_per_speaker=4)
+    cfg = recipe(tmp_path, model=tiny_config(), data={"max_batch_seconds": 8.0, "crop_seconds": 2.0, "min_seconds": 1.0},
+                 optim={"lr": 1e-3, "warmup_steps": 5},
+                 train={"max_steps": 30, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 30, "plot": False})
+    exp = tmp_path / "exp"
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
+    records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    ce = [r["masked_ce"] for r in records if r.get("split") == "train" and "masked_ce" in r]
+    assert len(ce) >= 25
+    assert np.mean(ce[-5:]) < np.mean(ce[:5]) - 0.3, (ce[:5], ce[-5:])
+    enc = load_encoder(str(exp / "encoder"))
+    assert enc.layer_names == ["latent", "layer_1", "layer_2", "layer_3", "context"] and enc.frame_shift == 640
+    feats = tmp_path / "feats"
+    assert main(["extract", "--encoder", str(exp / "encoder"), "--input", str(train), "--out", str(feats),
+                 "--layers", "context", "--no-progress"]) == 0
+    rows = dict(line.split("\t")[:2] for line in (feats / "index.tsv").read_text().splitlines()[1:])
+    first = read_manifest(train)[0]
+    got = np.load(feats / rows[first["id"]])
+    wav = load_audio(first["path"])
+    out = enc(wav[None], torch.tensor([wav.numel()]))
+    want = out.hidden_states[out.layer_names.index("context")][0]
+    assert got.shape == tuple(want.shape) == (int(enc.backbone.num_frames(torch.tensor(wav.numel()))), 192)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
