@@ -145,6 +145,17 @@ def test_loss_value_accuracy_and_perplexity_per_codebook():
     assert flat.code_perplexity == [pytest.approx(1.0)] * 2 and flat.codebook_usage == pytest.approx([1 / 5, 1 / 7])
 
 
+def test_targets_outside_the_head_are_a_clear_error():
+    head, context, targets, mask, valid = _loss_case()
+    bad = targets.clone()
+    bad[0, 4, 1] = 7  # codebook 1 has 7 classes: 0..6
+    with pytest.raises(ValueError, match=r"targets of codebook 1 span \[\d+, 7\] on valid frames, outside the head's 7"):
+        masked_prediction_loss(head, context, bad, mask, valid)
+    bad[0, 4, 1] = targets[0, 4, 1]
+    bad[1, 5, 1] = 99  # padding: ignored
+    masked_prediction_loss(head, context, bad, mask, valid)
+
+
 def test_no_masked_frame_gives_a_zero_loss_that_keeps_the_head_in_the_graph():
     head, context, targets, _, valid = _loss_case()
     out = masked_prediction_loss(head, context, targets, torch.zeros_like(valid), valid)

@@ -62,7 +62,8 @@ class BestRQConfig:
 
     # Frontend: a frame frontend with CMVN (logmel / fbank / mfcc, ``cmvn: utterance | global``).
     # The quantizer needs normalised input: without it the targets collapse onto a few codes.
-    frontend: dict = dataclasses.field(default_factory=lambda: {"name": "logmel", "n_mels": 80, "cmvn": "utterance"})
+    frontend: dict = dataclasses.field(
+        default_factory=lambda: {"name": "logmel", "n_mels": 80, "cmvn": "utterance"})
     stack_frames: int = 4  # frontend frames per model frame (4 x 10 ms = 40 ms, as in the paper)
     # Transformer context network (SpeechBrain: 12 conformer layers, d_model 576, 8 heads, d_ffn 2048).
     embed_dim: int = 576
@@ -121,7 +122,8 @@ def bestrq_base() -> BestRQConfig:
     parameters: 50.6 M). Masking follows the paper (Chiu et al. 2022: p = 0.01 per 10 ms frame,
     400 ms spans, ~33 % masked), not SpeechBrain's mask 0.15 / span 4, because the paper's numbers
     are the ones its results were obtained with. If SpeechBrain's 0.15 is in fairseq units
-    (0.15 x T / 4 spans, ~14 % of frames in 160 ms spans), it is ``mask_prob=0.0375, mask_span=4`` here. Quantizer: one codebook of 8192 codes of dimension 16.
+    (0.15 x T / 4 spans, ~14 % of frames in 160 ms spans), it is ``mask_prob=0.0375, mask_span=4``
+    here. Quantizer: one codebook of 8192 codes of dimension 16.
     """
     return BestRQConfig()
 

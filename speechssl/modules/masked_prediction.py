@@ -86,7 +86,8 @@ class MaskedPredictionOutput:
     num_masked: int
 
 
-def _cross_entropy(head: DiscreteTargetHead, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+def _cross_entropy(head: DiscreteTargetHead, x: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """x [N, D], targets [N, K] -> (mean over codebooks of the mean CE, accuracy per codebook)."""
     logits = head(x)
     losses, accuracy = [], []
@@ -123,6 +124,11 @@ def masked_prediction_loss(head: DiscreteTargetHead, context: torch.Tensor, targ
     if not 0.0 <= unmasked_weight:
         raise ValueError(f"masked_prediction_loss: unmasked_weight must be >= 0, got {unmasked_weight}")
     mask = mask & valid
+    codes = targets[valid]  # [N_valid, K]
+    for k, size in enumerate(head.num_classes):
+        if codes.numel() and not 0 <= int(codes[:, k].min()) <= int(codes[:, k].max()) < size:
+            raise ValueError(f"masked_prediction_loss: targets of codebook {k} span [{int(codes[:, k].min())}, "
+                             f"{int(codes[:, k].max())}] on valid frames, outside the head's {size} classes")
     zero = context.new_zeros((), dtype=torch.float32)
     num_masked = int(mask.sum())
     if num_masked:
@@ -136,12 +142,12 @@ def masked_prediction_loss(head: DiscreteTargetHead, context: torch.Tensor, targ
     else:
         unmasked_loss = zero
     with torch.no_grad():
-        codes = targets[valid]  # [N_valid, K]
         ppl, usage = [], []
         for k, size in enumerate(head.num_classes):
             counts = torch.bincount(codes[:, k], minlength=size).float()
             ppl.append(float(perplexity(counts / counts.sum().clamp(min=1))) if codes.numel() else 0.0)
             usage.append(float((counts > 0).float().mean()))
     loss = masked_loss + unmasked_weight * unmasked_loss
-    return MaskedPredictionOutput(loss=loss.float(), masked_loss=masked_loss.float(), unmasked_loss=unmasked_loss.float(),
-                                  accuracy=accuracy, code_perplexity=ppl, codebook_usage=usage, num_masked=num_masked)
+    return MaskedPredictionOutput(loss=loss.float(), masked_loss=masked_loss.float(),
+                                  unmasked_loss=unmasked_loss.float(), accuracy=accuracy, code_perplexity=ppl,
+                                  codebook_usage=usage, num_masked=num_masked)

@@ -49,7 +49,8 @@ class RandomProjectionQuantizer(nn.Module):
                            ("code_dim", code_dim)):
             if value < 1:
                 raise ValueError(f"RandomProjectionQuantizer: {key} must be >= 1, got {value}")
-        self.in_dim, self.num_codebooks, self.codebook_size, self.code_dim = in_dim, num_codebooks, codebook_size, code_dim
+        self.in_dim, self.num_codebooks = in_dim, num_codebooks
+        self.codebook_size, self.code_dim = codebook_size, code_dim
         g = torch.Generator().manual_seed(int(seed))
         # Xavier-uniform (Glorot) bound for an in_dim -> code_dim map, as in the paper.
         bound = math.sqrt(6.0 / (in_dim + code_dim))
