@@ -123,7 +123,9 @@ def health_warnings(record: Mapping[str, Any]) -> dict[str, str]:
             usage = record.get("codebook_usage")
             bad[key] = (f"quantizer collapse: {key} = {value:.2f}, about one code in use"
                         + (f" ({100 * usage:.1f} % of the codebook used)" if isinstance(usage, float) else "")
-                        + "; try a larger diversity_weight, a higher temp_min or a lower lr")
+                        + ("; check the frontend's CMVN (the random-projection targets need normalised input)"
+                           if "acc_codebook_0" in record else
+                           "; try a larger diversity_weight, a higher temp_min or a lower lr"))
         elif key == "mask_ratio" and value < LOW_MASK_RATIO:
             bad[key] = (f"only {100 * value:.1f} % of frames masked: the masked objective has little to predict; "
                         "raise mask_prob or lower mask_span")
