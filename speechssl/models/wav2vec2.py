@@ -91,7 +91,11 @@ class Wav2Vec2Config:
     temp_min: float = 0.5
     temp_decay: float = 0.999995  # per optimiser step
     # Loss.
-    num_negatives: int = 100  # K distractors per masked frame
+    num_negatives: int = 100  # K distractors per masked frame, from masked frames of the same utterance
+    # Extra distractors from the masked frames of any utterance of the batch (fairseq
+    # cross_sample_negatives; 0 = off, as in the paper). They make the context keep speaker and
+    # channel information that same-utterance distractors let it drop.
+    cross_sample_negatives: int = 0
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
     feature_penalty: float = 10.0  # weight of mean(f ** 2)
@@ -112,8 +116,12 @@ class Wav2Vec2Config:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.vq_dim % self.num_groups:
             raise ValueError(f"model.vq_dim {self.vq_dim} is not divisible by num_groups {self.num_groups}")
-        if self.num_negatives < 1:
-            raise ValueError(f"model.num_negatives must be >= 1, got {self.num_negatives}")
+        if self.num_negatives < 0 or self.cross_sample_negatives < 0:
+            raise ValueError(f"model.num_negatives and model.cross_sample_negatives must be >= 0, got "
+                             f"{self.num_negatives} and {self.cross_sample_negatives}")
+        if self.num_negatives + self.cross_sample_negatives < 1:
+            raise ValueError(f"model.num_negatives must be >= 1 (or model.cross_sample_negatives >= 1), got "
+                             f"{self.num_negatives}")
 
 
 def wav2vec2_base() -> Wav2Vec2Config:
@@ -281,7 +289,7 @@ class Wav2Vec2Model(SSLModel):
         targets = self.project_q(q.quantized)
         predictions = self.final_proj(context)
         con = contrastive_loss(predictions, targets, mask, cfg.num_negatives, cfg.logit_temperature,
-                               target_codes=q.codes)
+                               target_codes=q.codes, cross_negatives=cfg.cross_sample_negatives)
         loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
 
         metrics = {
