@@ -16,6 +16,8 @@ Training loss (``loss``): the quantizer turns ``LayerNorm(f)`` into targets ``q`
 masked frames must pick ``project_q(q)`` among K distractors from other masked frames of the same
 utterance (cosine / 0.1), plus ``diversity_weight * diversity_loss`` (codebook entropy) plus
 ``feature_penalty * mean(f ** 2)``; the feature encoder's gradient is scaled by ``feature_grad_mult``.
+Options of fairseq kept off by default: ``cross_sample_negatives`` (extra distractors from other
+utterances of the batch) and ``quantize_targets: false`` (continuous targets ``project_q(LayerNorm(f))``).
 
 Frames: ``frame_shift`` = product of conv strides x frontend shift (320 samples = 20 ms for Base);
 ``min_samples`` = receptive field (400 samples for Base); frames(L) = conv formula applied
@@ -82,7 +84,10 @@ class Wav2Vec2Config:
     mask_prob: float = 0.065  # probability that a frame starts a span (fairseq mask_prob 0.65 / span)
     mask_span: int = 10
     min_masks: int = 2
-    # Gumbel product quantizer.
+    # Gumbel product quantizer. quantize_targets false (fairseq quantize_targets): the targets are the
+    # continuous features project_q(LayerNorm(f)) instead of codewords; the quantizer is then unused
+    # (no gradient: DDP needs train.find_unused_parameters) and the diversity loss is not added.
+    quantize_targets: bool = True
     num_groups: int = 2  # G
     num_vars: int = 320  # V codewords per group
     vq_dim: int = 256  # quantized vector size (G codewords of vq_dim / G)
@@ -285,12 +290,20 @@ class Wav2Vec2Model(SSLModel):
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         context, _ = self.encoder(x, padding)
 
-        q = self.quantizer(self.target_dropout(normed), mask)
-        targets = self.project_q(q.quantized)
+        if cfg.quantize_targets:
+            q = self.quantizer(self.target_dropout(normed), mask)
+            targets, codes = self.project_q(q.quantized), q.codes
+        else:
+            # Continuous targets: distractors equal to the positive are found by comparing vectors.
+            with torch.no_grad():
+                q = self.quantizer(normed, mask)  # health numbers only: what the codebook would do
+            targets, codes = self.project_q(self.target_dropout(normed)), None
         predictions = self.final_proj(context)
         con = contrastive_loss(predictions, targets, mask, cfg.num_negatives, cfg.logit_temperature,
-                               target_codes=q.codes, cross_negatives=cfg.cross_sample_negatives)
-        loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
+                               target_codes=codes, cross_negatives=cfg.cross_sample_negatives)
+        loss = con.loss + cfg.feature_penalty * feature_pen
+        if cfg.quantize_targets:
+            loss = loss + cfg.diversity_weight * q.diversity_loss
 
         metrics = {
             "loss": float(loss.detach()),
@@ -342,7 +355,7 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
             nn.init.zeros_(module.bias)
     quantizer = GumbelVectorQuantizer(feature_encoder.out_dim, cfg.num_groups, cfg.num_vars, cfg.vq_dim,
                                       cfg.temp_max, cfg.temp_min, cfg.temp_decay)
-    project_q = Linear(cfg.vq_dim, cfg.final_dim)
+    project_q = Linear(cfg.vq_dim if cfg.quantize_targets else feature_encoder.out_dim, cfg.final_dim)
     final_proj = Linear(cfg.embed_dim, cfg.final_dim)
     return Wav2Vec2Model(cfg, frontend, feature_encoder, feature_projection, encoder, quantizer, project_q,
                          final_proj)
