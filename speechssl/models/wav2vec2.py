@@ -301,9 +301,10 @@ class Wav2Vec2Model(SSLModel):
         predictions = self.final_proj(context)
         con = contrastive_loss(predictions, targets, mask, cfg.num_negatives, cfg.logit_temperature,
                                target_codes=codes, cross_negatives=cfg.cross_sample_negatives)
-        loss = con.loss + cfg.feature_penalty * feature_pen
-        if cfg.quantize_targets:
-            loss = loss + cfg.diversity_weight * q.diversity_loss
+        if cfg.quantize_targets:  # the published sum, in its order (bit-identical numbers)
+            loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
+        else:
+            loss = con.loss + cfg.feature_penalty * feature_pen
 
         metrics = {
             "loss": float(loss.detach()),
