@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from speechssl.modules.contrastive import Distractors, contrastive_loss, sample_distractors
+from speechssl.modules.contrastive import (
+    Distractors,
+    contrastive_loss,
+    sample_cross_distractors,
+    sample_distractors,
+)
 from speechssl.modules.conv import ConvFeatureEncoder, masked_group_norm, receptive_field
 from speechssl.modules.masking import span_mask
 from speechssl.modules.transformer import TransformerEncoder
@@ -125,6 +130,51 @@ def test_distractor_equal_to_positive_is_masked_out():
     assert torch.isinf(out.logits[0, 1]) and torch.isinf(out.logits[1, 1])
     assert torch.isfinite(out.logits[2]).all()
     assert torch.isfinite(out.loss)
+
+
+def test_cross_distractors_span_the_batch_and_never_the_positive():
+    gen = torch.Generator().manual_seed(0)
+    mask = span_mask(torch.tensor([100, 100, 60]), 100, mask_prob=0.065, span=10, min_masks=2, generator=gen)
+    n = int(mask.sum())
+    idx = sample_cross_distractors(mask, 40, generator=gen)
+    assert idx.shape == (n, 40) and int(idx.min()) >= 0 and int(idx.max()) < n
+    assert not (idx == torch.arange(n)[:, None]).any(), "a batch distractor is the positive itself"
+    utt = mask.nonzero(as_tuple=True)[0]
+    assert (utt[idx] != utt[:, None]).float().mean() > 0.5, "batch distractors should mostly come from other utterances"
+
+
+def test_cross_negatives_hand_case_and_default_unchanged():
+    # Two utterances with one masked frame each: no same-utterance distractor exists, so only the
+    # batch-wide one (the other utterance's frame) competes with the positive.
+    c = torch.tensor([[[1.0, 0.0], [3.0, 3.0]], [[0.0, 1.0], [3.0, 3.0]]])
+    q = torch.tensor([[[2.0, 0.0], [1.0, 5.0]], [[1.0, 1.0], [0.0, 2.0]]])
+    mask = torch.tensor([[True, False], [True, False]])
+    out = contrastive_loss(c, q, mask, num_negatives=0, temperature=0.5, cross_negatives=1)
+    assert out.logits.shape == (2, 2)
+    r = math.sqrt(0.5)
+    # frame (0,0): pos cos(c00, q00) = 1, batch distractor cos(c00, q10) = r; frame (1,0): pos r, distractor 0
+    by_hand = (math.log(1 + math.exp((r - 1) / 0.5)) + math.log(1 + math.exp(-r / 0.5))) / 2
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-5)
+    # same codes as the positive: masked out exactly like same-utterance distractors
+    codes = torch.tensor([[[3], [0]], [[3], [1]]])
+    out = contrastive_loss(c, q, mask, num_negatives=0, temperature=0.5, target_codes=codes, cross_negatives=1)
+    assert torch.isinf(out.logits[:, 1]).all() and out.loss.item() == pytest.approx(0.0, abs=1e-6)
+    # the default draws no batch distractors: the same logits and RNG stream as before the option
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    a = contrastive_loss(c, q, mask, 1, 0.1, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    b = contrastive_loss(c, q, mask, 1, 0.1, generator=g, cross_negatives=0)
+    assert torch.equal(a.logits, b.logits)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=_after_draws(3, mask)))
+    with pytest.raises(ValueError, match="num_negatives or cross_negatives"):
+        contrastive_loss(c, q, mask, 0, 0.1)
+
+
+def _after_draws(seed: int, mask: torch.Tensor) -> torch.Generator:
+    """A generator advanced by exactly one same-utterance draw of K = 1 over ``mask``."""
+    g = torch.Generator().manual_seed(seed)
+    sample_distractors(mask, 1, generator=g)
+    return g
 
 
 def test_transformer_padding_does_not_leak():

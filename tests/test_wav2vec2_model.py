@@ -150,3 +150,43 @@ def test_codebook_collapse_warns(caplog):
         out = model.loss({"wavs": torch.randn(2, 16000), "lengths": torch.tensor([16000, 16000])})
     assert out.metrics["code_perplexity_0"] == pytest.approx(1.0)
     assert "codebook collapse" in caplog.text
+
+
+
+def test_cross_sample_negatives_widen_the_logits_and_validate(monkeypatch):
+    import speechssl.models.wav2vec2 as w2v_module
+
+    real = w2v_module.contrastive_loss
+    widths = []
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        widths.append(out.logits.shape[1])
+        return out
+
+    monkeypatch.setattr(w2v_module, "contrastive_loss", spy)
+    torch.manual_seed(0)
+    batch = {"wavs": torch.randn(2, 6400), "lengths": torch.tensor([6400, 6400])}
+    for same, cross in ((10, 0), (10, 7), (0, 7)):
+        model = build_wav2vec2(_micro(num_negatives=same, cross_sample_negatives=cross))
+        out = model.loss(batch)
+        out.loss.backward()
+        assert widths[-1] == 1 + same + cross and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="num_negatives"):
+        _micro(num_negatives=0)
+    with pytest.raises(ValueError, match="cross_sample_negatives"):
+        _micro(cross_sample_negatives=-1)
+
+
+def test_continuous_targets_skip_the_quantizer_and_the_diversity_loss():
+    torch.manual_seed(0)
+    model = build_wav2vec2(_micro(quantize_targets=False, dropout=0.0, input_dropout=0.0, target_dropout=0.0))
+    assert model.project_q.in_features == model.feature_encoder.out_dim  # targets = project_q(LayerNorm(f))
+    batch = {"wavs": torch.randn(2, 6400), "lengths": torch.tensor([6400, 6400])}
+    out = model.loss(batch)
+    m = out.metrics
+    assert m["loss"] == pytest.approx(m["contrastive"] + model.config.feature_penalty * m["feature_pen"], rel=1e-5)
+    assert m["diversity"] > 0 and "code_perplexity_0" in m  # health numbers of the unused codebook still logged
+    out.loss.backward()
+    assert all(p.grad is None for p in model.quantizer.parameters())
+    assert model.project_q.weight.grad is not None and model.feature_projection.layer_norm.weight.grad is not None

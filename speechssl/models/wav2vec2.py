@@ -16,6 +16,8 @@ Training loss (``loss``): the quantizer turns ``LayerNorm(f)`` into targets ``q`
 masked frames must pick ``project_q(q)`` among K distractors from other masked frames of the same
 utterance (cosine / 0.1), plus ``diversity_weight * diversity_loss`` (codebook entropy) plus
 ``feature_penalty * mean(f ** 2)``; the feature encoder's gradient is scaled by ``feature_grad_mult``.
+Options of fairseq kept off by default: ``cross_sample_negatives`` (extra distractors from other
+utterances of the batch) and ``quantize_targets: false`` (continuous targets ``project_q(LayerNorm(f))``).
 
 Frames: ``frame_shift`` = product of conv strides x frontend shift (320 samples = 20 ms for Base);
 ``min_samples`` = receptive field (400 samples for Base); frames(L) = conv formula applied
@@ -83,7 +85,10 @@ class Wav2Vec2Config:
     mask_prob: float = 0.065  # probability that a frame starts a span (fairseq mask_prob 0.65 / span)
     mask_span: int = 10
     min_masks: int = 2
-    # Gumbel product quantizer.
+    # Gumbel product quantizer. quantize_targets false (fairseq quantize_targets): the targets are the
+    # continuous features project_q(LayerNorm(f)) instead of codewords; the quantizer is then unused
+    # (no gradient: DDP needs train.find_unused_parameters) and the diversity loss is not added.
+    quantize_targets: bool = True
     num_groups: int = 2  # G
     num_vars: int = 320  # V codewords per group
     vq_dim: int = 256  # quantized vector size (G codewords of vq_dim / G)
@@ -92,7 +97,11 @@ class Wav2Vec2Config:
     temp_min: float = 0.5
     temp_decay: float = 0.999995  # per optimiser step
     # Loss.
-    num_negatives: int = 100  # K distractors per masked frame
+    num_negatives: int = 100  # K distractors per masked frame, from masked frames of the same utterance
+    # Extra distractors from the masked frames of any utterance of the batch (fairseq
+    # cross_sample_negatives; 0 = off, as in the paper). They make the context keep speaker and
+    # channel information that same-utterance distractors let it drop.
+    cross_sample_negatives: int = 0
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
     feature_penalty: float = 10.0  # weight of mean(f ** 2)
@@ -113,8 +122,12 @@ class Wav2Vec2Config:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.vq_dim % self.num_groups:
             raise ValueError(f"model.vq_dim {self.vq_dim} is not divisible by num_groups {self.num_groups}")
-        if self.num_negatives < 1:
-            raise ValueError(f"model.num_negatives must be >= 1, got {self.num_negatives}")
+        if self.num_negatives < 0 or self.cross_sample_negatives < 0:
+            raise ValueError(f"model.num_negatives and model.cross_sample_negatives must be >= 0, got "
+                             f"{self.num_negatives} and {self.cross_sample_negatives}")
+        if self.num_negatives + self.cross_sample_negatives < 1:
+            raise ValueError(f"model.num_negatives must be >= 1 (or model.cross_sample_negatives >= 1), got "
+                             f"{self.num_negatives}")
 
 
 def wav2vec2_base() -> Wav2Vec2Config:
@@ -278,12 +291,21 @@ class Wav2Vec2Model(SSLModel):
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         context, _ = self.encoder(x, padding)
 
-        q = self.quantizer(self.target_dropout(normed), mask)
-        targets = self.project_q(q.quantized)
+        if cfg.quantize_targets:
+            q = self.quantizer(self.target_dropout(normed), mask)
+            targets, codes = self.project_q(q.quantized), q.codes
+        else:
+            # Continuous targets: distractors equal to the positive are found by comparing vectors.
+            with torch.no_grad():
+                q = self.quantizer(normed, mask)  # health numbers only: what the codebook would do
+            targets, codes = self.project_q(self.target_dropout(normed)), None
         predictions = self.final_proj(context)
         con = contrastive_loss(predictions, targets, mask, cfg.num_negatives, cfg.logit_temperature,
-                               target_codes=q.codes)
-        loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
+                               target_codes=codes, cross_negatives=cfg.cross_sample_negatives)
+        if cfg.quantize_targets:  # the published sum, in its order (bit-identical numbers)
+            loss = con.loss + cfg.diversity_weight * q.diversity_loss + cfg.feature_penalty * feature_pen
+        else:
+            loss = con.loss + cfg.feature_penalty * feature_pen
 
         metrics = {
             "loss": float(loss.detach()),
@@ -335,7 +357,7 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
             nn.init.zeros_(module.bias)
     quantizer = GumbelVectorQuantizer(feature_encoder.out_dim, cfg.num_groups, cfg.num_vars, cfg.vq_dim,
                                       cfg.temp_max, cfg.temp_min, cfg.temp_decay)
-    project_q = Linear(cfg.vq_dim, cfg.final_dim)
+    project_q = Linear(cfg.vq_dim if cfg.quantize_targets else feature_encoder.out_dim, cfg.final_dim)
     final_proj = Linear(cfg.embed_dim, cfg.final_dim)
     return Wav2Vec2Model(cfg, frontend, feature_encoder, feature_projection, encoder, quantizer, project_q,
                          final_proj)
