@@ -30,7 +30,7 @@ pretrain_steps=1000    # per model (cosine schedule length)
 pretrain_minutes=4     # per model: a hard stop whatever the step
 models="apc cpc wav2vec2"  # or "all": every family with a recipes/pretrain/<family>_demo.yaml
 exp_dir=exp            # experiments, features and the summary go here (data/ is shared)
-shots=2,4,8,16
+shots=2,8               # labelled utterances per class (the curve; n=2 is the verdict)
 seeds=5
 seed=0
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
