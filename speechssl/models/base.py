@@ -99,6 +99,22 @@ class SSLModel(nn.Module, abc.ABC):
     def encode(self, wavs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         ...
 
+    def check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """``lengths`` [batch] as a long tensor on ``wavs``' device (all of ``wavs`` [batch, samples]
+        when None); an utterance shorter than :attr:`min_samples` is a ValueError naming it."""
+        if wavs.dim() != 2:
+            raise ValueError(f"{self.name}: expected wavs [batch, samples], got shape {tuple(wavs.shape)}")
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        lengths = torch.as_tensor(lengths, device=wavs.device).long()
+        short = (lengths < self.min_samples).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(
+                f"{self.name}: utterance(s) {short} have {lengths[short].tolist()} samples, fewer than the "
+                f"model's receptive field of {self.min_samples} samples ({self.min_samples / 16000:.3f} s); "
+                "pad or drop them")
+        return lengths
+
     def step_update(self, step: int) -> None:
         """Called after every optimiser step with the new step count. Default: nothing."""
 

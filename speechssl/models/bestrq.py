@@ -178,19 +178,6 @@ class BestRQModel(SSLModel):
         return torch.div(self.frontend.num_frames(num_samples), self.config.stack_frames, rounding_mode="floor")
 
     # ---- shared feature path -------------------------------------------------------------
-    def _check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        if wavs.dim() != 2:
-            raise ValueError(f"bestrq: expected wavs [batch, samples], got shape {tuple(wavs.shape)}")
-        if lengths is None:
-            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
-        lengths = torch.as_tensor(lengths, device=wavs.device).long()
-        short = (lengths < self.min_samples).nonzero().flatten().tolist()
-        if short:
-            raise ValueError(
-                f"bestrq: utterance(s) {short} have {lengths[short].tolist()} samples, fewer than one "
-                f"{self.frame_shift / 16:.0f} ms frame needs ({self.min_samples} samples); pad or drop them")
-        return lengths
-
     def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""
         feats, feat_lengths = self.frontend(wavs, lengths)
@@ -208,7 +195,7 @@ class BestRQModel(SSLModel):
     def encode(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
-        lengths = self._check_lengths(wavs, lengths)
+        lengths = self.check_lengths(wavs, lengths)
         x, frame_lengths = self.stacked_features(wavs, lengths)
         latent = self.input_dropout(self.input_projection(x))
         valid = lengths_to_mask(frame_lengths, x.shape[1])
@@ -221,7 +208,7 @@ class BestRQModel(SSLModel):
         """Masked cross-entropy on ``batch["wavs"]`` [B, L], ``batch["lengths"]`` [B]."""
         cfg = self.config
         wavs = batch["wavs"]
-        lengths = self._check_lengths(wavs, batch.get("lengths"))
+        lengths = self.check_lengths(wavs, batch.get("lengths"))
         x, frame_lengths = self.stacked_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
         targets = self.quantizer(x)  # from the unmasked input

@@ -236,26 +236,11 @@ class Wav2Vec2Model(SSLModel):
             return None
         return ~lengths_to_mask(lengths, frames)
 
-    def _check_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        if wavs.dim() != 2:
-            raise ValueError(f"wav2vec2: expected wavs [batch, samples], got shape {tuple(wavs.shape)}")
-        if lengths is None:
-            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
-        lengths = torch.as_tensor(lengths, device=wavs.device).long()
-        short = (lengths < self.min_samples).nonzero().flatten().tolist()
-        if short:
-            raise ValueError(
-                f"wav2vec2: utterance(s) {short} have {lengths[short].tolist()} samples, fewer than the "
-                f"model's receptive field of {self.min_samples} samples ({self.min_samples / 16000:.3f} s); "
-                f"pad or drop them"
-            )
-        return lengths
-
     # ---- frozen features -----------------------------------------------------------------
     def encode(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
-        lengths = self._check_lengths(wavs, lengths)
+        lengths = self.check_lengths(wavs, lengths)
         feats, frame_lengths = self.conv_features(wavs, lengths)
         latent = self.feature_projection(feats)
         padding = self._padding_mask(frame_lengths, latent.shape[1])
@@ -272,7 +257,7 @@ class Wav2Vec2Model(SSLModel):
         """Contrastive + diversity + feature-penalty loss on ``batch["wavs"]`` [B, L], ``batch["lengths"]`` [B]."""
         cfg = self.config
         wavs = batch["wavs"]
-        lengths = self._check_lengths(wavs, batch.get("lengths"))
+        lengths = self.check_lengths(wavs, batch.get("lengths"))
         if cfg.feature_grad_mult > 0:
             feats, frame_lengths = self.conv_features(wavs, lengths)
             if cfg.feature_grad_mult != 1.0:
