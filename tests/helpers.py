@@ -201,3 +201,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ConstructedSource:
+    """Base of hand-made downstream feature sources in tests: the ``FeatureSource`` methods other
+    than ``features`` (which each test defines), answering like a source that cannot tell its
+    layer aliases (``run_experiment`` then compares values)."""
+
+    spec = "test"
+
+    def describe(self) -> dict:
+        return {"spec": self.spec}
+
+    def layer_aliases(self) -> None:
+        return None
+
+    def fingerprint(self) -> dict:
+        return {"spec": "test"}
+
+    def release(self) -> None:
+        pass

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import ConstructedSource
 
 from speechssl.downstream import (
     HEADS,
@@ -210,8 +211,10 @@ def test_model_save_load_roundtrip(tmp_path):
     assert np.isclose(sum(again.featurizer.weights_dict().values()), 1.0)
 
 
-class _ConstructedSource:
+class _ConstructedSource(ConstructedSource):
     """Hidden states built in the test: 2 layers, the frame label is the sign of layer 1's dim 0."""
+
+    spec = "constructed"
 
     def __init__(self):
         self.store = {}
@@ -229,18 +232,6 @@ class _ConstructedSource:
                 self.store[rec["id"]] = [torch.randn(len(signs), 4, generator=g), h1]
             feats.append(self.store[rec["id"]])
         return FeatureSet([r["id"] for r in records], feats, ["noise", "signal"], 160)
-
-    def describe(self):
-        return {"spec": "constructed"}
-
-    def layer_aliases(self):
-        return None  # cannot tell: run_experiment compares values
-
-    def fingerprint(self):
-        return {"spec": "test"}
-
-    def release(self):
-        pass
 
 
 def test_frame_level_task_learns_from_the_informative_layer(tmp_path):

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from helpers import ConstructedSource
 
 from speechssl.cli.main import main
 from speechssl.downstream import FeatureSet, PrecomputedSource, downstream_config, run_experiment
@@ -77,22 +78,10 @@ def test_plain_pt_features_load(tmp_path):
     assert fs.layer_names == ["features"] and fs.feats[0][0].shape == (5, 4)
 
 
-class _Source:
+class _Source(ConstructedSource):
     def features(self, records, desc=""):
         feats = [[torch.full((3, 2), float("abc".index(r["cls"])))] for r in records]
         return FeatureSet([r["id"] for r in records], feats, ["features"], 160)
-
-    def describe(self):
-        return {"spec": "test"}
-
-    def layer_aliases(self):
-        return None  # cannot tell: run_experiment compares values
-
-    def fingerprint(self):
-        return {"spec": "test"}
-
-    def release(self):
-        pass
 
 
 def test_a_class_with_a_single_example_is_warned_by_name(caplog):
