@@ -8,13 +8,12 @@ frames and regresses an EMA teacher's output on the clean frames.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import free_port, make_corpus, recipe, run_group, subprocess_env
+from helpers import free_port, make_corpus, recipe
 from torch import nn
 
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
@@ -25,7 +24,6 @@ from speechssl.train.trainer import pretrain
 from speechssl.upstream.release import load_released_model, save_released_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-TESTS = Path(__file__).resolve().parent
 
 
 @dataclasses.dataclass
@@ -175,7 +173,8 @@ def _teacher_state(exp: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_with_the_teacher_is_bit_exact(tmp_path):
     train = make_corpus(tmp_path / "data", n=10)
-    sections = dict(model={"name": "toy_ema"}, train={"max_steps": 6, "valid_every": 0, "ckpt_every_steps": 100})
+    sections = dict(model={"name": "toy_ema"}, optim={"schedule": "constant"},
+                    train={"max_steps": 6, "valid_every": 0, "ckpt_every_steps": 100})
     ref = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "ref")
     first = pretrain(load_pretrain_config(recipe(tmp_path, **sections), ["train.max_steps=3"]), train, None,
                      tmp_path / "exp")
@@ -189,34 +188,44 @@ def test_resume_with_the_teacher_is_bit_exact(tmp_path):
     assert not torch.equal(a["teacher.module.0.weight"], a["student.0.weight"])
 
 
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-import test_ema  # noqa: F401  (registers toy_ema)
-import torch, torch.distributed as dist
-from speechssl.train.config import load_pretrain_config
-from speechssl.train.trainer import Trainer
-dist.init_process_group("gloo")
-cfg, train, out = sys.argv[1:4]
-trainer = Trainer(load_pretrain_config(cfg), train, None, out)
-trainer.run()
-state = {{k: v for k, v in trainer.model.state_dict().items() if k.startswith("teacher.")}}
-torch.save(state, out + f"/teacher_rank{{dist.get_rank()}}.pt")
-trainer.close()
-dist.destroy_process_group()
-"""
+def _ddp_rank(rank: int, port: int, cfg: str, train: str, out: str) -> None:
+    """One DDP rank (forked from the test process: no interpreter start-up, torch already imported)."""
+    import os
+
+    import torch.distributed as dist
+
+    from speechssl.train.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    trainer = Trainer(load_pretrain_config(cfg), train, None, out)
+    trainer.run()
+    torch.save({k: v for k, v in trainer.model.state_dict().items() if k.startswith("teacher.")},
+               f"{out}/teacher_rank{rank}.pt")
+    trainer.close()
+    dist.destroy_process_group()
+    os._exit(0)  # skip pytest's atexit machinery in the child
 
 
 def test_ddp_ranks_hold_the_same_teacher(tmp_path):
+    import multiprocessing
+
     train = make_corpus(tmp_path / "data", n=8, seconds=(0.25, 0.25), equal=True)
     cfg = recipe(tmp_path, model={"name": "toy_ema"}, data={"device_batch_seconds": 0.5, "crop_seconds": 0.25},
                  train={"max_steps": 3, "valid_every": 0, "ckpt_every_steps": 100, "plot": False})
-    script = tmp_path / "ddp_ema.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(TESTS)))
     out = tmp_path / "two"
-    proc = run_group([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                      str(free_port()), str(script), str(cfg), str(train), str(out)], subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = free_port()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_ddp_rank, args=(r, port, str(cfg), str(train), str(out))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert codes == [0, 0], codes
     r0 = torch.load(out / "teacher_rank0.pt", weights_only=True)
     r1 = torch.load(out / "teacher_rank1.pt", weights_only=True)
     assert int(r0["teacher.last_step"]) == 3
