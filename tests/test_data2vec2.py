@@ -197,6 +197,13 @@ def test_hf_data2vec_audio_import_gives_identical_hidden_states_and_exports_back
         assert torch.equal(state[k], want[k]), k
     again = from_hf_data2vec(tmp_path / "hf")
     _compare(again, hf, wavs)
+    # the generic entry points: load_encoder on the folder / the object, speechssl export hf
+    from speechssl.upstream.hf_export_encoder import export_hf_encoder
+
+    _compare(load_encoder(str(tmp_path / "hf")).backbone, hf, wavs)
+    _compare(load_encoder(hf).backbone, hf, wavs)
+    export_hf_encoder(load_encoder(str(tmp_path / "hf")), tmp_path / "hf2")
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["model_type"] == "data2vec-audio"
     with pytest.raises(ValueError, match="model_type 'wav2vec2' is not 'data2vec-audio'"):
         from speechssl.upstream.data2vec_hf import config_from_hf_data2vec
 
