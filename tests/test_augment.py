@@ -251,3 +251,25 @@ def test_noise_manifest_and_cli_write_examples(tmp_path, capsys):
     bad.write_text("waveform:\n  noise: {p: 2}\n")
     assert cli_main(["augment", "--config", str(bad), "--input", str(manifest), "--out", str(out)]) == 1
     assert "noise.p" in capsys.readouterr().err
+
+
+def test_augmented_copies_for_downstream_training(tmp_path):
+    from speechssl.augment.offline import augment_records
+    from speechssl.data.manifest import read_manifest
+    from speechssl.downstream import load_downstream_config
+    from speechssl.downstream.protocols import superb
+
+    manifest = make_corpus(tmp_path / "corpus", n=3, seconds=(0.3, 0.4))
+    records = read_manifest(manifest)
+    cfg = augment_config({"waveform": {"noise": {"p": 1.0}, "speed": {"p": 1.0, "min_factor": 1.1, "max_factor": 1.1}}})
+    copies = augment_records(records, cfg, tmp_path / "aug", copies=2, seed=0)
+    assert [c["id"] for c in copies[:2]] == [f"{records[0]['id']}__aug1", f"{records[0]['id']}__aug2"]
+    assert all(c["speaker"] == r["speaker"] for c, r in zip(copies[::2], records))
+    assert abs(copies[0]["num_samples"] - records[0]["num_samples"] / 1.1) <= 2
+    first = (tmp_path / "aug" / f"{records[0]['id']}__aug1.wav").read_bytes()
+    (tmp_path / "aug" / f"{records[0]['id']}__aug1.wav").unlink()
+    augment_records(records, cfg, tmp_path / "aug", copies=2, seed=0)  # rewritten the same (seeded per copy)
+    assert (tmp_path / "aug" / f"{records[0]['id']}__aug1.wav").read_bytes() == first
+    with pytest.raises(ValueError, match="needs --encoder"):
+        superb(load_downstream_config(None, [], "speaker"), tmp_path / "exp", features=str(tmp_path), train=manifest,
+               augment=cfg)
