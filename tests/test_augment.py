@@ -115,6 +115,19 @@ def test_band_limit_removes_energy_above_the_cutoff():
     assert float(spec[:200].sum() / ref[:200].sum()) < 1e-6
 
 
+def test_random_eq_follows_its_curve():
+    x = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    knots = torch.tensor([0.0, 1000.0, 8000.0])
+    y = W.random_eq(x, torch.tensor([16000]), torch.tensor([[0.0, 6.0, -6.0]]), knots)
+    ratio_db = 10 * torch.log10(torch.fft.rfft(y[0]).abs().pow(2) / torch.fft.rfft(x[0]).abs().pow(2))
+    assert float(ratio_db[1000]) == pytest.approx(6.0, abs=0.01)  # 1 Hz bins: exactly at the knot
+    assert float(ratio_db[7990]) == pytest.approx(-6.0, abs=0.1)
+    assert float(ratio_db[0]) == pytest.approx(0.0, abs=0.01)
+    aug = WaveformAugment(augment_config({"waveform": {"eq": {"p": 1.0, "max_db": 3.0}}}).waveform)
+    _, _, params = aug(x, torch.tensor([16000]), return_params=True)
+    assert 0 < params["eq"][0] <= 3.0
+
+
 def test_gain_polarity_time_shift_codec():
     x, lengths = _batch()
     assert torch.allclose(W.apply_gain(x, torch.tensor([6.0, 0.0, -6.0]))[0], x[0] * 10 ** 0.3)
@@ -210,7 +223,7 @@ def test_pipelines_are_seeded_and_reproducible():
 
 def test_probability_zero_is_identity_and_p_selects_rows():
     x, lengths = _batch()
-    off = augment_config({"waveform": {k: {"p": 0.0} for k in ["gain", "noise", "reverb", "band_limit", "codec",
+    off = augment_config({"waveform": {k: {"p": 0.0} for k in ["gain", "noise", "reverb", "band_limit", "codec", "eq",
                                                               "polarity", "time_shift", "speed", "pitch"]}})
     y, out_lens = WaveformAugment(off.waveform)(x, lengths)
     assert torch.equal(y, x) and torch.equal(out_lens, lengths)

@@ -4,8 +4,8 @@ Barlow Twins, triplet, BYOL-A), downstream training and users' own code.
 =====================  =====================================================================
 waveform (``[B, L]``)  random crop / two crops with a minimum gap, gain, additive noise at a
                        sampled SNR (noise manifest or coloured noise), speed, tempo, pitch shift,
-                       reverberation (synthetic RIRs), band-limiting, mu-law codec, polarity,
-                       time shift                                   (:mod:`.waveform`)
+                       reverberation (synthetic RIRs), random EQ, band-limiting, mu-law codec,
+                       polarity, time shift                         (:mod:`.waveform`)
 log-Mel (``[B, T, F]``) SpecAugment time / frequency masks, BYOL-A mixup against a memory of
                        past examples, BYOL-A random resize crop     (:mod:`.spectrogram`)
 =====================  =====================================================================

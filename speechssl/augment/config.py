@@ -25,7 +25,7 @@ from typing import Any, Literal
 from speechssl.config import ConfigError, check_finite, from_dict
 
 #: Default application order of the waveform augmentations (names of WaveformAugmentConfig fields).
-WAVEFORM_ORDER = ("speed", "tempo", "pitch", "time_shift", "reverb", "noise", "band_limit", "codec", "gain",
+WAVEFORM_ORDER = ("speed", "tempo", "pitch", "time_shift", "reverb", "noise", "eq", "band_limit", "codec", "gain",
                   "polarity")
 #: Application order of the spectrogram augmentations.
 SPECTROGRAM_ORDER = ("mixup", "resize_crop", "freq_mask", "time_mask")
@@ -173,6 +173,23 @@ class BandLimitConfig:
 
 
 @dataclasses.dataclass
+class EQConfig:
+    """Random equaliser (microphone / channel colouring): gains drawn uniformly in [-max_db, max_db] at
+    ``num_knots`` log-spaced frequencies from 100 Hz to 8 kHz (and 0 Hz), linear in log frequency between."""
+
+    p: float = 0.5
+    max_db: float = 6.0
+    num_knots: int = 6
+
+    def __post_init__(self) -> None:
+        _check_p(self, "eq")
+        if not 0.0 <= self.max_db <= 40.0:
+            raise ConfigError(f"eq.max_db must be in [0, 40], got {self.max_db}")
+        if self.num_knots < 2:
+            raise ConfigError(f"eq.num_knots must be >= 2, got {self.num_knots}")
+
+
+@dataclasses.dataclass
 class CodecConfig:
     """Codec-like quantisation: mu-law companding to ``bits`` bits drawn uniformly (G.711 is 8)."""
 
@@ -282,6 +299,7 @@ class WaveformAugmentConfig:
     tempo: TempoConfig | None = None
     pitch: PitchConfig | None = None
     reverb: ReverbConfig | None = None
+    eq: EQConfig | None = None
     band_limit: BandLimitConfig | None = None
     codec: CodecConfig | None = None
     polarity: PolarityConfig | None = None

@@ -104,6 +104,14 @@ class WaveformAugment(nn.Module):
             return wavs, lengths, low
         return self._select(wavs, rows, W.band_limit(wavs, lengths, low, high)), lengths, low
 
+    def _eq(self, wavs, lengths, rows, cfg, g):
+        b = wavs.shape[0]
+        knots = torch.cat([torch.zeros(1), torch.logspace(2.0, math.log10(8000.0), cfg.num_knots)])
+        gains = W.uniform(b * (cfg.num_knots + 1), -cfg.max_db, cfg.max_db, g).reshape(b, -1)
+        if not bool(rows.any()):
+            return wavs, lengths, gains.abs().max(1).values
+        return self._select(wavs, rows, W.random_eq(wavs, lengths, gains, knots)), lengths, gains.abs().max(1).values
+
     def _codec(self, wavs, lengths, rows, cfg, g):
         bits = torch.randint(cfg.min_bits, cfg.max_bits + 1, (wavs.shape[0],), generator=g)
         return self._select(wavs, rows, W.mu_law_codec(wavs, bits)), lengths, bits

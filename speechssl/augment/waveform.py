@@ -237,6 +237,20 @@ def band_limit(x: torch.Tensor, lengths: torch.Tensor, lowpass_hz: torch.Tensor,
     return out * valid_mask(lengths.to(x.device), width)
 
 
+def random_eq(x: torch.Tensor, lengths: torch.Tensor, gains_db: torch.Tensor, knots_hz: torch.Tensor) -> torch.Tensor:
+    """Zero-phase FFT equaliser: a smooth gain curve per utterance, linear in log frequency between
+    ``knots_hz`` [K] with ``gains_db`` [B, K] at the knots (a random microphone / room colouring)."""
+    width = x.shape[1]
+    freqs = torch.fft.rfftfreq(width, d=1.0 / SAMPLE_RATE).to(x.device)
+    logf, logk = torch.log1p(freqs), torch.log1p(knots_hz.to(x.device).float())
+    idx = torch.searchsorted(logk, logf).clamp(1, logk.numel() - 1)
+    w = ((logf - logk[idx - 1]) / (logk[idx] - logk[idx - 1])).clamp(0.0, 1.0)
+    g = gains_db.to(x)
+    curve_db = g[:, idx - 1] * (1 - w) + g[:, idx] * w
+    out = torch.fft.irfft(torch.fft.rfft(x, dim=1) * torch.pow(10.0, curve_db / 20.0), n=width, dim=1)
+    return out * valid_mask(lengths.to(x.device), width)
+
+
 def mu_law_codec(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Mu-law compand, quantise to 2^bits[b] levels and expand (G.711-like at 8 bits), peak-normalised
     per utterance so the quantiser's range is used, then scaled back."""
