@@ -36,7 +36,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from speechssl.augment import AugmentConfig, SpectrogramAugment, WaveformAugment, default_augment, two_crops
+from speechssl.augment import (
+    AugmentConfig,
+    SpectrogramAugment,
+    WaveformAugment,
+    augment_config,
+    default_augment,
+    two_crops,
+)
+from speechssl.config import to_dict
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules import siamese_losses as L
@@ -67,7 +75,8 @@ class SimCLRConfig:
     # (COLA: 0.96 s segments of one clip); null: both views are the whole (augmented) input.
     crop_seconds: float | None = 0.96
     min_gap_seconds: float = 0.0
-    augment: AugmentConfig = dataclasses.field(default_factory=default_augment)
+    # Augmentations of each view (speechssl.augment YAML: waveform / spectrogram sections), checked here.
+    augment: dict = dataclasses.field(default_factory=lambda: _compact(to_dict(default_augment())))
     # Warn (log) when the embeddings' effective rank over a batch falls below this.
     collapse_rank: float = 1.5
 
@@ -90,6 +99,15 @@ class SimCLRConfig:
             raise ValueError(f"model.crop_seconds must be > 0 or null, got {self.crop_seconds}")
         if self.min_gap_seconds < 0:
             raise ValueError(f"model.min_gap_seconds must be >= 0, got {self.min_gap_seconds}")
+        augment_config(self.augment, where="model.augment")
+
+    def augment_config(self) -> AugmentConfig:
+        return augment_config(self.augment, where="model.augment")
+
+
+def _compact(section: dict) -> dict:
+    """An augmentation dict without the augmentations that are off (None) and the default order."""
+    return {part: {k: v for k, v in ops.items() if v is not None and k != "order"} for part, ops in section.items()}
 
 
 def simclr_tiny() -> SimCLRConfig:
@@ -212,8 +230,9 @@ def build_simclr(cfg: SimCLRConfig, model_cls: type[SiameseModel] = SiameseModel
     if cfg.objective == "cola":
         bilinear = nn.Parameter(torch.eye(cfg.projector[-1]) + 0.01 * torch.randn(cfg.projector[-1], cfg.projector[-1]))
     queue = L.NegativeQueue(cfg.queue_size, cfg.projector[-1]) if cfg.queue_size else None
-    return model_cls(cfg, frontend, encoder, projector, WaveformAugment(cfg.augment.waveform),
-               SpectrogramAugment(cfg.augment.spectrogram, frontend.out_dim), bilinear, queue)
+    augment = cfg.augment_config()
+    return model_cls(cfg, frontend, encoder, projector, WaveformAugment(augment.waveform),
+                     SpectrogramAugment(augment.spectrogram, frontend.out_dim), bilinear, queue)
 
 
 MODELS.register("simclr", ModelSpec(SimCLRConfig, build_simclr))
