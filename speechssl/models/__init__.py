@@ -8,5 +8,6 @@ __all__ = ["MODELS", "EncoderOutput", "LossOutput", "ModelSpec", "SSLModel", "bu
 import speechssl.models.apc  # noqa: E402, F401
 import speechssl.models.bestrq  # noqa: E402, F401
 import speechssl.models.cpc  # noqa: E402, F401
+import speechssl.models.mae  # noqa: E402, F401
 import speechssl.models.tera  # noqa: E402, F401
 import speechssl.models.wav2vec2  # noqa: E402, F401

@@ -32,13 +32,14 @@ from speechssl.config import ConfigError, apply_overrides, check_finite, from_di
 from speechssl.models.apc import APCConfig
 from speechssl.models.bestrq import BestRQConfig
 from speechssl.models.cpc import CPCConfig
+from speechssl.models.mae import MAEConfig
 from speechssl.models.tera import TERAConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = APCConfig | BestRQConfig | CPCConfig | TERAConfig | Wav2Vec2Config
+ModelConfig = APCConfig | BestRQConfig | CPCConfig | MAEConfig | TERAConfig | Wav2Vec2Config
 
 
 @dataclasses.dataclass
