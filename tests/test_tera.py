@@ -227,3 +227,31 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, monkeypatch):
     b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints"))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+# ---------------------------------------------------------------- health diagnostics
+def test_masked_reconstruction_health_warning_and_inspect_rows(tmp_path, capsys):
+    from speechssl.train.diagnostics import RECON_GRACE_STEPS, health_warnings
+
+    bad = {"step": RECON_GRACE_STEPS, "recon_masked": 0.80, "recon_baseline": 0.79, "recon_unmasked": 0.31}
+    line = health_warnings(bad)["recon_masked"]
+    assert line.startswith("masked reconstruction no better than predicting the mean: recon_masked 0.8 >= "
+                           "recon_baseline 0.79 at step 200 (recon_unmasked 0.31)")
+    assert not health_warnings({**bad, "step": RECON_GRACE_STEPS - 1})  # early steps: the model is still learning
+    assert not health_warnings({**bad, "recon_masked": 0.6})
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    lines = [{"split": "train", "step": 10, "loss": 0.9, "recon_masked": 0.9, "recon_unmasked": 0.8,
+              "recon_baseline": 0.8, "alter_ratio": 0.3, "time": 1.0},
+             {"split": "train", "step": 300, "loss": 0.85, "recon_masked": 0.85, "recon_unmasked": 0.2,
+              "recon_baseline": 0.8, "alter_ratio": 0.3, "time": 30.0},
+             {"split": "probe", "step": 300, "probe/speaker/context": 0.5, "health/context/eff_rank": 1.2,
+              "health/context/dim": 192.0, "health/context/std_mean": 0.4}]
+    (exp / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["inspect", str(exp)]) == 0
+    out = capsys.readouterr().out
+    rows = [r.split() for r in out.splitlines()]
+    assert ["recon_masked", "0.9", "0.85"] in rows and ["recon_unmasked", "0.8", "0.2"] in rows
+    assert ["recon_baseline", "0.8", "0.8"] in rows and ["health/context/eff_rank", "1.2", "1.2"] in rows
+    assert "masked reconstruction no better than predicting the mean" in out
+    assert "the context features have effective rank 1.20 of 192 dimensions" in out
