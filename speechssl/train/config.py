@@ -33,13 +33,17 @@ from speechssl.models.apc import APCConfig
 from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
 from speechssl.models.cpc import CPCConfig
+from speechssl.models.data2vec2 import Data2Vec2Config
+from speechssl.models.mae import MAEConfig
 from speechssl.models.simclr import SimCLRConfig
+from speechssl.models.tera import TERAConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = APCConfig | BarlowConfig | BestRQConfig | CPCConfig | SimCLRConfig | Wav2Vec2Config
+ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | CPCConfig | Data2Vec2Config | MAEConfig | SimCLRConfig
+               | TERAConfig | Wav2Vec2Config)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ Usage:
 
 * ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) matmul of ``size x size``, the best of
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.
-* ``throughput(spec)``: per model (APC, CPC, wav2vec2; tiny and base presets) the training step the
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2, TERA, MAE; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
   counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
@@ -40,6 +40,8 @@ PRESETS = {
     ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
     ("simclr", "tiny"): "simclr_tiny", ("barlow", "tiny"): "barlow_tiny",
+    ("tera", "tiny"): "tera_tiny", ("tera", "base"): "tera_base",
+    ("mae", "tiny"): "mae_tiny", ("mae", "base"): "mae_base",
 }
 
 

@@ -46,7 +46,10 @@ SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
 # (family, size, batch size, crop seconds) of the training-step measurements
 FULL_MODELS = [["apc", "tiny", 8, 4.0], ["cpc", "tiny", 8, 4.0], ["wav2vec2", "tiny", 8, 4.0],
                ["simclr", "tiny", 8, 4.0], ["barlow", "tiny", 8, 4.0],
-               ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0], ["wav2vec2", "base", 2, 4.0]]
+               ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0], ["wav2vec2", "base", 2, 4.0],
+               # masked reconstruction: TERA base (3 x 768 on every 10 ms frame) next to MAE base
+               # (12 x 768 on the visible quarter of the 20 ms tokens)
+               ["tera", "tiny", 8, 4.0], ["mae", "tiny", 8, 4.0], ["tera", "base", 4, 4.0], ["mae", "base", 4, 4.0]]
 QUICK_MODELS = [["apc", "tiny", 2, 2.0], ["cpc", "tiny", 2, 2.0], ["wav2vec2", "tiny", 2, 2.0],
                 ["simclr", "tiny", 2, 2.0]]
 
@@ -65,7 +68,8 @@ def sizes(quick: bool) -> dict:
                 "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]]}
     return {"frontends": {"num_utts": 60, "seconds": 10.0, "repeats": 5},
             "compare": {"clip_seconds": [4.0, 10.0, 15.0], "repeats": 3, "dtypes": ["fp32", "bf16"]},
-            "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2"], "short_seconds": 60.0,
+            "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2", "tera", "mae"],
+                         "short_seconds": 60.0,
                          "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
