@@ -8,4 +8,5 @@ __all__ = ["MODELS", "EncoderOutput", "LossOutput", "ModelSpec", "SSLModel", "bu
 import speechssl.models.apc  # noqa: E402, F401
 import speechssl.models.bestrq  # noqa: E402, F401
 import speechssl.models.cpc  # noqa: E402, F401
+import speechssl.models.hubert  # noqa: E402, F401
 import speechssl.models.wav2vec2  # noqa: E402, F401

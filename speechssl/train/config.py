@@ -32,12 +32,13 @@ from speechssl.config import ConfigError, apply_overrides, check_finite, from_di
 from speechssl.models.apc import APCConfig
 from speechssl.models.bestrq import BestRQConfig
 from speechssl.models.cpc import CPCConfig
+from speechssl.models.hubert import HubertConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = APCConfig | BestRQConfig | CPCConfig | Wav2Vec2Config
+ModelConfig = APCConfig | BestRQConfig | CPCConfig | HubertConfig | Wav2Vec2Config
 
 
 @dataclasses.dataclass
@@ -62,6 +63,9 @@ class DataConfig:
     # Manifest fields copied into every batch as lists (e.g. [speaker] for CPC's same-speaker
     # negatives); every record must have them.
     label_fields: list[str] = dataclasses.field(default_factory=list)
+    # Frame-target folders written by `speechssl targets assign`, one per target set of the model
+    # (HuBERT: model.num_classes); they must label every utterance of the train and valid manifests.
+    targets: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_finite(self, "data")
