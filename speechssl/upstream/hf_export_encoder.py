@@ -1,4 +1,4 @@
-"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` folder.
+"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` / ``HubertModel`` folder.
 
 A module of its own, beside :mod:`speechssl.upstream.hf_export`, because it loads encoders:
 ``hf_export`` is imported by the importers, which ``load_encoder`` reaches, so loading from
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from speechssl.models.hubert import HubertModel
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.upstream.encoder import Encoder
 from speechssl.upstream.hf_export import export_hf
@@ -31,7 +32,7 @@ def export_hf_encoder(encoder_or_path: Any, folder: str | Path) -> Path:
             :class:`Wav2Vec2Model` (APC, CPC and baselines have no Hugging Face form).
     """
     enc = encoder_or_path if isinstance(encoder_or_path, Encoder) else load_encoder(encoder_or_path)
-    if not isinstance(enc.backbone, Wav2Vec2Model):
-        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0-style encoder, got "
+    if not isinstance(enc.backbone, (Wav2Vec2Model, HubertModel)):
+        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0 or HuBERT encoder, got "
                          f"{type(enc.backbone).__name__}")
     return export_hf(enc.backbone, folder)
