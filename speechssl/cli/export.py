@@ -4,7 +4,7 @@ Targets:
   s3prl-apc  an APC encoder (3 GRU layers, Kaldi fbank frontend with a Hamming window) as a
              checkpoint s3prl's own `apc_local` upstream loads:
                speechssl export s3prl-apc --encoder exp/apc/encoder --out apc_s3prl.ckpt
-  hf         a wav2vec 2.0 / HuBERT-style encoder as a Hugging Face Wav2Vec2Model folder:
+  hf         a wav2vec 2.0 or HuBERT encoder as a Hugging Face Wav2Vec2Model / HubertModel folder:
                speechssl export hf --encoder exp/w2v/encoder --out hf_w2v/
 
 --encoder takes anything `speechssl.load_encoder` accepts (release folder, experiment folder,
