@@ -33,14 +33,18 @@ targets() {  # targets FEATURES LAYER NAME: k-means + labels of train and dev, o
   touch "$exp_dir/.hubert_$name.done"
 }
 
+iteration() {  # iteration NAME EXP OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
+  local name=$1 exp=$2; shift 2
+  [ -f "$exp_dir/.hubert_$name.done" ] && return 0
+  pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" "train.max_steps=$pretrain_steps" \
+    "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
+  touch "$exp_dir/.hubert_$name.done"
+}
+
 log "hubert iteration 1: MFCC k-means (K=$k) -> pretrain"
 targets mfcc features 1
-pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp_dir/hubert_it1" \
-  "data.targets=[$exp_dir/hubert_labels1]" "train.max_steps=$pretrain_steps" "train.max_minutes=$pretrain_minutes" \
-  "train.seed=$seed"
+iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]"
 log "hubert iteration 2: k-means (K=$k) of iteration 1's $layer -> pretrain"
 targets "$exp_dir/hubert_it1/encoder" "$layer" 2
-pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp_dir/hubert" \
-  "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]" "train.max_steps=$pretrain_steps" \
-  "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+iteration it2 "$exp_dir/hubert" "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
