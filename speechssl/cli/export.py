@@ -7,7 +7,8 @@ Targets:
   s3prl-tera a TERA / Mockingjay encoder (post-LN, 10 ms Kaldi fbank frames) as a checkpoint
              s3prl's own `tera_local` / `mockingjay_local` upstreams load:
                speechssl export s3prl-tera --encoder exp/tera/encoder --out tera_s3prl.ckpt
-  hf         a wav2vec 2.0 / HuBERT-style encoder as a Hugging Face Wav2Vec2Model folder:
+  hf         a wav2vec 2.0, HuBERT or data2vec encoder as a Hugging Face Wav2Vec2Model / HubertModel /
+             Data2VecAudioModel folder:
                speechssl export hf --encoder exp/w2v/encoder --out hf_w2v/
 
 --encoder takes anything `speechssl.load_encoder` accepts (release folder, experiment folder,

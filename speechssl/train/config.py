@@ -34,6 +34,7 @@ from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
 from speechssl.models.cpc import CPCConfig
 from speechssl.models.data2vec2 import Data2Vec2Config
+from speechssl.models.hubert import HubertConfig
 from speechssl.models.mae import MAEConfig
 from speechssl.models.simclr import SimCLRConfig
 from speechssl.models.tera import TERAConfig
@@ -42,8 +43,8 @@ from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | CPCConfig | Data2Vec2Config | MAEConfig | SimCLRConfig
-               | TERAConfig | Wav2Vec2Config)
+ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | CPCConfig | Data2Vec2Config | HubertConfig | MAEConfig
+               | SimCLRConfig | TERAConfig | Wav2Vec2Config)
 
 
 @dataclasses.dataclass
@@ -68,6 +69,9 @@ class DataConfig:
     # Manifest fields copied into every batch as lists (e.g. [speaker] for CPC's same-speaker
     # negatives); every record must have them.
     label_fields: list[str] = dataclasses.field(default_factory=list)
+    # Frame-target folders written by `speechssl targets assign`, one per target set of the model
+    # (HuBERT: model.num_classes); they must label every utterance of the train and valid manifests.
+    targets: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_finite(self, "data")
