@@ -12,6 +12,10 @@ Sections (each runs in its own child process, so peak memory and thread pools ar
   the long file (tools/bench/extraction.py, tools/bench/extract.py);
 * ``pretrain``: steps/s, audio-s/s and FLOP/s as a fraction of the measured matmul peak
   (tools/bench/pretrain.py);
+* ``peers``: our training step vs the peers' own (Hugging Face ``Wav2Vec2ForPreTraining`` for
+  wav2vec 2.0 Base, fp32 and bf16; s3prl's ``pretrain/apc`` expert for APC 3 x 512), losses and
+  gradients checked equal on the same batch, masks, distractors and weights first
+  (tools/bench/peers.py);
 * ``data``: loader batches/s vs each model's step rate at the same batch size;
 * ``scaling``: extraction and one pretraining epoch at 1x, 2x, 4x the data (time, peak RSS, ratios);
 * ``profile``: torch.profiler of the wav2vec2 Base step and inference, APC and CPC steps
@@ -38,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, run_child  # noqa: E402
 from report import write_markdown  # noqa: E402
 
-SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
+SECTIONS = ("frontends", "extract", "pretrain", "peers", "data", "scaling", "profile")
 
 # (family, size, batch size, crop seconds) of the training-step measurements
 FULL_MODELS = [["apc", "tiny", 8, 4.0], ["cpc", "tiny", 8, 4.0], ["wav2vec2", "tiny", 8, 4.0],
@@ -54,6 +58,8 @@ def sizes(quick: bool) -> dict:
                 "families": {"families": ["logmel", "fbank", "wav2vec2"], "short_seconds": 10.0,
                              "long_minutes": 1.0, "long_families": ["logmel", "wav2vec2"]},
                 "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
+                "peers": {"wav2vec2": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2},
+                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2}},
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
                 "formant": {"sentences": 3, "repeats": 1},
                 "scaling": {"extract_seconds": [5.0, 10.0, 20.0], "family": "logmel", "train": ["wav2vec2", "tiny"]},
@@ -63,6 +69,8 @@ def sizes(quick: bool) -> dict:
             "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2"], "short_seconds": 60.0,
                          "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
+            "peers": {"wav2vec2": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5},
+                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5}},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
             "formant": {"sentences": 12, "repeats": 3},
             "scaling": {"extract_seconds": [15.0, 30.0, 60.0], "family": "wav2vec2", "train": ["wav2vec2", "tiny"]},
@@ -193,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             results[section] = section_extract(cfg, args, work)
         elif section == "pretrain":
             results[section] = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads})
+        elif section == "peers":
+            results[section] = {fam: run_child("peers", f"{fam}_rows", {**spec, "threads": args.threads})
+                                for fam, spec in cfg["peers"].items()}
         elif section == "data":
             results[section] = section_data(cfg, args, work, results)
         elif section == "scaling":
