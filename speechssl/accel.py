@@ -196,12 +196,24 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
 
 
 def onednn_linear() -> bool:
-    """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`)."""
+    """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`).
+
+    Never inside ``torch.compile`` (``train.compile``): inductor cannot lower oneDNN's linear with a
+    trainable weight ("weight must be a graph constant"); it picks its own matmul kernels there.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return (_FORCED.get() or {}).get("onednn_linear", decision().onednn_linear)
 
 
 def fast_gru() -> bool:
-    """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`)."""
+    """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`).
+
+    Never inside ``torch.compile``: its Python loop over frames would be unrolled into the graph;
+    ``nn.GRU`` stays one operator there.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return (_FORCED.get() or {}).get("fast_gru", decision().fast_gru)
 
 

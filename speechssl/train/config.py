@@ -150,6 +150,11 @@ class TrainConfig:
     # Without a bar (not a terminal, or progress: false), a one-line progress log this often (null: none).
     progress_every_seconds: float | None = 30.0
     plot: bool = True  # loss-curve PNG at the end
+    # torch.compile the model's blocks in place (speechssl/compilation.py; checkpoints unchanged). Off:
+    # on CPU it was measured no faster than the eager fast paths, after minutes of compiling
+    # (tools/bench/run_all.py --only compile). compile_backend aot_eager/eager: debugging, tests.
+    compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)  # live linear probe (train/probe.py)
 
     def __post_init__(self) -> None:
