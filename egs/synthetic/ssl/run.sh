@@ -11,7 +11,8 @@
 #     and of words (espeak-ng if installed, else formant)
 #   2 manifests and splits (pretraining train/dev; labelled pool/test: sentences split by utterance for
 #     speaker ID, words split by speaker so that the word task's test speakers are unseen in its labels)
-#   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies
+#   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies (a family
+#     with local/pretrain_<family>.sh runs it instead: HuBERT fits k-means targets and runs 2 iterations)
 #   4 extract features of the labelled sets with every encoder
 #   5 speaker-ID, style (emotion proxy) and spoken-word (keyword spotting, 20 words) label-efficiency
 #     curves for every encoder + logmel/fbank
