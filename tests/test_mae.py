@@ -86,7 +86,7 @@ def test_encoder_sees_only_the_visible_tokens_and_the_loss_counts_only_masked_on
     out = model.loss(b)
     idx, pad, masked = seen["mask"]
     assert seen["encoder_input"].shape[1] == idx.shape[1] == int(steps[0]) - int(steps[0] * 0.75)
-    want = (model.patch_embed(p) + model._positions(p.shape[1], 192, model.group_embed, p.device))[1, idx[1][~pad[1]]]
+    want = (model.patch_embed(p) + model._positions(p.shape[1], 192, model.group_embed, p.device, 0.1))[1, idx[1][~pad[1]]]
     torch.testing.assert_close(seen["encoder_input"][1][~pad[1]], want)
     assert out.metrics["mask_ratio"] == pytest.approx(float(masked.sum() / steps.sum()))
     assert out.metrics["recon_baseline"] == pytest.approx(1.0, abs=1e-4)  # normalised targets

@@ -24,7 +24,8 @@ s3prl 0.4.18's ``upstream/mockingjay`` (``PretrainedTransformer``) reads a dict 
   ``encoder.layer.{i}.attention.self.{query,key,value}`` ...); ``SpecHead``: the prediction head.
 
 Its hidden states are the input block's output and every layer's: our ``latent, layer_1 ..
-layer_N``. Exportable, else a clear error: a TERA model, post-LN, no frame stacking, an ``fbank``
+layer_N``. A ``position_scale`` other than 1 is folded into the input projection (the input LayerNorm
+makes that exact). Exportable, else a clear error: a TERA model, post-LN, no frame stacking, an ``fbank``
 frontend with ``cmvn`` ``none`` or ``utterance`` (with variance). Dither is written as 0 (feature
 extraction is inference). With ``cmvn: utterance`` s3prl divides by the unbiased std (n - 1) where
 speechssl uses the population std (n): features differ by about ``1 / (2n)`` relative for ``n`` frames.
@@ -101,6 +102,9 @@ def s3prl_tera_checkpoint(encoder_or_path: Any) -> dict:
         part, name = theirs.split(".", 1)
         for leaf in ("weight", "bias"):
             state[part][f"{name}.{leaf}"] = ours[f"{mine}.{leaf}"].clone()
+    if cfg.position_scale != 1.0:  # LN(Wx + b + s p) == LN((Wx + b) / s + p): s3prl adds p unscaled
+        for leaf in ("weight", "bias"):
+            state["Transformer"][f"input_representations.spec_transform.{leaf}"] /= cfg.position_scale
     for i in range(cfg.num_layers):
         for leaf in ("weight", "bias"):
             q, k, v = ours[f"encoder.layers.{i}.attention.qkv.{leaf}"].chunk(3, dim=0)
