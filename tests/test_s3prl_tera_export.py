@@ -9,7 +9,7 @@ import torch
 from speechssl.cli.main import main as cli_main
 from speechssl.config import to_dict
 from speechssl.integrations.s3prl_apc import ExportError
-from speechssl.integrations.s3prl_tera import export_s3prl_tera, import_s3prl_tera
+from speechssl.integrations.s3prl_tera import S3PRLImportError, export_s3prl_tera, import_s3prl_tera
 from speechssl.models.base import build_model
 from speechssl.models.tera import TERAConfig
 from speechssl.upstream import load_encoder
@@ -92,13 +92,13 @@ def test_import_refuses_s3prl_log_mel_checkpoints_and_pickles(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     state["Upstream_Config"]["audio"] = {"target_level": -25, "input": {"feat_type": "mel", "log": True}}
     torch.save(state, tmp_path / "mel.ckpt")
-    with pytest.raises(ExportError, match="centred torchaudio log-Mel"):
+    with pytest.raises(S3PRLImportError, match="centred torchaudio log-Mel"):
         import_s3prl_tera(tmp_path / "mel.ckpt")
     state = torch.load(ckpt, weights_only=True)
     state["Transformer"]["encoder.layer.0.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.ckpt")
-    with pytest.raises(ExportError, match=r"unused Transformer weights \['Transformer.encoder.layer.0.extra.weight'\]"):
+    with pytest.raises(S3PRLImportError, match=r"unused Transformer weights \['Transformer.encoder.layer.0.extra.weight'\]"):
         import_s3prl_tera(tmp_path / "extra.ckpt")
     torch.save({"Config": {}, "optimizer": torch.optim.SGD}, tmp_path / "pickled.ckpt")
-    with pytest.raises(ExportError, match="weights_only=True"):
+    with pytest.raises(S3PRLImportError, match="weights_only=True"):
         import_s3prl_tera(tmp_path / "pickled.ckpt")
