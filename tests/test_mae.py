@@ -66,7 +66,7 @@ def test_random_token_mask_hides_the_ratio_of_valid_tokens_only():
 # ---------------------------------------------------------------- model
 def test_encoder_sees_only_the_visible_tokens_and_the_loss_counts_only_masked_ones(monkeypatch):
     torch.manual_seed(0)
-    model = build_model(tiny_config()).train()
+    model = build_model(tiny_config(norm_targets=True)).train()
     b = speech_batch([20000, 14000])
     seen = {}
     real_mask, real_encoder = mae_module.random_token_mask, model.encoder.forward
@@ -86,7 +86,7 @@ def test_encoder_sees_only_the_visible_tokens_and_the_loss_counts_only_masked_on
     out = model.loss(b)
     idx, pad, masked = seen["mask"]
     assert seen["encoder_input"].shape[1] == idx.shape[1] == int(steps[0]) - int(steps[0] * 0.75)
-    want = (model.patch_embed(p) + model._positions(p.shape[1], 192, model.group_embed, p.device))[1, idx[1][~pad[1]]]
+    want = (model.patch_embed(p) + model._positions(p.shape[1], 192, model.group_embed, p.device, 0.1))[1, idx[1][~pad[1]]]
     torch.testing.assert_close(seen["encoder_input"][1][~pad[1]], want)
     assert out.metrics["mask_ratio"] == pytest.approx(float(masked.sum() / steps.sum()))
     assert out.metrics["recon_baseline"] == pytest.approx(1.0, abs=1e-4)  # normalised targets
@@ -141,15 +141,17 @@ def test_tiny_pretraining_lowers_the_loss_and_releases_an_encoder(tmp_path):
     train = make_glide_corpus(tmp_path / "data")
     cfg = recipe(tmp_path, model=tiny_config(), data={"max_batch_seconds": 4.0, "crop_seconds": 1.0, "min_seconds": 0.5},
                  optim={"lr": 1e-3, "warmup_steps": 5},
-                 train={"max_steps": 25, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 25, "plot": False})
+                 train={"max_steps": 30, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 30, "plot": False})
     exp = tmp_path / "exp"
     assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
     records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
-    mse = [r["recon_masked"] for r in records if r.get("split") == "train" and "recon_masked" in r]
-    assert len(mse) == 25
-    # falls to about predicting each token's mean (1.0 on normalised targets); going below it takes
-    # longer runs (the synthetic demo's live probe shows what the features gain)
-    assert np.mean(mse[-5:]) < np.mean(mse[:5]) - 0.2 and np.mean(mse[-5:]) < 1.05, (mse[:5], mse[-5:])
+    train_records = [r for r in records if r.get("split") == "train" and "recon_masked" in r]
+    mse = [r["recon_masked"] for r in train_records]
+    base = [r["recon_baseline"] for r in train_records]
+    assert len(mse) == 30
+    # below the first steps and below predicting the utterance mean (0 after CMVN) on the same tokens
+    assert np.mean(mse[-8:]) < np.mean(mse[:5]) - 0.03 and np.mean(mse[-8:]) < np.mean(base[-8:]) - 0.02, \
+        (mse[:5], mse[-8:], base[-8:])
     enc = load_encoder(str(exp / "encoder"))
     assert enc.layer_names == ["latent", "layer_1", "layer_2", "layer_3", "context"] and enc.frame_shift == 320
     feats = tmp_path / "feats"

@@ -9,7 +9,7 @@ import torch
 from speechssl.cli.main import main as cli_main
 from speechssl.config import to_dict
 from speechssl.integrations.s3prl_apc import ExportError
-from speechssl.integrations.s3prl_tera import export_s3prl_tera, import_s3prl_tera
+from speechssl.integrations.s3prl_tera import S3PRLImportError, export_s3prl_tera, import_s3prl_tera
 from speechssl.models.base import build_model
 from speechssl.models.tera import TERAConfig
 from speechssl.upstream import load_encoder
@@ -37,11 +37,12 @@ def hub():
     return import_s3prl_hub()
 
 
-@pytest.mark.parametrize("upstream,cmvn,tol,target", [("tera_local", "none", 1e-5, "input"),
-                                                        ("mockingjay_local", "utterance", 2e-2, "linear")])
-def test_s3prl_loads_our_tera_and_gives_our_hidden_states(hub, tmp_path, capsys, upstream, cmvn, tol, target):
+@pytest.mark.parametrize("upstream,cmvn,tol,target,scale", [("tera_local", "none", 1e-5, "input", 0.1),
+                                                              ("mockingjay_local", "utterance", 2e-2, "linear", 1.0)])
+def test_s3prl_loads_our_tera_and_gives_our_hidden_states(hub, tmp_path, capsys, upstream, cmvn, tol, target, scale):
     # tol for utterance CMVN: s3prl divides by the unbiased std, we by the population std
     changes = {"target": target, "frequency_alteration": False} if target == "linear" else {}
+    changes["position_scale"] = scale
     model = _tera(frontend={"name": "fbank", "num_mel_bins": 40, "cmvn": cmvn}, **changes)
     release = save_released_encoder(model, tmp_path / "encoder")
     ckpt = tmp_path / "tera_s3prl.ckpt"
@@ -61,14 +62,15 @@ def test_s3prl_loads_our_tera_and_gives_our_hidden_states(hub, tmp_path, capsys,
             n = o.shape[1]
             assert t.shape[1] >= n, name
             torch.testing.assert_close(t[i, :n], o[0], atol=tol, rtol=0, msg=f"{name} of clip {i}")
-    # and back: the import gives the same model (weights, config, features)
+    # and back: the import gives the same model (config, weights up to the folded position scale, features)
     back = import_s3prl_tera(ckpt)
-    assert back.config.target == target and back.config.frontend["cmvn"] == cmvn
+    assert back.config.target == target and back.config.frontend["cmvn"] == cmvn and back.config.position_scale == 1.0
     for key, value in model.state_dict().items():
-        assert torch.equal(back.state_dict()[key], value), key
+        want = value / scale if key.startswith("input_projection.") else value
+        torch.testing.assert_close(back.state_dict()[key], want, rtol=1e-6, atol=0, msg=key)
     a, b = model.encode(wavs[0][None]), back.encode(wavs[0][None])
     for x, y in zip(a.hidden_states, b.hidden_states):
-        assert torch.equal(x, y)
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
 
 def test_unexportable_models_are_refused(tmp_path):
@@ -90,13 +92,13 @@ def test_import_refuses_s3prl_log_mel_checkpoints_and_pickles(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     state["Upstream_Config"]["audio"] = {"target_level": -25, "input": {"feat_type": "mel", "log": True}}
     torch.save(state, tmp_path / "mel.ckpt")
-    with pytest.raises(ExportError, match="centred torchaudio log-Mel"):
+    with pytest.raises(S3PRLImportError, match="centred torchaudio log-Mel"):
         import_s3prl_tera(tmp_path / "mel.ckpt")
     state = torch.load(ckpt, weights_only=True)
     state["Transformer"]["encoder.layer.0.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.ckpt")
-    with pytest.raises(ExportError, match=r"unused Transformer weights \['Transformer.encoder.layer.0.extra.weight'\]"):
+    with pytest.raises(S3PRLImportError, match=r"unused Transformer weights \['Transformer.encoder.layer.0.extra.weight'\]"):
         import_s3prl_tera(tmp_path / "extra.ckpt")
     torch.save({"Config": {}, "optimizer": torch.optim.SGD}, tmp_path / "pickled.ckpt")
-    with pytest.raises(ExportError, match="weights_only=True"):
+    with pytest.raises(S3PRLImportError, match="weights_only=True"):
         import_s3prl_tera(tmp_path / "pickled.ckpt")

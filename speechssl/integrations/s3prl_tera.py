@@ -24,7 +24,8 @@ s3prl 0.4.18's ``upstream/mockingjay`` (``PretrainedTransformer``) reads a dict 
   ``encoder.layer.{i}.attention.self.{query,key,value}`` ...); ``SpecHead``: the prediction head.
 
 Its hidden states are the input block's output and every layer's: our ``latent, layer_1 ..
-layer_N``. Exportable, else a clear error: a TERA model, post-LN, no frame stacking, an ``fbank``
+layer_N``. A ``position_scale`` other than 1 is folded into the input projection (the input LayerNorm
+makes that exact). Exportable, else a clear error: a TERA model, post-LN, no frame stacking, an ``fbank``
 frontend with ``cmvn`` ``none`` or ``utterance`` (with variance). Dither is written as 0 (feature
 extraction is inference). With ``cmvn: utterance`` s3prl divides by the unbiased std (n - 1) where
 speechssl uses the population std (n): features differ by about ``1 / (2n)`` relative for ``n`` frames.
@@ -45,6 +46,10 @@ from speechssl.integrations.s3prl_apc import ExportError
 from speechssl.utils import atomic_path
 
 _NOT_FBANK_KWARGS = ("sample_frequency",)
+
+
+class S3PRLImportError(ValueError):
+    """An s3prl checkpoint that cannot become a speechssl TERA model; the message says why."""
 
 
 def _tera_model(encoder_or_path: Any):
@@ -101,6 +106,9 @@ def s3prl_tera_checkpoint(encoder_or_path: Any) -> dict:
         part, name = theirs.split(".", 1)
         for leaf in ("weight", "bias"):
             state[part][f"{name}.{leaf}"] = ours[f"{mine}.{leaf}"].clone()
+    if cfg.position_scale != 1.0:  # LN(Wx + b + s p) == LN((Wx + b) / s + p): s3prl adds p unscaled
+        for leaf in ("weight", "bias"):
+            state["Transformer"][f"input_representations.spec_transform.{leaf}"] /= cfg.position_scale
     for i in range(cfg.num_layers):
         for leaf in ("weight", "bias"):
             q, k, v = ours[f"encoder.layers.{i}.attention.qkv.{leaf}"].chunk(3, dim=0)
@@ -142,7 +150,7 @@ def export_s3prl_tera(encoder_or_path: Any, out: str | Path) -> Path:
 # ---------------------------------------------------------------- import
 def _need(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(mapping, Mapping) or key not in mapping:
-        raise ExportError(f"{where}: no {key!r} in the checkpoint's config")
+        raise S3PRLImportError(f"{where}: no {key!r} in the checkpoint's config")
     return mapping[key]
 
 
@@ -154,24 +162,24 @@ def tera_config_from_s3prl(upstream_config: Mapping[str, Any], where: str):
     tf = _need(upstream_config, "transformer", where)
     audio = _need(upstream_config, "audio", where)
     if "kaldi" not in audio:
-        raise ExportError(f"{where}: the checkpoint computes s3prl's centred torchaudio log-Mel "
+        raise S3PRLImportError(f"{where}: the checkpoint computes s3prl's centred torchaudio log-Mel "
                           f"(audio.input {audio.get('input')}); its frames sit half a window earlier than any "
                           "speechssl frontend's, so it cannot be imported with equal outputs. Only checkpoints "
                           "with on-the-fly Kaldi features (audio.kaldi, e.g. from `speechssl export s3prl-tera`) import")
     if str(tf.get("hidden_act", "gelu")) != "gelu" or bool(tf.get("share_layer")) or bool(tf.get("pre_layer_norm")):
-        raise ExportError(f"{where}: only gelu, unshared, post-LN transformers import; got hidden_act="
+        raise S3PRLImportError(f"{where}: only gelu, unshared, post-LN transformers import; got hidden_act="
                           f"{tf.get('hidden_act')!r}, share_layer={tf.get('share_layer')}, "
                           f"pre_layer_norm={tf.get('pre_layer_norm')}")
     kaldi = _need(audio, "kaldi", where)
     if kaldi.get("feat_type", "fbank") != "fbank" or int((audio.get("delta") or {}).get("order", 2)) != 0:
-        raise ExportError(f"{where}: only Kaldi fbank without deltas imports; got feat_type="
+        raise S3PRLImportError(f"{where}: only Kaldi fbank without deltas imports; got feat_type="
                           f"{kaldi.get('feat_type')!r}, delta order {(audio.get('delta') or {}).get('order', 2)}")
     fields = {f.name for f in dataclasses.fields(FbankConfig)}
     fbank = dict(kaldi.get("fbank") or {})
     fbank.pop("sample_frequency", None)
     unknown = sorted(set(fbank) - fields)
     if unknown:
-        raise ExportError(f"{where}: Kaldi fbank option(s) {unknown} have no speechssl counterpart")
+        raise S3PRLImportError(f"{where}: Kaldi fbank option(s) {unknown} have no speechssl counterpart")
     use_cmvn = bool((audio.get("cmvn") or {}).get("use_cmvn", False))
     frontend = {"name": "fbank", **fbank, "cmvn": "utterance" if use_cmvn else "none"}
     task = upstream_config.get("task") or {}
@@ -199,12 +207,12 @@ def import_s3prl_tera(path: str | Path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unpickling refusal or I/O error, reported with the path)
-        raise ExportError(f"{where}: cannot read as a plain-data checkpoint (torch.load weights_only=True): {exc}") from None
+        raise S3PRLImportError(f"{where}: cannot read as a plain-data checkpoint (torch.load weights_only=True): {exc}") from None
     config = ckpt.get("Upstream_Config") if isinstance(ckpt, Mapping) else None
     if not config or "transformer" not in config:
         config = ckpt.get("Config") if isinstance(ckpt, Mapping) else None
     if not isinstance(config, Mapping) or "transformer" not in config or "Transformer" not in ckpt:
-        raise ExportError(f"{where}: not an s3prl TERA / Mockingjay checkpoint (needs Upstream_Config.transformer "
+        raise S3PRLImportError(f"{where}: not an s3prl TERA / Mockingjay checkpoint (needs Upstream_Config.transformer "
                           "and Transformer weights)")
     cfg = tera_config_from_s3prl(config, where)
     theirs = {f"Transformer.{k}".replace(".gamma", ".weight").replace(".beta", ".bias"): v
@@ -225,18 +233,18 @@ def import_s3prl_tera(path: str | Path):
                 state[f"{mine}.{leaf}"] = theirs[key]
                 used.add(key)
             elif not key.startswith("SpecHead."):
-                raise ExportError(f"{where}: {key} is missing or has the wrong shape for a {cfg.num_layers}-layer "
+                raise S3PRLImportError(f"{where}: {key} is missing or has the wrong shape for a {cfg.num_layers}-layer "
                                   f"{cfg.embed_dim}-dim model")
     for i in range(cfg.num_layers):
         for leaf in ("weight", "bias"):
             parts = [f"Transformer.encoder.layer.{i}.attention.self.{n}.{leaf}" for n in ("query", "key", "value")]
             missing = [p for p in parts if p not in theirs]
             if missing:
-                raise ExportError(f"{where}: missing {missing}")
+                raise S3PRLImportError(f"{where}: missing {missing}")
             state[f"encoder.layers.{i}.attention.qkv.{leaf}"] = torch.cat([theirs[p] for p in parts], 0)
             used.update(parts)
     left = sorted(k for k in theirs if k.startswith("Transformer.") and k not in used)
     if left:
-        raise ExportError(f"{where}: unused Transformer weights {left[:10]} (a model speechssl's TERA does not have)")
+        raise S3PRLImportError(f"{where}: unused Transformer weights {left[:10]} (a model speechssl's TERA does not have)")
     model.load_state_dict(state)
     return model.eval()

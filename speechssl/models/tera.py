@@ -78,6 +78,11 @@ class TERAConfig:
     dropout: float = 0.1  # s3prl hidden_dropout_prob (the released 960 h TERA: 0.1, "drop1")
     attention_dropout: float = 0.1
     init_std: float = 0.02  # BERT init of every linear layer (s3prl initializer_range)
+    # Weight of the sinusoidal positions added to the projected frames (s3prl: 1). Below 1 the absolute
+    # position stays out of the features' way: mean-pooled over utterances of different lengths it is
+    # length-dependent noise to a downstream head with few labels. Exports exactly (folded into the
+    # input projection: LN(Wx + b + s p) = LN((Wx + b) / s + p)).
+    position_scale: float = 1.0
     # Time alteration: ~15 % of frames in spans of 7; zero 80 %, random frame 10 %, kept 10 % (per utterance).
     time_alteration: bool = True
     time_ratio: float = 0.15
@@ -106,9 +111,9 @@ class TERAConfig:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.magnitude_std < 0 or self.init_std <= 0:
-            raise ValueError(f"model.magnitude_std must be >= 0 and model.init_std > 0, got "
-                             f"{self.magnitude_std} and {self.init_std}")
+        if self.magnitude_std < 0 or self.init_std <= 0 or self.position_scale <= 0:
+            raise ValueError(f"model.magnitude_std must be >= 0, model.init_std and model.position_scale > 0, got "
+                             f"{self.magnitude_std}, {self.init_std} and {self.position_scale}")
         if not (self.time_alteration or self.frequency_alteration or self.magnitude_alteration):
             raise ValueError("model: every alteration is off (time_alteration, frequency_alteration, "
                              "magnitude_alteration): there would be nothing to reconstruct")
@@ -130,9 +135,11 @@ def mockingjay_base() -> TERAConfig:
 
 
 def tera_tiny() -> TERAConfig:
-    """A CPU-sized TERA: 3 x 192 post-LN on 80-dim fbank stacked to 20 ms; all three alterations."""
+    """A CPU-sized TERA: 3 x 192 post-LN on 80-dim fbank stacked to 20 ms; all three alterations;
+    positions at 0.1 (at s3prl's 1 they swamp the projected frames of a fresh model, whose frozen
+    features then carry utterance length more than content)."""
     return TERAConfig(embed_dim=192, num_heads=4, ffn_dim=768, stack_frames=2, time_span=4, dropout=0.05,
-                      attention_dropout=0.0)
+                      attention_dropout=0.0, position_scale=0.1)
 
 
 class SpecHead(nn.Module):
@@ -211,7 +218,8 @@ class TERAModel(SSLModel):
 
     def _layers(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """x [B, T, kF] -> (latent, context, [layer_1..layer_N]), each [B, T, D]."""
-        h = self.input_projection(x) + sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
+        positions = sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
+        h = self.input_projection(x) + self.config.position_scale * positions
         padding = None if bool(valid.all()) else ~valid
         latent, attn_mask = self.encoder.embed(h, padding)
         context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True)
