@@ -78,3 +78,18 @@ def test_bad_backend_is_refused(tmp_path):
         compile_model(tiny_model("apc"), backend="tensorrt")
     with pytest.raises(ConfigError, match="compile_backend"):
         load_pretrain_config(recipe(tmp_path), ["train.compile_backend=tensorrt"])
+
+
+def test_extract_compile_flag_compiles_the_encoder(tmp_path, monkeypatch):
+    import speechssl.compilation as compilation
+    from speechssl.cli.main import main as cli_main
+
+    compiled = []
+    monkeypatch.setattr(compilation, "compile_model", lambda module, *a, **k: compiled.append(module) or [])
+    corpus = make_corpus(tmp_path / "c", n=2)
+    for flag, expected in (([], 0), (["--compile"], 1)):
+        out = tmp_path / f"feats{len(flag)}"
+        assert cli_main(["extract", "--encoder", "logmel", "--input", str(corpus), "--out", str(out), "--no-progress",
+                         *flag]) == 0
+        assert len(compiled) == expected and (out / "index.tsv").is_file()
+    assert isinstance(compiled[0], torch.nn.Module)

@@ -40,7 +40,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor, onednn: bool | None) -> bool:
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor lowers F.linear itself (see accel.onednn_linear)
-        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_linear)
+        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_available)
     )
 
 

@@ -82,6 +82,12 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
         kernels = ", ".join(f"{k} {v:.0f}" for k, v in (mp.get("fp32_kernels") or {}).items())
         out.append((f"dense matmul peak ({mp['size']}^2, best of several" + (f"; fp32 {kernels}" if kernels else "") + ")",
                     f"fp32 {mp['fp32_gflops']:.1f} GFLOP/s, bf16 {_fmt(mp.get('bf16_gflops'))}", "-", "info"))
+    kc = pre.get("kernel_check") or {}
+    if "chosen_is_fastest" in kc:
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in kc["measured_gflops"].items())
+        out.append((f"per-CPU matmul choice: {kc['chosen']} ({rates} GFLOP/s)",
+                    f"{kc['chosen_over_best']:.2f}x the faster kernel", "the faster one",
+                    "meets" if kc["chosen_is_fastest"] else "MISSES"))
     for name, r in (pre.get("models") or {}).items():
         target = ">= 50 %" if name == "wav2vec2_base" else "-"
         frac = r["fraction_of_matmul_peak"]
