@@ -5,7 +5,7 @@ Usage:
 
 * ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) matmul of ``size x size``, the best of
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.
-* ``throughput(spec)``: per model (APC, CPC, wav2vec2; tiny and base presets) the training step the
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2, data2vec 2.0; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
   counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
@@ -36,6 +36,7 @@ PRESETS = {
     ("apc", "tiny"): "apc_tiny", ("apc", "base"): "apc_paper",
     ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
+    ("data2vec2", "tiny"): "data2vec2_tiny", ("data2vec2", "base"): "data2vec2_base",
 }
 
 
@@ -170,7 +171,8 @@ def throughput(spec: dict) -> dict:
         achieved = flops / t / 1e9
         paired = [flops / ti / 1e9 / pi for ti, pi in zip(times, peaks)]
         result["models"][f"{family}_{size}"] = {
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            # trainable parameters (an EMA teacher's frozen copy is not counted)
+            "params_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 3),
             "batch": [batch_size, crop], "audio_seconds_per_step": batch_size * crop,
             "step_median_s": round(t, 4), "step_min_s": round(min(times), 4), "steps_timed": len(times),
             "steps_per_s": round(1 / t, 4), "audio_s_per_s": round(batch_size * crop / t, 3),
