@@ -30,14 +30,16 @@ from typing import Any, Literal
 
 from speechssl.config import ConfigError, apply_overrides, check_finite, from_dict, load_yaml, to_dict
 from speechssl.models.apc import APCConfig
+from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
 from speechssl.models.cpc import CPCConfig
+from speechssl.models.simclr import SimCLRConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = APCConfig | BestRQConfig | CPCConfig | Wav2Vec2Config
+ModelConfig = APCConfig | BarlowConfig | BestRQConfig | CPCConfig | SimCLRConfig | Wav2Vec2Config
 
 
 @dataclasses.dataclass

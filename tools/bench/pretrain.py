@@ -18,6 +18,9 @@ Usage:
   corpus, with the same batch seconds and crop as the training step.
 * ``formant_render_rate(spec)``: real-time factor (CPU seconds) of the formant synthesiser behind
   ``speechssl synth --backend formant`` on 6-9-word sentences (was a timed unit test; it wants > 25x).
+* ``augment_rate(spec)``: the same loader with the speech augmentations of
+  ``recipes/augment/speech.yaml`` applied to every batch in the loading process (waveform pipeline,
+  log-Mel, SpecAugment): batches/s, to compare with every model's training step.
 * ``epoch_scaling(spec)``: one pretraining epoch (wav2vec2 tiny) over 1x/2x/4x of the corpus; wall
   time and peak RSS (run each size in its own child process).
 """
@@ -37,6 +40,7 @@ PRESETS = {
     ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
     ("data2vec2", "tiny"): "data2vec2_tiny", ("data2vec2", "base"): "data2vec2_base",
+    ("simclr", "tiny"): "simclr_tiny", ("barlow", "tiny"): "barlow_tiny",
 }
 
 
@@ -237,6 +241,45 @@ def loader_rate(spec: dict) -> dict:
         out[f"workers_{workers}"] = {"batches_per_s": round(median(rates), 3), "batches": count,
                                      "audio_s_per_s": round(audio / max(count, 1) * median(rates), 2)}
     return out
+
+
+def augment_rate(spec: dict) -> dict:
+    """spec: ``manifest``, ``batch_seconds``, ``crop_seconds``, ``epochs``, ``config`` (augmentation YAML).
+
+    Batches/s of the loader followed by the waveform augmentations, the log-Mel frontend and the
+    spectrogram augmentations of ``config`` on each batch (one process, one thread), and the share
+    of the time spent augmenting."""
+    from speechssl.augment import SpectrogramAugment, WaveformAugment, augment_config
+    from speechssl.config import load_yaml
+    from speechssl.data import make_loader, read_manifest
+    from speechssl.features.base import build_frontend
+
+    torch.set_num_threads(spec.get("threads", 1))
+    cfg = augment_config(load_yaml(spec["config"]))
+    wave, spec_aug = WaveformAugment(cfg.waveform), SpectrogramAugment(cfg.spectrogram, 80)
+    frontend = build_frontend({"name": "logmel", "n_mels": 80})
+    loader = make_loader(read_manifest(spec["manifest"]), max_batch_seconds=spec["batch_seconds"],
+                         max_seconds=spec["crop_seconds"], num_workers=0, seed=0)
+    rates, aug_share, count = [], [], 0
+    with torch.no_grad():
+        for epoch in range(spec["epochs"] + 1):  # epoch 0 is warm-up
+            loader.set_epoch(epoch)
+            t0, n, t_aug = time.perf_counter(), 0, 0.0
+            for batch in loader:
+                ta = time.perf_counter()
+                wavs, lengths = wave(batch["wavs"], batch["lengths"])
+                feats, frames = frontend(wavs, lengths)
+                spec_aug(feats, frames)
+                t_aug += time.perf_counter() - ta
+                n += 1
+            if epoch:
+                total = time.perf_counter() - t0
+                rates.append(n / total)
+                aug_share.append(t_aug / total)
+                count += n
+    return {"augmentations": cfg.waveform.enabled() + cfg.spectrogram.enabled(),
+            "batches_per_s": round(median(rates), 3), "batches": count,
+            "augment_time_share": round(median(aug_share), 3)}
 
 
 def epoch_scaling(spec: dict) -> dict:

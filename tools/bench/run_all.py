@@ -12,7 +12,8 @@ Sections (each runs in its own child process, so peak memory and thread pools ar
   the long file (tools/bench/extraction.py, tools/bench/extract.py);
 * ``pretrain``: steps/s, audio-s/s and FLOP/s as a fraction of the measured matmul peak
   (tools/bench/pretrain.py);
-* ``data``: loader batches/s vs each model's step rate at the same batch size;
+* ``data``: loader batches/s, plain and with the augmentations of recipes/augment/speech.yaml, vs each
+  model's step rate at the same batch size;
 * ``scaling``: extraction and one pretraining epoch at 1x, 2x, 4x the data (time, peak RSS, ratios);
 * ``profile``: torch.profiler of the wav2vec2 Base step and inference, APC and CPC steps
   (tables in ``<out>/profile_*.txt``).
@@ -36,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, run_child  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 from report import write_markdown  # noqa: E402
 
 SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
@@ -44,9 +47,11 @@ SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
 # data2vec 2.0 next to wav2vec 2.0 of the same encoder size (its claim: the same accuracy in 10.6x less
 # time); its step includes the teacher pass and clone_batch masks per utterance (8 for Base, 4 tiny)
 FULL_MODELS = [["apc", "tiny", 8, 4.0], ["cpc", "tiny", 8, 4.0], ["wav2vec2", "tiny", 8, 4.0],
-               ["data2vec2", "tiny", 8, 4.0], ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0],
-               ["wav2vec2", "base", 2, 4.0], ["data2vec2", "base", 2, 4.0]]
-QUICK_MODELS = [["apc", "tiny", 2, 2.0], ["cpc", "tiny", 2, 2.0], ["wav2vec2", "tiny", 2, 2.0]]
+               ["data2vec2", "tiny", 8, 4.0], ["simclr", "tiny", 8, 4.0], ["barlow", "tiny", 8, 4.0],
+               ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0], ["wav2vec2", "base", 2, 4.0],
+               ["data2vec2", "base", 2, 4.0]]
+QUICK_MODELS = [["apc", "tiny", 2, 2.0], ["cpc", "tiny", 2, 2.0], ["wav2vec2", "tiny", 2, 2.0],
+                ["simclr", "tiny", 2, 2.0]]
 
 
 def sizes(quick: bool) -> dict:
@@ -105,12 +110,19 @@ def section_data(cfg: dict, args, work: Path, results: dict) -> dict:
         crop = next(m[3] for m in cfg["pretrain"]["models"] if f"{m[0]}_{m[1]}" == name)
         rate = run_child("pretrain", "loader_rate", {"manifest": manifest, "batch_seconds": seconds, "crop_seconds": crop,
                                                      "threads": 1, **cfg["loader"]})
+        augmented = run_child("pretrain", "augment_rate", {
+            "manifest": manifest, "batch_seconds": seconds, "crop_seconds": crop, "threads": 1,
+            "epochs": cfg["loader"]["epochs"], "config": str(ROOT / "recipes" / "augment" / "speech.yaml")})
         step_rate = steps.get(name, {}).get("steps_per_s")
-        entry = {"batch_seconds": seconds, "loader": rate, "train_steps_per_s": step_rate}
+        entry = {"batch_seconds": seconds, "loader": rate, "loader_augmented": augmented,
+                 "train_steps_per_s": step_rate}
         if step_rate and "error" not in rate:
             best = max(v["batches_per_s"] for v in rate.values())
             entry["loader_over_consumption"] = round(best / step_rate, 2)
             entry["keeps_up"] = best >= step_rate
+        if step_rate and "error" not in augmented:
+            entry["augmented_loader_over_consumption"] = round(augmented["batches_per_s"] / step_rate, 2)
+            entry["keeps_up_augmented"] = augmented["batches_per_s"] >= step_rate
         out["models"][name] = entry
     return out
 
