@@ -208,3 +208,13 @@ def test_hf_data2vec_audio_import_gives_identical_hidden_states_and_exports_back
         from speechssl.upstream.data2vec_hf import config_from_hf_data2vec
 
         config_from_hf_data2vec({"model_type": "wav2vec2"})
+
+
+def test_bf16_autocast_keeps_an_fp32_loss_and_an_fp32_teacher():
+    model = small().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(speech_batch([9000, 7000]))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    model.step_update(1)
+    assert all(p.dtype == torch.float32 for p in model.teacher.parameters())

@@ -145,7 +145,8 @@ class EMATeacher(nn.Module):
         """After a non-strict load that lacked the teacher (a released encoder, ``--init-from`` one):
         if every key under ``prefix`` (this teacher's name in the model + ".") is missing, rebuild
         the teacher from the (loaded) student. Returns the keys of ``missing`` still missing."""
-        own = [prefix + k for k in self.state_dict()]
+        # judged on the parameters: a batch norm fills in a missing num_batches_tracked itself
+        own = [f"{prefix}module.{n}" for n, _ in self.module.named_parameters()]
         gone = set(missing)
         if all(k in gone for k in own):
             self.reset(student)

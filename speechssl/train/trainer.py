@@ -312,7 +312,8 @@ class Trainer:
             "accumulation": self.accumulation,
             "micro_batch_seconds": self.micro_seconds,
             "effective_batch_seconds": self.effective_batch_seconds,
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            # trained parameters (a frozen EMA teacher or quantizer is not counted)
+            "num_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "dropped_utterances": self.dropped,
             "targets": self._targets_provenance(),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
@@ -479,7 +480,8 @@ class Trainer:
         if self.dist.is_main:
             save_pretrain_config(self.cfg, self.exp_dir / "config.yaml", extra=self._run_info())
             self._info(
-                f"model {self.model_name}: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                f"model {self.model_name}: {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} "
+                "trained parameters; "
                 f"world_size={self.dist.world_size} accumulation={self.accumulation} "
                 f"micro-batch={self.micro_seconds:.2f} s effective batch={self.effective_batch_seconds:.2f} s; "
                 f"precision={tc.precision} device={self.device}"

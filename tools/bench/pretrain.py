@@ -7,7 +7,7 @@ Usage:
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.
 * ``kernel_check(peak)``: whether speechssl.accel's per-CPU choice (oneDNN or MKL) was the faster
   fp32 kernel in that measurement (recorded with the throughput rows);
-* ``throughput(spec)``: per model (APC, CPC, wav2vec2, TERA, MAE; tiny and base presets) the training step the
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2, data2vec 2.0, TERA, MAE; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
   counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
@@ -41,6 +41,7 @@ PRESETS = {
     ("apc", "tiny"): "apc_tiny", ("apc", "base"): "apc_paper",
     ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
+    ("data2vec2", "tiny"): "data2vec2_tiny", ("data2vec2", "base"): "data2vec2_base",
     ("simclr", "tiny"): "simclr_tiny", ("barlow", "tiny"): "barlow_tiny",
     ("tera", "tiny"): "tera_tiny", ("tera", "base"): "tera_base",
     ("mae", "tiny"): "mae_tiny", ("mae", "base"): "mae_base",
@@ -195,7 +196,8 @@ def throughput(spec: dict) -> dict:
         achieved = flops / t / 1e9
         paired = [flops / ti / 1e9 / pi for ti, pi in zip(times, peaks)]
         result["models"][f"{family}_{size}"] = {
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            # trainable parameters (an EMA teacher's frozen copy is not counted)
+            "params_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 3),
             "batch": [batch_size, crop], "audio_seconds_per_step": batch_size * crop,
             "step_median_s": round(t, 4), "step_min_s": round(min(times), 4), "steps_timed": len(times),
             "steps_per_s": round(1 / t, 4), "audio_s_per_s": round(batch_size * crop / t, 3),
