@@ -32,6 +32,7 @@ from speechssl.config import ConfigError, apply_overrides, check_finite, from_di
 from speechssl.models.apc import APCConfig
 from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
+from speechssl.models.byola import BYOLAConfig
 from speechssl.models.cpc import CPCConfig
 from speechssl.models.data2vec2 import Data2Vec2Config
 from speechssl.models.hubert import HubertConfig
@@ -43,8 +44,8 @@ from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | CPCConfig | Data2Vec2Config | HubertConfig | MAEConfig
-               | SimCLRConfig | TERAConfig | Wav2Vec2Config)
+ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | BYOLAConfig | CPCConfig | Data2Vec2Config | HubertConfig
+               | MAEConfig | SimCLRConfig | TERAConfig | Wav2Vec2Config)
 
 
 @dataclasses.dataclass
