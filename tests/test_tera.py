@@ -159,7 +159,8 @@ def test_frame_arithmetic_and_too_short_input():
     out = model.encode(torch.zeros(4, 16000), lengths)
     assert out.lengths.tolist() == [1, 1, 2, 49] and out.hidden_states[0].shape == (4, 49, 192)
     assert out.layer_names == ["latent", "layer_1", "layer_2", "layer_3", "context"]
-    assert torch.equal(out.hidden_states[-1], out.hidden_states[-2])  # post-LN: context == layer_3
+    norm = model.encoder.layer_norm  # pre-LN: context = the final LayerNorm of layer_3
+    torch.testing.assert_close(out.hidden_states[-1], norm(out.hidden_states[-2]))
     with pytest.raises(ValueError, match=r"tera: utterance\(s\) \[0\] have \[559\] samples"):
         model.encode(torch.zeros(1, 559))
 
