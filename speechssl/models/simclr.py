@@ -66,7 +66,11 @@ class SimCLRConfig:
     projector: list[int] = dataclasses.field(default_factory=lambda: [256, 128])
     objective: Objective = "ntxent"
     temperature: float = 0.1  # NT-Xent
-    queue_size: int = 0  # MoCo-style negatives kept from past batches (0: batch negatives only)
+    # MoCo-style negatives kept from past batches (0: batch negatives only). The keys come from the
+    # online encoder (no momentum encoder yet: it waits for the shared EMA teacher, modules/ema.py), a
+    # memory bank that drifts: on the synthetic demo a 1024-key queue made the embeddings collapse
+    # (uniformity -2.3 -> -0.2 in 100 steps, loss rising with the queue's fill) where 0 did not.
+    queue_size: int = 0
     barlow_lambda: float = 5.0e-3  # weight of the off-diagonal terms
     triplet_margin: float = 0.5  # on squared distances of L2-normalised embeddings (range [0, 4])
     # Views: two crops of crop_seconds, at least min_gap_seconds apart when the input is long enough

@@ -195,8 +195,9 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
-            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc"))
-                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature"))
+            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "embed_"))
+                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "align", "uniform",
+                                "num_negatives"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys
