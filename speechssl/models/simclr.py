@@ -108,7 +108,7 @@ class SimCLRConfig:
 
 
 def view_augment() -> dict:
-    """The views' default augmentations: strong channel augmentation (noise at 0-15 dB, a random EQ of
+    """The views' default augmentations: strong channel augmentation (noise at 5-20 dB, a random EQ of
     +-10 dB, band-limiting, gain) and BYOL-A mixup + SpecAugment on the log-Mel.
 
     Two crops of one recording share its channel and background, the easiest cue to tell them from
@@ -117,7 +117,7 @@ def view_augment() -> dict:
     speaker accuracy fell below the random-init encoder's) instead of the speaker (Huh et al. 2020,
     "Augmentation adversarial training for self-supervised speaker recognition").
     """
-    return {"waveform": {"noise": {"p": 1.0, "min_snr_db": 0.0, "max_snr_db": 15.0,
+    return {"waveform": {"noise": {"p": 1.0, "min_snr_db": 5.0, "max_snr_db": 20.0,
                                    "colours": ["white", "pink", "brown"]},
                          "eq": {"p": 1.0, "max_db": 10.0, "num_knots": 6},
                          "band_limit": {"p": 0.5, "min_cutoff_hz": 3000.0, "max_cutoff_hz": 8000.0},
