@@ -67,10 +67,10 @@ class SimCLRConfig:
     projector: list[int] = dataclasses.field(default_factory=lambda: [256, 128])
     objective: Objective = "ntxent"
     temperature: float = 0.1  # NT-Xent
-    # MoCo-style negatives kept from past batches (0: batch negatives only). The keys come from the
-    # online encoder (no momentum encoder yet: it waits for the shared EMA teacher, modules/ema.py), a
-    # memory bank that drifts: on the synthetic demo a 1024-key queue made the embeddings collapse
-    # (uniformity -2.3 -> -0.2 in 100 steps, loss rising with the queue's fill) where 0 did not.
+    # MoCo-style negatives kept from past batches (0: batch negatives only). Use it with `momentum`:
+    # without a momentum encoder the keys come from the online encoder, a memory bank that drifts; on the
+    # synthetic demo a 1024-key queue without momentum made the embeddings collapse (uniformity
+    # -2.3 -> -0.2 in 100 steps, loss rising with the queue's fill) where 0 did not.
     queue_size: int = 0
     # MoCo momentum encoder (He et al. 2020): the keys (view b's positives and what the queue stores) come
     # from an EMA copy of encoder + projector with this decay (MoCo: 0.999; speechssl.modules.ema), and
