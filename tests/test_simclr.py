@@ -105,6 +105,31 @@ def test_model_views_loss_metrics_and_frozen_features():
     assert torch.equal(emb[0, 0], emb[0, int(enc.lengths[0]) - 1]) and float(emb[2, int(enc.lengths[2]):].abs().sum()) == 0
 
 
+def test_momentum_encoder_gives_the_keys_and_stays_out_of_the_release(tmp_path):
+    from speechssl.upstream.release import load_released_model, save_released_encoder
+
+    torch.manual_seed(0)
+    model = build_model({"name": "simclr", **SMALL, "queue_size": 8, "momentum": 0.9}).train()
+    batch = speech_batch([6000, 6000, 5000])
+    out = model.loss(batch)
+    assert out.metrics["num_negatives"] == 2 and out.metrics["queue_fill"] == pytest.approx(3 / 8)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt.step()
+    before = model.teacher.module["encoder"].pool.weight.clone()
+    model.step_update(1)
+    student, teacher = model.encoder.pool.weight, model.teacher.module["encoder"].pool.weight
+    torch.testing.assert_close(teacher, 0.9 * before + 0.1 * student.detach())
+    assert model.loss(batch).metrics["num_negatives"] == 2 + 3
+    model.eval()
+    loaded = load_released_model(save_released_encoder(model, tmp_path / "enc"))
+    assert not any(k.startswith("teacher.") for k in loaded.released_state_dict())
+    with torch.no_grad():
+        a, b = model.encode(batch["wavs"], batch["lengths"]), loaded.encode(batch["wavs"], batch["lengths"])
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
+
+
 def test_objectives_and_config_errors():
     batch = speech_batch([6000, 6000, 6000])
     for objective in ("cola", "triplet", "barlow"):
@@ -115,6 +140,8 @@ def test_objectives_and_config_errors():
         loss.backward()
     with pytest.raises(ConfigError, match="queue"):
         load_pretrain_config_from({"name": "simclr", "objective": "barlow", "queue_size": 4})
+    with pytest.raises(ConfigError, match="momentum"):
+        load_pretrain_config_from({"name": "simclr", "objective": "cola", "momentum": 0.99})
     with pytest.raises(ConfigError, match="temperature"):
         load_pretrain_config_from({"name": "simclr", "temperature": 0})
     assert to_dict(simclr_tiny())["objective"] == "ntxent"
@@ -132,7 +159,7 @@ def load_pretrain_config_from(model: dict):
 def test_pretraining_resumes_bit_exactly(tmp_path):
     """Augmentation draws, the queue and the mixup memory all resume: 3 + 3 steps == 6 steps."""
     train = make_corpus(tmp_path / "corpus", n=8, seconds=(0.5, 0.7))
-    model = {"name": "simclr", **SMALL, "queue_size": 16,
+    model = {"name": "simclr", **SMALL, "queue_size": 16, "momentum": 0.9,
              "augment": {"waveform": {"noise": {"p": 0.5}, "speed": {"p": 0.5}, "gain": {}},
                          "spectrogram": {"mixup": {"memory_size": 8, "memory_frames": 10}, "time_mask": {}}}}
     sections = {"model": model, "data": {"max_batch_seconds": 2.0, "crop_seconds": 0.5, "min_seconds": 0.3},
@@ -146,7 +173,7 @@ def test_pretraining_resumes_bit_exactly(tmp_path):
     assert (ref.step, first.step, resumed.step) == (6, 3, 6)
     a = torch.load(ref.checkpoint, weights_only=True)["model"]
     b = torch.load(resumed.checkpoint, weights_only=True)["model"]
-    assert {"queue.keys", "spec_augment.mixup.memory"} <= set(a)
+    assert {"queue.keys", "spec_augment.mixup.memory", "teacher.module.encoder.pool.weight"} <= set(a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     losses = [[json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()

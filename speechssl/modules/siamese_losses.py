@@ -50,8 +50,9 @@ class NegativeQueue(nn.Module):
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
     def negatives(self) -> torch.Tensor:
-        """[filled, dim] the stored keys (empty before the first push)."""
-        return self.keys[: int(self.filled)]
+        """[filled, dim] a copy of the stored keys (empty before the first push); a copy, as the
+        push after the loss overwrites the buffer the backward pass would otherwise read."""
+        return self.keys[: int(self.filled)].clone()
 
     @torch.no_grad()
     def push(self, keys: torch.Tensor) -> None:
@@ -81,6 +82,20 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, queue: tor
     loss = F.cross_entropy(sim, targets)
     negatives = 2 * n - 2 + (queue.shape[0] if queue is not None else 0)
     return PairLossOutput(loss, _accuracy(sim.detach(), targets), negatives)
+
+
+def key_contrast(queries: torch.Tensor, keys: torch.Tensor, temperature: float, queue: torch.Tensor | None = None
+                 ) -> PairLossOutput:
+    """MoCo: cosine similarity / temperature of each query (view a, online encoder) with every key of the
+    batch (view b, momentum encoder; its own key is the positive) and the queue's keys."""
+    q = F.normalize(queries.float(), dim=1)
+    k = F.normalize(keys.float(), dim=1)
+    logits = q @ k.T / temperature
+    if queue is not None and queue.numel():
+        logits = torch.cat([logits, q @ F.normalize(queue.float(), dim=1).T / temperature], 1)
+    targets = torch.arange(q.shape[0], device=q.device)
+    negatives = q.shape[0] - 1 + (queue.shape[0] if queue is not None else 0)
+    return PairLossOutput(F.cross_entropy(logits, targets), _accuracy(logits.detach(), targets), negatives)
 
 
 def bilinear_contrast(z_a: torch.Tensor, z_b: torch.Tensor, weight: torch.Tensor,

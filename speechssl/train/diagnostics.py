@@ -208,8 +208,10 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
-            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "recon_"))
-                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "alter_ratio"))
+            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "recon_",
+                                     "embed_"))
+                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "alter_ratio", "align",
+                                "uniform", "num_negatives"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys

@@ -104,6 +104,12 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
         out.append((f"loader vs {name} step ({r['batch_seconds']:g} s batches): loader {best:.3g} batches/s, "
                     f"step {r['train_steps_per_s']:.3g}/s", f"{r['loader_over_consumption']:.3g}x consumption",
                     ">= 1x", "meets" if r["keeps_up"] else "MISSES"))
+        if "keeps_up_augmented" in r:
+            aug = r["loader_augmented"]
+            out.append((f"loader + augmentations (speech.yaml, {len(aug['augmentations'])}) vs {name} step: "
+                        f"{aug['batches_per_s']:.3g} batches/s ({100 * aug['augment_time_share']:.0f} % augmenting), "
+                        f"step {r['train_steps_per_s']:.3g}/s", f"{r['augmented_loader_over_consumption']:.3g}x consumption",
+                        ">= 1x", "meets" if r["keeps_up_augmented"] else "MISSES"))
     fr = _get(results, "data", "formant_renderer") or {}
     if "realtime_factor" in fr:
         rtf = fr["realtime_factor"]
