@@ -14,7 +14,11 @@ master_addr=${master_addr:-127.0.0.1}
 master_port=${master_port:-29500}
 parallel=${parallel:-1}  # independent jobs of a stage run this many at a time (spawn / wait_spawned)
 
-log() { echo "[$(basename "$(dirname "$(dirname "$0")")")/$(basename "$(dirname "$0")") $(date '+%H:%M:%S')] $*" >&2; }
+# Recipes cd into their own folder first, so the log prefix is <corpus>/<task> of the working folder.
+recipe_name="$(basename "$(dirname "$PWD")")/$(basename "$PWD")"
+log() { echo "[$recipe_name $(date '+%H:%M:%S')] $*" >&2; }
+# An absolute path as it is, a relative one under the recipe folder (for messages).
+abs_path() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 die() { log "error: $*"; exit 1; }
 
 # --name value / --name=value for every variable that already exists; flags without a value

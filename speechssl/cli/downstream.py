@@ -78,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--exp", required=True, help="experiment folder")
     p.add_argument("--restart", action="store_true",
                    help="with --lrs: train every learning rate again (default: a rerun reads back the ones finished)")
+    p.add_argument("--augment", metavar="YAML",
+                   help="augmentation YAML (recipes/augment/*.yaml): add waveform-augmented copies of the training "
+                        "utterances (needs --encoder)")
+    p.add_argument("--augment-copies", type=int, default=1, help="augmented copies per training utterance (default 1)")
 
     p = subcommand(sub, "kfold", "k-fold cross-validation by a group field, mean ± std",
                    "Cross-validate by a group field: fold i tests on its groups' utterances, carves a "
@@ -170,10 +174,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     lrs = _floats(args.lrs, "--lrs") if args.lrs else None
+    augment = None
+    if args.augment:
+        from speechssl.cli.augment import load_augment_yaml
+
+        augment = load_augment_yaml(args.augment)
     results = superb(cfg, args.exp, encoder=args.encoder, features=args.features, data=args.data, train=args.train,
                      valid=args.valid, test=args.test, split_by=args.split_by,
                      fractions=parse_fractions(args.fractions), dev_fraction=args.dev_fraction, lrs=lrs,
-                     progress=not args.quiet, resume=not args.restart)
+                     progress=not args.quiet, resume=not args.restart, augment=augment,
+                     augment_copies=args.augment_copies)
     for run in results.get("sweep") or []:
         print(f"lr {run['lr']:g}: dev {cfg.train.metric} {run['dev'][cfg.train.metric]:.4f}")
     if lrs:

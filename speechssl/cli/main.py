@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "corpus": ("speechssl.cli.corpus", "prepare manifests of a known corpus (LibriSpeech, IEMOCAP, VoxCeleb1, generic)"),
     "targets": ("speechssl.cli.targets", "fit k-means and write frame labels for HuBERT (targets kmeans / assign)"),
     "pretrain": ("speechssl.cli.pretrain", "pretrain an SSL model from a YAML recipe"),
+    "augment": ("speechssl.cli.augment", "write augmented examples (WAV + spectrogram PNG) of an augmentation config"),
     "inspect": ("speechssl.cli.inspect", "print a pretraining run's health summary and probe curve"),
     "extract": ("speechssl.cli.extract", "extract frozen-encoder features from audio"),
     "export": ("speechssl.cli.export", "export an encoder to other toolkits"),

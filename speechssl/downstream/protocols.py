@@ -375,12 +375,26 @@ def superb(cfg: DownstreamConfig, exp_dir: str | Path, *, encoder: str | None = 
            features: str | Path | None = None, data: str | Path | None = None, train: str | Path | None = None,
            valid: str | Path | None = None, test: str | Path | None = None, split_by: str | None = None,
            fractions: Mapping[str, float] | None = None, dev_fraction: float = 0.0,
-           lrs: Sequence[float] | None = None, progress: bool = True, resume: bool = True) -> ExperimentResult:
+           lrs: Sequence[float] | None = None, progress: bool = True, resume: bool = True,
+           augment: Any = None, augment_copies: int = 1) -> ExperimentResult:
     """``speechssl downstream train``: the splits of :func:`superb_splits` (read and checked before
     any encoder is loaded), the source of :func:`~speechssl.downstream.sources.source_from_config`
-    (``encoder`` and/or ``features``), then :func:`run_superb` into ``exp_dir``."""
+    (``encoder`` and/or ``features``), then :func:`run_superb` into ``exp_dir``.
+
+    ``augment`` (an :class:`~speechssl.augment.AugmentConfig`): the training split gains
+    ``augment_copies`` waveform-augmented copies of each utterance (written to ``exp_dir/augmented``,
+    :func:`speechssl.augment.offline.augment_records`); needs ``encoder`` (precomputed features do
+    not cover the new audio)."""
     splits, protocol = superb_splits(cfg.task.label, cfg.train.seed, data=data, train=train, valid=valid, test=test,
                                      split_by=split_by, fractions=fractions, dev_fraction=dev_fraction)
+    if augment is not None:
+        from speechssl.augment.offline import augment_records
+
+        if encoder is None:
+            raise ValueError("--augment needs --encoder: precomputed --features do not cover the augmented audio")
+        copies = augment_records(splits["train"], augment, Path(exp_dir) / "augmented", augment_copies, cfg.train.seed)
+        splits = {**splits, "train": [*splits["train"], *copies]}
+        protocol = {**protocol, "augment": {"copies": augment_copies, "utterances_added": len(copies)}}
     source = source_from_config(cfg, encoder, features)
     return run_superb(source, splits, protocol, cfg.task.label, cfg, exp_dir, lrs, progress, resume=resume)
 

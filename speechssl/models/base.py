@@ -121,6 +121,18 @@ class SSLModel(nn.Module, abc.ABC):
     def config_dict(self) -> dict:
         return {"name": self.name, **to_dict(self.config)}
 
+    def released_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a released encoder holds. Default: the whole state dict. A model with an EMA
+        teacher (:mod:`speechssl.modules.ema`) leaves the teacher out, or puts its weights in the
+        student's place (``release: teacher``)."""
+        return self.state_dict()
+
+    def complete_state(self, missing: list[str]) -> list[str]:
+        """Called after a non-strict load with the keys the loaded weights lacked; a model rebuilds
+        what it can derive from the rest (an EMA teacher from its student) and returns the keys still
+        missing. Default: nothing is derivable."""
+        return list(missing)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -182,6 +194,7 @@ def build_loaded(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], wher
     """
     model = build_model(cfg, init_weights=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = model.complete_state(list(missing))
     if missing or unexpected:
         raise error(f"{where}: weights do not fit model {cfg.get('name')!r}: missing {sorted(missing)[:10]}, "
                     f"unexpected {sorted(unexpected)[:10]}")

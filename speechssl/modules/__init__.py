@@ -25,6 +25,12 @@ Masked prediction of discrete targets (BEST-RQ, HuBERT):
   HuBERT's cosine head (``CosineHead``) lives with the model in :mod:`speechssl.models.hubert`; its
   offline targets in :mod:`speechssl.targets`.
 
+Teacher-student families (data2vec 2.0, BYOL-A, MoCo's momentum encoder):
+
+* :mod:`~speechssl.modules.ema` -- ``EMATeacher``: a frozen EMA copy of part of a student, decay annealed per
+  step, idempotent per step (exact resume), identical on every DDP rank; ``released_state`` keeps it out of
+  released encoders (or puts it in the student's place with ``release: teacher``).
+
 Recurrent and contrastive blocks of APC and CPC:
 
 * :mod:`~speechssl.modules.recurrent` -- ``RNNStack``: GRU/LSTM layers with residuals over padded batches.

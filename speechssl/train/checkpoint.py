@@ -260,6 +260,7 @@ def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: s
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise CheckpointError(f"--init-from {what}: weights do not fit model {model_name!r}: {exc}") from None
+    missing = model.complete_state(list(missing)) if hasattr(model, "complete_state") else missing
     if missing or unexpected:
         raise CheckpointError(
             f"--init-from {what}: weights do not fit model {model_name!r}: missing {sorted(missing)[:10]}, "

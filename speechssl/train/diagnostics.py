@@ -13,6 +13,12 @@ Numbers and where they come from (all in ``metrics.jsonl``):
 ``codebook_usage``                 share of codewords chosen in the batch
 ``mask_ratio``                     wav2vec 2.0: share of valid frames actually masked
 ``acc_k<k>``                       CPC: InfoNCE accuracy k steps ahead
+``embed_std_mean``, ``embed_eff_rank``  view-based models (SimCLR, Barlow Twins): per-dimension std
+                                   of the batch's normalised pooled embeddings, their effective rank
+``recon_masked``                   TERA / MAE: reconstruction error on the masked (altered) frames
+``recon_unmasked``                 ... on the frames the model saw unaltered (copying them is easy)
+``recon_baseline``                 ... of predicting the mean (0 after CMVN / token normalisation)
+                                   on the masked frames; ``recon_masked`` must fall below it
 =================================  ==========================================================
 
 :class:`HealthWatch` turns a record into one plain warning line per number that went bad
@@ -37,10 +43,15 @@ log = logging.getLogger(__name__)
 COLLAPSED_STD = 1e-4
 #: An effective rank below this means the frames live on (about) one direction.
 COLLAPSED_RANK = 1.5
+#: View-based models: std of normalised embeddings x sqrt(dim) below this (1 when spread out) is a collapse.
+COLLAPSED_EMBED_STD = 0.05
 #: A quantizer group whose hard-code perplexity is below this is using about one code.
 COLLAPSED_PERPLEXITY = 1.5
 #: Masked-prediction models: below this share of masked frames there is almost nothing to predict.
 LOW_MASK_RATIO = 0.05
+#: Masked reconstruction: after this many steps the masked frames must be reconstructed better than
+#: by predicting their mean (``recon_masked < recon_baseline``).
+RECON_GRACE_STEPS = 200
 
 
 @dataclasses.dataclass
@@ -81,6 +92,16 @@ def feature_health(sample: FeatureSample) -> dict[str, float]:
             f"{key}/eff_rank": effective_rank(x), f"{key}/dim": float(x.shape[1])}
 
 
+def embedding_health(embeddings: torch.Tensor) -> dict[str, float]:
+    """Collapse watch of view-based models on a batch of pooled embeddings [N, E] (train records):
+    ``embed_std_mean`` / ``embed_std_min`` (per-dimension std of the L2-normalised embeddings; a
+    spread-out set has about 1 / sqrt(E)), ``embed_eff_rank`` (of the raw embeddings) and ``embed_dim``."""
+    x = embeddings.detach().float()
+    std = torch.nn.functional.normalize(x, dim=1).std(0, unbiased=False)
+    return {"embed_std_mean": float(std.mean()), "embed_std_min": float(std.min()),
+            "embed_eff_rank": effective_rank(x.cpu().numpy()), "embed_dim": float(x.shape[1])}
+
+
 def block_grad_norms(model: torch.nn.Module, total: float | None = None) -> dict[str, float]:
     """L2 norm of the current gradients of each top-level child module that has parameters.
 
@@ -119,6 +140,13 @@ def health_warnings(record: Mapping[str, Any]) -> dict[str, str]:
             dim = int(dim) if isinstance(dim, float) else dim
             bad[key] = (f"representation collapse: the {layer} features have effective rank {value:.2f} "
                         f"of {dim} dimensions")
+        elif key == "embed_eff_rank" and value < COLLAPSED_RANK:
+            bad[key] = (f"embedding collapse: the batch's pooled embeddings have effective rank {value:.2f}; "
+                        "lower optim.lr, add negatives (batch, queue_size) or strengthen the augmentations")
+        elif key == "embed_std_mean" and isinstance(record.get("embed_dim"), float) \
+                and value * math.sqrt(record["embed_dim"]) < COLLAPSED_EMBED_STD:
+            bad[key] = (f"embedding collapse: per-dimension std of the normalised embeddings {value:.2g} "
+                        f"(spread out: about {1 / math.sqrt(record['embed_dim']):.2g})")
         elif key.startswith("code_perplexity") and value < COLLAPSED_PERPLEXITY:
             usage = record.get("codebook_usage")
             bad[key] = (f"quantizer collapse: {key} = {value:.2f}, about one code in use"
@@ -126,6 +154,12 @@ def health_warnings(record: Mapping[str, Any]) -> dict[str, str]:
                         + ("; check the frontend's CMVN (the random-projection targets need normalised input)"
                            if "acc_codebook_0" in record else
                            "; try a larger diversity_weight, a higher temp_min or a lower lr"))
+        elif (key == "recon_masked" and isinstance(record.get("recon_baseline"), (int, float))
+              and int(record.get("step", 0)) >= RECON_GRACE_STEPS and value >= record["recon_baseline"]):
+            bad[key] = (f"masked reconstruction no better than predicting the mean: recon_masked {value:.3g} >= "
+                        f"recon_baseline {record['recon_baseline']:.3g} at step {record.get('step')} (recon_unmasked "
+                        f"{_fmt(record.get('recon_unmasked'))}); the context is not used: try a lower lr, a smaller "
+                        "mask ratio or shorter spans")
         elif key == "mask_ratio" and value < LOW_MASK_RATIO:
             bad[key] = (f"only {100 * value:.1f} % of frames masked: the masked objective has little to predict; "
                         "raise mask_prob or lower mask_span")
@@ -174,8 +208,8 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
-            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc"))
-                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature"))
+            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "recon_"))
+                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "alter_ratio"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import speechssl
+from speechssl.compilation import compile_model
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
@@ -104,10 +105,8 @@ def _refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: s
     current = to_dict(current)
     diff = sorted(k for k in saved if saved[k] != current.get(k, saved[k]) or k not in current)
     if diff:
-        raise ConfigError(
-            f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
-            "use a new --exp folder, or --init-from to start from those weights"
-        )
+        raise ConfigError(f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
+                          "use a new --exp folder, or --init-from to start from those weights")
 
 
 class Trainer:
@@ -146,10 +145,8 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         if tc.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError(
-                "train.precision=fp16 needs a CUDA device (fp16 autocast + GradScaler); "
-                "on CPU use train.precision=bf16 or fp32"
-            )
+            raise ConfigError("train.precision=fp16 needs a CUDA device (fp16 autocast + GradScaler); "
+                              "on CPU use train.precision=bf16 or fp32")
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -161,6 +158,8 @@ class Trainer:
             self.model = MODELS[self.model_name].build(self.cfg.model).to(self.device)
         except (TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"model {self.model_name!r} cannot be built: {exc}") from None
+        if tc.compile:  # in place: parameter names, checkpoints and resume unchanged
+            compile_model(self.model, tc.compile_backend)
 
     def _setup(self, init_from: str | Path | None) -> None:
         tc, dc = self.cfg.train, self.cfg.data
@@ -313,7 +312,8 @@ class Trainer:
             "accumulation": self.accumulation,
             "micro_batch_seconds": self.micro_seconds,
             "effective_batch_seconds": self.effective_batch_seconds,
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            # trained parameters (a frozen EMA teacher or quantizer is not counted)
+            "num_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "dropped_utterances": self.dropped,
             "targets": self._targets_provenance(),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
@@ -480,7 +480,8 @@ class Trainer:
         if self.dist.is_main:
             save_pretrain_config(self.cfg, self.exp_dir / "config.yaml", extra=self._run_info())
             self._info(
-                f"model {self.model_name}: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                f"model {self.model_name}: {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} "
+                "trained parameters; "
                 f"world_size={self.dist.world_size} accumulation={self.accumulation} "
                 f"micro-batch={self.micro_seconds:.2f} s effective batch={self.effective_batch_seconds:.2f} s; "
                 f"precision={tc.precision} device={self.device}"

@@ -1,4 +1,5 @@
-"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` / ``HubertModel`` folder.
+"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` / ``HubertModel``
+(or, for data2vec, ``Data2VecAudioModel``) folder.
 
 A module of its own, beside :mod:`speechssl.upstream.hf_export`, because it loads encoders:
 ``hf_export`` is imported by the importers, which ``load_encoder`` reaches, so loading from
@@ -32,7 +33,13 @@ def export_hf_encoder(encoder_or_path: Any, folder: str | Path) -> Path:
             :class:`Wav2Vec2Model` (APC, CPC and baselines have no Hugging Face form).
     """
     enc = encoder_or_path if isinstance(encoder_or_path, Encoder) else load_encoder(encoder_or_path)
+    from speechssl.models.data2vec2 import Data2Vec2Model
+
+    if isinstance(enc.backbone, Data2Vec2Model):  # a Data2VecAudioModel folder
+        from speechssl.upstream.data2vec_hf import export_hf_data2vec
+
+        return export_hf_data2vec(enc.backbone, folder)
     if not isinstance(enc.backbone, (Wav2Vec2Model, HubertModel)):
-        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0 or HuBERT encoder, got "
+        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0, HuBERT or data2vec encoder, got "
                          f"{type(enc.backbone).__name__}")
     return export_hf(enc.backbone, folder)

@@ -337,10 +337,15 @@ def detect_foreign_format(folder: str | Path) -> str:
 
 
 def load_foreign(folder: str | Path) -> SSLModel:
-    """Load a local Hugging Face or torchaudio wav2vec 2.0 / HuBERT folder (format detected)."""
+    """Load a local Hugging Face or torchaudio wav2vec 2.0 / HuBERT folder, or a Hugging Face
+    data2vec-audio one (:mod:`speechssl.upstream.data2vec_hf`); the format is detected."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ForeignCheckpointError(f"{folder}: not a folder")
     if detect_foreign_format(folder) == "hf":
+        if _read_json(folder / "config.json").get("model_type") == "data2vec-audio":
+            from speechssl.upstream.data2vec_hf import from_hf_data2vec
+
+            return from_hf_data2vec(folder)
         return _from_hf_folder(folder)
     return _from_torchaudio_folder(folder)

@@ -197,7 +197,12 @@ def as_ssl_model(obj: nn.Module) -> tuple[SSLModel, str]:
     from speechssl.upstream.importers import ForeignCheckpointError, from_hf, from_torchaudio
 
     try:
-        model = from_torchaudio(obj) if family == "torchaudio" else from_hf(obj)
+        if family == "hf" and type(obj).__name__.startswith("Data2VecAudio"):
+            from speechssl.upstream.data2vec_hf import from_hf_data2vec
+
+            model = from_hf_data2vec(obj)
+        else:
+            model = from_torchaudio(obj) if family == "torchaudio" else from_hf(obj)
     except (ForeignCheckpointError, KeyError, AttributeError) as exc:
         raise EncoderLoadError(f"cannot import {name}: {exc}; {_IMPORTERS_HINT}") from None
     label = f"{'torchaudio' if family == 'torchaudio' else 'transformers'} {type(obj).__name__}"

@@ -77,7 +77,7 @@ def save_released_encoder(model: SSLModel, folder: str | Path, extra: dict[str, 
     tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     old = folder.parent / f".{folder.name}.{os.getpid()}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.released_state_dict().items()}
     frontend = model.frontend.to_dict() if hasattr(model.frontend, "to_dict") else None
     try:
         tmp.mkdir()

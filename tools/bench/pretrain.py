@@ -5,7 +5,9 @@ Usage:
 
 * ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) matmul of ``size x size``, the best of
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.
-* ``throughput(spec)``: per model (APC, CPC, wav2vec2; tiny and base presets) the training step the
+* ``kernel_check(peak)``: whether speechssl.accel's per-CPU choice (oneDNN or MKL) was the faster
+  fp32 kernel in that measurement (recorded with the throughput rows);
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2, data2vec 2.0, TERA, MAE; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
   counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
@@ -18,6 +20,9 @@ Usage:
   corpus, with the same batch seconds and crop as the training step.
 * ``formant_render_rate(spec)``: real-time factor (CPU seconds) of the formant synthesiser behind
   ``speechssl synth --backend formant`` on 6-9-word sentences (was a timed unit test; it wants > 25x).
+* ``augment_rate(spec)``: the same loader with the speech augmentations of
+  ``recipes/augment/speech.yaml`` applied to every batch in the loading process (waveform pipeline,
+  log-Mel, SpecAugment): batches/s, to compare with every model's training step.
 * ``epoch_scaling(spec)``: one pretraining epoch (wav2vec2 tiny) over 1x/2x/4x of the corpus; wall
   time and peak RSS (run each size in its own child process).
 """
@@ -36,6 +41,10 @@ PRESETS = {
     ("apc", "tiny"): "apc_tiny", ("apc", "base"): "apc_paper",
     ("cpc", "tiny"): "cpc_tiny", ("cpc", "base"): "cpc_modified",
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
+    ("data2vec2", "tiny"): "data2vec2_tiny", ("data2vec2", "base"): "data2vec2_base",
+    ("simclr", "tiny"): "simclr_tiny", ("barlow", "tiny"): "barlow_tiny",
+    ("tera", "tiny"): "tera_tiny", ("tera", "base"): "tera_base",
+    ("mae", "tiny"): "mae_tiny", ("mae", "base"): "mae_base",
 }
 
 
@@ -146,11 +155,28 @@ def matmul_peak(spec: dict) -> dict:
     return out
 
 
+def kernel_check(peak: dict) -> dict:
+    """Whether ``speechssl.accel``'s per-CPU matmul choice was the faster kernel in ``peak`` (fp32).
+
+    ``chosen``: ``onednn`` (plain weight, what :mod:`speechssl.modules.linear` calls) or ``torch.mm``
+    (``F.linear``: MKL); ``chosen_over_best`` = its GFLOP/s over the better of the two.
+    """
+    from speechssl import accel
+
+    rates = {k: v for k, v in (peak.get("fp32_kernels") or {}).items() if k in ("torch.mm", "onednn")}
+    chosen = "onednn" if accel.decision().onednn_linear else "torch.mm"
+    out = {"chosen": chosen, "reason": accel.decision().reasons["onednn_linear"], "measured_gflops": rates}
+    if chosen in rates:
+        best = max(rates, key=rates.get)
+        out.update(fastest=best, chosen_is_fastest=best == chosen, chosen_over_best=round(rates[chosen] / rates[best], 3))
+    return out
+
+
 def throughput(spec: dict) -> dict:
     """spec: ``threads``, ``models`` list of [family, size, batch_size, crop_seconds], ``steps``, ``matmul``."""
     torch.set_num_threads(spec["threads"])
     peak = matmul_peak({"threads": spec["threads"], **spec["matmul"]})
-    result = {"matmul_peak": peak, "models": {}}
+    result = {"matmul_peak": peak, "kernel_check": kernel_check(peak), "models": {}}
     for family, size, batch_size, crop in spec["models"]:
         model = build(family, size)
         batch = make_batch(batch_size, crop)
@@ -170,7 +196,8 @@ def throughput(spec: dict) -> dict:
         achieved = flops / t / 1e9
         paired = [flops / ti / 1e9 / pi for ti, pi in zip(times, peaks)]
         result["models"][f"{family}_{size}"] = {
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            # trainable parameters (an EMA teacher's frozen copy is not counted)
+            "params_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 3),
             "batch": [batch_size, crop], "audio_seconds_per_step": batch_size * crop,
             "step_median_s": round(t, 4), "step_min_s": round(min(times), 4), "steps_timed": len(times),
             "steps_per_s": round(1 / t, 4), "audio_s_per_s": round(batch_size * crop / t, 3),
@@ -235,6 +262,45 @@ def loader_rate(spec: dict) -> dict:
         out[f"workers_{workers}"] = {"batches_per_s": round(median(rates), 3), "batches": count,
                                      "audio_s_per_s": round(audio / max(count, 1) * median(rates), 2)}
     return out
+
+
+def augment_rate(spec: dict) -> dict:
+    """spec: ``manifest``, ``batch_seconds``, ``crop_seconds``, ``epochs``, ``config`` (augmentation YAML).
+
+    Batches/s of the loader followed by the waveform augmentations, the log-Mel frontend and the
+    spectrogram augmentations of ``config`` on each batch (one process, one thread), and the share
+    of the time spent augmenting."""
+    from speechssl.augment import SpectrogramAugment, WaveformAugment, augment_config
+    from speechssl.config import load_yaml
+    from speechssl.data import make_loader, read_manifest
+    from speechssl.features.base import build_frontend
+
+    torch.set_num_threads(spec.get("threads", 1))
+    cfg = augment_config(load_yaml(spec["config"]))
+    wave, spec_aug = WaveformAugment(cfg.waveform), SpectrogramAugment(cfg.spectrogram, 80)
+    frontend = build_frontend({"name": "logmel", "n_mels": 80})
+    loader = make_loader(read_manifest(spec["manifest"]), max_batch_seconds=spec["batch_seconds"],
+                         max_seconds=spec["crop_seconds"], num_workers=0, seed=0)
+    rates, aug_share, count = [], [], 0
+    with torch.no_grad():
+        for epoch in range(spec["epochs"] + 1):  # epoch 0 is warm-up
+            loader.set_epoch(epoch)
+            t0, n, t_aug = time.perf_counter(), 0, 0.0
+            for batch in loader:
+                ta = time.perf_counter()
+                wavs, lengths = wave(batch["wavs"], batch["lengths"])
+                feats, frames = frontend(wavs, lengths)
+                spec_aug(feats, frames)
+                t_aug += time.perf_counter() - ta
+                n += 1
+            if epoch:
+                total = time.perf_counter() - t0
+                rates.append(n / total)
+                aug_share.append(t_aug / total)
+                count += n
+    return {"augmentations": cfg.waveform.enabled() + cfg.spectrogram.enabled(),
+            "batches_per_s": round(median(rates), 3), "batches": count,
+            "augment_time_share": round(median(aug_share), 3)}
 
 
 def epoch_scaling(spec: dict) -> dict:

@@ -45,4 +45,4 @@ if begin_stage 4 "extract dev features from $exp/encoder"; then
   speechssl extract --encoder "$exp/encoder" --input data/dev.jsonl --layers all --out "$exp/feats_dev" --format npy
   done_stage 4
 fi
-log "done: encoder in $(pwd)/$exp/encoder"
+log "done: encoder in $(abs_path "$exp/encoder")"

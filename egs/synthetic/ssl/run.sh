@@ -136,4 +136,4 @@ if begin_stage 6 "summary"; then
     --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m)); $( [ "$quick" = true ] && echo "quick size: every model pretrains for seconds, so this run checks the pipeline; run without --quick (make demo) for the comparison" || echo "full size" )."
   done_stage 6
 fi
-log "done: $(pwd)/$exp_dir/summary.md"
+log "done: $(abs_path "$exp_dir/summary.md")"

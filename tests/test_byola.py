@@ -1,0 +1,116 @@
+"""BYOL-A: the encoder's shapes and layers, the symmetric loss against the EMA target network, the two
+augmented views, collapse warning, and a tiny pretraining run with bit-exact resume and a released encoder."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from helpers import make_corpus, recipe, speech_batch
+
+from speechssl.config import to_dict
+from speechssl.models import build_model
+from speechssl.models.byola import byola_base, byola_tiny, pooled_embedding
+from speechssl.train import checkpoint as ckpt_io
+from speechssl.train.config import load_pretrain_config
+from speechssl.train.trainer import pretrain
+from speechssl.upstream import load_encoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+SMALL = dict(feature_dim=32, proj_hidden=48, proj_dim=16, conv_channels=8, segment_frames=32, segments_per_utterance=2,
+             mixup_memory=8)
+
+
+def small(**overrides):
+    torch.manual_seed(0)
+    return build_model({"name": "byola", **to_dict(byola_tiny()), **SMALL, **overrides})
+
+
+def test_presets_and_encoder_size():
+    torch.manual_seed(0)
+    base = build_model({"name": "byola", **to_dict(byola_base())})
+    assert base.frontend.out_dim == 64 and base.config.segment_frames == 96 and base.config.ema_start == 0.99
+    assert 5.2e6 < sum(p.numel() for p in base.encoder.parameters()) < 5.4e6
+    with pytest.raises(ValueError, match=r"model.crop_scale must be \[min, max\]"):
+        small(crop_scale=[1.5, 0.6])
+
+
+def test_layers_frames_and_pooled_embedding():
+    model = small().eval()
+    assert model.frame_shift == 1280 and model.layer_names[0] == "latent" and model.layer_names[-1] == "context"
+    b = speech_batch([16000, 9000])
+    out = model.encode(b["wavs"], b["lengths"])
+    n = model.num_frames(b["lengths"])
+    assert out.lengths.tolist() == n.tolist() and all(h.shape[1] == int(n.max()) for h in out.hidden_states)
+    dims = [h.shape[-1] for h in out.hidden_states]
+    assert dims == [8 * 32, 8 * 16, 8 * 8, 32, 32, 32]
+    frames = out.layer("fc_2")[1, : int(n[1])]
+    want = frames.max(0).values + frames.mean(0)
+    torch.testing.assert_close(out.layer("context")[1, 0], want)
+    assert float(out.layer("context")[1, int(n[1]):].detach().abs().max()) == 0.0
+    torch.testing.assert_close(pooled_embedding(frames[None], None)[0], want)
+
+
+def test_loss_is_symmetric_byol_against_the_teacher_and_only_the_online_side_learns():
+    model = small().train()
+    out = model.loss(speech_batch([16000, 12000]))
+    out.loss.backward()
+    assert 0.0 <= out.metrics["loss"] <= 8.0 and -1.0 <= out.metrics["cos"] <= 1.0
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (not name.startswith("teacher.")), name
+    # at init (teacher == student) the loss is 2 x (2 - 2 cos) averaged: ~ 4 (1 - cos)
+    assert out.metrics["loss"] == pytest.approx(4 * (1 - out.metrics["cos"]), rel=1e-4)
+    assert int(model.mixup.filled) == 2 * 2 * 2  # both views stored their segments (2 utterances x 2 segments)
+    out2 = model.loss(speech_batch([16000, 12000], seed=1))
+    assert out2.metrics["mixup_ratio"] > 0  # the memory is filled now: views are mixed
+
+
+def test_views_differ_and_segments_are_windows_of_the_utterance():
+    model = small().train()
+    x = torch.randn(2, 50, 64)
+    n = torch.tensor([50, 40])
+    segs = model.segments(x, n)
+    assert segs.shape == (4, 32, 64)
+    for k, row in enumerate([0, 0, 1, 1]):
+        hits = [s for s in range(int(n[row]) - 31) if torch.equal(x[row, s: s + 32], segs[k])]
+        assert hits, k
+    lengths = torch.full((4,), 32)
+    v1, _ = model._view(segs, lengths)
+    v2, _ = model._view(segs, lengths)
+    assert v1.shape == segs.shape and not torch.equal(v1, v2)
+    assert abs(float(v1.mean())) < 1e-4 and float(v1.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_collapse_is_a_warning(caplog):
+    model = small(collapse_std=1e9).train()
+    caplog.set_level(logging.WARNING)
+    model.loss(speech_batch([16000, 12000]))
+    assert "byola: representation collapse" in caplog.text
+
+
+def test_tiny_run_resumes_bit_exactly_and_releases_without_teacher_or_memory(tmp_path):
+    train = make_corpus(tmp_path / "data", n=8, seconds=(0.5, 0.8))
+    sections = dict(model={"name": "byola", **to_dict(byola_tiny()), **SMALL},
+                    data={"max_batch_seconds": 2.0, "crop_seconds": 0.5, "min_seconds": 0.3},
+                    optim={"lr": 1e-3, "warmup_steps": 2, "schedule": "constant"},
+                    train={"max_steps": 6, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 100, "plot": False})
+    ref = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "ref")
+    pretrain(load_pretrain_config(recipe(tmp_path, **sections), ["train.max_steps=3"]), train, None, tmp_path / "exp")
+    second = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "exp")
+    assert ref.step == second.step == 6
+    a = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "ref" / "checkpoints"))["model"]
+    b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "exp" / "checkpoints"))["model"]
+    assert int(a["teacher.last_step"]) == 6 and int(a["mixup.filled"]) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    from safetensors.torch import load_file
+
+    released = load_file(str(tmp_path / "ref" / "encoder" / "model.safetensors"))
+    assert not any(k.startswith(("teacher.", "mixup.")) for k in released)
+    enc = load_encoder(str(tmp_path / "ref" / "encoder"))
+    assert enc.layer_names == ["latent", "conv_2", "conv_3", "fc_1", "fc_2", "context"] and enc.frame_shift == 1280
+    records = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert all("embed_std" in r for r in records if r.get("split") == "train")

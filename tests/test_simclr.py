@@ -1,0 +1,154 @@
+"""SimCLR / COLA: NT-Xent, bilinear contrast, the negative queue, triplet mining, alignment/uniformity,
+the model's views and features, and a short pretraining that resumes bit-exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import make_corpus, recipe, speech_batch
+
+from speechssl.config import ConfigError, to_dict
+from speechssl.models import build_model
+from speechssl.models.simclr import simclr_tiny
+from speechssl.modules import siamese_losses as L
+from speechssl.train.config import load_pretrain_config
+from speechssl.train.diagnostics import embedding_health, health_warnings
+from speechssl.train.trainer import pretrain
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+SMALL = {"channels": 16, "kernels": [3, 3], "dilations": [1, 2], "embed_dim": 16, "projector": [16, 8],
+         "frontend": {"name": "logmel", "n_mels": 20, "cmvn": "utterance"}, "crop_seconds": 0.2,
+         "augment": {"waveform": {"gain": {}, "noise": {}}, "spectrogram": {"time_mask": {}}}}
+
+
+def test_nt_xent_matches_a_hand_computation_and_counts_negatives():
+    g = torch.Generator().manual_seed(0)
+    za, zb, queue = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g)
+    out = L.nt_xent(za, zb, 0.5, queue)
+    z = F.normalize(torch.cat([za, zb]), dim=1)
+    q = F.normalize(queue, dim=1)
+    losses = []
+    for i in range(6):
+        pos = (i + 3) % 6
+        cands = [j for j in range(6) if j != i]
+        logits = torch.stack([z[i] @ z[j] for j in cands] + [z[i] @ k for k in q]) / 0.5
+        losses.append(-(logits[cands.index(pos)] - torch.logsumexp(logits, 0)))
+    assert float(out.loss) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+    assert out.num_negatives == 2 * 3 - 2 + 5
+    same = torch.eye(4)[:3]
+    assert L.nt_xent(same, same, 0.1).accuracy == 1.0
+
+
+def test_bilinear_contrast_and_queue():
+    z = torch.eye(4) * 3
+    out = L.bilinear_contrast(z, z, torch.eye(4), queue=torch.zeros(2, 4))
+    assert out.accuracy == 1.0 and out.num_negatives == 3 + 2
+    assert float(out.loss) < float(L.bilinear_contrast(z, z.flip(0), torch.eye(4)).loss)
+    queue = L.NegativeQueue(5, 2)
+    assert queue.negatives().shape == (0, 2)
+    queue.push(torch.arange(6.0).reshape(3, 2))
+    queue.push(torch.arange(6.0, 12.0).reshape(3, 2))  # wraps: the oldest key is overwritten
+    assert int(queue.filled) == 5 and int(queue.pointer) == 1
+    assert queue.keys[:, 0].tolist() == [10.0, 2.0, 4.0, 6.0, 8.0]
+    assert set(queue.state_dict()) == {"keys", "pointer", "filled"}
+
+
+def test_triplet_semi_hard_mining():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    b = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, -0.1]])
+    out = L.triplet_semi_hard(a, b, margin=0.5)
+    assert out.accuracy == 1.0 and out.num_negatives == 2
+    assert float(out.loss) == 0.0  # every negative is farther than the positive by more than the margin
+    swapped = L.triplet_semi_hard(a, b.flip(0), margin=0.5)
+    assert float(swapped.loss) > 0.5 and swapped.accuracy < 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        L.triplet_semi_hard(a[:1], b[:1], 0.5)
+
+
+def test_alignment_uniformity_and_embedding_health():
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    align, uniform = L.alignment_uniformity(z, z)
+    assert align == pytest.approx(0.0, abs=1e-6) and uniform < -1.0
+    _, collapsed = L.alignment_uniformity(torch.ones(8, 4), torch.ones(8, 4))
+    assert collapsed == pytest.approx(0.0, abs=1e-6)
+    ok, bad = embedding_health(z), embedding_health(torch.ones(64, 8) + 1e-4 * z[:, :1])
+    assert ok["embed_eff_rank"] > 6 and bad["embed_eff_rank"] < 1.5
+    warnings = health_warnings({"step": 1, **bad})
+    assert "embed_eff_rank" in warnings and "embed_std_mean" in warnings
+    assert not health_warnings({"step": 1, **ok})
+
+
+def test_model_views_loss_metrics_and_frozen_features():
+    torch.manual_seed(0)
+    model = build_model({"name": "simclr", **SMALL, "queue_size": 8, "min_gap_seconds": 0.05})
+    model.train()
+    batch = speech_batch([8000, 7000, 6000])
+    out = model.loss(batch)
+    assert {"loss", "acc", "num_negatives", "align", "uniform", "embed_eff_rank", "queue_fill"} <= set(out.metrics)
+    assert out.metrics["num_negatives"] == 4 and out.metrics["queue_fill"] == pytest.approx(3 / 8)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert model.loss(batch).metrics["num_negatives"] == 4 + 3  # the queue's keys join the batch negatives
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(batch["wavs"], batch["lengths"])
+        single = model.encode(batch["wavs"][2:, :6000], batch["lengths"][2:])
+    assert enc.layer_names == ["latent", "layer_1", "context"] and enc.frame_shift == 160
+    for full, one in zip(enc.hidden_states, single.hidden_states):
+        torch.testing.assert_close(full[2, : int(single.lengths[0])], one[0], atol=1e-5, rtol=1e-5)
+    emb = enc.layer("context")
+    assert torch.equal(emb[0, 0], emb[0, int(enc.lengths[0]) - 1]) and float(emb[2, int(enc.lengths[2]):].abs().sum()) == 0
+
+
+def test_objectives_and_config_errors():
+    batch = speech_batch([6000, 6000, 6000])
+    for objective in ("cola", "triplet", "barlow"):
+        torch.manual_seed(0)
+        model = build_model({"name": "simclr", **SMALL, "objective": objective}).train()
+        loss = model.loss(batch).loss
+        assert math.isfinite(float(loss.detach()))
+        loss.backward()
+    with pytest.raises(ConfigError, match="queue"):
+        load_pretrain_config_from({"name": "simclr", "objective": "barlow", "queue_size": 4})
+    with pytest.raises(ConfigError, match="temperature"):
+        load_pretrain_config_from({"name": "simclr", "temperature": 0})
+    assert to_dict(simclr_tiny())["objective"] == "ntxent"
+
+
+def load_pretrain_config_from(model: dict):
+    from speechssl.train.config import PretrainConfig
+
+    try:
+        return PretrainConfig(model=model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def test_pretraining_resumes_bit_exactly(tmp_path):
+    """Augmentation draws, the queue and the mixup memory all resume: 3 + 3 steps == 6 steps."""
+    train = make_corpus(tmp_path / "corpus", n=8, seconds=(0.5, 0.7))
+    model = {"name": "simclr", **SMALL, "queue_size": 16,
+             "augment": {"waveform": {"noise": {"p": 0.5}, "speed": {"p": 0.5}, "gain": {}},
+                         "spectrogram": {"mixup": {"memory_size": 8, "memory_frames": 10}, "time_mask": {}}}}
+    sections = {"model": model, "data": {"max_batch_seconds": 2.0, "crop_seconds": 0.5, "min_seconds": 0.3},
+                "optim": {"name": "adam", "lr": 1e-3, "schedule": "constant"},
+                "train": {"max_steps": 6, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 3, "plot": False}}
+    cfg = load_pretrain_config(recipe(tmp_path, **sections))
+    ref = pretrain(cfg, train, None, tmp_path / "ref")
+    first = pretrain(load_pretrain_config(recipe(tmp_path, **sections), ["train.max_steps=3"]), train, None,
+                     tmp_path / "split")
+    resumed = pretrain(cfg, train, None, tmp_path / "split")
+    assert (ref.step, first.step, resumed.step) == (6, 3, 6)
+    a = torch.load(ref.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    assert {"queue.keys", "spec_augment.mixup.memory"} <= set(a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["split"] == "train"] for d in ("ref", "split")]
+    assert losses[0] == losses[1]
