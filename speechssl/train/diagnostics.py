@@ -108,7 +108,7 @@ def block_grad_norms(model: torch.nn.Module, total: float | None = None) -> dict
     """
     norms = {}
     for name, child in model.named_children():
-        params = list(child.parameters())
+        params = [p for p in child.parameters() if p.requires_grad]  # not a frozen EMA teacher
         if params:
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             norms[name] = float(torch.stack(grads).norm()) if grads else 0.0
@@ -195,8 +195,9 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
-            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc"))
-                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature"))
+            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "target_var"))
+                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "teacher_var", "student_var",
+                                "pred_var", "ema_decay"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys
