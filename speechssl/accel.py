@@ -9,14 +9,18 @@ Two fast paths exist, each giving the numbers of PyTorch's reference code to flo
 * ``fast_gru``: the custom-backward GRU of :mod:`speechssl.modules.gru` (about 2x faster APC/CPC
   training on CPU).
 
-:func:`decision` decides once per process from the CPU (x86-64 with AVX2 or better, as
-``torch.backends.cpu.get_cpu_capability()`` reports it), the operator's availability and a
-self-check that runs the oneDNN forward (plain and fused GELU) *and* the two transposed-stride calls
-of its backward (``grad @ W`` and ``grad^T @ x`` read through ``.t()`` views) on a couple of
-shapes against ``torch.matmul`` (the fast GRU's backward makes the same calls). The
-environment still overrides: ``SPEECHSSL_ONEDNN=0`` / ``SPEECHSSL_FAST_GRU=0`` switch a path off.
-The record (kernels chosen, why, CPU vendor and model, ISA) is :meth:`Decision.as_dict`, for logs
-and benchmark reports.
+:func:`decision` decides once per process. oneDNN is *available* on x86-64 with AVX2 or better
+(``torch.backends.cpu.get_cpu_capability()``) when the operator exists and passes a self-check
+that runs its forward (plain and fused GELU) *and* the two transposed-stride calls of its backward
+(``grad @ W`` and ``grad^T @ x`` read through ``.t()`` views) against ``torch.matmul`` (the fast
+GRU's backward makes the same calls). It is *chosen* per CPU vendor: on Intel MKL's sgemm runs its
+AVX-512 code and was the fastest fp32 kernel (issue 19: a 2-core Xeon), so matmuls stay on
+``F.linear`` there; elsewhere (AMD) oneDNN. A rule, not a per-process timing: a kernel that flipped
+between runs on a loaded machine would break bit-exact resume. ``tools/bench`` measures both
+kernels (``matmul_peak``) and records whether the choice was the faster one (``kernel_check``).
+The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available),
+``SPEECHSSL_FAST_GRU=0``. The record (kernels chosen, why, the conv layout, CPU vendor and model,
+ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
 Blocks ask :func:`onednn_linear` / :func:`fast_gru` when they run. Tests (and benchmarks) force a
 path for a block of code with :func:`use` -- a context variable, so no module global changes and
@@ -43,6 +47,9 @@ from torch.nn import functional as F
 log = logging.getLogger(__name__)
 
 _OFF = ("0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on", "force")
+# MKL's own vendor: its sgemm takes the AVX-512 path there and beat oneDNN (issue 19, a 2-core Xeon)
+_MKL_VENDORS = ("GenuineIntel",)
 _FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (tools/bench)
 
 
@@ -51,13 +58,17 @@ class Decision:
     """The kernels chosen for this process and why.
 
     Attributes:
-        onednn_linear: fp32 CPU matmuls go through oneDNN.
+        onednn_linear: fp32 CPU matmuls go through oneDNN (else ``F.linear``: MKL). Chosen per CPU
+            vendor where oneDNN works: off on Intel (MKL's AVX-512 sgemm is the fastest there), on
+            elsewhere (MKL runs its AVX2 code on AMD: oneDNN about 2x). The conv encoder's inference
+            layout follows it (``reasons["conv_layout"]``).
         fast_gru: :class:`speechssl.modules.gru.GRU` takes its custom-backward path.
         reasons: one short sentence per kernel saying why it is on or off.
         cpu_vendor, cpu_model: from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere).
         machine: ``platform.machine()``.
         isa: ``torch.backends.cpu.get_cpu_capability()`` (``AVX2``, ``AVX512``, ``DEFAULT``...).
         torch_version: the PyTorch the check ran on.
+        onednn_available: oneDNN's operator exists and passed the self-check (whatever was chosen).
     """
 
     onednn_linear: bool
@@ -68,6 +79,7 @@ class Decision:
     machine: str
     isa: str
     torch_version: str
+    onednn_available: bool = False  # oneDNN passed its self-check here (``use`` may force it on)
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -142,16 +154,31 @@ def decide() -> Decision:
     vendor, model = cpu_identity()
     isa = _isa()
     reasons = {}
-    if _env_off("SPEECHSSL_ONEDNN"):
-        onednn, reasons["onednn_linear"] = False, "SPEECHSSL_ONEDNN is off in the environment"
-    elif machine.lower() not in ("x86_64", "amd64"):
-        onednn, reasons["onednn_linear"] = False, f"not an x86-64 CPU ({machine})"
+    setting = os.environ.get("SPEECHSSL_ONEDNN", "auto").strip().lower()
+    if machine.lower() not in ("x86_64", "amd64"):
+        available, why = False, f"not an x86-64 CPU ({machine})"
     elif not torch.backends.mkldnn.is_available():
-        onednn, reasons["onednn_linear"] = False, "this PyTorch build has no oneDNN (mkldnn)"
+        available, why = False, "this PyTorch build has no oneDNN (mkldnn)"
     elif isa not in _FAST_ISAS:
-        onednn, reasons["onednn_linear"] = False, f"CPU capability {isa}: no AVX2, oneDNN gains nothing"
+        available, why = False, f"CPU capability {isa}: no AVX2, oneDNN gains nothing"
     else:
-        onednn, reasons["onednn_linear"] = _check_onednn()
+        available, why = _check_onednn()
+    if setting in _OFF:
+        onednn, reasons["onednn_linear"] = False, "SPEECHSSL_ONEDNN is off in the environment"
+    elif not available:
+        onednn, reasons["onednn_linear"] = False, why
+    elif setting in _ON:
+        onednn, reasons["onednn_linear"] = True, f"SPEECHSSL_ONEDNN={setting} in the environment; {why}"
+    elif vendor in _MKL_VENDORS:
+        onednn, reasons["onednn_linear"] = False, (
+            f"{vendor}: MKL's sgemm takes its AVX-512 path on Intel CPUs and was the fastest fp32 kernel "
+            "there (torch.mm 325 GFLOP/s on a 2-core Xeon); SPEECHSSL_ONEDNN=1 forces oneDNN")
+    else:
+        onednn, reasons["onednn_linear"] = True, (
+            f"{vendor}: MKL runs its AVX2 code on non-Intel CPUs, oneDNN's matmul about 2x faster "
+            f"(tools/bench matmul_peak); {why}")
+    reasons["conv_layout"] = ("channels-last windows matmul (the fp32 inference conv path follows onednn_linear)"
+                              if onednn else "PyTorch's conv1d (oneDNN convolution), channels-first")
     if _env_off("SPEECHSSL_FAST_GRU"):
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
@@ -161,7 +188,7 @@ def decide() -> Decision:
         if not on and "environment" not in reasons[kernel]:
             log.info("%s off: %s", kernel, reasons[kernel])
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
-                    machine=machine, isa=isa, torch_version=torch.__version__)
+                    machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available)
 
 
 @functools.cache
@@ -185,7 +212,8 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
     for name, flag in (("onednn_linear", onednn_linear), ("fast_gru", fast_gru)):
         if flag is None:
             continue
-        if flag and not getattr(decision(), name):
+        possible = decision().onednn_available if name == "onednn_linear" else decision().fast_gru
+        if flag and not possible:
             raise RuntimeError(f"cannot force {name} on: {decision().reasons[name]}")
         forced[name] = bool(flag)
     token = _FORCED.set(forced)
@@ -196,12 +224,24 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
 
 
 def onednn_linear() -> bool:
-    """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`)."""
+    """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`).
+
+    Never inside ``torch.compile`` (``train.compile``): inductor cannot lower oneDNN's linear with a
+    trainable weight ("weight must be a graph constant"); it picks its own matmul kernels there.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return (_FORCED.get() or {}).get("onednn_linear", decision().onednn_linear)
 
 
 def fast_gru() -> bool:
-    """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`)."""
+    """Whether :class:`speechssl.modules.gru.GRU` takes its fast path here (decision, or :func:`use`).
+
+    Never inside ``torch.compile``: its Python loop over frames would be unrolled into the graph;
+    ``nn.GRU`` stays one operator there.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return (_FORCED.get() or {}).get("fast_gru", decision().fast_gru)
 
 

@@ -48,7 +48,11 @@ def test_release_round_trip(tmp_path, family, variant):
     model = build_model(_config(family, variant))
     n = max(model.min_samples, 4000)
     model.train()
-    model.loss(speech_batch([n + 2000, n + 1000], speakers=["s0", "s1"]))  # moves batch-norm running statistics away from their init
+    batch = speech_batch([n + 2000, n + 1000], speakers=["s0", "s1"])
+    if hasattr(model, "target_specs"):  # HuBERT learns from frame targets (zeros: any class will do)
+        batch["targets"] = torch.zeros(2, int(model.num_frames(batch["lengths"]).max()), len(model.target_specs()),
+                                       dtype=torch.long)
+    model.loss(batch)  # moves batch-norm running statistics away from their init
     model.step_update(5)  # schedules kept in buffers (e.g. Gumbel temperature)
     model.eval()
     save_released_encoder(model, tmp_path / "enc")

@@ -29,7 +29,10 @@ def reference_path():
 def test_onednn_is_used_on_x86_and_only_there():
     # On x86-64 PyTorch builds with AVX2 the operator exists; if this fails, the fast path silently fell back.
     fast_isa = accel.decision().isa in ("AVX2", "AVX512")
-    assert accel.onednn_linear() == (X86 and torch.backends.mkldnn.is_available() and fast_isa)
+    available = X86 and torch.backends.mkldnn.is_available() and fast_isa
+    assert accel.decision().onednn_available == available
+    # chosen per vendor: Intel keeps MKL (its AVX-512 sgemm is the fastest there), others take oneDNN
+    assert accel.onednn_linear() == (available and accel.decision().cpu_vendor != "GenuineIntel")
 
 
 def test_environment_switch(monkeypatch):
@@ -41,6 +44,27 @@ def test_environment_switch(monkeypatch):
     monkeypatch.delenv("SPEECHSSL_ONEDNN")
     monkeypatch.delenv("SPEECHSSL_FAST_GRU")
     assert accel.decide().onednn_linear == accel.decision().onednn_linear
+
+
+def test_the_matmul_kernel_is_chosen_per_vendor(monkeypatch):
+    if not accel.decision().onednn_available:
+        pytest.skip("oneDNN is not available on this machine: nothing to choose")
+    monkeypatch.delenv("SPEECHSSL_ONEDNN", raising=False)
+    for vendor, onednn in (("GenuineIntel", False), ("AuthenticAMD", True)):
+        monkeypatch.setattr(accel, "cpu_identity", lambda v=vendor: (v, f"a {v} CPU"))
+        decided = accel.decide()
+        assert decided.onednn_linear is onednn and decided.onednn_available, vendor
+        assert decided.cpu_vendor == vendor and vendor in decided.reasons["onednn_linear"]
+        assert ("windows" in decided.reasons["conv_layout"]) is onednn
+    monkeypatch.setattr(accel, "cpu_identity", lambda: ("GenuineIntel", "an Intel CPU"))
+    monkeypatch.setenv("SPEECHSSL_ONEDNN", "1")  # forced on where the rule says MKL
+    assert accel.decide().onednn_linear
+    monkeypatch.setenv("SPEECHSSL_ONEDNN", "auto")
+    intel = accel.decide()
+    monkeypatch.setattr(accel, "decision", lambda: intel)
+    assert not accel.onednn_linear()
+    with accel.use(onednn_linear=True):  # the Intel rule chose MKL, but oneDNN may still be forced
+        assert accel.onednn_linear()
 
 
 def test_decision_is_recorded_with_the_cpu():
@@ -229,8 +253,8 @@ def test_transformer_encoder_equal_with_and_without_onednn(reference_path):
 def test_forcing_a_kernel_on_where_the_process_decided_off_is_refused(monkeypatch):
     import dataclasses
 
-    off = dataclasses.replace(accel.decide(), onednn_linear=False, reasons={"onednn_linear": "no oneDNN here",
-                                                                            "fast_gru": "on"})
+    off = dataclasses.replace(accel.decide(), onednn_linear=False, onednn_available=False,
+                              reasons={"onednn_linear": "no oneDNN here", "fast_gru": "on"})
     monkeypatch.setattr(accel, "decision", lambda: off)
     assert not accel.onednn_linear()
     with pytest.raises(RuntimeError, match="cannot force onednn_linear on: no oneDNN here"):

@@ -205,7 +205,7 @@ def test_export_hf_encoder_loads_checks_and_exports(tmp_path, capsys):
         assert (tmp_path / "hf" / name).read_text() == (tmp_path / "ref" / name).read_text()
     ours, ref = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
     assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
-    with pytest.raises(ValueError, match="logmel: hf export needs a wav2vec 2.0-style encoder, got "):
+    with pytest.raises(ValueError, match="logmel: hf export needs a wav2vec 2.0 or HuBERT encoder, got "):
         export_hf_encoder("logmel", tmp_path / "no")
     assert not (tmp_path / "no").exists()
     assert main(["export", "hf", "--encoder", str(release), "--out", str(tmp_path / "cli")]) == 0

@@ -170,3 +170,18 @@ def test_a_config_yaml_of_an_earlier_version_still_reads(tmp_path):
         "info: {world_size: 1}\n")
     cfg = read_resolved_config(old)
     assert cfg.model_name == "toy_linear" and cfg.model.hidden == 8 and cfg.train.progress_every_seconds == 30.0
+
+
+def test_every_registered_family_is_in_the_typed_model_union():
+    """A family of speechssl.models must also join ``ModelConfig`` (typed configs; test plug-ins
+    such as helpers.ToyLinear are accepted at run time by their registered class)."""
+    import typing
+
+    from speechssl.models import MODELS
+    from speechssl.train.config import ModelConfig
+
+    union = set(typing.get_args(ModelConfig))
+    ours = {name: spec for name, spec in MODELS.items() if spec.config_cls.__module__.startswith("speechssl.models.")}
+    assert {"apc", "cpc", "wav2vec2", "hubert"} <= set(ours)
+    missing = sorted(name for name, spec in ours.items() if spec.config_cls not in union)
+    assert not missing, f"families missing from speechssl.train.config.ModelConfig: {missing}"

@@ -8,7 +8,8 @@ draw the same augmentations); :mod:`speechssl.augment.pipeline` samples the para
 
 Built on torchaudio's functional ops where they do the job: ``resample`` (speed: exact rational
 resampling on a 1 % grid of factors), ``phase_vocoder`` (tempo, and pitch as speed + stretch back),
-``fftconvolve`` (reverberation). torchaudio's own ``pitch_shift`` is not used: it resamples from
+FFT convolution (reverberation; torchaudio's ``fftconvolve`` uses the exact, often slow, FFT
+size). torchaudio's own ``pitch_shift`` is not used: it resamples from
 ``int(sr / rate)`` Hz, an irrational ratio whose sinc kernel is thousands of phases long (seconds per
 call on a CPU).
 """
@@ -215,7 +216,10 @@ def reverberate(x: torch.Tensor, lengths: torch.Tensor, rir: torch.Tensor) -> to
     """Convolve utterance b with rir[b] [N], keep the first L samples (the direct path at 0 keeps the
     alignment) and each utterance's RMS."""
     lens = lengths.to(x.device)
-    wet = AF.fftconvolve(x, rir.to(x))[:, : x.shape[1]] * valid_mask(lens, x.shape[1])
+    width = x.shape[1]
+    nfft = 1 << (width + rir.shape[1] - 2).bit_length()  # a power of two: 2-3x faster than the exact size
+    spec = torch.fft.rfft(x, n=nfft, dim=1) * torch.fft.rfft(rir.to(x), n=nfft, dim=1)
+    wet = torch.fft.irfft(spec, n=nfft, dim=1)[:, :width] * valid_mask(lens, width)
     gain = _rms(x, lens) / _rms(wet, lens).clamp(min=_EPS)
     return wet * gain[:, None]
 

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files longer than this are encoded in overlapping chunks (default %(default)s)")
     parser.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
                         help="context on each side of a chunk (default %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the encoder (inductor; the first batches compile, minutes on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ExtractConfig(
         layers=args.layers, format=args.format, dtype=args.dtype, precision=args.precision, batch_seconds=args.batch_seconds,
         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, compile=args.compile,
     )
     summary = extract_features(args.encoder, args.input, args.out, cfg)
     where = f"; index: {summary.index}" if summary.index else ""

@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("speechssl.cli.prepare", "scan an audio folder into a JSONL manifest"),
     "manifest": ("speechssl.cli.manifest", "import/export/split/inspect manifests"),
     "corpus": ("speechssl.cli.corpus", "prepare manifests of a known corpus (LibriSpeech, IEMOCAP, VoxCeleb1, generic)"),
+    "targets": ("speechssl.cli.targets", "fit k-means and write frame labels for HuBERT (targets kmeans / assign)"),
     "pretrain": ("speechssl.cli.pretrain", "pretrain an SSL model from a YAML recipe"),
     "augment": ("speechssl.cli.augment", "write augmented examples (WAV + spectrogram PNG) of an augmentation config"),
     "inspect": ("speechssl.cli.inspect", "print a pretraining run's health summary and probe curve"),

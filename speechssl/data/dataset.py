@@ -41,6 +41,9 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: crop seed; with ``set_epoch(e)`` and the index it fixes every crop.
         label_fields: record fields copied into each item (every record must have them).
         target_sr: output sample rate.
+        targets: frame targets (:class:`speechssl.targets.labels.FrameTargets`, HuBERT): each item
+            gets ``"targets"`` [frames, K] int64 for the crop, and crop offsets become multiples of the
+            model's frame shift so that labels and frames line up exactly.
 
     ``dataset[i]`` -> ``{"id": str, "wav": Tensor[samples] float32, <label fields>}``; a file
     that fails to load raises :class:`speechssl.audio.AudioError` naming it.
@@ -55,6 +58,7 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: int = 0,
         label_fields: Sequence[str] | None = None,
         target_sr: int = TARGET_SR,
+        targets: Any = None,
     ):
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
@@ -67,6 +71,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.target_sr = target_sr
         self.label_fields = list(label_fields or [])
+        self.targets = targets
         self.dropped: dict[str, int] = {}
         self.dropped_seconds: dict[str, float] = {}
         self.records: list[Mapping[str, Any]] = []
@@ -112,6 +117,9 @@ class AudioDataset(torch.utils.data.Dataset):
         base = float(rec.get("start") or 0.0)
         if self.max_seconds is None or self.full_durations[index] <= self.max_seconds:
             return rec.get("start"), rec.get("duration")
+        if self.targets is not None:
+            offset, crop = self._aligned_crop(index)
+            return base + offset / self.target_sr, crop / self.target_sr
         sr = rec["sample_rate"]
         total = int(round(self.full_durations[index] * sr))
         crop = int(round(self.max_seconds * sr))
@@ -123,6 +131,18 @@ class AudioDataset(torch.utils.data.Dataset):
             offset = room // 2
         return base + offset / sr, crop / sr
 
+    def _aligned_crop(self, index: int) -> tuple[int, int]:
+        """(offset, length) in output samples of a crop whose offset is a multiple of the targets' frame shift."""
+        align = self.targets.frame_shift
+        total = int(round(self.full_durations[index] * self.target_sr))
+        crop = int(round(self.max_seconds * self.target_sr))
+        slots = max(0, total - crop) // align
+        if self.random_crop:
+            slot = int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, slots + 1))
+        else:
+            slot = slots // 2
+        return slot * align, crop
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         start, duration = self.crop_window(index)
@@ -130,6 +150,11 @@ class AudioDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"id": rec["id"], "wav": wav}
         for field in self.label_fields:
             item[field] = rec[field]
+        if self.targets is not None:
+            offset = 0
+            if self.max_seconds is not None and self.full_durations[index] > self.max_seconds:
+                offset = self._aligned_crop(index)[0]
+            item["targets"] = self.targets.crop(rec["id"], offset, int(wav.shape[0]))
         return item
 
 
@@ -153,7 +178,11 @@ def collate_audio(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out, lengths = pad_to_batch(wavs)
     batch: dict[str, Any] = {"wavs": out, "lengths": lengths, "ids": [it["id"] for it in items]}
     for key in items[0]:
-        if key not in ("id", "wav"):
+        if key == "targets":  # frame targets (HuBERT): [B, frames, K], -1 = no label
+            from speechssl.targets.labels import collate_targets
+
+            batch[key] = collate_targets([it[key] for it in items])
+        elif key not in ("id", "wav"):
             batch[key] = [it.get(key) for it in items]
     return batch
 
@@ -306,6 +335,7 @@ def make_loader(
     pin_memory: bool = False,
     min_samples: int = 0,
     even_ranks: bool = True,
+    targets: Any = None,
 ) -> AudioLoader:
     """Dataset + seconds-budget sampler + collate in one resumable loader.
 
@@ -320,6 +350,7 @@ def make_loader(
         min_samples: the model's receptive field in samples at 16 kHz.
         even_ranks: as many batches on every rank (repeats a few; training). False: every batch once
             (evaluation; a rank may get one fewer).
+        targets: frame targets for every item (see :class:`AudioDataset`).
     Raises:
         ValueError: nothing is left after dropping short utterances.
     """
@@ -331,6 +362,7 @@ def make_loader(
         random_crop=shuffle if random_crop is None else random_crop,
         seed=seed,
         label_fields=label_fields,
+        targets=targets,
     )
     if len(dataset) == 0:
         raise ValueError(

@@ -56,6 +56,9 @@ class ExtractConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, much faster where the CPU/GPU has bf16 units
     progress: bool = True  # tqdm bar on stderr
+    # torch.compile the encoder's blocks (speechssl/compilation.py): same features to float rounding;
+    # the first batches pay the compilation (tools/bench/run_all.py --only compile measures it)
+    compile: bool = False
     rank: int | None = None  # default: $RANK (0)
     world_size: int | None = None  # default: $WORLD_SIZE (1)
     merge_timeout_minutes: float = 24 * 60.0  # rank 0 waits this long for the other ranks
@@ -253,6 +256,10 @@ def extract_features(encoder, source: str | Path, out: str | Path, cfg: ExtractC
     elif cfg.layers not in (None, "all"):
         encoder = Encoder(encoder.backbone, dataclasses.replace(encoder.options, layers=cfg.layers),
                           source=encoder.source, kind=encoder.kind)
+    if cfg.compile:
+        from speechssl.compilation import compile_model
+
+        compile_model(encoder.backbone)
     out = Path(out)
     # One writer per folder: each rank of one torchrun job holds its own lock (speechssl/locks.py).
     with hold_rank_lock(out, rank, world):

@@ -8,4 +8,6 @@
   s3prl's own ``run_downstream`` with speechssl encoders.
 * :mod:`speechssl.integrations.s3prl_apc` — ``speechssl export s3prl-apc``: an APC encoder as a
   checkpoint s3prl's ``apc_local`` loads.
+* :mod:`speechssl.integrations.s3prl_tera` — ``speechssl export s3prl-tera``: a TERA / Mockingjay
+  encoder as a checkpoint s3prl's ``tera_local`` / ``mockingjay_local`` load, and the import back.
 """

@@ -24,7 +24,7 @@ class BarlowConfig(SimCLRConfig):
 
 
 def barlow_tiny() -> BarlowConfig:
-    """Barlow Twins with the tiny TDNN (4 x 256) and a 3 x 1024 projector."""
+    """Barlow Twins with the tiny TDNN (4 x 128) and a 3 x 1024 projector."""
     return BarlowConfig()
 
 

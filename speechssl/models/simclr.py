@@ -41,10 +41,8 @@ from speechssl.augment import (
     SpectrogramAugment,
     WaveformAugment,
     augment_config,
-    default_augment,
     two_crops,
 )
-from speechssl.config import to_dict
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules import siamese_losses as L
@@ -60,7 +58,7 @@ class SimCLRConfig:
     frontend: dict = dataclasses.field(
         default_factory=lambda: {"name": "logmel", "n_mels": 80, "cmvn": "utterance"})
     # TDNN encoder: one conv layer per (kernel, dilation); statistics pooling to embed_dim.
-    channels: int = 256
+    channels: int = 128
     kernels: list[int] = dataclasses.field(default_factory=lambda: [5, 3, 3, 1])
     dilations: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 1])
     embed_dim: int = 256
@@ -76,7 +74,7 @@ class SimCLRConfig:
     crop_seconds: float | None = 0.96
     min_gap_seconds: float = 0.0
     # Augmentations of each view (speechssl.augment YAML: waveform / spectrogram sections), checked here.
-    augment: dict = dataclasses.field(default_factory=lambda: _compact(to_dict(default_augment())))
+    augment: dict = dataclasses.field(default_factory=lambda: view_augment())
     # Warn (log) when the embeddings' effective rank over a batch falls below this.
     collapse_rank: float = 1.5
 
@@ -105,13 +103,28 @@ class SimCLRConfig:
         return augment_config(self.augment, where="model.augment")
 
 
-def _compact(section: dict) -> dict:
-    """An augmentation dict without the augmentations that are off (None) and the default order."""
-    return {part: {k: v for k, v in ops.items() if v is not None and k != "order"} for part, ops in section.items()}
+def view_augment() -> dict:
+    """The views' default augmentations: strong channel augmentation (noise at 0-15 dB, a random EQ of
+    +-10 dB, band-limiting, gain) and BYOL-A mixup + SpecAugment on the log-Mel.
+
+    Two crops of one recording share its channel and background, the easiest cue to tell them from
+    other recordings; without strong channel augmentation the encoder learns that cue (on the
+    synthetic corpus, whose every utterance has its own EQ, band limit and noise, the live probe's
+    speaker accuracy fell below the random-init encoder's) instead of the speaker (Huh et al. 2020,
+    "Augmentation adversarial training for self-supervised speaker recognition").
+    """
+    return {"waveform": {"noise": {"p": 1.0, "min_snr_db": 0.0, "max_snr_db": 15.0,
+                                   "colours": ["white", "pink", "brown"]},
+                         "eq": {"p": 1.0, "max_db": 10.0, "num_knots": 6},
+                         "band_limit": {"p": 0.5, "min_cutoff_hz": 3000.0, "max_cutoff_hz": 8000.0},
+                         "gain": {"p": 0.5, "min_db": -6.0, "max_db": 6.0}},
+            "spectrogram": {"mixup": {"p": 1.0, "max_ratio": 0.4, "memory_size": 512, "memory_frames": 96},
+                            "freq_mask": {"p": 0.8, "num_masks": 2, "max_fraction": 0.1},
+                            "time_mask": {"p": 0.8, "num_masks": 2, "max_fraction": 0.1}}}
 
 
 def simclr_tiny() -> SimCLRConfig:
-    """A ~1 M-parameter SimCLR that learns on 2 CPU cores: 80-dim log-Mel, 4 x 256 TDNN, NT-Xent."""
+    """A 0.33 M-parameter SimCLR for 2 CPU cores: 80-dim log-Mel (utterance CMVN), 4 x 128 TDNN, NT-Xent."""
     return SimCLRConfig()
 
 

@@ -16,12 +16,14 @@ Shared by every family:
 * :mod:`~speechssl.modules.padding` -- ``lengths_to_mask`` and ``pad_to_batch`` (used by every package).
 * :mod:`~speechssl.modules.negatives` -- ``sample_in_groups``: the negative sampler of every contrastive loss.
 
-Masked prediction of discrete targets (BEST-RQ now, HuBERT next):
+Masked prediction of discrete targets (BEST-RQ, HuBERT):
 
 * :mod:`~speechssl.modules.random_projection` -- ``RandomProjectionQuantizer``: frozen random projection +
   random codebook, nearest code by cosine (BEST-RQ's targets, saved with the model).
 * :mod:`~speechssl.modules.masked_prediction` -- ``DiscreteTargetHead`` / ``LinearHead`` and
   ``masked_prediction_loss``: cross-entropy on masked frames, accuracy and target perplexity per codebook.
+  HuBERT's cosine head (``CosineHead``) lives with the model in :mod:`speechssl.models.hubert`; its
+  offline targets in :mod:`speechssl.targets`.
 
 Teacher-student families (data2vec 2.0, BYOL-A, MoCo's momentum encoder):
 

@@ -39,7 +39,8 @@ def _usable(x: torch.Tensor, weight: torch.Tensor, onednn: bool | None) -> bool:
         and x.dim() >= 2
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
-        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_linear)
+        and not torch.compiler.is_compiling()  # inductor lowers F.linear itself (see accel.onednn_linear)
+        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_available)
     )
 
 

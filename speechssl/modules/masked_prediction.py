@@ -6,7 +6,7 @@ The classifier side shared by BEST-RQ (Chiu et al. 2022; targets from
 logit matrix per target set ("codebook"): :class:`LinearHead` is BEST-RQ's (a softmax classifier
 per codebook; SpeechBrain ``BestRQ`` ``linear``), and HuBERT's projection + cosine to label
 embeddings / 0.1 (fairseq ``HubertModel.compute_logits`` with ``logit_temp``, torchaudio
-``LogitGenerator``) is another :class:`DiscreteTargetHead` beside it. :func:`masked_prediction_loss`
+``LogitGenerator``) is another :class:`DiscreteTargetHead` (``speechssl.models.hubert.CosineHead``). :func:`masked_prediction_loss`
 works with any of them::
 
     loss = mean_k CE_k(masked frames) + unmasked_weight * mean_k CE_k(unmasked valid frames)

@@ -14,6 +14,9 @@ fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging F
 * Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a key padding mask, from
   one fused q/k/v projection.
 * LayerDrop (Fan et al. 2019) skips whole layers in training with probability ``layer_drop``.
+* ``pos_conv_kernel=0`` builds no positional conv: the caller adds absolute positions itself, e.g.
+  :func:`sinusoidal_positions` (BERT / Mockingjay / TERA, and MAE, whose encoder sees only the
+  visible frames and so needs positions attached before the masked ones are dropped).
 """
 
 from __future__ import annotations
@@ -103,13 +106,31 @@ class PositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
+def sinusoidal_positions(frames: int, dim: int, device: torch.device | None = None,
+                         offset: int = 0) -> torch.Tensor:
+    """Sinusoidal absolute positions (Vaswani et al. 2017), s3prl Mockingjay's ``get_sinusoid_table``.
+
+    ``table[t, 2i] = sin(t / 10000^(2i / dim))``, ``table[t, 2i + 1] = cos(t / 10000^(2i / dim))``.
+    Computed in float64 and rounded to float32 (as s3prl's numpy table), so the numbers match s3prl's.
+
+    Returns:
+        [frames, dim] float32, rows ``offset .. offset + frames - 1``.
+    """
+    t = torch.arange(offset, offset + frames, dtype=torch.float64, device=device)[:, None]
+    i = torch.arange(dim, device=device)
+    angle = t / torch.pow(10000.0, (2 * torch.div(i, 2, rounding_mode="floor")).double() / dim)
+    table = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float()
+
+
 class TransformerEncoder(nn.Module):
     """Positional conv + layers (+ final LN for pre-LN).
 
     Args:
         dim, num_layers, num_heads, ffn_dim: sizes (Base: 768, 12, 12, 3072).
         layer_norm_first: pre-LN if True, post-LN (Base) if False.
-        pos_conv_kernel, pos_conv_groups: positional conv (128, 16).
+        pos_conv_kernel, pos_conv_groups: positional conv (128, 16); kernel 0: none (the caller adds
+            positions, see :func:`sinusoidal_positions`).
         dropout, attention_dropout, activation_dropout: dropout probabilities.
         layer_drop: LayerDrop probability in training.
     """
@@ -121,7 +142,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layer_norm_first = layer_norm_first
         self.layer_drop = layer_drop
-        self.pos_conv = PositionalConv(dim, pos_conv_kernel, pos_conv_groups)
+        self.pos_conv = PositionalConv(dim, pos_conv_kernel, pos_conv_groups) if pos_conv_kernel > 0 else None
         self.layer_norm = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -143,14 +164,29 @@ class TransformerEncoder(nn.Module):
             (context [batch, frames, dim], [layer_1, ..., layer_N] outputs or [] ). For pre-LN,
             ``context`` is the final LayerNorm of ``layer_N``; for post-LN it is ``layer_N``.
         """
+        x, attn_mask = self.embed(x, padding_mask)
+        return self.run_layers(x, attn_mask, return_layers)
+
+    def embed(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input of layer 1: zero the padding, add the positional conv, LN (post-LN), dropout.
+
+        Returns:
+            (x [batch, frames, dim], attention mask [batch, 1, 1, frames] bool or None) for :meth:`run_layers`.
+        """
         attn_mask = None
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             attn_mask = ~padding_mask[:, None, None, :]
-        x = x + self.pos_conv(x)
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        x = self.dropout(x)
+        return self.dropout(x), attn_mask
+
+    def run_layers(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The layers (and the final LN of pre-LN) on :meth:`embed`'s output; see :meth:`forward`."""
         hidden: list[torch.Tensor] = []
         for layer in self.layers:
             if self.training and self.layer_drop > 0 and float(torch.rand(())) < self.layer_drop:

@@ -60,22 +60,26 @@ def plan_batches(dc: DataConfig, world_size: int, min_samples: int, model_name: 
 
 
 def build_loader(manifest: Path, dc: DataConfig, batch_seconds: float, crop: float | None, train: bool,
-                 seed: int, world_size: int, rank: int, min_samples: int, pin_memory: bool = False):
-    """A resumable :class:`speechssl.data.AudioLoader` over ``manifest``.
+                 seed: int, world_size: int, rank: int, min_samples: int, pin_memory: bool = False,
+                 targets: Any = None):
+    """A resumable :class:`speechssl.data.AudioLoader` over ``manifest``; with ``targets``
+    (:class:`speechssl.targets.labels.FrameTargets`) every batch carries ``"targets"`` [B, T, K].
 
     Raises:
-        ValueError: no utterance is long enough (the message names the manifest).
+        ValueError: no utterance is long enough, or the labels do not fit (the message names the manifest).
     """
     from speechssl.data.dataset import make_loader
     from speechssl.data.manifest import read_manifest
 
     records = read_manifest(manifest)
+    if targets is not None:
+        targets.check(records, str(manifest))
     try:
         loader = make_loader(
             records, batch_seconds, max_seconds=crop, min_seconds=dc.min_seconds, shuffle=train,
             random_crop=train, seed=seed, num_workers=dc.num_workers, num_replicas=world_size, rank=rank,
             min_samples=min_samples, pin_memory=pin_memory, label_fields=dc.label_fields or None,
-            even_ranks=train)  # validation: every utterance once, none repeated to even out the ranks
+            even_ranks=train, targets=targets)  # validation: every utterance once, none repeated to even out the ranks
     except KeyError as exc:
         raise ValueError(f"{manifest}: data.label_fields={dc.label_fields}: {exc}") from None
     except ValueError as exc:

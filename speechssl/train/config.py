@@ -32,14 +32,20 @@ from speechssl.config import ConfigError, apply_overrides, check_finite, from_di
 from speechssl.models.apc import APCConfig
 from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
+from speechssl.models.byola import BYOLAConfig
 from speechssl.models.cpc import CPCConfig
+from speechssl.models.data2vec2 import Data2Vec2Config
+from speechssl.models.hubert import HubertConfig
+from speechssl.models.mae import MAEConfig
 from speechssl.models.simclr import SimCLRConfig
+from speechssl.models.tera import TERAConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 from speechssl.train.probe import ProbeConfig
 
 #: The model section of a recipe: the config dataclass of one family of ``MODELS``. Families
 #: registered elsewhere (plug-ins, tests) are accepted at run time by their registered class.
-ModelConfig = APCConfig | BarlowConfig | BestRQConfig | CPCConfig | SimCLRConfig | Wav2Vec2Config
+ModelConfig = (APCConfig | BarlowConfig | BestRQConfig | BYOLAConfig | CPCConfig | Data2Vec2Config | HubertConfig
+               | MAEConfig | SimCLRConfig | TERAConfig | Wav2Vec2Config)
 
 
 @dataclasses.dataclass
@@ -64,6 +70,9 @@ class DataConfig:
     # Manifest fields copied into every batch as lists (e.g. [speaker] for CPC's same-speaker
     # negatives); every record must have them.
     label_fields: list[str] = dataclasses.field(default_factory=list)
+    # Frame-target folders written by `speechssl targets assign`, one per target set of the model
+    # (HuBERT: model.num_classes); they must label every utterance of the train and valid manifests.
+    targets: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_finite(self, "data")
@@ -142,6 +151,11 @@ class TrainConfig:
     # Without a bar (not a terminal, or progress: false), a one-line progress log this often (null: none).
     progress_every_seconds: float | None = 30.0
     plot: bool = True  # loss-curve PNG at the end
+    # torch.compile the model's blocks in place (speechssl/compilation.py; checkpoints unchanged). Off:
+    # on CPU it was measured no faster than the eager fast paths, after minutes of compiling
+    # (tools/bench/run_all.py --only compile). compile_backend aot_eager/eager: debugging, tests.
+    compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)  # live linear probe (train/probe.py)
 
     def __post_init__(self) -> None:

@@ -13,8 +13,15 @@ Numbers and where they come from (all in ``metrics.jsonl``):
 ``codebook_usage``                 share of codewords chosen in the batch
 ``mask_ratio``                     wav2vec 2.0: share of valid frames actually masked
 ``acc_k<k>``                       CPC: InfoNCE accuracy k steps ahead
-``embed_std_mean``, ``embed_eff_rank``  view-based models (SimCLR, Barlow Twins): per-dimension std
+``embed_std_mean``, ``embed_eff_rank``  view-based models (SimCLR, Barlow Twins, BYOL-A): per-dim. std
                                    of the batch's normalised pooled embeddings, their effective rank
+``recon_masked``                   TERA / MAE: reconstruction error on the masked (altered) frames
+``recon_unmasked``                 ... on the frames the model saw unaltered (copying them is easy)
+``recon_baseline``                 ... of predicting the mean (0 after CMVN / token normalisation)
+                                   on the masked frames; ``recon_masked`` must fall below it
+``target_var*``, ``teacher_var``,  data2vec 2.0: variance over frames of the targets (per block:
+``student_var``, ``pred_var``      ``target_var_layer_<k>``) and of the networks' outputs; ~0: collapse
+``ema_decay``                      teacher-student families (data2vec 2.0, BYOL-A): the EMA teacher's decay
 =================================  ==========================================================
 
 :class:`HealthWatch` turns a record into one plain warning line per number that went bad
@@ -45,6 +52,9 @@ COLLAPSED_EMBED_STD = 0.05
 COLLAPSED_PERPLEXITY = 1.5
 #: Masked-prediction models: below this share of masked frames there is almost nothing to predict.
 LOW_MASK_RATIO = 0.05
+#: Masked reconstruction: after this many steps the masked frames must be reconstructed better than
+#: by predicting their mean (``recon_masked < recon_baseline``).
+RECON_GRACE_STEPS = 200
 
 
 @dataclasses.dataclass
@@ -147,6 +157,12 @@ def health_warnings(record: Mapping[str, Any]) -> dict[str, str]:
                         + ("; check the frontend's CMVN (the random-projection targets need normalised input)"
                            if "acc_codebook_0" in record else
                            "; try a larger diversity_weight, a higher temp_min or a lower lr"))
+        elif (key == "recon_masked" and isinstance(record.get("recon_baseline"), (int, float))
+              and int(record.get("step", 0)) >= RECON_GRACE_STEPS and value >= record["recon_baseline"]):
+            bad[key] = (f"masked reconstruction no better than predicting the mean: recon_masked {value:.3g} >= "
+                        f"recon_baseline {record['recon_baseline']:.3g} at step {record.get('step')} (recon_unmasked "
+                        f"{_fmt(record.get('recon_unmasked'))}); the context is not used: try a lower lr, a smaller "
+                        "mask ratio or shorter spans")
         elif key == "mask_ratio" and value < LOW_MASK_RATIO:
             bad[key] = (f"only {100 * value:.1f} % of frames masked: the masked objective has little to predict; "
                         "raise mask_prob or lower mask_span")
@@ -195,9 +211,10 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
-            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "target_var"))
-                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "teacher_var", "student_var",
-                                "pred_var", "ema_decay"))
+            healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "recon_",
+                                     "target_var", "embed_"))
+                       or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "alter_ratio", "teacher_var",
+                                "student_var", "pred_var", "ema_decay"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys

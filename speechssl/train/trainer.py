@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import speechssl
+from speechssl.compilation import compile_model
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
@@ -104,10 +105,8 @@ def _refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: s
     current = to_dict(current)
     diff = sorted(k for k in saved if saved[k] != current.get(k, saved[k]) or k not in current)
     if diff:
-        raise ConfigError(
-            f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
-            "use a new --exp folder, or --init-from to start from those weights"
-        )
+        raise ConfigError(f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
+                          "use a new --exp folder, or --init-from to start from those weights")
 
 
 class Trainer:
@@ -146,10 +145,8 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         if tc.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError(
-                "train.precision=fp16 needs a CUDA device (fp16 autocast + GradScaler); "
-                "on CPU use train.precision=bf16 or fp32"
-            )
+            raise ConfigError("train.precision=fp16 needs a CUDA device (fp16 autocast + GradScaler); "
+                              "on CPU use train.precision=bf16 or fp32")
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -161,6 +158,8 @@ class Trainer:
             self.model = MODELS[self.model_name].build(self.cfg.model).to(self.device)
         except (TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"model {self.model_name!r} cannot be built: {exc}") from None
+        if tc.compile:  # in place: parameter names, checkpoints and resume unchanged
+            compile_model(self.model, tc.compile_backend)
 
     def _setup(self, init_from: str | Path | None) -> None:
         tc, dc = self.cfg.train, self.cfg.data
@@ -180,9 +179,10 @@ class Trainer:
         self.plan = plan_batches(dc, world, self.min_samples, self.model_name)
         self.accumulation, self.micro_seconds = self.plan.accumulation, self.plan.micro_seconds
         self.effective_batch_seconds = self.plan.effective_seconds
+        self.targets = self._open_targets()
         self.train_loader = build_loader(
             self.manifests["train"], dc, self.micro_seconds, dc.crop_seconds, True, tc.seed, world,
-            self.dist.rank, self.min_samples, pin_memory=self.device.type == "cuda")
+            self.dist.rank, self.min_samples, pin_memory=self.device.type == "cuda", targets=self.targets)
         self.dropped = dict(self.train_loader.dataset.dropped)
         self._info(
             f"train: {len(self.train_loader.dataset)} utterances kept from {self.train_loader.num_records}"
@@ -195,7 +195,7 @@ class Trainer:
             crop = dc.valid_crop_seconds if dc.valid_crop_seconds is not None else dc.crop_seconds
             self.valid_loader = build_loader(
                 self.manifests["valid"], dc, dc.valid_batch_seconds or self.micro_seconds, crop, False, tc.seed,
-                world, self.dist.rank, self.min_samples)
+                world, self.dist.rank, self.min_samples, targets=self.targets)
 
         # ---- optimisation
         self.optimizer = build_optimizer(self.model.parameters(), self.cfg.optim)
@@ -225,6 +225,30 @@ class Trainer:
                                      probed_step=self.step if self.resume_path is not None else None)
         self.health = HealthWatch()
 
+    def _open_targets(self):
+        """Frame targets of ``data.targets`` (HuBERT), checked against the model's target sets; None without."""
+        folders = self.cfg.data.targets
+        takes = hasattr(self.model, "target_specs")
+        if not folders and (not takes or self.cfg.train.max_steps == 0):
+            return None  # a random-init control (max_steps=0) is released without ever reading a target
+        if not takes:
+            raise ConfigError(f"data.targets={folders}: model {self.model_name!r} takes no frame targets; remove it")
+        if not folders:
+            raise ConfigError(
+                f"model {self.model_name!r} learns from frame targets but data.targets is empty: fit and assign them "
+                "with `speechssl targets kmeans ...` and `speechssl targets assign ... --out DIR`, then pass "
+                "data.targets=[DIR]")
+        from speechssl.targets.labels import FrameTargets
+
+        targets = FrameTargets.open(folders, self.model)
+        for p in targets.provenance():
+            self._info(f"targets: {p['folder']} (k-means {p['hash']}, k={p['k']}, {16000 / p['frame_shift']:g} Hz, "
+                       f"from {p['features']} {p['layer']})")
+        return targets
+
+    def _targets_provenance(self) -> list[dict[str, Any]]:
+        return self.targets.provenance() if self.targets is not None else []
+
     # ------------------------------------------------------------------ helpers
     def _info(self, msg: str) -> None:
         if self.dist.is_main:
@@ -248,6 +272,11 @@ class Trainer:
 
     def _load_resume_state(self, path: Path, state: dict[str, Any]) -> None:
         _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model_dict(), str(path))
+        old = [t.get("hash") for t in state.get("targets") or []]
+        new = [t["hash"] for t in self._targets_provenance()]
+        if old != new:
+            raise ConfigError(f"{path} was trained on targets of k-means {old}, data.targets now gives {new}: "
+                              "resuming on other targets would mix two label sets; use a new --exp folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -286,6 +315,7 @@ class Trainer:
             # trained parameters (a frozen EMA teacher or quantizer is not counted)
             "num_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "dropped_utterances": self.dropped,
+            "targets": self._targets_provenance(),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -433,6 +463,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "skipped_steps": self.skipped_steps,
                 "elapsed_seconds": self.elapsed_before + (time.monotonic() - self._t0),
+                "targets": self._targets_provenance(),
             }
             path = ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(self.ckpt_dir, self.step), state)
             for old in ckpt_io.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last):
@@ -575,7 +606,8 @@ class Trainer:
         if self.dist.is_main:
             save_released_encoder(self.model, folder, extra={
                 "step": self.step, "status": status, "valid_loss": self.last_valid_loss,
-                "experiment": str(self.exp_dir.resolve())}, control_of=self.cfg.train.control_of)
+                "experiment": str(self.exp_dir.resolve()), "targets": self._targets_provenance()},
+                control_of=self.cfg.train.control_of)
             self._info(f"released encoder to {folder}")
         barrier(self.dist)
         return folder

@@ -1,9 +1,10 @@
-"""Tables between speechssl's wav2vec 2.0 and torchaudio / Hugging Face: config fields and state-dict keys.
+"""Tables between speechssl's wav2vec 2.0 / HuBERT and torchaudio / Hugging Face: config fields and state-dict keys.
 
 The importers (:mod:`speechssl.upstream.importers`) read these tables one way, the Hugging Face
-exporter (:mod:`speechssl.upstream.hf_export`) the other; neither imports the other. The coming
-HuBERT and data2vec importers share the transformer part of both (a HuBERT or data2vec encoder
-is a wav2vec 2.0 encoder with another head): they add rows, not code.
+exporter (:mod:`speechssl.upstream.hf_export`) the other; neither imports the other. HuBERT shares
+the feature encoder and transformer rows of wav2vec 2.0 (a HuBERT encoder is a wav2vec 2.0 encoder
+with another head) and adds its head's rows (torchaudio ``logit_generator``); a data2vec importer
+would add rows the same way, not code.
 
 * :data:`TORCHAUDIO_FIELDS` / :data:`HF_FIELDS`: one :class:`Field` per plain config value
   (``ours`` in :class:`~speechssl.models.wav2vec2.Wav2Vec2Config`, ``theirs`` in the foreign
@@ -18,6 +19,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from speechssl.models.hubert import HubertConfig
 from speechssl.models.wav2vec2 import Wav2Vec2Config
 
 
@@ -113,12 +115,18 @@ def read_fields(foreign: Mapping[str, Any], fields: tuple[Field, ...], where: st
     return out
 
 
-def write_fields(cfg: Wav2Vec2Config, fields: tuple[Field, ...]) -> dict[str, Any]:
+def write_fields(cfg: Wav2Vec2Config | HubertConfig, fields: tuple[Field, ...]) -> dict[str, Any]:
     """``{their_key: our value}``: the inverse of :func:`read_fields` (exporters)."""
     return {f.theirs: getattr(cfg, f.ours) for f in fields}
 
 
-def key_table(cfg: Wav2Vec2Config, style: str) -> list[tuple[str, list[str]]]:
+def fields_for(config_cls: type, fields: tuple[Field, ...]) -> tuple[Field, ...]:
+    """The rows of ``fields`` whose ``ours`` is a field of ``config_cls`` (HuBERT: no quantizer rows)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return tuple(f for f in fields if f.ours in names)
+
+
+def key_table(cfg: Wav2Vec2Config | HubertConfig, style: str) -> list[tuple[str, list[str]]]:
     """``[(our_key, [their_keys])]`` for ``style`` ``"torchaudio"`` or ``"hf"``.
 
     A list of several foreign keys means "concatenate along dim 0" (our fused q/k/v projection).
@@ -154,7 +162,14 @@ def key_table(cfg: Wav2Vec2Config, style: str) -> list[tuple[str, list[str]]]:
         add(ours + "ffn.fc1", theirs + "feed_forward.intermediate_dense")
         add(ours + "ffn.fc2", theirs + "feed_forward.output_dense")
         add(ours + "ffn_norm", theirs + "final_layer_norm")
-    if style == "hf":
+    if isinstance(cfg, HubertConfig):  # Hugging Face HubertModel has no pretraining head
+        if style == "hf":
+            table.append(("mask_emb", ["masked_spec_embed"]))
+        else:
+            table.append(("mask_emb", ["mask_generator.mask_embedding"]))
+            table.append(("head.label_embeddings", ["logit_generator.label_embeddings"]))
+            add("head.final_proj", "logit_generator.final_proj")
+    elif style == "hf":
         table.append(("mask_emb", ["masked_spec_embed"]))
         table.append(("quantizer.codevectors", ["quantizer.codevectors"]))
         add("quantizer.weight_proj", "quantizer.weight_proj")

@@ -1,5 +1,5 @@
-"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` (or, for data2vec,
-``Data2VecAudioModel``) folder.
+"""``speechssl export hf``: any encoder speechssl loads -> a Hugging Face ``Wav2Vec2Model`` / ``HubertModel``
+(or, for data2vec, ``Data2VecAudioModel``) folder.
 
 A module of its own, beside :mod:`speechssl.upstream.hf_export`, because it loads encoders:
 ``hf_export`` is imported by the importers, which ``load_encoder`` reaches, so loading from
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from speechssl.models.hubert import HubertModel
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.upstream.encoder import Encoder
 from speechssl.upstream.hf_export import export_hf
@@ -38,7 +39,7 @@ def export_hf_encoder(encoder_or_path: Any, folder: str | Path) -> Path:
         from speechssl.upstream.data2vec_hf import export_hf_data2vec
 
         return export_hf_data2vec(enc.backbone, folder)
-    if not isinstance(enc.backbone, Wav2Vec2Model):
-        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0-style encoder, got "
+    if not isinstance(enc.backbone, (Wav2Vec2Model, HubertModel)):
+        raise ValueError(f"{encoder_or_path}: hf export needs a wav2vec 2.0, HuBERT or data2vec encoder, got "
                          f"{type(enc.backbone).__name__}")
     return export_hf(enc.backbone, folder)

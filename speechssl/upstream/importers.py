@@ -1,4 +1,4 @@
-"""Build speechssl wav2vec 2.0 models from torchaudio and Hugging Face models or folders.
+"""Build speechssl wav2vec 2.0 and HuBERT models from torchaudio and Hugging Face models or folders.
 
 Importers map keys, never copy code (torchaudio ``utils/import_fairseq.py`` style): the
 foreign config is parsed into :class:`~speechssl.models.wav2vec2.Wav2Vec2Config`, then a small
@@ -8,12 +8,14 @@ a missing or left-over key is an error naming the keys.
 
 Supported:
 
-* torchaudio ``Wav2Vec2Model`` and ``HuBERTPretrainModel`` objects (:func:`from_torchaudio`),
+* torchaudio ``Wav2Vec2Model`` objects (:func:`from_torchaudio`) and ``HuBERTPretrainModel`` ones
+  (``hubert_pretrain_base`` ...: a speechssl HuBERT with its ``logit_generator`` as our cosine head),
   and torchaudio folders: ``config.json`` holding the keyword arguments of
   ``torchaudio.models.wav2vec2_model`` (``extractor_mode``, ``encoder_embed_dim``, ...) plus
   ``model.safetensors`` (or ``model.pt`` / ``model.pth``, read with ``weights_only=True``).
 * Hugging Face ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC`` (and
-  ``HubertModel``) objects or saved folders (``config.json`` + ``model.safetensors``,
+  ``HubertModel``, imported as a speechssl HuBERT whose head is freshly initialised: Hugging Face
+  has no HuBERT pretraining head) objects or saved folders (``config.json`` + ``model.safetensors``,
   sharded safetensors, or ``pytorch_model.bin``), both the group-norm (Base) and the
   layer-norm / "stable layer norm" (Large-LV60) variants; old ``weight_g``/``weight_v``
   weight-norm names are accepted. Quantizer, ``project_q`` and ``project_hid`` of a
@@ -28,18 +30,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from speechssl.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, build_wav2vec2
+from speechssl.models.base import SSLModel
+from speechssl.models.hubert import HubertConfig, build_hubert
+from speechssl.models.wav2vec2 import Wav2Vec2Config, build_wav2vec2
 from speechssl.upstream.foreign_tables import (
     HF_FIELDS,
     HF_FIXED,
     TORCHAUDIO_FIELDS,
     ForeignCheckpointError,
+    fields_for,
     key_table,
     missing_fields,
     read_fields,
@@ -55,7 +61,7 @@ log = logging.getLogger(__name__)
 # Foreign task heads without a counterpart in the SSL model: dropped (logged), never an error.
 DROPPED_PREFIXES = ("aux.", "lm_head.", "logit_generator.", "projector.", "classifier.")
 # Our keys that a foreign *encoder* checkpoint may legitimately lack (pretraining-only parts).
-OPTIONAL_OURS = ("mask_emb", "quantizer.weight_proj.", "quantizer.codevectors", "project_q.", "final_proj.")
+OPTIONAL_OURS = ("mask_emb", "quantizer.weight_proj.", "quantizer.codevectors", "project_q.", "final_proj.", "head.")
 
 TA_DEFAULT_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
@@ -77,7 +83,7 @@ def _normalise_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def map_state_dict(cfg: Wav2Vec2Config, state: Mapping[str, torch.Tensor], style: str,
+def map_state_dict(cfg: Wav2Vec2Config | HubertConfig, state: Mapping[str, torch.Tensor], style: str,
                    source: str = "foreign model") -> dict[str, torch.Tensor]:
     """Map a foreign state dict onto our key names; every foreign key must be used.
 
@@ -102,7 +108,7 @@ def map_state_dict(cfg: Wav2Vec2Config, state: Mapping[str, torch.Tensor], style
     extra = sorted(k for k in theirs if k not in used and not k.startswith(DROPPED_PREFIXES))
     if missing or extra:
         raise ForeignCheckpointError(
-            f"{source}: state dict does not match a {style} wav2vec 2.0 model of this config: "
+            f"{source}: state dict does not match a {style} {type(cfg).__name__[:-6]} model of this config: "
             f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''} ({len(missing)}); "
             f"unexpected keys {extra[:20]}{' ...' if len(extra) > 20 else ''} ({len(extra)})"
         )
@@ -111,8 +117,8 @@ def map_state_dict(cfg: Wav2Vec2Config, state: Mapping[str, torch.Tensor], style
     return mapped
 
 
-def _load_mapped(cfg: Wav2Vec2Config, mapped: dict[str, torch.Tensor], source: str) -> Wav2Vec2Model:
-    model = build_wav2vec2(cfg)
+def _load_mapped(cfg: Wav2Vec2Config | HubertConfig, mapped: dict[str, torch.Tensor], source: str) -> SSLModel:
+    model = build_hubert(cfg) if isinstance(cfg, HubertConfig) else build_wav2vec2(cfg)
     own = model.state_dict()
     bad = [f"{k}: ours {tuple(own[k].shape)} vs theirs {tuple(v.shape)}" for k, v in mapped.items()
            if k in own and own[k].shape != v.shape]
@@ -132,8 +138,10 @@ def _load_mapped(cfg: Wav2Vec2Config, mapped: dict[str, torch.Tensor], source: s
 # --------------------------------------------------------------------------------------------
 # torchaudio
 # --------------------------------------------------------------------------------------------
-def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torchaudio config") -> Wav2Vec2Config:
-    """Our config from the keyword arguments of ``torchaudio.models.wav2vec2_model``."""
+def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torchaudio config",
+                                  config_cls: type = Wav2Vec2Config, **extra: Any) -> Wav2Vec2Config | HubertConfig:
+    """Our config (``config_cls``, plus ``extra`` fields) from the keyword arguments of
+    ``torchaudio.models.wav2vec2_model``."""
     absent = ([] if "extractor_mode" in kwargs else ["extractor_mode"]) + missing_fields(kwargs, TORCHAUDIO_FIELDS)
     if absent:
         raise ForeignCheckpointError(f"{where}: missing keys {absent}")
@@ -141,11 +149,14 @@ def config_from_torchaudio_kwargs(kwargs: Mapping[str, Any], where: str = "torch
     if mode not in ("group_norm", "layer_norm"):
         raise ForeignCheckpointError(f"{where}: extractor_mode must be group_norm or layer_norm, got {mode!r}")
     conv = kwargs.get("extractor_conv_layer_config") or TA_DEFAULT_CONV
-    return Wav2Vec2Config(
+    if config_cls is HubertConfig:  # imported targets come at the model's frame rate (iteration 2)
+        extra = {"label_frame_shifts": [math.prod(int(layer[2]) for layer in conv)], **extra}
+    return config_cls(
         frontend={"name": "waveform"},
         conv_layers=[tuple(int(v) for v in layer) for layer in conv],
         conv_norm=mode,
         **read_fields(kwargs, TORCHAUDIO_FIELDS, where),
+        **extra,
     )
 
 
@@ -177,12 +188,26 @@ def torchaudio_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def from_torchaudio(model: torch.nn.Module) -> Wav2Vec2Model:
-    """speechssl model from a torchaudio ``Wav2Vec2Model`` or ``HuBERTPretrainModel`` (same hidden states)."""
+def hubert_head_fields(model: torch.nn.Module) -> dict[str, Any]:
+    """HuBERT config fields of a torchaudio ``HuBERTPretrainModel``'s head and masking (its logit
+    temperature is torchaudio's fixed 0.1, its loss weights those of ``torchaudio.models.hubert_loss``)."""
+    masks = model.mask_generator
+    classes, final_dim = model.logit_generator.label_embeddings.shape
+    return {"num_classes": [int(classes)], "final_dim": int(final_dim), "logit_temperature": 0.1,
+            "unmasked_weight": 0.0, "mask_prob": float(masks.mask_prob) / masks.mask_length,
+            "mask_span": int(masks.mask_length), "feature_grad_mult": float(model.feature_grad_mult or 1.0)}
+
+
+def from_torchaudio(model: torch.nn.Module) -> SSLModel:
+    """speechssl model from a torchaudio ``Wav2Vec2Model`` (a wav2vec 2.0) or ``HuBERTPretrainModel``
+    (a HuBERT with its head); same hidden states."""
     kind = type(model).__name__
     if kind == "HuBERTPretrainModel":
         inner, state = model.wav2vec2, model.state_dict()  # "wav2vec2." prefix stripped by the mapper
-    elif kind == "Wav2Vec2Model" and hasattr(model, "feature_extractor"):
+        cfg = config_from_torchaudio_kwargs(torchaudio_kwargs(inner), f"torchaudio {kind}", HubertConfig,
+                                            **hubert_head_fields(model))
+        return _load_mapped(cfg, map_state_dict(cfg, state, "torchaudio", f"torchaudio {kind}"), f"torchaudio {kind}")
+    if kind == "Wav2Vec2Model" and hasattr(model, "feature_extractor"):
         inner, state = model, model.state_dict()
     else:
         raise ForeignCheckpointError(f"from_torchaudio: expected a torchaudio Wav2Vec2Model or HuBERTPretrainModel, "
@@ -195,8 +220,8 @@ def from_torchaudio(model: torch.nn.Module) -> Wav2Vec2Model:
 # Hugging Face
 # --------------------------------------------------------------------------------------------
 def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None,
-                   where: str = "Hugging Face config") -> Wav2Vec2Config:
-    """Our config from a Hugging Face ``Wav2Vec2Config`` / ``HubertConfig`` dict."""
+                   where: str = "Hugging Face config") -> Wav2Vec2Config | HubertConfig:
+    """Our config from a Hugging Face ``Wav2Vec2Config`` (-> wav2vec 2.0) / ``HubertConfig`` (-> HuBERT) dict."""
     model_type = hf.get("model_type")
     if model_type not in ("wav2vec2", "hubert"):
         raise ForeignCheckpointError(f"{where}: model_type {model_type!r} is not supported (wav2vec2, hubert)")
@@ -209,9 +234,12 @@ def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     dims, kernels, strides = hf.get("conv_dim"), hf.get("conv_kernel"), hf.get("conv_stride")
     if not (dims and kernels and strides) or not len(dims) == len(kernels) == len(strides):
         raise ForeignCheckpointError(f"{where}: conv_dim/conv_kernel/conv_stride missing or of different lengths")
-    fields = read_fields(hf, HF_FIELDS, where)
+    config_cls = HubertConfig if model_type == "hubert" else Wav2Vec2Config
+    fields = read_fields(hf, fields_for(config_cls, HF_FIELDS), where)
+    if config_cls is HubertConfig:  # imported targets come at the model's frame rate (iteration 2)
+        fields["label_frame_shifts"] = [math.prod(int(s) for s in strides)]
     normalize = bool((preprocessor or {}).get("do_normalize", False))
-    return Wav2Vec2Config(
+    return config_cls(
         frontend={"name": "waveform", "normalize": normalize},
         conv_layers=[(int(d), int(k), int(s)) for d, k, s in zip(dims, kernels, strides)],
         conv_norm=norm,
@@ -221,7 +249,7 @@ def config_from_hf(hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None
     )
 
 
-def from_hf(model_or_folder: Any) -> Wav2Vec2Model:
+def from_hf(model_or_folder: Any) -> SSLModel:
     """speechssl model from a ``transformers`` Wav2Vec2/HuBERT model object or a saved local folder."""
     if isinstance(model_or_folder, (str, Path)):
         return _from_hf_folder(Path(model_or_folder))
@@ -275,7 +303,7 @@ HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mode
 TA_WEIGHTS = ("model.safetensors", "model.pt", "model.pth")
 
 
-def _from_hf_folder(folder: Path) -> Wav2Vec2Model:
+def _from_hf_folder(folder: Path) -> SSLModel:
     config = _read_json(folder / "config.json")
     pre_path = folder / "preprocessor_config.json"
     preprocessor = _read_json(pre_path) if pre_path.is_file() else None
@@ -284,7 +312,7 @@ def _from_hf_folder(folder: Path) -> Wav2Vec2Model:
     return _load_mapped(cfg, map_state_dict(cfg, state, "hf", str(folder)), str(folder))
 
 
-def _from_torchaudio_folder(folder: Path) -> Wav2Vec2Model:
+def _from_torchaudio_folder(folder: Path) -> SSLModel:
     kwargs = _read_json(folder / "config.json")
     cfg = config_from_torchaudio_kwargs(kwargs, where=str(folder / "config.json"))
     state = _read_weights(folder, TA_WEIGHTS)
@@ -308,7 +336,7 @@ def detect_foreign_format(folder: str | Path) -> str:
     )
 
 
-def load_foreign(folder: str | Path) -> torch.nn.Module:
+def load_foreign(folder: str | Path) -> SSLModel:
     """Load a local Hugging Face or torchaudio wav2vec 2.0 / HuBERT folder, or a Hugging Face
     data2vec-audio one (:mod:`speechssl.upstream.data2vec_hf`); the format is detected."""
     folder = Path(folder)

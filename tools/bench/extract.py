@@ -56,11 +56,12 @@ def _encoder_source(family: str, workdir: Path) -> str:
         import torch
 
         from speechssl.config import to_dict
-        from speechssl.models import apc, cpc, wav2vec2
+        from speechssl.models import apc, cpc, mae, tera, wav2vec2
         from speechssl.models.base import build_model
         from speechssl.upstream.release import save_released_encoder
 
-        preset = {"apc": apc.apc_paper, "cpc": cpc.cpc_modified, "wav2vec2": wav2vec2.wav2vec2_base}[family]()
+        preset = {"apc": apc.apc_paper, "cpc": cpc.cpc_modified, "wav2vec2": wav2vec2.wav2vec2_base,
+                  "tera": tera.tera_base, "mae": mae.mae_base}[family]()
         torch.manual_seed(0)
         save_released_encoder(build_model({"name": family, **to_dict(preset)}), folder)
     return str(folder)

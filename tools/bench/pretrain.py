@@ -5,7 +5,9 @@ Usage:
 
 * ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) matmul of ``size x size``, the best of
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.
-* ``throughput(spec)``: per model (APC, CPC, wav2vec2, data2vec 2.0; tiny and base presets) the training step the
+* ``kernel_check(peak)``: whether speechssl.accel's per-CPU choice (oneDNN or MKL) was the faster
+  fp32 kernel in that measurement (recorded with the throughput rows);
+* ``throughput(spec)``: per model (APC, CPC, wav2vec2, data2vec 2.0, TERA, MAE; tiny and base presets) the training step the
   Trainer runs (``loss`` -> ``backward`` -> clip -> Adam step) on a fixed batch of speech-like audio:
   median seconds per step after warm-up, steps/s, audio-seconds/s; FLOPs of one forward+backward
   counted with ``torch.utils.flop_counter.FlopCounterMode`` on the aten path (it counts matmuls,
@@ -41,6 +43,8 @@ PRESETS = {
     ("wav2vec2", "tiny"): "wav2vec2_tiny", ("wav2vec2", "base"): "wav2vec2_base",
     ("data2vec2", "tiny"): "data2vec2_tiny", ("data2vec2", "base"): "data2vec2_base",
     ("simclr", "tiny"): "simclr_tiny", ("barlow", "tiny"): "barlow_tiny",
+    ("tera", "tiny"): "tera_tiny", ("tera", "base"): "tera_base",
+    ("mae", "tiny"): "mae_tiny", ("mae", "base"): "mae_base",
 }
 
 
@@ -151,11 +155,28 @@ def matmul_peak(spec: dict) -> dict:
     return out
 
 
+def kernel_check(peak: dict) -> dict:
+    """Whether ``speechssl.accel``'s per-CPU matmul choice was the faster kernel in ``peak`` (fp32).
+
+    ``chosen``: ``onednn`` (plain weight, what :mod:`speechssl.modules.linear` calls) or ``torch.mm``
+    (``F.linear``: MKL); ``chosen_over_best`` = its GFLOP/s over the better of the two.
+    """
+    from speechssl import accel
+
+    rates = {k: v for k, v in (peak.get("fp32_kernels") or {}).items() if k in ("torch.mm", "onednn")}
+    chosen = "onednn" if accel.decision().onednn_linear else "torch.mm"
+    out = {"chosen": chosen, "reason": accel.decision().reasons["onednn_linear"], "measured_gflops": rates}
+    if chosen in rates:
+        best = max(rates, key=rates.get)
+        out.update(fastest=best, chosen_is_fastest=best == chosen, chosen_over_best=round(rates[chosen] / rates[best], 3))
+    return out
+
+
 def throughput(spec: dict) -> dict:
     """spec: ``threads``, ``models`` list of [family, size, batch_size, crop_seconds], ``steps``, ``matmul``."""
     torch.set_num_threads(spec["threads"])
     peak = matmul_peak({"threads": spec["threads"], **spec["matmul"]})
-    result = {"matmul_peak": peak, "models": {}}
+    result = {"matmul_peak": peak, "kernel_check": kernel_check(peak), "models": {}}
     for family, size, batch_size, crop in spec["models"]:
         model = build(family, size)
         batch = make_batch(batch_size, crop)

@@ -82,6 +82,12 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
         kernels = ", ".join(f"{k} {v:.0f}" for k, v in (mp.get("fp32_kernels") or {}).items())
         out.append((f"dense matmul peak ({mp['size']}^2, best of several" + (f"; fp32 {kernels}" if kernels else "") + ")",
                     f"fp32 {mp['fp32_gflops']:.1f} GFLOP/s, bf16 {_fmt(mp.get('bf16_gflops'))}", "-", "info"))
+    kc = pre.get("kernel_check") or {}
+    if "chosen_is_fastest" in kc:
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in kc["measured_gflops"].items())
+        out.append((f"per-CPU matmul choice: {kc['chosen']} ({rates} GFLOP/s)",
+                    f"{kc['chosen_over_best']:.2f}x the faster kernel", "the faster one",
+                    "meets" if kc["chosen_is_fastest"] else "MISSES"))
     for name, r in (pre.get("models") or {}).items():
         target = ">= 50 %" if name == "wav2vec2_base" else "-"
         frac = r["fraction_of_matmul_peak"]
@@ -89,6 +95,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{r['steps_per_s']:.3g} steps/s, {r['audio_s_per_s']:.3g} audio-s/s, {r['gflop_per_step']:.3g} GFLOP/step",
                     f"{100 * frac:.0f} % of matmul peak", target,
                     _status(frac, 0.5) if name == "wav2vec2_base" else "info"))
+    out += peer_rows(results.get("peers") or {})
+    out += compile_rows(results.get("compile") or {})
     for name, r in (_get(results, "data", "models") or {}).items():
         if "keeps_up" not in r:
             continue
@@ -121,6 +129,48 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def peer_rows(peers: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of the ``peers`` section: our step vs the peer's, with the loss check."""
+    out = []
+    for fam, sec in peers.items():
+        if "error" in sec:
+            out.append((f"{fam} step vs peer", "error", "-", "not measured"))
+            continue
+        target = sec.get("target_speedup")
+        for dtype, r in sec.get("rows", {}).items():
+            c = r["check"]
+            theirs = c.get("theirs_loss_per_masked_frame", c.get("theirs_loss"))
+            what = (f"{fam} {sec['size']} training step {dtype} vs {sec['peer']} (batch {sec['batch'][0]} x "
+                    f"{sec['batch'][1]:g} s): loss ours {c['ours_loss']:.6g} / theirs {theirs:.6g} "
+                    f"(rel diff {c['loss_rel_diff']:.1e}, grads {c['grad_max_rel_diff']:.1e})")
+            if "speedup" not in r:
+                out.append((what, "losses disagree: not timed", f">= {target}x", "not measured"))
+                continue
+            out.append((f"{what}; median step ours {r['ours_median_s']:.3g} s, theirs {r['theirs_median_s']:.3g} s",
+                        f"{r['speedup']:.2f}x", f">= {target}x", _status(r["speedup"], target)))
+    return out
+
+
+def compile_rows(sections: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of the ``compile`` section: compiled vs eager step and extraction per family."""
+    out = []
+    for fam, sec in sections.items():
+        if "error" in sec:
+            out.append((f"torch.compile {fam}", "error", "-", "not measured"))
+            continue
+        for part in ("train", "extract"):
+            r = sec.get(part)
+            if not r:
+                continue
+            same = (f"loss eager {r['eager_loss']:.6g} / compiled {r['compiled_loss']:.6g}" if part == "train"
+                    else f"max abs diff {r['max_abs_diff']:.1e}")
+            out.append((f"torch.compile ({sec['backend']}) {fam} tiny {part}, batch {sec['batch'][0]} x "
+                        f"{sec['batch'][1]:g} s: compile {r['compile_s']:.3g} s, step eager {r['eager_median_s']:.3g} s / "
+                        f"compiled {r['compiled_median_s']:.3g} s; {same}",
+                        f"{r['speedup']:.2f}x eager", "> 1x to adopt", "adopt" if r["speedup"] > 1.05 else "keep eager"))
+    return out
+
+
 def write_markdown(results: dict, path: str | Path) -> None:
     from speechssl.utils import atomic_write_text
 
@@ -136,7 +186,7 @@ def write_markdown(results: dict, path: str | Path) -> None:
         "| measurement | value | target | status |", "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
-    errors = [s for s in ("frontends", "extract", "pretrain", "data", "scaling", "profile")
+    errors = [s for s in ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile")
               if isinstance(results.get(s), dict) and "error" in results[s]]
     if errors:
         lines += ["", "Sections that failed (see results.json): " + ", ".join(errors)]

@@ -12,6 +12,13 @@ Sections (each runs in its own child process, so peak memory and thread pools ar
   the long file (tools/bench/extraction.py, tools/bench/extract.py);
 * ``pretrain``: steps/s, audio-s/s and FLOP/s as a fraction of the measured matmul peak
   (tools/bench/pretrain.py);
+* ``peers``: our training step vs the peers' own (Hugging Face ``Wav2Vec2ForPreTraining`` for
+  wav2vec 2.0 Base, fp32 and bf16; s3prl's ``pretrain/apc`` expert for APC 3 x 512), losses and
+  gradients checked equal on the same batch, masks, distractors and weights first
+  (tools/bench/peers.py);
+* ``compile`` (not in the default run: inductor takes minutes per model): ``torch.compile`` of
+  each family's training step and extraction at tiny size, compile time, per-step gain, losses
+  compared (tools/bench/compiled.py);
 * ``data``: loader batches/s, plain and with the augmentations of recipes/augment/speech.yaml, vs each
   model's step rate at the same batch size;
 * ``scaling``: extraction and one pretraining epoch at 1x, 2x, 4x the data (time, peak RSS, ratios);
@@ -41,7 +48,8 @@ from common import environment, run_child  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 from report import write_markdown  # noqa: E402
 
-SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
+SECTIONS = ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "compile")  # ``--only compile`` runs it
 
 # (family, size, batch size, crop seconds) of the training-step measurements
 # data2vec 2.0 next to wav2vec 2.0 of the same encoder size (its claim: the same accuracy in 10.6x less
@@ -49,7 +57,10 @@ SECTIONS = ("frontends", "extract", "pretrain", "data", "scaling", "profile")
 FULL_MODELS = [["apc", "tiny", 8, 4.0], ["cpc", "tiny", 8, 4.0], ["wav2vec2", "tiny", 8, 4.0],
                ["data2vec2", "tiny", 8, 4.0], ["simclr", "tiny", 8, 4.0], ["barlow", "tiny", 8, 4.0],
                ["apc", "base", 4, 4.0], ["cpc", "base", 4, 4.0], ["wav2vec2", "base", 2, 4.0],
-               ["data2vec2", "base", 2, 4.0]]
+               ["data2vec2", "base", 2, 4.0],
+               # masked reconstruction: TERA base (3 x 768 on every 10 ms frame) next to MAE base
+               # (12 x 768 on the visible quarter of the 20 ms tokens)
+               ["tera", "tiny", 8, 4.0], ["mae", "tiny", 8, 4.0], ["tera", "base", 4, 4.0], ["mae", "base", 4, 4.0]]
 QUICK_MODELS = [["apc", "tiny", 2, 2.0], ["cpc", "tiny", 2, 2.0], ["wav2vec2", "tiny", 2, 2.0],
                 ["simclr", "tiny", 2, 2.0]]
 
@@ -62,15 +73,24 @@ def sizes(quick: bool) -> dict:
                 "families": {"families": ["logmel", "fbank", "wav2vec2"], "short_seconds": 10.0,
                              "long_minutes": 1.0, "long_families": ["logmel", "wav2vec2"]},
                 "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
+                "peers": {"wav2vec2": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2},
+                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2}},
+                "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 2, "crop_seconds": 1.0,
+                            "repeats": 2},
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
                 "formant": {"sentences": 3, "repeats": 1},
                 "scaling": {"extract_seconds": [5.0, 10.0, 20.0], "family": "logmel", "train": ["wav2vec2", "tiny"]},
                 "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]]}
     return {"frontends": {"num_utts": 60, "seconds": 10.0, "repeats": 5},
             "compare": {"clip_seconds": [4.0, 10.0, 15.0], "repeats": 3, "dtypes": ["fp32", "bf16"]},
-            "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2"], "short_seconds": 60.0,
+            "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2", "tera", "mae"],
+                         "short_seconds": 60.0,
                          "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
+            "peers": {"wav2vec2": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5},
+                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5}},
+            "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 4, "crop_seconds": 2.0,
+                        "repeats": 5},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
             "formant": {"sentences": 12, "repeats": 3},
             "scaling": {"extract_seconds": [15.0, 30.0, 60.0], "family": "wav2vec2", "train": ["wav2vec2", "tiny"]},
@@ -158,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench", help="output folder (results.json, results.md, profile tables)")
     p.add_argument("--quick", action="store_true", help="small sizes (a couple of minutes)")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but compile)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every measurement")
     p.add_argument("--long-minutes", type=float, default=None,
                    help="length of the long-file extraction (default 10 full, 1 quick; 60 for the 1-hour figure)")
@@ -208,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             results[section] = section_extract(cfg, args, work)
         elif section == "pretrain":
             results[section] = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads})
+        elif section == "peers":
+            results[section] = {fam: run_child("peers", f"{fam}_rows", {**spec, "threads": args.threads})
+                                for fam, spec in cfg["peers"].items()}
+        elif section == "compile":
+            spec = {k: v for k, v in cfg["compile"].items() if k != "families"}
+            results[section] = {fam: run_child("compiled", "family_compile", {**spec, "family": fam, "threads": args.threads})
+                                for fam in cfg["compile"]["families"]}
         elif section == "data":
             results[section] = section_data(cfg, args, work, results)
         elif section == "scaling":

@@ -11,7 +11,8 @@
 #     and of words (espeak-ng if installed, else formant)
 #   2 manifests and splits (pretraining train/dev; labelled pool/test: sentences split by utterance for
 #     speaker ID, words split by speaker so that the word task's test speakers are unseen in its labels)
-#   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies
+#   3 pretrain APC, CPC and a tiny wav2vec 2.0 on the unlabelled pool, plus random-init copies (a family
+#     with local/pretrain_<family>.sh runs it instead: HuBERT fits k-means targets and runs 2 iterations)
 #   4 extract features of the labelled sets with every encoder
 #   5 speaker-ID, style (emotion proxy) and spoken-word (keyword spotting, 20 words) label-efficiency
 #     curves for every encoder + logmel/fbank
@@ -76,9 +77,14 @@ fi
 
 pretrain_model() {
   local m=$1
-  pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-    --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \
-    "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+  if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
+    bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
+      --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu"
+  else
+    pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
+      --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \
+      "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+  fi
   # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
   # says role "control" and control_of "$m", which the summary reads (folder names are free).
   speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
@@ -93,7 +99,10 @@ if begin_stage 3 "pretrain $models ($pretrain_minutes min each, $parallel at a t
 fi
 
 encoders="logmel fbank"
-for m in $models; do encoders="$encoders $exp_dir/$m/encoder $exp_dir/${m}_random/encoder"; done
+for m in $models; do
+  encoders="$encoders $exp_dir/$m/encoder $exp_dir/${m}_random/encoder"
+  [ -f "$exp_dir/$m.encoders" ] && encoders="$encoders $(cat "$exp_dir/$m.encoders")"  # e.g. hubert_it1
+done
 
 if begin_stage 4 "extract features of the labelled sets"; then
   for enc in $encoders; do

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# HuBERT's two iterations for the demo (run.sh stage 3 calls local/pretrain_<family>.sh when it exists,
+# instead of one `speechssl pretrain`). Every step is a speechssl call; reruns resume (.done markers).
+# Usage (from egs/synthetic/ssl, after stages 1-2):
+#   bash local/pretrain_hubert.sh --exp_dir exp --pretrain_steps 1000 --pretrain_minutes 4 --seed 0
+# Writes: $exp_dir/hubert_km1 (K=500 k-means of 80-dim log-Mel, 100 Hz; --it1_features mfcc for the paper's
+#   39-dim MFCC), $exp_dir/hubert_labels1, $exp_dir/hubert_it1 (iteration 1),
+#   $exp_dir/hubert_km2 (K=500 k-means of iteration 1's layer_2, 50 Hz),
+#   $exp_dir/hubert_labels2, $exp_dir/hubert (iteration 2: the family's encoder), and $exp_dir/hubert.encoders
+#   (extra encoders for the evaluation: iteration 1).
+set -euo pipefail
+exp_dir=exp
+pretrain_steps=1000
+pretrain_minutes=4      # per iteration
+seed=0
+k=500                   # recipes/pretrain/hubert_demo.yaml model.num_classes
+it1_features=logmel     # iteration 1 clusters these frames (hubert_demo.yaml says what each measured)
+sample_hours=0.3        # bounded k-means sample (the pool has about 1.3 h)
+n_init=3                # k-means++ restarts (fairseq: 20; 3 keeps the demo's k-means under 2 minutes)
+layer=layer_2           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12)
+recipes=../../../recipes
+. ../../common.sh
+recipe=$recipes/pretrain/hubert_demo.yaml
+train=data/pretrain/train.jsonl
+valid=data/pretrain/dev.jsonl
+
+targets() {  # targets FEATURES LAYER NAME: k-means + labels of train and dev, once
+  local features=$1 lay=$2 name=$3
+  [ -f "$exp_dir/.hubert_$name.done" ] && return 0
+  speechssl targets kmeans --features "$features" --layer "$lay" --train "$train" --k "$k" \
+    --sample-hours "$sample_hours" --n-init "$n_init" --seed "$seed" --out "$exp_dir/hubert_km$name"
+  for m in "$train" "$valid"; do
+    speechssl targets assign --kmeans "$exp_dir/hubert_km$name" --input "$m" --out "$exp_dir/hubert_labels$name" \
+      --report-labels speaker,style
+  done
+  touch "$exp_dir/.hubert_$name.done"
+}
+
+iteration() {  # iteration NAME EXP OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
+  local name=$1 exp=$2; shift 2
+  [ -f "$exp_dir/.hubert_$name.done" ] && return 0
+  pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" "train.max_steps=$pretrain_steps" \
+    "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
+  touch "$exp_dir/.hubert_$name.done"
+}
+
+log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
+targets "$it1_features" features 1
+iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]"
+log "hubert iteration 2: k-means (K=$k) of iteration 1's $layer -> pretrain"
+targets "$exp_dir/hubert_it1/encoder" "$layer" 2
+iteration it2 "$exp_dir/hubert" "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]"
+echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
