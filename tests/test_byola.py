@@ -4,7 +4,6 @@ augmented views, collapse warning, and a tiny pretraining run with bit-exact res
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -84,11 +83,17 @@ def test_views_differ_and_segments_are_windows_of_the_utterance():
     assert abs(float(v1.mean())) < 1e-4 and float(v1.std()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_collapse_is_a_warning(caplog):
-    model = small(collapse_std=1e9).train()
-    caplog.set_level(logging.WARNING)
-    model.loss(speech_batch([16000, 12000]))
-    assert "byola: representation collapse" in caplog.text
+def test_collapse_watch_reads_the_online_embeddings():
+    from speechssl.train.diagnostics import health_warnings
+
+    model = small().train()
+    out = model.loss(speech_batch([16000, 12000]))
+    assert out.metrics["embed_dim"] == 32.0 and out.metrics["embed_eff_rank"] > 1.5
+    assert not health_warnings(out.metrics)
+    with torch.no_grad():  # a dead encoder: every embedding the same
+        model.encoder.fc2.weight.zero_()
+        model.encoder.fc2.bias.fill_(1.0)
+    assert "embed_eff_rank" in health_warnings(model.loss(speech_batch([16000, 12000])).metrics)
 
 
 def test_tiny_run_resumes_bit_exactly_and_releases_without_teacher_or_memory(tmp_path):
@@ -113,4 +118,4 @@ def test_tiny_run_resumes_bit_exactly_and_releases_without_teacher_or_memory(tmp
     enc = load_encoder(str(tmp_path / "ref" / "encoder"))
     assert enc.layer_names == ["latent", "conv_2", "conv_3", "fc_1", "fc_2", "context"] and enc.frame_shift == 1280
     records = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
-    assert all("embed_std" in r for r in records if r.get("split") == "train")
+    assert all("embed_eff_rank" in r for r in records if r.get("split") == "train")

@@ -218,3 +218,19 @@ def test_bf16_autocast_keeps_an_fp32_loss_and_an_fp32_teacher():
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     model.step_update(1)
     assert all(p.dtype == torch.float32 for p in model.teacher.parameters())
+
+
+def test_teacher_with_its_own_feature_encoder_and_release_teacher(tmp_path):
+    model = small(ema_feature_encoder=True, release="teacher").train()
+    assert any(k.startswith("teacher.module.feature_encoder.") for k in model.state_dict())
+    model.loss(speech_batch([9000, 7000])).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    model.step_update(1)
+    released = model.released_state_dict()
+    assert not any(k.startswith("teacher.") for k in released)
+    for key in ("feature_encoder.layers.0.conv.weight", "context.layers.0.ffn.fc1.weight"):
+        assert torch.equal(released[key], model.state_dict()["teacher.module." + key])
+        assert not torch.equal(released[key], model.state_dict()[key])

@@ -31,14 +31,14 @@ poolings); ``latent`` / ``conv_2`` / ``conv_3`` = conv block 1 / 2 / 3 (channels
 the pooled utterance embedding (max + mean over the valid frames) repeated at every frame. Padding
 frames are zeroed before every convolution, so batched output equals single-utterance output.
 
-Metrics: ``loss``, ``cos`` (mean online/target cosine), ``mixup_ratio``, ``embed_std`` (std over the
-batch of the online embedding, averaged over dimensions; ~0: collapse, warned), ``ema_decay``.
+Metrics: ``loss``, ``cos`` (mean online/target cosine), ``mixup_ratio``, ``ema_decay`` and the view-based
+families' collapse watch ``embed_std_mean`` / ``embed_std_min`` / ``embed_eff_rank`` / ``embed_dim`` of the
+online embeddings (:func:`speechssl.train.diagnostics.embedding_health`; the Trainer's health watch warns).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -52,8 +52,6 @@ from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.ema import EMATeacher, check_ema_config, released_state
 from speechssl.modules.padding import lengths_to_mask
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -80,7 +78,6 @@ class BYOLAConfig:
     ema_end: float = 0.99
     ema_anneal_steps: int = 0
     release: Literal["student", "teacher"] = "student"
-    collapse_std: float = 1.0e-3  # warn when the batch std of the online embedding falls below this
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
@@ -193,7 +190,6 @@ class BYOLAModel(SSLModel):
         # the target network follows in train mode (batch statistics, dropout), as BYOL's does
         self.teacher = EMATeacher(self._ema_source(), config.ema_start, config.ema_end, config.ema_anneal_steps,
                                   train_mode=True)
-        self._calls_since_warning = 10**9
 
     def _ema_source(self) -> nn.Module:
         return nn.ModuleDict({"encoder": self.encoder, "projector": self.projector})
@@ -287,15 +283,10 @@ class BYOLAModel(SSLModel):
         target = torch.cat([target[half:], target[:half]])  # view 1 predicts view 2's target and back
         cos = F.cosine_similarity(pred.float(), target.float(), dim=-1)
         loss = (2 - 2 * cos).view(2, half).sum(0).mean()
-        embed_std = float(emb.detach().float().std(0).mean()) if emb.shape[0] > 1 else 0.0
+        from speechssl.train.diagnostics import embedding_health
+
         metrics = {"loss": float(loss.detach()), "cos": float(cos.detach().mean()), "mixup_ratio": (r1 + r2) / 2,
-                   "embed_std": embed_std, "ema_decay": float(self.teacher.decay)}
-        self._calls_since_warning += 1
-        if embed_std < self.config.collapse_std and self._calls_since_warning >= 100:
-            log.warning("byola: representation collapse: the online embedding's std over the batch is %.2e (threshold "
-                        "%.1e) while the loss is %.4g; try a lower lr or a slower EMA (higher ema_start)",
-                        embed_std, self.config.collapse_std, metrics["loss"])
-            self._calls_since_warning = 0
+                   "ema_decay": float(self.teacher.decay), **embedding_health(emb.detach())}
         return LossOutput(loss=loss.float(), metrics=metrics)
 
 

@@ -13,12 +13,15 @@ Numbers and where they come from (all in ``metrics.jsonl``):
 ``codebook_usage``                 share of codewords chosen in the batch
 ``mask_ratio``                     wav2vec 2.0: share of valid frames actually masked
 ``acc_k<k>``                       CPC: InfoNCE accuracy k steps ahead
-``embed_std_mean``, ``embed_eff_rank``  view-based models (SimCLR, Barlow Twins): per-dimension std
+``embed_std_mean``, ``embed_eff_rank``  view-based models (SimCLR, Barlow Twins, BYOL-A): per-dim. std
                                    of the batch's normalised pooled embeddings, their effective rank
 ``recon_masked``                   TERA / MAE: reconstruction error on the masked (altered) frames
 ``recon_unmasked``                 ... on the frames the model saw unaltered (copying them is easy)
 ``recon_baseline``                 ... of predicting the mean (0 after CMVN / token normalisation)
                                    on the masked frames; ``recon_masked`` must fall below it
+``target_var*``, ``teacher_var``,  data2vec 2.0: variance over frames of the targets (per block:
+``student_var``, ``pred_var``      ``target_var_layer_<k>``) and of the networks' outputs; ~0: collapse
+``ema_decay``                      teacher-student families (data2vec 2.0, BYOL-A): the EMA teacher's decay
 =================================  ==========================================================
 
 :class:`HealthWatch` turns a record into one plain warning line per number that went bad
@@ -115,7 +118,7 @@ def block_grad_norms(model: torch.nn.Module, total: float | None = None) -> dict
     """
     norms = {}
     for name, child in model.named_children():
-        params = list(child.parameters())
+        params = [p for p in child.parameters() if p.requires_grad]  # not a frozen EMA teacher
         if params:
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             norms[name] = float(torch.stack(grads).norm()) if grads else 0.0
@@ -209,9 +212,9 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     for r in records:
         for k, v in r.items():
             healthy = (k.startswith(("health/", "grad_norm", "code_perplexity", "prob_perplexity", "acc", "recon_",
-                                     "embed_"))
+                                     "target_var", "embed_"))
                        or k in ("loss", "codebook_usage", "mask_ratio", "temperature", "alter_ratio", "align",
-                                "uniform", "num_negatives"))
+                                "uniform", "num_negatives", "teacher_var", "student_var", "pred_var", "ema_decay"))
             if healthy and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                 keys.append(k)
     return keys
