@@ -144,6 +144,9 @@ def peer_rows(peers: dict) -> list[tuple[str, str, str, str]]:
             continue
         target = sec.get("target_speedup")
         for dtype, r in sec.get("rows", {}).items():
+            if "error" in r:
+                out.append((f"{fam} {dtype} step vs peer", "error", f">= {target}x", "not measured"))
+                continue
             c = r["check"]
             theirs = c.get("theirs_loss_per_masked_frame", c.get("theirs_loss"))
             what = (f"{fam} {sec['size']} training step {dtype} vs {sec['peer']} (batch {sec['batch'][0]} x "

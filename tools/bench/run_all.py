@@ -72,8 +72,9 @@ def sizes(quick: bool) -> dict:
                 "families": {"families": ["logmel", "fbank", "wav2vec2"], "short_seconds": 10.0,
                              "long_minutes": 1.0, "long_families": ["logmel", "wav2vec2"]},
                 "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
-                "peers": {"wav2vec2": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2},
-                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2}},
+                "peers": {"wav2vec2": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2,
+                                       "dtypes": ["fp32", "bf16"]},
+                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2, "dtypes": ["fp32"]}},
                 "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 2, "crop_seconds": 1.0,
                             "repeats": 2},
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
@@ -86,8 +87,9 @@ def sizes(quick: bool) -> dict:
                          "short_seconds": 60.0,
                          "long_minutes": 10.0, "long_families": ["logmel", "wav2vec2"]},
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
-            "peers": {"wav2vec2": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5},
-                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5}},
+            "peers": {"wav2vec2": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5,
+                                   "dtypes": ["fp32", "bf16"]},
+                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5, "dtypes": ["fp32"]}},
             "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 4, "crop_seconds": 2.0,
                         "repeats": 5},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
@@ -166,6 +168,22 @@ def section_scaling(cfg: dict, args, work: Path) -> dict:
     return out
 
 
+def section_peers(cfg: dict, args, results: dict, save) -> dict:
+    """One child per family and dtype (a slow bf16 row cannot lose the fp32 one); saved after each."""
+    out: dict = {}
+    results["peers"] = out
+    for fam, spec in cfg["peers"].items():
+        for dtype in spec["dtypes"]:
+            part = run_child("peers", f"{fam}_rows", {**spec, "dtypes": [dtype], "threads": args.threads})
+            if "error" in part:
+                out.setdefault(fam, {}).setdefault("rows", {})[dtype] = {"error": part["error"]}
+            else:
+                rows = {**out.get(fam, {}).get("rows", {}), **part.pop("rows")}
+                out[fam] = {**part, "rows": rows}
+            save()
+    return out
+
+
 def section_profile(cfg: dict, args, out_dir: Path) -> dict:
     runs = {}
     for family, size, batch_size, crop, mode, steps in cfg["profile"]:
@@ -232,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "pretrain":
             results[section] = run_child("pretrain", "throughput", {**cfg["pretrain"], "threads": args.threads})
         elif section == "peers":
-            results[section] = {fam: run_child("peers", f"{fam}_rows", {**spec, "threads": args.threads})
-                                for fam, spec in cfg["peers"].items()}
+            results[section] = section_peers(cfg, args, results, save)
         elif section == "compile":
             spec = {k: v for k, v in cfg["compile"].items() if k != "families"}
             results[section] = {fam: run_child("compiled", "family_compile", {**spec, "family": fam, "threads": args.threads})
