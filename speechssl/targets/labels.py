@@ -142,3 +142,33 @@ def collate_targets(items: Sequence[np.ndarray]) -> torch.Tensor:
     for i, v in enumerate(items):
         out[i, : len(v)] = torch.from_numpy(v)
     return out
+
+
+def open_training_targets(folders: Sequence[str], model: Any, model_name: str,
+                          max_steps: int) -> FrameTargets | None:
+    """The frame targets of a pretraining run's ``data.targets`` (HuBERT), checked against the model's
+    target sets; None for a model without targets, or for a random-init control (``max_steps == 0``),
+    which is released without ever reading one. A mismatch either way is a ConfigError saying what to do."""
+    from speechssl.config import ConfigError
+
+    takes = hasattr(model, "target_specs")
+    if not folders and (not takes or max_steps == 0):
+        return None
+    if not takes:
+        raise ConfigError(f"data.targets={list(folders)}: model {model_name!r} takes no frame targets; remove it")
+    if not folders:
+        raise ConfigError(
+            f"model {model_name!r} learns from frame targets but data.targets is empty: fit and assign them "
+            "with `speechssl targets kmeans ...` and `speechssl targets assign ... --out DIR`, then pass "
+            "data.targets=[DIR]")
+    return FrameTargets.open(folders, model)
+
+
+def check_resume_targets(where: str, saved: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse to resume a checkpoint trained on other k-means targets (provenance lists as saved)."""
+    from speechssl.config import ConfigError
+
+    old, new = [t.get("hash") for t in saved], [t["hash"] for t in current]
+    if old != new:
+        raise ConfigError(f"{where} was trained on targets of k-means {old}, data.targets now gives {new}: "
+                          "resuming on other targets would mix two label sets; use a new --exp folder")

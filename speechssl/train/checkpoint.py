@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import speechssl
+from speechssl.config import ConfigError, to_dict
 from speechssl.utils import atomic_path, free_space
 
 log = logging.getLogger(__name__)
@@ -267,3 +268,18 @@ def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: s
             f"unexpected {sorted(unexpected)[:10]}"
         )
     return what
+
+
+def as_float(v: Any) -> float:
+    """A logged number: a tensor (any dtype/device) or a Python number -> float."""
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Resuming needs the same model config. Fields the saved config lacks (added to the family
+    since, with their defaults) are accepted."""
+    current = to_dict(current)
+    diff = sorted(k for k in saved if saved[k] != current.get(k, saved[k]) or k not in current)
+    if diff:
+        raise ConfigError(f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
+                          "use a new --exp folder, or --init-from to start from those weights")

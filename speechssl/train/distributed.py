@@ -21,6 +21,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from speechssl.config import ConfigError
+
 
 @dataclasses.dataclass
 class DistInfo:
@@ -79,3 +81,12 @@ def gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def resolve_device(kind: str) -> torch.device:
+    """train.device (auto | cpu | cuda) -> the torch device, or a ConfigError when CUDA is missing."""
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(kind)

@@ -38,11 +38,19 @@ from speechssl.compilation import compile_model
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
+from speechssl.targets.labels import check_resume_targets, open_training_targets
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
+from speechssl.train.checkpoint import refuse_other_model as _refuse_other_model
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.diagnostics import HealthWatch, block_grad_norms
-from speechssl.train.distributed import all_reduce_max, barrier, gather_objects, init_distributed
+from speechssl.train.distributed import (
+    all_reduce_max,
+    barrier,
+    gather_objects,
+    init_distributed,
+    resolve_device,
+)
 from speechssl.train.metrics import MetricsLogger, merge_train_windows, plot_loss_curve
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.probe import LiveProbe
@@ -87,28 +95,6 @@ class _LossModule(nn.Module):
         return out.loss, out.metrics
 
 
-def _resolve_device(kind: str) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(kind)
-
-
-def _to_float(v: Any) -> float:
-    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
-
-
-def _refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    """Resuming needs the same model config. Fields the saved config lacks (added to the family
-    since, with their defaults) are accepted."""
-    current = to_dict(current)
-    diff = sorted(k for k in saved if saved[k] != current.get(k, saved[k]) or k not in current)
-    if diff:
-        raise ConfigError(f"{where} holds checkpoints of a different model config (differs in: {', '.join(diff)}); "
-                          "use a new --exp folder, or --init-from to start from those weights")
-
-
 class Trainer:
     """Builds data, model, optimiser and logs from a :class:`PretrainConfig`; :meth:`run` trains."""
 
@@ -141,7 +127,7 @@ class Trainer:
         from speechssl.models.base import MODELS
 
         tc = self.cfg.train
-        self.device = _resolve_device(tc.device)
+        self.device = resolve_device(tc.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         if tc.precision == "fp16" and self.device.type != "cuda":
@@ -226,22 +212,8 @@ class Trainer:
         self.health = HealthWatch()
 
     def _open_targets(self):
-        """Frame targets of ``data.targets`` (HuBERT), checked against the model's target sets; None without."""
-        folders = self.cfg.data.targets
-        takes = hasattr(self.model, "target_specs")
-        if not folders and (not takes or self.cfg.train.max_steps == 0):
-            return None  # a random-init control (max_steps=0) is released without ever reading a target
-        if not takes:
-            raise ConfigError(f"data.targets={folders}: model {self.model_name!r} takes no frame targets; remove it")
-        if not folders:
-            raise ConfigError(
-                f"model {self.model_name!r} learns from frame targets but data.targets is empty: fit and assign them "
-                "with `speechssl targets kmeans ...` and `speechssl targets assign ... --out DIR`, then pass "
-                "data.targets=[DIR]")
-        from speechssl.targets.labels import FrameTargets
-
-        targets = FrameTargets.open(folders, self.model)
-        for p in targets.provenance():
+        targets = open_training_targets(self.cfg.data.targets, self.model, self.model_name, self.cfg.train.max_steps)
+        for p in targets.provenance() if targets is not None else []:
             self._info(f"targets: {p['folder']} (k-means {p['hash']}, k={p['k']}, {16000 / p['frame_shift']:g} Hz, "
                        f"from {p['features']} {p['layer']})")
         return targets
@@ -272,11 +244,7 @@ class Trainer:
 
     def _load_resume_state(self, path: Path, state: dict[str, Any]) -> None:
         _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model_dict(), str(path))
-        old = [t.get("hash") for t in state.get("targets") or []]
-        new = [t["hash"] for t in self._targets_provenance()]
-        if old != new:
-            raise ConfigError(f"{path} was trained on targets of k-means {old}, data.targets now gives {new}: "
-                              "resuming on other targets would mix two label sets; use a new --exp folder")
+        check_resume_targets(str(path), state.get("targets") or [], self._targets_provenance())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -365,12 +333,12 @@ class Trainer:
                         loss, m = out.loss, out.metrics
                 loss = loss.float()
                 self.scaler.scale(loss / n).backward()
-            value = _to_float(loss)
+            value = ckpt_io.as_float(loss)
             if not math.isfinite(value):
                 bad_ids.extend(batch["ids"])
             losses.append(value)
             for k, v in m.items():
-                metrics.setdefault(k, []).append(_to_float(v))
+                metrics.setdefault(k, []).append(ckpt_io.as_float(v))
             seconds += float(batch["lengths"].sum()) / 16000.0
         return {"losses": losses, "metrics": {k: sum(v) / len(v) for k, v in metrics.items()},
                 "bad_ids": bad_ids, "seconds": seconds}
@@ -387,7 +355,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else float("inf"))
-        grad_norm = _to_float(grad_norm)
+        grad_norm = ckpt_io.as_float(grad_norm)
         loss_bad, grad_bad = all_reduce_max(
             [float(bool(res["bad_ids"])), float(not math.isfinite(grad_norm))], self.dist, self.device)
         res["grad_norm"] = grad_norm
@@ -434,7 +402,7 @@ class Trainer:
                     out = self.model.loss(batch)
                 w = len(batch["ids"])
                 for k, v in {"loss": out.loss, **out.metrics}.items():
-                    total[k] = total.get(k, 0.0) + _to_float(v) * w
+                    total[k] = total.get(k, 0.0) + ckpt_io.as_float(v) * w
                 count += w
         self.model.train()
         parts = gather_objects((total, count), self.dist)
