@@ -134,6 +134,59 @@ class SSLModel(nn.Module, abc.ABC):
         return list(missing)
 
 
+def transformer_layer_names(num_blocks: int) -> list[str]:
+    """The named layers of a frame encoder followed by ``num_blocks`` transformer blocks."""
+    return ["latent", *(f"layer_{i + 1}" for i in range(num_blocks)), "context"]
+
+
+class TransformerLayers:
+    """``layer_names`` of a model whose transformer blocks are ``self.encoder.layers`` (override
+    :attr:`num_blocks` when they live elsewhere)."""
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.encoder.layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return transformer_layer_names(self.num_blocks)
+
+
+class FeatureEncoderFrames(TransformerLayers):
+    """Frame arithmetic of ``self.frontend`` followed by a strided ``self.feature_encoder`` (with
+    ``receptive_field`` and ``stride`` in frontend frames and ``out_lengths``): wav2vec 2.0, HuBERT,
+    data2vec 2.0. Mix in before :class:`SSLModel`."""
+
+    @property
+    def min_samples(self) -> int:
+        return int(self.frontend.frame_length + (self.feature_encoder.receptive_field - 1) * self.frontend.frame_shift)
+
+    @property
+    def frame_shift(self) -> int:
+        return int(self.frontend.frame_shift * self.feature_encoder.stride)
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid frames for ``num_samples`` [batch] samples (frontend then feature-encoder formula)."""
+        return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
+
+
+class StackedFrames(TransformerLayers):
+    """Frame arithmetic of ``self.frontend`` frames stacked ``config.stack_frames`` at a time (BEST-RQ,
+    TERA). Mix in before :class:`SSLModel`."""
+
+    @property
+    def min_samples(self) -> int:
+        return int(self.frontend.frame_length + (self.config.stack_frames - 1) * self.frontend.frame_shift)
+
+    @property
+    def frame_shift(self) -> int:
+        return int(self.frontend.frame_shift * self.config.stack_frames)
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid model frames for ``num_samples`` [batch] samples."""
+        return torch.div(self.frontend.num_frames(num_samples), self.config.stack_frames, rounding_mode="floor")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     config_cls: type

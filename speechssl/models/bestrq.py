@@ -45,7 +45,7 @@ from torch import nn
 
 from speechssl.features.base import build_frontend
 from speechssl.features.cmvn import CMVNFrontend
-from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, StackedFrames
 from speechssl.modules.linear import Linear
 from speechssl.modules.masked_prediction import LinearHead, masked_prediction_loss
 from speechssl.modules.masking import span_mask
@@ -144,7 +144,7 @@ def bestrq_tiny() -> BestRQConfig:
     )
 
 
-class BestRQModel(SSLModel):
+class BestRQModel(StackedFrames, SSLModel):
     """BEST-RQ (see the module docstring). Build with :func:`build_bestrq`."""
 
     name = "bestrq"
@@ -161,22 +161,6 @@ class BestRQModel(SSLModel):
         self._calls_since_warning = 10**9
 
     # ---- contract properties -------------------------------------------------------------
-    @property
-    def min_samples(self) -> int:
-        return int(self.frontend.frame_length + (self.config.stack_frames - 1) * self.frontend.frame_shift)
-
-    @property
-    def frame_shift(self) -> int:
-        return int(self.frontend.frame_shift * self.config.stack_frames)
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
-
-    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Valid model frames for ``num_samples`` [batch] samples."""
-        return torch.div(self.frontend.num_frames(num_samples), self.config.stack_frames, rounding_mode="floor")
-
     # ---- shared feature path -------------------------------------------------------------
     def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""

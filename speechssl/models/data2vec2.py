@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from speechssl.features.base import build_frontend
-from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
 from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection, GradMultiply
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.conv_stacks import ConvDecoder1d, PositionalConvStack
@@ -235,7 +235,7 @@ def _frame_var(x: torch.Tensor) -> float:
     return float(x.detach().float().var(0).mean()) if x.shape[0] > 1 else 0.0
 
 
-class Data2Vec2Model(SSLModel):
+class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
     """data2vec 2.0 / 1.0 (see the module docstring). Build with :func:`build_data2vec2`."""
 
     name = "data2vec2"
@@ -255,8 +255,6 @@ class Data2Vec2Model(SSLModel):
         copy_keys = [f"pos_conv.{n}" for n, _ in context.pos_conv.named_parameters()] if config.variant == "data2vec" else []
         self.teacher = EMATeacher(self._ema_source(), config.ema_start, config.ema_end, config.ema_anneal_steps,
                                   copy_keys=copy_keys)
-        self._min_samples = frontend.frame_length + (feature_encoder.receptive_field - 1) * frontend.frame_shift
-        self._frame_shift = frontend.frame_shift * feature_encoder.stride
         self._calls_since_warning = 10**9
 
     def _ema_source(self) -> nn.Module:
@@ -269,19 +267,8 @@ class Data2Vec2Model(SSLModel):
 
     # ---- contract properties -------------------------------------------------------------
     @property
-    def min_samples(self) -> int:
-        return self._min_samples
-
-    @property
-    def frame_shift(self) -> int:
-        return self._frame_shift
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.context.layers))), "context"]
-
-    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
+    def num_blocks(self) -> int:
+        return len(self.context.layers)
 
     def step_update(self, step: int) -> None:
         self.teacher.update(self._ema_source(), step)

@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from speechssl.features.base import build_frontend
-from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
 from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection, GradMultiply
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear
@@ -223,7 +223,7 @@ class CosineHead(DiscreteTargetHead):
         return out
 
 
-class HubertModel(SSLModel):
+class HubertModel(FeatureEncoderFrames, SSLModel):
     """HuBERT (see the module docstring). Build with :func:`build_hubert`."""
 
     name = "hubert"
@@ -237,32 +237,14 @@ class HubertModel(SSLModel):
         self.mask_emb = nn.Parameter(torch.empty(config.embed_dim).uniform_())
         self.encoder = encoder
         self.head = head
-        self._min_samples = int(frontend.frame_length + (feature_encoder.receptive_field - 1) * frontend.frame_shift)
-        self._frame_shift = int(frontend.frame_shift * feature_encoder.stride)
         for k, shift in enumerate(config.label_frame_shifts):
-            if self._frame_shift % shift:
+            if self.frame_shift % shift:
                 raise ValueError(
                     f"model.label_frame_shifts[{k}] = {shift} samples ({16000 / shift:g} Hz labels) does not divide the "
-                    f"model's frame shift of {self._frame_shift} samples ({16000 / self._frame_shift:g} Hz frames); "
+                    f"model's frame shift of {self.frame_shift} samples ({16000 / self.frame_shift:g} Hz frames); "
                     "labels must come at the model's frame rate or an integer multiple of it")
 
     # ---- contract properties -------------------------------------------------------------
-    @property
-    def min_samples(self) -> int:
-        return self._min_samples
-
-    @property
-    def frame_shift(self) -> int:
-        return self._frame_shift
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
-
-    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Valid frames for ``num_samples`` [batch] samples (frontend then feature-encoder formula)."""
-        return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
-
     def target_specs(self) -> list[tuple[int, int]]:
         """``(num_classes, label_frame_shift)`` of every target set the loss expects, in order."""
         return list(zip(self.config.num_classes, self.config.label_frame_shifts))

@@ -48,7 +48,7 @@ from speechssl.config import check_finite
 from speechssl.features.base import build_frontend, frame_signal
 from speechssl.features.cmvn import CMVNFrontend, utterance_cmvn
 from speechssl.features.logmel import analysis_window
-from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, StackedFrames
 from speechssl.modules.alterations import alter
 from speechssl.modules.linear import Linear
 from speechssl.modules.padding import lengths_to_mask
@@ -167,7 +167,7 @@ def log_linear_spectrogram(wavs: torch.Tensor, frame_length: int, frame_shift: i
     return torch.fft.rfft(x).abs().square().clamp(min=1e-6).log()
 
 
-class TERAModel(SSLModel):
+class TERAModel(StackedFrames, SSLModel):
     """TERA / Mockingjay (see the module docstring). Build with :func:`build_tera`."""
 
     name = "tera"
@@ -181,22 +181,6 @@ class TERAModel(SSLModel):
         self.head = head
 
     # ---- contract properties -------------------------------------------------------------
-    @property
-    def min_samples(self) -> int:
-        return int(self.frontend.frame_length + (self.config.stack_frames - 1) * self.frontend.frame_shift)
-
-    @property
-    def frame_shift(self) -> int:
-        return int(self.frontend.frame_shift * self.config.stack_frames)
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
-
-    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Valid model frames for ``num_samples`` [batch] samples."""
-        return torch.div(self.frontend.num_frames(num_samples), self.config.stack_frames, rounding_mode="floor")
-
     # ---- shared feature path -------------------------------------------------------------
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
         k = self.config.stack_frames

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from speechssl.features.base import build_frontend
-from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.contrastive import contrastive_loss
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear
@@ -179,7 +179,7 @@ class FeatureProjection(nn.Module):
         return self.dropout(self.projection(self.layer_norm(x)))
 
 
-class Wav2Vec2Model(SSLModel):
+class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
     """wav2vec 2.0 (see the module docstring). Build with :func:`build_wav2vec2`."""
 
     name = "wav2vec2"
@@ -197,27 +197,9 @@ class Wav2Vec2Model(SSLModel):
         self.target_dropout = nn.Dropout(config.target_dropout)
         self.project_q = project_q
         self.final_proj = final_proj
-        self._min_samples = frontend.frame_length + (feature_encoder.receptive_field - 1) * frontend.frame_shift
-        self._frame_shift = frontend.frame_shift * feature_encoder.stride
         self._calls_since_warning = 10**9
 
     # ---- contract properties -------------------------------------------------------------
-    @property
-    def min_samples(self) -> int:
-        return self._min_samples
-
-    @property
-    def frame_shift(self) -> int:
-        return self._frame_shift
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["latent", *(f"layer_{i + 1}" for i in range(len(self.encoder.layers))), "context"]
-
-    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Valid frames for ``num_samples`` [batch] samples (frontend then conv frame formula)."""
-        return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
-
     def step_update(self, step: int) -> None:
         self.quantizer.set_step(step)
 
