@@ -86,24 +86,26 @@ compare_encoders() {
   speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
 }
 
-# Run `speechssl pretrain ...` with the chosen launcher; the effective batch (seconds of audio)
+# Run `speechssl VERB ...` with the chosen launcher: pretraining, and the verbs that shard their
+# input over ranks (extract, targets assign). For pretraining the effective batch (seconds of audio)
 # stays the same at any world size because the Trainer derives accumulation from it.
-pretrain() {
+launch() {
   local nproc=$ngpu
   [ "$nproc" -gt 0 ] || nproc=1
   case "$launcher" in
     local)
-      speechssl pretrain "$@" ;;
+      speechssl "$@" ;;
     torchrun)
       torchrun --nnodes "$nnodes" --nproc_per_node "$nproc" --rdzv_backend c10d \
-        --rdzv_endpoint "$master_addr:$master_port" -m speechssl.cli.main pretrain "$@" ;;
+        --rdzv_endpoint "$master_addr:$master_port" -m speechssl.cli.main "$@" ;;
     slurm)
       # One task per node; torchrun starts the per-node processes. Run inside an allocation:
       #   salloc -N 2 --gpus-per-node 8 bash run.sh --launcher slurm --nnodes 2 --ngpu 8
       local head
       head=$(scontrol show hostnames "${SLURM_JOB_NODELIST:?run inside a SLURM allocation}" | head -n 1)
       srun --nodes "$nnodes" --ntasks-per-node 1 torchrun --nnodes "$nnodes" --nproc_per_node "$nproc" \
-        --rdzv_backend c10d --rdzv_endpoint "$head:$master_port" -m speechssl.cli.main pretrain "$@" ;;
+        --rdzv_backend c10d --rdzv_endpoint "$head:$master_port" -m speechssl.cli.main "$@" ;;
     *) die "unknown launcher '$launcher' (local, torchrun, slurm)" ;;
   esac
 }
+pretrain() { launch pretrain "$@"; }

@@ -6,6 +6,7 @@ checkout; overrides shrink every training to a few steps.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,6 +54,28 @@ def test_librispeech_ssl(workdir, tmp_path):
     # Rerunning skips every finished stage.
     again = run_recipe(workdir, "librispeech/ssl", "--corpus", str(corpus))
     assert again.stderr.count("(done, skipped") == 4
+
+
+def test_librispeech_hubert_runs_both_iterations_as_stages(workdir, tmp_path):
+    corpus = make_librispeech(tmp_path / "corpus", seconds=1.5)
+    run_recipe(
+        workdir, "librispeech/ssl", "--corpus", str(corpus), "--hubert", "true",
+        "--config", "../../../recipes/pretrain/hubert_tiny.yaml", "--k1", "4", "--k2", "3", "--it2_layer", "layer_1",
+        "--sample_hours", "0.01", "--n_init", "1",
+        "--overrides", "train.max_steps=2 train.valid_every=1 train.log_every=1 data.max_batch_seconds=3.0",
+    )
+    exp = workdir / "egs/librispeech/ssl/exp"
+    it1 = json.loads((exp / "hubert_it1/targets/kmeans/kmeans.json").read_text())
+    it2 = json.loads((exp / "hubert/targets/kmeans/kmeans.json").read_text())
+    assert (it1["k"], it1["features"]["features"], it1["features"]["frame_shift"]) == (4, "mfcc", 160)
+    assert (it2["k"], it2["features"]["layer"], it2["features"]["frame_shift"]) == (3, "layer_1", 320)
+    assert it2["features"]["features"].endswith("hubert_it1/encoder")
+    for folder in ("hubert_it1", "hubert"):
+        assert (exp / folder / "encoder/model.safetensors").is_file()
+    assert (exp / "hubert/feats_dev/index.tsv").is_file()
+    # the second iteration trained on the second k-means' 3 classes
+    cfg = json.loads((exp / "hubert/encoder/config.json").read_text())
+    assert cfg["model"]["num_classes"] == [3] and cfg["model"]["label_frame_shifts"] == [320]
 
 
 def test_iemocap_er(workdir, tmp_path):
