@@ -183,7 +183,8 @@ def decide() -> Decision:
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
         # pure PyTorch ops plus the matmuls checked above (the same transposed-stride calls)
-        gru, reasons["fast_gru"] = True, "on by default (its matmuls follow onednn_linear)"
+        gru, reasons["fast_gru"] = True, ("on for training (its matmuls follow onednn_linear); forward-only runs "
+                                          "take nn.GRU, faster without a backward")
     for kernel, on in (("onednn_linear", onednn), ("fast_gru", gru)):
         if not on and "environment" not in reasons[kernel]:
             log.info("%s off: %s", kernel, reasons[kernel])

@@ -91,7 +91,12 @@ def test_gru_is_an_nn_gru_and_falls_back_where_the_fast_path_does_not_apply(monk
         torch.testing.assert_close(fast(x)[0], ref(x)[0])
     with accel.use(fast_gru=False):
         torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    with torch.no_grad():  # forward only: nn.GRU's C++ loop is the faster one
+        torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    fast.requires_grad_(False)  # frozen weights and an input without a gradient: nothing to backpropagate
+    torch.testing.assert_close(fast(x)[0], ref(x)[0])
     assert used == []
+    fast.requires_grad_(True)
     torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
     assert used == [1]
     monkeypatch.setenv("SPEECHSSL_FAST_GRU", "0")
