@@ -124,3 +124,15 @@ def test_paired_steps_data2vec2_vs_wav2vec2_rows():
     assert 0 < d2v["fraction_of_matmul_peak"] < 1.5 and 0 < w2v["fraction_of_matmul_peak"] < 1.5
     assert out["data2vec2_over_wav2vec2_audio_s_per_s"] == pytest.approx(d2v["audio_s_per_s"] / w2v["audio_s_per_s"],
                                                                          rel=1e-2)
+
+
+def test_results_md_has_rows_for_the_new_sections(exp_dir, tmp_path):
+    import report
+
+    results = {"quality": quality.build({"exp_dir": str(exp_dir), "out": str(tmp_path / "q")}),
+               "kmeans": kmeans.fit_assign({"threads": 1, "hours": [0.005, 0.01], "k": 8, "n_init": 1}),
+               "data2vec": {"base": {"error": "killed"}}}
+    text = "\n".join(" | ".join(r) for r in report.rows(results))
+    assert "time to quality apc" in text and "speaker 0.3 -> 0.6" in text
+    assert "k-means K=8" in text and "k-means at x2" in text
+    assert "data2vec 2.0 vs wav2vec 2.0 base | error" in text

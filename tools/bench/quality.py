@@ -185,6 +185,7 @@ def plot(result: dict, path: Path) -> None:
     positive = [p["cpu_minutes"] for c in result["families"].values() for p in c["points"] if p["cpu_minutes"] > 0]
     left = min(positive) / 2 if positive else 0.1
     for ax, label in zip(axes[0], labels):
+        ax.set_prop_cycle(color=list(plt.cm.tab20.colors))  # 11+ families: distinct colours
         chance = None
         for name, c in result["families"].items():
             pts = [p for p in c["points"] if label in p]
