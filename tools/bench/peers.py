@@ -562,7 +562,8 @@ def hubert_rows(spec: dict) -> dict:
     cfg = hubert_config(spec["size"])
     import torchaudio
 
-    out = {"peer": "torchaudio.models.hubert_pretrain_base() + examples/hubert hubert_loss", "size": spec["size"],
+    peer = "hubert_pretrain_base()" if spec["size"] == "base" else "hubert_pretrain_model() (tiny)"
+    out = {"peer": f"torchaudio.models.{peer} + examples/hubert hubert_loss", "size": spec["size"],
            "torchaudio": torchaudio.__version__, "batch": [spec["batch_size"], spec["crop_seconds"]],
            "target_speedup": TARGETS["hubert"], "kernels": accel.decision().as_dict(), "rows": {}}
     for dtype in spec.get("dtypes", ["fp32", "bf16"]):
