@@ -59,6 +59,16 @@ def sample_records(records: list[dict], hours: float, seed: int) -> list[dict]:
     return out
 
 
+def minibatch_kmeans(k: int, frames: int, seed: int = 0, batch_size: int = 10000, max_iter: int = 100,
+                     n_init: int = 20):
+    """The scikit-learn ``MiniBatchKMeans`` of :func:`fit_kmeans` (fairseq's settings) for ``frames`` frames."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    return MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=max_iter, batch_size=batch_size, tol=0.0,
+                           max_no_improvement=100, n_init=n_init, reassignment_ratio=0.0,
+                           init_size=min(frames, max(3 * k, batch_size)), random_state=seed)
+
+
 def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str | Path, k: int = 100,
                sample_hours: float = 1.0, seed: int = 0, batch_size: int = 10000, max_iter: int = 100,
                n_init: int = 20, batch_seconds: float = 60.0, device: str = "cpu") -> dict[str, Any]:
@@ -66,8 +76,6 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
 
     Returns the ``kmeans.json`` contents. Raises ValueError for k < 2 or fewer sampled frames than k.
     """
-    from sklearn.cluster import MiniBatchKMeans
-
     if k < 2:
         raise ValueError(f"--k must be >= 2, got {k}")
     if sample_hours <= 0:
@@ -84,9 +92,7 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
                          "raise --sample-hours or lower --k")
     log.info("kmeans: %d frames of dim %d from %d utterances (%.2f h) in %.1f s; fitting k=%d", len(x), x.shape[1],
              len(sample), sum(map(record_duration, sample)) / 3600, time.monotonic() - t0, k)
-    km = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=max_iter, batch_size=batch_size, tol=0.0,
-                         max_no_improvement=100, n_init=n_init, reassignment_ratio=0.0,
-                         init_size=min(len(x), max(3 * k, batch_size)), random_state=seed)
+    km = minibatch_kmeans(k, len(x), seed, batch_size, max_iter, n_init)
     km.fit(x)
     centroids = km.cluster_centers_.astype(np.float32)
     inertia = float(-km.score(x) / len(x))

@@ -77,6 +77,56 @@ def compare_wav2vec2(spec: dict) -> dict:
     return result
 
 
+def compare_hubert(spec: dict) -> dict:
+    """spec: ``clip_seconds`` (list), ``repeats``, ``threads``, optional ``size`` (``base``: torchaudio
+    ``hubert_base()``; ``tiny``: the test size of tools/bench/peers.py).
+
+    torchaudio's ``hubert_base()`` (random init, seed 0; the encoder of ``hubert_pretrain_base()``) vs
+    our HuBERT holding its weights (``importers.from_torchaudio`` of the pretraining model around it):
+    every layer of one utterance per call (torchaudio ``extract_features``, ours ``encode``), fp32,
+    interleaved repetitions, median after warm-up; the max |difference| over every layer is recorded."""
+    import torchaudio
+
+    sys.path.insert(0, str(BENCH_DIR))
+    import peers
+
+    from speechssl.upstream.importers import from_torchaudio
+
+    torch.set_num_threads(spec["threads"])
+    size = spec.get("size", "base")
+    cfg = peers.hubert_config(size)
+    torch.manual_seed(0)
+    pretrain_model = peers.torchaudio_hubert(cfg, size)
+    if size == "base":
+        ta = torchaudio.models.hubert_base()
+        ta.load_state_dict(pretrain_model.wav2vec2.state_dict())
+    else:
+        ta = pretrain_model.wav2vec2
+    ta.eval()
+    ours = from_torchaudio(pretrain_model).eval()
+    clips = [torch.from_numpy(synth_signal(s, i)) for i, s in enumerate(spec["clip_seconds"])]
+    total = sum(c.numel() for c in clips) / SAMPLE_RATE
+
+    def run_ta():
+        return [ta.extract_features(c[None])[0] for c in clips]
+
+    def run_ours():
+        return [ours.encode(c[None], torch.tensor([c.numel()])).hidden_states[1:-1] for c in clips]
+
+    with torch.inference_mode():
+        diff = max(float((a - b).abs().max()) for x, y in zip(run_ta(), run_ours()) for a, b in zip(x, y))
+        times = compare({"speechssl": run_ours, "torchaudio": run_ta}, repeats=spec["repeats"], warmup=1)
+    summary = summarise(times, "torchaudio")
+    for kind in summary:
+        summary[kind]["rtf"] = round(summary[kind]["median_s"] / total, 5)
+    peer = "torchaudio.models.hubert_base()" if size == "base" else "torchaudio hubert_pretrain_model (tiny).wav2vec2"
+    return {"peer": f"{peer} (random init, same weights)", "size": size,
+            "audio_seconds": total, "clip_seconds": spec["clip_seconds"], "batch": 1, "layers": "every layer",
+            "max_abs_diff_every_layer": diff, "fp32": summary,
+            "speedup": summary["speechssl"]["speedup_vs_torchaudio"], "target_speedup": 1.2,
+            "meets_target": summary["speechssl"]["speedup_vs_torchaudio"] >= 1.2}
+
+
 def families(spec: dict) -> dict:
     """spec: ``families``, ``short_seconds``, ``long_minutes``, ``long_families``, ``threads``, ``workdir``, ``timeout``.
 

@@ -209,6 +209,47 @@ def throughput(spec: dict) -> dict:
     return result
 
 
+def paired_steps(spec: dict) -> dict:
+    """spec: ``threads``, ``families`` (e.g. [data2vec2, wav2vec2]), ``size``, ``batch_size``, ``crop_seconds``,
+    ``repeats``, ``matmul`` (``size``).
+
+    The training steps of several families of the same encoder size on the same batch, interleaved
+    (A, B, peak, A, B, peak, ...: a dense-matmul peak measurement after each round), after one warm-up
+    step each: median seconds per step, audio-seconds per second, FLOPs of one forward + backward
+    (:func:`count_flops`) and their rate as a fraction of the median measured peak, and each family's
+    audio-seconds per second over the first family's."""
+    from common import compare
+
+    torch.set_num_threads(spec["threads"])
+    batch = make_batch(spec["batch_size"], spec["crop_seconds"])
+    audio = spec["batch_size"] * spec["crop_seconds"]
+    models = {fam: build(fam, spec["size"]) for fam in spec["families"]}
+    steps = {fam: train_step_fn(m, batch) for fam, m in models.items()}
+    peaks: list[float] = []
+
+    def peak():
+        peaks.append(matmul_peak({"threads": spec["threads"], "size": spec["matmul"]["size"], "repeats": 2,
+                                  "dtypes": ["fp32"]})["fp32_gflops"])
+    times = compare({**steps, "_peak": peak}, repeats=spec["repeats"], warmup=1)
+    peak_gflops = median(peaks[1:] or peaks)  # the warm-up round's measurement is dropped
+    out: dict = {"size": spec["size"], "batch": [spec["batch_size"], spec["crop_seconds"]],
+                 "peak_gflops_fp32": [round(p, 1) for p in peaks], "models": {}}
+    for fam, model in models.items():
+        t = median(times[fam])
+        flops = count_flops(model, batch)
+        out["models"][fam] = {
+            "params_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 3),
+            "step_median_s": round(t, 4), "step_s": [round(x, 4) for x in times[fam]],
+            "audio_s_per_s": round(audio / t, 3), "gflop_per_step": round(flops / 1e9, 3),
+            "achieved_gflops": round(flops / t / 1e9, 2),
+            "fraction_of_matmul_peak": round(flops / t / 1e9 / peak_gflops, 4)}
+    first = spec["families"][0]
+    for fam in spec["families"][1:]:
+        out[f"{first}_over_{fam}_audio_s_per_s"] = round(out["models"][first]["audio_s_per_s"]
+                                                         / out["models"][fam]["audio_s_per_s"], 3)
+    return out
+
+
 def synth_corpus(out: Path, speakers: int, utts: int) -> Path:
     """``speechssl synth --backend formant`` (skips finished work); returns the manifest path."""
     import subprocess

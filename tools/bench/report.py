@@ -96,6 +96,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{100 * frac:.0f} % of matmul peak", target,
                     _status(frac, 0.5) if name == "wav2vec2_base" else "info"))
     out += peer_rows(results.get("peers") or {})
+    out += new_rows(results)
     out += compile_rows(results.get("compile") or {})
     for name, r in (_get(results, "data", "models") or {}).items():
         if "keeps_up" not in r:
@@ -157,6 +158,54 @@ def peer_rows(peers: dict) -> list[tuple[str, str, str, str]]:
                 continue
             out.append((f"{what}; median step ours {r['ours_median_s']:.3g} s, theirs {r['theirs_median_s']:.3g} s",
                         f"{r['speedup']:.2f}x", f">= {target}x", _status(r["speedup"], target)))
+            if "fraction_of_matmul_peak" in r:
+                out.append((f"{fam} {sec['size']} training step {dtype}: {r['gflop_per_step']:.4g} GFLOP in "
+                            f"{r['ours_median_s']:.3g} s vs dense matmul peak {r['peak_gflops_fp32']} GFLOP/s",
+                            f"{100 * r['fraction_of_matmul_peak']:.0f} % of matmul peak", "-", "info"))
+    return out
+
+
+def new_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of the ``hubert``, ``kmeans``, ``data2vec`` and ``quality`` sections."""
+    out = []
+    ext = _get(results, "hubert", "extraction") or {}
+    if "speedup" in ext:
+        f = ext["fp32"]
+        out.append((f"HuBERT {ext['size']} extraction fp32 (every layer, {ext['audio_seconds']:g} s of audio) vs "
+                    f"{ext['peer']}: RTF ours {f['speechssl']['rtf']:.3g}, torchaudio {f['torchaudio']['rtf']:.3g} "
+                    f"(max diff {ext['max_abs_diff_every_layer']:.1e})", f"{ext['speedup']:.2f}x",
+                    f">= {ext['target_speedup']}x", _status(ext["speedup"], ext["target_speedup"])))
+    elif "error" in ext:
+        out.append(("HuBERT extraction vs torchaudio", "error", ">= 1.2x", "not measured"))
+    km = results.get("kmeans") or {}
+    for name, r in (km.get("rows") or {}).items():
+        out.append((f"k-means K={km['k']} (n_init {km['n_init']}) on {name} of {km['features']}: "
+                    f"{r['frames']} frames, {r['minibatch_steps']} mini-batches",
+                    f"fit {r['fit_s']:.3g} s (CPU {r['fit_cpu_s']:.3g}), assign {r['assign_s']:.3g} s "
+                    f"(CPU {r['assign_cpu_s']:.3g})", "-", "info"))
+    if "fit_time_ratio" in km:
+        out.append((f"k-means at x{km['length_ratio']:g} the frames", f"fit x{km['fit_time_ratio']:g} (CPU "
+                    f"x{km['fit_cpu_ratio']:g}), assign x{km['assign_time_ratio']:g} (CPU x{km['assign_cpu_ratio']:g})",
+                    "<= linear", "info"))
+    for size, sec in (results.get("data2vec") or {}).items():
+        if "error" in sec:
+            out.append((f"data2vec 2.0 vs wav2vec 2.0 {size}", "error", "-", "not measured"))
+            continue
+        for fam, r in sec["models"].items():
+            out.append((f"{fam} {size} step, interleaved with the other families of the same size (batch "
+                        f"{sec['batch'][0]} x {sec['batch'][1]:g} s): {r['step_median_s']:.3g} s, "
+                        f"{r['gflop_per_step']:.4g} GFLOP", f"{r['audio_s_per_s']:.3g} audio-s/s, "
+                        f"{100 * r['fraction_of_matmul_peak']:.0f} % of matmul peak", "-", "info"))
+        for key, v in sec.items():
+            if key.endswith("_audio_s_per_s"):
+                out.append((f"{size}: {key.replace('_', ' ')}", f"{v:.3g}x", "-", "info"))
+    q = results.get("quality") or {}
+    for name, c in (q.get("families") or {}).items():
+        last = c["points"][-1]
+        out.append((f"time to quality {name}: best-layer probe at step 0 -> step {last['step']} "
+                    f"({last['cpu_minutes']:.3g} CPU-min)", ", ".join(
+                        f"{lab} {c['random_init'].get(lab)} -> {c['final'].get(lab)}" for lab in c["labels"]),
+                    "-", "info"))
     return out
 
 
@@ -195,7 +244,8 @@ def write_markdown(results: dict, path: str | Path) -> None:
         "| measurement | value | target | status |", "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
-    errors = [s for s in ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile")
+    errors = [s for s in ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile",
+                          "hubert", "kmeans", "data2vec", "quality")
               if isinstance(results.get(s), dict) and "error" in results[s]]
     if errors:
         lines += ["", "Sections that failed (see results.json): " + ", ".join(errors)]

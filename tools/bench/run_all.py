@@ -13,9 +13,19 @@ Sections (each runs in its own child process, so peak memory and thread pools ar
 * ``pretrain``: steps/s, audio-s/s and FLOP/s as a fraction of the measured matmul peak
   (tools/bench/pretrain.py);
 * ``peers`` (not in the default run, see DEFAULT_SECTIONS): our training step vs the peers' own
-  (Hugging Face ``Wav2Vec2ForPreTraining`` for wav2vec 2.0 Base, fp32 and bf16; s3prl's ``pretrain/apc`` expert for APC 3 x 512), losses and
+  (Hugging Face ``Wav2Vec2ForPreTraining`` for wav2vec 2.0 Base, fp32 and bf16; s3prl's ``pretrain/apc`` expert for APC 3 x 512;
+  torchaudio ``hubert_pretrain_base()`` + its examples' ``hubert_loss`` for HuBERT Base), losses and
   gradients checked equal on the same batch, masks, distractors and weights first
   (tools/bench/peers.py);
+* ``hubert`` (not in the default run): HuBERT Base extraction, ours vs torchaudio ``hubert_base()`` with
+  the same weights, every layer (tools/bench/extraction.py); the HuBERT Base training-step rows vs
+  torchaudio ``hubert_pretrain_base()`` are in ``peers``;
+* ``kmeans``: HuBERT target k-means fit + assign for 1 h and 4 h of synthetic 39-dim MFCC-like frames
+  (tools/bench/kmeans.py);
+* ``data2vec`` (not in the default run): data2vec 2.0 vs wav2vec 2.0 training steps of the same encoder
+  size (tiny and Base), interleaved: audio-seconds/s and fraction of the matmul peak (tools/bench/pretrain.py);
+* ``quality`` (only with ``--from EXP_DIR``): time to quality of a finished demo run, best-layer probe
+  accuracy vs pretraining CPU-minutes per family (tools/bench/quality.py; OUT/quality.png + .json);
 * ``compile`` (not in the default run: inductor takes minutes per model): ``torch.compile`` of
   each family's training step and extraction at tiny size, compile time, per-step gain, losses
   compared (tools/bench/compiled.py);
@@ -48,11 +58,15 @@ from common import environment, run_child  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 from report import write_markdown  # noqa: E402
 
-SECTIONS = ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile")
+SECTIONS = ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile", "hubert", "kmeans",
+            "data2vec", "quality")
 # ``--only compile`` and ``--only peers`` run those two: inductor takes minutes per model, and the
 # wav2vec 2.0 Base peer rows (ours and Hugging Face, fp32 and bf16) have not yet been timed on an idle
 # machine, so they stay out of `make bench`'s 15-minute budget until they are.
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compile", "peers"))
+# ``hubert`` (HuBERT Base extraction vs torchaudio) and ``data2vec`` (data2vec 2.0 vs wav2vec 2.0 steps,
+# tiny and Base, interleaved) are Base-size rows measured once on a loaded machine, so they stay out
+# like ``peers``; ``quality`` reads a finished demo run (``--from EXP_DIR``).
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compile", "peers", "hubert", "data2vec", "quality"))
 
 # (family, size, batch size, crop seconds) of the training-step measurements
 # data2vec 2.0 next to wav2vec 2.0 of the same encoder size (its claim: the same accuracy in 10.6x less
@@ -77,7 +91,13 @@ def sizes(quick: bool) -> dict:
                 "pretrain": {"models": QUICK_MODELS, "steps": 2, "matmul": {"size": 512, "repeats": 3}},
                 "peers": {"wav2vec2": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2,
                                        "dtypes": ["fp32", "bf16"]},
-                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2, "dtypes": ["fp32"]}},
+                          "apc": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2, "dtypes": ["fp32"]},
+                          "hubert": {"size": "tiny", "batch_size": 2, "crop_seconds": 1.0, "repeats": 2,
+                                     "dtypes": ["fp32", "bf16"], "matmul_size": 512}},
+                "hubert": {"size": "tiny", "clip_seconds": [2.0], "repeats": 1},
+                "kmeans": {"hours": [0.1, 0.4], "k": 100, "n_init": 3},
+                "data2vec": [{"families": ["data2vec2", "wav2vec2"], "size": "tiny", "batch_size": 2, "crop_seconds": 2.0,
+                              "repeats": 2, "matmul": {"size": 512}}],
                 "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 2, "crop_seconds": 1.0,
                             "repeats": 2},
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
@@ -92,7 +112,18 @@ def sizes(quick: bool) -> dict:
             "pretrain": {"models": FULL_MODELS, "steps": 3, "matmul": {"size": 1024, "repeats": 5}},
             "peers": {"wav2vec2": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5,
                                    "dtypes": ["fp32", "bf16"]},
-                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5, "dtypes": ["fp32"]}},
+                      "apc": {"size": "paper", "batch_size": 4, "crop_seconds": 4.0, "repeats": 5, "dtypes": ["fp32"]},
+                      # HuBERT Base vs torchaudio hubert_pretrain_base() + its examples' loss, same batch as wav2vec2
+                      "hubert": {"size": "base", "batch_size": 2, "crop_seconds": 4.0, "repeats": 5,
+                                 "dtypes": ["fp32", "bf16"], "matmul_size": 1024}},
+            "hubert": {"size": "base", "clip_seconds": [4.0, 10.0, 15.0], "repeats": 3},
+            # fit + assign of HuBERT iteration-1 targets, 1 h and 4 h of 39-dim frames (fairseq's n_init 20)
+            "kmeans": {"hours": [1.0, 4.0], "k": 100, "n_init": 20},
+            # data2vec 2.0 vs wav2vec 2.0 of the same encoder size, interleaved (the batches of FULL_MODELS)
+            "data2vec": [{"families": ["data2vec2", "wav2vec2"], "size": "tiny", "batch_size": 8, "crop_seconds": 4.0,
+                          "repeats": 3, "matmul": {"size": 1024}},
+                         {"families": ["data2vec2", "wav2vec2"], "size": "base", "batch_size": 2, "crop_seconds": 4.0,
+                          "repeats": 3, "matmul": {"size": 1024}}],
             "compile": {"families": ["apc", "cpc", "wav2vec2", "bestrq"], "batch_size": 4, "crop_seconds": 2.0,
                         "repeats": 5},
             "corpus": {"speakers": 4, "utts": 16}, "loader": {"num_workers": [0, 2], "epochs": 2},
@@ -176,6 +207,8 @@ def section_peers(cfg: dict, args, results: dict, save) -> dict:
     out: dict = {}
     results["peers"] = out
     for fam, spec in cfg["peers"].items():
+        if args.peer_families and fam not in args.peer_families.split(","):
+            continue
         for dtype in spec["dtypes"]:
             part = run_child("peers", f"{fam}_rows", {**spec, "dtypes": [dtype], "threads": args.threads})
             if "error" in part:
@@ -211,11 +244,20 @@ def main(argv: list[str] | None = None) -> int:
                         "into results as extract.long_file_60min")
     p.add_argument("--keep-work", action="store_true",
                    help="keep OUT/work (the synthetic corpora and extracted features, ~2.5 GB in a full run)")
+    p.add_argument("--peer-families", default=None,
+                   help=f"peers: comma-separated subset of {','.join(sizes(False)['peers'])} (default: all)")
+    p.add_argument("--from", dest="from_dir", default=None,
+                   help="quality: a demo run's exp dir (egs/synthetic/ssl/exp_all): probe accuracy vs CPU-minutes "
+                        "from each pretraining folder's metrics.jsonl (OUT/quality.png, OUT/quality.json)")
+    p.add_argument("--quality-threads", type=int, default=None,
+                   help="quality: threads of every pretraining run when config.yaml has no train.num_threads")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         p.error(f"--only: unknown section(s) {unknown}; choices: {', '.join(SECTIONS)}")
+    if "quality" in only and not args.from_dir:
+        p.error("--only quality needs --from EXP_DIR (a demo run's experiment folder, e.g. egs/synthetic/ssl/exp_all)")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             spec = {k: v for k, v in cfg["compile"].items() if k != "families"}
             results[section] = {fam: run_child("compiled", "family_compile", {**spec, "family": fam, "threads": args.threads})
                                 for fam in cfg["compile"]["families"]}
+        elif section == "hubert":
+            results[section] = {"extraction": run_child("extraction", "compare_hubert",
+                                                        {**cfg["hubert"], "threads": args.threads})}
+        elif section == "kmeans":
+            results[section] = run_child("kmeans", "fit_assign", {**cfg["kmeans"], "threads": args.threads})
+        elif section == "data2vec":
+            results[section] = {spec["size"]: run_child("pretrain", "paired_steps", {**spec, "threads": args.threads})
+                                for spec in cfg["data2vec"]}
+        elif section == "quality":
+            results[section] = run_child("quality", "build", {"exp_dir": args.from_dir, "out": str(out_dir),
+                                                             "threads": args.quality_threads})
         elif section == "data":
             results[section] = section_data(cfg, args, work, results)
         elif section == "scaling":
