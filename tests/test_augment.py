@@ -198,6 +198,25 @@ def test_random_resize_crop_keeps_shape_and_padding():
     assert torch.allclose(same, feats, atol=1e-5)  # scale 1 on a canvas of the same size: identity
 
 
+def test_random_resize_crop_along_time_only_keeps_every_frame_spectrum_of_the_crop():
+    # freq False: each output frame is a (bicubic) mix of input frames along time only, so a spectrum
+    # constant over time stays that spectrum (a frequency crop would stretch or shift it)
+    spectrum = torch.randn(40, generator=torch.Generator().manual_seed(1))
+    feats = spectrum.expand(2, 50, 40).clone()
+    lengths = torch.tensor([50, 35])
+    cfg = ResizeCropConfig(freq=False, min_time_scale=0.6, max_time_scale=1.0, virtual_scale=1.0)
+    out = random_resize_crop(feats, lengths, cfg, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[0], feats[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, :35], feats[1, :35], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[1, 35:], feats[1, 35:])
+    ramp = torch.arange(50.0)[None, :, None].expand(1, 50, 40).clone()  # varies over time: the crop moves it
+    moved = random_resize_crop(ramp, torch.tensor([50]), cfg, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(moved, ramp, atol=1e-3)
+    assert torch.allclose(moved[0], moved[0, :, :1].expand(50, 40))  # still the same value in every bin
+    with_freq = random_resize_crop(feats, lengths, ResizeCropConfig(), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(with_freq[0], feats[0], atol=1e-2)
+
+
 def test_pipelines_are_seeded_and_reproducible():
     x, lengths = _batch()
     aug = WaveformAugment(default_augment().waveform)

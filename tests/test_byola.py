@@ -83,6 +83,22 @@ def test_views_differ_and_segments_are_windows_of_the_utterance():
     assert abs(float(v1.mean())) < 1e-4 and float(v1.std()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_crop_freq_false_crops_along_time_only():
+    # a segment whose spectrum is the same in every frame: a time-only crop keeps that spectrum (up to
+    # the views' standardisation); the published crop also stretches / shifts it along frequency
+    spectrum = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    segs = spectrum.expand(3, 32, 64).clone()
+    lengths = torch.full((3,), 32)
+    want = (segs - segs.mean()) / segs.std()
+    torch.manual_seed(0)
+    time_only, _ = small(crop_freq=False, mixup_ratio=0.0, crop_virtual_scale=1.0, crop_scale=[0.6, 1.0]).train()._view(
+        segs, lengths)
+    torch.testing.assert_close(time_only, want, atol=1e-4, rtol=1e-4)
+    torch.manual_seed(0)
+    both, _ = small(mixup_ratio=0.0).train()._view(segs, lengths)
+    assert not torch.allclose(both, want, atol=1e-2)
+
+
 def test_collapse_watch_reads_the_online_embeddings():
     from speechssl.train.diagnostics import health_warnings
 

@@ -269,7 +269,8 @@ class MixupConfig:
 class ResizeCropConfig:
     """BYOL-A random resize crop: on a canvas ``virtual_scale`` times the input (zero-padded around it),
     crop a region of (time, frequency) size scale x input size, scale ~ U(min_scale, max_scale) per axis,
-    and resize it back to the input size (bicubic)."""
+    and resize it back to the input size (bicubic). ``freq: false`` crops and resizes along time only (the
+    frequency axis, hence pitch and spectral envelope, is kept; the freq scales are then unused)."""
 
     p: float = 1.0
     virtual_scale: float = 1.5
@@ -277,6 +278,7 @@ class ResizeCropConfig:
     max_time_scale: float = 1.5
     min_freq_scale: float = 0.6
     max_freq_scale: float = 1.5
+    freq: bool = True
 
     def __post_init__(self) -> None:
         _check_p(self, "resize_crop")
@@ -284,7 +286,7 @@ class ResizeCropConfig:
         _check_range(self, "resize_crop", "min_freq_scale", "max_freq_scale", minimum=0.0, strict_min=True)
         if self.virtual_scale < 1.0:
             raise ConfigError(f"resize_crop.virtual_scale must be >= 1, got {self.virtual_scale}")
-        if max(self.max_time_scale, self.max_freq_scale) > self.virtual_scale:
+        if max(self.max_time_scale, self.max_freq_scale if self.freq else 0.0) > self.virtual_scale:
             raise ConfigError(f"resize_crop: max scales ({self.max_time_scale}, {self.max_freq_scale}) must be <= "
                               f"virtual_scale {self.virtual_scale}")
 

@@ -120,7 +120,8 @@ def random_resize_crop(feats: torch.Tensor, lengths: torch.Tensor, cfg: ResizeCr
                        apply: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """BYOL-A RandomResizeCrop on each utterance's valid frames: place the [T_b, F] spectrogram in the
     centre of a zero canvas ``virtual_scale`` times larger, crop a random window of (time, freq) size
-    (scale_t x T_b, scale_f x F), resize it back to [T_b, F] (bicubic). Rows with apply False are kept."""
+    (scale_t x T_b, scale_f x F), resize it back to [T_b, F] (bicubic); with ``cfg.freq`` False only the
+    time axis is padded, cropped and resized. Rows with apply False are kept."""
     b, _, f = feats.shape
     lens = lengths.cpu()
     u = torch.rand(b, 4, generator=generator)
@@ -129,12 +130,12 @@ def random_resize_crop(feats: torch.Tensor, lengths: torch.Tensor, cfg: ResizeCr
         n = int(lens[i])
         if n < 2 or (apply is not None and not bool(apply[i])):
             continue
-        canvas_t, canvas_f = int(n * cfg.virtual_scale), int(f * cfg.virtual_scale)
+        canvas_t, canvas_f = int(n * cfg.virtual_scale), int(f * cfg.virtual_scale) if cfg.freq else f
         canvas = feats.new_zeros(canvas_t, canvas_f)
         ot, of = (canvas_t - n) // 2, (canvas_f - f) // 2
         canvas[ot: ot + n, of: of + f] = feats[i, :n]
         st = cfg.min_time_scale + (cfg.max_time_scale - cfg.min_time_scale) * float(u[i, 0])
-        sf = cfg.min_freq_scale + (cfg.max_freq_scale - cfg.min_freq_scale) * float(u[i, 1])
+        sf = cfg.min_freq_scale + (cfg.max_freq_scale - cfg.min_freq_scale) * float(u[i, 1]) if cfg.freq else 1.0
         ct, cf = max(1, min(canvas_t, round(n * st))), max(1, min(canvas_f, round(f * sf)))
         t0 = int(float(u[i, 2]) * (canvas_t - ct + 1))
         f0 = int(float(u[i, 3]) * (canvas_f - cf + 1))

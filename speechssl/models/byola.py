@@ -73,6 +73,7 @@ class BYOLAConfig:
     mixup_memory: int = 2048  # past segments remembered
     crop_virtual_scale: float = 1.5  # canvas size / input size
     crop_scale: tuple[float, float] = (0.6, 1.5)  # crop size / input size, drawn per axis
+    crop_freq: bool = True  # False: crop and resize along time only (keeps pitch and spectral envelope)
     # EMA target network.
     ema_start: float = 0.99
     ema_end: float = 0.99
@@ -186,7 +187,7 @@ class BYOLAModel(SSLModel):
                                              memory_frames=config.segment_frames), n_mels)
         lo, hi = config.crop_scale
         self.crop = ResizeCropConfig(virtual_scale=config.crop_virtual_scale, min_time_scale=lo, max_time_scale=hi,
-                                     min_freq_scale=lo, max_freq_scale=hi)
+                                     min_freq_scale=lo, max_freq_scale=hi, freq=config.crop_freq)
         # the target network follows in train mode (batch statistics, dropout), as BYOL's does
         self.teacher = EMATeacher(self._ema_source(), config.ema_start, config.ema_end, config.ema_anneal_steps,
                                   train_mode=True)
