@@ -10,7 +10,7 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
          --tokens: frame mode: k = patch_frames frames x all F channels, one token per time step
                    patch mode: patch_frames x patch_channels patches, F / patch_channels per time step
          --> p [B, N, P]  (N = T x G tokens, G patches per time step, P values each)
-    tokens = Linear(P, D)(p) + sinusoid(time) + channel-group embedding
+    tokens = Linear(P, D)(p) (input_block: mlp: Linear -> LN -> GELU -> Linear) + sinusoid(time) + group embedding
     training: keep a random (1 - mask_ratio) of each utterance's valid tokens
          --encoder (pre-LN transformer) on the visible tokens only--> [B, K, D]     K ~ N / 4
          --Linear(D, Dd), mask token at every hidden position, decoder positions

@@ -12,7 +12,8 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     target  = x (or the log linear spectrogram, 201 bins per 10 ms, CMVN, stacked: Mockingjay)
     x~, altered = alter(x): time (15 % in spans of 7: zero / random frame / kept, 80/10/10),
                   frequency (a band of up to 20 % of the channels zeroed), magnitude (noise)
-         --input_projection Linear(kF, D) + sinusoidal positions--> LN, dropout --> latent
+         --input_projection Linear(kF, D) (input_block: mlp: Linear -> LN -> GELU -> Linear)
+           + sinusoidal positions--> LN (post-LN only), dropout --> latent
          --post-LN transformer--> layer_1 .. layer_N (= context)
     loss    = L1(SpecHead(context), target) on the altered elements
 
