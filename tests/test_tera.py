@@ -281,3 +281,20 @@ def test_mlp_input_block_keeps_what_a_linear_one_averages_away():
     assert float((pooled["mlp"][0] - pooled["mlp"][1]).abs().max()) > 1e-3
     with pytest.raises(ValueError, match=r"model.input_block: 'conv' is not one of \['linear', 'mlp'\]"):
         build_model(tiny_config(input_block="conv"))
+
+
+def test_global_cmvn_statistics_come_from_the_training_manifest_and_ship_with_the_encoder(tmp_path):
+    from speechssl.features import build_frontend, compute_global_cmvn
+
+    train = make_glide_corpus(tmp_path / "data")  # 8 utterances: fill_global_cmvn takes them all
+    frontend = {"name": "fbank", "num_mel_bins": 80, "cmvn": "global"}
+    cfg = recipe(tmp_path, model=tiny_config(frontend=frontend),
+                 data={"max_batch_seconds": 4.0, "crop_seconds": 1.0, "min_seconds": 0.5},
+                 train={"max_steps": 2, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 2, "plot": False})
+    exp = tmp_path / "exp"
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
+    mean, std = compute_global_cmvn(train, build_frontend(frontend))
+    released = load_encoder(str(exp / "encoder")).backbone.frontend
+    torch.testing.assert_close(released.cmvn_mean, mean)
+    torch.testing.assert_close(released.cmvn_std, std)
+    assert int(released.cmvn_frames) > 0
