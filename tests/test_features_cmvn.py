@@ -111,3 +111,24 @@ def test_global_cmvn_errors(tmp_path):
         build_frontend("mfcc").set_global_cmvn(torch.zeros(39), torch.ones(39))
     with pytest.raises(ValueError, match="logmel/fbank/mfcc"):
         compute_global_cmvn([], build_frontend("waveform"))
+
+
+def test_fill_global_cmvn_fills_only_missing_statistics(tmp_path):
+    from speechssl.data.manifest import write_manifest
+    from speechssl.features.cmvn import fill_global_cmvn
+
+    records = _corpus(tmp_path)
+    write_manifest(records, tmp_path / "m.jsonl")
+    model = torch.nn.ModuleDict({"a": build_frontend({"name": "fbank", "cmvn": "global"}),
+                                 "b": build_frontend({"name": "logmel", "cmvn": "utterance"})})
+    lines = fill_global_cmvn(model, tmp_path / "m.jsonl", max_utts=2)
+    assert len(lines) == 1 and "a" in lines[0] and "2 utterances" in lines[0]
+    # evenly spaced: records 0 and 2 of 4 (not the first two)
+    mean, std = compute_global_cmvn([records[0], records[2]], build_frontend({"name": "fbank", "cmvn": "global"}))
+    torch.testing.assert_close(model["a"].cmvn_mean, mean)
+    torch.testing.assert_close(model["a"].cmvn_std, std)
+    assert int(model["a"].cmvn_frames) > 0
+    # statistics already there (a checkpoint, a released encoder) are kept
+    model["a"].set_global_cmvn(torch.zeros(model["a"].out_dim), torch.ones(model["a"].out_dim), frames=7)
+    assert fill_global_cmvn(model, tmp_path / "m.jsonl") == []
+    assert int(model["a"].cmvn_frames) == 7 and torch.count_nonzero(model["a"].cmvn_mean) == 0

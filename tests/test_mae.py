@@ -186,3 +186,25 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, monkeypatch):
     b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints"))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_mlp_token_embedding_keeps_what_a_linear_one_averages_away():
+    """Mean-pooled over an utterance, a linear embedding of utterance-CMVN tokens is its bias whatever the
+    audio; the MLP token embedding's GELU keeps a per-utterance (per-voice) part."""
+    b = speech_batch([16000, 16000], seed=3)
+    pooled = {}
+    for block in ("linear", "mlp"):
+        torch.manual_seed(0)
+        model = build_model(tiny_config(input_block=block, patch_frames=1)).eval()
+        p, steps = model.tokens(b["wavs"], b["lengths"])
+        with torch.no_grad():
+            pooled[block] = model.patch_embed(p).mean(1)
+        if block == "mlp":
+            assert type(model.patch_embed).__name__ == "FrameMLP"
+            out = model.loss(b)
+            assert torch.isfinite(out.loss) and out.metrics["visible_tokens"] > 0
+            assert [h.shape for h in model.encode(b["wavs"], b["lengths"]).hidden_states] == [(2, 98, 192)] * 5
+    torch.testing.assert_close(pooled["linear"][0], pooled["linear"][1], atol=1e-5, rtol=0)
+    assert float((pooled["mlp"][0] - pooled["mlp"][1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match=r"model.input_block: 'conv' is not one of \['linear', 'mlp'\]"):
+        build_model(tiny_config(input_block="conv"))

@@ -256,3 +256,45 @@ def test_masked_reconstruction_health_warning_and_inspect_rows(tmp_path, capsys)
     assert ["recon_baseline", "0.8", "0.8"] in rows and ["health/context/eff_rank", "1.2", "1.2"] in rows
     assert "masked reconstruction no better than predicting the mean" in out
     assert "the context features have effective rank 1.20 of 192 dimensions" in out
+
+
+def test_mlp_input_block_keeps_what_a_linear_one_averages_away():
+    """Mean-pooled over an utterance, a linear projection of utterance-CMVN frames is its bias whatever
+    the audio (unstacked: stacked, the even and odd frames' means are not 0 each); the MLP input block's
+    GELU keeps a per-utterance (per-voice) part."""
+    b = speech_batch([16000, 16000], seed=3)  # two sines of different pitch
+    pooled = {}
+    for block in ("linear", "mlp"):
+        torch.manual_seed(0)
+        model = build_model(tiny_config(input_block=block, stack_frames=1)).eval()
+        x, n = model.stacked_features(b["wavs"], b["lengths"])
+        with torch.no_grad():
+            pooled[block] = model.input_projection(x).mean(1)
+        if block == "mlp":
+            assert type(model.input_projection).__name__ == "FrameMLP"
+            for linear in (model.input_projection.dense, model.input_projection.output):  # BERT init too
+                assert abs(float(linear.weight.detach().std()) - 0.02) < 0.002 and torch.count_nonzero(linear.bias) == 0
+            out = model.loss(b)
+            assert torch.isfinite(out.loss) and out.metrics["recon_baseline"] > 0
+            assert [h.shape for h in model.encode(b["wavs"], b["lengths"]).hidden_states] == [(2, 98, 192)] * 5
+    torch.testing.assert_close(pooled["linear"][0], pooled["linear"][1], atol=1e-5, rtol=0)
+    assert float((pooled["mlp"][0] - pooled["mlp"][1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match=r"model.input_block: 'conv' is not one of \['linear', 'mlp'\]"):
+        build_model(tiny_config(input_block="conv"))
+
+
+def test_global_cmvn_statistics_come_from_the_training_manifest_and_ship_with_the_encoder(tmp_path):
+    from speechssl.features import build_frontend, compute_global_cmvn
+
+    train = make_glide_corpus(tmp_path / "data")  # 8 utterances: fill_global_cmvn takes them all
+    frontend = {"name": "fbank", "num_mel_bins": 80, "cmvn": "global"}
+    cfg = recipe(tmp_path, model=tiny_config(frontend=frontend),
+                 data={"max_batch_seconds": 4.0, "crop_seconds": 1.0, "min_seconds": 0.5},
+                 train={"max_steps": 2, "log_every": 1, "valid_every": 0, "ckpt_every_steps": 2, "plot": False})
+    exp = tmp_path / "exp"
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
+    mean, std = compute_global_cmvn(train, build_frontend(frontend))
+    released = load_encoder(str(exp / "encoder")).backbone.frontend
+    torch.testing.assert_close(released.cmvn_mean, mean)
+    torch.testing.assert_close(released.cmvn_std, std)
+    assert int(released.cmvn_frames) > 0

@@ -13,6 +13,10 @@ Three modes, chosen by the ``cmvn`` field of the logmel / fbank / mfcc configs:
       mean, std = compute_global_cmvn("data/train.jsonl", fe, max_utts=2000)
       fe.set_global_cmvn(mean, std)
 
+``speechssl pretrain`` does this itself on a fresh start (:func:`fill_global_cmvn`: every ``cmvn: global``
+frontend of the model without statistics gets those of its training manifest), so a recipe only sets
+``cmvn: global``; a resumed run or ``--init-from`` keeps the statistics of its checkpoint.
+
 Standard deviations are floored at ``STD_FLOOR`` so constant dimensions map to 0, not inf.
 """
 
@@ -156,13 +160,19 @@ def compute_global_cmvn(
     Raises:
         ValueError: no frames at all; AudioError for a file that cannot be read (names the file).
     """
+    records = _records(records_or_manifest_path)
+    if max_utts is not None:
+        records = records[: max(int(max_utts), 0)]
+    mean, std, _ = _global_stats(records, frontend)
+    return mean, std
+
+
+def _global_stats(records: list[Mapping[str, Any]], frontend: Frontend) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, std, frames) of ``frontend``'s raw features over ``records``: see :func:`compute_global_cmvn`."""
     from speechssl.audio import load_audio
 
     if not isinstance(frontend, CMVNFrontend):
         raise ValueError(f"compute_global_cmvn needs a logmel/fbank/mfcc frontend, got {type(frontend).__name__}")
-    records = _records(records_or_manifest_path)
-    if max_utts is not None:
-        records = records[: max(int(max_utts), 0)]
     total = torch.zeros(frontend.out_dim, dtype=torch.float64)
     total_sq = torch.zeros(frontend.out_dim, dtype=torch.float64)
     frames = 0
@@ -188,4 +198,32 @@ def compute_global_cmvn(
         )
     mean = total / frames
     var = (total_sq / frames - mean.pow(2)).clamp(min=0.0)
-    return mean.float(), var.sqrt().clamp(min=STD_FLOOR).float()
+    return mean.float(), var.sqrt().clamp(min=STD_FLOOR).float(), frames
+
+
+@torch.no_grad()
+def fill_global_cmvn(model: torch.nn.Module, manifest: str | os.PathLike, max_utts: int = 400) -> list[str]:
+    """Install global statistics in every ``cmvn: global`` frontend of ``model`` that has none yet.
+
+    They are estimated (:func:`compute_global_cmvn`) on at most ``max_utts`` records of ``manifest``, evenly
+    spaced over it (a manifest sorted by speaker or length is still covered). Frontends with statistics
+    (``cmvn_frames > 0``: a loaded checkpoint or released encoder) are left as they are.
+
+    Returns:
+        One line per frontend filled (its module name, utterances and frames used), for the log.
+    """
+    todo = [(name, m) for name, m in model.named_modules()
+            if isinstance(m, CMVNFrontend) and m.config.cmvn == "global" and int(m.cmvn_frames) == 0]
+    if not todo:
+        return []
+    records = _records(manifest)
+    if max_utts is not None and len(records) > max_utts > 0:
+        step = len(records) / max_utts
+        records = [records[int(i * step)] for i in range(max_utts)]
+    done = []
+    for name, frontend in todo:
+        mean, std, frames = _global_stats(records, frontend)
+        frontend.set_global_cmvn(mean, std, frames)
+        done.append(f"global CMVN of {name or 'the model'}: estimated on {len(records)} utterances "
+                    f"({frames} frames) of {manifest}")
+    return done

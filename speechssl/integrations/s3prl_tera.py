@@ -88,6 +88,9 @@ def s3prl_tera_checkpoint(encoder_or_path: Any) -> dict:
     if cfg.layer_norm_first:
         raise ExportError(f"{where}: s3prl's pre_layer_norm model normalises every hidden state; only post-LN "
                           "(layer_norm_first: false) TERA models export")
+    if cfg.input_block != "linear":
+        raise ExportError(f"{where}: s3prl's TERA projects frames with one linear layer; this model has "
+                          f"input_block {cfg.input_block!r}")
     if cfg.stack_frames != 1:
         raise ExportError(f"{where}: s3prl's TERA runs on 10 ms frames; this model stacks {cfg.stack_frames} frames")
     frontend = model.frontend

@@ -10,7 +10,7 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
          --tokens: frame mode: k = patch_frames frames x all F channels, one token per time step
                    patch mode: patch_frames x patch_channels patches, F / patch_channels per time step
          --> p [B, N, P]  (N = T x G tokens, G patches per time step, P values each)
-    tokens = Linear(P, D)(p) + sinusoid(time) + channel-group embedding
+    tokens = Linear(P, D)(p) (input_block: mlp: Linear -> LN -> GELU -> Linear) + sinusoid(time) + group embedding
     training: keep a random (1 - mask_ratio) of each utterance's valid tokens
          --encoder (pre-LN transformer) on the visible tokens only--> [B, K, D]     K ~ N / 4
          --Linear(D, Dd), mask token at every hidden position, decoder positions
@@ -48,7 +48,7 @@ from speechssl.config import check_finite
 from speechssl.features.base import build_frontend
 from speechssl.features.cmvn import CMVNFrontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
-from speechssl.modules.linear import Linear
+from speechssl.modules.linear import FrameMLP, Linear
 from speechssl.modules.padding import lengths_to_mask
 from speechssl.modules.transformer import TransformerEncoder, sinusoidal_positions
 
@@ -80,6 +80,9 @@ class MAEConfig:
     # Weight of the encoder's sinusoidal time positions (MAE: 1). Below 1 the absolute position stays out
     # of the frozen features' way (mean-pooled over utterances of different lengths it is noise).
     position_scale: float = 1.0
+    # Token embedding: "linear" (MAE: one Linear(P, D)) or "mlp" (:class:`~speechssl.modules.linear.FrameMLP`,
+    # Linear -> LayerNorm -> GELU -> Linear: per-token nonlinear features).
+    input_block: Literal["linear", "mlp"] = "linear"
     norm_targets: bool = True  # normalise each target token to zero mean, unit variance (MAE norm_pix_loss)
 
     def __post_init__(self) -> None:
@@ -163,7 +166,8 @@ class MAEModel(SSLModel):
         self.frontend = frontend
         self.groups = groups  # tokens per time step (1 in frame mode)
         patch_dim = frontend.out_dim * cfg.patch_frames // groups
-        self.patch_embed = Linear(patch_dim, cfg.embed_dim)
+        self.patch_embed = (Linear(patch_dim, cfg.embed_dim) if cfg.input_block == "linear"
+                            else FrameMLP(patch_dim, cfg.embed_dim, cfg.layer_norm_eps))
         self.group_embed = nn.Parameter(torch.zeros(groups, cfg.embed_dim))
         self.encoder = _transformer(cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg)
         self.decoder_embed = Linear(cfg.embed_dim, cfg.decoder_dim)

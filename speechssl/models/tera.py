@@ -12,7 +12,8 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     target  = x (or the log linear spectrogram, 201 bins per 10 ms, CMVN, stacked: Mockingjay)
     x~, altered = alter(x): time (15 % in spans of 7: zero / random frame / kept, 80/10/10),
                   frequency (a band of up to 20 % of the channels zeroed), magnitude (noise)
-         --input_projection Linear(kF, D) + sinusoidal positions--> LN, dropout --> latent
+         --input_projection Linear(kF, D) (input_block: mlp: Linear -> LN -> GELU -> Linear)
+           + sinusoidal positions--> LN (post-LN only), dropout --> latent
          --post-LN transformer--> layer_1 .. layer_N (= context)
     loss    = L1(SpecHead(context), target) on the altered elements
 
@@ -50,7 +51,7 @@ from speechssl.features.cmvn import CMVNFrontend, utterance_cmvn
 from speechssl.features.logmel import analysis_window
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, StackedFrames
 from speechssl.modules.alterations import alter
-from speechssl.modules.linear import Linear
+from speechssl.modules.linear import FrameMLP, Linear
 from speechssl.modules.padding import lengths_to_mask
 from speechssl.modules.transformer import TransformerEncoder, sinusoidal_positions
 
@@ -83,6 +84,9 @@ class TERAConfig:
     # length-dependent noise to a downstream head with few labels. Exports exactly (folded into the
     # input projection: LN(Wx + b + s p) = LN((Wx + b) / s + p)).
     position_scale: float = 1.0
+    # Input block: "linear" (s3prl: one Linear(kF, D)) or "mlp" (:class:`~speechssl.modules.linear.FrameMLP`,
+    # Linear -> LayerNorm -> GELU -> Linear: per-frame nonlinear features; does not export to s3prl).
+    input_block: Literal["linear", "mlp"] = "linear"
     # Time alteration: ~15 % of frames in spans of 7; zero 80 %, random frame 10 %, kept 10 % (per utterance).
     time_alteration: bool = True
     time_ratio: float = 0.15
@@ -265,12 +269,13 @@ def build_tera(cfg: TERAConfig) -> TERAModel:
                          f"(fbank, logmel or mfcc), got {cfg.frontend.get('name')!r}")
     in_dim = cfg.stack_frames * frontend.out_dim
     target_dim = in_dim if cfg.target == "input" else cfg.stack_frames * (frontend.frame_length // 2 + 1)
-    input_projection = Linear(in_dim, cfg.embed_dim)
+    input_projection = (Linear(in_dim, cfg.embed_dim) if cfg.input_block == "linear"
+                        else FrameMLP(in_dim, cfg.embed_dim, cfg.layer_norm_eps))
     encoder = TransformerEncoder(cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first,
                                  pos_conv_kernel=0, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
                                  eps=cfg.layer_norm_eps)
     head = SpecHead(cfg.embed_dim, target_dim, cfg.layer_norm_eps)
-    for module in (input_projection, *encoder.modules(), *head.modules()):
+    for module in (*input_projection.modules(), *encoder.modules(), *head.modules()):
         if isinstance(module, nn.Linear):  # s3prl init_Transformer_weights (BERT)
             nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)
             nn.init.zeros_(module.bias)

@@ -126,3 +126,22 @@ class Linear(nn.Linear):
     def extra_repr(self) -> str:
         extra = super().extra_repr()
         return extra + (f", activation={self.activation}" if self.activation else "")
+
+
+class FrameMLP(nn.Module):
+    """A per-frame nonlinear input block: ``Linear(in_dim, dim) -> LayerNorm -> GELU -> Linear(dim, dim)``.
+
+    The input block of TERA / MAE with ``input_block: mlp`` (instead of one linear projection): mean-pooled
+    over an utterance, a linear map of CMVN frames is a constant (the mean of normalised frames is 0),
+    while the GELU's output keeps second-order statistics of the spectrum (its shape, what a voice sounds
+    like), as the conv subsampler of the wav2vec 2.0 / HuBERT demo models does. x [..., in_dim] -> [..., dim].
+    """
+
+    def __init__(self, in_dim: int, dim: int, eps: float = 1.0e-5):
+        super().__init__()
+        self.dense = Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.output = Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(F.gelu(self.norm(self.dense(x))))
