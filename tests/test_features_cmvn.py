@@ -111,3 +111,23 @@ def test_global_cmvn_errors(tmp_path):
         build_frontend("mfcc").set_global_cmvn(torch.zeros(39), torch.ones(39))
     with pytest.raises(ValueError, match="logmel/fbank/mfcc"):
         compute_global_cmvn([], build_frontend("waveform"))
+
+
+def test_fill_global_cmvn_fills_only_unset_global_frontends_from_a_seeded_sample(tmp_path):
+    from torch import nn
+
+    from speechssl.features.cmvn import fill_global_cmvn
+
+    records = _corpus(tmp_path, lengths=(8000, 4000, 6000, 5000, 7000))
+    model = nn.ModuleDict({"a": build_frontend({"name": "logmel", "n_mels": 20, "cmvn": "global"}),
+                           "b": build_frontend({"name": "logmel", "n_mels": 20, "cmvn": "utterance"})})
+    assert fill_global_cmvn(model, records, max_utts=3, seed=1) == ["a"]
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(1))[:3]
+    mean, std = compute_global_cmvn([records[int(i)] for i in order], build_frontend({"name": "logmel", "n_mels": 20}))
+    torch.testing.assert_close(model["a"].cmvn_mean, mean)
+    torch.testing.assert_close(model["a"].cmvn_std, std)
+    assert int(model["a"].cmvn_frames) > 0
+    # statistics already there (a resumed or --init-from model) are never recomputed
+    model["a"].cmvn_mean.fill_(3.0)
+    assert fill_global_cmvn(model, records) == []
+    assert torch.all(model["a"].cmvn_mean == 3.0)

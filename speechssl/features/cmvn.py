@@ -189,3 +189,27 @@ def compute_global_cmvn(
     mean = total / frames
     var = (total_sq / frames - mean.pow(2)).clamp(min=0.0)
     return mean.float(), var.sqrt().clamp(min=STD_FLOOR).float()
+
+
+def fill_global_cmvn(model: torch.nn.Module, records_or_manifest_path: str | os.PathLike | Iterable[Mapping[str, Any]],
+                     max_utts: int = 500, seed: int = 0) -> list[str]:
+    """Estimate the statistics of every ``cmvn: global`` frontend inside ``model`` that has none yet.
+
+    The pretraining Trainer calls this before the first step (a resumed or ``--init-from`` model
+    already carries its statistics in its buffers, so nothing is recomputed), on a seeded random
+    sample of ``max_utts`` utterances of the training manifest: the same sample on every rank.
+
+    Returns:
+        The module names of the frontends that were filled (empty: nothing to do).
+    """
+    todo = [(name, m) for name, m in model.named_modules()
+            if isinstance(m, CMVNFrontend) and m.config.cmvn == "global" and int(m.cmvn_frames) == 0]
+    if not todo:
+        return []
+    records = _records(records_or_manifest_path)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(int(seed)))[:max_utts]
+    sample = [records[int(i)] for i in order]
+    for _, frontend in todo:
+        mean, std = compute_global_cmvn(sample, frontend)
+        frontend.set_global_cmvn(mean, std)
+    return [name or type(model).__name__ for name, _ in todo]

@@ -36,6 +36,7 @@ from torch import nn
 import speechssl
 from speechssl.compilation import compile_model
 from speechssl.config import ConfigError, load_yaml, to_dict
+from speechssl.features.cmvn import fill_global_cmvn
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
 from speechssl.targets.labels import check_resume_targets, open_training_targets
@@ -203,6 +204,8 @@ class Trainer:
         self._stop_signal: int | None = None
         if resume_state is not None:
             self._load_resume_state(self.resume_path, resume_state)
+        for name in fill_global_cmvn(self.model, self.manifests["train"], seed=tc.seed):  # cmvn: global, not set yet
+            self._info(f"{name}: global CMVN statistics from 500 random utterances of {self.manifests['train']}")
         self.logger = MetricsLogger(self.exp_dir, purge_step=self.step) if self.dist.is_main else None
         if self.logger is not None:  # lines of a killed run after the resumed step (all: a fresh start) go
             self.logger.truncate_after(self.step if self.resume_path is not None else -1)
