@@ -185,24 +185,6 @@ def test_model_masks_with_noise_and_quantizes_the_unmasked_input(monkeypatch):
         assert key in out.metrics, key
 
 
-def test_quantizer_norm_utterance_quantizes_per_utterance_normalised_frames(monkeypatch):
-    from speechssl.features.cmvn import utterance_cmvn
-
-    model = build_model(tiny_config(quantizer_norm="utterance", frontend={"name": "logmel", "n_mels": 80,
-                                                                          "cmvn": "global"}))
-    model.frontend.set_global_cmvn(torch.full((80,), -5.0), torch.full((80,), 2.0))
-    b = speech_batch([20000, 16000])
-    seen = {}
-    quantize = model.quantizer.forward
-    monkeypatch.setattr(model.quantizer, "forward", lambda x: seen.setdefault("quantizer", x) is not None and quantize(x))
-    model.loss(b)
-    x, frames = model.stacked_features(b["wavs"], b["lengths"])
-    assert not torch.allclose(seen["quantizer"], x)  # the model input keeps the utterance mean, the targets do not
-    torch.testing.assert_close(seen["quantizer"], utterance_cmvn(x, frames))
-    with pytest.raises(ValueError, match="quantizer_norm must be"):
-        build_model(tiny_config(quantizer_norm="global"))
-
-
 def test_frame_arithmetic_and_too_short_input():
     model = tiny_model("bestrq")
     assert model.frame_shift == 640 and model.min_samples == 880

@@ -8,8 +8,7 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
 
     wavs [B, L] --frontend (log-Mel / fbank, CMVN)--> [B, T10, F]          10 ms frames
          --stack stack_frames (4) non-overlapping frames--> x [B, T, 4F]   40 ms frames
-    targets = RandomProjectionQuantizer(x)               [B, T, K]  (unmasked x, no grad; with
-                                                         quantizer_norm=utterance: x normalised per utterance)
+    targets = RandomProjectionQuantizer(x)               [B, T, K]  (unmasked x, no grad)
     mask    = span_mask(T)                                [B, T]     (training only)
     x~      = x with masked frames replaced by N(0, mask_noise_std^2) noise
          --input_projection: Linear(4F, D) -> dropout--> latent [B, T, D]
@@ -45,7 +44,7 @@ import torch
 from torch import nn
 
 from speechssl.features.base import build_frontend
-from speechssl.features.cmvn import CMVNFrontend, utterance_cmvn
+from speechssl.features.cmvn import CMVNFrontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.linear import Linear
 from speechssl.modules.masked_prediction import LinearHead, masked_prediction_loss
@@ -91,11 +90,6 @@ class BestRQConfig:
     codebook_size: int = 8192
     code_dim: int = 16
     quantizer_seed: int = 0  # seed of the frozen projection and codebooks (saved with the model anyway)
-    # What the quantizer sees: "input" = the model's input frames as they are (frontend CMVN);
-    # "utterance" = the stacked frames normalised per utterance (mean and std of its valid frames),
-    # so with ``cmvn: global`` the model keeps the utterance's average spectrum (voice, channel) in
-    # its input while the targets follow only what changes within the utterance.
-    quantizer_norm: str = "input"
     # Loss.
     unmasked_weight: float = 0.0  # CE weight of unmasked frames (0: masked frames only, as in the paper)
     # Warn when a codebook's target perplexity falls below this (targets collapsed onto a few codes).
@@ -115,8 +109,6 @@ class BestRQConfig:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % self.pos_conv_groups:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by pos_conv_groups {self.pos_conv_groups}")
-        if self.quantizer_norm not in ("input", "utterance"):
-            raise ValueError(f"model.quantizer_norm must be 'input' or 'utterance', got {self.quantizer_norm!r}")
         if self.mask_noise_std < 0 or self.unmasked_weight < 0:
             raise ValueError(f"model.mask_noise_std and model.unmasked_weight must be >= 0, got "
                              f"{self.mask_noise_std} and {self.unmasked_weight}")
@@ -219,8 +211,7 @@ class BestRQModel(SSLModel):
         lengths = self.check_lengths(wavs, batch.get("lengths"))
         x, frame_lengths = self.stacked_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
-        q_in = utterance_cmvn(x, frame_lengths) if cfg.quantizer_norm == "utterance" else x
-        targets = self.quantizer(q_in)  # from the unmasked input
+        targets = self.quantizer(x)  # from the unmasked input
         mask = span_mask(frame_lengths, x.shape[1], cfg.mask_prob, cfg.mask_span, cfg.min_masks)
         noise = torch.randn_like(x) * cfg.mask_noise_std
         x = torch.where(mask.unsqueeze(-1), noise, x)
