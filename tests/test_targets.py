@@ -156,29 +156,3 @@ def test_cluster_report_and_cli(fitted, tmp_path):
     assert same["cluster_purity"] == same["label_purity"] == pytest.approx(1.0) and same["pnmi"] == pytest.approx(1.0)
     indep = label_agreement(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), 2)
     assert indep["pnmi"] == pytest.approx(0.0, abs=1e-12) and indep["cluster_purity"] == pytest.approx(0.5)
-
-
-def test_utterance_pooled_kmeans_gives_one_unit_per_utterance_and_is_recorded(fitted, tmp_path):
-    from speechssl.audio import load_audio
-    from speechssl.targets.features import check_same_features, open_features
-
-    root, train, _ = fitted
-    assert main(["targets", "kmeans", "--features", "mfcc", "--pool", "utterance", "--train", str(train),
-                 "--k", "3", "--sample-hours", "1", "--n-init", "1", "--out", str(tmp_path / "kmu")]) == 0
-    meta, centroids = load_kmeans(tmp_path / "kmu")
-    assert meta["features"]["pool"] == "utterance" and "pool" not in load_kmeans(root / "km")[0]["features"]
-    out = tmp_path / "labels"
-    assign_labels(tmp_path / "kmu", train, out)
-    folder = LabelFolder(out)
-    mfcc = build_frontend({"name": "mfcc"}).eval()
-    for rec in read_manifest(train):
-        labels = folder.labels[rec["id"]]
-        wav = load_audio(rec["path"])
-        feats, _ = mfcc(wav[None], torch.tensor([wav.numel()]))
-        assert len(labels) == feats.shape[1] and len(set(labels.tolist())) == 1  # every frame: the utterance's unit
-        assert labels[0] == nearest(feats[0].mean(0, keepdim=True).numpy(), centroids)[0]
-    # frame and utterance features are different features: labels of one never pass for the other
-    with pytest.raises(ValueError, match="pool"):
-        check_same_features(meta["features"], open_features("mfcc"), "kmu")
-    with pytest.raises(ValueError, match="--pool must be one of"):
-        open_features("mfcc", pool="speaker")

@@ -36,9 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--features", required=True, help="mfcc (39-dim, 100 Hz) or an encoder folder / baseline name")
     p.add_argument("--layer", default=None, help="layer of the encoder (default: features for mfcc, else context)")
     p.add_argument("--train", required=True, help="manifest to sample frames from")
-    p.add_argument("--pool", choices=["frame", "utterance"], default="frame",
-                   help="frame: cluster frames (default); utterance: cluster utterance means (one unit per "
-                        "utterance, a second target set that keeps voice / style information)")
     p.add_argument("--k", type=int, default=100, help="clusters (default %(default)s)")
     p.add_argument("--sample-hours", type=float, default=1.0, help="hours of audio sampled (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling and k-means seed (default %(default)s)")
@@ -75,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "kmeans":
         meta = fit_kmeans(args.features, args.layer, args.train, args.out, k=args.k, sample_hours=args.sample_hours,
-                          seed=args.seed, n_init=args.n_init, batch_seconds=args.batch_seconds, device=args.device,
-                          pool=args.pool)
+                          seed=args.seed, n_init=args.n_init, batch_seconds=args.batch_seconds, device=args.device)
         print(f"k-means {meta['hash']}: k={meta['k']} on {meta['sample']['frames']} frames "
               f"({meta['sample']['hours']:.2f} h) of {meta['features']['features']} {meta['features']['layer']} "
               f"-> {args.out}")

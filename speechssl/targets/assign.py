@@ -114,8 +114,7 @@ def assign_labels(kmeans_dir: str | Path, manifest: str | Path, out: str | Path,
     km, centroids = load_kmeans(kmeans_dir)
     records = read_manifest(manifest)
     key = file_sha256(manifest, 12)
-    source = open_features(km["features"]["features"], km["features"]["layer"], device,
-                           km["features"].get("pool", "frame"))
+    source = open_features(km["features"]["features"], km["features"]["layer"], device)
     check_same_features(km["features"], source, str(kmeans_dir))
     out.mkdir(parents=True, exist_ok=True)
     with hold_rank_lock(out, rank, world, purpose="speechssl targets assign"):

@@ -5,12 +5,6 @@
 iteration 2 (fairseq ``dump_hubert_feature.py``). Anything :func:`speechssl.load_encoder` reads works
 (baseline names, released / experiment folders, torchaudio / Hugging Face folders).
 
-``pool="utterance"`` replaces every frame by the mean of its utterance's frames (same frame count and
-rate, so the labels line up with the model's frames like any other set): k-means of utterance-mean
-log-Mel gives one unit per utterance that stands for its average spectrum (voice timbre, channel,
-speaking style), a second target set next to the frame units (``data.targets=[frames, utterances]``)
-that the model can only predict by keeping that information in every frame, top layer included.
-
 The provenance of the features (source, layer, frame shift, and the weights' SHA-256 for a trained
 encoder) goes into the k-means model and every label file, so labels can always be traced to the
 exact encoder and layer they came from.
@@ -40,32 +34,21 @@ class FeatureSource:
 
     encoder: Any  # speechssl.upstream.Encoder
     layer: str
-    provenance: dict  # {"features", "layer", "frame_shift", "kind", "weights_sha256"[, "pool"]}
+    provenance: dict  # {"features", "layer", "frame_shift", "kind", "weights_sha256"}
 
     @property
     def frame_shift(self) -> int:
         return int(self.provenance["frame_shift"])
 
     @property
-    def pool(self) -> str:
-        return str(self.provenance.get("pool", "frame"))
-
-    @property
     def min_samples(self) -> int:
         return int(getattr(self.encoder.backbone, "min_samples", 1))
 
 
-POOLS = ("frame", "utterance")
-
-
-def open_features(features: str, layer: str | None = None, device: str = "cpu", pool: str = "frame") -> FeatureSource:
+def open_features(features: str, layer: str | None = None, device: str = "cpu") -> FeatureSource:
     """Open ``features`` (``mfcc`` or an encoder path) at ``layer`` (default: the baseline's only
-    layer, or ``context``); ``pool`` = ``frame`` (each frame as it is) or ``utterance`` (every frame
-    replaced by its utterance's mean, see the module docstring)."""
+    layer, or ``context``)."""
     from speechssl.upstream import load_encoder
-
-    if pool not in POOLS:
-        raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
 
     layer = layer or ("features" if features in ("mfcc", "logmel", "fbank") else "context")
     encoder = load_encoder(features, layers=[layer], device=device)
@@ -80,15 +63,13 @@ def open_features(features: str, layer: str | None = None, device: str = "cpu", 
     }
     if kind == "baseline":
         provenance["frontend"] = encoder.frontend.to_dict()
-    if pool != "frame":  # absent for frame features: k-means hashes of frame features are unchanged
-        provenance["pool"] = pool
     return FeatureSource(encoder, encoder.layer_names[0], provenance)
 
 
 def check_same_features(recorded: Mapping[str, Any], source: FeatureSource, where: str) -> None:
     """Refuse an encoder other than the one the k-means model was fitted on (another weight file,
     layer or frame rate)."""
-    for key in ("layer", "frame_shift", "weights_sha256", "frontend", "pool"):
+    for key in ("layer", "frame_shift", "weights_sha256", "frontend"):
         if recorded.get(key) != source.provenance.get(key):
             raise ValueError(
                 f"{where}: the k-means model was fitted on {recorded.get('features')} {key}={recorded.get(key)!r}, "
@@ -113,8 +94,7 @@ def _batches(records: Sequence[Mapping[str, Any]], batch_seconds: float) -> list
 def utterance_features(source: FeatureSource, records: Sequence[Mapping[str, Any]],
                        batch_seconds: float = 60.0) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index into records, features [frames, dim] float32)`` for every record, in length
-    order (shortest first). Utterances shorter than the encoder's receptive field give 0 frames.
-    With ``source.pool == "utterance"`` every frame is its utterance's mean frame."""
+    order (shortest first). Utterances shorter than the encoder's receptive field give 0 frames."""
     for batch in _batches(records, batch_seconds):
         wavs = []
         for i in batch:
@@ -134,7 +114,4 @@ def utterance_features(source: FeatureSource, records: Sequence[Mapping[str, Any
         out = source.encoder(padded.to(source.encoder.device), lengths.to(source.encoder.device))
         feats, frames = out.hidden_states[0].float().cpu(), out.lengths.cpu()
         for row, j in enumerate(ok):
-            f = feats[row, : int(frames[row])].numpy()
-            if source.pool == "utterance" and len(f):
-                f = np.repeat(f.mean(0, keepdims=True), len(f), axis=0)
-            yield batch[j], f
+            yield batch[j], feats[row, : int(frames[row])].numpy()

@@ -61,10 +61,9 @@ def sample_records(records: list[dict], hours: float, seed: int) -> list[dict]:
 
 def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str | Path, k: int = 100,
                sample_hours: float = 1.0, seed: int = 0, batch_size: int = 10000, max_iter: int = 100,
-               n_init: int = 20, batch_seconds: float = 60.0, device: str = "cpu", pool: str = "frame") -> dict[str, Any]:
+               n_init: int = 20, batch_seconds: float = 60.0, device: str = "cpu") -> dict[str, Any]:
     """Fit k-means on frames of ``features``/``layer`` from a random ``sample_hours`` of ``manifest``.
 
-    ``pool="utterance"``: cluster utterance means (see :mod:`speechssl.targets.features`).
     Returns the ``kmeans.json`` contents. Raises ValueError for k < 2 or fewer sampled frames than k.
     """
     from sklearn.cluster import MiniBatchKMeans
@@ -75,7 +74,7 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
         raise ValueError(f"--sample-hours must be > 0, got {sample_hours}")
     out = Path(out)
     records = read_manifest(manifest)
-    source = open_features(features, layer, device, pool)
+    source = open_features(features, layer, device)
     sample = sample_records(records, sample_hours, seed)
     t0 = time.monotonic()
     feats = [f for _, f in utterance_features(source, sample, batch_seconds) if len(f)]
