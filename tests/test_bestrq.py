@@ -235,3 +235,29 @@ def test_tiny_pretraining_lowers_masked_ce_and_releases_an_encoder(tmp_path):
     want = out.hidden_states[out.layer_names.index("context")][0]
     assert got.shape == tuple(want.shape) == (int(enc.backbone.num_frames(torch.tensor(wav.numel()))), 192)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_pretraining_with_global_cmvn_estimates_the_statistics_once_and_releases_them(tmp_path):
+    # cmvn: global (the paper's normalisation of the quantizer input): the Trainer estimates the
+    # statistics on the training manifest (up to 400 evenly spaced utterances) before step 0; the released encoder
+    # and the checkpoints carry them, and a resumed run reads them back (the unit test in
+    # test_features_cmvn.py checks that set statistics are never recomputed).
+    from speechssl.features.base import build_frontend
+    from speechssl.features.cmvn import compute_global_cmvn
+
+    train = synthesize_corpus(tmp_path / "data", backend="formant", speakers=2, utts_per_speaker=3)
+    frontend = {"name": "logmel", "n_mels": 80, "cmvn": "global"}
+    cfg = recipe(tmp_path, model=tiny_config(frontend=frontend),
+                 data={"max_batch_seconds": 4.0, "crop_seconds": 1.0, "min_seconds": 0.5},
+                 train={"max_steps": 2, "valid_every": 0, "ckpt_every_steps": 2, "plot": False, "seed": 3})
+    exp = tmp_path / "exp"
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
+    records = read_manifest(train)  # 6 utterances: all of them
+    mean, std = compute_global_cmvn(records, build_frontend({**frontend, "cmvn": "none"}))
+    released = load_encoder(str(exp / "encoder")).backbone.frontend
+    torch.testing.assert_close(released.cmvn_mean, mean)
+    torch.testing.assert_close(released.cmvn_std, std)
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp),
+                 "train.max_steps=3"]) == 0
+    again = load_encoder(str(exp / "encoder")).backbone.frontend
+    assert torch.equal(again.cmvn_mean, released.cmvn_mean) and torch.equal(again.cmvn_std, released.cmvn_std)
