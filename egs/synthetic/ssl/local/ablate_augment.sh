@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exp_dir=exp_ablate
-steps=500               # pretraining steps of every variant (cosine schedule length; no time limit)
+steps=200               # pretraining steps of every variant (cosine schedule length; no time limit)
 seed=0
 shots=2
 seeds=5
@@ -35,8 +35,8 @@ all_variants=(
   "no_mixup|without mixup|$spec.mixup=null"
   "no_masks|without SpecAugment masks|$spec.freq_mask=null $spec.time_mask=null"
   "no_crop|without two crops (both views: the whole training crop)|model.crop_seconds=null"
-  "crops_only|two crops, no other augmentation|$wave={} $spec={}"
   "queue_0|queue size 0 (batch negatives only, no momentum encoder)|model.queue_size=0 model.momentum=null"
+  "queue_1024|queue size 1024 (64 past batches)|model.queue_size=1024"
 )
 
 selected=()
