@@ -109,6 +109,7 @@ def test_batched_stretch_matches_each_rows_own_rate_and_pitch_keeps_duration():
         seg = shifted[b, 2000:14000]
         peak = float(torch.fft.rfft(seg).abs().argmax()) * 16000 / seg.numel()
         assert peak == pytest.approx(200 * 2 ** (semis / 12), abs=3)
+        assert float(shifted[b, :16000].pow(2).mean()) == pytest.approx(float(tone.pow(2).mean()), rel=1e-3)
     assert float((shifted[2, 1000:11000] - x[2, 1000:11000]).abs().max()) < 0.02  # 0 semitones: near identity
 
 
