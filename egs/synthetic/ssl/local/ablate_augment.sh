@@ -22,21 +22,19 @@ recipes=../../../recipes
 . ../../common.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 recipe=$recipes/pretrain/simclr_demo.yaml
-[ -f data/pretrain/train.jsonl ] || die "no data/pretrain/train.jsonl: run 'bash run.sh --stop_stage 2' first"
-mkdir -p "$exp_dir"
 
 # name|description|overrides of the recipe (space-separated key=value)
 wave=model.augment.waveform
 spec=model.augment.spectrogram
 all_variants=(
-  "full|the recipe (every group, MoCo queue)|"
+  "full|the recipe (every group, no queue)|"
   "no_noise|without additive noise|$wave.noise=null"
   "no_channel|without the channel group (random EQ, band-limit, gain)|$wave.eq=null $wave.band_limit=null $wave.gain=null"
   "no_mixup|without mixup|$spec.mixup=null"
   "no_masks|without SpecAugment masks|$spec.freq_mask=null $spec.time_mask=null"
   "no_crop|without two crops (both views: the whole training crop)|model.crop_seconds=null"
-  "queue_0|queue size 0 (batch negatives only, no momentum encoder)|model.queue_size=0 model.momentum=null"
-  "queue_1024|queue size 1024 (64 past batches)|model.queue_size=1024"
+  "queue_64|MoCo queue of 64 momentum keys (4 batches) in the NT-Xent|model.queue_size=64 model.momentum=0.99 model.momentum_loss=simclr"
+  "queue_1024|MoCo queue of 1024 momentum keys (64 batches) in the NT-Xent|model.queue_size=1024 model.momentum=0.99 model.momentum_loss=simclr"
 )
 
 selected=()
@@ -45,6 +43,8 @@ for v in "${all_variants[@]}"; do
   if [ "$variants" = all ] || [[ ",$variants," == *",$name,"* ]]; then selected+=("$v"); fi
 done
 [ ${#selected[@]} -gt 0 ] || die "--variants $variants: none of $(printf '%s ' "${all_variants[@]%%|*}")"
+[ -f data/pretrain/train.jsonl ] || die "no data/pretrain/train.jsonl: run 'bash run.sh --stop_stage 2' first"
+mkdir -p "$exp_dir"
 
 log "ablation: ${#selected[@]} variants of $recipe, $steps steps each, seed $seed"
 : > "$exp_dir/variants.tsv"
