@@ -86,6 +86,77 @@ def test_tempo_and_pitch():
     assert 285 < peak_hz < 315
 
 
+def test_batched_stretch_matches_each_rows_own_rate_and_pitch_keeps_duration():
+    """One STFT for the batch, each row at its own rate: the same as stretching each row alone, and
+    a 200 Hz tone stays at 200 Hz (tempo) while pitch moves it by the factor and keeps the length."""
+    t = torch.arange(16000) / 16000
+    tone = 0.3 * torch.sin(2 * math.pi * 200 * t)
+    x, lengths = torch.stack([tone, tone, tone]), torch.tensor([16000, 16000, 12000])
+    x[2, 12000:] = 0
+    rates = torch.tensor([0.8, 1.25, 1.1])
+    y, out_lens = W.stretch(x, lengths, rates)
+    assert out_lens.tolist() == [20000, 12800, round(12000 / 1.1)]
+    for b in range(3):
+        alone, n = W.stretch(x[b:b + 1, : int(lengths[b])], lengths[b:b + 1], rates[b:b + 1])
+        inner = int(n[0]) - 512  # the last frame sees the batch's zero padding, alone the reflection
+        torch.testing.assert_close(y[b, :inner], alone[0, :inner], atol=1e-4, rtol=1e-4)
+        seg = y[b, 2000: int(out_lens[b]) - 2000]
+        assert abs(float(torch.fft.rfft(seg).abs().argmax()) * 16000 / seg.numel() - 200) < 5
+        assert float(y[b, int(out_lens[b]):].abs().sum()) == 0.0
+    shifted = W.pitch_shift(x, lengths, torch.tensor([2.0, -2.0, 0.0]))
+    assert shifted.shape == x.shape and float(shifted[2, 12000:].abs().sum()) == 0.0
+    for b, semis in enumerate([2.0, -2.0]):
+        seg = shifted[b, 2000:14000]
+        peak = float(torch.fft.rfft(seg).abs().argmax()) * 16000 / seg.numel()
+        assert peak == pytest.approx(200 * 2 ** (semis / 12), abs=3)
+        assert float(shifted[b, :16000].pow(2).mean()) == pytest.approx(float(tone.pow(2).mean()), rel=1e-3)
+    assert float((shifted[2, 1000:11000] - x[2, 1000:11000]).abs().max()) < 0.02  # 0 semitones: near identity
+
+
+def test_fast_fft_sizes_and_filters_on_any_width():
+    assert [W.fast_len(n) for n in (1, 7, 64000, 64001, 75199)] == [1, 8, 64000, 64800, 76800]
+    for n in (1, 7, 64000, 64001, 75199, 131073):
+        m = W.fast_len(n)
+        assert m >= n and m <= 2 * n
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        assert r == 1
+    # a prime width: the filters pad to a fast size and keep the width, lengths and padding
+    x = torch.randn(2, 16001, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([16001, 9000])
+    x[1, 9000:] = 0
+    y = W.band_limit(x, lengths, torch.tensor([3000.0, 3000.0]), torch.tensor([0.0, 0.0]))
+    z = W.random_eq(x, lengths, torch.zeros(2, 3), torch.tensor([0.0, 1000.0, 8000.0]))
+    assert y.shape == x.shape and float(y[1, 9000:].abs().sum()) == 0.0
+    torch.testing.assert_close(z, x, atol=1e-5, rtol=1e-5)  # a flat 0 dB curve is the identity
+    high = torch.fft.rfft(y[0, 1000:15000]).abs().pow(2)
+    ref = torch.fft.rfft(x[0, 1000:15000]).abs().pow(2)
+    cut = int(3400 * 14000 / 16000)
+    assert float(high[cut:].sum() / ref[cut:].sum()) < 1e-3
+
+
+def test_costly_augmentations_run_on_the_selected_rows_only_and_keep_the_others():
+    """noise / EQ / band-limit / codec / reverb compute only the rows whose coin came up; the other
+    rows pass unchanged, and the draws (hence the augmented rows) do not depend on which rows ran."""
+    x, lengths = _batch((8000,) * 6)
+    ops = {"noise": {"min_snr_db": 5, "max_snr_db": 5, "colours": ["pink"]}, "eq": {}, "band_limit": {},
+           "codec": {}, "reverb": {}}
+    for name, op in ops.items():
+        half = WaveformAugment(augment_config({"waveform": {name: {**op, "p": 0.5}}}).waveform)
+        full = WaveformAugment(augment_config({"waveform": {name: {**op, "p": 1.0}}}).waveform)
+        y, _, params = half(x, lengths, generator=torch.Generator().manual_seed(2), return_params=True)
+        y_all, _ = full(x, lengths, generator=torch.Generator().manual_seed(2))
+        applied = [not math.isnan(v) for v in params[name]]
+        assert 0 < sum(applied) < 6, name
+        for b in range(6):
+            if applied[b]:
+                torch.testing.assert_close(y[b], y_all[b], atol=1e-5, rtol=1e-4)
+            else:
+                assert torch.equal(y[b], x[b]), name
+
+
 def test_reverb_rir_has_the_requested_rt60_and_drr_and_keeps_alignment():
     rt60, drr = torch.tensor([0.3, 0.6]), torch.tensor([0.0, 6.0])
     rir = W.synthetic_rir(rt60, drr, torch.Generator().manual_seed(0))

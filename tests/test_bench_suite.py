@@ -86,3 +86,35 @@ def test_a_quick_section_runs_end_to_end_and_cleans_its_work_folder(tmp_path):
     kernels = results["environment"]["kernels"]
     assert {"onednn_linear", "fast_gru", "cpu_vendor", "cpu_model", "isa"} <= set(kernels)
     assert not (out / "work").exists()  # the synthetic corpus is gone, the results stay
+
+
+def test_augmented_loader_rate_in_the_main_process_and_in_workers(tmp_path):
+    """The augmented-loader row: every augmentation of recipes/augment/speech.yaml applied in the main
+    process and in loader workers (the augmenting collate), the best rate reported; the report says
+    whether it keeps up with a model's training step."""
+    from helpers import make_corpus
+
+    manifest = make_corpus(tmp_path / "c", n=6, seconds=(0.6, 0.9))
+    config = str(BENCH.parents[1] / "recipes" / "augment" / "speech.yaml")
+    out = pretrain.augment_rate({"manifest": str(manifest), "batch_seconds": 2.0, "crop_seconds": 0.5,
+                                 "epochs": 1, "config": config, "num_workers": [0, 1]})
+    assert {"speed", "pitch", "reverb", "noise", "time_mask"} <= set(out["augmentations"])
+    assert out["workers_0"]["batches"] == out["workers_1"]["batches"] > 0
+    assert out["batches_per_s"] == max(out["workers_0"]["batches_per_s"], out["workers_1"]["batches_per_s"])
+    assert out["best_workers"] in (0, 1) and 0 < out["augment_time_share"] <= 1
+    collate = pretrain.AugmentingCollate(config)
+    from speechssl.data import make_loader, read_manifest
+
+    loader = make_loader(read_manifest(manifest), max_batch_seconds=2.0, max_seconds=0.5, seed=0)
+    items = [loader.dataset[i] for i in range(2)]
+    batch = collate(items)
+    assert batch["feats"].shape[0] == 2 and batch["feats"].shape[2] == 80 and collate.seconds > 0
+    results = {"environment": {"commit": "abc", "date": "d", "cpu_model": "cpu", "threads": 2, "torch": "t"},
+               "mode": "quick", "data": {"models": {"simclr_tiny": {
+                   "batch_seconds": 2.0, "loader": {"workers_0": {"batches_per_s": 50.0}}, "train_steps_per_s": 4.0,
+                   "loader_over_consumption": 12.5, "keeps_up": True, "loader_augmented": out,
+                   "augmented_loader_over_consumption": round(out["batches_per_s"] / 1e6, 2),
+                   "keeps_up_augmented": False}}}}
+    report.write_markdown(results, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "loader + augmentations" in text and "MISSES" in text

@@ -130,6 +130,34 @@ def test_momentum_encoder_gives_the_keys_and_stays_out_of_the_release(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
 
 
+def test_momentum_keys_fill_the_queue_of_a_symmetric_nt_xent():
+    """momentum_loss simclr: both online views contrast with each other (2N-2 batch negatives) and the
+    queue holds the momentum encoder's keys of view b, not the online ones."""
+    torch.manual_seed(0)
+    model = build_model({"name": "simclr", **SMALL, "queue_size": 8, "momentum": 0.9,
+                         "momentum_loss": "simclr"}).train()
+    batch = speech_batch([6000, 6000, 5000])
+    out = model.loss(batch)
+    assert out.metrics["num_negatives"] == 2 * 3 - 2 and out.metrics["queue_fill"] == pytest.approx(3 / 8)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    with torch.no_grad():  # the teacher moved away from the student: the stored keys are the teacher's
+        for p in model.teacher.parameters():
+            p.add_(0.1)
+    torch.manual_seed(1)
+    model.loss(batch)
+    torch.manual_seed(1)
+    feats, frames = model.views(batch["wavs"], batch["lengths"])
+    with torch.no_grad():
+        keys = model.teacher.module["projector"](model.teacher.module["encoder"](feats[3:], frames[3:])[1])
+        online = model.projector(model.encoder(feats[3:], frames[3:])[1])
+    stored = model.queue.keys[3:6]
+    assert torch.allclose(stored, keys, atol=1e-5) and not torch.allclose(stored, online, atol=1e-3)
+    assert model.loss(batch).metrics["num_negatives"] == 4 + 6
+    with pytest.raises(ConfigError, match="momentum_loss"):
+        load_pretrain_config_from({"name": "simclr", "momentum": 0.9, "momentum_loss": "byol"})
+
+
 def test_objectives_and_config_errors():
     batch = speech_batch([6000, 6000, 6000])
     for objective in ("cola", "triplet", "barlow"):

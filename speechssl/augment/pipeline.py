@@ -61,6 +61,21 @@ class WaveformAugment(nn.Module):
     def _select(wavs: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return torch.where(rows.to(wavs.device)[:, None], new, wavs)
 
+    @staticmethod
+    def _on_rows(wavs: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, fn) -> torch.Tensor:
+        """``fn(x, lengths, idx)`` computed on the selected rows only (``idx``: their indices, to pick
+        their drawn parameters); the other rows unchanged. Costly ops (FFT filters, codec) then cost
+        in proportion to ``p`` rather than the whole batch."""
+        if not bool(rows.any()):
+            return wavs
+        if bool(rows.all()):
+            return fn(wavs, lengths, torch.arange(wavs.shape[0]))
+        idx = rows.nonzero().flatten()
+        out = wavs.clone()
+        dev = idx.to(wavs.device)
+        out[dev] = fn(wavs[dev], lengths[dev], idx)
+        return out
+
     def _gain(self, wavs, lengths, rows, cfg, g):
         db = W.uniform(wavs.shape[0], cfg.min_db, cfg.max_db, g)
         return self._select(wavs, rows, W.apply_gain(wavs, db)), lengths, db
@@ -78,43 +93,47 @@ class WaveformAugment(nn.Module):
         snr = W.uniform(b, cfg.min_snr_db, cfg.max_snr_db, g)
         if self.noise_bank is not None:
             noise = self.noise_bank.sample(b, width, g)
-        else:
+            colour = None
+        else:  # one seed drawn for every row (the random stream); noise generated only where it is added
             pick = torch.randint(len(cfg.colours), (b,), generator=g)
             beta = torch.tensor([W.NOISE_COLOURS[cfg.colours[int(k)]] for k in pick])
-            noise = W.coloured_noise(b, width, beta, g)
-        return self._select(wavs, rows, W.add_noise(wavs, lengths, noise.to(wavs.device), snr)), lengths, snr
+            seeds = torch.randint(2**62, (b,), generator=g)
+            colour = beta
+
+        def add(x, n, idx):
+            if colour is None:
+                sel = noise[idx]
+            else:
+                white = torch.stack([torch.randn(width, generator=torch.Generator().manual_seed(int(seeds[i])))
+                                     for i in idx.tolist()])
+                sel = W.colour_noise(white, colour[idx])
+            return W.add_noise(x, n, sel.to(x.device), snr[idx])
+
+        return self._on_rows(wavs, lengths, rows, add), lengths, snr
 
     def _reverb(self, wavs, lengths, rows, cfg, g):
         b = wavs.shape[0]
         rt60 = W.uniform(b, cfg.min_rt60, cfg.max_rt60, g)
         drr = W.uniform(b, cfg.min_drr_db, cfg.max_drr_db, g)
         rir = W.synthetic_rir(rt60, drr, g)
-        if not bool(rows.any()):
-            return wavs, lengths, rt60
-        idx = rows.nonzero().flatten().to(wavs.device)
-        out = wavs.clone()
-        out[idx] = W.reverberate(wavs[idx], lengths[idx], rir[rows])
-        return out, lengths, rt60
+        return self._on_rows(wavs, lengths, rows, lambda x, n, i: W.reverberate(x, n, rir[i])), lengths, rt60
 
     def _band_limit(self, wavs, lengths, rows, cfg, g):
         b = wavs.shape[0]
         low = W.uniform(b, cfg.min_cutoff_hz, cfg.max_cutoff_hz, g)
         high = W.uniform(b, cfg.min_highpass_hz, cfg.max_highpass_hz, g) * W.coin(b, cfg.highpass_p, g)
-        if not bool(rows.any()):
-            return wavs, lengths, low
-        return self._select(wavs, rows, W.band_limit(wavs, lengths, low, high)), lengths, low
+        return self._on_rows(wavs, lengths, rows, lambda x, n, i: W.band_limit(x, n, low[i], high[i])), lengths, low
 
     def _eq(self, wavs, lengths, rows, cfg, g):
         b = wavs.shape[0]
         knots = torch.cat([torch.zeros(1), torch.logspace(2.0, math.log10(8000.0), cfg.num_knots)])
         gains = W.uniform(b * (cfg.num_knots + 1), -cfg.max_db, cfg.max_db, g).reshape(b, -1)
-        if not bool(rows.any()):
-            return wavs, lengths, gains.abs().max(1).values
-        return self._select(wavs, rows, W.random_eq(wavs, lengths, gains, knots)), lengths, gains.abs().max(1).values
+        out = self._on_rows(wavs, lengths, rows, lambda x, n, i: W.random_eq(x, n, gains[i], knots))
+        return out, lengths, gains.abs().max(1).values
 
     def _codec(self, wavs, lengths, rows, cfg, g):
         bits = torch.randint(cfg.min_bits, cfg.max_bits + 1, (wavs.shape[0],), generator=g)
-        return self._select(wavs, rows, W.mu_law_codec(wavs, bits)), lengths, bits
+        return self._on_rows(wavs, lengths, rows, lambda x, n, i: W.mu_law_codec(x, bits[i])), lengths, bits
 
     def _resize_rows(self, wavs, lengths, rows, fn):
         """Apply a duration-changing ``fn(x, lengths) -> (x', lengths')`` to the selected rows only."""

@@ -76,6 +76,12 @@ class SimCLRConfig:
     # from an EMA copy of encoder + projector with this decay (MoCo: 0.999; speechssl.modules.ema), and
     # the loss is each view-a query against the batch's keys and the queue. None: no momentum encoder.
     momentum: float | None = None
+    # How the momentum encoder's keys enter the loss. "moco": each view-a query against the batch's
+    # momentum keys of view b (its own is the positive) and the queue (He et al. 2020, one direction).
+    # "simclr": SimCLR's symmetric NT-Xent of the two online views with the in-batch negatives, plus the
+    # queue (filled with the momentum encoder's keys of view b) as extra negatives of every view: the
+    # gradient of both views and of the 2N-2 batch negatives is kept, the queue only adds negatives.
+    momentum_loss: Literal["moco", "simclr"] = "moco"
     barlow_lambda: float = 5.0e-3  # weight of the off-diagonal terms
     triplet_margin: float = 0.5  # on squared distances of L2-normalised embeddings (range [0, 4])
     # Views: two crops of crop_seconds, at least min_gap_seconds apart when the input is long enough
@@ -99,6 +105,8 @@ class SimCLRConfig:
             raise ValueError(f"model.queue_size must be >= 0, got {self.queue_size}")
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"model.momentum must be in [0, 1) or null, got {self.momentum}")
+        if self.momentum_loss not in ("moco", "simclr"):
+            raise ValueError(f"model.momentum_loss must be moco or simclr, got {self.momentum_loss!r}")
         if self.momentum is not None and self.objective != "ntxent":
             raise ValueError(f"model.momentum: the momentum encoder needs objective ntxent, got {self.objective!r}")
         if self.queue_size and self.objective not in ("ntxent", "cola"):
@@ -230,9 +238,12 @@ class SiameseModel(SSLModel):
         _, h = self.encoder(feats, frames)
         z_a, z_b = self.projector(h[:n]), self.projector(h[n:])
         queue = self.queue.negatives() if self.queue is not None else None
+        keys = z_b
         if self.teacher is not None:
             with torch.no_grad():
-                z_b = self.teacher.module["projector"](self.teacher.module["encoder"](feats[n:], frames[n:])[1])
+                keys = self.teacher.module["projector"](self.teacher.module["encoder"](feats[n:], frames[n:])[1])
+        if self.teacher is not None and cfg.momentum_loss == "moco":
+            z_b = keys
             out = L.key_contrast(z_a, z_b, cfg.temperature, queue)
         elif cfg.objective == "ntxent":
             out = L.nt_xent(z_a, z_b, cfg.temperature, queue)
@@ -243,7 +254,7 @@ class SiameseModel(SSLModel):
         else:
             out = L.triplet_semi_hard(z_a, z_b, cfg.triplet_margin)
         if self.queue is not None and self.training:
-            self.queue.push(z_b)
+            self.queue.push(keys.detach())
         align, uniform = L.alignment_uniformity(z_a.detach(), z_b.detach())
         metrics = {"loss": float(out.loss.detach()), "num_negatives": float(out.num_negatives),
                    "align": align, "uniform": uniform, **embedding_health(h.detach())}

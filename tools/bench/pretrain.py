@@ -22,7 +22,8 @@ Usage:
   ``speechssl synth --backend formant`` on 6-9-word sentences (was a timed unit test; it wants > 25x).
 * ``augment_rate(spec)``: the same loader with the speech augmentations of
   ``recipes/augment/speech.yaml`` applied to every batch in the loading process (waveform pipeline,
-  log-Mel, SpecAugment): batches/s, to compare with every model's training step.
+  log-Mel, SpecAugment; in the main process and in 2 worker processes): batches/s, to compare with
+  every model's training step.
 * ``epoch_scaling(spec)``: one pretraining epoch (wav2vec2 tiny) over 1x/2x/4x of the corpus; wall
   time and peak RSS (run each size in its own child process).
 """
@@ -305,43 +306,82 @@ def loader_rate(spec: dict) -> dict:
     return out
 
 
-def augment_rate(spec: dict) -> dict:
-    """spec: ``manifest``, ``batch_seconds``, ``crop_seconds``, ``epochs``, ``config`` (augmentation YAML).
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
 
-    Batches/s of the loader followed by the waveform augmentations, the log-Mel frontend and the
-    spectrogram augmentations of ``config`` on each batch (one process, one thread), and the share
-    of the time spent augmenting."""
-    from speechssl.augment import SpectrogramAugment, WaveformAugment, augment_config
-    from speechssl.config import load_yaml
+
+class AugmentingCollate:
+    """collate_audio, then the waveform augmentations, the log-Mel frontend and the spectrogram
+    augmentations of one batch: what a loader worker does when the augmentation runs in the loader
+    (picklable, so DataLoader workers run it in parallel with the training process)."""
+
+    def __init__(self, config: str):
+        from speechssl.augment import SpectrogramAugment, WaveformAugment, augment_config
+        from speechssl.config import load_yaml
+        from speechssl.features.base import build_frontend
+
+        cfg = augment_config(load_yaml(config))
+        self.names = cfg.waveform.enabled() + cfg.spectrogram.enabled()
+        self.wave, self.spec = WaveformAugment(cfg.waveform), SpectrogramAugment(cfg.spectrogram, 80)
+        self.frontend = build_frontend({"name": "logmel", "n_mels": 80})
+        self.seconds = 0.0  # time spent augmenting (in this process)
+
+    def __call__(self, items):
+        from speechssl.data.dataset import collate_audio
+
+        batch = collate_audio(items)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            wavs, lengths = self.wave(batch["wavs"], batch["lengths"])
+            feats, frames = self.frontend(wavs, lengths)
+            batch["feats"], batch["frames"] = self.spec(feats, frames), frames
+        self.seconds += time.perf_counter() - t0
+        return batch
+
+
+def augment_rate(spec: dict) -> dict:
+    """spec: ``manifest``, ``batch_seconds``, ``crop_seconds``, ``epochs``, ``config`` (augmentation YAML),
+    ``num_workers`` (list, default [0]).
+
+    Batches/s of the loader with the waveform augmentations, the log-Mel frontend and the spectrogram
+    augmentations of ``config`` applied to each batch in the loading process (workers 0: the main
+    process, one thread; N: N worker processes of one thread each, as ``data.num_workers`` runs them),
+    per worker count, the best, and (workers 0) the share of the time spent augmenting."""
     from speechssl.data import make_loader, read_manifest
-    from speechssl.features.base import build_frontend
 
     torch.set_num_threads(spec.get("threads", 1))
-    cfg = augment_config(load_yaml(spec["config"]))
-    wave, spec_aug = WaveformAugment(cfg.waveform), SpectrogramAugment(cfg.spectrogram, 80)
-    frontend = build_frontend({"name": "logmel", "n_mels": 80})
-    loader = make_loader(read_manifest(spec["manifest"]), max_batch_seconds=spec["batch_seconds"],
-                         max_seconds=spec["crop_seconds"], num_workers=0, seed=0)
-    rates, aug_share, count = [], [], 0
-    with torch.no_grad():
-        for epoch in range(spec["epochs"] + 1):  # epoch 0 is warm-up
+    records = read_manifest(spec["manifest"])
+    out: dict = {}
+    names: list[str] = []
+    for workers in spec.get("num_workers", [0]):
+        collate = AugmentingCollate(spec["config"])
+        names = collate.names
+        loader = make_loader(records, max_batch_seconds=spec["batch_seconds"], max_seconds=spec["crop_seconds"],
+                             num_workers=workers, seed=0)
+        # DataLoader fixes collate_fn at construction: rebuild it with the augmenting one
+        loader.dataloader = torch.utils.data.DataLoader(
+            loader.dataset, batch_sampler=loader.sampler, collate_fn=collate, num_workers=workers,
+            worker_init_fn=_one_thread if workers else None)
+        rates, aug_share, count = [], [], 0
+        for epoch in range(spec["epochs"] + 1):  # epoch 0 is warm-up (file cache, worker start)
             loader.set_epoch(epoch)
-            t0, n, t_aug = time.perf_counter(), 0, 0.0
-            for batch in loader:
-                ta = time.perf_counter()
-                wavs, lengths = wave(batch["wavs"], batch["lengths"])
-                feats, frames = frontend(wavs, lengths)
-                spec_aug(feats, frames)
-                t_aug += time.perf_counter() - ta
+            collate.seconds = 0.0
+            t0, n = time.perf_counter(), 0
+            for _ in loader:
                 n += 1
             if epoch:
                 total = time.perf_counter() - t0
                 rates.append(n / total)
-                aug_share.append(t_aug / total)
+                aug_share.append(collate.seconds / total)
                 count += n
-    return {"augmentations": cfg.waveform.enabled() + cfg.spectrogram.enabled(),
-            "batches_per_s": round(median(rates), 3), "batches": count,
-            "augment_time_share": round(median(aug_share), 3)}
+        row = {"batches_per_s": round(median(rates), 3), "batches": count}
+        if not workers:
+            row["augment_time_share"] = round(median(aug_share), 3)
+        out[f"workers_{workers}"] = row
+    best = max(out.values(), key=lambda r: r["batches_per_s"])
+    return {"augmentations": names, "batches_per_s": best["batches_per_s"],
+            "best_workers": int(max(out, key=lambda k: out[k]["batches_per_s"]).split("_")[1]),
+            "augment_time_share": out.get("workers_0", {}).get("augment_time_share", float("nan")), **out}
 
 
 def epoch_scaling(spec: dict) -> dict:

@@ -169,7 +169,8 @@ def section_data(cfg: dict, args, work: Path, results: dict) -> dict:
         if (seconds, crop) not in augmented_rates:  # one measurement per batch shape
             augmented_rates[(seconds, crop)] = run_child("pretrain", "augment_rate", {
                 "manifest": manifest, "batch_seconds": seconds, "crop_seconds": crop, "threads": 1,
-                "epochs": cfg["loader"]["epochs"], "config": str(ROOT / "recipes" / "augment" / "speech.yaml")})
+                "epochs": cfg["loader"]["epochs"], "num_workers": cfg["loader"]["num_workers"],
+                "config": str(ROOT / "recipes" / "augment" / "speech.yaml")})
         augmented = augmented_rates[(seconds, crop)]
         step_rate = steps.get(name, {}).get("steps_per_s")
         entry = {"batch_seconds": seconds, "loader": rate, "loader_augmented": augmented,
