@@ -178,6 +178,29 @@ def speech_batch(lengths: list[int], seed: int = 0, speakers: list[str] | None =
     return batch
 
 
+def check_mlp_input_block(build, embed, check_mlp) -> None:
+    """The ``input_block: linear | mlp`` contract of the reconstruction families (TERA, MAE): mean-pooled
+    over an utterance, a linear embedding of utterance-CMVN frames is its bias whatever the audio; the
+    MLP block's GELU keeps a per-utterance (per-voice) part. ``build(block)`` makes the model,
+    ``embed(model, batch)`` its per-frame input embedding [B, T, D], ``check_mlp(model, batch)`` asserts
+    family-specific things of the MLP model; an unknown block is refused, naming the key."""
+    import pytest
+
+    b = speech_batch([16000, 16000], seed=3)  # two sines of different pitch
+    pooled = {}
+    for block in ("linear", "mlp"):
+        torch.manual_seed(0)
+        model = build(block).eval()
+        with torch.no_grad():
+            pooled[block] = embed(model, b).mean(1)
+        if block == "mlp":
+            check_mlp(model, b)
+    torch.testing.assert_close(pooled["linear"][0], pooled["linear"][1], atol=1e-5, rtol=0)
+    assert float((pooled["mlp"][0] - pooled["mlp"][1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match=r"model.input_block: 'conv' is not one of \['linear', 'mlp'\]"):
+        build("conv")
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (SELF_SIGTERM_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", **extra)
