@@ -1,4 +1,4 @@
-"""tools/bench/peers.py: our training losses equal the peers' own on the same batch and weights (tiny).
+"""tools/bench/peers.py and peers_hubert.py: our training losses equal the peers' own on the same batch and weights (tiny).
 
 Only the agreement checks are tested (never timings): HF ``Wav2Vec2ForPreTraining`` with our
 masks and distractors, and s3prl's own ``pretrain/apc`` expert on the same fbank features.
@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "bench"))
 
 import peers  # noqa: E402
+import peers_hubert  # noqa: E402
 
 
 def test_wav2vec2_loss_and_gradients_match_hugging_face():
@@ -56,7 +57,7 @@ def test_apc_loss_and_gradients_match_s3prl_pretrain_expert():
 
 # ---- HuBERT vs torchaudio (tools/bench/peers.py hubert_*, extraction.compare_hubert) ----------
 def test_hubert_loss_and_gradients_match_torchaudio_with_its_examples_loss():
-    out = peers.hubert_check(peers.hubert_config("tiny"), "tiny", batch_size=2, crop_seconds=0.5)
+    out = peers_hubert.hubert_check(peers_hubert.hubert_config("tiny"), "tiny", batch_size=2, crop_seconds=0.5)
     assert out["masked_frames"] > 0
     assert out["loss_rel_diff"] < 1e-5, out
     assert out["grad_max_rel_diff"] < 1e-3, out
@@ -64,17 +65,17 @@ def test_hubert_loss_and_gradients_match_torchaudio_with_its_examples_loss():
 
 def test_hubert_check_sees_other_labels_and_the_feature_penalty():
     # the check can fail: labels torchaudio does not get, or another feature-penalty weight, change one side only
-    cfg = peers.hubert_config("tiny", dropout=0.0, attention_dropout=0.0, input_dropout=0.0)
-    ours, ta = peers.hubert_pair(cfg, "tiny")
-    inputs = peers.hubert_inputs(ours, 2, 0.5)
+    cfg = peers_hubert.hubert_config("tiny", dropout=0.0, attention_dropout=0.0, input_dropout=0.0)
+    ours, ta = peers_hubert.hubert_pair(cfg, "tiny")
+    inputs = peers_hubert.hubert_inputs(ours, 2, 0.5)
     n = int(inputs.mask.sum())
     shifted = dataclasses.replace(inputs, labels=(inputs.labels + 1) % cfg.num_classes[0])
     with torch.no_grad():
-        ours_fn, ta_fn = peers.hubert_losses(ours, ta, inputs)
+        ours_fn, ta_fn = peers_hubert.hubert_losses(ours, ta, inputs)
         same = float(ours_fn()), float(ta_fn()) / n
-        ours_fn, ta_fn = peers.hubert_losses(ours, ta, shifted)
+        ours_fn, ta_fn = peers_hubert.hubert_losses(ours, ta, shifted)
         other_labels = float(ours_fn()), float(ta_fn()) / n
-        ours_fn, ta_fn = peers.hubert_losses(ours, ta, inputs)  # torchaudio's side keeps the weight 10
+        ours_fn, ta_fn = peers_hubert.hubert_losses(ours, ta, inputs)  # torchaudio's side keeps the weight 10
         ours.config.feature_penalty = 0.0
         other_penalty = float(ours_fn()), float(ta_fn()) / n
     assert abs(same[0] - same[1]) < 1e-5 * same[0]
@@ -83,7 +84,7 @@ def test_hubert_check_sees_other_labels_and_the_feature_penalty():
 
 
 def test_hubert_base_comparison_is_our_recipe_against_hubert_pretrain_base():
-    cfg = peers.hubert_config("base")
+    cfg = peers_hubert.hubert_config("base")
     assert (cfg.embed_dim, cfg.num_layers, cfg.num_classes, cfg.final_dim, cfg.layer_drop) == (768, 12, [100], 256, 0.0)
     assert (cfg.dropout, cfg.attention_dropout, cfg.input_dropout, cfg.feature_penalty, cfg.feature_grad_mult) == (
         0.1, 0.1, 0.1, 10.0, 0.1)

@@ -56,6 +56,7 @@ from speechssl.train.metrics import MetricsLogger, merge_train_windows, plot_los
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.probe import LiveProbe
 from speechssl.train.progress import Progress
+from speechssl.train.signals import StopSignals
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Trainer:
         device_kind = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist, self._owns_group = init_distributed(device_kind)
         self.logger: MetricsLogger | None = None
-        self._old_handlers: dict[int, Any] = {}
+        self.signals = StopSignals()
         # One job per experiment folder; only rank 0 writes, so only rank 0 locks (DDP ranks excepted).
         self._lock = FolderLock(self.exp_dir, purpose="speechssl pretrain") if self.dist.is_main else None
         try:
@@ -201,7 +202,6 @@ class Trainer:
         self.elapsed_before = 0.0
         self.last_valid_loss: float | None = None
         self._last_ckpt_step = -1
-        self._stop_signal: int | None = None
         if resume_state is not None:
             self._load_resume_state(self.resume_path, resume_state)
         for line in fill_global_cmvn(self.model, self.manifests["train"]):  # fresh start, cmvn: global
@@ -290,27 +290,6 @@ class Trainer:
             "resumed_from": str(self.resume_path) if self.resume_path else None,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        log.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
-
-    def _install_signal_handlers(self) -> None:
-        if not hasattr(signal, "SIGTERM"):
-            return
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        except ValueError:  # not the main thread: the caller handles signals
-            self._old_handlers.clear()
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -458,7 +437,7 @@ class Trainer:
                 f"precision={tc.precision} device={self.device}"
             )
         self_sigterm = int(os.environ.get(SELF_SIGTERM_ENV, "0") or 0)
-        self._install_signal_handlers()
+        self.signals.install()
         status = "finished"
         window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
         bar = Progress(tc.max_steps, self.step, tc.progress, tc.progress_every_seconds, self.dist.is_main)
@@ -498,7 +477,7 @@ class Trainer:
                 time_up = tc.max_minutes is not None and now - self._t0 >= tc.max_minutes * 60
                 ckpt_due = tc.ckpt_every_minutes is not None and now - self._last_ckpt_time >= tc.ckpt_every_minutes * 60
                 stop, time_up, ckpt_due = all_reduce_max(
-                    [float(self._stop_signal is not None), float(time_up), float(ckpt_due)], self.dist, self.device)
+                    [float(self.signals.received is not None), float(time_up), float(ckpt_due)], self.dist, self.device)
                 if res["skipped"]:
                     if stop or time_up:
                         status = "interrupted" if stop else "time_limit"
@@ -519,7 +498,7 @@ class Trainer:
                 self._log_train(window, bar)
         finally:
             bar.close()
-            self._restore_signal_handlers()
+            self.signals.restore()
         if self._last_ckpt_step != self.step:
             checkpoint = self.save_checkpoint()
         else:
@@ -531,7 +510,7 @@ class Trainer:
             encoder_dir = self.release_encoder(status)
             self._probe(final=True)
         else:
-            self._info(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint "
+            self._info(f"stopped by {signal.Signals(self.signals.received).name} at step {self.step}; checkpoint "
                        f"{checkpoint}; rerun the same command to resume")
         if status == "time_limit":
             self._info(f"train.max_minutes={tc.max_minutes} reached at step {self.step}; rerun to continue")
@@ -539,7 +518,7 @@ class Trainer:
             plot_loss_curve(self.exp_dir / "metrics.jsonl", self.exp_dir / "loss_curve.png")
         return PretrainResult(status=status, step=self.step, exp_dir=self.exp_dir, checkpoint=checkpoint,
                               encoder_dir=encoder_dir, valid_loss=self.last_valid_loss, dropped=self.dropped,
-                              signal=self._stop_signal)
+                              signal=self.signals.received)
 
     def _log_train(self, window: dict[str, Any], bar) -> None:
         elapsed = max(1e-9, time.monotonic() - window["t"])
@@ -584,7 +563,7 @@ class Trainer:
         return folder
 
     def close(self) -> None:
-        self._restore_signal_handlers()
+        self.signals.restore()
         if self.logger is not None:
             self.logger.close()
         if self._lock is not None:

@@ -79,7 +79,7 @@ def compare_wav2vec2(spec: dict) -> dict:
 
 def compare_hubert(spec: dict) -> dict:
     """spec: ``clip_seconds`` (list), ``repeats``, ``threads``, optional ``size`` (``base``: torchaudio
-    ``hubert_base()``; ``tiny``: the test size of tools/bench/peers.py).
+    ``hubert_base()``; ``tiny``: the test size of tools/bench/peers_hubert.py).
 
     torchaudio's ``hubert_base()`` (random init, seed 0; the encoder of ``hubert_pretrain_base()``) vs
     our HuBERT holding its weights (``importers.from_torchaudio`` of the pretraining model around it):
@@ -88,15 +88,15 @@ def compare_hubert(spec: dict) -> dict:
     import torchaudio
 
     sys.path.insert(0, str(BENCH_DIR))
-    import peers
+    import peers_hubert
 
     from speechssl.upstream.importers import from_torchaudio
 
     torch.set_num_threads(spec["threads"])
     size = spec.get("size", "base")
-    cfg = peers.hubert_config(size)
+    cfg = peers_hubert.hubert_config(size)
     torch.manual_seed(0)
-    pretrain_model = peers.torchaudio_hubert(cfg, size)
+    pretrain_model = peers_hubert.torchaudio_hubert(cfg, size)
     if size == "base":
         ta = torchaudio.models.hubert_base()
         ta.load_state_dict(pretrain_model.wav2vec2.state_dict())

@@ -16,7 +16,7 @@ Sections (each runs in its own child process, so peak memory and thread pools ar
   (Hugging Face ``Wav2Vec2ForPreTraining`` for wav2vec 2.0 Base, fp32 and bf16; s3prl's ``pretrain/apc`` expert for APC 3 x 512;
   torchaudio ``hubert_pretrain_base()`` + its examples' ``hubert_loss`` for HuBERT Base), losses and
   gradients checked equal on the same batch, masks, distractors and weights first
-  (tools/bench/peers.py);
+  (tools/bench/peers.py, HuBERT in tools/bench/peers_hubert.py);
 * ``hubert`` (not in the default run): HuBERT Base extraction, ours vs torchaudio ``hubert_base()`` with
   the same weights, every layer (tools/bench/extraction.py); the HuBERT Base training-step rows vs
   torchaudio ``hubert_pretrain_base()`` are in ``peers``;
@@ -211,7 +211,7 @@ def section_peers(cfg: dict, args, results: dict, save) -> dict:
         if args.peer_families and fam not in args.peer_families.split(","):
             continue
         for dtype in spec["dtypes"]:
-            part = run_child("peers", f"{fam}_rows", {**spec, "dtypes": [dtype], "threads": args.threads})
+            part = run_child("peers_hubert" if fam == "hubert" else "peers", f"{fam}_rows", {**spec, "dtypes": [dtype], "threads": args.threads})
             if "error" in part:
                 out.setdefault(fam, {}).setdefault("rows", {})[dtype] = {"error": part["error"]}
             else:
