@@ -134,6 +134,20 @@ class SSLModel(nn.Module, abc.ABC):
         return list(missing)
 
 
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; gradient multiplied by ``scale`` (fairseq ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return grad * ctx.scale, None
+
+
+
 def transformer_layer_names(num_blocks: int) -> list[str]:
     """The named layers of a frame encoder followed by ``num_blocks`` transformer blocks."""
     return ["latent", *(f"layer_{i + 1}" for i in range(num_blocks)), "context"]
@@ -168,6 +182,16 @@ class FeatureEncoderFrames(TransformerLayers):
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Valid frames for ``num_samples`` [batch] samples (frontend then feature-encoder formula)."""
         return self.feature_encoder.out_lengths(self.frontend.num_frames(num_samples))
+
+    def training_conv_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.conv_features`` for the loss: the feature encoder's gradient scaled by
+        ``config.feature_grad_mult`` (fairseq), or no graph at all when it is 0 (a frozen encoder)."""
+        mult = self.config.feature_grad_mult
+        if mult <= 0:
+            with torch.no_grad():
+                return self.conv_features(wavs, lengths)
+        feats, frame_lengths = self.conv_features(wavs, lengths)
+        return (GradMultiply.apply(feats, mult) if mult != 1.0 else feats), frame_lengths
 
 
 class StackedFrames(TransformerLayers):

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
-from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection, GradMultiply
+from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.conv_stacks import ConvDecoder1d, PositionalConvStack
 from speechssl.modules.ema import EMATeacher, check_ema_config, released_state
@@ -335,13 +335,7 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
         cfg = self.config
         wavs = batch["wavs"]
         lengths = self.check_lengths(wavs, batch.get("lengths"))
-        if cfg.feature_grad_mult > 0:
-            feats, frame_lengths = self.conv_features(wavs, lengths)
-            if cfg.feature_grad_mult != 1.0:
-                feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                feats, frame_lengths = self.conv_features(wavs, lengths)
+        feats, frame_lengths = self.training_conv_features(wavs, lengths)
         latent = self.feature_projection(feats)
         frames = latent.shape[1]
         valid = lengths_to_mask(frame_lengths, frames)

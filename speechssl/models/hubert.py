@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
-from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection, GradMultiply
+from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear
 from speechssl.modules.masked_prediction import DiscreteTargetHead, masked_prediction_loss
@@ -303,13 +303,7 @@ class HubertModel(FeatureEncoderFrames, SSLModel):
         cfg = self.config
         wavs = batch["wavs"]
         lengths = self.check_lengths(wavs, batch.get("lengths"))
-        if cfg.feature_grad_mult > 0:
-            feats, frame_lengths = self.conv_features(wavs, lengths)
-            if cfg.feature_grad_mult != 1.0:
-                feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                feats, frame_lengths = self.conv_features(wavs, lengths)
+        feats, frame_lengths = self.training_conv_features(wavs, lengths)
         frames = feats.shape[1]
         targets = self.aligned_targets(batch, frames, frame_lengths)
         valid = lengths_to_mask(frame_lengths, frames)

@@ -40,7 +40,14 @@ import torch
 from torch import nn
 
 from speechssl.features.base import build_frontend
-from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
+from speechssl.models.base import (
+    MODELS,
+    EncoderOutput,
+    FeatureEncoderFrames,
+    LossOutput,
+    ModelSpec,
+    SSLModel,
+)
 from speechssl.modules.contrastive import contrastive_loss
 from speechssl.modules.conv import ConvFeatureEncoder
 from speechssl.modules.linear import Linear
@@ -153,19 +160,6 @@ def wav2vec2_tiny() -> Wav2Vec2Config:
     )
 
 
-class GradMultiply(torch.autograd.Function):
-    """Identity forward; gradient multiplied by ``scale`` (fairseq ``GradMultiply``)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        return grad * ctx.scale, None
-
-
 class FeatureProjection(nn.Module):
     """``dropout(Linear(LayerNorm(f)))``: conv features [B, T, C] -> [B, T, D]."""
 
@@ -240,13 +234,7 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
         cfg = self.config
         wavs = batch["wavs"]
         lengths = self.check_lengths(wavs, batch.get("lengths"))
-        if cfg.feature_grad_mult > 0:
-            feats, frame_lengths = self.conv_features(wavs, lengths)
-            if cfg.feature_grad_mult != 1.0:
-                feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                feats, frame_lengths = self.conv_features(wavs, lengths)
+        feats, frame_lengths = self.training_conv_features(wavs, lengths)
         batch_size, frames, _ = feats.shape
         valid = lengths_to_mask(frame_lengths, frames)
         padding = None if bool(valid.all()) else ~valid
