@@ -9,6 +9,7 @@
   Importing this module registers it in ``MODELS``; ``CRASH`` injects an in-process crash.
 * ``speech_batch(lengths)``: a padded batch of noisy sines for ``model.loss``.
 * ``make_corpus`` / ``recipe``: a tiny noisy-sine corpus and recipe YAML.
+* ``check_resume_after_crash``: pretrain uninterrupted, then crash mid-run, resume, and compare weights.
 """
 
 from __future__ import annotations
@@ -148,6 +149,50 @@ def recipe(tmp: Path, **sections: dict) -> Path:
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(base))
     return path
+
+
+def check_resume_after_crash(monkeypatch, model_cls: type, sections: dict, train: Path, tmp: Path,
+                             crash_at: int = 4) -> None:
+    """A family's exact resume through the Trainer, the way a crash really happens.
+
+    Pretrains the recipe ``sections`` (checkpoints every 2 steps) once without interruption, once with
+    ``model_cls.loss`` raising at its ``crash_at``-th training call, then resumes the crashed run from its
+    last checkpoint; both runs must end at the same step with bit-identical weights.
+    """
+    import pytest
+
+    from speechssl.train import checkpoint as ckpt_io
+    from speechssl.train.config import load_pretrain_config
+    from speechssl.train.trainer import pretrain
+
+    def run(name: str):
+        return pretrain(load_pretrain_config(recipe(tmp, **sections)), train, None, tmp / name)
+
+    ref = run("ref")
+    calls = {"n": 0}
+    real = model_cls.loss
+
+    def crashing(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise RuntimeError("injected crash")
+        return real(self, batch)
+
+    monkeypatch.setattr(model_cls, "loss", crashing)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run("crashed")
+    monkeypatch.setattr(model_cls, "loss", real)
+    every = sections["train"]["ckpt_every_steps"]
+    last = ckpt_io.latest_checkpoint(tmp / "crashed" / "checkpoints")
+    assert last.name == f"step_{(crash_at - 1) // every * every:08d}.pt", last
+    resumed = run("crashed")
+    assert ref.step == resumed.step == sections["train"]["max_steps"]
+    a = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp / "ref" / "checkpoints"))
+    b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp / "crashed" / "checkpoints"))
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 def built_in_families() -> list[str]:

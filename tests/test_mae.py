@@ -9,16 +9,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import check_mlp_input_block, make_glide_corpus, recipe, speech_batch, tiny_model
+from helpers import (
+    check_mlp_input_block,
+    check_resume_after_crash,
+    make_glide_corpus,
+    recipe,
+    speech_batch,
+    tiny_model,
+)
 
 from speechssl.cli.main import main
 from speechssl.config import to_dict
 from speechssl.models import build_model
 from speechssl.models import mae as mae_module
 from speechssl.models.mae import MAEModel, audio_mae_base, mae_base, mae_tiny, random_token_mask
-from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.config import load_pretrain_config
-from speechssl.train.trainer import pretrain
 from speechssl.upstream import load_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -165,27 +170,7 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, monkeypatch):
     train = make_glide_corpus(tmp_path / "data", n=6, seconds=0.8)
     sections = {"model": patch_config(), "data": {"max_batch_seconds": 1.6, "crop_seconds": 0.8, "min_seconds": 0.2},
                 "train": {"max_steps": 5, "ckpt_every_steps": 2, "valid_every": 0, "plot": False}}
-    ref = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "ref")
-    calls = {"n": 0}
-    real = MAEModel.loss
-
-    def crashing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("injected crash")
-        return real(self, batch)
-
-    monkeypatch.setattr(MAEModel, "loss", crashing)
-    with pytest.raises(RuntimeError, match="injected crash"):
-        pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "crashed")
-    monkeypatch.setattr(MAEModel, "loss", real)
-    assert ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints").name == "step_00000002.pt"
-    resumed = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "crashed")
-    assert ref.step == resumed.step == 5
-    a = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "ref" / "checkpoints"))
-    b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints"))
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    check_resume_after_crash(monkeypatch, MAEModel, sections, train, tmp_path)
 
 
 def test_mlp_token_embedding_keeps_what_a_linear_one_averages_away():

@@ -8,16 +8,22 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import check_mlp_input_block, make_corpus, make_glide_corpus, recipe, speech_batch, tiny_model
+from helpers import (
+    check_mlp_input_block,
+    check_resume_after_crash,
+    make_corpus,
+    make_glide_corpus,
+    recipe,
+    speech_batch,
+    tiny_model,
+)
 
 from speechssl.cli.main import main
 from speechssl.config import to_dict
 from speechssl.models import build_model
 from speechssl.models.tera import TERAModel, mockingjay_base, tera_base, tera_tiny
 from speechssl.modules import alterations
-from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.config import load_pretrain_config
-from speechssl.train.trainer import pretrain
 from speechssl.upstream import load_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -206,28 +212,7 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, monkeypatch):
     train = make_corpus(tmp_path / "data", n=8, seconds=(0.5, 0.8))
     sections = {"model": tiny_config(), "data": {"max_batch_seconds": 1.0, "crop_seconds": 0.5, "min_seconds": 0.2},
                 "train": {"max_steps": 5, "ckpt_every_steps": 2, "valid_every": 0, "plot": False}}
-    ref = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "ref")
-    calls = {"n": 0}
-    real = TERAModel.loss
-
-    def crashing(self, batch):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise RuntimeError("injected crash")
-        return real(self, batch)
-
-    monkeypatch.setattr(TERAModel, "loss", crashing)
-    with pytest.raises(RuntimeError, match="injected crash"):
-        pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "crashed")
-    monkeypatch.setattr(TERAModel, "loss", real)
-    assert ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints").name == "step_00000002.pt"
-    resumed = pretrain(load_pretrain_config(recipe(tmp_path, **sections)), train, None, tmp_path / "crashed")
-    assert ref.step == resumed.step == 5
-    a = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "ref" / "checkpoints"))
-    b = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "crashed" / "checkpoints"))
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    check_resume_after_crash(monkeypatch, TERAModel, sections, train, tmp_path)
 
 
 # ---------------------------------------------------------------- health diagnostics
