@@ -8,7 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import check_mlp_input_block, make_corpus, make_glide_corpus, recipe, speech_batch, tiny_model
+from helpers import (
+    check_mlp_input_block,
+    check_rotary_transformer,
+    make_corpus,
+    make_glide_corpus,
+    recipe,
+    speech_batch,
+    tiny_model,
+)
 
 from speechssl.cli.main import main
 from speechssl.config import to_dict
@@ -290,3 +298,22 @@ def test_global_cmvn_statistics_come_from_the_training_manifest_and_ship_with_th
     torch.testing.assert_close(released.cmvn_mean, mean)
     torch.testing.assert_close(released.cmvn_std, std)
     assert int(released.cmvn_frames) > 0
+
+
+def test_rotary_positions_keep_position_vectors_out_of_the_features():
+    check_rotary_transformer()
+    b = speech_batch([16000, 12000], seed=3)
+    models = {}
+    for positions in ("sinusoidal", "rotary"):
+        torch.manual_seed(0)
+        models[positions] = build_model(tiny_config(positions=positions)).eval()
+    with torch.no_grad():
+        x, _ = models["rotary"].stacked_features(b["wavs"], b["lengths"])
+        projected = models["rotary"].input_projection(x)
+        latent = {k: m.encode(b["wavs"], b["lengths"]).hidden_states[0] for k, m in models.items()}
+        out = models["rotary"].loss(b)
+    torch.testing.assert_close(latent["rotary"][0], projected[0])  # no sinusoid added
+    assert float((latent["sinusoidal"][0] - projected[0]).abs().max()) > 1e-3
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="model.positions: 'learned' is not one of"):
+        build_model(tiny_config(positions="learned"))

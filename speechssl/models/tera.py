@@ -13,8 +13,8 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     x~, altered = alter(x): time (15 % in spans of 7: zero / random frame / kept, 80/10/10),
                   frequency (a band of up to 20 % of the channels zeroed), magnitude (noise)
          --input_projection Linear(kF, D) (input_block: mlp: Linear -> LN -> GELU -> Linear)
-           + sinusoidal positions--> LN (post-LN only), dropout --> latent
-         --post-LN transformer--> layer_1 .. layer_N (= context)
+           + sinusoidal positions (positions: rotary: none added)--> LN (post-LN only), dropout --> latent
+         --post-LN transformer (rotary: RoPE in every attention)--> layer_1 .. layer_N (= context)
     loss    = L1(SpecHead(context), target) on the altered elements
 
 The input block (``Linear + sinusoid -> LayerNorm -> dropout``) and the post-LN BERT layers are
@@ -84,6 +84,10 @@ class TERAConfig:
     # length-dependent noise to a downstream head with few labels. Exports exactly (folded into the
     # input projection: LN(Wx + b + s p) = LN((Wx + b) / s + p)).
     position_scale: float = 1.0
+    # Positions: "sinusoidal" (s3prl: absolute sinusoids x position_scale added to the projected frames) or
+    # "rotary" (RoPE on every layer's queries and keys: attention sees relative positions and no position
+    # vector enters the features, so mean-pooled features do not vary with utterance length; does not export).
+    positions: Literal["sinusoidal", "rotary"] = "sinusoidal"
     # Input block: "linear" (s3prl: one Linear(kF, D)) or "mlp" (:class:`~speechssl.modules.linear.FrameMLP`,
     # Linear -> LayerNorm -> GELU -> Linear: per-frame nonlinear features; does not export to s3prl).
     input_block: Literal["linear", "mlp"] = "linear"
@@ -208,11 +212,15 @@ class TERAModel(StackedFrames, SSLModel):
 
     def _layers(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """x [B, T, kF] -> (latent, context, [layer_1..layer_N]), each [B, T, D]."""
-        positions = sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
-        h = self.input_projection(x) + self.config.position_scale * positions
+        h = self.input_projection(x)
+        time = None
+        if self.config.positions == "rotary":
+            time = torch.arange(x.shape[1], device=x.device)[None]
+        else:
+            h = h + self.config.position_scale * sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
         padding = None if bool(valid.all()) else ~valid
         latent, attn_mask = self.encoder.embed(h, padding)
-        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True)
+        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True, positions=time)
         return latent, context, layers
 
     # ---- frozen features -----------------------------------------------------------------
