@@ -317,3 +317,17 @@ def test_rotary_positions_keep_position_vectors_out_of_the_features():
     assert torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="model.positions: 'learned' is not one of"):
         build_model(tiny_config(positions="learned"))
+
+
+def test_norm_targets_normalise_each_target_frame():
+    b = speech_batch([16000, 12000], seed=3)
+    torch.manual_seed(0)
+    model = build_model(tiny_config(norm_targets=True)).eval()
+    with torch.no_grad():
+        x, frames = model.stacked_features(b["wavs"], b["lengths"])
+        target = model.targets(b["wavs"], x, frames)
+    valid = target[0, : int(frames[0])]
+    torch.testing.assert_close(valid.mean(-1), torch.zeros(valid.shape[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(valid.var(-1, unbiased=False), torch.ones(valid.shape[0]), atol=1e-3, rtol=0)
+    assert float((target - x).abs().max()) > 0.1
+    torch.testing.assert_close(build_model(tiny_config()).targets(b["wavs"], x, frames), x)  # default: the frames
