@@ -246,6 +246,29 @@ def check_mlp_input_block(build, embed, check_mlp) -> None:
         build("conv")
 
 
+def check_rotary_transformer() -> None:
+    """RoPE in :class:`~speechssl.modules.transformer.TransformerEncoder`: shifting every position leaves
+    the output unchanged (attention sees relative positions only), the positions travel with their
+    frames (a permutation of frames and positions permutes the output), and a different relative layout
+    changes it; without positions the encoder is permutation-equivariant."""
+    from speechssl.modules.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    enc = TransformerEncoder(32, 2, 4, 64, layer_norm_first=True, pos_conv_kernel=0, dropout=0.0,
+                             attention_dropout=0.0).eval()
+    x = torch.randn(2, 12, 32)
+    pos = torch.arange(12)[None]
+    with torch.no_grad():
+        out, _ = enc(x, positions=pos)
+        torch.testing.assert_close(enc(x, positions=pos + 7)[0], out, atol=1e-4, rtol=0)
+        perm = torch.randperm(12)
+        torch.testing.assert_close(enc(x[:, perm], positions=pos[:, perm])[0], out[:, perm], atol=1e-4, rtol=0)
+        assert float((enc(x, positions=2 * pos)[0] - out).abs().max()) > 1e-3
+        plain, _ = enc(x)
+        torch.testing.assert_close(enc(x[:, perm])[0], plain[:, perm], atol=1e-4, rtol=0)
+        assert float((plain - out).abs().max()) > 1e-3
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (SELF_SIGTERM_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", **extra)

@@ -80,9 +80,9 @@ def test_encoder_sees_only_the_visible_tokens_and_the_loss_counts_only_masked_on
         seen["mask"] = real_mask(valid, ratio)
         return seen["mask"]
 
-    def spy_encoder(h, padding_mask=None, return_layers=False):
+    def spy_encoder(h, padding_mask=None, return_layers=False, positions=None):
         seen["encoder_input"] = h
-        return real_encoder(h, padding_mask, return_layers)
+        return real_encoder(h, padding_mask, return_layers, positions)
 
     monkeypatch.setattr(mae_module, "random_token_mask", spy_mask)
     monkeypatch.setattr(model.encoder, "forward", spy_encoder)
@@ -185,3 +185,29 @@ def test_mlp_token_embedding_keeps_what_a_linear_one_averages_away():
         assert [h.shape for h in model.encode(b["wavs"], b["lengths"]).hidden_states] == [(2, 98, 192)] * 5
 
     check_mlp_input_block(lambda block: build_model(tiny_config(input_block=block, patch_frames=1)), embed, check_mlp)
+
+
+def test_rotary_positions_follow_the_visible_tokens_and_stay_out_of_the_features():
+    b = speech_batch([16000, 12000], seed=3)
+    for config in (tiny_config(positions="rotary"), patch_config(positions="rotary")):
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        with torch.no_grad():
+            p, steps = model.tokens(b["wavs"], b["lengths"])
+            tokens = p.shape[1]
+            h = model.patch_embed(p) + model._positions(tokens // model.groups, model.config.embed_dim,
+                                                        model.group_embed, p.device)
+            states = model.encode(b["wavs"], b["lengths"]).hidden_states
+            if model.groups == 1:  # the latent is the token embedding + the (constant) group embedding only
+                torch.testing.assert_close(states[0][0], model.patch_embed(p)[0] + model.group_embed[0])
+            # the encoder on a shuffled subset of tokens, each at its own time step, equals the same subset in order
+            idx = torch.randperm(tokens)[: tokens // 3][None]
+            shuffled, _ = model.encoder(torch.gather(h[:1], 1, idx[..., None].expand(-1, -1, h.shape[-1])),
+                                        positions=model._time(idx))
+            order = idx.sort(1).values
+            ordered, _ = model.encoder(torch.gather(h[:1], 1, order[..., None].expand(-1, -1, h.shape[-1])),
+                                       positions=model._time(order))
+            rank = idx[0].argsort().argsort()
+            torch.testing.assert_close(shuffled[0], ordered[0, rank], atol=1e-4, rtol=0)
+            out = model.loss(b)
+        assert torch.isfinite(out.loss) and out.metrics["mask_ratio"] > 0.4

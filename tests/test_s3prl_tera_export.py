@@ -81,6 +81,8 @@ def test_unexportable_models_are_refused(tmp_path):
         export_s3prl_tera(load_encoder(_tera(layer_norm_first=True)), out)
     with pytest.raises(ExportError, match="input_block 'mlp'"):
         export_s3prl_tera(load_encoder(_tera(input_block="mlp")), out)
+    with pytest.raises(ExportError, match="positions 'rotary'"):
+        export_s3prl_tera(load_encoder(_tera(positions="rotary")), out)
     with pytest.raises(ExportError, match="frontend is 'logmel'"):
         export_s3prl_tera(load_encoder(_tera(frontend={"name": "logmel", "n_mels": 40, "cmvn": "utterance"})), out)
     with pytest.raises(ExportError, match="needs a TERA / Mockingjay encoder"):

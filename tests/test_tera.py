@@ -11,6 +11,7 @@ import torch
 from helpers import (
     check_mlp_input_block,
     check_resume_after_crash,
+    check_rotary_transformer,
     make_corpus,
     make_glide_corpus,
     recipe,
@@ -275,3 +276,36 @@ def test_global_cmvn_statistics_come_from_the_training_manifest_and_ship_with_th
     torch.testing.assert_close(released.cmvn_mean, mean)
     torch.testing.assert_close(released.cmvn_std, std)
     assert int(released.cmvn_frames) > 0
+
+
+def test_rotary_positions_keep_position_vectors_out_of_the_features():
+    check_rotary_transformer()
+    b = speech_batch([16000, 12000], seed=3)
+    models = {}
+    for positions in ("sinusoidal", "rotary"):
+        torch.manual_seed(0)
+        models[positions] = build_model(tiny_config(positions=positions)).eval()
+    with torch.no_grad():
+        x, _ = models["rotary"].stacked_features(b["wavs"], b["lengths"])
+        projected = models["rotary"].input_projection(x)
+        latent = {k: m.encode(b["wavs"], b["lengths"]).hidden_states[0] for k, m in models.items()}
+        out = models["rotary"].loss(b)
+    torch.testing.assert_close(latent["rotary"][0], projected[0])  # no sinusoid added
+    assert float((latent["sinusoidal"][0] - projected[0]).abs().max()) > 1e-3
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="model.positions: 'learned' is not one of"):
+        build_model(tiny_config(positions="learned"))
+
+
+def test_norm_targets_normalise_each_target_frame():
+    b = speech_batch([16000, 12000], seed=3)
+    torch.manual_seed(0)
+    model = build_model(tiny_config(norm_targets=True)).eval()
+    with torch.no_grad():
+        x, frames = model.stacked_features(b["wavs"], b["lengths"])
+        target = model.targets(b["wavs"], x, frames)
+    valid = target[0, : int(frames[0])]
+    torch.testing.assert_close(valid.mean(-1), torch.zeros(valid.shape[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(valid.var(-1, unbiased=False), torch.ones(valid.shape[0]), atol=1e-3, rtol=0)
+    assert float((target - x).abs().max()) > 0.1
+    torch.testing.assert_close(build_model(tiny_config()).targets(b["wavs"], x, frames), x)  # default: the frames

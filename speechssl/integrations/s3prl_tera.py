@@ -88,6 +88,9 @@ def s3prl_tera_checkpoint(encoder_or_path: Any) -> dict:
     if cfg.layer_norm_first:
         raise ExportError(f"{where}: s3prl's pre_layer_norm model normalises every hidden state; only post-LN "
                           "(layer_norm_first: false) TERA models export")
+    if cfg.positions != "sinusoidal":
+        raise ExportError(f"{where}: s3prl's TERA adds sinusoidal positions; this model has positions "
+                          f"{cfg.positions!r}")
     if cfg.input_block != "linear":
         raise ExportError(f"{where}: s3prl's TERA projects frames with one linear layer; this model has "
                           f"input_block {cfg.input_block!r}")

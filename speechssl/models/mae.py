@@ -19,6 +19,9 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     frozen features: the encoder on every token (no masking), patch mode averaged over the G
     tokens of a time step -> [B, T, D]
 
+``positions: rotary`` adds no sinusoid: every encoder and decoder layer rotates queries and keys by the
+token's time step (RoPE), which the visible tokens keep after the masked ones are dropped.
+
 The encoder never sees a mask token, so a step costs about ``(1 - mask_ratio)`` of a full-sequence
 encoder's (attention: its square), which is the point of the design (MAE-AST: 3x faster, 2x less
 memory than SSAST). Positions are absolute sinusoids attached before the masked tokens are dropped.
@@ -80,6 +83,10 @@ class MAEConfig:
     # Weight of the encoder's sinusoidal time positions (MAE: 1). Below 1 the absolute position stays out
     # of the frozen features' way (mean-pooled over utterances of different lengths it is noise).
     position_scale: float = 1.0
+    # Positions: "sinusoidal" (MAE: absolute time sinusoids added to the tokens, x position_scale in the encoder)
+    # or "rotary" (RoPE on the queries and keys of every encoder and decoder layer, each token at its time
+    # step, also after the masked ones are dropped: no position vector enters the frozen features).
+    positions: Literal["sinusoidal", "rotary"] = "sinusoidal"
     # Token embedding: "linear" (MAE: one Linear(P, D)) or "mlp" (:class:`~speechssl.modules.linear.FrameMLP`,
     # Linear -> LayerNorm -> GELU -> Linear: per-token nonlinear features).
     input_block: Literal["linear", "mlp"] = "linear"
@@ -206,9 +213,16 @@ class MAEModel(SSLModel):
 
     def _positions(self, steps: int, dim: int, group_embed: torch.Tensor, device: torch.device,
                    scale: float = 1.0) -> torch.Tensor:
-        """[T * G, dim]: ``scale x`` the time step's sinusoid + the channel group's embedding."""
+        """[T * G, dim]: ``scale x`` the time step's sinusoid (none with rotary positions) + the channel
+        group's embedding."""
+        if self.config.positions == "rotary":
+            return group_embed.repeat(steps, 1)
         time = scale * sinusoidal_positions(steps, dim, device)
         return (time[:, None, :] + group_embed[None]).reshape(steps * self.groups, dim)
+
+    def _time(self, index: torch.Tensor) -> torch.Tensor | None:
+        """Rotary positions (time steps) of tokens at ``index`` (any shape), or None (sinusoidal positions)."""
+        return torch.div(index, self.groups, rounding_mode="floor") if self.config.positions == "rotary" else None
 
     def _valid_tokens(self, steps: torch.Tensor, tokens: int) -> torch.Tensor:
         return lengths_to_mask(steps * self.groups, tokens)
@@ -232,7 +246,8 @@ class MAEModel(SSLModel):
                                                   p.device, self.config.position_scale)
         valid = self._valid_tokens(steps, tokens)
         latent, attn_mask = self.encoder.embed(h, None if bool(valid.all()) else ~valid)
-        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True)
+        time = self._time(torch.arange(tokens, device=p.device)[None])
+        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True, positions=time)
         states = [latent, *layers, context]
         if self.groups > 1:
             states = [s.reshape(batch, tokens // self.groups, self.groups, -1).mean(2) for s in states]
@@ -253,14 +268,15 @@ class MAEModel(SSLModel):
         pos = self._positions(tokens // self.groups, cfg.embed_dim, self.group_embed, p.device, cfg.position_scale)
         h = self.patch_embed(p) + pos
         h = torch.gather(h, 1, visible_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        enc, _ = self.encoder(h, visible_pad if bool(visible_pad.any()) else None)
+        enc, _ = self.encoder(h, visible_pad if bool(visible_pad.any()) else None, positions=self._time(visible_idx))
 
         d = self.decoder_embed(enc)
         full = self.mask_token.to(d.dtype).expand(batch_size, tokens, -1).clone()
         idx = visible_idx.masked_fill(visible_pad, tokens)  # padding rows go to a dropped extra slot
         full = torch.cat([full, full[:, :1]], 1).scatter(1, idx.unsqueeze(-1).expand(-1, -1, d.shape[-1]), d)[:, :tokens]
         full = full + self._positions(tokens // self.groups, cfg.decoder_dim, self.decoder_group_embed, p.device)
-        dec, _ = self.decoder(full, None if bool(valid.all()) else ~valid)
+        dec, _ = self.decoder(full, None if bool(valid.all()) else ~valid,
+                              positions=self._time(torch.arange(tokens, device=p.device)[None]))
         pred = self.decoder_pred(dec).float()
 
         target = self.targets(p)

@@ -13,8 +13,8 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     x~, altered = alter(x): time (15 % in spans of 7: zero / random frame / kept, 80/10/10),
                   frequency (a band of up to 20 % of the channels zeroed), magnitude (noise)
          --input_projection Linear(kF, D) (input_block: mlp: Linear -> LN -> GELU -> Linear)
-           + sinusoidal positions--> LN (post-LN only), dropout --> latent
-         --post-LN transformer--> layer_1 .. layer_N (= context)
+           + sinusoidal positions (positions: rotary: none added)--> LN (post-LN only), dropout --> latent
+         --post-LN transformer (rotary: RoPE in every attention)--> layer_1 .. layer_N (= context)
     loss    = L1(SpecHead(context), target) on the altered elements
 
 The input block (``Linear + sinusoid -> LayerNorm -> dropout``) and the post-LN BERT layers are
@@ -31,9 +31,9 @@ frontend's shift; ``min_samples`` = one stacked frame; frames(L) = ``frontend.nu
 
 Loss metrics: ``loss`` (L1 on the altered elements), ``recon_masked`` (the same), ``recon_unmasked``
 (L1 on the valid elements left unaltered: how well the model copies what it sees), ``recon_baseline``
-(L1 of predicting 0, the utterance mean after CMVN, on the altered elements), ``alter_ratio`` (share
-of valid elements altered) and, with the time alteration on, ``mask_ratio`` (share of valid frames
-chosen by it).
+(L1 of predicting 0, the utterance mean after CMVN or the frame mean with ``norm_targets``, on the
+altered elements), ``alter_ratio`` (share of valid elements altered) and, with the time alteration on,
+``mask_ratio`` (share of valid frames chosen by it).
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class TERAConfig:
     # Reconstruction target: "input" (the unaltered frames, TERA) or "linear" (log linear spectrogram,
     # frame_length // 2 + 1 = 201 bins per 10 ms frame, utterance CMVN: Mockingjay's option).
     target: Literal["input", "linear"] = "input"
+    # Normalise each target frame (its k stacked frames' values) to zero mean and unit variance: MAE's
+    # norm_pix_loss (He et al. 2022) on TERA's target; not in s3prl (which reconstructs the CMVN frames).
+    norm_targets: bool = False
     # Transformer (s3prl TERA base: 3 layers, 768, 12 heads, FFN 3072, post-LN, LN eps 1e-12).
     embed_dim: int = 768
     num_layers: int = 3
@@ -84,6 +87,10 @@ class TERAConfig:
     # length-dependent noise to a downstream head with few labels. Exports exactly (folded into the
     # input projection: LN(Wx + b + s p) = LN((Wx + b) / s + p)).
     position_scale: float = 1.0
+    # Positions: "sinusoidal" (s3prl: absolute sinusoids x position_scale added to the projected frames) or
+    # "rotary" (RoPE on every layer's queries and keys: attention sees relative positions and no position
+    # vector enters the features, so mean-pooled features do not vary with utterance length; does not export).
+    positions: Literal["sinusoidal", "rotary"] = "sinusoidal"
     # Input block: "linear" (s3prl: one Linear(kF, D)) or "mlp" (:class:`~speechssl.modules.linear.FrameMLP`,
     # Linear -> LayerNorm -> GELU -> Linear: per-frame nonlinear features; does not export to s3prl).
     input_block: Literal["linear", "mlp"] = "linear"
@@ -197,22 +204,31 @@ class TERAModel(StackedFrames, SSLModel):
         return self._stack(feats), torch.div(feat_lengths, self.config.stack_frames, rounding_mode="floor")
 
     def targets(self, wavs: torch.Tensor, x: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-        """The reconstruction target [B, T, target_dim]: ``x`` itself or the CMVN log linear spectrogram."""
+        """The reconstruction target [B, T, target_dim]: ``x`` itself or the CMVN log linear spectrogram,
+        each frame normalised to zero mean and unit variance with ``norm_targets``."""
         if self.config.target == "input":
-            return x
-        k = self.config.stack_frames
-        frames = x.shape[1] * k
-        spec = log_linear_spectrogram(wavs, self.frontend.frame_length, self.frontend.frame_shift, frames)
-        spec = utterance_cmvn(spec, frame_lengths * k)
-        return self._stack(spec)
+            target = x
+        else:
+            k = self.config.stack_frames
+            frames = x.shape[1] * k
+            spec = log_linear_spectrogram(wavs, self.frontend.frame_length, self.frontend.frame_shift, frames)
+            target = self._stack(utterance_cmvn(spec, frame_lengths * k))
+        if not self.config.norm_targets:
+            return target
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True, unbiased=False)
+        return (target - mean) / (var + 1.0e-6).sqrt()
 
     def _layers(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """x [B, T, kF] -> (latent, context, [layer_1..layer_N]), each [B, T, D]."""
-        positions = sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
-        h = self.input_projection(x) + self.config.position_scale * positions
+        h = self.input_projection(x)
+        time = None
+        if self.config.positions == "rotary":
+            time = torch.arange(x.shape[1], device=x.device)[None]
+        else:
+            h = h + self.config.position_scale * sinusoidal_positions(x.shape[1], self.config.embed_dim, x.device)
         padding = None if bool(valid.all()) else ~valid
         latent, attn_mask = self.encoder.embed(h, padding)
-        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True)
+        context, layers = self.encoder.run_layers(latent, attn_mask, return_layers=True, positions=time)
         return latent, context, layers
 
     # ---- frozen features -----------------------------------------------------------------

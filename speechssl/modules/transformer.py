@@ -16,7 +16,10 @@ fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging F
 * LayerDrop (Fan et al. 2019) skips whole layers in training with probability ``layer_drop``.
 * ``pos_conv_kernel=0`` builds no positional conv: the caller adds absolute positions itself, e.g.
   :func:`sinusoidal_positions` (BERT / Mockingjay / TERA, and MAE, whose encoder sees only the
-  visible frames and so needs positions attached before the masked ones are dropped).
+  visible frames and so needs positions attached before the masked ones are dropped), or passes
+  ``positions`` (each frame's time index) to :meth:`TransformerEncoder.run_layers`: rotary position
+  embedding (RoPE, Su et al. 2021, "RoFormer") of every layer's queries and keys, so attention depends
+  on relative positions and no position vector enters the residual stream (the frozen features).
 """
 
 from __future__ import annotations
@@ -27,6 +30,28 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from speechssl.modules.linear import Linear
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE (Su et al. 2021) cos / sin tables for ``positions`` [batch or 1, frames] (time indices).
+
+    Channel pairs ``(i, i + head_dim / 2)`` (GPT-NeoX layout) turn by ``positions * 10000^(-2i / head_dim)``.
+    Returns (cos, sin), each [batch or 1, 1, frames, head_dim] float32.
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head dim, got {head_dim}")
+    inv_freq = torch.pow(10000.0, -torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angle = positions.float()[..., None] * inv_freq  # [B, N, hd / 2]
+    angle = torch.cat([angle, angle], -1)[:, None]
+    return angle.cos(), angle.sin()
+
+
+def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x [batch, heads, frames, head_dim] by :func:`rotary_tables`."""
+    cos, sin = tables
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -40,10 +65,14 @@ class SelfAttention(nn.Module):
         self.qkv = Linear(dim, 3 * dim)
         self.out_proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [batch, frames, dim]; attn_mask: [batch, 1, 1, frames] bool (True = attend) or None."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x: [batch, frames, dim]; attn_mask: [batch, 1, 1, frames] bool (True = attend) or None;
+        rotary: :func:`rotary_tables` of the frames' positions (RoPE on q and k) or None."""
         batch, frames, dim = x.shape
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -77,11 +106,12 @@ class TransformerLayer(nn.Module):
         self.ffn = FeedForward(dim, ffn_dim, activation_dropout, dropout)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.attn_norm(x), attn_mask))
+            x = x + self.dropout(self.attention(self.attn_norm(x), attn_mask, rotary))
             return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.dropout(self.attention(x, attn_mask)))
+        x = self.attn_norm(x + self.dropout(self.attention(x, attn_mask, rotary)))
         return self.ffn_norm(x + self.ffn(x))
 
 
@@ -152,20 +182,23 @@ class TransformerEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                return_layers: bool = False, positions: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the context network.
 
         Args:
             x: [batch, frames, dim] projected (and possibly masked) features.
             padding_mask: [batch, frames] bool, True = padding (None: no padding).
             return_layers: also return every layer's output.
+            positions: [batch or 1, frames] time index of each frame: rotary positions in every layer
+                (None: none; see the module docstring).
 
         Returns:
             (context [batch, frames, dim], [layer_1, ..., layer_N] outputs or [] ). For pre-LN,
             ``context`` is the final LayerNorm of ``layer_N``; for post-LN it is ``layer_N``.
         """
         x, attn_mask = self.embed(x, padding_mask)
-        return self.run_layers(x, attn_mask, return_layers)
+        return self.run_layers(x, attn_mask, return_layers, positions)
 
     def embed(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -185,15 +218,20 @@ class TransformerEncoder(nn.Module):
         return self.dropout(x), attn_mask
 
     def run_layers(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                   return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   return_layers: bool = False, positions: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The layers (and the final LN of pre-LN) on :meth:`embed`'s output; see :meth:`forward`."""
         hidden: list[torch.Tensor] = []
+        rotary = None
+        if positions is not None and len(self.layers):
+            attention = self.layers[0].attention
+            rotary = rotary_tables(positions, attention.dim // attention.num_heads)
         for layer in self.layers:
             if self.training and self.layer_drop > 0 and float(torch.rand(())) < self.layer_drop:
                 if return_layers:
                     hidden.append(x)
                 continue
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, rotary)
             if return_layers:
                 hidden.append(x)
         if self.layer_norm_first:
