@@ -25,7 +25,8 @@ pre-pass). ``input_norm: utterance`` (the default) standardises each utterance b
 over all of its bins and frames instead: it keeps the spectral shape, needs no pre-pass, but removes the
 utterance's level and dynamic range. ``input_norm: none`` with the frontend's ``cmvn: global`` is the
 published dataset-level normalisation (per mel bin rather than one scalar; ``speechssl pretrain``
-estimates it on the training manifest).
+estimates it on the training manifest). The demo recipe removes each utterance's mean per bin first
+(frontend ``cmvn: utterance, cmvn_norm_vars: false``: a channel's EQ, which both views would share).
 
 Frames and layers (``encode``): frame_shift = 8 x 160 = 1280 samples (80 ms, the three 2x time
 poolings); ``latent`` / ``conv_2`` / ``conv_3`` = conv block 1 / 2 / 3 (channels x bins flattened; blocks
