@@ -99,6 +99,26 @@ def test_crop_freq_false_crops_along_time_only():
     assert not torch.allclose(both, want, atol=1e-2)
 
 
+def test_input_norm_utterance_standardises_each_utterance_and_none_keeps_the_frontend_output():
+    b = speech_batch([16000, 9000])
+    b["wavs"][1] *= 4.0  # louder: per-utterance standardisation hides it, dataset statistics keep it
+    x, n = small().log_mel(b["wavs"], b["lengths"])
+    for k in range(2):
+        valid = x[k, : int(n[k])]
+        assert abs(float(valid.mean())) < 1e-4 and float(valid.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+    assert float(x[1, int(n[1]):].abs().max()) == 0.0
+    model = small(input_norm="none", frontend={**byola_tiny().frontend, "cmvn": "global"})
+    model.frontend.set_global_cmvn(torch.full((64,), 2.0), torch.full((64,), 4.0))
+    raw, n_raw = model.log_mel(b["wavs"], b["lengths"])
+    feats, _ = model.frontend(b["wavs"], b["lengths"])
+    assert n_raw.tolist() == n.tolist() and float(raw[1, int(n[1]):].abs().max()) == 0.0
+    torch.testing.assert_close(raw[0, : int(n[0])], feats[0, : int(n[0])])
+    gain = raw[1, : int(n[1])].mean() - raw[0, : int(n[0])].mean()
+    assert float(gain) > 0.1  # the level difference survives (log 4 = 1.39 before the global std of 4)
+    with pytest.raises(ValueError, match="model.input_norm: 'batch' is not one of"):
+        small(input_norm="batch")
+
+
 def test_collapse_watch_reads_the_online_embeddings():
     from speechssl.train.diagnostics import health_warnings
 

@@ -20,10 +20,13 @@ Linear(d) -> ReLU``, then the utterance embedding max_t + mean_t. Projector and 
 -> BatchNorm1d -> ReLU -> Linear(256)``. Base: d = 2048 (the published 6.3 M-parameter encoder size is
 with its BN and bias terms; speechssl counts 5.3 M in the encoder).
 
-Deviation, on purpose: BYOL-A standardises the log-Mel with statistics of the whole training set (a
-pre-pass); here each utterance is standardised by one scalar mean and std over all of its bins and
-frames, which keeps its spectral shape (speaker, style), needs no pre-pass and gives a random-init
-control the same input scale.
+Input normalisation: BYOL-A standardises the log-Mel with one mean and std of the whole training set (a
+pre-pass). ``input_norm: utterance`` (the default) standardises each utterance by one scalar mean and std
+over all of its bins and frames instead: it keeps the spectral shape, needs no pre-pass, but removes the
+utterance's level and dynamic range. ``input_norm: none`` with the frontend's ``cmvn: global`` is the
+published dataset-level normalisation (per mel bin rather than one scalar; ``speechssl pretrain``
+estimates it on the training manifest). The demo recipe removes each utterance's mean per bin first
+(frontend ``cmvn: utterance, cmvn_norm_vars: false``: a channel's EQ, which both views would share).
 
 Frames and layers (``encode``): frame_shift = 8 x 160 = 1280 samples (80 ms, the three 2x time
 poolings); ``latent`` / ``conv_2`` / ``conv_3`` = conv block 1 / 2 / 3 (channels x bins flattened; blocks
@@ -61,6 +64,9 @@ class BYOLAConfig:
     frontend: dict = dataclasses.field(default_factory=lambda: {
         "name": "logmel", "n_mels": 64, "n_fft": 1024, "win_length": 1024, "hop_length": 160, "f_min": 60.0,
         "f_max": 7800.0, "cmvn": "none"})
+    # "utterance": each utterance's log-Mel standardised by one scalar mean/std (no pre-pass); "none": the
+    # frontend's output as it is, e.g. with ``cmvn: global`` (dataset statistics, as published)
+    input_norm: Literal["utterance", "none"] = "utterance"
     segment_frames: int = 96  # ~0.95 s training segments
     segments_per_utterance: int = 1  # random segments drawn from each utterance of a batch
     conv_channels: int = 64
@@ -224,10 +230,12 @@ class BYOLAModel(SSLModel):
 
     # ---- features --------------------------------------------------------------------------
     def log_mel(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """wavs [B, L] -> (log-Mel standardised per utterance by one scalar mean/std, 0 on padding [B, T, F],
-        valid frames [B])."""
+        """wavs [B, L] -> (log-Mel, standardised per utterance by one scalar mean/std with ``input_norm:
+        utterance``, 0 on padding [B, T, F], valid frames [B])."""
         feats, n = self.frontend(wavs, lengths)
         valid = lengths_to_mask(n, feats.shape[1]).unsqueeze(-1)
+        if self.config.input_norm == "none":
+            return feats * valid, n
         count = (n.clamp(min=1) * feats.shape[2]).to(feats.dtype)[:, None, None]
         mean = (feats * valid).sum((1, 2), keepdim=True) / count
         var = ((feats - mean).pow(2) * valid).sum((1, 2), keepdim=True) / count
