@@ -5,7 +5,7 @@
 #   bash local/pretrain_hubert.sh --exp_dir exp --pretrain_steps 1000 --pretrain_minutes 4 --seed 0
 # Writes: $exp_dir/hubert_km1 (K=500 k-means of 80-dim log-Mel, 100 Hz; --it1_features mfcc for the paper's
 #   39-dim MFCC), $exp_dir/hubert_labels1, $exp_dir/hubert_it1 (iteration 1),
-#   $exp_dir/hubert_km2 (K=500 k-means of iteration 1's layer_2, 50 Hz),
+#   $exp_dir/hubert_km2 (K=100 k-means of iteration 1's layer_1, 50 Hz),
 #   $exp_dir/hubert_labels2, $exp_dir/hubert (iteration 2: the family's encoder), and $exp_dir/hubert.encoders
 #   (extra encoders for the evaluation: iteration 1).
 set -euo pipefail
@@ -13,19 +13,20 @@ exp_dir=exp
 pretrain_steps=1000
 pretrain_minutes=4      # per iteration
 seed=0
-k=500                   # recipes/pretrain/hubert_demo.yaml model.num_classes
+k=500                   # recipes/pretrain/hubert_demo.yaml model.num_classes (iteration 1)
+k2=100                  # iteration 2's clusters (model.num_classes=[k2]; 500 measured in hubert_demo.yaml)
 it1_features=logmel     # iteration 1 clusters these frames (hubert_demo.yaml says what each measured)
 sample_hours=0.3        # bounded k-means sample (the pool has about 1.3 h)
 n_init=3                # k-means++ restarts (fairseq: 20; 3 keeps the demo's k-means under 2 minutes)
-layer=layer_2           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12)
+layer=layer_1           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12; layer_2 measured)
 recipes=../../../recipes
 . ../../common.sh
 recipe=$recipes/pretrain/hubert_demo.yaml
 train=data/pretrain/train.jsonl
 valid=data/pretrain/dev.jsonl
 
-targets() {  # targets FEATURES LAYER NAME: k-means + labels of train and dev, once
-  local features=$1 lay=$2 name=$3
+targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev, once
+  local features=$1 lay=$2 name=$3 k=$4
   [ -f "$exp_dir/.hubert_$name.done" ] && return 0
   speechssl targets kmeans --features "$features" --layer "$lay" --train "$train" --k "$k" \
     --sample-hours "$sample_hours" --n-init "$n_init" --seed "$seed" --out "$exp_dir/hubert_km$name"
@@ -45,9 +46,10 @@ iteration() {  # iteration NAME EXP OVERRIDES...: pretrain once (a rerun would t
 }
 
 log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
-targets "$it1_features" features 1
+targets "$it1_features" features 1 "$k"
 iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]"
-log "hubert iteration 2: k-means (K=$k) of iteration 1's $layer -> pretrain"
-targets "$exp_dir/hubert_it1/encoder" "$layer" 2
-iteration it2 "$exp_dir/hubert" "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]"
+log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
+targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2"
+iteration it2 "$exp_dir/hubert" "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]" \
+  "model.num_classes=[$k2]"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
