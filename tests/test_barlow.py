@@ -93,3 +93,25 @@ def test_family_defaults_training_step_and_release(tmp_path):
     model.eval()
     loaded = load_released_model(save_released_encoder(model, tmp_path / "enc"))
     assert type(loaded) is BarlowModel and loaded.config.objective == "barlow"
+
+
+@pytest.mark.parametrize("family", ["simclr", "barlow"])
+def test_demo_recipe_releases_layers_of_one_size_that_the_demo_head_sums_all(family):
+    """embed_dim = channels in the demo recipes: the pooled ``context`` and the frame layers have one size,
+    so the demo head's ``layers: all`` weighs every layer (with embed_dim 256 only ``context`` was kept)."""
+    from pathlib import Path
+
+    import yaml
+
+    from speechssl.upstream.layers import LayerSelection
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    model = build_model(yaml.safe_load((root / "pretrain" / f"{family}_demo.yaml").read_text())["model"]).eval()
+    with torch.no_grad():
+        out = model.encode(torch.randn(2, 8000), torch.tensor([8000, 6000]))
+    sizes = [h.shape[-1] for h in out.hidden_states]
+    selection = LayerSelection.parse(yaml.safe_load((root / "downstream" / "demo.yaml").read_text())
+                                     ["featurizer"]["layers"], "featurizer.layers")
+    chosen, dropped = selection.for_weighted_sum(out.layer_names, sizes)
+    assert out.layer_names == ["latent", "layer_1", "layer_2", "layer_3", "context"]
+    assert chosen == out.layer_names and dropped["size"] == [] and len(set(sizes)) == 1
