@@ -55,6 +55,14 @@ def utterance_cmvn(feats: torch.Tensor, feat_lengths: torch.Tensor, norm_vars: b
     return out
 
 
+
+def vector_standardize(x: torch.Tensor, eps: float = 1.0e-6) -> torch.Tensor:
+    """Each vector along the last axis to zero mean and unit (population) variance: MAE's
+    ``norm_pix_loss`` target (He et al. 2022), used by MAE's tokens and TERA's ``norm_targets`` frames."""
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+    return (x - mean) / (var + eps).sqrt()
+
+
 class CMVNFrontend(Frontend):
     """A frame frontend with optional CMVN and zeroed padding.
 

@@ -49,7 +49,7 @@ from torch import nn
 
 from speechssl.config import check_finite
 from speechssl.features.base import build_frontend
-from speechssl.features.cmvn import CMVNFrontend
+from speechssl.features.cmvn import CMVNFrontend, vector_standardize
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.linear import FrameMLP, Linear
 from speechssl.modules.padding import lengths_to_mask
@@ -230,10 +230,7 @@ class MAEModel(SSLModel):
     def targets(self, p: torch.Tensor) -> torch.Tensor:
         """Reconstruction targets [B, N, P]: each token normalised to zero mean and unit variance (MAE's
         ``norm_pix_loss``), or the tokens as they are (``norm_targets: false``)."""
-        if not self.config.norm_targets:
-            return p
-        mean, var = p.mean(-1, keepdim=True), p.var(-1, keepdim=True, unbiased=False)
-        return (p - mean) / (var + 1.0e-6).sqrt()
+        return vector_standardize(p) if self.config.norm_targets else p
 
     # ---- frozen features -----------------------------------------------------------------
     def encode(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:

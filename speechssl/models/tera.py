@@ -47,7 +47,7 @@ from torch import nn
 
 from speechssl.config import check_finite
 from speechssl.features.base import build_frontend, frame_signal
-from speechssl.features.cmvn import CMVNFrontend, utterance_cmvn
+from speechssl.features.cmvn import CMVNFrontend, utterance_cmvn, vector_standardize
 from speechssl.features.logmel import analysis_window
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, StackedFrames
 from speechssl.modules.alterations import alter
@@ -213,10 +213,7 @@ class TERAModel(StackedFrames, SSLModel):
             frames = x.shape[1] * k
             spec = log_linear_spectrogram(wavs, self.frontend.frame_length, self.frontend.frame_shift, frames)
             target = self._stack(utterance_cmvn(spec, frame_lengths * k))
-        if not self.config.norm_targets:
-            return target
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True, unbiased=False)
-        return (target - mean) / (var + 1.0e-6).sqrt()
+        return vector_standardize(target) if self.config.norm_targets else target
 
     def _layers(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """x [B, T, kF] -> (latent, context, [layer_1..layer_N]), each [B, T, D]."""
