@@ -196,6 +196,53 @@ def test_frame_arithmetic_and_too_short_input():
         model.encode(torch.zeros(1, 879))
 
 
+def test_conv_subsampler_matches_the_label_rate_and_encodes_a_batch_as_one_at_a_time():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(conv_subsampler=[[32, 3, 2], [32, 3, 2]], layer_norm_first=True)).eval()
+    sub = model.input_projection
+    assert sub.conv.receptive_field == 7 and sub.conv.stride == 4 and sub.pad == (1, 2)
+    assert model.frame_shift == 640 and model.min_samples == 880
+    lengths = torch.tensor([880, 1520, 12000, 16000])
+    wavs = speech_batch(lengths.tolist())["wavs"]
+    out = model.encode(wavs, lengths)
+    x, frames = model.stacked_features(wavs, lengths)
+    assert out.lengths.tolist() == frames.tolist() == model.num_frames(lengths).tolist() == [1, 2, 18, 24]
+    assert all(h.shape == (4, 24, 192) for h in out.hidden_states)
+    assert model.quantizer(x).shape[:2] == out.hidden_states[0].shape[:2]  # one target per encoder frame
+    for i, n in enumerate(lengths.tolist()):
+        alone = model.encode(wavs[i:i + 1, :n])
+        for h_alone, h in zip(alone.hidden_states, out.hidden_states, strict=True):
+            torch.testing.assert_close(h_alone[0], h[i, :alone.lengths[0]], atol=1e-4, rtol=1e-4)
+
+
+def test_conv_subsampler_sees_the_masked_frames_and_its_loss_is_deterministic(monkeypatch):
+    cfg = tiny_config(conv_subsampler=[[32, 3, 2], [32, 3, 2]], input_dropout=0.0, dropout=0.0)
+    b = speech_batch([20000, 16000])
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        losses.append(model.loss(b))
+    assert losses[0].loss.item() == losses[1].loss.item() and losses[0].metrics == losses[1].metrics
+    seen = {}
+    project = model.input_projection.forward
+    monkeypatch.setattr(model.input_projection, "forward",
+                        lambda x, valid: seen.setdefault("x", x) is not None and project(x, valid))
+    out = model.loss(b)
+    x, _ = model.stacked_features(b["wavs"], b["lengths"])
+    changed = (seen["x"] != x).all(-1)
+    assert changed.any() and 0.1 < out.metrics["mask_ratio"] < 0.6
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.input_projection.parameters())
+
+
+@pytest.mark.parametrize("layers, match", [([[32, 3, 2]], "multiply to 2"), ([[32, 1, 2], [32, 3, 2]], "skips"),
+                                          ([[32, 3]], "conv_subsampler")])
+def test_conv_subsampler_config_errors(layers, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(tiny_config(conv_subsampler=layers))
+
+
 def test_presets_sizes():
     torch.manual_seed(0)
     tiny = build_model(tiny_config())

@@ -11,14 +11,21 @@ Pipeline (shapes for one batch of ``B`` waveforms)::
     targets = RandomProjectionQuantizer(x)               [B, T, K]  (unmasked x, no grad)
     mask    = span_mask(T)                                [B, T]     (training only)
     x~      = x with masked frames replaced by N(0, mask_noise_std^2) noise
-         --input_projection: Linear(4F, D) -> dropout--> latent [B, T, D]
+         --input_projection: Linear(4F, D), or the conv subsampler (below) -> dropout--> latent [B, T, D]
          --encoder (pos conv + transformer)--> layer_1 .. layer_N, context [B, T, D]
     loss    = CE(LinearHead(context), targets) on masked frames (+ unmasked_weight x CE on the others)
 
 The paper uses a conformer and a conv subsampler; here the context network is the shared
 transformer of :mod:`speechssl.modules.transformer` and the 4x subsampling is frame stacking,
 which lines the model's frames up exactly with the quantizer's (both see the same stacked
-frames) and adds no parameters (as MelHuBERT does).
+frames) and adds no parameters (as MelHuBERT does). ``conv_subsampler: [[C, k, s], ...]`` (strides
+multiplying to ``stack_frames``) replaces the Linear by the paper's kind of input: strided convolutions
+over the (masked) 10 ms frames, the shared :class:`~speechssl.modules.conv.ConvFeatureEncoder`
+(``conv_norm``, GELU) then :class:`~speechssl.models.wav2vec2.FeatureProjection` (LayerNorm, Linear).
+The 10 ms frames are zero-padded by ``receptive_field - stride`` frames (half before, the rest after)
+so that output frame ``t`` is centred on stacked frame ``t`` and there are exactly as many output
+frames as quantizer targets; frames past an utterance's end are zeroed first, so a batch encodes
+each utterance as it alone would be encoded.
 
 Frames: frame ``t`` stacks frontend frames ``4t .. 4t + 3``, i.e. samples
 ``[640 t, 640 t + 880)``; ``frame_shift`` = ``stack_frames x`` the frontend's shift (640 = 40 ms);
@@ -46,6 +53,8 @@ from torch import nn
 from speechssl.features.base import build_frontend
 from speechssl.features.cmvn import CMVNFrontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel, StackedFrames
+from speechssl.models.wav2vec2 import FeatureProjection
+from speechssl.modules.conv import ConvFeatureEncoder, ConvNorm
 from speechssl.modules.linear import Linear
 from speechssl.modules.masked_prediction import LinearHead, masked_prediction_loss
 from speechssl.modules.masking import span_mask
@@ -65,6 +74,10 @@ class BestRQConfig:
     frontend: dict = dataclasses.field(
         default_factory=lambda: {"name": "logmel", "n_mels": 80, "cmvn": "utterance"})
     stack_frames: int = 4  # frontend frames per model frame (4 x 10 ms = 40 ms, as in the paper)
+    # Input of the encoder: [] = Linear of the stacked frames; [[channels, kernel, stride], ...] = a conv
+    # subsampler over the 10 ms frames whose strides multiply to stack_frames (paper: 2 convs, 4x).
+    conv_subsampler: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+    conv_norm: ConvNorm = "layer_norm"  # of the conv subsampler (speechssl.modules.conv)
     # Transformer context network (SpeechBrain: 12 conformer layers, d_model 576, 8 heads, d_ffn 2048).
     embed_dim: int = 576
     num_layers: int = 12
@@ -96,6 +109,19 @@ class BestRQConfig:
     collapse_perplexity: float = 2.0
 
     def __post_init__(self) -> None:
+        self.conv_subsampler = [tuple(int(v) for v in layer) for layer in self.conv_subsampler]
+        if any(len(layer) != 3 or min(layer) < 1 for layer in self.conv_subsampler):
+            raise ValueError(f"model.conv_subsampler must be [channels, kernel, stride] triples >= 1, "
+                             f"got {self.conv_subsampler}")
+        if self.conv_subsampler:
+            total = 1
+            for _, kernel, stride in self.conv_subsampler:
+                if kernel < stride:
+                    raise ValueError(f"model.conv_subsampler: kernel {kernel} < stride {stride} skips frames")
+                total *= stride
+            if total != self.stack_frames:
+                raise ValueError(f"model.conv_subsampler: the strides multiply to {total}, not stack_frames "
+                                 f"{self.stack_frames} (the quantizer's label rate)")
         for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "layer_drop", "mask_prob"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
@@ -144,6 +170,36 @@ def bestrq_tiny() -> BestRQConfig:
     )
 
 
+class ConvSubsampler(nn.Module):
+    """Stacked frames x [B, T, k F] (k = total stride) -> [B, T, D] by convolutions over the 10 ms frames.
+
+    The shared conv feature encoder and feature projection of wav2vec 2.0 / data2vec 2.0, with the
+    zero padding of the module docstring: output frame t sees 10 ms frames ``k t - left ..`` and there
+    are exactly T outputs.
+    """
+
+    def __init__(self, in_dim: int, layers: list[tuple[int, int, int]], norm: ConvNorm, embed_dim: int,
+                 eps: float = 1e-5):
+        super().__init__()
+        self.in_dim = in_dim
+        self.conv = ConvFeatureEncoder(in_dim, layers, norm, bias=False)
+        for module in self.conv.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight)
+        pad = self.conv.receptive_field - self.conv.stride
+        self.pad = (pad // 2, pad - pad // 2)
+        self.projection = FeatureProjection(self.conv.out_dim, embed_dim, 0.0, eps)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, k F], valid [B, T] bool or None (all valid) -> [B, T, D]."""
+        batch, frames, _ = x.shape
+        if valid is not None:
+            x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        feats = x.reshape(batch, frames * self.conv.stride, self.in_dim).transpose(1, 2)  # the 10 ms frames
+        out, _ = self.conv(torch.nn.functional.pad(feats, self.pad))
+        return self.projection(out)
+
+
 class BestRQModel(StackedFrames, SSLModel):
     """BEST-RQ (see the module docstring). Build with :func:`build_bestrq`."""
 
@@ -170,6 +226,12 @@ class BestRQModel(StackedFrames, SSLModel):
         x = feats[:, : frames * k].reshape(feats.shape[0], frames, k * feats.shape[2])
         return x, torch.div(feat_lengths, k, rounding_mode="floor")
 
+    def project(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Stacked frames x [B, T, kF] (valid [B, T]) -> latent [B, T, D] (input projection, input dropout)."""
+        if isinstance(self.input_projection, ConvSubsampler):
+            return self.input_dropout(self.input_projection(x, None if bool(valid.all()) else valid))
+        return self.input_dropout(self.input_projection(x))
+
     @staticmethod
     def _padding_mask(valid: torch.Tensor) -> torch.Tensor | None:
         """[B, T] bool True = padding, or None when nothing is padded (fast path)."""
@@ -181,8 +243,8 @@ class BestRQModel(StackedFrames, SSLModel):
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
         lengths = self.check_lengths(wavs, lengths)
         x, frame_lengths = self.stacked_features(wavs, lengths)
-        latent = self.input_dropout(self.input_projection(x))
         valid = lengths_to_mask(frame_lengths, x.shape[1])
+        latent = self.project(x, valid)
         context, layers = self.encoder(latent, self._padding_mask(valid), return_layers=True)
         return EncoderOutput(hidden_states=[latent, *layers, context], lengths=frame_lengths,
                              layer_names=self.layer_names, frame_shift=self.frame_shift)
@@ -199,7 +261,7 @@ class BestRQModel(StackedFrames, SSLModel):
         mask = span_mask(frame_lengths, x.shape[1], cfg.mask_prob, cfg.mask_span, cfg.min_masks)
         noise = torch.randn_like(x) * cfg.mask_noise_std
         x = torch.where(mask.unsqueeze(-1), noise, x)
-        latent = self.input_dropout(self.input_projection(x))
+        latent = self.project(x, valid)
         context, _ = self.encoder(latent, self._padding_mask(valid))
         out = masked_prediction_loss(self.head, context, targets, mask, valid, cfg.unmasked_weight)
 
@@ -239,7 +301,12 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
     in_dim = cfg.stack_frames * frontend.out_dim
     quantizer = RandomProjectionQuantizer(in_dim, cfg.num_codebooks, cfg.codebook_size, cfg.code_dim,
                                           cfg.quantizer_seed)
-    input_projection = Linear(in_dim, cfg.embed_dim)
+    input_projection: nn.Module
+    if cfg.conv_subsampler:
+        input_projection = ConvSubsampler(frontend.out_dim, cfg.conv_subsampler, cfg.conv_norm, cfg.embed_dim,
+                                          cfg.layer_norm_eps)
+    else:
+        input_projection = Linear(in_dim, cfg.embed_dim)
     encoder = TransformerEncoder(
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
         cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
