@@ -44,6 +44,54 @@ def test_nt_xent_matches_a_hand_computation_and_counts_negatives():
     assert L.nt_xent(same, same, 0.1).accuracy == 1.0
 
 
+def test_false_negative_handling_matches_the_published_formulas():
+    """Chuang et al. 2020 (debias) and Huynh et al. 2022 (eliminate / attract) on one logits matrix:
+    rows 0 and 1, positive in column 0, column 3 of row 0 not a candidate (-inf)."""
+    t = 0.5
+    logits = torch.tensor([[1.0, 1.8, -0.4, float("-inf"), 0.2], [0.6, -1.2, 1.4, 0.0, -0.6]]) / t
+    targets = torch.tensor([0, 0])
+    ce = F.cross_entropy(logits, targets)
+    assert torch.allclose(L.contrast_loss(logits, targets, t), ce)
+    assert torch.allclose(L.contrast_loss(logits, targets, t, "eliminate", k=0), ce)
+    # debias with tau_plus 0.25 (M = 3 and 4 negatives)
+    expect = []
+    for row, m in ((logits[0], 3), (logits[1], 4)):
+        neg = row[1:].exp().sum()
+        ng = max(float((neg - 0.25 * m * row[0].exp()) / 0.75), m * math.exp(-1 / t))
+        expect.append(math.log(math.exp(float(row[0])) + ng) - float(row[0]))
+    assert float(L.contrast_loss(logits, targets, t, "debias", tau_plus=0.25)) == pytest.approx(sum(expect) / 2)
+    assert torch.allclose(L.contrast_loss(logits, targets, t, "debias", tau_plus=0.0), ce)  # the floor is inactive
+    # k = 1: the most similar negative (column 1 of row 0, column 2 of row 1) is a false negative
+    lsm = logits.log_softmax(1)
+    elim = torch.stack([-(logits[0, 0] - torch.logsumexp(logits[0, [0, 2, 4]], 0)),
+                        -(logits[1, 0] - torch.logsumexp(logits[1, [0, 1, 3, 4]], 0))]).mean()
+    assert torch.allclose(L.contrast_loss(logits, targets, t, "eliminate", k=1), elim)
+    attract = -((lsm[0, 0] + lsm[0, 1]) / 2 + (lsm[1, 0] + lsm[1, 2]) / 2) / 2
+    assert torch.allclose(L.contrast_loss(logits, targets, t, "attract", k=1), attract)
+    assert math.isfinite(float(L.contrast_loss(logits, targets, t, "attract", k=9)))  # k capped at 3 negatives
+    with pytest.raises(ValueError, match="false_negatives"):
+        L.contrast_loss(logits, targets, t, "drop")
+
+
+def test_model_with_a_queue_and_false_negative_handling():
+    batch = speech_batch([6000, 6000, 5000])
+    for fn in ({"false_negatives": "debias", "tau_plus": 0.1}, {"false_negatives": "eliminate", "false_negative_k": 2},
+               {"false_negatives": "attract", "false_negative_k": 2}):
+        torch.manual_seed(0)
+        model = build_model({"name": "simclr", **SMALL, "queue_size": 8, "momentum": 0.9,
+                             "momentum_loss": "simclr", **fn}).train()
+        model.loss(batch)
+        out = model.loss(batch)  # the queue holds 3 keys: 4 + 3 negatives
+        assert out.metrics["num_negatives"] == 7 and math.isfinite(float(out.loss.detach()))
+        out.loss.backward()
+    with pytest.raises(ConfigError, match="false_negatives"):
+        load_pretrain_config_from({"name": "simclr", "false_negatives": "drop"})
+    with pytest.raises(ConfigError, match="false_negatives"):
+        load_pretrain_config_from({"name": "simclr", "objective": "cola", "false_negatives": "debias"})
+    with pytest.raises(ConfigError, match="tau_plus"):
+        load_pretrain_config_from({"name": "simclr", "false_negatives": "debias", "tau_plus": 1.0})
+
+
 def test_bilinear_contrast_and_queue():
     z = torch.eye(4) * 3
     out = L.bilinear_contrast(z, z, torch.eye(4), queue=torch.zeros(2, 4))

@@ -82,6 +82,14 @@ class SimCLRConfig:
     # queue (filled with the momentum encoder's keys of view b) as extra negatives of every view: the
     # gradient of both views and of the 2N-2 batch negatives is kept, the queue only adds negatives.
     momentum_loss: Literal["moco", "simclr"] = "moco"
+    # False negatives, the anchor's own class (speaker) among the negatives, the more the larger the queue
+    # (the demo corpus has 16 speakers: about 1 negative in 16). "none"; "debias": debiased contrastive
+    # loss (Chuang et al. 2020) with class prior `tau_plus`; "eliminate" / "attract": false-negative
+    # cancellation (Huynh et al. 2022): the `false_negative_k` negatives (batch and queue) most similar to
+    # each anchor leave its denominator / become its extra positives (siamese_losses.contrast_loss).
+    false_negatives: Literal["none", "debias", "eliminate", "attract"] = "none"
+    tau_plus: float = 0.0625
+    false_negative_k: int = 0
     barlow_lambda: float = 5.0e-3  # weight of the off-diagonal terms
     triplet_margin: float = 0.5  # on squared distances of L2-normalised embeddings (range [0, 4])
     # Views: two crops of crop_seconds, at least min_gap_seconds apart when the input is long enough
@@ -107,6 +115,13 @@ class SimCLRConfig:
             raise ValueError(f"model.momentum must be in [0, 1) or null, got {self.momentum}")
         if self.momentum_loss not in ("moco", "simclr"):
             raise ValueError(f"model.momentum_loss must be moco or simclr, got {self.momentum_loss!r}")
+        if self.false_negatives not in L.FALSE_NEGATIVES:
+            raise ValueError(f"model.false_negatives must be one of {L.FALSE_NEGATIVES}, got {self.false_negatives!r}")
+        if self.false_negatives != "none" and self.objective != "ntxent":
+            raise ValueError(f"model.false_negatives needs objective ntxent, got {self.objective!r}")
+        if not 0.0 <= self.tau_plus < 1.0 or self.false_negative_k < 0:
+            raise ValueError(f"model.tau_plus must be in [0, 1) and model.false_negative_k >= 0, got "
+                             f"{self.tau_plus} and {self.false_negative_k}")
         if self.momentum is not None and self.objective != "ntxent":
             raise ValueError(f"model.momentum: the momentum encoder needs objective ntxent, got {self.objective!r}")
         if self.queue_size and self.objective not in ("ntxent", "cola"):
@@ -242,11 +257,12 @@ class SiameseModel(SSLModel):
         if self.teacher is not None:
             with torch.no_grad():
                 keys = self.teacher.module["projector"](self.teacher.module["encoder"](feats[n:], frames[n:])[1])
+        fn = {"false_negatives": cfg.false_negatives, "tau_plus": cfg.tau_plus, "k": cfg.false_negative_k}
         if self.teacher is not None and cfg.momentum_loss == "moco":
             z_b = keys
-            out = L.key_contrast(z_a, z_b, cfg.temperature, queue)
+            out = L.key_contrast(z_a, z_b, cfg.temperature, queue, **fn)
         elif cfg.objective == "ntxent":
-            out = L.nt_xent(z_a, z_b, cfg.temperature, queue)
+            out = L.nt_xent(z_a, z_b, cfg.temperature, queue, **fn)
         elif cfg.objective == "cola":
             out = L.bilinear_contrast(z_a, z_b, self.bilinear, queue)
         elif cfg.objective == "barlow":

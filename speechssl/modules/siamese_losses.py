@@ -10,6 +10,14 @@ Shapes: ``z_a``, ``z_b`` [N, D] embeddings of the two views (row i of both: the 
   cross-entropy of each anchor over the N candidates (plus the queue).
 * Queue (He et al. 2020, MoCo): :class:`NegativeQueue` keeps the last ``size`` keys (detached, from the
   momentum encoder when the model has one), so a CPU batch of 16 sees thousands of negatives.
+* False negatives (:func:`contrast_loss`): other utterances of the anchor's class (speaker) among the
+  negatives, more of them the more negatives (a queue). ``debias``: Chuang et al. 2020's debiased
+  contrastive loss, class prior ``tau_plus``: the negatives' term becomes
+  max((sum_j e^{s_j} - tau_plus M e^{s_+}) / (1 - tau_plus), M e^{-1/t}) over the M negatives (their
+  estimator with one positive sample). ``eliminate`` / ``attract``: Huynh et al. 2022's false-negative
+  cancellation with the anchor as its own support view: the ``k`` negatives most similar to the anchor
+  are taken out of the denominator (elimination) or become extra positives (attraction: the mean loss
+  of the positive and of each of them, every denominator over all candidates).
 * Barlow Twins (Zbontar et al. 2021): per-dimension batch-normalised embeddings, cross-correlation
   C = z_a^T z_b / N driven to the identity: sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2. Under
   DDP the batch statistics and C use the global batch (differentiable all-gather).
@@ -23,6 +31,7 @@ Shapes: ``z_a``, ``z_b`` [N, D] embeddings of the two views (row i of both: the 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +78,41 @@ def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float((logits.argmax(1) == targets).float().mean()) if logits.numel() else float("nan")
 
 
-def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, queue: torch.Tensor | None = None
-            ) -> PairLossOutput:
-    """SimCLR's NT-Xent over 2N views, plus ``queue`` [Q, D] keys as extra negatives of every view."""
+FALSE_NEGATIVES = ("none", "debias", "eliminate", "attract")
+
+
+def contrast_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float, false_negatives: str = "none",
+                  tau_plus: float = 0.0, k: int = 0) -> torch.Tensor:
+    """Mean InfoNCE of each row of ``logits`` [A, C] (cosine / temperature; -inf: not a candidate) whose
+    positive is column ``targets`` [A], every other finite column a negative, with the false-negative
+    handling ``false_negatives`` (module docstring; ``tau_plus`` for debias, ``k`` for eliminate/attract)."""
+    if false_negatives not in FALSE_NEGATIVES:
+        raise ValueError(f"false_negatives must be one of {FALSE_NEGATIVES}, got {false_negatives!r}")
+    if false_negatives == "none" or (false_negatives != "debias" and k == 0):
+        return F.cross_entropy(logits, targets)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    pos = logits[rows, targets]
+    negatives = torch.isfinite(logits)
+    negatives[rows, targets] = False
+    if false_negatives == "debias":
+        m = negatives.sum(1).to(logits)
+        neg = torch.where(negatives, logits, torch.full_like(logits, float("-inf"))).exp().sum(1)
+        neg = torch.maximum((neg - tau_plus * m * pos.exp()) / (1 - tau_plus), m * math.exp(-1 / temperature))
+        return (torch.log(pos.exp() + neg) - pos).mean()
+    ranked = torch.where(negatives, logits, torch.full_like(logits, float("-inf")))
+    k = min(k, int(negatives.sum(1).min()))
+    flagged = torch.zeros_like(negatives).scatter_(1, ranked.topk(k, dim=1).indices, True) & negatives
+    if false_negatives == "eliminate":
+        return F.cross_entropy(logits.masked_fill(flagged, float("-inf")), targets)
+    log_prob = logits.log_softmax(1)
+    flagged[rows, targets] = True
+    return -(torch.where(flagged, log_prob, torch.zeros_like(log_prob)).sum(1) / flagged.sum(1)).mean()
+
+
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, queue: torch.Tensor | None = None,
+            false_negatives: str = "none", tau_plus: float = 0.0, k: int = 0) -> PairLossOutput:
+    """SimCLR's NT-Xent over 2N views, plus ``queue`` [Q, D] keys as extra negatives of every view
+    (``false_negatives``, ``tau_plus``, ``k``: :func:`contrast_loss`)."""
     n = z_a.shape[0]
     z = F.normalize(torch.cat([z_a, z_b]).float(), dim=1)
     sim = z @ z.T / temperature
@@ -79,15 +120,16 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, queue: tor
     if queue is not None and queue.numel():
         sim = torch.cat([sim, z @ F.normalize(queue.float(), dim=1).T / temperature], 1)
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    loss = F.cross_entropy(sim, targets)
+    loss = contrast_loss(sim, targets, temperature, false_negatives, tau_plus, k)
     negatives = 2 * n - 2 + (queue.shape[0] if queue is not None else 0)
     return PairLossOutput(loss, _accuracy(sim.detach(), targets), negatives)
 
 
-def key_contrast(queries: torch.Tensor, keys: torch.Tensor, temperature: float, queue: torch.Tensor | None = None
-                 ) -> PairLossOutput:
+def key_contrast(queries: torch.Tensor, keys: torch.Tensor, temperature: float, queue: torch.Tensor | None = None,
+                 false_negatives: str = "none", tau_plus: float = 0.0, k: int = 0) -> PairLossOutput:
     """MoCo: cosine similarity / temperature of each query (view a, online encoder) with every key of the
-    batch (view b, momentum encoder; its own key is the positive) and the queue's keys."""
+    batch (view b, momentum encoder; its own key is the positive) and the queue's keys
+    (``false_negatives``, ``tau_plus``, ``k``: :func:`contrast_loss`)."""
     q = F.normalize(queries.float(), dim=1)
     k = F.normalize(keys.float(), dim=1)
     logits = q @ k.T / temperature
@@ -95,7 +137,8 @@ def key_contrast(queries: torch.Tensor, keys: torch.Tensor, temperature: float, 
         logits = torch.cat([logits, q @ F.normalize(queue.float(), dim=1).T / temperature], 1)
     targets = torch.arange(q.shape[0], device=q.device)
     negatives = q.shape[0] - 1 + (queue.shape[0] if queue is not None else 0)
-    return PairLossOutput(F.cross_entropy(logits, targets), _accuracy(logits.detach(), targets), negatives)
+    loss = contrast_loss(logits, targets, temperature, false_negatives, tau_plus, k)
+    return PairLossOutput(loss, _accuracy(logits.detach(), targets), negatives)
 
 
 def bilinear_contrast(z_a: torch.Tensor, z_b: torch.Tensor, weight: torch.Tensor,

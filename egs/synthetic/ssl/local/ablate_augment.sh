@@ -27,13 +27,13 @@ recipe=$recipes/pretrain/simclr_demo.yaml
 wave=model.augment.waveform
 spec=model.augment.spectrogram
 all_variants=(
-  "full|the recipe (every group, no queue)|"
+  "full|the recipe (every group, MoCo queue of 64 momentum keys)|"
   "no_noise|without additive noise|$wave.noise=null"
   "no_channel|without the channel group (random EQ, band-limit, gain)|$wave.eq=null $wave.band_limit=null $wave.gain=null"
   "no_mixup|without mixup|$spec.mixup=null"
   "no_masks|without SpecAugment masks|$spec.freq_mask=null $spec.time_mask=null"
   "cola_crops|COLA's positives: two 0.96 s crops of a 2 s training crop (not one 1 s crop augmented twice)|model.crop_seconds=0.96 data.crop_seconds=2.0 data.max_batch_seconds=32.0"
-  "queue_64|MoCo queue of 64 momentum keys (4 batches) in the NT-Xent|model.queue_size=64 model.momentum=0.99 model.momentum_loss=simclr"
+  "queue_0|no queue (batch negatives only, no momentum encoder)|model.queue_size=0 model.momentum=null"
   "queue_1024|MoCo queue of 1024 momentum keys (64 batches) in the NT-Xent|model.queue_size=1024 model.momentum=0.99 model.momentum_loss=simclr"
 )
 
