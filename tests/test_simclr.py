@@ -73,6 +73,19 @@ def test_false_negative_handling_matches_the_published_formulas():
         L.contrast_loss(logits, targets, t, "drop")
 
 
+def test_key_contrast_passes_false_negative_handling_through():
+    """MoCo's query-key loss: the same false-negative handling as contrast_loss on its logits."""
+    torch.manual_seed(0)
+    q, keys, queue = torch.randn(4, 8), torch.randn(4, 8), torch.randn(5, 8)
+    logits = torch.cat([F.normalize(q, dim=1) @ F.normalize(keys, dim=1).T,
+                        F.normalize(q, dim=1) @ F.normalize(queue, dim=1).T], 1) / 0.2
+    targets = torch.arange(4)
+    for fn, kw in (("none", {}), ("eliminate", {"k": 2}), ("attract", {"k": 2}), ("debias", {"tau_plus": 0.1})):
+        out = L.key_contrast(q, keys, 0.2, queue, fn, **kw)
+        assert torch.allclose(out.loss, L.contrast_loss(logits, targets, 0.2, fn, **kw)), fn
+        assert out.num_negatives == 3 + 5
+
+
 def test_model_with_a_queue_and_false_negative_handling():
     batch = speech_batch([6000, 6000, 5000])
     for fn in ({"false_negatives": "debias", "tau_plus": 0.1}, {"false_negatives": "eliminate", "false_negative_k": 2},

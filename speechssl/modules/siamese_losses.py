@@ -131,8 +131,7 @@ def key_contrast(queries: torch.Tensor, keys: torch.Tensor, temperature: float, 
     batch (view b, momentum encoder; its own key is the positive) and the queue's keys
     (``false_negatives``, ``tau_plus``, ``k``: :func:`contrast_loss`)."""
     q = F.normalize(queries.float(), dim=1)
-    k = F.normalize(keys.float(), dim=1)
-    logits = q @ k.T / temperature
+    logits = q @ F.normalize(keys.float(), dim=1).T / temperature
     if queue is not None and queue.numel():
         logits = torch.cat([logits, q @ F.normalize(queue.float(), dim=1).T / temperature], 1)
     targets = torch.arange(q.shape[0], device=q.device)
