@@ -55,7 +55,6 @@ def utterance_cmvn(feats: torch.Tensor, feat_lengths: torch.Tensor, norm_vars: b
     return out
 
 
-
 def vector_standardize(x: torch.Tensor, eps: float = 1.0e-6) -> torch.Tensor:
     """Each vector along the last axis to zero mean and unit (population) variance: MAE's
     ``norm_pix_loss`` target (He et al. 2022), used by MAE's tokens and TERA's ``norm_targets`` frames."""

@@ -182,10 +182,7 @@ class ConvSubsampler(nn.Module):
                  eps: float = 1e-5):
         super().__init__()
         self.in_dim = in_dim
-        self.conv = ConvFeatureEncoder(in_dim, layers, norm, bias=False)
-        for module in self.conv.modules():
-            if isinstance(module, nn.Conv1d):
-                nn.init.kaiming_normal_(module.weight)
+        self.conv = ConvFeatureEncoder(in_dim, layers, norm, bias=False).kaiming_init_()
         pad = self.conv.receptive_field - self.conv.stride
         self.pad = (pad // 2, pad - pad // 2)
         self.projection = FeatureProjection(self.conv.out_dim, embed_dim, 0.0, eps)
@@ -193,7 +190,7 @@ class ConvSubsampler(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, k F], valid [B, T] bool or None (all valid) -> [B, T, D]."""
         batch, frames, _ = x.shape
-        if valid is not None:
+        if valid is not None and not bool(valid.all()):
             x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
         feats = x.reshape(batch, frames * self.conv.stride, self.in_dim).transpose(1, 2)  # the 10 ms frames
         out, _ = self.conv(torch.nn.functional.pad(feats, self.pad))
@@ -228,9 +225,8 @@ class BestRQModel(StackedFrames, SSLModel):
 
     def project(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Stacked frames x [B, T, kF] (valid [B, T]) -> latent [B, T, D] (input projection, input dropout)."""
-        if isinstance(self.input_projection, ConvSubsampler):
-            return self.input_dropout(self.input_projection(x, None if bool(valid.all()) else valid))
-        return self.input_dropout(self.input_projection(x))
+        conv = isinstance(self.input_projection, ConvSubsampler)
+        return self.input_dropout(self.input_projection(x, valid) if conv else self.input_projection(x))
 
     @staticmethod
     def _padding_mask(valid: torch.Tensor) -> torch.Tensor | None:

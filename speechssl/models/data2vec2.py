@@ -415,10 +415,8 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
 def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
-    for module in feature_encoder.modules():
-        if isinstance(module, nn.Conv1d):
-            nn.init.kaiming_normal_(module.weight)
+    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
+                                         cfg.conv_bias).kaiming_init_()
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps)
     context = Data2VecContext(cfg)
     decoder = final_proj = None

@@ -333,10 +333,8 @@ def build_hubert(cfg: HubertConfig) -> HubertModel:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
     if cfg.conv_layers:
-        feature_encoder: nn.Module = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
-        for module in feature_encoder.modules():
-            if isinstance(module, nn.Conv1d):
-                nn.init.kaiming_normal_(module.weight)
+        feature_encoder: nn.Module = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
+                                                        cfg.conv_bias).kaiming_init_()
     else:
         if frontend.frame_shift == 1:
             raise ValueError("model.conv_layers: [] (no CNN, MelHuBERT) needs a frame frontend (logmel, fbank, "

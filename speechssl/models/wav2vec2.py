@@ -295,10 +295,8 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
 def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
-    for module in feature_encoder.modules():
-        if isinstance(module, nn.Conv1d):
-            nn.init.kaiming_normal_(module.weight)
+    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
+                                         cfg.conv_bias).kaiming_init_()
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
                                            cfg.layer_norm_eps)
     encoder = TransformerEncoder(

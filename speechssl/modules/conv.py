@@ -195,6 +195,14 @@ class ConvFeatureEncoder(nn.Module):
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_out_lengths(lengths, self.spec)
 
+    def kaiming_init_(self) -> ConvFeatureEncoder:
+        """Kaiming-normal convolution weights (fairseq's init of wav2vec 2.0's feature encoder), in place;
+        returns ``self``. Every model with this encoder builds it so."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight)
+        return self
+
     def _fast_path_ok(self, x: torch.Tensor, lengths: torch.Tensor | None) -> bool:
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return False

@@ -94,14 +94,14 @@ def contrast_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: floa
     pos = logits[rows, targets]
     negatives = torch.isfinite(logits)
     negatives[rows, targets] = False
+    neg_logits = logits.masked_fill(~negatives, float("-inf"))  # the negatives only
     if false_negatives == "debias":
         m = negatives.sum(1).to(logits)
-        neg = torch.where(negatives, logits, torch.full_like(logits, float("-inf"))).exp().sum(1)
+        neg = neg_logits.exp().sum(1)
         neg = torch.maximum((neg - tau_plus * m * pos.exp()) / (1 - tau_plus), m * math.exp(-1 / temperature))
         return (torch.log(pos.exp() + neg) - pos).mean()
-    ranked = torch.where(negatives, logits, torch.full_like(logits, float("-inf")))
     k = min(k, int(negatives.sum(1).min()))
-    flagged = torch.zeros_like(negatives).scatter_(1, ranked.topk(k, dim=1).indices, True) & negatives
+    flagged = torch.zeros_like(negatives).scatter_(1, neg_logits.topk(k, dim=1).indices, True) & negatives
     if false_negatives == "eliminate":
         return F.cross_entropy(logits.masked_fill(flagged, float("-inf")), targets)
     log_prob = logits.log_softmax(1)
