@@ -15,14 +15,24 @@ that runs its forward (plain and fused GELU) *and* the two transposed-stride cal
 (``grad @ W`` and ``grad^T @ x`` read through ``.t()`` views) against ``torch.matmul`` (the fast
 GRU's backward makes the same calls). It is *chosen* per CPU vendor: on Intel MKL's sgemm runs its
 AVX-512 code and was the fastest fp32 kernel (issue 19: a 2-core Xeon), so matmuls stay on
-``F.linear`` there; elsewhere (AMD) oneDNN. A rule, not a per-process timing: a kernel that flipped
+``F.linear`` there; elsewhere (AMD) oneDNN. One exception, per shape (issues 15 and 19): on CPUs
+with AVX2 but no AVX-512 (ISA ``AVX2``, e.g. this project's 2-core AMD EPYC) matmuls whose weight
+has at least :data:`MKL_MIN_WEIGHT` (768 x 768) elements go to MKL (``Decision.mkl_min_weight``):
+measured there, one thread, forward + both backward matmuls, MKL's sgemm took 1.2-1.6x less time
+than oneDNN on every HuBERT / wav2vec 2.0 Base shape (M = 400-1500 frames; 768 x 768 / 2304 / 3072,
+3072 x 768, and the conv encoder's 512 x 1536 windows), while on the small weights of the demo's
+models (<= 512 x 1024) the two were within 1.0-1.17x at one thread and oneDNN was ahead at two; so
+those keep oneDNN and the demo's numbers do not move. The conv feature encoder follows the same
+rule per layer (:mod:`speechssl.modules.tap_conv`: its MKL layers run as one matmul per kernel tap,
+channels-last, in training too). A rule, not a per-process timing: a kernel that flipped
 between runs on a loaded machine would break bit-exact resume. ``tools/bench`` measures both
 kernels (``matmul_peak``) and records whether the choice was the faster one (``kernel_check``).
-The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available),
-``SPEECHSSL_FAST_GRU=0``. The record (kernels chosen, why, the conv layout, CPU vendor and model,
+The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
+shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``. The record (kernels chosen, why, the conv layout, CPU vendor and model,
 ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
-Blocks ask :func:`onednn_linear` / :func:`fast_gru` when they run. Tests (and benchmarks) force a
+Blocks ask :func:`onednn_linear` (with the weight's size: ``onednn_linear(weight.numel())``) /
+:func:`fast_gru` when they run. Tests (and benchmarks) force a
 path for a block of code with :func:`use` -- a context variable, so no module global changes and
 other threads are unaffected::
 
@@ -51,6 +61,9 @@ _ON = ("1", "true", "yes", "on", "force")
 # MKL's own vendor: its sgemm takes the AVX-512 path there and beat oneDNN (issue 19, a 2-core Xeon)
 _MKL_VENDORS = ("GenuineIntel",)
 _FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (tools/bench)
+# AVX2 without AVX-512: MKL's sgemm beat oneDNN on weights of at least 768 x 768 (module docstring)
+MKL_MIN_WEIGHT = 768 * 768
+_MKL_LARGE_ISAS = ("AVX2",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +82,8 @@ class Decision:
         isa: ``torch.backends.cpu.get_cpu_capability()`` (``AVX2``, ``AVX512``, ``DEFAULT``...).
         torch_version: the PyTorch the check ran on.
         onednn_available: oneDNN's operator exists and passed the self-check (whatever was chosen).
+        mkl_min_weight: where ``onednn_linear`` is on, matmuls whose weight has at least this many
+            elements still go to MKL (AVX2-only CPUs, :data:`MKL_MIN_WEIGHT`); None: oneDNN for all.
     """
 
     onednn_linear: bool
@@ -80,6 +95,7 @@ class Decision:
     isa: str
     torch_version: str
     onednn_available: bool = False  # oneDNN passed its self-check here (``use`` may force it on)
+    mkl_min_weight: int | None = None  # with onednn_linear: weights of >= this many elements go to MKL
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -177,8 +193,19 @@ def decide() -> Decision:
         onednn, reasons["onednn_linear"] = True, (
             f"{vendor}: MKL runs its AVX2 code on non-Intel CPUs, oneDNN's matmul about 2x faster "
             f"(tools/bench matmul_peak); {why}")
+    mkl_min = None
+    if onednn and setting not in _ON and isa in _MKL_LARGE_ISAS:
+        mkl_min = MKL_MIN_WEIGHT
+        reasons["mkl_min_weight"] = (
+            f"{isa} without AVX-512: matmuls with weights of >= 768 x 768 elements go to MKL (1.2-1.6x faster than "
+            "oneDNN on HuBERT / wav2vec 2.0 Base shapes at one thread); smaller ones keep oneDNN")
+    else:
+        reasons["mkl_min_weight"] = "no per-shape rule: every fp32 matmul follows onednn_linear"
     reasons["conv_layout"] = ("channels-last windows matmul (the fp32 inference conv path follows onednn_linear)"
                               if onednn else "PyTorch's conv1d (oneDNN convolution), channels-first")
+    if mkl_min:
+        reasons["conv_layout"] += ("; layers whose weight reaches mkl_min_weight run as MKL matmuls per kernel tap, "
+                                   "in training too")
     if _env_off("SPEECHSSL_FAST_GRU"):
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
@@ -189,7 +216,8 @@ def decide() -> Decision:
         if not on and "environment" not in reasons[kernel]:
             log.info("%s off: %s", kernel, reasons[kernel])
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
-                    machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available)
+                    machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available,
+                    mkl_min_weight=mkl_min)
 
 
 @functools.cache
@@ -224,15 +252,36 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
         _FORCED.reset(token)
 
 
-def onednn_linear() -> bool:
+def onednn_linear(weight_numel: int | None = None) -> bool:
     """Whether fp32 CPU matmuls go through oneDNN here (the process decision, or :func:`use`).
+
+    ``weight_numel``: the weight's size, for the per-shape rule (``Decision.mkl_min_weight``: large
+    weights go to MKL on AVX2-only CPUs); None asks whether oneDNN is on at all. A kernel forced
+    with :func:`use` holds for every shape.
 
     Never inside ``torch.compile`` (``train.compile``): inductor cannot lower oneDNN's linear with a
     trainable weight ("weight must be a graph constant"); it picks its own matmul kernels there.
     """
     if torch.compiler.is_compiling():
         return False
-    return (_FORCED.get() or {}).get("onednn_linear", decision().onednn_linear)
+    forced = (_FORCED.get() or {}).get("onednn_linear")
+    if forced is not None:
+        return forced
+    decided = decision()
+    if not decided.onednn_linear:
+        return False
+    return weight_numel is None or decided.mkl_min_weight is None or weight_numel < decided.mkl_min_weight
+
+
+def mkl_large(weight_numel: int) -> bool:
+    """Whether a matmul with a weight of ``weight_numel`` elements goes to MKL by the per-shape rule
+    (``Decision.mkl_min_weight``; never when a kernel is forced with :func:`use` or inside
+    ``torch.compile``). The conv feature encoder runs such layers per kernel tap (``tap_conv``)."""
+    if torch.compiler.is_compiling() or (_FORCED.get() or {}).get("onednn_linear") is not None:
+        return False
+    decided = decision()
+    return bool(decided.onednn_linear and decided.mkl_min_weight is not None
+                and weight_numel >= decided.mkl_min_weight)
 
 
 def fast_gru() -> bool:

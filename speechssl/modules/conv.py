@@ -25,6 +25,12 @@ and variance follow exactly from the mean and covariance of the input windows
 (``mean_y = W mean_x``, ``var_y = diag(W Cov_x W^T)``, in float64), so the layer is a single
 ``gelu(windows @ W'^T + b')``. Outputs equal the reference path to float rounding (tests check
 1e-4); the speed-up on wav2vec 2.0 Base's encoder is about 1.6x (``tools/bench``).
+
+Per-tap layers (CPU, fp32, training and inference): where ``speechssl.accel``'s per-shape rule
+sends a multi-channel layer's weight to MKL (AVX2-only CPUs, weights of >= 768 x 768 elements:
+Base's 512 x 512 x 3 layers), that layer runs as one MKL matmul per kernel tap on channels-last
+input (:func:`speechssl.modules.tap_conv.tap_conv1d`; 1.5x faster than ``F.conv1d`` forward +
+backward there), the others as before; equal to the reference to float rounding.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from torch.nn import functional as F
 import speechssl.accel as accel
 from speechssl.modules import linear as onednn
 from speechssl.modules.padding import lengths_to_mask
+from speechssl.modules.tap_conv import tap_conv1d
 
 ConvNorm = Literal["group_norm", "layer_norm", "none"]
 
@@ -64,12 +71,12 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
     batch, channels, frames = x.shape
     groups = norm.num_groups
     valid = lengths_to_mask(lengths, frames).to(x.dtype)  # [B, T]
-    xg = x.view(batch, groups, channels // groups, frames)
+    xg = x.reshape(batch, groups, channels // groups, frames)
     w = valid[:, None, None, :]
     count = (lengths.to(x.dtype) * (channels // groups)).clamp(min=1)[:, None, None, None]
     mean = (xg * w).sum((2, 3), keepdim=True) / count
     var = (((xg - mean) * w) ** 2).sum((2, 3), keepdim=True) / count
-    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).view(batch, channels, frames)
+    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape(batch, channels, frames)
     if norm.affine:
         y = y * norm.weight[:, None] + norm.bias[:, None]
     return y
@@ -102,6 +109,11 @@ class ConvBlock(nn.Module):
                 x = x + conv.bias[:, None]
         else:
             x = conv(x)
+        return self.activate(x, lengths)
+
+    def activate(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """norm -> GELU of this layer's conv output x [batch, out_channels, frames_out] (any strides);
+        ``lengths`` are the layer's *input* lengths (returned as its output lengths)."""
         if lengths is not None:
             lengths = torch.clamp(torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1, min=0)
         if isinstance(self.norm, nn.GroupNorm):
@@ -164,6 +176,69 @@ def _folded_group_norm_layer(win: torch.Tensor, weight: torch.Tensor, bias: torc
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
+def _waveform_layer_channels_last(layer: ConvBlock, wav: torch.Tensor, lengths: torch.Tensor | None
+                                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A one-channel first layer (waveform) straight to channels-last [B, frames_out, C], differentiable in its
+    parameters (not in ``wav`` [B, L]): ``gelu(norm(windows @ W^T + b))``.
+
+    A per-channel GroupNorm is folded into per-utterance weights as in :func:`_folded_group_norm_layer`:
+    the statistics of ``y = W x + b`` over time follow from the windows' mean and covariance (constants, float64),
+    ``mean_y = W mean_x + b``, ``var_y = diag(W Cov_x W^T)``, so autograd carries the GroupNorm's gradient
+    (through its statistics) to W and the affine parameters on [C, k]-sized tensors, and no [B, C, T]
+    tensor is normalised, transposed or copied. A LayerNorm over channels is applied channels-last as is.
+    """
+    conv, kernel, stride = layer.conv, layer.kernel, layer.stride
+    frames_out = (wav.shape[-1] - kernel) // stride + 1
+    win = wav.unfold(-1, kernel, stride)  # [B, T, k] view
+    weight = conv.weight.view(conv.out_channels, kernel)
+    if lengths is not None:
+        lengths = torch.clamp(torch.div(lengths - kernel, stride, rounding_mode="floor") + 1, min=0)
+    if not isinstance(layer.norm, nn.GroupNorm):
+        y = onednn.linear(win.contiguous(), weight, conv.bias)
+        if isinstance(layer.norm, nn.LayerNorm):
+            y = F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias, layer.norm.eps)
+        return F.gelu(y), lengths
+    norm = layer.norm
+    valid = [frames_out] * wav.shape[0] if lengths is None else [max(int(n), 1) for n in lengths]
+    with torch.no_grad():
+        stats = []
+        for b, n in enumerate(valid):
+            xv = win[b, :n].to(torch.float64)
+            centred = xv - xv.mean(0)
+            stats.append((xv.mean(0), centred.T @ centred / n))
+        mean_x = torch.stack([m for m, _ in stats])  # [B, k]
+        cov_x = torch.stack([c for _, c in stats])  # [B, k, k]
+    w64 = weight.to(torch.float64)
+    mean_y = mean_x @ w64.T  # [B, C]
+    if conv.bias is not None:
+        mean_y = mean_y + conv.bias.to(torch.float64)
+    var_y = torch.einsum("ck,bkl,cl->bc", w64, cov_x, w64)
+    gain = torch.rsqrt(var_y + norm.eps)  # [B, C]
+    shift = torch.zeros_like(gain)
+    if norm.affine:
+        gain, shift = gain * norm.weight.to(torch.float64), norm.bias.to(torch.float64).expand_as(gain)
+    # GN(W x + b) = (gain W) x + (b - mean_y) gain + shift, with mean_y including b
+    bias = (conv.bias.to(torch.float64) if conv.bias is not None else 0.0) - mean_y
+    # the folded bias as a (k+1)-th weight column against a column of ones: one bmm, no pass to add it
+    w_fold = torch.cat([gain[:, :, None] * w64, (bias * gain + shift)[:, :, None]], 2).to(wav.dtype)  # [B, C, k+1]
+    win1 = torch.cat([win, win.new_ones(win.shape[0], frames_out, 1)], 2)
+    return F.gelu(torch.bmm(win1, w_fold.transpose(1, 2))), lengths
+
+
+class _ChannelsLast(torch.autograd.Function):
+    """[B, C, T] -> contiguous [B, T, C], its gradient returned contiguous channels-first (not as a
+    transposed view: the GELU and GroupNorm backward of the layer before run several times faster on
+    matching layouts)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        return x.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return grad.transpose(1, 2).contiguous()
+
+
 class ConvFeatureEncoder(nn.Module):
     """Stack of :class:`ConvBlock` s.
 
@@ -217,7 +292,7 @@ class ConvFeatureEncoder(nn.Module):
     def _forward_fast(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The channels-last oneDNN path (see the module docstring); x: [batch, in_channels, frames]."""
         x = x.transpose(1, 2).contiguous()  # [B, T, C] (a no-op for a transposed channels-last input)
-        for layer in self.layers:
+        for layer, tap in zip(self.layers, self._tap_layers(x)):
             conv = layer.conv
             frames_out = (x.shape[1] - layer.kernel) // layer.stride + 1
             win = _windows(x, layer.kernel, layer.stride, frames_out)
@@ -228,6 +303,10 @@ class ConvFeatureEncoder(nn.Module):
             if isinstance(layer.norm, nn.GroupNorm):
                 valid = [frames_out] * x.shape[0] if lengths is None else [int(n) for n in lengths]
                 x = _folded_group_norm_layer(win, weight, conv.bias, valid, layer.norm)
+            elif tap:
+                y = tap_conv1d(x, conv.weight, conv.bias, layer.stride)
+                x = F.gelu(y) if layer.norm is None else F.gelu(F.layer_norm(
+                    y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias, layer.norm.eps))
             elif isinstance(layer.norm, nn.LayerNorm):
                 y = _block_matmul(win, weight, conv.bias, None)
                 x = F.gelu(F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias,
@@ -236,10 +315,44 @@ class ConvFeatureEncoder(nn.Module):
                 x = _block_matmul(win, weight, conv.bias, "gelu")
         return x, lengths
 
+    def _tap_layers(self, x: torch.Tensor) -> list[bool]:
+        """Which layers run per kernel tap (:mod:`speechssl.modules.tap_conv`): multi-channel layers whose
+        weight ``speechssl.accel``'s per-shape rule sends to MKL (fp32 CPU, no autocast)."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return [False] * len(self.layers)
+        return [layer.conv.in_channels > 1 and accel.mkl_large(layer.conv.weight.numel()) for layer in self.layers]
+
+    def _forward_taps(self, x: torch.Tensor, lengths: torch.Tensor | None,
+                      taps: list[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training path where some layers run per kernel tap: those channels-last (``x`` is kept
+        as a [batch, channels, frames] view of channels-last memory), the others as :class:`ConvBlock`."""
+        first = self.layers[0]
+        if (len(taps) > 1 and taps[1] and first.conv.in_channels == 1 and not x.requires_grad and x.shape[0] > 0
+                and x.shape[-1] >= first.kernel and (not isinstance(first.norm, nn.GroupNorm)
+                                                     or first.norm.num_groups == first.norm.num_channels)):
+            y, lengths = _waveform_layer_channels_last(first, x[:, 0], lengths)
+            x, taps = y.transpose(1, 2), [False] + taps[1:]
+            layers = list(self.layers)[1:]
+        else:
+            layers = list(self.layers)
+        for layer, tap in zip(layers, taps[len(taps) - len(layers):]):
+            if tap and x.shape[0] > 0 and x.shape[-1] >= layer.kernel:
+                x = x.transpose(1, 2)
+                if not x.is_contiguous():  # a channels-first input: copied, its gradient copied back
+                    x = _ChannelsLast.apply(x.transpose(1, 2))
+                y = tap_conv1d(x, layer.conv.weight, layer.conv.bias, layer.stride)
+                x, lengths = layer.activate(y.transpose(1, 2), lengths)
+            else:
+                x, lengths = layer(x, lengths)
+        return x.transpose(1, 2), lengths
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [batch, in_channels, frames] -> ([batch, frames_out, out_dim], lengths_out [batch] or None)."""
         if self._fast_path_ok(x, lengths):
             return self._forward_fast(x, lengths)
+        taps = self._tap_layers(x)
+        if any(taps):
+            return self._forward_taps(x, lengths, taps)
         for layer in self.layers:
             x, lengths = layer(x, lengths)
         return x.transpose(1, 2), lengths

@@ -44,7 +44,8 @@ def _matmul():
     """
     if accel.onednn_linear():
         op = torch.ops.mkldnn._linear_pointwise
-        return lambda a, w, b: op(a, w, b, "none", [], "")
+        # per weight size (accel's per-shape rule: large weights take MKL on AVX2-only CPUs)
+        return lambda a, w, b: op(a, w, b, "none", [], "") if accel.onednn_linear(w.numel()) else F.linear(a, w, b)
     return F.linear
 
 

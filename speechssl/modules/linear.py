@@ -19,7 +19,9 @@ whose forward is :func:`linear`; ``activation="gelu"`` fuses the exact GELU into
 
 Whether the path is used is decided once per process by :mod:`speechssl.accel` (CPU, operator
 availability, a forward and backward self-check; ``SPEECHSSL_ONEDNN=0`` in the environment turns it
-off); ``accel.use(onednn_linear=False)`` or ``linear(..., onednn=False)`` forces ``F.linear``.
+off), and per weight size where ``accel`` says so (on AVX2-only CPUs weights of >= 768 x 768 take
+``F.linear``: MKL was the faster kernel there); ``accel.use(onednn_linear=False)`` or
+``linear(..., onednn=False)`` forces ``F.linear``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor, onednn: bool | None) -> bool:
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor lowers F.linear itself (see accel.onednn_linear)
-        and (accel.onednn_linear() if onednn is None else onednn and accel.decision().onednn_available)
+        and (accel.onednn_linear(weight.numel()) if onednn is None else onednn and accel.decision().onednn_available)
     )
 
 
@@ -94,7 +96,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` (then exact GELU if ``activation == "gelu"``), through oneDNN where that is faster.
 
     ``x`` [..., in], ``weight`` [out, in], ``bias`` [out] -> [..., out]. ``onednn``: None asks
-    :func:`speechssl.accel.onednn_linear`; False forces ``F.linear``; True takes oneDNN wherever the
+    :func:`speechssl.accel.onednn_linear` (with the weight's size); False forces ``F.linear``; True takes oneDNN wherever the
     operands (fp32, CPU) and the process decision allow it.
     """
     if activation not in (None, "gelu"):

@@ -165,8 +165,13 @@ def kernel_check(peak: dict) -> dict:
     from speechssl import accel
 
     rates = {k: v for k, v in (peak.get("fp32_kernels") or {}).items() if k in ("torch.mm", "onednn")}
-    chosen = "onednn" if accel.decision().onednn_linear else "torch.mm"
-    out = {"chosen": chosen, "reason": accel.decision().reasons["onednn_linear"], "measured_gflops": rates}
+    n = peak.get("size")
+    # the choice for an n x n weight (accel's per-shape rule may send large weights to MKL)
+    chosen = "onednn" if accel.onednn_linear(n * n if n else None) else "torch.mm"
+    reason = accel.decision().reasons["onednn_linear"]
+    if accel.decision().mkl_min_weight is not None:
+        reason += "; " + accel.decision().reasons["mkl_min_weight"]
+    out = {"chosen": chosen, "reason": reason, "measured_gflops": rates}
     if chosen in rates:
         best = max(rates, key=rates.get)
         out.update(fastest=best, chosen_is_fastest=best == chosen, chosen_over_best=round(rates[chosen] / rates[best], 3))
