@@ -65,6 +65,28 @@ def test_targets_are_the_average_of_the_instance_normalised_top_k_ffn_outputs():
     assert torch.equal(y, model.targets(b["wavs"], lengths, latent, valid)[0])
 
 
+def test_target_input_weight_mixes_in_the_teachers_instance_normalised_input():
+    b = speech_batch([9000, 6000])
+    for ema_feature_encoder in (False, True):
+        model = small(target_input_weight=0.25, ema_feature_encoder=ema_feature_encoder).train()
+        lengths = model.check_lengths(b["wavs"], b["lengths"])
+        feats, n = model.conv_features(b["wavs"], lengths)
+        latent = model.feature_projection(feats)
+        valid = lengths_to_mask(n, latent.shape[1])
+        y, stats = model.targets(b["wavs"], lengths, latent, valid)
+        teacher, z = model.teacher.module, latent
+        if ema_feature_encoder:  # the teacher's own feature encoder and projection give its input
+            inputs, input_lengths = model.frontend(b["wavs"], lengths)
+            z = teacher["feature_projection"](teacher["feature_encoder"](inputs.transpose(1, 2), input_lengths)[0])
+        _, ffn = (teacher["context"] if ema_feature_encoder else teacher)(z, ~valid, collect="ffn")
+        mean = sum(masked_instance_norm(f, valid) for f in ffn[-2:]) / 2
+        torch.testing.assert_close(y, 0.75 * mean + 0.25 * masked_instance_norm(z, valid))
+        assert "target_var_input" in stats and float(y[~valid].abs().max()) == 0.0
+        assert torch.isfinite(model.loss(b).loss)
+    with pytest.raises(ValueError, match=r"model.target_input_weight must be in \[0, 1\]"):
+        small(target_input_weight=1.5)
+
+
 def test_student_sees_only_unmasked_frames_and_clones_share_one_teacher_pass(monkeypatch):
     model = small(decoder_input_dropout=0.0, dropout=0.0, mask_noise_std=0.0).train()
     b = speech_batch([12000, 12000])

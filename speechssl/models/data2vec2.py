@@ -14,7 +14,8 @@ Teacher (an EMA copy of ``context``, :mod:`speechssl.modules.ema`; with ``ema_fe
 of the feature encoder and projection) encodes the *unmasked* z. Targets: the top ``top_k`` blocks'
 FFN outputs (before the last residual, as both papers use; ``ffn_targets: false`` takes the block
 outputs), each instance-normalised over the valid frames of its utterance (no parameters), averaged,
-then optionally normalised again (``target_norm``).
+then optionally normalised again (``target_norm``). ``target_input_weight`` w > 0 (not in the papers)
+mixes in the teacher's input z, normalised like a block: ``y = (1 - w) * mean + w * z``.
 
 * ``variant: data2vec2``: ``clone_batch`` masks per utterance share that one teacher pass. Masked frames
   of z are zeroed, the positional conv runs over the whole sequence, then the student transformer
@@ -105,6 +106,7 @@ class Data2Vec2Config:
     ffn_targets: bool = True  # FFN output before the last residual (both papers); False: block output
     instance_norm_layers: bool = True  # instance-normalise each block's output before averaging
     target_norm: Literal["none", "layer", "instance"] = "none"  # normalisation of the average
+    target_input_weight: float = 0.0  # weight w of the teacher's input z: y = (1 - w) * mean(top K) + w * z
     # EMA teacher (speechssl.modules.ema).
     ema_start: float = 0.999
     ema_end: float = 0.99999
@@ -116,7 +118,7 @@ class Data2Vec2Config:
     def __post_init__(self) -> None:
         self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
         for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "layer_drop", "mask_prob",
-                    "decoder_input_dropout"):
+                    "decoder_input_dropout", "target_input_weight"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1], got {value}")
@@ -311,10 +313,11 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
         if cfg.ema_feature_encoder:
             inputs, input_lengths = self.frontend(wavs, lengths)
             feats, _ = teacher["feature_encoder"](inputs.transpose(1, 2), input_lengths)
-            out, layers = teacher["context"](teacher["feature_projection"](feats), padding,
-                                             collect="ffn" if cfg.ffn_targets else "block")
+            z = teacher["feature_projection"](feats)
+            out, layers = teacher["context"](z, padding, collect="ffn" if cfg.ffn_targets else "block")
         else:
-            out, layers = teacher(latent.detach(), padding, collect="ffn" if cfg.ffn_targets else "block")
+            z = latent.detach()
+            out, layers = teacher(z, padding, collect="ffn" if cfg.ffn_targets else "block")
         top = layers[-cfg.top_k:]
         stats = {"teacher_var": _frame_var(out[valid])}
         first = cfg.num_layers - cfg.top_k + 1
@@ -323,6 +326,10 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
         if cfg.instance_norm_layers:
             top = [masked_instance_norm(layer, valid) for layer in top]
         y = torch.stack([layer.float() for layer in top]).mean(0)
+        if cfg.target_input_weight > 0:  # the teacher's input (the latent) as an extra target, normalised alike
+            stats["target_var_input"] = _frame_var(z[valid])
+            zt = masked_instance_norm(z, valid) if cfg.instance_norm_layers else z.float()
+            y = (1.0 - cfg.target_input_weight) * y + cfg.target_input_weight * zt
         if cfg.target_norm == "layer":
             y = F.layer_norm(y, y.shape[-1:])
         elif cfg.target_norm == "instance":
