@@ -190,3 +190,22 @@ def test_continuous_targets_skip_the_quantizer_and_the_diversity_loss():
     out.loss.backward()
     assert all(p.grad is None for p in model.quantizer.parameters())
     assert model.project_q.weight.grad is not None and model.feature_projection.layer_norm.weight.grad is not None
+
+
+def test_freeze_projection_keeps_the_latent_untrained_and_the_loss_unchanged():
+    batch = {"wavs": torch.randn(2, 6400), "lengths": torch.tensor([6400, 6400])}
+    losses = {}
+    for freeze in (False, True):
+        torch.manual_seed(0)
+        model = build_wav2vec2(_micro(quantize_targets=False, feature_grad_mult=0.0, freeze_projection=freeze))
+        torch.manual_seed(5)
+        out = model.loss(batch)
+        out.loss.backward()
+        losses[freeze] = float(out.loss.detach())
+        projection_grads = [p.grad for p in model.feature_projection.parameters()]
+        if freeze:
+            assert all(g is None for g in projection_grads)
+            assert model.mask_emb.grad is not None and model.project_q.weight.grad is not None
+        else:
+            assert all(g is not None for g in projection_grads)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)  # same forward pass, same RNG draws

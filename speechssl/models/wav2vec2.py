@@ -113,6 +113,9 @@ class Wav2Vec2Config:
     diversity_weight: float = 0.1
     feature_penalty: float = 10.0  # weight of mean(f ** 2)
     feature_grad_mult: float = 0.1  # gradient scale into the feature encoder (0: frozen)
+    # Keep the feature projection (LayerNorm + Linear: the ``latent`` layer) at its random init too:
+    # with a frozen feature encoder the latent is then exactly the random-init control's.
+    freeze_projection: bool = False
     # Warn when a group's code perplexity falls below this (codebook collapse).
     collapse_perplexity: float = 2.0
 
@@ -240,8 +243,10 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
         padding = None if bool(valid.all()) else ~valid
         feature_pen = (feats.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
 
-        normed = self.feature_projection.layer_norm(feats)
-        x = self.feature_projection.dropout(self.feature_projection.projection(normed))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_projection):
+            normed = self.feature_projection.layer_norm(feats)
+            x = self.feature_projection.projection(normed)
+        x = self.feature_projection.dropout(x)
         mask = span_mask(frame_lengths, frames, cfg.mask_prob, cfg.mask_span, cfg.min_masks)
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         context, _ = self.encoder(x, padding)
