@@ -85,6 +85,33 @@ def test_speaker_negatives_without_speaker_field_warn_once(caplog):
     assert sum("no 'speaker' field" in r.message for r in caplog.records) == 1
 
 
+def test_batch_negatives_are_appended_to_the_group_negatives(monkeypatch):
+    import speechssl.models.cpc as cpc_module
+
+    seen = {}
+
+    def capture(pred, z, lengths, neg):
+        seen["neg"], seen["frames"], seen["lengths"] = neg, z.shape[1], lengths
+        return real(pred, z, lengths, neg)
+
+    real = cpc_module.infonce
+    monkeypatch.setattr(cpc_module, "infonce", capture)
+    model = small(negatives="utterance", batch_negatives=40)
+    torch.manual_seed(1)
+    out = model.loss(batch_of([9000, 4000, 6000]))
+    out.loss.backward()
+    neg, frames = seen["neg"], seen["frames"]
+    assert neg.shape[-1] == 5 + 40
+    utt = neg // frames  # utterance of every negative
+    own = torch.arange(3)[:, None, None]
+    valid = torch.arange(frames)[None, :] < seen["lengths"][:, None]
+    assert torch.all(utt[..., :5][valid] == own.expand_as(utt[..., :5])[valid])  # the group: own utterance
+    assert torch.any(utt[..., 5:][valid] != own.expand_as(utt[..., 5:])[valid])  # the batch: others too
+    assert torch.all(neg % frames < seen["lengths"][utt])  # never padding
+    with pytest.raises(ConfigError, match="batch_negatives"):
+        build_model({"name": "cpc", "batch_negatives": -1})
+
+
 def test_min_samples():
     model = small(prediction_steps=3)
     assert model.min_samples == 465 + 3 * 160

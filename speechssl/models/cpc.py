@@ -84,11 +84,17 @@ class CPCConfig:
     # Where negatives come from: the same "utterance", the whole "batch", or the same "speaker"
     # (needs batch["speaker"]; without it each utterance counts as its own speaker, with a warning).
     negatives: Literal["utterance", "batch", "speaker"] = "speaker"
+    # Extra negatives per query drawn from the whole batch, appended to the num_negatives above: a
+    # mix (e.g. same-utterance negatives for content plus batch negatives, which reward encoding the
+    # voice). 0: none (the paper and modified CPC).
+    batch_negatives: int = 0
 
     def __post_init__(self) -> None:
         for key in ("prediction_steps", "num_negatives", "context_layers", "hidden_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_negatives < 0:
+            raise ConfigError(f"model.batch_negatives must be >= 0, got {self.batch_negatives}")
         if self.encoder == "conv" and not self.conv_layers:
             raise ConfigError("model.conv_layers must list at least one (channels, kernel, stride)")
         for i, (ch, k, s) in enumerate(self.conv_layers):
@@ -307,6 +313,8 @@ class CPC(SSLModel):
         if cfg.negatives == "speaker":
             speaker_ids = self._speaker_ids(batch, z.shape[0], z.device)
         neg = sample_negatives(n_z, z.shape[1], cfg.num_negatives, cfg.negatives, speaker_ids)
+        if cfg.batch_negatives:
+            neg = torch.cat([neg, sample_negatives(n_z, z.shape[1], cfg.batch_negatives, "batch")], dim=-1)
         out = infonce(pred, z, n_z, neg)
         metrics = {"infonce": float(out.loss.detach()), "acc": float(out.accuracy.mean())}
         metrics.update({f"acc_k{k + 1}": float(a) for k, a in enumerate(out.accuracy.tolist())})
