@@ -379,16 +379,25 @@ def test_voice_input_config_errors(overrides, match):
         build_model(tiny_config(**overrides))
 
 
-def test_freeze_input_keeps_the_input_projection_at_its_init():
+@pytest.mark.parametrize("conv", [[], [[32, 3, 2], [32, 3, 2]]])
+def test_freeze_input_keeps_the_input_projection_at_its_init(conv):
     torch.manual_seed(0)
-    model = build_model(tiny_config(freeze_input=True))
+    model = build_model(tiny_config(freeze_input=True, conv_subsampler=conv))
+    init = {k: v.clone() for k, v in model.input_projection.state_dict().items()}
     assert not any(p.requires_grad for p in model.input_projection.parameters())
-    model.loss(speech_batch([16000, 12000])).loss.backward()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    before = model.encoder.layers[0].ffn.fc1.weight.clone()
+    for _ in range(2):
+        opt.zero_grad()
+        model.loss(speech_batch([16000, 12000])).loss.backward()
+        opt.step()
     assert all(p.grad is None for p in model.input_projection.parameters())
-    assert all(p.grad is not None for p in model.encoder.layers.parameters())
+    assert all(torch.equal(v, init[k]) for k, v in model.input_projection.state_dict().items())
+    assert not torch.equal(before, model.encoder.layers[0].ffn.fc1.weight)
     torch.manual_seed(0)
-    trainable = build_model(tiny_config())
-    assert torch.equal(trainable.input_projection.weight, model.input_projection.weight)
+    trainable = build_model(tiny_config(conv_subsampler=conv))  # the same init, trainable
+    assert all(torch.equal(v, init[k]) for k, v in trainable.input_projection.state_dict().items())
+    assert all(p.requires_grad for p in trainable.input_projection.parameters())
 
 
 def test_pretraining_with_the_voice_path_estimates_its_global_statistics(tmp_path):
