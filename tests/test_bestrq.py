@@ -308,3 +308,110 @@ def test_pretraining_with_global_cmvn_estimates_the_statistics_once_and_releases
                  "train.max_steps=3"]) == 0
     again = load_encoder(str(exp / "encoder")).backbone.frontend
     assert torch.equal(again.cmvn_mean, released.cmvn_mean) and torch.equal(again.cmvn_std, released.cmvn_std)
+
+
+# ---------------------------------------------------------------- voice path, frozen input
+def _voice_model(voice_input: str, **overrides):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(voice_input=voice_input, **overrides))
+    model.voice_frontend.set_global_cmvn(torch.linspace(-6.0, -2.0, 80), torch.linspace(1.0, 3.0, 80))
+    return model
+
+
+def test_voice_input_default_is_off():
+    model = build_model(tiny_config())
+    assert model.voice_frontend is None and model.input_projection.in_features == 320
+    assert "voice_frontend.cmvn_mean" not in model.state_dict()
+
+
+@pytest.mark.parametrize("voice_input", ["global", "stats"])
+def test_voice_input_concatenates_the_voice_and_quantizes_utterance_normalised_frames(voice_input, monkeypatch):
+    model = _voice_model(voice_input, input_dropout=0.0, dropout=0.0).train()
+    assert model.input_projection.in_features == 320 + {"global": 320, "stats": 160}[voice_input]
+    b = speech_batch([20000, 16000])
+    x, frames, voice = model.input_features(b["wavs"], b["lengths"])
+    x_plain, frames_plain = model.stacked_features(b["wavs"], b["lengths"])
+    assert torch.equal(x, x_plain) and torch.equal(frames, frames_plain)
+    raw, raw_lengths = model.frontend.raw_features(b["wavs"], b["lengths"])
+    fe = model.voice_frontend
+    glob = ((raw - fe.cmvn_mean) / fe.cmvn_std)[:, : x.shape[1] * 4].reshape(x.shape)
+    valid = lengths_to_mask(frames, x.shape[1])
+    if voice_input == "global":
+        torch.testing.assert_close(voice[valid], glob[valid])
+    else:
+        g = (raw[1, : raw_lengths[1]] - fe.cmvn_mean) / fe.cmvn_std  # the shorter utterance, all its frames
+        want = torch.cat([g.mean(0), g.std(0, unbiased=False).log()])
+        torch.testing.assert_close(voice[1, : frames[1]], want.expand(int(frames[1]), -1), atol=1e-4, rtol=1e-4)
+    assert not voice[(x == 0).all(-1) if voice_input == "global" else ~valid].any()  # padding frames are 0
+    seen = {}
+    quantize, project = model.quantizer.forward, model.input_projection.forward
+    monkeypatch.setattr(model.quantizer, "forward", lambda q: seen.setdefault("quantizer", q) is not None and quantize(q))
+    monkeypatch.setattr(model.input_projection, "forward", lambda q: seen.setdefault("input", q) is not None and project(q))
+    model.loss(b).loss.backward()
+    assert torch.equal(seen["quantizer"], x)
+    inp, masked = seen["input"], (seen["input"][..., :320] != x).all(-1)
+    assert masked.any() and torch.equal(inp[~masked][:, :320], x[~masked])
+    if voice_input == "global":  # the masked frames are noise in both halves
+        assert torch.equal(inp[~masked][:, 320:], voice[~masked]) and (inp[masked][:, 320:] != voice[masked]).all()
+    else:  # the statistics are never masked
+        assert torch.equal(inp[..., 320:], voice)
+
+
+@pytest.mark.parametrize("voice_input", ["global", "stats"])
+def test_voice_input_encodes_a_batch_as_one_at_a_time(voice_input):
+    model = _voice_model(voice_input).eval()
+    lengths = [880, 12000, 16000]
+    wavs = speech_batch(lengths)["wavs"]
+    out = model.encode(wavs, torch.tensor(lengths))
+    for i, n in enumerate(lengths):
+        alone = model.encode(wavs[i:i + 1, :n])
+        for h_alone, h in zip(alone.hidden_states, out.hidden_states, strict=True):
+            torch.testing.assert_close(h_alone[0], h[i, :alone.lengths[0]], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"voice_input": "mean"}, "voice_input must be one of"),
+    ({"voice_input": "global", "conv_subsampler": [[32, 3, 2], [32, 3, 2]]}, "needs the Linear input"),
+    ({"voice_input": "stats", "frontend": {"name": "logmel", "n_mels": 80, "cmvn": "global"}}, "cmvn 'utterance'"),
+])
+def test_voice_input_config_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("conv", [[], [[32, 3, 2], [32, 3, 2]]])
+def test_freeze_input_keeps_the_input_projection_at_its_init(conv):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(freeze_input=True, conv_subsampler=conv))
+    init = {k: v.clone() for k, v in model.input_projection.state_dict().items()}
+    assert not any(p.requires_grad for p in model.input_projection.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    before = model.encoder.layers[0].ffn.fc1.weight.clone()
+    for _ in range(2):
+        opt.zero_grad()
+        model.loss(speech_batch([16000, 12000])).loss.backward()
+        opt.step()
+    assert all(p.grad is None for p in model.input_projection.parameters())
+    assert all(torch.equal(v, init[k]) for k, v in model.input_projection.state_dict().items())
+    assert not torch.equal(before, model.encoder.layers[0].ffn.fc1.weight)
+    torch.manual_seed(0)
+    trainable = build_model(tiny_config(conv_subsampler=conv))  # the same init, trainable
+    assert all(torch.equal(v, init[k]) for k, v in trainable.input_projection.state_dict().items())
+    assert all(p.requires_grad for p in trainable.input_projection.parameters())
+
+
+def test_pretraining_with_the_voice_path_estimates_its_global_statistics(tmp_path):
+    from speechssl.features.base import build_frontend
+    from speechssl.features.cmvn import compute_global_cmvn
+
+    train = synthesize_corpus(tmp_path / "data", backend="formant", speakers=2, utts_per_speaker=3)
+    cfg = recipe(tmp_path, model=tiny_config(voice_input="global"),
+                 data={"max_batch_seconds": 4.0, "crop_seconds": 1.0, "min_seconds": 0.5},
+                 train={"max_steps": 2, "valid_every": 0, "ckpt_every_steps": 2, "plot": False})
+    exp = tmp_path / "exp"
+    assert main(["pretrain", "--config", str(cfg), "--train", str(train), "--exp", str(exp)]) == 0
+    mean, std = compute_global_cmvn(read_manifest(train), build_frontend({"name": "logmel", "n_mels": 80}))
+    backbone = load_encoder(str(exp / "encoder")).backbone
+    assert backbone.frontend.config.cmvn == "utterance"
+    torch.testing.assert_close(backbone.voice_frontend.cmvn_mean, mean)
+    torch.testing.assert_close(backbone.voice_frontend.cmvn_std, std)

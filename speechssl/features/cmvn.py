@@ -124,6 +124,10 @@ class CMVNFrontend(Frontend):
             (Tensor, Tensor): feats [batch, frames, out_dim] (padding frames 0), feat_lengths [batch].
         """
         feats, feat_lengths = self.raw_features(wavs, lengths)
+        return self.normalise(feats, feat_lengths), feat_lengths
+
+    def normalise(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> torch.Tensor:
+        """This frontend's CMVN of :meth:`raw_features`' output ([batch, frames, out_dim], padding frames 0)."""
         if self.config.cmvn == "utterance":
             feats = utterance_cmvn(feats, feat_lengths, self.config.cmvn_norm_vars)
         elif self.config.cmvn == "global":
@@ -135,7 +139,7 @@ class CMVNFrontend(Frontend):
             mask = frame_mask(feat_lengths, feats.shape[1]).unsqueeze(-1)
             std = self.cmvn_std if self.config.cmvn_norm_vars else torch.ones_like(self.cmvn_std)
             feats = ((feats - self.cmvn_mean) / std).masked_fill(~mask, 0.0)
-        return feats, feat_lengths
+        return feats
 
 
 def _records(records_or_manifest: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -63,6 +63,7 @@ from speechssl.modules.random_projection import RandomProjectionQuantizer
 from speechssl.modules.transformer import TransformerEncoder
 
 log = logging.getLogger(__name__)
+VOICE_INPUTS = ("none", "global", "stats")
 
 
 @dataclasses.dataclass
@@ -78,6 +79,12 @@ class BestRQConfig:
     # subsampler over the 10 ms frames whose strides multiply to stack_frames (paper: 2 convs, 4x).
     conv_subsampler: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     conv_norm: ConvNorm = "layer_norm"  # of the conv subsampler (speechssl.modules.conv)
+    # The voice path (Linear input, frontend cmvn utterance only): utterance CMVN removes each utterance's
+    # average spectrum, the voice. "none": the input is the quantizer's frames; "global": the globally
+    # normalised frames too (concatenated, masked alike); "stats": the utterance's mean and log-std of the
+    # globally normalised frames appended to every frame (unmasked). The quantizer keeps utterance CMVN.
+    voice_input: str = "none"
+    freeze_input: bool = False  # keep the input projection at its random init (fairseq feature_grad_mult 0)
     # Transformer context network (SpeechBrain: 12 conformer layers, d_model 576, 8 heads, d_ffn 2048).
     embed_dim: int = 576
     num_layers: int = 12
@@ -122,6 +129,10 @@ class BestRQConfig:
             if total != self.stack_frames:
                 raise ValueError(f"model.conv_subsampler: the strides multiply to {total}, not stack_frames "
                                  f"{self.stack_frames} (the quantizer's label rate)")
+        if self.voice_input not in VOICE_INPUTS:
+            raise ValueError(f"model.voice_input must be one of {list(VOICE_INPUTS)}, got {self.voice_input!r}")
+        if self.voice_input != "none" and self.conv_subsampler:
+            raise ValueError("model.voice_input needs the Linear input (conv_subsampler: [])")
         for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "layer_drop", "mask_prob"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
@@ -203,9 +214,11 @@ class BestRQModel(StackedFrames, SSLModel):
     name = "bestrq"
 
     def __init__(self, config: BestRQConfig, frontend: CMVNFrontend, quantizer: RandomProjectionQuantizer,
-                 input_projection: nn.Module, encoder: TransformerEncoder, head: LinearHead):
+                 input_projection: nn.Module, encoder: TransformerEncoder, head: LinearHead,
+                 voice_frontend: CMVNFrontend | None = None):
         super().__init__(config)
         self.frontend = frontend
+        self.voice_frontend = voice_frontend  # cmvn global statistics of the voice path (voice_input != none)
         self.quantizer = quantizer
         self.input_projection = input_projection
         self.input_dropout = nn.Dropout(config.input_dropout)
@@ -217,11 +230,45 @@ class BestRQModel(StackedFrames, SSLModel):
     # ---- shared feature path -------------------------------------------------------------
     def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""
-        feats, feat_lengths = self.frontend(wavs, lengths)
+        x, frame_lengths, _ = self.input_features(wavs, lengths)
+        return x, frame_lengths
+
+    def input_features(self, wavs: torch.Tensor, lengths: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`stacked_features` and the voice path's input: globally normalised stacked frames
+        [B, T, stack * F] (voice_input global), the utterance's [mean, log-std] of them [B, T, 2 F] (stats),
+        padding frames 0, or None."""
         k = self.config.stack_frames
+        if self.voice_frontend is None:
+            feats, feat_lengths = self.frontend(wavs, lengths)
+            voice = None
+        else:
+            raw, feat_lengths = self.frontend.raw_features(wavs, lengths)
+            feats = self.frontend.normalise(raw, feat_lengths)
+            voice = self.voice_frontend.normalise(raw, feat_lengths)
         frames = feats.shape[1] // k
+        frame_lengths = torch.div(feat_lengths, k, rounding_mode="floor")
         x = feats[:, : frames * k].reshape(feats.shape[0], frames, k * feats.shape[2])
-        return x, torch.div(feat_lengths, k, rounding_mode="floor")
+        if voice is not None and self.config.voice_input == "stats":
+            count = feat_lengths.clamp(min=1).to(voice.dtype)[:, None]
+            mean = voice.sum(1) / count  # padding frames are 0
+            centred = (voice - mean[:, None]).masked_fill(~lengths_to_mask(feat_lengths, voice.shape[1])[..., None], 0.0)
+            log_std = 0.5 * torch.log((centred.pow(2).sum(1) / count).clamp(min=1e-10))
+            stats = torch.cat([mean, log_std], -1)[:, None].expand(-1, frames, -1)
+            voice = stats.masked_fill(~lengths_to_mask(frame_lengths, frames)[..., None], 0.0)
+        elif voice is not None:
+            voice = voice[:, : frames * k].reshape(x.shape)
+        return x, frame_lengths, voice
+
+    def model_input(self, x: torch.Tensor, voice: torch.Tensor | None, mask: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The input projection's input: x (masked frames -> N(0, mask_noise_std^2) noise when ``mask``
+        [B, T] is given), with the voice path concatenated (its frames masked alike; stats unmasked)."""
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), torch.randn_like(x) * self.config.mask_noise_std, x)
+            if voice is not None and self.config.voice_input == "global":
+                voice = torch.where(mask.unsqueeze(-1), torch.randn_like(voice) * self.config.mask_noise_std, voice)
+        return x if voice is None else torch.cat([x, voice], -1)
 
     def project(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Stacked frames x [B, T, kF] (valid [B, T]) -> latent [B, T, D] (input projection, input dropout)."""
@@ -238,9 +285,9 @@ class BestRQModel(StackedFrames, SSLModel):
         """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
         lengths = self.check_lengths(wavs, lengths)
-        x, frame_lengths = self.stacked_features(wavs, lengths)
+        x, frame_lengths, voice = self.input_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
-        latent = self.project(x, valid)
+        latent = self.project(self.model_input(x, voice), valid)
         context, layers = self.encoder(latent, self._padding_mask(valid), return_layers=True)
         return EncoderOutput(hidden_states=[latent, *layers, context], lengths=frame_lengths,
                              layer_names=self.layer_names, frame_shift=self.frame_shift)
@@ -251,13 +298,11 @@ class BestRQModel(StackedFrames, SSLModel):
         cfg = self.config
         wavs = batch["wavs"]
         lengths = self.check_lengths(wavs, batch.get("lengths"))
-        x, frame_lengths = self.stacked_features(wavs, lengths)
+        x, frame_lengths, voice = self.input_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
         targets = self.quantizer(x)  # from the unmasked input
         mask = span_mask(frame_lengths, x.shape[1], cfg.mask_prob, cfg.mask_span, cfg.min_masks)
-        noise = torch.randn_like(x) * cfg.mask_noise_std
-        x = torch.where(mask.unsqueeze(-1), noise, x)
-        latent = self.project(x, valid)
+        latent = self.project(self.model_input(x, voice, mask), valid)
         context, _ = self.encoder(latent, self._padding_mask(valid))
         out = masked_prediction_loss(self.head, context, targets, mask, valid, cfg.unmasked_weight)
 
@@ -295,6 +340,12 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
         raise ValueError("model.frontend.cmvn: BEST-RQ needs normalised input ('utterance' or 'global'), got "
                          "'none'; unnormalised log-Mel makes the random-projection targets collapse onto a few codes")
     in_dim = cfg.stack_frames * frontend.out_dim
+    voice_frontend = None
+    if cfg.voice_input != "none":
+        if frontend.config.cmvn != "utterance":
+            raise ValueError(f"model.voice_input {cfg.voice_input!r} needs model.frontend.cmvn 'utterance', got "
+                             f"{frontend.config.cmvn!r} (global CMVN keeps the voice in the input already)")
+        voice_frontend = build_frontend({**cfg.frontend, "cmvn": "global"})  # the trainer fills its statistics
     quantizer = RandomProjectionQuantizer(in_dim, cfg.num_codebooks, cfg.codebook_size, cfg.code_dim,
                                           cfg.quantizer_seed)
     input_projection: nn.Module
@@ -302,7 +353,10 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
         input_projection = ConvSubsampler(frontend.out_dim, cfg.conv_subsampler, cfg.conv_norm, cfg.embed_dim,
                                           cfg.layer_norm_eps)
     else:
-        input_projection = Linear(in_dim, cfg.embed_dim)
+        voice_dim = {"none": 0, "global": in_dim, "stats": 2 * frontend.out_dim}[cfg.voice_input]
+        input_projection = Linear(in_dim + voice_dim, cfg.embed_dim)
+    if cfg.freeze_input:
+        input_projection.requires_grad_(False)
     encoder = TransformerEncoder(
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
         cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
@@ -313,7 +367,7 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             nn.init.zeros_(module.bias)
     head = LinearHead(cfg.embed_dim, [cfg.codebook_size] * cfg.num_codebooks)
-    return BestRQModel(cfg, frontend, quantizer, input_projection, encoder, head)
+    return BestRQModel(cfg, frontend, quantizer, input_projection, encoder, head, voice_frontend)
 
 
 MODELS.register("bestrq", ModelSpec(BestRQConfig, build_bestrq))
