@@ -119,3 +119,21 @@ def test_summary_legend_covers_no_panel(tmp_path):
     box = legends[0].get_window_extent(renderer)
     for ax in fig.axes:
         assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers panel {ax.get_title()}"
+
+
+def test_summary_gives_each_family_its_own_colour(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from speechssl.downstream.summary import summary_figure
+
+    families = [f"fam{i}" for i in range(14)]  # more than tab10's ten colours (the demo has 14)
+    curves = {"logmel": [0.3, 0.5]}
+    for f in families:
+        curves[f] = curves[f + "_random"] = [0.3, 0.5]
+    folder = _fake_results(tmp_path / "speaker", curves)
+    loaded = {"speaker": json.loads((folder / "results.json").read_text())}
+    fig = summary_figure(loaded, list(curves))
+    handles, labels = fig.axes[0].get_legend_handles_labels()  # errorbar containers: [0] is the data line
+    colour = {name: to_hex(h[0].get_color()) for h, name in zip(handles, labels) if name != "chance"}
+    assert len({colour[f] for f in families}) == len(families)
+    assert all(colour[f] == colour[f + "_random"] for f in families)  # a control keeps its encoder's colour

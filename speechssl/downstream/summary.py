@@ -266,8 +266,8 @@ def summary_figure(loaded: Mapping[str, dict], encoders: Sequence[str], kinds: M
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(loaded), figsize=(5.5 * len(loaded), 4.2), squeeze=False)
-    palette = plt.get_cmap("tab10")
     families = sorted({family[e] for e in encoders if kinds[e] != "baseline"})
+    palette = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")  # a colour per family up to 20
     for ax, (task, r) in zip(axes[0], loaded.items()):
         for enc in encoders:
             curve = r["curves"].get(enc)
@@ -281,7 +281,7 @@ def summary_figure(loaded: Mapping[str, dict], encoders: Sequence[str], kinds: M
                 style = {"color": "black" if enc == "logmel" else "grey", "linestyle": "-", "marker": "s"}
             else:
                 fam = family[enc]
-                style = {"color": palette(families.index(fam) % 10), "marker": "o",
+                style = {"color": palette(families.index(fam) % palette.N), "marker": "o",
                          "linestyle": "--" if kind == "control" else "-"}
             ax.errorbar(shots, means, yerr=stds, label=enc, capsize=3, linewidth=1.6, **style)
         ax.set_xscale("log", base=2)

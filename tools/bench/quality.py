@@ -179,6 +179,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     labels = result["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(6 * len(labels), 4.5), squeeze=False)
@@ -198,13 +199,19 @@ def plot(result: dict, path: Path) -> None:
         if chance is not None:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
+        # CPU-minute marks as plain numbers (the log axis' default minor labels overlap)
+        ax.xaxis.set_major_locator(ticker.FixedLocator((0.125, 0.25, 0.5) + MARKS))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("pretraining CPU-minutes (threads x wall, probe time excluded; log)")
         ax.set_ylabel(f"{label}: best-layer live-probe accuracy")
         ax.set_title(f"{label} (open circle: random init, step 0)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best", ncol=2)
+    handles, names = axes[0][-1].get_legend_handles_labels()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # right of the panels, so that it covers no point ("tight" grows the canvas to hold it)
+    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
