@@ -243,10 +243,8 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
         padding = None if bool(valid.all()) else ~valid
         feature_pen = (feats.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
 
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_projection):
-            normed = self.feature_projection.layer_norm(feats)
-            x = self.feature_projection.projection(normed)
-        x = self.feature_projection.dropout(x)
+        normed = self.feature_projection.layer_norm(feats)
+        x = self.feature_projection.dropout(self.feature_projection.projection(normed))
         mask = span_mask(frame_lengths, frames, cfg.mask_prob, cfg.mask_span, cfg.min_masks)
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         context, _ = self.encoder(x, padding)
@@ -304,6 +302,8 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
                                          cfg.conv_bias).kaiming_init_()
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
                                            cfg.layer_norm_eps)
+    if cfg.freeze_projection:
+        feature_projection.requires_grad_(False)  # as BEST-RQ's freeze_input: no gradient, not counted as trained
     encoder = TransformerEncoder(
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
         cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
