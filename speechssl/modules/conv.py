@@ -148,31 +148,41 @@ def _block_matmul(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return out
 
 
-def _folded_group_norm_layer(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                             valid: list[int], norm: nn.GroupNorm) -> torch.Tensor:
-    """``gelu(GroupNorm(win @ weight^T + bias))`` with per-channel statistics over each utterance's valid frames.
+def _fold_group_norm(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, valid: list[int],
+                     norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-channel GroupNorm after ``y = win @ weight^T + bias`` folded into per-utterance weights.
 
-    The statistics come from the windows' mean and covariance (float64), then the normalisation
-    is folded into a per-utterance weight and bias: one fused matmul + GELU per utterance.
+    The statistics of y over each utterance's ``valid`` frames follow from the windows' mean and covariance
+    (constants, float64): ``mean_y = W mean_x + b``, ``var_y = diag(W Cov_x W^T)``; then
+    ``GN(W x + b) = (gain W) x + (b - mean_y) gain + shift``. Returns (w_fold [B, C, K], b_fold [B, C]) in
+    ``win``'s dtype, differentiable in ``weight``, ``bias`` and the norm's affine parameters (not in ``win``).
     """
+    with torch.no_grad():
+        stats = []
+        for b, n in enumerate(valid):
+            xv = win[b, :n].to(torch.float64)
+            centred = xv - xv.mean(0)
+            stats.append((xv.mean(0), centred.T @ centred / n))
+        mean_x = torch.stack([m for m, _ in stats])  # [B, K]
+        cov_x = torch.stack([c for _, c in stats])  # [B, K, K]
     w64 = weight.to(torch.float64)
     b64 = bias.to(torch.float64) if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
-    outs = []
-    for b, n in enumerate(valid):
-        xv = win[b, :n].to(torch.float64)
-        mean_x = xv.mean(0)
-        centred = xv - mean_x
-        cov = centred.T @ centred / n
-        mean_y = w64 @ mean_x + b64
-        var_y = ((w64 @ cov) * w64).sum(1)
-        gain = torch.rsqrt(var_y + norm.eps)
-        shift = torch.zeros_like(gain)
-        if norm.affine:
-            gain, shift = gain * norm.weight.to(torch.float64), norm.bias.to(torch.float64)
-        # GN(W x + b) = (W x + b - mean_y) * gain + shift = (gain W) x + (b - mean_y) * gain + shift
-        w_fold = (w64 * gain[:, None]).to(weight.dtype)
-        b_fold = ((b64 - mean_y) * gain + shift).to(weight.dtype)
-        outs.append(_block_matmul(win[b:b + 1], w_fold, b_fold, "gelu"))
+    mean_y = mean_x @ w64.T + b64  # [B, C]
+    var_y = torch.einsum("ck,bkl,cl->bc", w64, cov_x, w64)
+    gain = torch.rsqrt(var_y + norm.eps)  # [B, C]
+    shift = torch.zeros_like(gain)
+    if norm.affine:
+        gain, shift = gain * norm.weight.to(torch.float64), norm.bias.to(torch.float64).expand_as(gain)
+    return (gain[:, :, None] * w64).to(win.dtype), ((b64 - mean_y) * gain + shift).to(win.dtype)
+
+
+def _folded_group_norm_layer(win: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             valid: list[int], norm: nn.GroupNorm) -> torch.Tensor:
+    """``gelu(GroupNorm(win @ weight^T + bias))`` with per-channel statistics over each utterance's valid frames:
+    the normalisation folded into a per-utterance weight and bias (:func:`_fold_group_norm`), then one fused
+    matmul + GELU per utterance."""
+    w_fold, b_fold = _fold_group_norm(win, weight, bias, valid, norm)
+    outs = [_block_matmul(win[b:b + 1], w_fold[b], b_fold[b], "gelu") for b in range(len(valid))]
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
@@ -181,9 +191,8 @@ def _waveform_layer_channels_last(layer: ConvBlock, wav: torch.Tensor, lengths: 
     """A one-channel first layer (waveform) straight to channels-last [B, frames_out, C], differentiable in its
     parameters (not in ``wav`` [B, L]): ``gelu(norm(windows @ W^T + b))``.
 
-    A per-channel GroupNorm is folded into per-utterance weights as in :func:`_folded_group_norm_layer`:
-    the statistics of ``y = W x + b`` over time follow from the windows' mean and covariance (constants, float64),
-    ``mean_y = W mean_x + b``, ``var_y = diag(W Cov_x W^T)``, so autograd carries the GroupNorm's gradient
+    A per-channel GroupNorm is folded into per-utterance weights (:func:`_fold_group_norm`, as the inference
+    path does), so autograd carries the GroupNorm's gradient
     (through its statistics) to W and the affine parameters on [C, k]-sized tensors, and no [B, C, T]
     tensor is normalised, transposed or copied. A LayerNorm over channels is applied channels-last as is.
     """
@@ -198,29 +207,10 @@ def _waveform_layer_channels_last(layer: ConvBlock, wav: torch.Tensor, lengths: 
         if isinstance(layer.norm, nn.LayerNorm):
             y = F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias, layer.norm.eps)
         return F.gelu(y), lengths
-    norm = layer.norm
     valid = [frames_out] * wav.shape[0] if lengths is None else [max(int(n), 1) for n in lengths]
-    with torch.no_grad():
-        stats = []
-        for b, n in enumerate(valid):
-            xv = win[b, :n].to(torch.float64)
-            centred = xv - xv.mean(0)
-            stats.append((xv.mean(0), centred.T @ centred / n))
-        mean_x = torch.stack([m for m, _ in stats])  # [B, k]
-        cov_x = torch.stack([c for _, c in stats])  # [B, k, k]
-    w64 = weight.to(torch.float64)
-    mean_y = mean_x @ w64.T  # [B, C]
-    if conv.bias is not None:
-        mean_y = mean_y + conv.bias.to(torch.float64)
-    var_y = torch.einsum("ck,bkl,cl->bc", w64, cov_x, w64)
-    gain = torch.rsqrt(var_y + norm.eps)  # [B, C]
-    shift = torch.zeros_like(gain)
-    if norm.affine:
-        gain, shift = gain * norm.weight.to(torch.float64), norm.bias.to(torch.float64).expand_as(gain)
-    # GN(W x + b) = (gain W) x + (b - mean_y) gain + shift, with mean_y including b
-    bias = (conv.bias.to(torch.float64) if conv.bias is not None else 0.0) - mean_y
+    w_fold, b_fold = _fold_group_norm(win, weight, conv.bias, valid, layer.norm)
     # the folded bias as a (k+1)-th weight column against a column of ones: one bmm, no pass to add it
-    w_fold = torch.cat([gain[:, :, None] * w64, (bias * gain + shift)[:, :, None]], 2).to(wav.dtype)  # [B, C, k+1]
+    w_fold = torch.cat([w_fold, b_fold[:, :, None]], 2)  # [B, C, k+1]
     win1 = torch.cat([win, win.new_ones(win.shape[0], frames_out, 1)], 2)
     return F.gelu(torch.bmm(win1, w_fold.transpose(1, 2))), lengths
 
