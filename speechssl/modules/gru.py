@@ -36,17 +36,22 @@ from torch.nn import functional as F
 import speechssl.accel as accel
 
 
-def _matmul():
-    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b``: oneDNN where it is enabled, else F.linear.
+def _kernel(weight_numel: int):
+    """``f(a [M, K], w [N, K], b [N] | None) -> a w^T + b`` for weights of ``weight_numel`` elements:
+    oneDNN where :func:`speechssl.accel.onednn_linear` takes that shape, else ``F.linear``.
 
     Asked again by the backward, which may run outside an ``accel.use`` block that held during the
     forward: harmless, both kernels give the same numbers.
     """
-    if accel.onednn_linear():
+    if accel.onednn_linear(weight_numel):
         op = torch.ops.mkldnn._linear_pointwise
-        # per weight size (accel's per-shape rule: large weights take MKL on AVX2-only CPUs)
-        return lambda a, w, b: op(a, w, b, "none", [], "") if accel.onednn_linear(w.numel()) else F.linear(a, w, b)
+        return lambda a, w, b: op(a, w, b, "none", [], "")
     return F.linear
+
+
+def _mm(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``a w^T + b`` by the kernel :func:`_kernel` picks for ``w``'s size (one-off matmuls)."""
+    return _kernel(w.numel())(a, w, b)
 
 
 def _run(x: torch.Tensor, h0: torch.Tensor, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
@@ -69,7 +74,7 @@ class _GRULayer(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x, h0, w_ih, w_hh, b_ih, b_hh, out = ctx.saved_tensors
         out = out.transpose(0, 1)  # time-major [T, B, H]
-        mm = _matmul()
+        mm = _mm
         frames, batch, hidden = out.shape
         rows = frames * batch
         xt = x.transpose(0, 1).reshape(rows, -1)  # time-major rows, [T*B, I]
@@ -93,9 +98,10 @@ class _GRULayer(torch.autograd.Function):
         dh_all = torch.empty_like(g)
         w_hh_t = w_hh.t().contiguous()  # [H, 3H]: (dh k) W_hh as a linear with this weight
         carry = torch.zeros_like(g[0])
+        step_mm = _kernel(w_hh_t.numel())  # the same shape every frame: decided once
         for t in range(frames - 1, -1, -1):
             dh = torch.add(g[t], carry, out=dh_all[t])
-            carry = mm((dh[:, None, :] * k[t]).view(batch, 3 * hidden), w_hh_t, None)
+            carry = step_mm((dh[:, None, :] * k[t]).view(batch, 3 * hidden), w_hh_t, None)
             carry.addcmul_(dh, z[t])
         # everything else over all frames at once
         dgh = (dh_all[:, :, None, :] * k).view(rows, 3 * hidden)
