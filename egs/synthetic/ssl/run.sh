@@ -35,6 +35,7 @@ shots=2,8               # labelled utterances per class (the curve; n=2 is the v
 seeds=5
 seed=0
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
+pretrain_opts=         # extra options of local/pretrain_<family>.sh, HuBERT: --pretrain_opts="--it2_targets layer+it1"
 . ../../common.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 markers=$exp_dir/.stages
@@ -79,7 +80,7 @@ pretrain_model() {
   local m=$1
   if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
     bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
-      --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu"
+      --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" $pretrain_opts
   else
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
       --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \

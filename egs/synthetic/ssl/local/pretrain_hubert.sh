@@ -8,21 +8,29 @@
 #   $exp_dir/hubert_km2 (K=100 k-means of iteration 1's layer_1, 50 Hz),
 #   $exp_dir/hubert_labels2, $exp_dir/hubert (iteration 2: the family's encoder), and $exp_dir/hubert.encoders
 #   (extra encoders for the evaluation: iteration 1).
+# Iteration 2 options (defaults: the recipe as it is; hubert_demo.yaml says what each measured):
+#   --it2_targets layer+it1   also predict iteration 1's K=k units (100 Hz) as a second target set
+#                             (num_classes [k2, k], label_frame_shifts [320, 160]: the paper's section 4)
+#   --it2_final_dim 32        iteration 2's model.final_dim (empty: the recipe's)
+# From run.sh (note the =): bash run.sh --models hubert --pretrain_opts="--it2_targets layer+it1 --it2_final_dim 32"
 set -euo pipefail
 exp_dir=exp
 pretrain_steps=1000
 pretrain_minutes=4      # per iteration
 seed=0
-k=500                   # recipes/pretrain/hubert_demo.yaml model.num_classes (iteration 1)
+k=500                   # iteration 1's clusters (model.num_classes=[k]; hubert_demo.yaml's 500)
 k2=100                  # iteration 2's clusters (model.num_classes=[k2]; 500 measured in hubert_demo.yaml)
 it1_features=logmel     # iteration 1 clusters these frames (hubert_demo.yaml says what each measured)
 sample_hours=0.3        # bounded k-means sample (the pool has about 1.3 h)
 n_init=3                # k-means++ restarts (fairseq: 20; 3 keeps the demo's k-means under 2 minutes)
 layer=layer_1           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12; layer_2 measured)
+it2_targets=layer       # layer: iteration 2's units only; layer+it1: + iteration 1's units as a second target set
+it2_final_dim=          # iteration 2's model.final_dim (empty: the recipe's)
 recipes=../../../recipes
 . ../../common.sh
 recipe=$recipes/pretrain/hubert_demo.yaml
 train=data/pretrain/train.jsonl
+case "$it2_targets" in layer | layer+it1) ;; *) die "--it2_targets $it2_targets: layer or layer+it1" ;; esac
 valid=data/pretrain/dev.jsonl
 
 targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev, once
@@ -47,9 +55,14 @@ iteration() {  # iteration NAME EXP OVERRIDES...: pretrain once (a rerun would t
 
 log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
 targets "$it1_features" features 1 "$k"
-iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]"
+iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]"
 log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
 targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2"
-iteration it2 "$exp_dir/hubert" "data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]" \
-  "model.num_classes=[$k2]"
+case "$it2_targets" in
+  layer) it2=("data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]" "model.num_classes=[$k2]") ;;
+  layer+it1) it2=("data.targets=[$exp_dir/hubert_labels2,$exp_dir/hubert_labels1]"
+                  "model.label_frame_shifts=[320,160]" "model.num_classes=[$k2,$k]") ;;
+esac
+if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
+iteration it2 "$exp_dir/hubert" "${it2[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"

@@ -1,0 +1,76 @@
+"""egs/synthetic/ssl/local/pretrain_hubert.sh (the demo's two HuBERT iterations) at a few steps.
+
+Its iteration-2 options: the default trains on one target set (iteration 1's layer units, 50 Hz);
+``--it2_targets layer+it1 --it2_final_dim 32`` adds iteration 1's units (100 Hz) as a second target
+set and sets the projection size, with iteration 1 unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hubert_demo")
+    shutil.copytree(REPO / "egs", root / "egs", ignore=shutil.ignore_patterns("data", "exp"))
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    demo = root / "egs/synthetic/ssl"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    for cmd in (
+        ["speechssl", "synth", "--backend", "formant", "--out", "data/pool", "--speakers", "2",
+         "--utts-per-speaker", "4", "--seed", "1"],
+        ["speechssl", "manifest", "split", "data/pool/manifest.jsonl", "--out-dir", "data/pretrain",
+         "--fractions", "train=0.75,dev=0.25", "--seed", "0"],
+    ):
+        subprocess.run(cmd, cwd=demo, env=env, check=True, capture_output=True, timeout=300)
+    return demo, env
+
+
+def run_script(demo: Path, env: dict, exp: str, *opts: str) -> dict:
+    proc = subprocess.run(
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", exp, "--pretrain_steps", "2", "--k", "4", "--k2", "3",
+         "--n_init", "1", *opts],
+        cwd=demo, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return {name: yaml.safe_load((demo / exp / name / "config.yaml").read_text()) for name in ("hubert_it1", "hubert")}
+
+
+def test_iteration_two_default_one_target_set(demo):
+    cfg = run_script(*demo, "exp_default")
+    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+    assert it1["model"]["num_classes"] == [4] and it1["model"]["label_frame_shifts"] == [160]
+    assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [320]
+    assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == 128
+    assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
+
+
+def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
+    # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
+    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_both", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", "32")
+    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+    assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == 128
+    assert it2["model"]["num_classes"] == [3, 4] and it2["model"]["label_frame_shifts"] == [320, 160]
+    assert it2["model"]["final_dim"] == 32
+    assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2", "hubert_labels1"]
+    metrics = (demo[0] / "exp_both/hubert/metrics.jsonl").read_text()
+    assert "acc_target_1" in metrics  # both target sets are trained on
+
+
+def test_unknown_target_choice_fails(demo):
+    proc = subprocess.run(
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--it2_targets", "it1", "--pretrain_steps", "0"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0
