@@ -14,7 +14,7 @@ from helpers import make_corpus, recipe, speech_batch, tiny_model
 from speechssl.cli.main import main
 from speechssl.config import ConfigError, to_dict
 from speechssl.models import build_model
-from speechssl.models.hubert import CosineHead, hubert_base, melhubert_base
+from speechssl.models.hubert import CosineHead, hubert_base, hubert_tiny, melhubert_base
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.config import load_pretrain_config
 from speechssl.upstream import load_encoder
@@ -98,6 +98,25 @@ def test_loss_counts_masked_frames_only_unless_unmasked_weight():
     batch["targets"] = targets_for(two, batch)
     metrics = two.loss(batch).metrics
     assert {"acc_target_0", "acc_target_1", "code_perplexity_1"} <= set(metrics)
+
+
+def test_freeze_projection_freezes_exactly_the_feature_projection_and_keeps_the_loss():
+    batch = speech_batch([16000, 12000])
+    grads, losses = {}, {}
+    for freeze in (False, True):
+        torch.manual_seed(0)
+        model = build_model({"name": "hubert", **to_dict(hubert_tiny()), "freeze_projection": freeze}).train()
+        batch["targets"] = targets_for(model, batch)
+        torch.manual_seed(3)
+        out = model.loss(batch)
+        out.loss.backward()
+        losses[freeze] = float(out.loss.detach())
+        grads[freeze] = {n for n, p in model.named_parameters() if p.grad is not None}
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        projection = {f"feature_projection.{n}" for n, _ in model.feature_projection.named_parameters()}
+        assert frozen == (projection if freeze else set())
+    assert projection <= grads[False] and grads[True] == grads[False] - projection
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)  # same forward pass, same RNG draws
 
 
 def test_missing_or_short_targets_are_errors_naming_the_utterance():

@@ -101,6 +101,9 @@ class HubertConfig:
     unmasked_weight: float = 0.0  # fairseq pred_nomask_weight (Base: 0)
     feature_penalty: float = 10.0  # fairseq loss_weights [10]: weight of mean(f ** 2)
     feature_grad_mult: float = 0.1  # gradient scale into the feature encoder (0: frozen)
+    # Keep the feature projection (LayerNorm + Linear: the ``latent`` layer) at its random init too, as
+    # wav2vec2's option: with a frozen feature encoder the latent is then exactly the random-init control's.
+    freeze_projection: bool = False
 
     def __post_init__(self) -> None:
         self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
@@ -341,7 +344,7 @@ def build_hubert(cfg: HubertConfig) -> HubertModel:
                              f"mfcc), got {cfg.frontend.get('name')!r}")
         feature_encoder = FrameStack(frontend.out_dim, cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
-                                           cfg.layer_norm_eps)
+                                           cfg.layer_norm_eps, frozen=cfg.freeze_projection)
     encoder = TransformerEncoder(
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
         cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,

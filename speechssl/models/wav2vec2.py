@@ -164,13 +164,19 @@ def wav2vec2_tiny() -> Wav2Vec2Config:
 
 
 class FeatureProjection(nn.Module):
-    """``dropout(Linear(LayerNorm(f)))``: conv features [B, T, C] -> [B, T, D]."""
+    """``dropout(Linear(LayerNorm(f)))``: conv features [B, T, C] -> [B, T, D].
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float, eps: float = 1e-5):
+    ``frozen=True`` keeps it at its random init (``freeze_projection``: no gradient, not counted as trained,
+    as BEST-RQ's freeze_input); with a frozen feature encoder the ``latent`` layer is then the control's.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, eps: float = 1e-5, frozen: bool = False):
         super().__init__()
         self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
         self.projection = Linear(in_dim, out_dim)
         self.dropout = nn.Dropout(dropout)
+        if frozen:
+            self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.projection(self.layer_norm(x)))
@@ -301,9 +307,7 @@ def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
     feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
                                          cfg.conv_bias).kaiming_init_()
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
-                                           cfg.layer_norm_eps)
-    if cfg.freeze_projection:
-        feature_projection.requires_grad_(False)  # as BEST-RQ's freeze_input: no gradient, not counted as trained
+                                           cfg.layer_norm_eps, frozen=cfg.freeze_projection)
     encoder = TransformerEncoder(
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.layer_norm_first, cfg.pos_conv_kernel,
         cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.layer_drop,
