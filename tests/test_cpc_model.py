@@ -185,3 +185,27 @@ def test_channels_last_conv_stack_equals_the_channels_first_one(norm):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # too short for the last layer: no frames, not an error
     assert enc._channels_last(torch.randn(1, 60, 1)).shape == (1, 0, 16)
+
+
+@pytest.mark.parametrize("variant", ["conv_batch_gru_linear", "frame_transformer"])
+def test_freeze_encoder_keeps_the_latent_at_its_init_and_trains_the_rest(variant):
+    b = batch_of([9000, 4000, 6000], speakers=["a", "b", "a"])
+    off, on = small(**VARIANTS[variant]), small(**VARIANTS[variant], freeze_encoder=True)
+    init = {k: v.clone() for k, v in on.state_dict().items()}
+    for k, v in off.state_dict().items():  # the option does not change the init (the control)
+        assert torch.equal(v, init[k])
+    z0 = on.encode(b["wavs"], b["lengths"]).hidden_states[0]
+    opt = torch.optim.Adam([p for p in on.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        out = on.loss(b)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert on.training and not on.encoder.training
+    assert all(p.grad is None for p in on.encoder.parameters())
+    assert all(p.grad is not None for p in [*on.context.parameters(), *on.predictor.parameters()])
+    state = on.state_dict()
+    for k, v in init.items():  # encoder weights (and batch-norm statistics) unchanged, the rest trained
+        assert torch.equal(state[k], v) == k.startswith("encoder."), k
+    torch.testing.assert_close(on.encode(b["wavs"], b["lengths"]).hidden_states[0], z0, rtol=0, atol=0)
+    assert off.encoder.training and all(p.requires_grad for p in off.parameters())

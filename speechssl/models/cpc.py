@@ -88,6 +88,10 @@ class CPCConfig:
     # mix (e.g. same-utterance negatives for content plus batch negatives, which reward encoding the
     # voice). 0: none (the paper and modified CPC).
     batch_negatives: int = 0
+    # Keep the encoder (z, the ``latent`` layer and the InfoNCE targets) at its random init and train
+    # only the context network and predictor: z stays the random-init control's (as wav2vec 2.0's
+    # freeze_projection). The frozen encoder also runs in eval mode (batch norm: the init statistics).
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         for key in ("prediction_steps", "num_negatives", "context_layers", "hidden_size"):
@@ -258,6 +262,15 @@ class CPC(SSLModel):
         self.context = context
         self.predictor = predictor
         self._warned_no_speaker = False
+        if config.freeze_encoder:
+            encoder.requires_grad_(False)  # no gradient, not counted as trained
+            encoder.eval()
+
+    def train(self, mode: bool = True) -> CPC:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()  # frozen: eval semantics always (batch-norm statistics stay the init's)
+        return self
 
     @property
     def frame_shift(self) -> int:
