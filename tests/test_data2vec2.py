@@ -256,3 +256,27 @@ def test_teacher_with_its_own_feature_encoder_and_release_teacher(tmp_path):
     for key in ("feature_encoder.layers.0.conv.weight", "context.layers.0.ffn.fc1.weight"):
         assert torch.equal(released[key], model.state_dict()["teacher.module." + key])
         assert not torch.equal(released[key], model.state_dict()[key])
+
+
+def test_freeze_projection_keeps_the_latent_and_the_teachers_copy_at_init_and_the_loss_unchanged():
+    losses, inits = {}, {}
+    for freeze in (False, True):
+        model = small(freeze_projection=freeze, feature_grad_mult=0.0, ema_feature_encoder=True,
+                      release="teacher").train()
+        init = inits[freeze] = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.manual_seed(5)
+        out = model.loss(speech_batch([9000, 7000]))
+        out.loss.backward()
+        losses[freeze] = float(out.loss.detach())
+        assert all((p.grad is None) == freeze for p in model.feature_projection.parameters())
+        assert model.context.layers[0].ffn.fc1.weight.grad is not None
+        torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1).step()
+        model.step_update(1)
+        released = model.released_state_dict()
+        for key in ("feature_projection.projection.weight", "feature_projection.layer_norm.weight"):
+            student, teacher = model.state_dict()[key], model.state_dict()["teacher.module." + key]
+            assert torch.equal(student, init[key]) == freeze and torch.equal(teacher, init[key]) == freeze
+            assert torch.equal(released[key], teacher)
+        assert not torch.equal(released["context.layers.0.ffn.fc1.weight"], init["context.layers.0.ffn.fc1.weight"])
+    assert all(torch.equal(inits[True][k], v) for k, v in inits[False].items())  # the random-init control's weights
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)  # same forward pass, same RNG draws

@@ -75,6 +75,10 @@ class Data2Vec2Config:
     conv_norm: Literal["group_norm", "layer_norm", "none"] = "layer_norm"  # fairseq extractor_mode layer_norm
     conv_bias: bool = False
     feature_grad_mult: float = 1.0  # gradient scale into the feature encoder (0: frozen)
+    # Keep the feature projection (LayerNorm + Linear: the ``latent`` layer) at its random init (not in
+    # the papers; as wav2vec 2.0's option). With feature_grad_mult 0 the latent is then exactly the
+    # random-init control's, and an ``ema_feature_encoder`` teacher's copy stays equal to it too.
+    freeze_projection: bool = False
     # Context network.
     embed_dim: int = 768
     num_layers: int = 12
@@ -425,6 +429,8 @@ def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
                                          cfg.conv_bias).kaiming_init_()
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps)
+    if cfg.freeze_projection:
+        feature_projection.requires_grad_(False)  # as wav2vec2's freeze_projection: no gradient, no update
     context = Data2VecContext(cfg)
     decoder = final_proj = None
     if cfg.variant == "data2vec2":
