@@ -27,8 +27,13 @@ rule per layer (:mod:`speechssl.modules.tap_conv`: its MKL layers run as one mat
 channels-last, in training too). A rule, not a per-process timing: a kernel that flipped
 between runs on a loaded machine would break bit-exact resume. ``tools/bench`` measures both
 kernels (``matmul_peak``) and records whether the choice was the faster one (``kernel_check``).
+A third rule, ``conv_grad`` (issue 19): on the same AVX2-only CPUs a grouped conv whose weight has at
+least :data:`MKL_MIN_WEIGHT` elements (the Base positional conv: 768 x 48 x 128) takes its gradients
+as two forward convolutions (:mod:`speechssl.modules.grouped_conv`; PyTorch's oneDNN conv backward is
+1.4-1.7x slower than a forward of the same size there); the demo's positional convs (<= 192 x 24 x 64)
+keep PyTorch's backward and their numbers.
 The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
-shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``. The record (kernels chosen, why, the conv layout, CPU vendor and model,
+shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape). The record (kernels chosen, why, the conv layout, CPU vendor and model,
 ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
 Blocks ask :func:`onednn_linear` (with the weight's size: ``onednn_linear(weight.numel())``) /
@@ -84,6 +89,9 @@ class Decision:
         onednn_available: oneDNN's operator exists and passed the self-check (whatever was chosen).
         mkl_min_weight: where ``onednn_linear`` is on, matmuls whose weight has at least this many
             elements still go to MKL (AVX2-only CPUs, :data:`MKL_MIN_WEIGHT`); None: oneDNN for all.
+        conv_grad_min_weight: grouped stride-1 convs (the positional conv) whose weight has at least
+            this many elements take their gradients as forward convolutions
+            (:mod:`speechssl.modules.grouped_conv`); None: PyTorch's conv backward everywhere.
     """
 
     onednn_linear: bool
@@ -96,6 +104,7 @@ class Decision:
     torch_version: str
     onednn_available: bool = False  # oneDNN passed its self-check here (``use`` may force it on)
     mkl_min_weight: int | None = None  # with onednn_linear: weights of >= this many elements go to MKL
+    conv_grad_min_weight: int | None = None  # grouped convs with weights of >= this many elements: grouped_conv
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -206,6 +215,19 @@ def decide() -> Decision:
     if mkl_min:
         reasons["conv_layout"] += ("; layers whose weight reaches mkl_min_weight run as MKL matmuls per kernel tap, "
                                    "in training too")
+    conv_grad_setting = os.environ.get("SPEECHSSL_CONV_GRAD", "auto").strip().lower()
+    conv_grad = None
+    if conv_grad_setting in _OFF:
+        reasons["conv_grad"] = "SPEECHSSL_CONV_GRAD is off in the environment: PyTorch's conv backward"
+    elif conv_grad_setting in _ON:
+        conv_grad, reasons["conv_grad"] = 0, f"SPEECHSSL_CONV_GRAD={conv_grad_setting}: every grouped conv"
+    elif machine.lower() in ("x86_64", "amd64") and isa in _MKL_LARGE_ISAS:
+        conv_grad = MKL_MIN_WEIGHT
+        reasons["conv_grad"] = (
+            f"{isa} without AVX-512: grouped convs with weights of >= 768 x 768 elements take their gradients as "
+            "forward convs (the positional conv's backward 1.3-1.7x faster); smaller ones keep PyTorch's backward")
+    else:
+        reasons["conv_grad"] = f"CPU capability {isa}: not measured, PyTorch's conv backward"
     if _env_off("SPEECHSSL_FAST_GRU"):
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
@@ -217,7 +239,7 @@ def decide() -> Decision:
             log.info("%s off: %s", kernel, reasons[kernel])
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
                     machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available,
-                    mkl_min_weight=mkl_min)
+                    mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad)
 
 
 @functools.cache
@@ -231,8 +253,10 @@ _FORCED: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar
 
 
 @contextlib.contextmanager
-def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iterator[None]:
-    """Force kernels inside the ``with`` block (None: keep the current choice).
+def use(onednn_linear: bool | None = None, fast_gru: bool | None = None,
+        conv_grad: bool | None = None) -> Iterator[None]:
+    """Force kernels inside the ``with`` block (None: keep the current choice). ``conv_grad`` (pure
+    PyTorch ops, possible everywhere) forces :func:`conv_grad_as_conv` for every shape.
 
     Forcing a fast path *on* where the process decision is off (e.g. no oneDNN on this CPU) is
     refused with a ``RuntimeError``: the kernel would fail or give wrong numbers.
@@ -245,6 +269,8 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None) -> Iter
         if flag and not possible:
             raise RuntimeError(f"cannot force {name} on: {decision().reasons[name]}")
         forced[name] = bool(flag)
+    if conv_grad is not None:
+        forced["conv_grad"] = bool(conv_grad)
     token = _FORCED.set(forced)
     try:
         yield
@@ -282,6 +308,19 @@ def mkl_large(weight_numel: int) -> bool:
     decided = decision()
     return bool(decided.onednn_linear and decided.mkl_min_weight is not None
                 and weight_numel >= decided.mkl_min_weight)
+
+
+def conv_grad_as_conv(weight_numel: int) -> bool:
+    """Whether a grouped stride-1 conv with a weight of ``weight_numel`` elements takes its gradients as forward
+    convolutions (:mod:`speechssl.modules.grouped_conv`; ``Decision.conv_grad_min_weight``, or :func:`use`).
+    Never inside ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return False
+    forced = (_FORCED.get() or {}).get("conv_grad")
+    if forced is not None:
+        return forced
+    threshold = decision().conv_grad_min_weight
+    return threshold is not None and weight_numel >= threshold
 
 
 def fast_gru() -> bool:

@@ -121,3 +121,22 @@ def test_the_per_shape_rule(monkeypatch):
     assert accel.decide().onednn_linear and accel.decide().mkl_min_weight is None
     monkeypatch.setenv("SPEECHSSL_ONEDNN", "0")
     assert not accel.decide().onednn_linear
+
+
+def test_block_matmul_runs_a_narrow_window_in_one_call(monkeypatch):
+    """The waveform layer's windows (10 samples -> 512 channels) go to one matmul, wide ones in blocks."""
+    import speechssl.modules.conv as conv
+
+    calls = []
+    real = conv.onednn.linear
+    monkeypatch.setattr(conv.onednn, "linear", lambda x, *a: calls.append(x.shape[1]) or real(x, *a))
+    frames = conv.TIME_BLOCK + 700
+    gen = torch.Generator().manual_seed(0)
+    for width, out_dim, expected in ((10, 32, [frames]), (48, 16, [conv.TIME_BLOCK, 700])):
+        calls.clear()
+        win = torch.randn(1, frames, width, generator=gen)
+        weight, bias = torch.randn(out_dim, width, generator=gen), torch.randn(out_dim, generator=gen)
+        with torch.inference_mode():
+            got = conv._block_matmul(win, weight, bias, "gelu")
+        assert calls == expected
+        torch.testing.assert_close(got, F.gelu(F.linear(win, weight, bias)), atol=1e-5, rtol=1e-5)

@@ -6,7 +6,9 @@ fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging F
 * Convolutional relative positional embedding: grouped conv (kernel 128, 16 groups) with weight
   normalisation over the kernel axis (``torch.nn.utils.parametrizations.weight_norm(dim=2)``, so
   the state dict holds ``parametrizations.weight.original0`` = g and ``original1`` = v exactly as
-  torchaudio and transformers do), "same" padding, GELU; added to the input.
+  torchaudio and transformers do), "same" padding, GELU; added to the input. Where
+  ``speechssl.accel.conv_grad_as_conv`` says so (Base's weight on AVX2-only CPUs) its gradients run as
+  forward convolutions (:mod:`speechssl.modules.grouped_conv`); the forward is the same conv.
 * Post-LN (``layer_norm_first=False``): ``x = LN(x + pos)``, then layers
   ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``.
 * Pre-LN (``layer_norm_first=True``): ``x = x + pos``, layers ``x = x + Attn(LN(x)); x = x + FFN(LN(x))``,
@@ -29,6 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+import speechssl.accel as accel
+from speechssl.modules.grouped_conv import grouped_conv1d
 from speechssl.modules.linear import Linear
 
 
@@ -130,7 +134,15 @@ class PositionalConv(nn.Module):
         self.trim = 1 if kernel % 2 == 0 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.transpose(1, 2))
+        conv, x = self.conv, x.transpose(1, 2)
+        weight = conv.weight  # weight-normed (a parametrization)
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+                and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and accel.conv_grad_as_conv(weight.numel())):
+            # the same forward conv; its gradients as forward convs (speechssl.modules.grouped_conv)
+            y = grouped_conv1d(x, weight, conv.bias, conv.padding[0], conv.groups)
+        else:
+            y = conv(x)
         if self.trim:
             y = y[..., : -self.trim]
         return F.gelu(y).transpose(1, 2)
