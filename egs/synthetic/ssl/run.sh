@@ -28,7 +28,7 @@ labelled_utts=40       # labelled utterances per speaker (half pool for the few 
 pool_word_utts=20      # unlabelled word clips per speaker in the pretraining pool (each word once)
 word_utts=40           # labelled word clips per speaker (each word twice); half the speakers label, half test
 pretrain_steps=1000    # per model (cosine schedule length)
-pretrain_minutes=4     # per model: a hard stop whatever the step
+pretrain_minutes=6     # per model: a hard stop whatever the step (the 1,000 steps take 1.3-4 min idle)
 models="apc cpc wav2vec2"  # or "all": every family with a recipes/pretrain/<family>_demo.yaml
 exp_dir=exp            # experiments, features and the summary go here (data/ is shared)
 shots=2,8               # labelled utterances per class (the curve; n=2 is the verdict)
