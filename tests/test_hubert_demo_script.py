@@ -1,7 +1,7 @@
 """egs/synthetic/ssl/local/pretrain_hubert.sh (the demo's two HuBERT iterations) at a few steps.
 
 Its iteration-2 options: the default trains on one target set (iteration 1's layer units, 50 Hz);
-``--it2_targets layer+it1 --it2_final_dim 32`` adds iteration 1's units (100 Hz) as a second target
+``--it2_targets layer+it1 --it2_final_dim N`` adds iteration 1's units (100 Hz) as a second target
 set and sets the projection size, with iteration 1 unchanged.
 """
 
@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE_FINAL_DIM = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())["model"]["final_dim"]
+IT2_FINAL_DIM = 16 if RECIPE_FINAL_DIM != 16 else 24  # another size than the recipe's, so the option shows
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +53,18 @@ def test_iteration_two_default_one_target_set(demo):
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["label_frame_shifts"] == [160]
     assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [320]
-    assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == 128
+    assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
 
 
 def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
     # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
     shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_both", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
-    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", "32")
+    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM))
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
-    assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == 128
+    assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert it2["model"]["num_classes"] == [3, 4] and it2["model"]["label_frame_shifts"] == [320, 160]
-    assert it2["model"]["final_dim"] == 32
+    assert it2["model"]["final_dim"] == IT2_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2", "hubert_labels1"]
     metrics = (demo[0] / "exp_both/hubert/metrics.jsonl").read_text()
     assert "acc_target_1" in metrics  # both target sets are trained on
