@@ -428,9 +428,8 @@ def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     frontend = build_frontend(cfg.frontend)
     feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
                                          cfg.conv_bias).kaiming_init_()
-    feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps)
-    if cfg.freeze_projection:
-        feature_projection.requires_grad_(False)  # as wav2vec2's freeze_projection: no gradient, no update
+    feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps,
+                                           frozen=cfg.freeze_projection)
     context = Data2VecContext(cfg)
     decoder = final_proj = None
     if cfg.variant == "data2vec2":
