@@ -119,6 +119,34 @@ def test_freeze_projection_freezes_exactly_the_feature_projection_and_keeps_the_
     assert losses[True] == pytest.approx(losses[False], rel=1e-6)  # same forward pass, same RNG draws
 
 
+def test_init_from_another_k_leaves_only_the_head_fresh_and_other_shapes_still_fail(tmp_path):
+    # Iteration 2 from iteration 1's weights (local/pretrain_hubert.sh --it2_init it1): K 5 -> 3.
+    def build(seed, **kw):
+        torch.manual_seed(seed)
+        return build_model({"name": "hubert", **to_dict(hubert_tiny()), **kw})
+
+    src = build(0, num_classes=[5])
+    ckpt = tmp_path / "step_00000001.pt"
+    ckpt_io.save_checkpoint(ckpt, {"model_name": "hubert", "model": src.state_dict()})
+    dst = build(1, num_classes=[3])
+    fresh = dst.head.label_embeddings.detach().clone()
+    what = ckpt_io.load_model_weights(dst, ckpt, "hubert")
+    assert "head.label_embeddings [5, 64] -> [3, 64]" in what
+    for key, value in dst.state_dict().items():
+        if key == "head.label_embeddings":
+            torch.testing.assert_close(value, fresh)  # not taken: another K
+        else:
+            torch.testing.assert_close(value, src.state_dict()[key], msg=key)  # encoder, projection, final_proj
+    # Two target sets and another final_dim: the whole head is fresh, the rest still loads.
+    what = ckpt_io.load_model_weights(build(1, num_classes=[3, 5], label_frame_shifts=[320, 320], final_dim=8),
+                                      ckpt, "hubert")
+    assert "head.final_proj.weight [64, 192] -> [8, 192]" in what and "[5, 64] -> [8, 8]" in what
+    # The same K loads everything (no fresh init to report); a shape outside the head is still an error.
+    assert "fresh" not in ckpt_io.load_model_weights(build(1, num_classes=[5]), ckpt, "hubert")
+    with pytest.raises(ckpt_io.CheckpointError, match="(?s)do not fit.*size mismatch for encoder"):
+        ckpt_io.load_model_weights(build(1, num_classes=[3], ffn_dim=64), ckpt, "hubert")
+
+
 def test_missing_or_short_targets_are_errors_naming_the_utterance():
     model = tiny_model("hubert").train()
     batch = speech_batch([16000, 12000])

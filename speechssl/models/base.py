@@ -69,6 +69,10 @@ class SSLModel(nn.Module, abc.ABC):
     """Base class of every pretrainable model (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    #: State-dict key prefixes of parameters that depend on the pretext targets (HuBERT's head: label
+    #: embeddings for K classes). ``--init-from`` weights of another shape under these prefixes (another
+    #: K) are skipped and the parameters keep their fresh init; every other weight must fit.
+    target_dependent: ClassVar[tuple[str, ...]] = ()
     frontend: nn.Module
 
     def __init__(self, config: Any):

@@ -230,6 +230,9 @@ class HubertModel(FeatureEncoderFrames, SSLModel):
     """HuBERT (see the module docstring). Build with :func:`build_hubert`."""
 
     name = "hubert"
+    # Iteration 2 initialised from iteration 1 (--init-from) predicts other units: a new K re-initialises
+    # the head's label embeddings (and final_proj when final_dim changes); the encoder must fit.
+    target_dependent = ("head.",)
 
     def __init__(self, config: HubertConfig, frontend: nn.Module, feature_encoder: nn.Module,
                  feature_projection: FeatureProjection, encoder: TransformerEncoder, head: CosineHead):

@@ -257,17 +257,34 @@ def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: s
             source = found
         state = load_checkpoint(source, expect_model=model_name)["model"]
         what = f"checkpoint {source}"
+    state, fresh = skip_reshaped_targets(model, state)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise CheckpointError(f"--init-from {what}: weights do not fit model {model_name!r}: {exc}") from None
     missing = model.complete_state(list(missing)) if hasattr(model, "complete_state") else missing
+    missing = [k for k in missing if k not in fresh]
     if missing or unexpected:
         raise CheckpointError(
             f"--init-from {what}: weights do not fit model {model_name!r}: missing {sorted(missing)[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}"
         )
+    if fresh:  # the trainer logs `what`: say which weights were not taken
+        what += "; left at their fresh init (target-dependent, another shape): " + ", ".join(
+            f"{k} {list(src)} -> {list(dst)}" for k, (src, dst) in sorted(fresh.items()))
     return what
+
+
+def skip_reshaped_targets(model: torch.nn.Module, state: dict[str, torch.Tensor]
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """``state`` without the target-dependent weights (``model.target_dependent`` prefixes) whose shape
+    differs from the model's, and those keys as ``{key: (source shape, model shape)}``. Weights outside
+    those prefixes are kept whatever their shape (the load then fails on them)."""
+    prefixes = tuple(getattr(model, "target_dependent", ()))
+    own = model.state_dict()
+    fresh = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+             if k.startswith(prefixes) and k in own and tuple(v.shape) != tuple(own[k].shape)} if prefixes else {}
+    return {k: v for k, v in state.items() if k not in fresh}, fresh
 
 
 def as_float(v: Any) -> float:

@@ -12,6 +12,10 @@
 #   --it2_targets layer+it1   also predict iteration 1's K=k units (100 Hz) as a second target set
 #                             (num_classes [k2, k], label_frame_shifts [320, 160]: the paper's section 4)
 #   --it2_final_dim 32        iteration 2's model.final_dim (empty: the recipe's)
+#   --it2_init it1            start iteration 2 from iteration 1's weights (--init-from hubert_it1/encoder; the
+#                             head's label embeddings for the new K start fresh) instead of from scratch (the paper)
+#   --it2_overrides "optim.lr=5e-5 ..."  extra key=value recipe overrides for iteration 2 only (space-separated;
+#                             run.sh splits --pretrain_opts on spaces, so from there: --it2_overrides=optim.lr=5e-5)
 # From run.sh (note the =): bash run.sh --models hubert --pretrain_opts="--it2_targets layer+it1 --it2_final_dim 32"
 set -euo pipefail
 exp_dir=exp
@@ -26,11 +30,18 @@ n_init=3                # k-means++ restarts (fairseq: 20; 3 keeps the demo's k-
 layer=layer_1           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12; layer_2 measured)
 it2_targets=layer       # layer: iteration 2's units only; layer+it1: + iteration 1's units as a second target set
 it2_final_dim=          # iteration 2's model.final_dim (empty: the recipe's)
+it2_init=scratch        # scratch: iteration 2 from a random init (the paper); it1: from iteration 1's weights
+it2_overrides=          # extra key=value overrides of iteration 2 only, space-separated (e.g. optim.lr=5e-5)
 recipes=../../../recipes
 . ../../common.sh
 recipe=$recipes/pretrain/hubert_demo.yaml
 train=data/pretrain/train.jsonl
 case "$it2_targets" in layer | layer+it1) ;; *) die "--it2_targets $it2_targets: layer or layer+it1" ;; esac
+case "$it2_init" in scratch | it1) ;; *) die "--it2_init $it2_init: scratch or it1" ;; esac
+read -ra it2_extra <<< "$it2_overrides"
+for o in ${it2_extra[@]+"${it2_extra[@]}"}; do
+  case "$o" in *=*) ;; *) die "--it2_overrides: '$o' is not key=value" ;; esac
+done
 valid=data/pretrain/dev.jsonl
 
 targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev, once
@@ -45,11 +56,12 @@ targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev,
   touch "$exp_dir/.hubert_$name.done"
 }
 
-iteration() {  # iteration NAME EXP OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
-  local name=$1 exp=$2; shift 2
+iteration() {  # iteration NAME EXP [--init-from DIR] OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
+  local name=$1 exp=$2 init=(); shift 2
+  if [ "${1:-}" = --init-from ]; then init=("$1" "$2"); shift 2; fi  # before the overrides (argparse)
   [ -f "$exp_dir/.hubert_$name.done" ] && return 0
-  pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" "train.max_steps=$pretrain_steps" \
-    "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
+  pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" ${init[@]+"${init[@]}"} \
+    "train.max_steps=$pretrain_steps" "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
   touch "$exp_dir/.hubert_$name.done"
 }
 
@@ -64,5 +76,7 @@ case "$it2_targets" in
                   "model.label_frame_shifts=[320,160]" "model.num_classes=[$k2,$k]") ;;
 esac
 if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
+it2+=(${it2_extra[@]+"${it2_extra[@]}"})
+if [ "$it2_init" = it1 ]; then it2=(--init-from "$exp_dir/hubert_it1/encoder" "${it2[@]}"); fi
 iteration it2 "$exp_dir/hubert" "${it2[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
