@@ -1,6 +1,7 @@
 """Which CPU kernels speechssl uses, decided once per process: the one seam for every speed-up.
 
-Two fast paths exist, each giving the numbers of PyTorch's reference code to float rounding:
+Every fast path gives the numbers of PyTorch's reference code to float rounding. The two switched
+on or off as a whole:
 
 * ``onednn_linear``: fp32 CPU matmuls of :mod:`speechssl.modules.linear` (and the conv feature
   encoder's inference path and the fast GRU's matmuls) through oneDNN's
@@ -8,6 +9,8 @@ Two fast paths exist, each giving the numbers of PyTorch's reference code to flo
   about 2x slower on wav2vec 2.0's shapes, measured with ``tools/bench``);
 * ``fast_gru``: the custom-backward GRU of :mod:`speechssl.modules.gru` (about 2x faster APC/CPC
   training on CPU).
+
+and three per-shape rules described below (``mkl_min_weight``, ``conv_grad``, ``fast_dropout``).
 
 :func:`decision` decides once per process. oneDNN is *available* on x86-64 with AVX2 or better
 (``torch.backends.cpu.get_cpu_capability()``) when the operator exists and passes a self-check
