@@ -2,11 +2,14 @@
 
 Its iteration-2 options: the default trains on one target set (iteration 1's layer units, 50 Hz);
 ``--it2_targets layer+it1 --it2_final_dim N`` adds iteration 1's units (100 Hz) as a second target
-set and sets the projection size, with iteration 1 unchanged.
+set and sets the projection size, with iteration 1 unchanged; ``--it2_overrides "k=v k=v"`` (and
+``--it1_overrides``) pass extra recipe overrides to one iteration's pretrain, also through run.sh's
+``--pretrain_opts`` with quotes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +20,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_FINAL_DIM = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())["model"]["final_dim"]
+RECIPE = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())
+RECIPE_FINAL_DIM = RECIPE["model"]["final_dim"]
 IT2_FINAL_DIM = 16 if RECIPE_FINAL_DIM != 16 else 24  # another size than the recipe's, so the option shows
 
 
@@ -76,3 +80,51 @@ def test_unknown_target_choice_fails(demo):
         cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode != 0
+
+
+def released_model(demo: Path, exp: str, name: str) -> dict:
+    """The model section of the released encoder's config.json (what the evaluation loads)."""
+    return json.loads((demo / exp / name / "encoder/config.json").read_text())["model"]
+
+
+def test_iteration_two_overrides_reach_iteration_two_only(demo):
+    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_over", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5  # not the recipe's, so the override shows
+    cfg = run_script(*demo, "exp_over", "--it2_targets", "layer+it1",
+                     "--it2_overrides", f"optim.lr=5e-5 model.unmasked_weight={unmasked}")
+    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+    assert it2["optim"]["lr"] == pytest.approx(5e-5) and it2["model"]["unmasked_weight"] == unmasked
+    assert released_model(demo[0], "exp_over", "hubert")["unmasked_weight"] == unmasked
+    assert it2["model"]["num_classes"] == [3, 4]  # --it2_targets still applies
+    assert it1["optim"]["lr"] == pytest.approx(RECIPE["optim"]["lr"])
+
+
+def test_overrides_through_run_sh_quotes(demo):
+    # run.sh stage 3 hands --pretrain_opts to the script word by word, a quoted value staying one word.
+    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5
+    opts = (f"--k 4 --k2 3 --n_init 1 --it1_overrides 'model.unmasked_weight={unmasked} optim.lr=3e-4' "
+            "--it2_overrides model.final_dim=8")
+    proc = subprocess.run(
+        ["bash", "run.sh", "--models", "hubert", "--exp_dir", "exp_runsh", "--stage", "3", "--stop_stage", "3",
+         "--pretrain_steps", "2", "--parallel", "1", f"--pretrain_opts={opts}"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    exp = demo[0] / "exp_runsh"
+    it1 = yaml.safe_load((exp / "hubert_it1/config.yaml").read_text())
+    it2 = yaml.safe_load((exp / "hubert/config.yaml").read_text())
+    assert it1["model"]["unmasked_weight"] == unmasked and it1["optim"]["lr"] == pytest.approx(3e-4)
+    assert it1["model"]["final_dim"] == RECIPE_FINAL_DIM
+    assert it2["model"]["unmasked_weight"] == RECIPE["model"]["unmasked_weight"]
+    assert it2["optim"]["lr"] == pytest.approx(RECIPE["optim"]["lr"])
+    assert released_model(demo[0], "exp_runsh", "hubert")["final_dim"] == 8
+
+
+@pytest.mark.parametrize("bad", ["optim.lr", "=5e-5"])
+def test_override_not_key_value_fails(demo, bad):
+    proc = subprocess.run(
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--it2_overrides", f"model.final_dim=8 {bad}"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0 and "not key=value" in proc.stderr
+    assert not (demo[0] / "exp_bad").exists()  # refused before any k-means
