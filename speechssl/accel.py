@@ -1,6 +1,7 @@
 """Which CPU kernels speechssl uses, decided once per process: the one seam for every speed-up.
 
-Two fast paths exist, each giving the numbers of PyTorch's reference code to float rounding:
+Every fast path gives the numbers of PyTorch's reference code to float rounding. The two switched
+on or off as a whole:
 
 * ``onednn_linear``: fp32 CPU matmuls of :mod:`speechssl.modules.linear` (and the conv feature
   encoder's inference path and the fast GRU's matmuls) through oneDNN's
@@ -8,6 +9,8 @@ Two fast paths exist, each giving the numbers of PyTorch's reference code to flo
   about 2x slower on wav2vec 2.0's shapes, measured with ``tools/bench``);
 * ``fast_gru``: the custom-backward GRU of :mod:`speechssl.modules.gru` (about 2x faster APC/CPC
   training on CPU).
+
+and three per-shape rules described below (``mkl_min_weight``, ``conv_grad``, ``fast_dropout``).
 
 :func:`decision` decides once per process. oneDNN is *available* on x86-64 with AVX2 or better
 (``torch.backends.cpu.get_cpu_capability()``) when the operator exists and passes a self-check
@@ -32,8 +35,14 @@ least :data:`MKL_MIN_WEIGHT` elements (the Base positional conv: 768 x 48 x 128)
 as two forward convolutions (:mod:`speechssl.modules.grouped_conv`; PyTorch's oneDNN conv backward is
 1.4-1.7x slower than a forward of the same size there); the demo's positional convs (<= 192 x 24 x 64)
 keep PyTorch's backward and their numbers.
+A fourth rule, ``fast_dropout`` (issue 19): transformer layers whose model width reaches
+:data:`DROPOUT_MIN_DIM` (768, the Base models) draw their dropout masks from 31-bit integers and run
+attention with dropout as their own kernel sequence (:mod:`speechssl.modules.dropout`; PyTorch's
+``bernoulli_`` mask costs about 3x a ``random_`` of the same size on CPU). The masks are a different
+random stream, so narrower models (the demo's, <= 512) keep ``nn.Dropout`` and their numbers.
 The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
-shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape). The record (kernels chosen, why, the conv layout, CPU vendor and model,
+shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape),
+``SPEECHSSL_FAST_DROPOUT=0`` / ``1`` (off / every width). The record (kernels chosen, why, the conv layout, CPU vendor and model,
 ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
 Blocks ask :func:`onednn_linear` (with the weight's size: ``onednn_linear(weight.numel())``) /
@@ -69,6 +78,8 @@ _FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (to
 # AVX2 without AVX-512: MKL's sgemm beat oneDNN on weights of at least 768 x 768 (module docstring)
 MKL_MIN_WEIGHT = 768 * 768
 _MKL_LARGE_ISAS = ("AVX2",)
+# model width from which transformer dropout takes speechssl.modules.dropout (the Base models)
+DROPOUT_MIN_DIM = 768
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +103,8 @@ class Decision:
         conv_grad_min_weight: grouped stride-1 convs (the positional conv) whose weight has at least
             this many elements take their gradients as forward convolutions
             (:mod:`speechssl.modules.grouped_conv`); None: PyTorch's conv backward everywhere.
+        dropout_min_dim: CPU transformer layers at least this wide take :mod:`speechssl.modules.dropout`
+            (integer-drawn masks, their own attention with dropout); None: ``nn.Dropout`` and SDPA everywhere.
     """
 
     onednn_linear: bool
@@ -105,6 +118,7 @@ class Decision:
     onednn_available: bool = False  # oneDNN passed its self-check here (``use`` may force it on)
     mkl_min_weight: int | None = None  # with onednn_linear: weights of >= this many elements go to MKL
     conv_grad_min_weight: int | None = None  # grouped convs with weights of >= this many elements: grouped_conv
+    dropout_min_dim: int | None = None  # transformer layers at least this wide: speechssl.modules.dropout
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -228,6 +242,16 @@ def decide() -> Decision:
             "forward convs (the positional conv's backward 1.3-1.7x faster); smaller ones keep PyTorch's backward")
     else:
         reasons["conv_grad"] = f"CPU capability {isa}: not measured, PyTorch's conv backward"
+    dropout_setting = os.environ.get("SPEECHSSL_FAST_DROPOUT", "auto").strip().lower()
+    if dropout_setting in _OFF:
+        dropout_min, reasons["fast_dropout"] = None, "SPEECHSSL_FAST_DROPOUT is off in the environment: nn.Dropout"
+    elif dropout_setting in _ON:
+        dropout_min, reasons["fast_dropout"] = 0, f"SPEECHSSL_FAST_DROPOUT={dropout_setting}: every width"
+    else:
+        dropout_min = DROPOUT_MIN_DIM
+        reasons["fast_dropout"] = (
+            f"transformer layers of width >= {DROPOUT_MIN_DIM} draw dropout masks with random_ (about 3x cheaper than "
+            "bernoulli_) and run their own attention with dropout; narrower ones keep nn.Dropout and SDPA")
     if _env_off("SPEECHSSL_FAST_GRU"):
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
@@ -239,7 +263,7 @@ def decide() -> Decision:
             log.info("%s off: %s", kernel, reasons[kernel])
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
                     machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available,
-                    mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad)
+                    mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad, dropout_min_dim=dropout_min)
 
 
 @functools.cache
@@ -254,9 +278,10 @@ _FORCED: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar
 
 @contextlib.contextmanager
 def use(onednn_linear: bool | None = None, fast_gru: bool | None = None,
-        conv_grad: bool | None = None) -> Iterator[None]:
-    """Force kernels inside the ``with`` block (None: keep the current choice). ``conv_grad`` (pure
-    PyTorch ops, possible everywhere) forces :func:`conv_grad_as_conv` for every shape.
+        conv_grad: bool | None = None, fast_dropout: bool | None = None) -> Iterator[None]:
+    """Force kernels inside the ``with`` block (None: keep the current choice). ``conv_grad`` and
+    ``fast_dropout`` (pure PyTorch ops, possible everywhere) force :func:`conv_grad_as_conv` /
+    :func:`fast_dropout` for every shape.
 
     Forcing a fast path *on* where the process decision is off (e.g. no oneDNN on this CPU) is
     refused with a ``RuntimeError``: the kernel would fail or give wrong numbers.
@@ -269,8 +294,9 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None,
         if flag and not possible:
             raise RuntimeError(f"cannot force {name} on: {decision().reasons[name]}")
         forced[name] = bool(flag)
-    if conv_grad is not None:
-        forced["conv_grad"] = bool(conv_grad)
+    for name, flag in (("conv_grad", conv_grad), ("fast_dropout", fast_dropout)):
+        if flag is not None:
+            forced[name] = bool(flag)
     token = _FORCED.set(forced)
     try:
         yield
@@ -321,6 +347,18 @@ def conv_grad_as_conv(weight_numel: int) -> bool:
         return forced
     threshold = decision().conv_grad_min_weight
     return threshold is not None and weight_numel >= threshold
+
+
+def fast_dropout(width: int) -> bool:
+    """Whether dropout in a CPU transformer layer of model width ``width`` takes :mod:`speechssl.modules.dropout`
+    (``Decision.dropout_min_dim``, or :func:`use`). Never inside ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return False
+    forced = (_FORCED.get() or {}).get("fast_dropout")
+    if forced is not None:
+        return forced
+    threshold = decision().dropout_min_dim
+    return threshold is not None and width >= threshold
 
 
 def fast_gru() -> bool:

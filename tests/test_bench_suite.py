@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -118,3 +119,25 @@ def test_augmented_loader_rate_in_the_main_process_and_in_workers(tmp_path):
     report.write_markdown(results, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "loader + augmentations" in text and "MISSES" in text
+
+
+def test_peer_dtypes_select_the_rows_and_reject_unknown_names(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "peers", "--peer-dtypes", "fp16", "--out", str(tmp_path)])
+    calls = []
+
+    def fake_child(module, function, spec):
+        calls.append((function, tuple(spec["dtypes"])))
+        return {"rows": {spec["dtypes"][0]: {"ratio": 1.0}}}
+
+    monkeypatch.setattr(run_all, "run_child", fake_child)
+    cfg = {"peers": {"wav2vec2": {"dtypes": ["fp32", "bf16"]}, "apc": {"dtypes": ["fp32"]}}}
+    args = argparse.Namespace(peer_families=None, peer_dtypes="fp32", threads=1)
+    results: dict = {}
+    out = run_all.section_peers(cfg, args, results, lambda: None)
+    assert calls == [("wav2vec2_rows", ("fp32",)), ("apc_rows", ("fp32",))]
+    assert set(out["wav2vec2"]["rows"]) == {"fp32"}
+    args.peer_dtypes = None  # default: every family's own dtypes
+    calls.clear()
+    run_all.section_peers(cfg, args, {}, lambda: None)
+    assert calls == [("wav2vec2_rows", ("fp32",)), ("wav2vec2_rows", ("bf16",)), ("apc_rows", ("fp32",))]

@@ -2,12 +2,15 @@
 
 Its iteration-2 options: the default trains on one target set (iteration 1's layer units, 50 Hz);
 ``--it2_targets layer+it1 --it2_final_dim N`` adds iteration 1's units (100 Hz) as a second target
-set and sets the projection size, with iteration 1 unchanged; ``--it2_init it1`` starts iteration 2 from
-iteration 1's weights (a fresh head for the new K); ``--it2_overrides`` sets recipe keys of iteration 2 only.
+set and sets the projection size, with iteration 1 unchanged; ``--it2_overrides "k=v k=v"`` (and
+``--it1_overrides``) pass extra recipe overrides to one iteration's pretrain, also through run.sh's
+``--pretrain_opts`` with quotes; ``--it2_init it1`` starts iteration 2 from iteration 1's weights (a fresh
+head for the new K).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +21,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_FINAL_DIM = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())["model"]["final_dim"]
+RECIPE = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())
+RECIPE_FINAL_DIM = RECIPE["model"]["final_dim"]
 IT2_FINAL_DIM = 16 if RECIPE_FINAL_DIM != 16 else 24  # another size than the recipe's, so the option shows
 
 
@@ -39,8 +43,13 @@ def demo(tmp_path_factory):
     return demo, env
 
 
-def run_script(demo: Path, env: dict, exp: str, *opts: str) -> tuple[dict, str]:
-    """Both iterations at 2 steps; returns ({"hubert_it1": config, "hubert": config}, the script's stderr)."""
+def run_script(demo: Path, env: dict, exp: str, *opts: str) -> dict:
+    """Both iterations at 2 steps; returns {"hubert_it1": config, "hubert": config}."""
+    return run_script_log(demo, env, exp, *opts)[0]
+
+
+def run_script_log(demo: Path, env: dict, exp: str, *opts: str) -> tuple[dict, str]:
+    """As :func:`run_script`, and the script's stderr (the trainers' logs)."""
     proc = subprocess.run(
         ["bash", "local/pretrain_hubert.sh", "--exp_dir", exp, "--pretrain_steps", "2", "--k", "4", "--k2", "3",
          "--n_init", "1", *opts],
@@ -51,14 +60,8 @@ def run_script(demo: Path, env: dict, exp: str, *opts: str) -> tuple[dict, str]:
     return cfg, proc.stderr
 
 
-def reuse_iteration_one(demo: Path, exp: str) -> None:
-    """Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains."""
-    shutil.copytree(demo / "exp_default", demo / exp, ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
-
-
 def test_iteration_two_default_one_target_set(demo):
-    cfg, err = run_script(*demo, "exp_default")
-    assert "initialised model weights" not in err  # iteration 2 from scratch (the paper)
+    cfg = run_script(*demo, "exp_default")
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["label_frame_shifts"] == [160]
     assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [320]
@@ -67,8 +70,9 @@ def test_iteration_two_default_one_target_set(demo):
 
 
 def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
-    reuse_iteration_one(demo[0], "exp_both")
-    cfg, _ = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM))
+    # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
+    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_both", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM))
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert it2["model"]["num_classes"] == [3, 4] and it2["model"]["label_frame_shifts"] == [320, 160]
@@ -78,25 +82,77 @@ def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
     assert "acc_target_1" in metrics  # both target sets are trained on
 
 
-def test_iteration_two_from_iteration_one_with_overrides(demo):
-    reuse_iteration_one(demo[0], "exp_init")
-    cfg, err = run_script(*demo, "exp_init", "--it2_init", "it1", "--it2_overrides", "optim.lr=5e-5 model.mask_prob=0.1")
-    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
-    init = [line for line in err.splitlines() if "initialised model weights from" in line]
-    assert len(init) == 1 and "exp_init/hubert_it1/encoder" in init[0], err[-3000:]
-    # K=4 -> K=3: the label embeddings start fresh (and say so); everything else is iteration 1's
-    assert f"head.label_embeddings [4, {RECIPE_FINAL_DIM}] -> [3, {RECIPE_FINAL_DIM}]" in init[0]
-    assert it2["optim"]["lr"] == 5e-5 and it2["model"]["mask_prob"] == 0.1
-    assert it1["optim"]["lr"] != 5e-5 and it1["model"]["mask_prob"] != 0.1  # iteration 1 untouched
-    assert it2["model"]["num_classes"] == [3] and [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
-
-
-@pytest.mark.parametrize("opts", [["--it2_targets", "it1"], ["--it2_init", "hubert_it1"],
-                                  ["--it2_overrides", "optim.lr=5e-5 lr"]])
-def test_bad_iteration_two_options_fail_before_iteration_one(demo, opts):
+def test_unknown_target_choice_fails(demo):
     proc = subprocess.run(
-        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--pretrain_steps", "0", *opts],
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--it2_targets", "it1", "--pretrain_steps", "0"],
         cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode != 0 and opts[0] in proc.stderr
-    assert not (demo[0] / "exp_bad").exists()  # nothing ran
+    assert proc.returncode != 0
+
+
+def released_model(demo: Path, exp: str, name: str) -> dict:
+    """The model section of the released encoder's config.json (what the evaluation loads)."""
+    return json.loads((demo / exp / name / "encoder/config.json").read_text())["model"]
+
+
+def test_iteration_two_overrides_reach_iteration_two_only(demo):
+    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_over", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5  # not the recipe's, so the override shows
+    cfg = run_script(*demo, "exp_over", "--it2_targets", "layer+it1",
+                     "--it2_overrides", f"optim.lr=5e-5 model.unmasked_weight={unmasked}")
+    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+    assert it2["optim"]["lr"] == pytest.approx(5e-5) and it2["model"]["unmasked_weight"] == unmasked
+    assert released_model(demo[0], "exp_over", "hubert")["unmasked_weight"] == unmasked
+    assert it2["model"]["num_classes"] == [3, 4]  # --it2_targets still applies
+    assert it1["optim"]["lr"] == pytest.approx(RECIPE["optim"]["lr"])
+
+
+def test_overrides_through_run_sh_quotes(demo):
+    # run.sh stage 3 hands --pretrain_opts to the script word by word, a quoted value staying one word.
+    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5
+    opts = (f"--k 4 --k2 3 --n_init 1 --it1_overrides 'model.unmasked_weight={unmasked} optim.lr=3e-4' "
+            "--it2_overrides model.final_dim=8")
+    proc = subprocess.run(
+        ["bash", "run.sh", "--models", "hubert", "--exp_dir", "exp_runsh", "--stage", "3", "--stop_stage", "3",
+         "--pretrain_steps", "2", "--parallel", "1", f"--pretrain_opts={opts}"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    exp = demo[0] / "exp_runsh"
+    it1 = yaml.safe_load((exp / "hubert_it1/config.yaml").read_text())
+    it2 = yaml.safe_load((exp / "hubert/config.yaml").read_text())
+    assert it1["model"]["unmasked_weight"] == unmasked and it1["optim"]["lr"] == pytest.approx(3e-4)
+    assert it1["model"]["final_dim"] == RECIPE_FINAL_DIM
+    assert it2["model"]["unmasked_weight"] == RECIPE["model"]["unmasked_weight"]
+    assert it2["optim"]["lr"] == pytest.approx(RECIPE["optim"]["lr"])
+    assert released_model(demo[0], "exp_runsh", "hubert")["final_dim"] == 8
+
+
+@pytest.mark.parametrize("bad", ["optim.lr", "=5e-5"])
+def test_override_not_key_value_fails(demo, bad):
+    proc = subprocess.run(
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--it2_overrides", f"model.final_dim=8 {bad}"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0 and "not key=value" in proc.stderr
+    assert not (demo[0] / "exp_bad").exists()  # refused before any k-means
+
+
+def test_iteration_two_from_iteration_one(demo):
+    # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
+    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_init", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+    cfg, err = run_script_log(*demo, "exp_init", "--it2_init", "it1", "--it2_overrides", "optim.lr=5e-5")
+    init = [line for line in err.splitlines() if "initialised model weights from" in line]
+    assert len(init) == 1 and "exp_init/hubert_it1/encoder" in init[0], err[-3000:]
+    # K=4 -> K=3: the label embeddings start fresh (and the log says so); everything else is iteration 1's
+    assert f"head.label_embeddings [4, {RECIPE_FINAL_DIM}] -> [3, {RECIPE_FINAL_DIM}]" in init[0]
+    assert cfg["hubert"]["optim"]["lr"] == pytest.approx(5e-5) and cfg["hubert"]["model"]["num_classes"] == [3]
+
+
+def test_unknown_init_choice_fails_before_iteration_one(demo):
+    proc = subprocess.run(
+        ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad", "--it2_init", "hubert_it1"],
+        cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0 and "--it2_init hubert_it1: scratch or it1" in proc.stderr
+    assert not (demo[0] / "exp_bad").exists()

@@ -50,6 +50,7 @@ from speechssl.models.base import (
 )
 from speechssl.modules.contrastive import contrastive_loss
 from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.dropout import Dropout
 from speechssl.modules.linear import Linear
 from speechssl.modules.masking import span_mask
 from speechssl.modules.padding import lengths_to_mask
@@ -174,7 +175,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
         self.projection = Linear(in_dim, out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, out_dim)
         if frozen:
             self.requires_grad_(False)
 
@@ -197,7 +198,7 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
         self.mask_emb = nn.Parameter(torch.empty(config.embed_dim).uniform_())
         self.encoder = encoder
         self.quantizer = quantizer
-        self.target_dropout = nn.Dropout(config.target_dropout)
+        self.target_dropout = Dropout(config.target_dropout, config.embed_dim)
         self.project_q = project_q
         self.final_proj = final_proj
         self._calls_since_warning = 10**9

@@ -14,7 +14,9 @@ fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging F
 * Pre-LN (``layer_norm_first=True``): ``x = x + pos``, layers ``x = x + Attn(LN(x)); x = x + FFN(LN(x))``,
   then a final LN.
 * Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a key padding mask, from
-  one fused q/k/v projection.
+  one fused q/k/v projection. Where ``speechssl.accel.fast_dropout`` says so (CPU layers of Base width),
+  dropout masks are drawn from integers and attention with dropout runs
+  :func:`speechssl.modules.dropout.dropout_attention` (the same maths; a different random stream).
 * LayerDrop (Fan et al. 2019) skips whole layers in training with probability ``layer_drop``.
 * ``pos_conv_kernel=0`` builds no positional conv: the caller adds absolute positions itself, e.g.
   :func:`sinusoidal_positions` (BERT / Mockingjay / TERA, and MAE, whose encoder sees only the
@@ -32,6 +34,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 import speechssl.accel as accel
+from speechssl.modules.dropout import Dropout, dropout_attention
 from speechssl.modules.grouped_conv import grouped_conv1d
 from speechssl.modules.linear import Linear
 
@@ -77,9 +80,15 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if (self.training and self.dropout > 0 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and accel.fast_dropout(dim)
+                and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
+            pad = None if attn_mask is None else ~attn_mask[:, 0, 0, :]
+            out = dropout_attention(q, k, v, self.dropout, pad)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
 
 
@@ -90,8 +99,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = Linear(dim, ffn_dim, activation="gelu")
         self.fc2 = Linear(ffn_dim, dim)
-        self.activation_dropout = nn.Dropout(activation_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.activation_dropout = Dropout(activation_dropout, dim)
+        self.dropout = Dropout(dropout, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.activation_dropout(self.fc1(x))))
@@ -105,7 +114,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.layer_norm_first = layer_norm_first
         self.attention = SelfAttention(dim, num_heads, attention_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, dim)
         self.attn_norm = nn.LayerNorm(dim, eps=eps)
         self.ffn = FeedForward(dim, ffn_dim, activation_dropout, dropout)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
@@ -186,7 +195,7 @@ class TransformerEncoder(nn.Module):
         self.layer_drop = layer_drop
         self.pos_conv = PositionalConv(dim, pos_conv_kernel, pos_conv_groups) if pos_conv_kernel > 0 else None
         self.layer_norm = nn.LayerNorm(dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, dim)
         self.layers = nn.ModuleList(
             TransformerLayer(dim, num_heads, ffn_dim, dropout, attention_dropout, activation_dropout,
                              layer_norm_first, eps)

@@ -210,7 +210,8 @@ def section_peers(cfg: dict, args, results: dict, save) -> dict:
     for fam, spec in cfg["peers"].items():
         if args.peer_families and fam not in args.peer_families.split(","):
             continue
-        for dtype in spec["dtypes"]:
+        dtypes = [d for d in spec["dtypes"] if not args.peer_dtypes or d in args.peer_dtypes.split(",")]
+        for dtype in dtypes:
             part = run_child("peers_hubert" if fam == "hubert" else "peers", f"{fam}_rows", {**spec, "dtypes": [dtype], "threads": args.threads})
             if "error" in part:
                 out.setdefault(fam, {}).setdefault("rows", {})[dtype] = {"error": part["error"]}
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep OUT/work (the synthetic corpora and extracted features, ~2.5 GB in a full run)")
     p.add_argument("--peer-families", default=None,
                    help=f"peers: comma-separated subset of {','.join(sizes(False)['peers'])} (default: all)")
+    p.add_argument("--peer-dtypes", default=None,
+                   help="peers: comma-separated subset of fp32,bf16 (default: each family's own; bf16 Base rows "
+                        "take over 10 minutes on CPUs without native bf16)")
     p.add_argument("--from", dest="from_dir", default=None,
                    help="quality: a demo run's exp dir (egs/synthetic/ssl/exp_all): probe accuracy vs CPU-minutes "
                         "from each pretraining folder's metrics.jsonl (OUT/quality.png, OUT/quality.json)")
@@ -257,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         p.error(f"--only: unknown section(s) {unknown}; choices: {', '.join(SECTIONS)}")
+    bad_dtypes = sorted(set((args.peer_dtypes or "fp32").split(",")) - {"fp32", "bf16"})
+    if bad_dtypes:
+        p.error(f"--peer-dtypes: unknown dtype(s) {bad_dtypes}; choices: fp32, bf16")
     if "quality" in only and not args.from_dir:
         p.error("--only quality needs --from EXP_DIR (a demo run's experiment folder, e.g. egs/synthetic/ssl/exp_all)")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -36,6 +36,7 @@ seeds=5
 seed=0
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
 pretrain_opts=         # extra options of local/pretrain_<family>.sh, HuBERT: --pretrain_opts="--it2_targets layer+it1"
+                       #   (quotes group words: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
 . ../../common.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 markers=$exp_dir/.stages
@@ -76,11 +77,18 @@ if begin_stage 2 "manifests and splits"; then
   done_stage 2
 fi
 
+# --pretrain_opts as words with quotes honoured (xargs): "--it2_overrides 'a=1 b=2'" is two words.
+pretrain_args=()
+if [ -n "$pretrain_opts" ]; then
+  words=$(xargs printf '%s\n' <<< "$pretrain_opts") || die "--pretrain_opts: unbalanced quotes in: $pretrain_opts"
+  mapfile -t pretrain_args <<< "$words"
+fi
+
 pretrain_model() {
   local m=$1
   if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
     bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
-      --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" $pretrain_opts
+      --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" "${pretrain_args[@]}"
   else
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
       --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \

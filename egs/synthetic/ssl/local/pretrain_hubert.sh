@@ -12,11 +12,14 @@
 #   --it2_targets layer+it1   also predict iteration 1's K=k units (100 Hz) as a second target set
 #                             (num_classes [k2, k], label_frame_shifts [320, 160]: the paper's section 4)
 #   --it2_final_dim 32        iteration 2's model.final_dim (empty: the recipe's)
+#   --it2_overrides "optim.lr=5e-5 model.unmasked_weight=1.0"
+#                             extra recipe overrides (key=value, space-separated) of iteration 2's pretrain only;
+#                             they come last, so they win over the options above
+#   --it1_overrides "..."     the same for iteration 1 (iteration 2 still starts from the recipe)
 #   --it2_init it1            start iteration 2 from iteration 1's weights (--init-from hubert_it1/encoder; the
 #                             head's label embeddings for the new K start fresh) instead of from scratch (the paper)
-#   --it2_overrides "optim.lr=5e-5 ..."  extra key=value recipe overrides for iteration 2 only (space-separated;
-#                             run.sh splits --pretrain_opts on spaces, so from there: --it2_overrides=optim.lr=5e-5)
 # From run.sh (note the =): bash run.sh --models hubert --pretrain_opts="--it2_targets layer+it1 --it2_final_dim 32"
+#   (several overrides through run.sh: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
 set -euo pipefail
 exp_dir=exp
 pretrain_steps=1000
@@ -30,19 +33,21 @@ n_init=3                # k-means++ restarts (fairseq: 20; 3 keeps the demo's k-
 layer=layer_1           # iteration 2 clusters this layer of iteration 1 (HuBERT Base: layer 6 of 12; layer_2 measured)
 it2_targets=layer       # layer: iteration 2's units only; layer+it1: + iteration 1's units as a second target set
 it2_final_dim=          # iteration 2's model.final_dim (empty: the recipe's)
+it1_overrides=          # extra key=value overrides of iteration 1's pretrain (space-separated)
+it2_overrides=          # extra key=value overrides of iteration 2's pretrain (space-separated)
 it2_init=scratch        # scratch: iteration 2 from a random init (the paper); it1: from iteration 1's weights
-it2_overrides=          # extra key=value overrides of iteration 2 only, space-separated (e.g. optim.lr=5e-5)
 recipes=../../../recipes
 . ../../common.sh
 recipe=$recipes/pretrain/hubert_demo.yaml
 train=data/pretrain/train.jsonl
 case "$it2_targets" in layer | layer+it1) ;; *) die "--it2_targets $it2_targets: layer or layer+it1" ;; esac
 case "$it2_init" in scratch | it1) ;; *) die "--it2_init $it2_init: scratch or it1" ;; esac
-read -ra it2_extra <<< "$it2_overrides"
-for o in ${it2_extra[@]+"${it2_extra[@]}"}; do
-  case "$o" in *=*) ;; *) die "--it2_overrides: '$o' is not key=value" ;; esac
-done
 valid=data/pretrain/dev.jsonl
+read -ra it1_extra <<< "$it1_overrides"
+read -ra it2_extra <<< "$it2_overrides"
+for o in "${it1_extra[@]}" "${it2_extra[@]}"; do
+  case "$o" in ?*=*) ;; *) die "--it1_overrides/--it2_overrides: '$o' is not key=value (e.g. optim.lr=5e-5)" ;; esac
+done
 
 targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev, once
   local features=$1 lay=$2 name=$3 k=$4
@@ -67,7 +72,7 @@ iteration() {  # iteration NAME EXP [--init-from DIR] OVERRIDES...: pretrain onc
 
 log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
 targets "$it1_features" features 1 "$k"
-iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]"
+iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" "${it1_extra[@]}"
 log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
 targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2"
 case "$it2_targets" in
@@ -76,7 +81,6 @@ case "$it2_targets" in
                   "model.label_frame_shifts=[320,160]" "model.num_classes=[$k2,$k]") ;;
 esac
 if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
-it2+=(${it2_extra[@]+"${it2_extra[@]}"})
-if [ "$it2_init" = it1 ]; then it2=(--init-from "$exp_dir/hubert_it1/encoder" "${it2[@]}"); fi
-iteration it2 "$exp_dir/hubert" "${it2[@]}"
+init=(); if [ "$it2_init" = it1 ]; then init=(--init-from "$exp_dir/hubert_it1/encoder"); fi
+iteration it2 "$exp_dir/hubert" ${init[@]+"${init[@]}"} "${it2[@]}" "${it2_extra[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
