@@ -1,6 +1,7 @@
 """egs/synthetic/ssl/local/pretrain_hubert.sh (the demo's two HuBERT iterations) at a few steps.
 
-Its iteration-2 options: the default trains on one target set (iteration 1's layer units, 50 Hz);
+Its iteration-2 options: the default trains on one target set (iteration 1's layer units, at
+iteration 1's frame rate: 50 Hz with the conv subsampler, 25 Hz with 4 stacked Mel frames);
 ``--it2_targets layer+it1 --it2_final_dim N`` adds iteration 1's units (100 Hz) as a second target
 set and sets the projection size, with iteration 1 unchanged; ``--it2_overrides "k=v k=v"`` (and
 ``--it1_overrides``) pass extra recipe overrides to one iteration's pretrain, also through run.sh's
@@ -22,7 +23,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())
-RECIPE_FINAL_DIM = RECIPE["model"]["final_dim"]
+RECIPE_MODEL = RECIPE["model"]
+RECIPE_FINAL_DIM = RECIPE_MODEL["final_dim"]
 IT2_FINAL_DIM = 16 if RECIPE_FINAL_DIM != 16 else 24  # another size than the recipe's, so the option shows
 
 
@@ -41,6 +43,14 @@ def demo(tmp_path_factory):
     ):
         subprocess.run(cmd, cwd=demo, env=env, check=True, capture_output=True, timeout=300)
     return demo, env
+
+
+def frame_shift(model: dict) -> int:
+    """The HuBERT model's frame shift in samples: 10 ms log-Mel frames, then the conv strides or the stacking."""
+    shift = 160 * model.get("stack_frames", 1)
+    for _dim, _kernel, stride in model.get("conv_layers", []):
+        shift *= stride
+    return shift
 
 
 def run_script(demo: Path, env: dict, exp: str, *opts: str) -> dict:
@@ -64,7 +74,7 @@ def test_iteration_two_default_one_target_set(demo):
     cfg = run_script(*demo, "exp_default")
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["label_frame_shifts"] == [160]
-    assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [320]
+    assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [frame_shift(RECIPE_MODEL)]
     assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
 
@@ -75,11 +85,31 @@ def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
     cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM))
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == RECIPE_FINAL_DIM
-    assert it2["model"]["num_classes"] == [3, 4] and it2["model"]["label_frame_shifts"] == [320, 160]
+    assert it2["model"]["num_classes"] == [3, 4]
+    assert it2["model"]["label_frame_shifts"] == [frame_shift(RECIPE_MODEL), 160]
     assert it2["model"]["final_dim"] == IT2_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2", "hubert_labels1"]
     metrics = (demo[0] / "exp_both/hubert/metrics.jsonl").read_text()
     assert "acc_target_1" in metrics  # both target sets are trained on
+
+
+@pytest.mark.parametrize("arch, shift", [
+    ({"conv_layers": [[16, 3, 2]], "stack_frames": 1}, 320),  # conv subsampler: 20 ms frames, 50 Hz units
+    ({"conv_layers": [], "stack_frames": 4}, 640),            # MelHuBERT, 4 stacked Mel frames: 25 Hz units
+])
+def test_iteration_two_labels_follow_iteration_one_frame_rate(demo, arch, shift):
+    demo_dir, env = demo
+    recipes = demo_dir.parents[2] / f"recipes_{shift}"  # a copy of recipes/ with this architecture
+    shutil.copytree(demo_dir.parents[2] / "recipes", recipes)
+    path = recipes / "pretrain/hubert_demo.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"].update(arch)
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_script(demo_dir, env, f"exp_{shift}", "--recipes", str(recipes))
+    it1, it2 = out["hubert_it1"], out["hubert"]
+    assert it1["model"]["label_frame_shifts"] == [160] and it1["model"]["stack_frames"] == arch["stack_frames"]
+    assert it2["model"]["label_frame_shifts"] == [shift]
+    assert "acc_target_0" in (demo_dir / f"exp_{shift}/hubert/metrics.jsonl").read_text()
 
 
 def test_unknown_target_choice_fails(demo):

@@ -5,12 +5,14 @@
 #   bash local/pretrain_hubert.sh --exp_dir exp --pretrain_steps 1000 --pretrain_minutes 4 --seed 0
 # Writes: $exp_dir/hubert_km1 (K=500 k-means of 80-dim log-Mel, 100 Hz; --it1_features mfcc for the paper's
 #   39-dim MFCC), $exp_dir/hubert_labels1, $exp_dir/hubert_it1 (iteration 1),
-#   $exp_dir/hubert_km2 (K=100 k-means of iteration 1's layer_1, 50 Hz),
+#   $exp_dir/hubert_km2 (K=100 k-means of iteration 1's layer_1, at iteration 1's frame rate),
 #   $exp_dir/hubert_labels2, $exp_dir/hubert (iteration 2: the family's encoder), and $exp_dir/hubert.encoders
 #   (extra encoders for the evaluation: iteration 1).
+# Label rates (model.label_frame_shifts) come from the frame shift each k-means model was fitted on
+# (kmeans.json), so iteration 2 follows iteration 1's frame rate (a conv subsampler or stack_frames).
 # Iteration 2 options (defaults: the recipe as it is; hubert_demo.yaml says what each measured):
 #   --it2_targets layer+it1   also predict iteration 1's K=k units (100 Hz) as a second target set
-#                             (num_classes [k2, k], label_frame_shifts [320, 160]: the paper's section 4)
+#                             (num_classes [k2, k], label_frame_shifts [it1's shift, 160]: the paper's section 4)
 #   --it2_final_dim 32        iteration 2's model.final_dim (empty: the recipe's)
 #   --it2_overrides "optim.lr=5e-5 model.unmasked_weight=1.0"
 #                             extra recipe overrides (key=value, space-separated) of iteration 2's pretrain only;
@@ -61,6 +63,11 @@ targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev,
   touch "$exp_dir/.hubert_$name.done"
 }
 
+label_shift() {  # label_shift NAME: frame shift (samples) of the features k-means NAME was fitted on
+  python -c 'import json, sys; print(json.load(open(sys.argv[1]))["features"]["frame_shift"])' \
+    "$exp_dir/hubert_km$1/kmeans.json"
+}
+
 iteration() {  # iteration NAME EXP [--init-from DIR] OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
   local name=$1 exp=$2 init=(); shift 2
   if [ "${1:-}" = --init-from ]; then init=("$1" "$2"); shift 2; fi  # before the overrides (argparse)
@@ -72,13 +79,16 @@ iteration() {  # iteration NAME EXP [--init-from DIR] OVERRIDES...: pretrain onc
 
 log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
 targets "$it1_features" features 1 "$k"
-iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" "${it1_extra[@]}"
+shift1=$(label_shift 1)
+iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" \
+  "model.label_frame_shifts=[$shift1]" "${it1_extra[@]}"
 log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
 targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2"
+shift2=$(label_shift 2)  # iteration 1's frame shift (20 ms with the conv subsampler, 40 ms with 4 stacked frames)
 case "$it2_targets" in
-  layer) it2=("data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[320]" "model.num_classes=[$k2]") ;;
+  layer) it2=("data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[$shift2]" "model.num_classes=[$k2]") ;;
   layer+it1) it2=("data.targets=[$exp_dir/hubert_labels2,$exp_dir/hubert_labels1]"
-                  "model.label_frame_shifts=[320,160]" "model.num_classes=[$k2,$k]") ;;
+                  "model.label_frame_shifts=[$shift2,$shift1]" "model.num_classes=[$k2,$k]") ;;
 esac
 if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
 init=(); if [ "$it2_init" = it1 ]; then init=(--init-from "$exp_dir/hubert_it1/encoder"); fi
