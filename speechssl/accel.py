@@ -336,29 +336,28 @@ def mkl_large(weight_numel: int) -> bool:
                 and weight_numel >= decided.mkl_min_weight)
 
 
+def _size_rule(name: str, threshold: int | None, size: int) -> bool:
+    """A per-shape rule: forced with :func:`use`, else ``size >= threshold`` (None: off); never inside
+    ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return False
+    forced = (_FORCED.get() or {}).get(name)
+    if forced is not None:
+        return forced
+    return threshold is not None and size >= threshold
+
+
 def conv_grad_as_conv(weight_numel: int) -> bool:
     """Whether a grouped stride-1 conv with a weight of ``weight_numel`` elements takes its gradients as forward
     convolutions (:mod:`speechssl.modules.grouped_conv`; ``Decision.conv_grad_min_weight``, or :func:`use`).
     Never inside ``torch.compile``."""
-    if torch.compiler.is_compiling():
-        return False
-    forced = (_FORCED.get() or {}).get("conv_grad")
-    if forced is not None:
-        return forced
-    threshold = decision().conv_grad_min_weight
-    return threshold is not None and weight_numel >= threshold
+    return _size_rule("conv_grad", decision().conv_grad_min_weight, weight_numel)
 
 
 def fast_dropout(width: int) -> bool:
     """Whether dropout in a CPU transformer layer of model width ``width`` takes :mod:`speechssl.modules.dropout`
     (``Decision.dropout_min_dim``, or :func:`use`). Never inside ``torch.compile``."""
-    if torch.compiler.is_compiling():
-        return False
-    forced = (_FORCED.get() or {}).get("fast_dropout")
-    if forced is not None:
-        return forced
-    threshold = decision().dropout_min_dim
-    return threshold is not None and width >= threshold
+    return _size_rule("fast_dropout", decision().dropout_min_dim, width)
 
 
 def fast_gru() -> bool:

@@ -5,14 +5,15 @@ project's AMD EPYC: 3 % of a HuBERT Base step), then runs ``mask / (1 - p)`` and
 more passes and saves a float noise tensor for the backward. Here a mask costs one ``random_`` on int32
 (the generator's 31-bit integers, about 7 ns per element) and one comparison: an element is kept when
 its integer is below ``round((1 - p) * 2^31)`` (so the keep probability is exact to 2^-31). The output
-is ``x * mask * (1 / (1 - p))`` and the gradient ``grad * mask * (1 / (1 - p))``, the same products as
-PyTorch's for the same mask; only the boolean mask is saved.
+is ``x * noise`` with ``noise = mask / (1 - p)``, PyTorch's formula, and autograd saves that noise for
+the gradient ``grad * noise``.
 
 :func:`dropout_attention` is softmax attention with dropout on the attention weights written for that
 case (PyTorch's ``scaled_dot_product_attention`` takes its math path whenever ``dropout_p > 0`` on CPU):
 the scores in one ``baddbmm`` with the 1 / sqrt(head_dim) scale folded in, the padding mask filled in
-place, softmax and dropout in place, and a backward that keeps only q, k, v, the softmax output and the
-boolean mask.
+place, softmax in place, and a backward that keeps only q, k, v, the softmax output and the noise
+(``probs * noise`` is recomputed there rather than saved: one more product, one less [frames x frames]
+tensor per head kept for the backward).
 
 Both are taken where ``speechssl.accel.fast_dropout(width)`` says so: CPU layers whose model width
 reaches ``Decision.dropout_min_dim`` (768, the Base models); the demo's narrower models keep
@@ -53,6 +54,13 @@ def fast_dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     return x * dropout_noise(x.shape, p, x.dtype, x.device, generator)
 
 
+def takes_fast_path(x: torch.Tensor, p: float, width: int, training: bool) -> bool:
+    """Whether dropout ``p`` on ``x`` in a layer of model width ``width`` runs here instead of PyTorch's:
+    training, ``p > 0``, a floating-point CPU tensor, and ``accel.fast_dropout(width)``."""
+    return (training and p > 0 and x.device.type == "cpu" and x.is_floating_point()
+            and accel.fast_dropout(width))
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` that takes :func:`fast_dropout` in training where ``accel.fast_dropout(width)`` says so.
 
@@ -66,8 +74,7 @@ class Dropout(nn.Dropout):
         self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training and self.p > 0 and x.device.type == "cpu" and x.is_floating_point()
-                and accel.fast_dropout(self.width)):
+        if takes_fast_path(x, self.p, self.width, self.training):
             return fast_dropout(x, self.p)
         return super().forward(x)
 

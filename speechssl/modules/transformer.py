@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 import speechssl.accel as accel
-from speechssl.modules.dropout import Dropout, dropout_attention
+from speechssl.modules.dropout import Dropout, dropout_attention, takes_fast_path
 from speechssl.modules.grouped_conv import grouped_conv1d
 from speechssl.modules.linear import Linear
 
@@ -80,9 +80,8 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        if (self.training and self.dropout > 0 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled("cpu") and accel.fast_dropout(dim)
-                and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
+        if (takes_fast_path(x, self.dropout, dim, self.training) and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
             pad = None if attn_mask is None else ~attn_mask[:, 0, 0, :]
             out = dropout_attention(q, k, v, self.dropout, pad)
         else:
