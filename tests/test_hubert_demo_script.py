@@ -7,6 +7,11 @@ set and sets the projection size, with iteration 1 unchanged; ``--it2_overrides 
 ``--it1_overrides``) pass extra recipe overrides to one iteration's pretrain, also through run.sh's
 ``--pretrain_opts`` with quotes; ``--it2_init it1`` starts iteration 2 from iteration 1's weights (a fresh
 head for the new K).
+
+Cost (the suite's largest after the quick demo: each full run is 8 ``speechssl`` processes, ~50 s on 2 loaded
+cores, 2026-11-28): one full run per distinct iteration-1 setup. Iteration 1, its k-means and its units come
+from the ``default_run`` fixture wherever a test varies only what follows them (reruns resume on the
+``.done`` markers), and the recipe's own architecture in the frame-rate test is that run itself.
 """
 
 from __future__ import annotations
@@ -45,6 +50,24 @@ def demo(tmp_path_factory):
     return demo, env
 
 
+@pytest.fixture(scope="module")
+def default_run(demo) -> dict:
+    """``exp_default``: both iterations with the script's defaults (the recipe as it is)."""
+    return run_script(*demo, "exp_default")
+
+
+def reuse(demo: Path, exp: str, upto: str) -> None:
+    """Start ``exp`` from ``exp_default``'s files up to ``upto``: "units1" (iteration 1's k-means and units)
+    or "units2" (also iteration 1 and its layer's k-means and units): only what follows is run."""
+    keep = {"units1": ("hubert_km1", "hubert_labels1", ".hubert_1.done"),
+            "units2": ("hubert_km1", "hubert_labels1", ".hubert_1.done", "hubert_it1", ".hubert_it1.done",
+                       "hubert_km2", "hubert_labels2", ".hubert_2.done")}[upto]
+    (demo / exp).mkdir()
+    for name in keep:
+        src, dst = demo / "exp_default" / name, demo / exp / name
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+
+
 def frame_shift(model: dict) -> int:
     """The HuBERT model's frame shift in samples: 10 ms log-Mel frames, then the conv strides or the stacking."""
     shift = 160 * model.get("stack_frames", 1)
@@ -70,20 +93,27 @@ def run_script_log(demo: Path, env: dict, exp: str, *opts: str) -> tuple[dict, s
     return cfg, proc.stderr
 
 
-def test_iteration_two_default_one_target_set(demo):
-    cfg = run_script(*demo, "exp_default")
-    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+def test_iteration_two_default_one_target_set(default_run):
+    it1, it2 = default_run["hubert_it1"], default_run["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["label_frame_shifts"] == [160]
     assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [frame_shift(RECIPE_MODEL)]
     assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
 
 
-def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
-    # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
-    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_both", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
-    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM))
-    it1, it2 = cfg["hubert_it1"], cfg["hubert"]
+@pytest.fixture(scope="module")
+def layer_it1_run(demo, default_run) -> tuple[dict, float]:
+    """``exp_both``: iteration 2 only (iteration 1 and both unit sets are the default run's), on both target
+    sets with its own final_dim and two overrides; returns the configs and the overridden unmasked weight."""
+    reuse(demo[0], "exp_both", "units2")
+    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5  # not the recipe's, so the override shows
+    cfg = run_script(*demo, "exp_both", "--it2_targets", "layer+it1", "--it2_final_dim", str(IT2_FINAL_DIM),
+                     "--it2_overrides", f"optim.lr=5e-5 model.unmasked_weight={unmasked}")
+    return cfg, unmasked
+
+
+def test_iteration_two_with_iteration_one_units_and_final_dim(demo, layer_it1_run):
+    it1, it2 = layer_it1_run[0]["hubert_it1"], layer_it1_run[0]["hubert"]
     assert it1["model"]["num_classes"] == [4] and it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert it2["model"]["num_classes"] == [3, 4]
     assert it2["model"]["label_frame_shifts"] == [frame_shift(RECIPE_MODEL), 160]
@@ -97,19 +127,25 @@ def test_iteration_two_with_iteration_one_units_and_final_dim(demo):
     ({"conv_layers": [[16, 3, 2]], "stack_frames": 1}, 320),  # conv subsampler: 20 ms frames, 50 Hz units
     ({"conv_layers": [], "stack_frames": 4}, 640),            # MelHuBERT, 4 stacked Mel frames: 25 Hz units
 ])
-def test_iteration_two_labels_follow_iteration_one_frame_rate(demo, arch, shift):
+def test_iteration_two_labels_follow_iteration_one_frame_rate(demo, default_run, arch, shift):
     demo_dir, env = demo
-    recipes = demo_dir.parents[2] / f"recipes_{shift}"  # a copy of recipes/ with this architecture
-    shutil.copytree(demo_dir.parents[2] / "recipes", recipes)
-    path = recipes / "pretrain/hubert_demo.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    cfg["model"].update(arch)
-    path.write_text(yaml.safe_dump(cfg))
-    out = run_script(demo_dir, env, f"exp_{shift}", "--recipes", str(recipes))
+    if all(RECIPE_MODEL.get(key) == value for key, value in arch.items()):
+        exp, out = "exp_default", default_run  # the recipe's own architecture: the default run is this run
+    else:
+        recipes = demo_dir.parents[2] / f"recipes_{shift}"  # a copy of recipes/ with this architecture
+        shutil.copytree(demo_dir.parents[2] / "recipes", recipes)
+        path = recipes / "pretrain/hubert_demo.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["model"].update(arch)
+        path.write_text(yaml.safe_dump(cfg))
+        exp = f"exp_{shift}"
+        reuse(demo_dir, exp, "units1")  # log-Mel units (100 Hz) whatever the model: iteration 1 trains here
+        out = run_script(demo_dir, env, exp, "--recipes", str(recipes))
     it1, it2 = out["hubert_it1"], out["hubert"]
     assert it1["model"]["label_frame_shifts"] == [160] and it1["model"]["stack_frames"] == arch["stack_frames"]
+    assert it1["model"]["conv_layers"] == arch["conv_layers"]
     assert it2["model"]["label_frame_shifts"] == [shift]
-    assert "acc_target_0" in (demo_dir / f"exp_{shift}/hubert/metrics.jsonl").read_text()
+    assert "acc_target_0" in (demo_dir / f"{exp}/hubert/metrics.jsonl").read_text()
 
 
 def test_unknown_target_choice_fails(demo):
@@ -125,20 +161,19 @@ def released_model(demo: Path, exp: str, name: str) -> dict:
     return json.loads((demo / exp / name / "encoder/config.json").read_text())["model"]
 
 
-def test_iteration_two_overrides_reach_iteration_two_only(demo):
-    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_over", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
-    unmasked = RECIPE["model"]["unmasked_weight"] + 0.5  # not the recipe's, so the override shows
-    cfg = run_script(*demo, "exp_over", "--it2_targets", "layer+it1",
-                     "--it2_overrides", f"optim.lr=5e-5 model.unmasked_weight={unmasked}")
+def test_iteration_two_overrides_reach_iteration_two_only(demo, layer_it1_run):
+    (cfg, unmasked), exp = layer_it1_run, "exp_both"
     it1, it2 = cfg["hubert_it1"], cfg["hubert"]
     assert it2["optim"]["lr"] == pytest.approx(5e-5) and it2["model"]["unmasked_weight"] == unmasked
-    assert released_model(demo[0], "exp_over", "hubert")["unmasked_weight"] == unmasked
+    assert released_model(demo[0], exp, "hubert")["unmasked_weight"] == unmasked
     assert it2["model"]["num_classes"] == [3, 4]  # --it2_targets still applies
+    assert it2["model"]["final_dim"] == IT2_FINAL_DIM  # and --it2_final_dim
     assert it1["optim"]["lr"] == pytest.approx(RECIPE["optim"]["lr"])
 
 
-def test_overrides_through_run_sh_quotes(demo):
+def test_overrides_through_run_sh_quotes(demo, default_run):
     # run.sh stage 3 hands --pretrain_opts to the script word by word, a quoted value staying one word.
+    reuse(demo[0], "exp_runsh", "units1")  # the overrides start at iteration 1's pretrain
     unmasked = RECIPE["model"]["unmasked_weight"] + 0.5
     opts = (f"--k 4 --k2 3 --n_init 1 --it1_overrides 'model.unmasked_weight={unmasked} optim.lr=3e-4' "
             "--it2_overrides model.final_dim=8")
@@ -168,9 +203,8 @@ def test_override_not_key_value_fails(demo, bad):
     assert not (demo[0] / "exp_bad").exists()  # refused before any k-means
 
 
-def test_iteration_two_from_iteration_one(demo):
-    # Iteration 1 and its units as in the default run (reruns resume on .done markers): only iteration 2 trains.
-    shutil.copytree(demo[0] / "exp_default", demo[0] / "exp_init", ignore=shutil.ignore_patterns("hubert", ".hubert_it2.done"))
+def test_iteration_two_from_iteration_one(demo, default_run):
+    reuse(demo[0], "exp_init", "units2")  # only iteration 2 trains
     cfg, err = run_script_log(*demo, "exp_init", "--it2_init", "it1", "--it2_overrides", "optim.lr=5e-5")
     init = [line for line in err.splitlines() if "initialised model weights from" in line]
     assert len(init) == 1 and "exp_init/hubert_it1/encoder" in init[0], err[-3000:]
