@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-TIME_BLOCK = 1024  # groups of three output frames per block
+TIME_BLOCK = 2048  # groups of three output frames per block (6144 output frames)
 
 
 def _weights(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -46,9 +46,26 @@ def _weights(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return a, (a + b).mul_(0.5), (a - b).mul_(0.5), b, w1
 
 
-def _even(x: torch.Tensor, first: int, n: int) -> list[torch.Tensor]:
-    """``u_i = x[first + 6q + 2i]`` for q < n, i = 0..3: strided views [n, C] of ``x`` [T, C]."""
-    return [x[first + 2 * i:first + 2 * i + 6 * (n - 1) + 1:6] for i in range(4)]
+def _rows(x: torch.Tensor, first: int, n: int, gap: int) -> torch.Tensor:
+    """Rows ``first + 6q`` and ``first + gap + 6q`` (q < n) of row-contiguous ``x`` [T, C] as a view [2, n, C]."""
+    channels = x.shape[1]
+    return x.as_strided((2, n, channels), (gap * channels, 6 * channels, 1),
+                        x.storage_offset() + first * channels)
+
+
+def _transform_input(x: torch.Tensor, first: int, n: int, v03: torch.Tensor, v12: torch.Tensor,
+                     plus_minus: torch.Tensor) -> None:
+    """The input transform of groups ``first / 6 ..`` of ``x`` [T, C] in two passes:
+    ``v03 = (u0 - u2, u1 - u3)`` (the second is ``-v3``), ``v12 = (u1 + u2, u1 - u2)`` (``v1``, ``-v2``)."""
+    torch.sub(_rows(x, first, n, 2), _rows(x, first + 4, n, 2), out=v03)
+    u1, u2 = x[first + 2:first + 2 + 6 * (n - 1) + 1:6], x[first + 4:first + 4 + 6 * (n - 1) + 1:6]
+    torch.addcmul(u1[None], plus_minus, u2[None], out=v12)
+
+
+def _transform_grad(g: torch.Tensor, n: int, s: torch.Tensor, gm: torch.Tensor, plus_minus: torch.Tensor) -> None:
+    """``gm = (gM1, gM2) = (gy0 + gy1 + gy2, gy0 - gy1 + gy2)`` of ``g`` [3n, out] (rows 3q + r = gy_r[q])."""
+    torch.add(g[0::3], g[2::3], out=s[:n])
+    torch.addcmul(s[None, :n], plus_minus, g[1::3][None], out=gm)
 
 
 def _tail_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
@@ -76,127 +93,114 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     frames_out = (frames - 3) // 2 + 1
     groups = frames_out // 3
     a, hp, hm, b_, w1 = _weights(weight)
+    neg_b = b_.neg_()  # M3 = v3 B^T = (-v3) (-B)^T
     y = x.new_empty(batch, frames_out, out_channels)
     block = min(TIME_BLOCK, max(groups, 1))
-    v = x.new_empty(4, block, channels)
-    m2 = x.new_empty(block, out_channels)
+    v = x.new_empty(4, block, channels)  # -> v0, -v3, v1, -v2
+    m = x.new_empty(2, block, out_channels)
+    plus_minus = x.new_tensor([1.0, -1.0])[:, None, None]
+    # y[3q + r] = M1 + sign_r (-M2) with sign = (-1, 1, -1): one pass writes the whole output block
+    sign = x.new_tensor([-1.0, 1.0, -1.0])[None, :, None]
     for b in range(batch):
         xb, yb = x[b], y[b]
         for start in range(0, groups, TIME_BLOCK):
             n = min(TIME_BLOCK, groups - start)
-            u0, u1, u2, u3 = _even(xb, 6 * start, n)
-            v0, v1, v2, v3 = v[0, :n], v[1, :n], v[2, :n], v[3, :n]
-            torch.sub(u0, u2, out=v0)
-            torch.add(u1, u2, out=v1)
-            torch.sub(u2, u1, out=v2)
-            torch.sub(u3, u1, out=v3)
-            out = yb[3 * start:3 * (start + n)]  # [3n, out] contiguous
-            y0, y1, y2 = out[0::3], out[1::3], out[2::3]
-            # M1 (with the bias) into y1, M2 aside; y0 = y2 = M1 + M2 and y1 = M1 - M2, then the other matmuls
+            v03, v12 = v[0:2, :n], v[2:4, :n]
+            _transform_input(xb, 6 * start, n, v03, v12, plus_minus)
+            m1, m2 = m[0, :n], m[1, :n]
             if bias is not None:
-                torch.addmm(bias, v1, hp.t(), out=y1)
+                torch.addmm(bias, v12[0], hp.t(), out=m1)
             else:
-                torch.mm(v1, hp.t(), out=y1)
-            torch.mm(v2, hm.t(), out=m2[:n])
-            torch.add(y1, m2[:n], out=y0)
-            y1.sub_(m2[:n])
-            y2.copy_(y0)
-            y0.addmm_(v0, a.t())
-            y2.addmm_(v3, b_.t())
+                torch.mm(v12[0], hp.t(), out=m1)
+            torch.mm(v12[1], hm.t(), out=m2)  # -M2
+            out = yb[3 * start:3 * (start + n)]  # [3n, out] contiguous
+            torch.addcmul(m1[:, None], m2[:, None], sign, out=out.view(n, 3, out_channels))
+            out[0::3].addmm_(v03[0], a.t())
+            out[2::3].addmm_(v03[1], neg_b.t())
             out.addmm_(xb[6 * start + 1:6 * (start + n):2], w1.t())  # the odd tap, 3n rows
         _tail_forward(xb, weight, bias, yb, 3 * groups)
     return y
 
 
-def _grad_input(grad: torch.Tensor, x_shape: torch.Size, weight: torch.Tensor) -> torch.Tensor:
-    """dL/dx [B, T, C] for ``grad`` [B, frames_out, out] contiguous."""
-    batch, frames, channels = x_shape
-    frames_out = grad.shape[1]
-    groups = frames_out // 3
-    a, hp, hm, b_, w1 = _weights(weight)
-    gx = grad.new_empty(batch, frames, channels)
-    gx[:, 6 * groups:].zero_()  # the tail's rows and those no output reads; the tail adds into them
-    block = min(TIME_BLOCK, max(groups, 1))
-    buf = grad.new_empty(4, block, channels)
-    gm = grad.new_empty(2, block, grad.shape[2])
-    for b in range(batch):
-        gb, gxb = grad[b], gx[b]
-        carry = None  # gv3 of the previous group's last row: it lands on the next group's first row
-        for start in range(0, groups, TIME_BLOCK):
-            n = min(TIME_BLOCK, groups - start)
-            g = gb[3 * start:3 * (start + n)]
-            g0, g1, g2 = g[0::3], g[1::3], g[2::3]
-            gm1, gm2 = gm[0, :n], gm[1, :n]
-            torch.add(g0, g2, out=gm1)
-            torch.sub(gm1, g1, out=gm2)
-            gm1.add_(g1)
-            r0, r2, r4, _ = _even(gxb, 6 * start, n)
-            gv1, gv2, gv3 = buf[1, :n], buf[2, :n], buf[3, :n]
-            torch.mm(g0, a, out=r0)  # gv0
-            torch.mm(gm1, hp, out=gv1)
-            torch.mm(gm2, hm, out=gv2)
-            torch.mm(g2, b_, out=gv3)
-            torch.sub(gv1, gv2, out=r2)
-            r2.sub_(gv3)
-            torch.add(gv1, gv2, out=r4)
-            r4.sub_(r0)
-            if carry is not None:
-                r0[0].add_(carry)
-            if n > 1:
-                r0[1:].add_(gv3[:n - 1])
-            carry = gv3[n - 1].clone()
-            # the odd rows 6q+1, 6q+3, 6q+5: one matmul over the block's 3n output frames
-            torch.mm(g, w1, out=gxb[6 * start + 1:6 * (start + n):2])
-        if carry is not None:
-            gxb[6 * groups].add_(carry)
-        tail = frames_out - 3 * groups
-        if tail:
-            first = 6 * groups
-            gt = gb[3 * groups:]
-            for j in range(3):
-                gxb[first + j:first + j + 2 * (tail - 1) + 1:2].addmm_(gt, weight[:, :, j])
-    return gx
-
-
-def _grad_weight(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """dL/dweight [out, C, 3] for ``grad`` [B, frames_out, out] and ``x`` [B, T, C], both contiguous."""
-    batch, _, channels = x.shape
+def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_input: bool,
+              need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dL/dx [B, T, C] or None, dL/dweight [out, C, 3] or None) for ``grad`` [B, frames_out, out] and ``x``
+    [B, T, C], both contiguous; one pass over the blocks shares the gradient transform ``gM1``, ``gM2``."""
+    if not (need_input or need_weight):
+        return None, None
+    batch, frames, channels = x.shape
     frames_out, out_channels = grad.shape[1], grad.shape[2]
     groups = frames_out // 3
-    d = grad.new_zeros(5, out_channels, channels)  # dA, dHp, dHm, dB, dW1
-    da, dhp, dhm, db_, dw1 = d
+    a, hp, hm, b_, w1 = _weights(weight)
     block = min(TIME_BLOCK, max(groups, 1))
-    v = x.new_empty(4, block, channels)
+    s = grad.new_empty(block, out_channels)
     gm = grad.new_empty(2, block, out_channels)
+    plus_minus = grad.new_tensor([1.0, -1.0])[:, None, None]
+    gx = d = None
+    if need_input:
+        gx = grad.new_empty(batch, frames, channels)
+        gx[:, 6 * groups:].zero_()  # the tail's rows and those no output reads; the tail adds into them
+        gv = grad.new_empty(2, block, channels)  # gv1, gv2
+        g30 = grad.new_empty(block, 2, channels)  # gv3, gv0
+        minus_plus = -plus_minus
+    if need_weight:
+        d = grad.new_zeros(5, out_channels, channels)  # dA, dHp, dHm, dB, dW1
+        v = x.new_empty(4, block, channels)
     for b in range(batch):
         gb, xb = grad[b], x[b]
-        dw1.addmm_(gb.t(), xb[1:2 * frames_out:2])  # the odd tap over every output frame
+        if d is not None:
+            d[4].addmm_(gb.t(), xb[1:2 * frames_out:2])  # dW1: the odd tap over every output frame
+        carry = None  # gv3 of the previous block's last group: it lands on this block's first row
         for start in range(0, groups, TIME_BLOCK):
             n = min(TIME_BLOCK, groups - start)
+            first = 6 * start
             g = gb[3 * start:3 * (start + n)]
-            g0, g1, g2 = g[0::3], g[1::3], g[2::3]
-            gm1, gm2 = gm[0, :n], gm[1, :n]
-            torch.add(g0, g2, out=gm1)
-            torch.sub(gm1, g1, out=gm2)
-            gm1.add_(g1)
-            u0, u1, u2, u3 = _even(xb, 6 * start, n)
-            v0, v1, v2, v3 = v[0, :n], v[1, :n], v[2, :n], v[3, :n]
-            torch.sub(u0, u2, out=v0)
-            torch.add(u1, u2, out=v1)
-            torch.sub(u2, u1, out=v2)
-            torch.sub(u3, u1, out=v3)
-            da.addmm_(g0.t(), v0)
-            dhp.addmm_(gm1.t(), v1)
-            dhm.addmm_(gm2.t(), v2)
-            db_.addmm_(g2.t(), v3)
+            _transform_grad(g, n, s, gm[:, :n], plus_minus)
+            if gx is not None:
+                gxb = gx[b]
+                torch.mm(gm[0, :n], hp, out=gv[0, :n])
+                torch.mm(gm[1, :n], hm, out=gv[1, :n])
+                gv3, gv0 = g30[:n, 0], g30[:n, 1]
+                torch.mm(g[2::3], b_, out=gv3)
+                torch.mm(g[0::3], a, out=gv0)
+                # rows 6q+2, 6q+4: (gv1 - gv2 - gv3, gv1 + gv2 - gv0)
+                r24 = _rows(gxb, first + 2, n, 2)
+                torch.addcmul(gv[0, None, :n], minus_plus, gv[1, None, :n], out=r24)
+                r24.sub_(g30[:n].transpose(0, 1))
+                # rows 6q: gv0 + gv3 of the group before
+                r0 = gxb[first:first + 6 * (n - 1) + 1:6]
+                torch.add(gv0[1:], gv3[:n - 1], out=r0[1:])
+                if carry is None:
+                    r0[0].copy_(gv0[0])
+                else:
+                    torch.add(gv0[0], carry, out=r0[0])
+                carry = gv3[n - 1].clone()
+                # the odd rows 6q+1, 6q+3, 6q+5: one matmul over the block's 3n output frames
+                torch.mm(g, w1, out=gxb[first + 1:6 * (start + n):2])
+            if d is not None:
+                v03, v12 = v[0:2, :n], v[2:4, :n]  # v0, -v3, v1, -v2
+                _transform_input(xb, first, n, v03, v12, plus_minus)
+                d[0].addmm_(g[0::3].t(), v03[0])
+                d[3].addmm_(g[2::3].t(), v03[1], alpha=-1)
+                d[1].addmm_(gm[0, :n].t(), v12[0])
+                d[2].addmm_(gm[1, :n].t(), v12[1], alpha=-1)
         tail = frames_out - 3 * groups
-        if tail:
-            first, gt = 6 * groups, gb[3 * groups:]
-            da.addmm_(gt.t(), xb[first:first + 2 * (tail - 1) + 1:2])
-            db_.addmm_(gt.t(), xb[first + 2:first + 2 + 2 * (tail - 1) + 1:2])
-    da.add_(dhp, alpha=0.5).add_(dhm, alpha=0.5)
-    db_.add_(dhp, alpha=0.5).sub_(dhm, alpha=0.5)
-    return torch.stack([da, dw1, db_], 2)
+        first, gt = 6 * groups, gb[3 * groups:]
+        if gx is not None:
+            if carry is not None:
+                gx[b, first].add_(carry)
+            for j in range(3 if tail else 0):
+                gx[b, first + j:first + j + 2 * (tail - 1) + 1:2].addmm_(gt, weight[:, :, j])
+        if d is not None and tail:
+            d[0].addmm_(gt.t(), xb[first:first + 2 * (tail - 1) + 1:2])
+            d[3].addmm_(gt.t(), xb[first + 2:first + 2 + 2 * (tail - 1) + 1:2])
+    gw = None
+    if d is not None:
+        da, dhp, dhm, db_, dw1 = d
+        da.add_(dhp, alpha=0.5).add_(dhm, alpha=0.5)
+        db_.add_(dhp, alpha=0.5).sub_(dhm, alpha=0.5)
+        gw = torch.stack([da, dw1, db_], 2)
+    return gx, gw
 
 
 class _WinogradConv1d(torch.autograd.Function):
@@ -212,11 +216,8 @@ class _WinogradConv1d(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = _grad_input(grad, x.shape, weight)
-        if ctx.needs_input_grad[1]:
-            gw = _grad_weight(grad, x)
+        gx, gw = _backward(grad, x, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        gb = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 1))
         return gx, gw, gb
