@@ -37,13 +37,20 @@ from __future__ import annotations
 
 import torch
 
-TIME_BLOCK = 2048  # groups of three output frames per block (6144 output frames)
+TIME_BLOCK = 2048  # at most this many groups of three output frames per block (6,144 output frames)
 
 
 def _weights(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """weight [out, in, 3] -> (A, Hp, Hm, B, W1), each contiguous [out, in]."""
     a, w1, b = (weight[:, :, j].contiguous() for j in range(3))
     return a, (a + b).mul_(0.5), (a - b).mul_(0.5), b, w1
+
+
+def _block_size(groups: int) -> int:
+    """Groups per block: the fewest blocks of at most :data:`TIME_BLOCK` groups, of equal size (no short
+    last block: 2,133 groups are two blocks of 1,067)."""
+    blocks = max(1, -(-groups // TIME_BLOCK))
+    return max(1, -(-groups // blocks))
 
 
 def _rows(x: torch.Tensor, first: int, n: int, gap: int) -> torch.Tensor:
@@ -95,7 +102,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     a, hp, hm, b_, w1 = _weights(weight)
     neg_b = b_.neg_()  # M3 = v3 B^T = (-v3) (-B)^T
     y = x.new_empty(batch, frames_out, out_channels)
-    block = min(TIME_BLOCK, max(groups, 1))
+    block = _block_size(groups)
     v = x.new_empty(4, block, channels)  # -> v0, -v3, v1, -v2
     m = x.new_empty(2, block, out_channels)
     plus_minus = x.new_tensor([1.0, -1.0])[:, None, None]
@@ -103,8 +110,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     sign = x.new_tensor([-1.0, 1.0, -1.0])[None, :, None]
     for b in range(batch):
         xb, yb = x[b], y[b]
-        for start in range(0, groups, TIME_BLOCK):
-            n = min(TIME_BLOCK, groups - start)
+        for start in range(0, groups, block):
+            n = min(block, groups - start)
             v03, v12 = v[0:2, :n], v[2:4, :n]
             _transform_input(xb, 6 * start, n, v03, v12, plus_minus)
             m1, m2 = m[0, :n], m[1, :n]
@@ -132,7 +139,7 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_in
     frames_out, out_channels = grad.shape[1], grad.shape[2]
     groups = frames_out // 3
     a, hp, hm, b_, w1 = _weights(weight)
-    block = min(TIME_BLOCK, max(groups, 1))
+    block = _block_size(groups)
     s = grad.new_empty(block, out_channels)
     gm = grad.new_empty(2, block, out_channels)
     plus_minus = grad.new_tensor([1.0, -1.0])[:, None, None]
@@ -151,8 +158,8 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_in
         if d is not None:
             d[4].addmm_(gb.t(), xb[1:2 * frames_out:2])  # dW1: the odd tap over every output frame
         carry = None  # gv3 of the previous block's last group: it lands on this block's first row
-        for start in range(0, groups, TIME_BLOCK):
-            n = min(TIME_BLOCK, groups - start)
+        for start in range(0, groups, block):
+            n = min(block, groups - start)
             first = 6 * start
             g = gb[3 * start:3 * (start + n)]
             _transform_grad(g, n, s, gm[:, :n], plus_minus)
