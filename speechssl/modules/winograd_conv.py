@@ -11,26 +11,49 @@ and, with ``Hp = (A + B) / 2``, ``Hm = (A - B) / 2`` (once per call)::
     M0 = v0 A^T;   M1 = v1 Hp^T;  M2 = v2 Hm^T;  M3 = v3 B^T
     y[3q] = M0 + M1 + M2 + W1 x[6q+1];  y[3q+1] = M1 - M2 + W1 x[6q+3];  y[3q+2] = M1 + M2 + M3 + W1 x[6q+5]
 
-(Winograd 1980; Lavin and Gray 2016 for convolution layers). The odd tap stays one matmul per output (one
-call over the block's ``3n`` odd rows, a strided view). The ``u_i`` and odd rows are strided views of the
-channels-last input [B, T, C] (row stride ``6C`` / ``2C``), the outputs are written in blocks of
-:data:`TIME_BLOCK` groups of three frames; frames past the last full group (``frames_out % 3``) run per
-tap. The backward is the same transform transposed, 7 matmuls per group for the input gradient and 7 for
-the weight gradient: ``gM0 = gy0``, ``gM1 = gy0 + gy1 + gy2``, ``gM2 = gy0 - gy1 + gy2``, ``gM3 = gy2``;
-``gv_i = gM_i W_i`` scattered into the input gradient's rows (``x[6q+2] <- gv1 - gv2 - gv3``,
-``x[6q+4] <- gv1 + gv2 - gv0``, ``x[6q] <- gv0 + gv3`` of the group before); ``dA = sum gM0^T v0 +
-(dHp + dHm) / 2``, ``dB = sum gM3^T v3 + (dHp - dHm) / 2`` with ``dHp = sum gM1^T v1``,
-``dHm = sum gM2^T v2``, ``dW1 = grad^T x[1::2]`` (one matmul per utterance), ``db = sum grad``. Only
-the input and the weight are saved (the ``v_i`` are recomputed from ``x``, as cheap as reading them).
+(Winograd 1980; Lavin and Gray 2016 for convolution layers). The ``u_i`` and the odd rows are strided
+views of the channels-last input [B, T, C] (row stride ``6C`` / ``2C``), read in place by the matmuls and
+the transforms. Per block of at most :data:`TIME_BLOCK` groups of three output frames the input transform
+is two elementwise passes (``(u0, u1) - (u2, u3)`` over pairs of strided rows gives ``v0`` and ``-v3``;
+one ``addcmul`` gives ``v1`` and ``-v2``), the output transform one pass writing the whole contiguous
+output block (``M1 + (-1, 1, -1) * (-M2)``, the bias inside ``M1``), then ``M0``, ``M3`` and the odd tap
+(one matmul over the block's ``3n`` odd rows) accumulate into it. Frames past the last full group
+(``frames_out % 3``) run per tap.
 
-Outputs and gradients equal ``F.conv1d``'s to float rounding (tests/test_winograd_conv.py; the
-transformed weights ``Hp``, ``Hm`` round once more: about 1e-6 relative on Base's layers).
+The backward is the same transform transposed, 7 matmuls per group for the input gradient and 7 for the
+weight gradient, in one loop that shares ``gM1 = gy0 + gy1 + gy2`` and ``gM2 = gy0 - gy1 + gy2``
+(``gM0 = gy0``, ``gM3 = gy2``): ``gv_i = gM_i W_i`` land on the input gradient's rows ``6q+2`` (``gv1 - gv2
+- gv3``), ``6q+4`` (``gv1 + gv2 - gv0``) and ``6q`` (``gv0`` plus ``gv3`` of the group before), the odd
+tap's on rows ``6q+1, 6q+3, 6q+5`` (one matmul per block); ``dA = sum gM0^T v0 + (dHp + dHm) / 2``,
+``dB = sum gM3^T v3 + (dHp - dHm) / 2`` with ``dHp = sum gM1^T v1``, ``dHm = sum gM2^T v2``,
+``dW1 = grad^T x[1::2]`` (one matmul per utterance), ``db = sum grad``. Only the input and the weight are
+saved, as for ``F.conv1d``: the ``v_i`` (2/3 of the input's size) are recomputed, two elementwise passes
+per block.
 
-Measured on this project's 2-core AMD EPYC (AVX2, no AVX-512), 2026-11-28, ratios of interleaved
-medians in one process, load average noted (another helper shared the machine):
+Outputs and gradients equal ``F.conv1d``'s to float rounding (tests/test_winograd_conv.py; float64 to
+1e-12). The transformed weights ``Hp``, ``Hm`` round once more: the HuBERT Base encoder's hidden states
+moved by at most 7.6e-6 against the per-tap path, and the HuBERT Base loss check of
+``tools/bench/peers_hubert.py`` stays at float tolerance (relative loss difference to torchaudio 3.8e-9,
+gradients within 4.6e-6; 8.9e-8 and 4.8e-6 per tap).
 
-* Base's second layer (512 -> 512), vs ``tap_conv1d`` (block sizes 512 / 1024 / 2048 groups measured,
-  :data:`TIME_BLOCK` the fastest): FILLED IN BELOW.
+Measured on this project's 2-core AMD EPYC (AVX2, no AVX-512), 2026-11-28 10:36-10:42 UTC, ratios of
+interleaved repetitions in one process (the load average includes the measuring process; another helper
+shared the machine before and after):
+
+* Base's layer 1 (512 -> 512, kernel 3, stride 2) vs ``tap_conv1d``, load 1.1-1.3: forward on a 10 s clip
+  (31,999 input frames, no graph) 0.171 s vs 0.202 s at two threads (1.18x; paired 1.16x), 0.298 s vs
+  0.356 s at one (1.20x); forward + backward on 2 x 4 s (12,799 frames) 0.436 s vs 0.505 s at two threads
+  (1.16x), 0.744 s vs 0.878 s at one (1.18x). The 9/7 = 1.29x of the matmuls is not reached: the transforms
+  are memory-bound passes. Blocks of 1,024 / 2,048 / 4,096 groups: 1.19x / 1.23x / 1.11x on that forward
+  at two threads (2,048 kept); forward + backward alike within noise.
+* HuBERT Base, Winograd on vs off (``accel.use(winograd=False)``) alternating, two threads, load 1.2-1.9:
+  training step (``tools/bench/peers_hubert.py``'s, 2 x 4 s) 3.46 s vs 3.56 s (1.03x; paired 1.055x;
+  torchaudio 4.23 s: 1.22x vs 1.19x); extraction of 4 + 10 + 15 s clips (``tools/bench/extraction.py``
+  ``compare_hubert``'s setup) 4.13 s vs 4.36 s (1.06x; torchaudio 4.55 s: 1.10x vs 1.04x). One thread,
+  load 2.0-2.5: step 5.88 s vs 6.04 s (1.03x).
+* On a loaded machine (load 3-4, other jobs on both cores; blocks of 2,048 and 4,096 groups) two threads
+  lost: layer forward + backward 0.73-0.92x, training step 0.91x. Each block's transforms add parallel regions between the matmuls, and a
+  region waits for its slowest thread.
 """
 
 from __future__ import annotations
