@@ -90,7 +90,8 @@ _MKL_LARGE_ISAS = ("AVX2",)
 DROPOUT_MIN_DIM = 768
 # what the winograd_conv rule bought where it was measured (speechssl.modules.winograd_conv's docstring)
 WINOGRAD_MEASURED = ("Base's layer 1 forward 1.18x, forward + backward 1.16x the per-tap path at two threads; HuBERT "
-                     "Base training step 1.03x, extraction 1.06x; AMD EPYC AVX2, load 1.1-1.9, 2026-11-28")
+                     "Base training step 1.03x (two runs), extraction 1.01-1.06x (three runs); AMD EPYC AVX2, load 0.2-1.9, "
+                     "2026-11-28")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,11 +46,12 @@ shared the machine before and after):
   (1.16x), 0.744 s vs 0.878 s at one (1.18x). The 9/7 = 1.29x of the matmuls is not reached: the transforms
   are memory-bound passes. Blocks of 1,024 / 2,048 / 4,096 groups: 1.19x / 1.23x / 1.11x on that forward
   at two threads (2,048 kept); forward + backward alike within noise.
-* HuBERT Base, Winograd on vs off (``accel.use(winograd=False)``) alternating, two threads, load 1.2-1.9:
-  training step (``tools/bench/peers_hubert.py``'s, 2 x 4 s) 3.46 s vs 3.56 s (1.03x; paired 1.055x;
-  torchaudio 4.23 s: 1.22x vs 1.19x); extraction of 4 + 10 + 15 s clips (``tools/bench/extraction.py``
-  ``compare_hubert``'s setup) 4.13 s vs 4.36 s (1.06x; torchaudio 4.55 s: 1.10x vs 1.04x). One thread,
-  load 2.0-2.5: step 5.88 s vs 6.04 s (1.03x).
+* HuBERT Base, Winograd on vs off (``accel.use(winograd=False)``) alternating, two threads, load 0.2-1.9
+  (10:37-10:56 UTC): training step (``tools/bench/peers_hubert.py``'s, 2 x 4 s) 3.46 s vs 3.56 s and
+  3.26 s vs 3.36 s in two runs (1.03x both; torchaudio 4.23 / 3.98 s: 1.22x vs 1.19x / 1.18x); extraction
+  of 4 + 10 + 15 s clips (``tools/bench/extraction.py`` ``compare_hubert``'s setup) 4.13 vs 4.36 s,
+  4.29 vs 4.37 s and 4.19 vs 4.22 s in three runs (1.06x, 1.02x, 1.01x: at most a few per cent, within
+  the noise). One thread, load 2.0-2.5: step 5.88 s vs 6.04 s (1.03x).
 * On a loaded machine (load 3-4, other jobs on both cores; blocks of 2,048 and 4,096 groups) two threads
   lost: layer forward + backward 0.73-0.92x, training step 0.91x. Each block's transforms add parallel regions between the matmuls, and a
   region waits for its slowest thread.
