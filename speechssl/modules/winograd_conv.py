@@ -50,8 +50,8 @@ shared the machine before and after):
   (10:37-10:56 UTC): training step (``tools/bench/peers_hubert.py``'s, 2 x 4 s) 3.46 s vs 3.56 s and
   3.26 s vs 3.36 s in two runs (1.03x both; torchaudio 4.23 / 3.98 s: 1.22x vs 1.19x / 1.18x); extraction
   of 4 + 10 + 15 s clips (``tools/bench/extraction.py`` ``compare_hubert``'s setup) 4.13 vs 4.36 s,
-  4.29 vs 4.37 s and 4.19 vs 4.22 s in three runs (1.06x, 1.02x, 1.01x: at most a few per cent, within
-  the noise). One thread, load 2.0-2.5: step 5.88 s vs 6.04 s (1.03x).
+  4.29 vs 4.37 s (blocks of 4,096 groups) and 4.19 vs 4.22 s in three runs (1.06x, 1.02x, 1.01x: at most a
+  few per cent, within the noise). One thread, load 2.0-2.5: step 5.88 s vs 6.04 s (1.03x).
 * On a loaded machine (load 3-4, other jobs on both cores; blocks of 2,048 and 4,096 groups) two threads
   lost: layer forward + backward 0.73-0.92x, training step 0.91x. Each block's transforms add parallel regions between the matmuls, and a
   region waits for its slowest thread.
