@@ -10,7 +10,8 @@ on or off as a whole:
 * ``fast_gru``: the custom-backward GRU of :mod:`speechssl.modules.gru` (about 2x faster APC/CPC
   training on CPU).
 
-and three per-shape rules described below (``mkl_min_weight``, ``conv_grad``, ``fast_dropout``).
+and four per-shape rules described below (``mkl_min_weight``, ``conv_grad``, ``fast_dropout``,
+``winograd_conv``).
 
 :func:`decision` decides once per process. oneDNN is *available* on x86-64 with AVX2 or better
 (``torch.backends.cpu.get_cpu_capability()``) when the operator exists and passes a self-check
@@ -40,9 +41,16 @@ A fourth rule, ``fast_dropout`` (issue 19): transformer layers whose model width
 attention with dropout as their own kernel sequence (:mod:`speechssl.modules.dropout`; PyTorch's
 ``bernoulli_`` mask costs about 3x a ``random_`` of the same size on CPU). The masks are a different
 random stream, so narrower models (the demo's, <= 512) keep ``nn.Dropout`` and their numbers.
+A fifth rule, ``winograd_conv``: where the conv encoder runs a layer per kernel tap (``mkl_large``), a
+kernel-3, stride-2 layer whose weight has at least :data:`MKL_MIN_WEIGHT` elements (Base's four 512 x 512 x 3
+layers) runs as polyphase Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`: 7 MKL matmuls per 3
+output frames instead of 9: Base's layer 1.16-1.20x faster, measured numbers in ``reasons``); the
+transformed weights round once more, so its outputs differ from the per-tap ones at float rounding
+(HuBERT Base's hidden states by at most 7.6e-6), and the demo's encoders (no tap layers) never take it.
 The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
 shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape),
-``SPEECHSSL_FAST_DROPOUT=0`` / ``1`` (off / every width). The record (kernels chosen, why, the conv layout, CPU vendor and model,
+``SPEECHSSL_FAST_DROPOUT=0`` / ``1`` (off / every width), ``SPEECHSSL_WINOGRAD=0`` / ``1`` (off / every
+kernel-3, stride-2 tap layer). The record (kernels chosen, why, the conv layout, CPU vendor and model,
 ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
 Blocks ask :func:`onednn_linear` (with the weight's size: ``onednn_linear(weight.numel())``) /
@@ -80,6 +88,10 @@ MKL_MIN_WEIGHT = 768 * 768
 _MKL_LARGE_ISAS = ("AVX2",)
 # model width from which transformer dropout takes speechssl.modules.dropout (the Base models)
 DROPOUT_MIN_DIM = 768
+# what the winograd_conv rule bought where it was measured (speechssl.modules.winograd_conv's docstring)
+WINOGRAD_MEASURED = ("Base's layer 1 forward 1.18x, forward + backward 1.16x the per-tap path at two threads; HuBERT "
+                     "Base training step 1.03x (two runs), extraction 1.01-1.06x (three runs); AMD EPYC AVX2, load 0.2-1.9, "
+                     "2026-11-28")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +117,9 @@ class Decision:
             (:mod:`speechssl.modules.grouped_conv`); None: PyTorch's conv backward everywhere.
         dropout_min_dim: CPU transformer layers at least this wide take :mod:`speechssl.modules.dropout`
             (integer-drawn masks, their own attention with dropout); None: ``nn.Dropout`` and SDPA everywhere.
+        winograd_min_weight: the conv encoder's per-tap layers with kernel 3, stride 2 and a weight of at
+            least this many elements run as Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`); None:
+            per tap (:mod:`speechssl.modules.tap_conv`) everywhere.
     """
 
     onednn_linear: bool
@@ -119,6 +134,7 @@ class Decision:
     mkl_min_weight: int | None = None  # with onednn_linear: weights of >= this many elements go to MKL
     conv_grad_min_weight: int | None = None  # grouped convs with weights of >= this many elements: grouped_conv
     dropout_min_dim: int | None = None  # transformer layers at least this wide: speechssl.modules.dropout
+    winograd_min_weight: int | None = None  # kernel-3 stride-2 tap layers with weights this large: Winograd F(3,2)
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -252,6 +268,20 @@ def decide() -> Decision:
         reasons["fast_dropout"] = (
             f"transformer layers of width >= {DROPOUT_MIN_DIM} draw dropout masks with random_ (about 3x cheaper than "
             "bernoulli_) and run their own attention with dropout; narrower ones keep nn.Dropout and SDPA")
+    winograd_setting = os.environ.get("SPEECHSSL_WINOGRAD", "auto").strip().lower()
+    winograd_min = None
+    if winograd_setting in _OFF:
+        reasons["winograd_conv"] = "SPEECHSSL_WINOGRAD is off in the environment: the tap layers run per tap"
+    elif winograd_setting in _ON:
+        winograd_min, reasons["winograd_conv"] = 0, (
+            f"SPEECHSSL_WINOGRAD={winograd_setting}: every kernel-3, stride-2 layer the conv encoder runs per tap")
+    elif mkl_min:
+        winograd_min = MKL_MIN_WEIGHT
+        reasons["winograd_conv"] = (
+            f"{isa} without AVX-512: the conv encoder's per-tap kernel-3, stride-2 layers with weights of >= 768 x 768 "
+            f"elements run as Winograd F(3,2), 7 instead of 9 matmuls per 3 frames ({WINOGRAD_MEASURED})")
+    else:
+        reasons["winograd_conv"] = "no per-tap conv layers here (no per-shape MKL rule): not used"
     if _env_off("SPEECHSSL_FAST_GRU"):
         gru, reasons["fast_gru"] = False, "SPEECHSSL_FAST_GRU is off in the environment"
     else:
@@ -263,7 +293,8 @@ def decide() -> Decision:
             log.info("%s off: %s", kernel, reasons[kernel])
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
                     machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available,
-                    mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad, dropout_min_dim=dropout_min)
+                    mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad, dropout_min_dim=dropout_min,
+                    winograd_min_weight=winograd_min)
 
 
 @functools.cache
@@ -278,10 +309,11 @@ _FORCED: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar
 
 @contextlib.contextmanager
 def use(onednn_linear: bool | None = None, fast_gru: bool | None = None,
-        conv_grad: bool | None = None, fast_dropout: bool | None = None) -> Iterator[None]:
-    """Force kernels inside the ``with`` block (None: keep the current choice). ``conv_grad`` and
-    ``fast_dropout`` (pure PyTorch ops, possible everywhere) force :func:`conv_grad_as_conv` /
-    :func:`fast_dropout` for every shape.
+        conv_grad: bool | None = None, fast_dropout: bool | None = None,
+        winograd: bool | None = None) -> Iterator[None]:
+    """Force kernels inside the ``with`` block (None: keep the current choice). ``conv_grad``,
+    ``fast_dropout`` and ``winograd`` (pure PyTorch ops, possible everywhere) force :func:`conv_grad_as_conv` /
+    :func:`fast_dropout` / :func:`winograd_conv` for every shape.
 
     Forcing a fast path *on* where the process decision is off (e.g. no oneDNN on this CPU) is
     refused with a ``RuntimeError``: the kernel would fail or give wrong numbers.
@@ -294,7 +326,7 @@ def use(onednn_linear: bool | None = None, fast_gru: bool | None = None,
         if flag and not possible:
             raise RuntimeError(f"cannot force {name} on: {decision().reasons[name]}")
         forced[name] = bool(flag)
-    for name, flag in (("conv_grad", conv_grad), ("fast_dropout", fast_dropout)):
+    for name, flag in (("conv_grad", conv_grad), ("fast_dropout", fast_dropout), ("winograd", winograd)):
         if flag is not None:
             forced[name] = bool(flag)
     token = _FORCED.set(forced)
@@ -358,6 +390,13 @@ def fast_dropout(width: int) -> bool:
     """Whether dropout in a CPU transformer layer of model width ``width`` takes :mod:`speechssl.modules.dropout`
     (``Decision.dropout_min_dim``, or :func:`use`). Never inside ``torch.compile``."""
     return _size_rule("fast_dropout", decision().dropout_min_dim, width)
+
+
+def winograd_conv(weight_numel: int) -> bool:
+    """Whether a kernel-3, stride-2 conv encoder layer that runs per kernel tap (:func:`mkl_large`) with a weight
+    of ``weight_numel`` elements takes Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`;
+    ``Decision.winograd_min_weight``, or :func:`use`). Never inside ``torch.compile``."""
+    return _size_rule("winograd", decision().winograd_min_weight, weight_numel)
 
 
 def fast_gru() -> bool:
