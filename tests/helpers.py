@@ -10,6 +10,8 @@
 * ``speech_batch(lengths)``: a padded batch of noisy sines for ``model.loss``.
 * ``make_corpus`` / ``recipe``: a tiny noisy-sine corpus and recipe YAML.
 * ``check_resume_after_crash``: pretrain uninterrupted, then crash mid-run, resume, and compare weights.
+* ``check_encoder_against(enc, x, lengths, out, out_len, grads, reference)``: a conv encoder's output over
+  valid frames and its parameter gradients equal the run of ``enc`` under the ``reference`` context.
 """
 
 from __future__ import annotations
@@ -337,3 +339,18 @@ def make_glide_corpus(folder: Path, n: int = 8, seconds: float = 1.2, seed: int 
     manifest = folder / "train.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return manifest
+
+
+def check_encoder_against(enc: nn.Module, x: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor,
+                          out_len: torch.Tensor, grads: list[torch.Tensor], reference) -> None:
+    """``out`` [B, T, C] over valid frames and ``grads`` (of the mean-square loss over valid frames, per
+    parameter of ``enc``) equal ``enc(x, lengths)`` run under the context manager ``reference``."""
+    with reference:
+        ref, ref_len = enc(x, lengths)
+    assert torch.equal(out_len, ref_len)
+    for i, n in enumerate(ref_len.tolist()):
+        torch.testing.assert_close(out[i, :n], ref[i, :n], atol=1e-4, rtol=1e-4)
+    ref_loss = sum(ref[i, :n].square().mean() for i, n in enumerate(ref_len.tolist()))
+    for (name, _), a, r in zip(enc.named_parameters(), grads, torch.autograd.grad(ref_loss, list(enc.parameters()))):
+        scale = float(r.abs().max())
+        torch.testing.assert_close(a, r, atol=1e-4 * scale, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import check_encoder_against
 from torch.nn import functional as F
 
 import speechssl.accel as accel
@@ -124,20 +125,11 @@ def test_encoder_training_takes_winograd_where_the_rule_says_and_matches_the_ref
     assert calls == {"tap": 2, "winograd": 4}
     loss = sum(out[i, :n].square().mean() for i, n in enumerate(out_len.tolist()))
     grads = torch.autograd.grad(loss, list(enc.parameters()))
-    with accel.use(winograd=False):  # the per-tap layers, no Winograd
-        ref, ref_len = enc(x, lengths)
-    assert calls == {"tap": 8, "winograd": 4} and torch.equal(out_len, ref_len)
-    for i, n in enumerate(ref_len.tolist()):
-        torch.testing.assert_close(out[i, :n], ref[i, :n], atol=1e-4, rtol=1e-4)
-    ref_loss = sum(ref[i, :n].square().mean() for i, n in enumerate(ref_len.tolist()))
-    for (name, _), a, r in zip(enc.named_parameters(), grads, torch.autograd.grad(ref_loss, list(enc.parameters()))):
-        scale = float(r.abs().max())
-        torch.testing.assert_close(a, r, atol=1e-4 * scale, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
-    with accel.use(onednn_linear=False):  # forced kernels: no per-shape rule, no tap layers, no Winograd
-        ref2, _ = enc(x, lengths)
+    check_encoder_against(enc, x, lengths, out, out_len, grads, accel.use(winograd=False))  # per tap, no Winograd
     assert calls == {"tap": 8, "winograd": 4}
-    for i, n in enumerate(ref_len.tolist()):
-        torch.testing.assert_close(out[i, :n], ref2[i, :n], atol=1e-4, rtol=1e-4)
+    # forced kernels: no per-shape rule, no tap layers, no Winograd
+    check_encoder_against(enc, x, lengths, out, out_len, grads, accel.use(onednn_linear=False))
+    assert calls == {"tap": 8, "winograd": 4}
 
 
 def test_encoder_inference_fast_path_with_winograd_matches_the_reference(winograd_rule, monkeypatch):
