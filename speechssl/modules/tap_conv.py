@@ -26,8 +26,9 @@ import torch
 TIME_BLOCK = 2048  # output frames per block of the forward
 
 
-def _forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
-    """x [B, T, C] contiguous, taps [k, out, C] -> [B, frames_out, out]."""
+def forward_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """The forward without a graph: x [B, T, C] (rows contiguous), taps [k, out, C] (``weight.permute(2, 0, 1)``)
+    -> [B, frames_out, out]. Also the tail of :mod:`speechssl.modules.winograd_conv` (frames past its groups)."""
     batch, frames, _ = x.shape
     kernel, out_channels, _ = taps.shape
     frames_out = (frames - kernel) // stride + 1
@@ -56,7 +57,7 @@ class _TapConv1d(torch.autograd.Function):
         taps = weight.permute(2, 0, 1).contiguous()  # [k, out, in]
         ctx.save_for_backward(x, taps)
         ctx.stride, ctx.has_bias = stride, bias is not None
-        return _forward(x, taps, bias, stride)
+        return forward_taps(x, taps, bias, stride)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -106,5 +107,5 @@ def tap_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if not needs_grad:
-        return _forward(x, weight.permute(2, 0, 1).contiguous(), bias, int(stride))
+        return forward_taps(x, weight.permute(2, 0, 1).contiguous(), bias, int(stride))
     return _TapConv1d.apply(x, weight, bias, int(stride))

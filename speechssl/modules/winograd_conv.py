@@ -18,7 +18,7 @@ is two elementwise passes (``(u0, u1) - (u2, u3)`` over pairs of strided rows gi
 one ``addcmul`` gives ``v1`` and ``-v2``), the output transform one pass writing the whole contiguous
 output block (``M1 + (-1, 1, -1) * (-M2)``, the bias inside ``M1``), then ``M0``, ``M3`` and the odd tap
 (one matmul over the block's ``3n`` odd rows) accumulate into it. Frames past the last full group
-(``frames_out % 3``) run per tap.
+(``frames_out % 3``) run per tap (:func:`speechssl.modules.tap_conv.forward_taps`).
 
 The backward is the same transform transposed, 7 matmuls per group for the input gradient and 7 for the
 weight gradient, in one loop that shares ``gM1 = gy0 + gy1 + gy2`` and ``gM2 = gy0 - gy1 + gy2``
@@ -61,6 +61,8 @@ from __future__ import annotations
 
 import torch
 
+from speechssl.modules.tap_conv import forward_taps
+
 TIME_BLOCK = 2048  # at most this many groups of three output frames per block (6,144 output frames)
 
 
@@ -99,24 +101,6 @@ def _transform_grad(g: torch.Tensor, n: int, s: torch.Tensor, gm: torch.Tensor, 
     torch.addcmul(s[None, :n], plus_minus, g[1::3][None], out=gm)
 
 
-def _tail_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-                  start: int) -> None:
-    """Output frames ``start ..`` of ``y`` [frames_out, out] per kernel tap (``x`` [T, C])."""
-    n = y.shape[0] - start
-    if n <= 0:
-        return
-    out = y[start:]
-    for j in range(3):
-        rows = x[2 * start + j:2 * start + j + 2 * (n - 1) + 1:2]
-        if j == 0:
-            if bias is not None:
-                torch.addmm(bias, rows, weight[:, :, 0].t(), out=out)
-            else:
-                torch.mm(rows, weight[:, :, 0].t(), out=out)
-        else:
-            out.addmm_(rows, weight[:, :, j].t())
-
-
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [B, T, C] contiguous, weight [out, C, 3] -> y [B, frames_out, out] (stride 2)."""
     batch, frames, channels = x.shape
@@ -124,6 +108,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     frames_out = (frames - 3) // 2 + 1
     groups = frames_out // 3
     a, hp, hm, b_, w1 = _weights(weight)
+    taps = weight.permute(2, 0, 1).contiguous() if frames_out % 3 else None  # the tail, per tap
     neg_b = b_.neg_()  # M3 = v3 B^T = (-v3) (-B)^T
     y = x.new_empty(batch, frames_out, out_channels)
     block = _block_size(groups)
@@ -149,7 +134,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
             out[0::3].addmm_(v03[0], a.t())
             out[2::3].addmm_(v03[1], neg_b.t())
             out.addmm_(xb[6 * start + 1:6 * (start + n):2], w1.t())  # the odd tap, 3n rows
-        _tail_forward(xb, weight, bias, yb, 3 * groups)
+        if taps is not None:  # frames past the last full group
+            yb[3 * groups:] = forward_taps(xb[None, 6 * groups:], taps, bias, 2)[0]
     return y
 
 
