@@ -74,3 +74,16 @@ def test_manifest_merge_cli(tmp_path):
     assert len(read_manifest(out)) == 5
     assert main(["manifest", "merge", str(out), str(written["dev-clean"]), "--out", str(tmp_path / "x.jsonl")]) == 1
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_registry_imports_each_corpus_preparer_on_use():
+    """``CORPORA`` names the preparers by ``module:function`` (so ``speechssl corpus --help`` imports
+    none of them); each path leads to the corpus's ``prepare_<corpus>``, and a spec given a function
+    returns it as is."""
+    from speechssl.corpora import CORPORA, CorpusSpec
+
+    expected = {"librispeech": prepare_librispeech, "iemocap": prepare_iemocap, "voxceleb1": prepare_voxceleb1,
+                "generic": prepare_generic}
+    assert {name: spec.preparer() for name, spec in CORPORA.items()} == expected
+    assert all(isinstance(spec.prepare, str) for spec in CORPORA.values())
+    assert CorpusSpec(prepare_generic).preparer() is prepare_generic

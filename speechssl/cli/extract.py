@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechssl.extract import FORMATS, ExtractConfig, extract_features
+from speechssl.extract.config import FORMATS, ExtractConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from speechssl.extract.runner import extract_features  # torch: not for --help
+
     cfg = ExtractConfig(
         layers=args.layers, format=args.format, dtype=args.dtype, precision=args.precision, batch_seconds=args.batch_seconds,
         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, device=args.device,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechssl.data.prepare import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK, PrepareError, prepare_folder
+from speechssl.data.prepare_defaults import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from speechssl.data.prepare import PrepareError, prepare_folder  # soundfile, torch: not for --help
+
     extensions = [e.strip() for e in args.extensions.split(",") if e.strip()]
     try:
         report = prepare_folder(

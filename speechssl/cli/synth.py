@@ -21,16 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechssl.config import ConfigError, apply_overrides, from_dict, to_dict
-from speechssl.corpora import espeak
-from speechssl.corpora.synthetic import (
-    BACKENDS,
-    STYLES,
-    TASKS,
-    SynthConfig,
-    resolve_backend,
-    synthesize_corpus,
-)
+from speechssl.corpora.synth_config import BACKENDS, STYLES, TASKS, SynthConfig
 from speechssl.corpora.words import VOCABULARY
 
 
@@ -57,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The renderer (numpy, scipy, torch) and the config parser (yaml) are imported here, not at
+    # load, so that --help is instant.
+    from speechssl.config import ConfigError, apply_overrides, from_dict, to_dict
+    from speechssl.corpora import espeak
+    from speechssl.corpora.synthetic import resolve_backend, synthesize_corpus
+
     try:
         cfg = from_dict(SynthConfig, apply_overrides(to_dict(SynthConfig()), args.overrides), where="synth --set")
     except ConfigError as exc:

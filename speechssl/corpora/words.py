@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from speechssl.corpora.formant import PHONES, VOWELS
+# The formant inventory (PHONES, VOWELS) is imported inside the functions that check phones: the
+# formant module loads numpy, and the vocabulary alone is what ``speechssl synth --help`` lists.
 
 # word -> phones (ARPAbet, CMUdict pronunciations without stress digits); the first vowel is stressed.
 PRONUNCIATIONS: dict[str, tuple[str, ...]] = {
@@ -38,6 +39,8 @@ def check_lexicon(lexicon: dict[str, tuple[str, ...]] = PRONUNCIATIONS) -> None:
     Raises:
         ValueError: naming the word and the offending phone or the homophone.
     """
+    from speechssl.corpora.formant import PHONES, VOWELS
+
     seen: dict[tuple[str, ...], str] = {}
     for word, phones in lexicon.items():
         unknown = [p for p in phones if p not in PHONES]
@@ -73,6 +76,8 @@ def word_phones(word: str) -> list[tuple[str, bool, bool]]:
 
     The first vowel carries the stress (true of all 20 words); there is no pause inside a word.
     """
+    from speechssl.corpora.formant import VOWELS
+
     phones = PRONUNCIATIONS.get(word)
     if phones is None:
         raise ValueError(f"unknown word {word!r}; the vocabulary is {' '.join(VOCABULARY)}")

@@ -6,67 +6,23 @@
 - :mod:`speechssl.data.split`: ``split_records``, ``kfold_records``.
 - :mod:`speechssl.data.dataset`: ``AudioDataset``, ``collate_audio``, ``make_loader``.
 - :mod:`speechssl.data.sampler`: ``SecondsBatchSampler``.
+
+The names below are imported from their submodule on first use (:mod:`speechssl.lazy`), so
+importing a light submodule such as :mod:`speechssl.data.prepare_defaults` loads no torch.
 """
 
-from speechssl.data.dataset import AudioDataset, AudioLoader, collate_audio, make_loader, padded_seconds
-from speechssl.data.formats import (
-    export_manifest,
-    import_manifest,
-    read_kaldi_dir,
-    read_tsv,
-    write_kaldi_dir,
-    write_tsv,
-)
-from speechssl.data.manifest import (
-    ManifestError,
-    format_summary,
-    group_records,
-    iter_manifest,
-    label_counts,
-    label_fields,
-    manifest_summary,
-    merge_manifests,
-    read_manifest,
-    record_duration,
-    total_hours,
-    validate_record,
-    write_manifest,
-)
-from speechssl.data.prepare import PrepareError, PrepareReport, prepare_folder
-from speechssl.data.sampler import SecondsBatchSampler
-from speechssl.data.split import kfold_records, parse_fractions, split_manifest, split_records
+from speechssl.lazy import lazy_exports
 
-__all__ = [
-    "AudioDataset",
-    "AudioLoader",
-    "ManifestError",
-    "PrepareError",
-    "PrepareReport",
-    "SecondsBatchSampler",
-    "collate_audio",
-    "export_manifest",
-    "format_summary",
-    "group_records",
-    "import_manifest",
-    "iter_manifest",
-    "kfold_records",
-    "label_counts",
-    "label_fields",
-    "make_loader",
-    "manifest_summary",
-    "merge_manifests",
-    "padded_seconds",
-    "parse_fractions",
-    "prepare_folder",
-    "read_kaldi_dir",
-    "read_manifest",
-    "read_tsv",
-    "record_duration",
-    "split_manifest",
-    "split_records",
-    "total_hours",
-    "validate_record",
-    "write_kaldi_dir",
-    "write_manifest",
-    "write_tsv",
-]
+# submodule -> the public names it defines
+_EXPORTS = {
+    "dataset": ["AudioDataset", "AudioLoader", "collate_audio", "make_loader", "padded_seconds"],
+    "formats": ["export_manifest", "import_manifest", "read_kaldi_dir", "read_tsv", "write_kaldi_dir", "write_tsv"],
+    "manifest": ["ManifestError", "format_summary", "group_records", "iter_manifest", "label_counts", "label_fields",
+                 "manifest_summary", "merge_manifests", "read_manifest", "record_duration", "total_hours",
+                 "validate_record", "write_manifest"],
+    "prepare": ["PrepareError", "PrepareReport", "prepare_folder"],
+    "sampler": ["SecondsBatchSampler"],
+    "split": ["kfold_records", "parse_fractions", "split_manifest", "split_records"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -45,17 +45,13 @@ import soundfile as sf
 
 from speechssl.audio import AudioError, AudioInfo, AudioNotFoundError, EmptyAudioError, audio_info
 from speechssl.data.manifest import write_manifest
+from speechssl.data.prepare_defaults import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK
 
 log = logging.getLogger(__name__)
 
-#: Extensions scanned by default (``sph`` works when libsndfile can decode it, i.e. not shorten).
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3", "sph")
 _TEMPLATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 _PARENT_N = re.compile(r"^parent(\d+)$")
 _EXAMPLES_PER_REASON = 5
-#: ``check_audio``: a file whose absolute peak stays below this is ``silent``. 1e-4 (-80 dBFS) is
-#: about 3 steps of 16-bit PCM, so dither or a faint hum is kept while digital zeros are not.
-DEFAULT_SILENCE_PEAK = 1e-4
 # ``check_audio`` decodes this many frames at a time so a long file never sits whole in memory.
 _CHECK_BLOCK_FRAMES = 1 << 20
 

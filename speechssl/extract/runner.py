@@ -26,12 +26,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from speechssl.extract.chunking import long_file_method
+from speechssl.extract.config import ExtractConfig
 from speechssl.extract.encode import EncodePolicy, encode_records
 from speechssl.extract.inputs import Item, read_inputs
 from speechssl.extract.writers import FeatureWriter, KaldiWriter, UtteranceSink, check_format, make_writer
@@ -43,25 +44,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 INDEX_COLUMNS = ("id", "path", "frames", "frame_rate", "layers", "dim")
 ERROR_COLUMNS = ("id", "path", "reason")
-
-
-@dataclasses.dataclass
-class ExtractConfig:
-    layers: Any = "all"  # "all", "context,latent" or a list of names / indices
-    format: Literal["npy", "pt", "kaldi", "hdf5"] = "npy"
-    dtype: Literal["float32", "float16"] = "float32"  # storage dtype (the encoder runs in fp32 or bf16)
-    batch_seconds: float = 30.0  # padded seconds of audio per forward pass (keeps wav2vec2 Base, all layers, < 2 GiB)
-    chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
-    overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, much faster where the CPU/GPU has bf16 units
-    progress: bool = True  # tqdm bar on stderr
-    # torch.compile the encoder's blocks (speechssl/compilation.py): same features to float rounding;
-    # the first batches pay the compilation (tools/bench/run_all.py --only compile measures it)
-    compile: bool = False
-    rank: int | None = None  # default: $RANK (0)
-    world_size: int | None = None  # default: $WORLD_SIZE (1)
-    merge_timeout_minutes: float = 24 * 60.0  # rank 0 waits this long for the other ranks
 
 
 @dataclasses.dataclass

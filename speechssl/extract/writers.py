@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechssl.extract.config import FORMATS
 from speechssl.extract.inputs import safe_id_path
 from speechssl.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("npy", "pt", "kaldi", "hdf5")
 _NPY_HEADER = 128  # bytes reserved for the .npy header so it can be rewritten with the final shape
 
 
