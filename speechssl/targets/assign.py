@@ -37,6 +37,7 @@ from speechssl.data.manifest import read_manifest
 from speechssl.locks import hold_rank_lock
 from speechssl.targets.features import check_same_features, open_features, utterance_features
 from speechssl.targets.kmeans import load_kmeans, nearest
+from speechssl.targets.labels import read_chunk
 from speechssl.utils import atomic_path, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,6 @@ def _write_chunk(path: Path, ids: list[str], num_samples: list[int], labels: lis
             np.savez(f, ids=np.array(ids, dtype=str), num_samples=np.array(num_samples, dtype=np.int64),
                      counts=np.array([len(v) for v in labels], dtype=np.int64),
                      labels=np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32))
-
-
-def read_chunk(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {key: z[key] for key in ("ids", "num_samples", "counts", "labels")}
 
 
 def _chunk_ok(path: Path, ids: list[str]) -> bool:

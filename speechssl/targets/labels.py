@@ -30,9 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechssl.targets.assign import read_chunk
-
 SAMPLE_RATE = 16000
+
+
+def read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """One chunk file of a label folder (``speechssl targets assign`` writes them): utterance ids, their
+    sample counts, label counts and the concatenated labels."""
+    with np.load(path, allow_pickle=False) as z:
+        return {key: z[key] for key in ("ids", "num_samples", "counts", "labels")}
 
 
 class LabelFolder:

@@ -220,19 +220,6 @@ def _health_keys(records: list[Mapping[str, Any]]) -> list[str]:
     return keys
 
 
-def probe_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """``{label: {layer: [(step, accuracy)]}}`` from the probe records of ``metrics.jsonl``."""
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for r in records:
-        if r.get("split") != "probe":
-            continue
-        for k, v in r.items():
-            parts = k.split("/")
-            if len(parts) == 3 and parts[0] == "probe" and isinstance(v, (int, float)):
-                curves.setdefault(parts[1], {}).setdefault(parts[2], []).append((int(r["step"]), float(v)))
-    return curves
-
-
 def run_report(exp_dir: str | Path) -> str:
     """The health summary and probe curves of a pretraining run, as plain-text tables.
 
@@ -242,7 +229,7 @@ def run_report(exp_dir: str | Path) -> str:
         FileNotFoundError: ``exp_dir`` has no ``metrics.jsonl``.
     """
     from speechssl.config import load_yaml
-    from speechssl.train.metrics import read_metrics
+    from speechssl.train.metrics import probe_curves, read_metrics
 
     exp = Path(exp_dir)
     path = exp / "metrics.jsonl"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def probe_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """``{label: {layer: [(step, accuracy)]}}`` from the probe records of ``metrics.jsonl``."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for r in records:
+        if r.get("split") != "probe":
+            continue
+        for k, v in r.items():
+            parts = k.split("/")
+            if len(parts) == 3 and parts[0] == "probe" and isinstance(v, (int, float)):
+                curves.setdefault(parts[1], {}).setdefault(parts[2], []).append((int(r["step"]), float(v)))
+    return curves
+
+
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     """Train and valid loss against step (matplotlib Agg); with probe records, a second panel shows
     the probe accuracy per label (best layer and the last, context layer) against step.
@@ -82,7 +96,6 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from speechssl.train.diagnostics import probe_curves
     from speechssl.utils import atomic_path
 
     records = read_metrics(metrics_path)

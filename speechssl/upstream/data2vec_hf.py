@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from speechssl.config import to_dict
 from speechssl.models.base import build_model
 from speechssl.models.data2vec2 import Data2Vec2Config, Data2Vec2Model
+from speechssl.upstream.foreign_files import HF_WEIGHTS, read_json, read_weights
 from speechssl.upstream.foreign_tables import Field, ForeignCheckpointError, read_fields, write_fields
 from speechssl.utils import atomic_path, atomic_write_json
 
@@ -138,13 +139,11 @@ def from_hf_data2vec(model_or_folder: Any) -> Data2Vec2Model:
     """speechssl data2vec model from a ``transformers`` ``Data2VecAudioModel`` (or a ``...ForCTC`` etc.)
     object or a saved local folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``)."""
     if isinstance(model_or_folder, (str, Path)):
-        from speechssl.upstream.importers import HF_WEIGHTS, _read_json, _read_weights
-
         folder = Path(model_or_folder)
         pre = folder / "preprocessor_config.json"
-        cfg = config_from_hf_data2vec(_read_json(folder / "config.json"), _read_json(pre) if pre.is_file() else None,
+        cfg = config_from_hf_data2vec(read_json(folder / "config.json"), read_json(pre) if pre.is_file() else None,
                                       where=str(folder / "config.json"))
-        return _map(cfg, _read_weights(folder, HF_WEIGHTS), str(folder))
+        return _map(cfg, read_weights(folder, HF_WEIGHTS), str(folder))
     config = getattr(model_or_folder, "config", None)
     if config is None or not hasattr(model_or_folder, "state_dict"):
         raise ForeignCheckpointError(f"from_hf_data2vec: expected a transformers model or a folder, got "

@@ -28,7 +28,6 @@ Hugging Face exporter (:func:`export_hf`, re-exported here).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ import torch
 from speechssl.models.base import SSLModel
 from speechssl.models.hubert import HubertConfig, build_hubert
 from speechssl.models.wav2vec2 import Wav2Vec2Config, build_wav2vec2
+from speechssl.upstream.foreign_files import HF_WEIGHTS, TA_WEIGHTS, read_json, read_weights
 from speechssl.upstream.foreign_tables import (
     HF_FIELDS,
     HF_FIXED,
@@ -261,61 +261,19 @@ def from_hf(model_or_folder: Any) -> SSLModel:
     return _load_mapped(cfg, map_state_dict(cfg, model_or_folder.state_dict(), "hf", source), source)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ForeignCheckpointError(f"{path}: cannot read JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ForeignCheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def _read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Tensors of the first weights file found (safetensors, sharded safetensors, or a torch file)."""
-    from safetensors.torch import load_file
-
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(_read_json(path).get("weight_map", {}).values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(load_file(str(folder / shard)))
-            return state
-        if name.endswith(".safetensors"):
-            return load_file(str(path))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refused or corrupt file: say which
-            raise ForeignCheckpointError(f"{path}: cannot load with weights_only=True: {exc}") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ForeignCheckpointError(f"{path}: expected a flat dict of tensors")
-        return state
-    raise ForeignCheckpointError(f"{folder}: no weights file; looked for {', '.join(names)}")
-
-
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TA_WEIGHTS = ("model.safetensors", "model.pt", "model.pth")
-
-
 def _from_hf_folder(folder: Path) -> SSLModel:
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     pre_path = folder / "preprocessor_config.json"
-    preprocessor = _read_json(pre_path) if pre_path.is_file() else None
+    preprocessor = read_json(pre_path) if pre_path.is_file() else None
     cfg = config_from_hf(config, preprocessor, where=str(folder / "config.json"))
-    state = _read_weights(folder, HF_WEIGHTS)
+    state = read_weights(folder, HF_WEIGHTS)
     return _load_mapped(cfg, map_state_dict(cfg, state, "hf", str(folder)), str(folder))
 
 
 def _from_torchaudio_folder(folder: Path) -> SSLModel:
-    kwargs = _read_json(folder / "config.json")
+    kwargs = read_json(folder / "config.json")
     cfg = config_from_torchaudio_kwargs(kwargs, where=str(folder / "config.json"))
-    state = _read_weights(folder, TA_WEIGHTS)
+    state = read_weights(folder, TA_WEIGHTS)
     return _load_mapped(cfg, map_state_dict(cfg, state, "torchaudio", str(folder)), str(folder))
 
 
@@ -325,7 +283,7 @@ def detect_foreign_format(folder: str | Path) -> str:
     path = folder / "config.json"
     if not path.is_file():
         raise ForeignCheckpointError(f"{folder}: no config.json, so neither a Hugging Face nor a torchaudio folder")
-    config = _read_json(path)
+    config = read_json(path)
     if "model_type" in config:
         return "hf"
     if "extractor_mode" in config:
@@ -343,7 +301,7 @@ def load_foreign(folder: str | Path) -> SSLModel:
     if not folder.is_dir():
         raise ForeignCheckpointError(f"{folder}: not a folder")
     if detect_foreign_format(folder) == "hf":
-        if _read_json(folder / "config.json").get("model_type") == "data2vec-audio":
+        if read_json(folder / "config.json").get("model_type") == "data2vec-audio":
             from speechssl.upstream.data2vec_hf import from_hf_data2vec
 
             return from_hf_data2vec(folder)
