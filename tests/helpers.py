@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,12 @@ def check_rotary_transformer() -> None:
         plain, _ = enc(x)
         torch.testing.assert_close(enc(x[:, perm])[0], plain[:, perm], atol=1e-4, rtol=0)
         assert float((plain - out).abs().max()) > 1e-3
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for the recipes' shell scripts: this interpreter's bin folder first on PATH, so
+    ``speechssl`` is found when the suite runs as ``.venv/bin/python -m pytest`` without an activated venv."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

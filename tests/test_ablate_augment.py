@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import script_env
 
 LOCAL = Path(__file__).resolve().parents[1] / "egs" / "synthetic" / "ssl" / "local"
 sys.path.insert(0, str(LOCAL))
@@ -52,8 +53,8 @@ def test_missing_results_name_the_file(tmp_path):
 
 def test_recipe_rejects_unknown_options_and_variants(tmp_path):
     script = LOCAL / "ablate_augment.sh"
-    bad = subprocess.run(["bash", str(script), "--nonsense", "1"], capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(script), "--nonsense", "1"], capture_output=True, text=True, env=script_env())
     assert bad.returncode != 0 and "unknown option --nonsense" in bad.stderr
     none = subprocess.run(["bash", str(script), "--variants", "no_such", "--exp_dir", str(tmp_path / "e")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=script_env())
     assert none.returncode != 0 and "--variants no_such" in none.stderr

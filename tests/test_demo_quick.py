@@ -9,11 +9,11 @@ quick size only pretrains for seconds.)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from helpers import script_env
 
 from speechssl.corpora.words import VOCABULARY
 from speechssl.data.manifest import read_manifest
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_quick(tmp_path):
     shutil.copytree(REPO / "egs", tmp_path / "egs", ignore=shutil.ignore_patterns("data", "exp"))
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg")
+    env = script_env(MPLBACKEND="Agg")
     proc = subprocess.run(["bash", str(tmp_path / "egs/synthetic/ssl/run.sh"), "--quick", "--backend", "formant"],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from helpers import script_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_summary_stage_prints_the_summary_once(tmp_path):
     demo = tmp_path / "egs/synthetic/ssl"
     for task in ("speaker", "style", "word"):
         _fake_curves(demo / f"exp/le_{task}")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg")
+    env = script_env(MPLBACKEND="Agg")
     proc = subprocess.run(["bash", str(demo / "run.sh"), "--quick", "--stage", "6", "--stop_stage", "6"],
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,14 +7,13 @@ checkout; overrides shrink every training to a few steps.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from corpus_fixtures import make_iemocap, make_librispeech, make_voxceleb1, write_noise_wav
+from helpers import script_env
 
 from speechssl.data.manifest import read_manifest
 
@@ -29,7 +28,7 @@ def workdir(tmp_path):
 
 
 def run_recipe(workdir: Path, recipe: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg")
+    env = script_env(MPLBACKEND="Agg")
     proc = subprocess.run(
         ["bash", str(workdir / "egs" / recipe / "run.sh"), *args],
         capture_output=True, text=True, env=env, timeout=600,
@@ -112,7 +111,7 @@ def test_generic_cls(workdir, tmp_path):
 
 
 def test_recipe_rejects_unknown_option(workdir):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = script_env()
     proc = subprocess.run(["bash", str(workdir / "egs/generic/cls/run.sh"), "--colour", "red"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "unknown option --colour" in proc.stderr

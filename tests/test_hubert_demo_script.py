@@ -17,14 +17,13 @@ from the ``default_run`` fixture wherever a test varies only what follows them (
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import script_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = yaml.safe_load((REPO / "recipes/pretrain/hubert_demo.yaml").read_text())
@@ -39,7 +38,7 @@ def demo(tmp_path_factory):
     shutil.copytree(REPO / "egs", root / "egs", ignore=shutil.ignore_patterns("data", "exp"))
     shutil.copytree(REPO / "recipes", root / "recipes")
     demo = root / "egs/synthetic/ssl"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    env = script_env(OMP_NUM_THREADS="1")
     for cmd in (
         ["speechssl", "synth", "--backend", "formant", "--out", "data/pool", "--speakers", "2",
          "--utts-per-speaker", "4", "--seed", "1"],
