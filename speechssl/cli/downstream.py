@@ -133,12 +133,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = subcommand(sub, "summary", "label-efficiency verdict: SSL vs log-Mel vs random-init controls",
                    "Summarise label-efficiency folders of several tasks: one table (encoder x task x labels "
                    "per class), a verdict at the smallest label budget (each SSL encoder vs the reference "
-                   "and vs its random-init control, by the roles recorded in results.json) and a plot.")
+                   "and vs its random-init control, by the roles recorded in results.json, each margin with "
+                   "the p-value of a paired one-sided t-test over the seeds) and a plot.")
     p.add_argument("tasks", nargs="+", metavar="TASK=DIR", help="label-efficiency output folders, e.g. speaker=exp/le_spk")
     p.add_argument("--out", required=True, help="markdown summary (a .json verdict is written beside it)")
     p.add_argument("--png", help="plot with one panel per task")
     p.add_argument("--reference", default="logmel", help="the baseline every SSL encoder must beat")
     p.add_argument("--note", default="", help="a line under the title (date, machine)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level: a winner counts as significant only if every margin (vs the "
+                        "reference, vs its control, on every task) passes a paired one-sided t-test over the "
+                        "seeds at this level; a positive margin with p >= alpha is reported as within noise "
+                        "(default 0.05)")
 
     p = subcommand(sub, "compare", "markdown table (and PNG) of several experiments",
                    "Tabulate the results.json of several experiment folders (encoder, layers, test metrics) "
@@ -246,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
             if not sep or not task or not folder:
                 raise ValueError(f"expected TASK=DIR, got {item!r}")
             tasks[task] = folder
-        summarize_label_efficiency(tasks, args.out, args.png, reference=args.reference, note=args.note)
+        summarize_label_efficiency(tasks, args.out, args.png, reference=args.reference, note=args.note,
+                                   alpha=args.alpha)
         print(Path(args.out).read_text(), end="")
         return 0
     if args.command == "compare":

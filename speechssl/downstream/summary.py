@@ -18,7 +18,12 @@ Results written before roles were recorded fall back to names: the baseline name
 ``<name>_random`` for controls, everything else SSL (:func:`encoder_kind`).
 
 The verdict compares, at the smallest label budget, every SSL encoder with ``logmel`` and with
-its control on every task, and says by how much it wins or loses (accuracy points).
+its control on every task, and says by how much it wins or loses (accuracy points) and whether the
+margin is more than seed-to-seed noise: a paired one-sided t-test over the seeds
+(:mod:`speechssl.downstream.significance`). ``winners`` beat both on the means everywhere;
+``significant_winners`` are those whose every margin has p < ``alpha`` (requiring every test to pass
+at ``alpha`` keeps the claim "better than both on every task" at level ``alpha``, an
+intersection-union test); ``winners_not_significant`` names the other winners' weak margins.
 """
 
 from __future__ import annotations
@@ -29,6 +34,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from speechssl.downstream.significance import (
+    DEFAULT_ALPHA,
+    TEST_NAME,
+    PairedComparison,
+    compare,
+    format_p,
+    mark,
+    seeds_phrase,
+)
 from speechssl.utils import atomic_path, atomic_write_json, atomic_write_text
 
 BASELINES = ("logmel", "fbank", "mfcc")
@@ -111,6 +125,7 @@ def summarize_label_efficiency(
     out_png: str | Path | None = None,
     reference: str = "logmel",
     note: str = "",
+    alpha: float = DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """Summarise label-efficiency results.
 
@@ -120,9 +135,13 @@ def summarize_label_efficiency(
         out_png: optional PNG with one accuracy-vs-labels panel per task.
         reference: the baseline every SSL encoder must beat.
         note: a line to put under the title (e.g. date and machine).
+        alpha: significance level of the paired one-sided t-test over seeds that every margin of a
+            winner must pass to count as significant (:mod:`speechssl.downstream.significance`).
     Returns:
         The verdict as a dict (also written beside ``out_md`` as JSON).
     """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     loaded = {task: _load(d) for task, d in tasks.items()}
     metric = {t: r["protocol"].get("metric", "accuracy") for t, r in loaded.items()}
     encoders: list[str] = []
@@ -155,7 +174,9 @@ def summarize_label_efficiency(
         lines.append(f"| {enc} | {kinds[enc]} | " + " | ".join(cells) + " |")
 
     # Verdict at the smallest label budget of each task.
-    verdict: dict[str, Any] = {"reference": reference, "tasks": {}, "encoders": {}}
+    verdict: dict[str, Any] = {"reference": reference, "tasks": {}, "encoders": {},
+                               "significance": {"test": TEST_NAME, "alpha": alpha}}
+    tests: dict[str, dict[str, tuple[PairedComparison | None, PairedComparison | None]]] = {}
     for t, r in loaded.items():
         n = min(r["protocol"]["shots"])
         curves = r["curves"]
@@ -166,12 +187,17 @@ def summarize_label_efficiency(
                 continue
             mine = curves[enc][str(n)]["mean"]
             control = curves.get(control_of.get(enc, ""), {}).get(str(n))
+            by_ref = None if ref is None else compare(r, enc, reference, n, alpha)
+            by_ctl = None if control is None else compare(r, enc, control_of[enc], n, alpha)
+            tests.setdefault(enc, {})[t] = (by_ref, by_ctl)
             entry = verdict["encoders"].setdefault(enc, {})
             entry[t] = {
                 "shots": n,
                 "score": mine,
                 "vs_reference": None if ref is None else mine - ref["mean"],
                 "vs_control": None if control is None else mine - control["mean"],
+                "vs_reference_paired": None if by_ref is None else by_ref.to_dict(),
+                "vs_control_paired": None if by_ctl is None else by_ctl.to_dict(),
             }
     winners = [
         enc
@@ -181,29 +207,32 @@ def summarize_label_efficiency(
         and all(v["vs_control"] is not None and v["vs_control"] > 0 for v in per_task.values())
     ]
     verdict["winners"] = winners
+    # A winner whose every margin is significant; the others with the margins that are not (or unknown).
+    unsettled = {enc: [{"task": t, **c.to_dict()} for t, pair in tests[enc].items() for c in pair
+                       if c is not None and not c.significant] for enc in winners}
+    verdict["significant_winners"] = [enc for enc in winners if not unsettled[enc]]
+    verdict["winners_not_significant"] = {enc: cs for enc, cs in unsettled.items() if cs}
+    every_test = [c for pairs in tests.values() for pair in pairs.values() for c in pair if c is not None]
+    seeds = seeds_phrase(every_test)
     lines += ["", "## Verdict at the smallest label budget", ""]
+    if any(c.p_value is not None for c in every_test):
+        lines += [f"Margins in points; p: paired one-sided t-test over the {seeds} (for a seed, every encoder "
+                  "is trained on the same labelled utterances and scored on the same test set); a positive "
+                  f"margin with p ≥ {alpha:g} is within noise.", ""]
+    else:
+        lines += ["Margins in points, differences of means: these results have no per-seed scores (or one "
+                  "seed), so whether a margin exceeds the seed-to-seed noise is unknown.", ""]
     for enc, per_task in verdict["encoders"].items():
         parts = []
         for t, v in per_task.items():
-            ref_txt = "no reference" if v["vs_reference"] is None else f"{_pts(v['vs_reference'])} vs {reference}"
-            ctl_txt = "no control" if v["vs_control"] is None else f"{_pts(v['vs_control'])} vs {control_of[enc]}"
+            by_ref, by_ctl = tests[enc][t]
+            ref_txt = ("no reference" if v["vs_reference"] is None
+                       else f"{_pts(v['vs_reference'])} vs {reference}{mark(by_ref)}")
+            ctl_txt = ("no control" if v["vs_control"] is None
+                       else f"{_pts(v['vs_control'])} vs {control_of[enc]}{mark(by_ctl)}")
             parts.append(f"{t} (n={v['shots']}): {v['score']:.3f}, {ref_txt}, {ctl_txt}")
         lines.append(f"- **{enc}**: " + "; ".join(parts))
-    lines.append("")
-    if winners:
-        best = max(winners, key=lambda e: min(v["vs_reference"] for v in verdict["encoders"][e].values()))
-        lines.append(
-            f"**Pretraining pays off**: {', '.join(winners)} beat{'s' if len(winners) == 1 else ''} both {reference} "
-            f"and {'its' if len(winners) == 1 else 'their'} random-init control on every task at the smallest label "
-            f"budget; {best} by at least "
-            f"{100 * min(v['vs_reference'] for v in verdict['encoders'][best].values()):.1f} pts over {reference} and "
-            f"{100 * min(v['vs_control'] for v in verdict['encoders'][best].values()):.1f} pts over its control."
-        )
-    else:
-        lines.append(
-            f"**No pretrained encoder beats both {reference} and its random-init control on every task** at the "
-            "smallest label budget in this run."
-        )
+    lines += [""] + _headline(verdict, reference, alpha, seeds)
     verdict["best"] = best_per_task(loaded, kinds)
     lines += ["", "**Best per task** at the smallest label budget: " + "; ".join(
         f"{t} (n={b['shots']}): {b['encoder']} ({b['kind']}) {b['score']:.3f}"
@@ -215,6 +244,58 @@ def summarize_label_efficiency(
     if out_png is not None:
         plot_summary(loaded, out_png, encoders, kinds, family)
     return verdict
+
+
+def _headline(verdict: Mapping[str, Any], reference: str, alpha: float, seeds: str) -> list[str]:
+    """The verdict's last lines: who wins with every margin significant, who wins on the means with
+    some margin within noise (named, with those margins), and whose significance is unknown."""
+    winners, significant = verdict["winners"], verdict["significant_winners"]
+    if not winners:
+        return [f"**No pretrained encoder beats both {reference} and its random-init control on every task** at "
+                "the smallest label budget in this run."]
+    unsettled = verdict["winners_not_significant"]
+    noisy = [e for e in winners if any(c["p_value"] is not None for c in unsettled.get(e, []))]
+    unknown = [e for e in winners if e not in significant and e not in noisy]
+    test = f"paired one-sided t-test over {seeds}, p < {alpha:g}"
+
+    def beat(group: list[str]) -> str:
+        one = len(group) == 1
+        return (f"{', '.join(group)} beat{'s' if one else ''} both {reference} and {'its' if one else 'their'} "
+                "random-init control on every task at the smallest label budget")
+
+    def by_how_much(group: list[str]) -> str:
+        per_task = verdict["encoders"]
+        best = max(group, key=lambda e: min(v["vs_reference"] for v in per_task[e].values()))
+        return (f"{best} by at least {100 * min(v['vs_reference'] for v in per_task[best].values()):.1f} pts over "
+                f"{reference} and {100 * min(v['vs_control'] for v in per_task[best].values()):.1f} pts over its "
+                "control")
+
+    def margins(enc: str) -> str:
+        return "; ".join(f"{c['task']} vs {c['against']} {_pts(c['mean_diff'])}, "
+                         + (format_p(c["p_value"]) if c["p_value"] is not None else "significance unknown")
+                         for c in unsettled[enc])
+
+    def why_unknown(group: list[str]) -> str:
+        return ", ".join(sorted({c["unknown_because"] for e in group for c in unsettled[e] if c["p_value"] is None}))
+
+    if significant:
+        lines = [f"**Pretraining pays off**: {beat(significant)}, every margin significant ({test}); "
+                 f"{by_how_much(significant)}."]
+    elif unknown:
+        lines = [f"**Pretraining pays off**: {beat(unknown)}, on the means alone (significance unknown: "
+                 f"{why_unknown(unknown)}); {by_how_much(unknown)}."]
+    else:
+        lines = [f"**No pretrained encoder beats both {reference} and its random-init control significantly on "
+                 f"every task** at the smallest label budget ({test})."]
+    if noisy:
+        one = len(noisy) == 1
+        lines += ["", f"**Within noise**: {', '.join(noisy)} beat{'s' if one else ''} both on the means, but "
+                  f"{'its' if one else 'their'} win rests on margins that are not significant: "
+                  + "; ".join(f"{e} ({margins(e)})" for e in noisy) + "."]
+    if unknown and significant:
+        lines += ["", f"**Significance unknown** ({why_unknown(unknown)}): {', '.join(unknown)} beat"
+                  f"{'s' if len(unknown) == 1 else ''} both on the means."]
+    return lines
 
 
 def best_per_task(loaded: Mapping[str, dict], kinds: Mapping[str, str]) -> dict[str, dict[str, Any]]:
