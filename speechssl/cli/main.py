@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors carry the file/line/key; show them without a traceback.
         if args.verbose:
             raise
-        print(f"speechssl {args.verb}: error: {exc}", file=sys.stderr)
+        # str(KeyError) is the repr of its message (quoted); show the message itself
+        message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+        print(f"speechssl {args.verb}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -1,0 +1,26 @@
+"""What a user sees when the input is wrong: one line naming the file, field or key, without
+the Python repr of the exception (no quotes around a KeyError's message) and without a traceback."""
+
+from __future__ import annotations
+
+import json
+
+from speechssl.cli.main import main
+
+
+def _manifest(path, n=4):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"u{i}", "path": f"u{i}.wav", "num_samples": 16000, "sample_rate": 16000,
+                                "speaker": f"s{i % 2}"}) + "\n")
+    return path
+
+
+def test_missing_field_error_is_printed_plainly(tmp_path, capsys):
+    manifest = _manifest(tmp_path / "all.jsonl")
+    code = main(["manifest", "split", str(manifest), "--out-dir", str(tmp_path / "out"),
+                 "--fractions", "train=0.5,dev=0.5", "--group-by", "spkr"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("speechssl manifest: error: record 'u0' has no field 'spkr'"), err
+    assert "Traceback" not in err and not err.endswith('"'), err
