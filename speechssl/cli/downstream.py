@@ -123,7 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = subcommand(sub, "predict", "label new audio with a trained downstream model",
                    "Label audio with a model written by `downstream train` (or kfold/label-efficiency folds): "
                    "features are computed with the encoder recorded in the model, the same layers, and "
-                   "written as TSV: id, prediction, confidence [, reference when the manifest has the label].")
+                   "written as TSV: id, prediction, confidence [, reference when the manifest has the label]. "
+                   "Inputs that give no features (unreadable, empty, too short) are skipped with a warning and "
+                   "listed in OUT_STEM.errors.tsv (id, path, reason).")
     p.add_argument("--model", required=True, help="experiment folder (model.json + model.safetensors)")
     p.add_argument("--input", required=True, help="audio folder, JSONL manifest or one audio file")
     p.add_argument("--out", help="output TSV (default MODEL/predictions.tsv)")
@@ -237,11 +239,17 @@ def run(args: argparse.Namespace) -> int:
         return run_label_efficiency_cmd(args)
     if args.command == "predict":
         from speechssl.downstream import predict
+        from speechssl.downstream.inference import predict_errors_path
 
         out = predict(args.model, args.input, args.out, encoder=args.encoder, features=args.features)
         with open(out, encoding="utf-8") as f:
             n = sum(1 for _ in f) - 1  # rows under the header
-        print(f"wrote {n} predictions to {out}")
+        errors = predict_errors_path(out)
+        failed = 0
+        if errors.is_file():
+            with open(errors, encoding="utf-8") as f:
+                failed = sum(1 for _ in f) - 1
+        print(f"wrote {n} predictions to {out}" + (f"; {failed} input(s) skipped, listed in {errors}" if failed else ""))
         return 0
     if args.command == "summary":
         from speechssl.downstream.summary import summarize_label_efficiency

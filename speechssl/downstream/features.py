@@ -39,12 +39,15 @@ class FeatureSet:
             or a :class:`LazyFeatures` that reads each utterance from disk when indexed).
         layer_names: names of the layers.
         frame_shift: samples (16 kHz) between frames.
+        failed: ``id -> reason`` of the utterances left out (``features(..., skip_failed=True)``
+            only; otherwise a failure raises).
     """
 
     ids: list[str]
     feats: Sequence[list[torch.Tensor]]
     layer_names: list[str]
     frame_shift: int
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,6 +105,7 @@ class EncoderFeatureCache:
         self.chunk_seconds, self.overlap_seconds = chunk_seconds, overlap_seconds
         self._fit_check: Sequence[dict] | None = None  # records to check the memory for, after the first batch
         self._bar = None  # tqdm bar of the running features() call
+        self._failed: dict[tuple, str] | None = None  # key -> reason, while features(skip_failed=True) runs
 
     def __len__(self) -> int:
         return len(self._store)
@@ -116,11 +120,13 @@ class EncoderFeatureCache:
         return _CachedUtterance(self, item.key)
 
     def failed(self, item: Item, reason: str) -> None:
-        # encode_records raises instead under errors="raise", which the cache always uses
-        raise ValueError(f"utterance {item.id!r} ({item.path}): {reason}")
+        # called under errors="skip" only (features(skip_failed=True)); errors="raise" raises instead
+        if self._failed is None:
+            raise ValueError(f"utterance {item.id!r} ({item.path}): {reason}")
+        self._failed[item.key] = reason
 
     def finished(self, items: list[Item]) -> None:
-        self.encoded += len(items)
+        self.encoded += sum(i.key in self._store for i in items)  # not the failed ones (skip_failed)
         if self._bar is not None:
             self._bar.update(len(items))
         if self._fit_check is not None:  # after the first batch
@@ -130,6 +136,7 @@ class EncoderFeatureCache:
     def _check_fits(self, first: Sequence[Item], todo: Sequence[dict]) -> None:
         """After the first batch: stop early with a clear message when keeping the features of all
         of ``todo`` (estimated from the first batch's bytes per second of audio) cannot fit."""
+        first = [i for i in first if i.key in self._store]  # not the failed ones (skip_failed)
         seconds = sum(i.seconds for i in first)
         total = sum(_seconds(r) for r in todo)
         available = available_memory_bytes()
@@ -145,8 +152,12 @@ class EncoderFeatureCache:
                 "(read from disk when they do not fit), or keep them as float16 (encode.dtype: float16)"
             )
 
-    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
-        """Encode the records not cached yet, then return all of them as a FeatureSet."""
+    def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:
+        """Encode the records not cached yet, then return all of them as a FeatureSet.
+
+        A file that cannot be read or gives no frame raises, naming it; with ``skip_failed`` it is
+        left out of the FeatureSet instead and listed in its ``failed`` (``predict`` on new files).
+        """
         from tqdm.auto import tqdm
 
         todo = [r for r in records if record_key(r) not in self._store]
@@ -155,14 +166,16 @@ class EncoderFeatureCache:
         for r in todo:
             seen.setdefault(record_key(r), r)
         todo = sorted(seen.values(), key=_seconds)
+        failed: dict[tuple, str] = {}
         if todo:
             self.encoder.eval()
             items = [Item(r["id"], str(r["path"]), _seconds(r), r.get("start"), r.get("duration"), key=record_key(r))
                      for r in todo]
             policy = EncodePolicy(batch_size=self.batch_size, chunk_seconds=self.chunk_seconds,
-                                  overlap_seconds=self.overlap_seconds, errors="raise", device=str(self.device),
-                                  name=self.name)
+                                  overlap_seconds=self.overlap_seconds, errors="skip" if skip_failed else "raise",
+                                  device=str(self.device), name=self.name)
             self._fit_check = todo
+            self._failed = {} if skip_failed else None
             with tqdm(total=len(todo), desc=desc, unit="utt", leave=False, disable=None) as bar:  # None: only on a terminal
                 self._bar = bar
                 try:
@@ -170,13 +183,17 @@ class EncoderFeatureCache:
                 finally:
                     self._bar = None
                     self._fit_check = None
-        if self.layer_names is None:
-            raise ValueError("no utterance to encode")
+                    failed, self._failed = self._failed or {}, None
+        kept = [r for r in records if record_key(r) in self._store]
+        if self.layer_names is None or not kept:
+            detail = f"; e.g. {next(iter(failed.values()))}" if failed else ""
+            raise ValueError(f"no utterance to encode ({len(records)} given, {len(failed)} failed{detail})")
         return FeatureSet(
-            ids=[r["id"] for r in records],
-            feats=[self._store[record_key(r)] for r in records],
+            ids=[r["id"] for r in kept],
+            feats=[self._store[record_key(r)] for r in kept],
             layer_names=list(self.layer_names),
             frame_shift=int(self.frame_shift or 0),
+            failed={r["id"]: failed[record_key(r)] for r in records if record_key(r) in failed},
         )
 
 

@@ -48,6 +48,10 @@ def predict(model_dir: str | Path, inputs: str | Path | Sequence[dict], out: str
     ``model_dir/predictions.tsv``): ``id  prediction  confidence  [reference]``.
 
     The encoder is the one recorded in the model unless ``encoder``/``features`` say otherwise.
+    An input that gives no features (unreadable or empty audio, too short for the encoder, not in
+    the feature folder) is reported and left out: it is listed, with the reason, in
+    ``<out stem>.errors.tsv`` (``id  path  reason``; removed when every input worked). It raises
+    only when no input works.
     """
     model_dir = Path(model_dir)
     model = load_downstream_model(model_dir)
@@ -58,7 +62,18 @@ def predict(model_dir: str | Path, inputs: str | Path | Sequence[dict], out: str
         raise ValueError(f"{model_dir}: the model was trained on precomputed features without an encoder name; "
                          "pass --encoder NAME|DIR or --features DIR")
     source = open_source(spec, features, batch_size=batch_size, encoder_options=recorded.get("options") or {})
-    fs = source.features(records, desc="encoding")
+    fs = source.features(records, desc="encoding", skip_failed=True)
+    out = Path(out) if out else model_dir / "predictions.tsv"
+    errors_path = predict_errors_path(out)
+    if fs.failed:
+        for uid, reason in fs.failed.items():
+            logger.warning("predict: skipping %s: %s", uid, reason)
+        paths = {r["id"]: str(r.get("path", "")) for r in records}
+        atomic_write_text(errors_path, "id\tpath\treason\n" + "".join(
+            f"{uid}\t{paths.get(uid, '')}\t{' '.join(reason.split())}\n" for uid, reason in fs.failed.items()))
+        records = [r for r in records if r["id"] not in fs.failed]
+    else:
+        errors_path.unlink(missing_ok=True)  # from an earlier run on other inputs
     missing = [n for n in model.layers if n not in fs.layer_names]
     if missing:
         raise ValueError(f"{model_dir}: the model uses layers {missing} that encoder {spec!r} lacks ({fs.layer_names})")
@@ -67,9 +82,14 @@ def predict(model_dir: str | Path, inputs: str | Path | Sequence[dict], out: str
     refs = None
     if label and all(label in r for r in records):
         refs = [" ".join(map(str, r[label])) if isinstance(r[label], list) else str(r[label]) for r in records]
-    out = Path(out) if out else model_dir / "predictions.tsv"
     write_predictions(out, [r["id"] for r in records], probs, model.labels, refs)
     return out
+
+
+def predict_errors_path(out: str | Path) -> Path:
+    """Where :func:`predict` lists the inputs it left out: ``preds.tsv`` -> ``preds.errors.tsv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.errors.tsv")
 
 
 def _load_results(exp: Path) -> dict:

@@ -13,6 +13,7 @@ only that interface, so a new kind of source (say, features streamed from a serv
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -44,8 +45,11 @@ class FeatureSource(Protocol):
 
     spec: str | None
 
-    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
-        """Hidden states of ``records`` (manifest records; matched by ``id`` and audio path)."""
+    def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:
+        """Hidden states of ``records`` (manifest records; matched by ``id`` and audio path).
+
+        An utterance without features (unreadable audio, too short, missing from a feature folder)
+        raises, naming it; with ``skip_failed`` it is left out and listed in ``FeatureSet.failed``."""
 
     def describe(self) -> dict:
         """``spec``, ``options``, ``layer_names``, ``frame_shift``, ``features`` (the feature
@@ -83,8 +87,8 @@ class EncoderSource:
         self.cache = EncoderFeatureCache(encoder.to(device), batch_size, CACHE_DTYPES[dtype], device, name=spec)
         self._weights: str | list | None = None  # see fingerprint()
 
-    def features(self, records: Sequence[dict], desc: str = "encoding") -> FeatureSet:
-        return self.cache.features(records, desc)
+    def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:
+        return self.cache.features(records, desc, skip_failed=skip_failed)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
@@ -130,18 +134,38 @@ class PrecomputedSource:
         self._cache: dict[str, list[torch.Tensor]] = {}
         self._meta: FeatureSet | None = None
 
-    def features(self, records: Sequence[dict], desc: str = "loading") -> FeatureSet:
+    def features(self, records: Sequence[dict], desc: str = "loading", skip_failed: bool = False) -> FeatureSet:
+        failed: dict[str, str] = {}
+        if skip_failed:  # utterances `extract` listed in errors.tsv; any other missing id still raises
+            failed = {r["id"]: f"{self.folder / 'errors.tsv'}: {self.extract_errors[r['id']]}"
+                      for r in records if r["id"] in self.extract_errors}
+            records = [r for r in records if r["id"] not in failed]
+            if not records:
+                raise ValueError(f"{self.folder}: none of the {len(failed)} utterance(s) has features "
+                                 f"(all are in errors.tsv; e.g. {next(iter(failed.values()))})")
         todo = [r for r in records if r["id"] not in self._cache]
         if todo:
             fs = load_precomputed(self.folder, todo, self.lazy)
             self._meta = fs
             if isinstance(fs.feats, LazyFeatures):  # too big for memory: nothing is kept, all read on use
-                return fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
+                fs = fs if len(todo) == len(records) else load_precomputed(self.folder, records, lazy=True)
+                fs.failed = failed
+                return fs
             self._cache.update(zip(fs.ids, fs.feats))
         if self._meta is None:
             raise ValueError("no utterance to load")
         return FeatureSet([r["id"] for r in records], [self._cache[r["id"]] for r in records],
-                          self._meta.layer_names, self._meta.frame_shift)
+                          self._meta.layer_names, self._meta.frame_shift, failed)
+
+    @property
+    def extract_errors(self) -> dict[str, str]:
+        """``id -> reason`` of the utterances ``speechssl extract`` could not encode (its errors.tsv)."""
+        path = self.folder / "errors.tsv"
+        if not path.is_file():
+            return {}
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row["id"]: row.get("reason") or "" for row in csv.DictReader(f, delimiter="\t",
+                                                                                 quoting=csv.QUOTE_NONE)}
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
