@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import random
 import re
 from pathlib import Path
@@ -160,8 +161,7 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
-        raise UnreadableCheckpointError(
-            f"{path}: not a readable speechssl checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UnreadableCheckpointError(f"{path}: not a readable speechssl checkpoint ({_load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: not a speechssl pretraining checkpoint (no kind={CHECKPOINT_KIND!r})")
     version = ckpt.get("format_version")
@@ -179,6 +179,16 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
     return ckpt
 
 
+def _load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load`` failed. torch's own text for a file that is not a weights
+    pickle runs over a dozen lines and suggests ``weights_only=False``, which speechssl never uses."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a PyTorch file of tensors (weights-only unpickling refused it)"
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
 def load_latest_intact(folder: str | Path, expect_model: str | None = None, map_location: Any = "cpu",
                        set_aside: bool = True) -> tuple[Path | None, dict | None]:
     """The newest checkpoint of ``folder`` that reads back, as ``(path, checkpoint)``.
@@ -191,14 +201,19 @@ def load_latest_intact(folder: str | Path, expect_model: str | None = None, map_
         CheckpointError: a readable checkpoint of another model or of a newer format (no fallback:
             that is a wrong folder, not a damaged file).
     """
-    for path in reversed(list_checkpoints(folder)):
+    paths = list_checkpoints(folder)
+    for i in range(len(paths) - 1, -1, -1):
         try:
-            return path, load_checkpoint(path, expect_model=expect_model, map_location=map_location)
+            return paths[i], load_checkpoint(paths[i], expect_model=expect_model, map_location=map_location)
         except UnreadableCheckpointError as exc:
-            log.warning("%s; falling back to the previous checkpoint", exc)
+            if i:
+                log.warning("%s; falling back to the previous checkpoint", exc)
+            else:
+                log.warning("%s; no readable checkpoint left in %s: starting from step 0 (the unreadable "
+                            "ones are kept as *.unreadable)", exc, folder)
             if set_aside:
                 with contextlib.suppress(OSError):  # another rank may have set it aside already
-                    path.rename(path.with_name(path.name + ".unreadable"))
+                    paths[i].rename(paths[i].with_name(paths[i].name + ".unreadable"))
     return None, None
 
 
