@@ -53,6 +53,22 @@ def test_config_errors_name_the_key_and_choices(tmp_path, override, error, words
         assert w in str(info.value)
 
 
+def test_errors_from_an_override_name_the_override_not_the_file(tmp_path):
+    path = recipe(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(path, ["optim.lr=1e-3", "train.max_stepz=5"])
+    assert str(info.value).startswith(f"override 'train.max_stepz=5' (on {path}): unknown key(s) train.max_stepz")
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(path, ["train.max_steps=abc"])
+    assert str(info.value) == f"override 'train.max_steps=abc' (on {path}): train.max_steps: expected an integer, got 'abc'"
+    # a bad key in the file itself still names the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("max_steps:", "max_stepz:"))
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(bad, ["train.seed=1"])
+    assert str(info.value).startswith(f"{bad}: unknown key(s) train.max_stepz")
+
+
 def test_unknown_section_in_yaml_and_missing_model(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {name: toy_linear}\noptimizer: {lr: 1}\n")

@@ -24,6 +24,7 @@ set of values are ``Literal[...]``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -319,7 +320,24 @@ def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ())
                 f"override {text!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
             )
     raw = apply_overrides(raw, list(overrides))
-    return pretrain_config_from_dict(raw, source=source)
+    try:
+        return pretrain_config_from_dict(raw, source=source)
+    except ConfigError as exc:
+        # an error about a key set on the command line names that override, not the file
+        culprit = _override_named_in(str(exc), overrides)
+        if culprit is None:
+            raise
+        text = str(exc).removeprefix(f"{source}: ")
+        raise ConfigError(f"override {culprit!r} (on {source}): {text}") from None
+
+
+def _override_named_in(message: str, overrides: Sequence[str]) -> str | None:
+    """The last override whose key (``a.b`` of ``a.b=value``) the error message names."""
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            return text
+    return None
 
 
 def save_pretrain_config(cfg: PretrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
