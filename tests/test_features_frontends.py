@@ -258,3 +258,23 @@ def test_cache_blocking_does_not_change_results(name, monkeypatch):
         monkeypatch.setattr(module, "BLOCK_FRAMES_PER_THREAD", 7)  # many tiny blocks, odd sizes
     blocked, _ = fe(wavs, lengths)
     assert torch.equal(blocked, reference)
+
+
+def test_readme_frame_counts_hold():
+    """The README's frame-count paragraph quotes these numbers; they must be what the code gives."""
+    from pathlib import Path
+
+    import speechssl
+    from speechssl.modules.conv import conv_out_lengths
+
+    text = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "frames(L) = 1 + (L - frame_length) // frame_shift" in text
+    assert "98 frames for 1 s" in text and "`[198, 123]` frames for 32,000 and 20,000 samples" in text
+    enc = speechssl.load_encoder("logmel")
+    out = enc(torch.zeros(2, 32000), torch.tensor([32000, 20000]))
+    assert out.lengths.tolist() == [198, 123]
+    assert num_frames(16000, 400, 160) == 98
+    mel = torch.tensor([198, 123])
+    assert conv_out_lengths(mel, [(192, 3, 2)]).tolist() == [98, 61]  # "[98, 61]" for wav2vec2_tiny
+    assert "gives `[98, 61]`" in text and "`[99, 61]`" in text
+    assert torch.div(mel, 2, rounding_mode="floor").tolist() == [99, 61]
