@@ -96,3 +96,38 @@ def test_precomputed_features_skip_only_what_extract_listed(trained, tmp_path):
     other = [{**records[0], "id": "never_extracted"}]
     with pytest.raises(KeyError, match="never_extracted"):
         PrecomputedSource(feats).features(other, skip_failed=True)
+
+
+def test_predict_refuses_features_of_other_encoder_weights(tmp_path, capsys):
+    # two encoders with the same architecture and layer names, different weights
+    from helpers import tiny_model
+
+    from speechssl.upstream.release import save_released_encoder
+
+    corpus = tmp_path / "synth"
+    assert main(["synth", "--backend", "formant", "--out", str(corpus), "--speakers", "2",
+                 "--utts-per-speaker", "3", "--jobs", "1"]) == 0
+    manifest = str(corpus / "manifest.jsonl")
+    for seed in (0, 1):
+        save_released_encoder(tiny_model("apc", seed), tmp_path / f"enc{seed}")
+    exp = tmp_path / "exp"
+    assert main(["downstream", "train", "--encoder", str(tmp_path / "enc0"), "--train", manifest,
+                 "--label", "speaker", "--exp", str(exp), "--quiet", *FAST]) == 0
+    for seed in (0, 1):
+        assert main(["extract", "--encoder", str(tmp_path / f"enc{seed}"), "--input", manifest,
+                     "--out", str(tmp_path / f"feats{seed}"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["downstream", "predict", "--model", str(exp), "--input", manifest,
+                 "--features", str(tmp_path / "feats1"), "--out", str(tmp_path / "p1.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert f"the features in {tmp_path / 'feats1'} come from other weights" in err, err
+    assert main(["downstream", "predict", "--model", str(exp), "--input", manifest,
+                 "--encoder", str(tmp_path / "enc1"), "--out", str(tmp_path / "p2.tsv")]) == 1
+    assert "has other weights" in capsys.readouterr().err
+    assert not (tmp_path / "p1.tsv").exists() and not (tmp_path / "p2.tsv").exists()
+    # the encoder it was trained on, directly or through its extracted features, predicts the same
+    assert main(["downstream", "predict", "--model", str(exp), "--input", manifest,
+                 "--features", str(tmp_path / "feats0"), "--out", str(tmp_path / "p3.tsv")]) == 0
+    assert main(["downstream", "predict", "--model", str(exp), "--input", manifest,
+                 "--out", str(tmp_path / "p4.tsv")]) == 0
+    assert _tsv(tmp_path / "p3.tsv") == _tsv(tmp_path / "p4.tsv")

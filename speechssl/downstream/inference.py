@@ -62,6 +62,7 @@ def predict(model_dir: str | Path, inputs: str | Path | Sequence[dict], out: str
         raise ValueError(f"{model_dir}: the model was trained on precomputed features without an encoder name; "
                          "pass --encoder NAME|DIR or --features DIR")
     source = open_source(spec, features, batch_size=batch_size, encoder_options=recorded.get("options") or {})
+    _check_same_weights(model_dir, recorded, source.describe(), features)
     fs = source.features(records, desc="encoding", skip_failed=True)
     out = Path(out) if out else model_dir / "predictions.tsv"
     errors_path = predict_errors_path(out)
@@ -84,6 +85,20 @@ def predict(model_dir: str | Path, inputs: str | Path | Sequence[dict], out: str
         refs = [" ".join(map(str, r[label])) if isinstance(r[label], list) else str(r[label]) for r in records]
     write_predictions(out, [r["id"] for r in records], probs, model.labels, refs)
     return out
+
+
+def _check_same_weights(model_dir: Path, recorded: dict, given: dict, features: str | Path | None) -> None:
+    """Refuse features of other encoder weights than the model was trained on (same layer names
+    and sizes, e.g. another run of the same recipe, would otherwise give confident nonsense).
+    Models saved before the weights were recorded are not checked."""
+    trained, now = recorded.get("weights_sha256"), given.get("weights_sha256")
+    if trained and now and trained != now:
+        what = (f"the features in {features} come from" if features
+                else f"encoder {given.get('spec')!r} has")
+        raise ValueError(
+            f"{model_dir}: the model was trained on encoder {recorded.get('spec')!r} (weights sha256 "
+            f"{trained[:12]}...), but {what} other weights ({now[:12]}...); predict with that encoder "
+            "(or features it extracted), or train a model on these")
 
 
 def predict_errors_path(out: str | Path) -> Path:

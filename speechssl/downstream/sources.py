@@ -91,8 +91,11 @@ class EncoderSource:
         return self.cache.features(records, desc, skip_failed=skip_failed)
 
     def describe(self) -> dict:
+        weights = self.fingerprint()["weights"]
         return {"spec": self.spec, "options": self.options, "layer_names": self.cache.layer_names,
-                "frame_shift": self.cache.frame_shift, "features": None, **encoder_role_info(self.cache.encoder)}
+                "frame_shift": self.cache.frame_shift, "features": None,
+                "weights_sha256": weights if isinstance(weights, str) else None,
+                **encoder_role_info(self.cache.encoder)}
 
     def layer_aliases(self) -> dict[str, str] | None:
         return encoder_layer_aliases(self.cache.encoder)
@@ -170,6 +173,7 @@ class PrecomputedSource:
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
                 "frame_shift": self._meta.frame_shift if self._meta else None, "features": str(self.folder),
+                "weights_sha256": self.meta.get("weights_sha256"),  # of the encoder extract ran
                 **features_role_info(self.meta, self.spec)}
 
     def layer_aliases(self) -> dict[str, str] | None:
