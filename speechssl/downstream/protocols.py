@@ -37,7 +37,13 @@ from speechssl.downstream.results import (
     LabelEfficiencyRun,
 )
 from speechssl.downstream.sources import FeatureSource, source_from_config
-from speechssl.downstream.splits import kfold_by_group, sample_per_class, splits_hash, stratified_split
+from speechssl.downstream.splits import (
+    kfold_by_group,
+    sample_per_class,
+    splits_hash,
+    stratified_split,
+    warn_shared_audio,
+)
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -102,6 +108,7 @@ def run_superb(source: FeatureSource, splits: Mapping[str, Sequence[dict]], prot
     given (:func:`run_lr_sweep`). Returns the results written to ``exp_dir/results.json``."""
     for name, recs in splits.items():
         logger.info("%s: %d utterances", name, len(recs))
+    warn_shared_audio(splits)
     if lrs:
         return run_lr_sweep(source, splits, label, cfg, lrs, exp_dir, progress, resume=resume)
     results, _ = run_experiment(source, splits, label, cfg, exp_dir, protocol, progress)
@@ -426,6 +433,7 @@ def label_efficiency(cfg: DownstreamConfig, encoders: Mapping[str, str | Path], 
     pool, dev = label_efficiency_splits(read_manifest(train), label, read_manifest(valid) if valid else None,
                                         dev_per_class)
     test_records = read_manifest(test)
+    warn_shared_audio({"train": pool, "dev": dev, "test": test_records})
     sources = {name: source_from_config(cfg, str(path)) for name, path in encoders.items()}
     return run_label_efficiency(sources, pool, dev, test_records, label, cfg, shots, seeds, out_dir, metric=metric,
                                 progress=progress, resume=resume)

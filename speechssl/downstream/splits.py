@@ -33,6 +33,25 @@ def splits_hash(splits: Mapping[str, Sequence[dict]]) -> str:
     return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def warn_shared_audio(splits: Mapping[str, Sequence[dict]], scored: Sequence[str] = ("dev", "test"),
+                      fitted: str = "train") -> dict[str, int]:
+    """Warn when utterances of a ``scored`` split are also in the ``fitted`` split (the same audio:
+    path and segment, whatever their ids), since their score is then not held-out. Returns
+    ``{split: number shared}`` for the splits that share any."""
+    def audio(rec: dict) -> tuple:
+        return (str(rec.get("path")), rec.get("start"), rec.get("duration"))
+
+    seen = {audio(r) for r in splits.get(fitted) or ()}
+    shared = {}
+    for name in scored:
+        ids = [str(r["id"]) for r in splits.get(name) or () if audio(r) in seen]
+        if ids:
+            shared[name] = len(ids)
+            logger.warning("%d of the %d %s utterances are also in %s (same audio), e.g. %s: their scores are "
+                           "not held-out", len(ids), len(splits[name]), name, fitted, ids[:3])
+    return shared
+
+
 def group_by(records: Sequence[dict], field: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for rec in _by_id(records):
