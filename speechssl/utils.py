@@ -126,3 +126,23 @@ def free_space(path: str | Path) -> str:
             return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
         free /= 1000
     return f"{free:.1f} TB"
+
+
+def checked_device(device: str | torch.device, what: str = "device") -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:1", ...) as a torch device that exists on this machine.
+
+    Raises:
+        ValueError: a name torch does not know (``"gpu"``), or CUDA asked for where there is none
+            or fewer GPUs than the index, with ``what`` (the option's name) in the message.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{what}={device}: no CUDA device is available here; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{what}={device}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    return dev

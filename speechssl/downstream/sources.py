@@ -29,6 +29,7 @@ from speechssl.downstream.source_info import (
     features_layer_aliases,
     features_role_info,
 )
+from speechssl.utils import checked_device
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FEATURES_IN_MEMORY = {"auto": None, "always": False, "never": True}  # -> load_precomputed's ``lazy``
@@ -84,7 +85,8 @@ class EncoderSource:
             raise ValueError(f"encode.dtype: expected one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
         self.spec: str | None = spec
         self.options = dict(options or {})
-        self.cache = EncoderFeatureCache(encoder.to(device), batch_size, CACHE_DTYPES[dtype], device, name=spec)
+        self.cache = EncoderFeatureCache(encoder.to(checked_device(device, "encode.device")), batch_size,
+                                         CACHE_DTYPES[dtype], device, name=spec)
         self._weights: str | list | None = None  # see fingerprint()
 
     def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:

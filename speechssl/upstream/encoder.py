@@ -35,6 +35,7 @@ from torch import nn
 
 from speechssl.models.base import EncoderOutput
 from speechssl.upstream.layers import LayerSelection
+from speechssl.utils import checked_device
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Encoder(nn.Module):
         self._indices, self._names = resolved.indices, resolved.names
         self._hidden_sizes: list[int] | None = None
         self._aliases: dict[str, str] | None = None
-        self.backbone.to(torch.device(self.options.device))
+        self.backbone.to(checked_device(self.options.device))
         self.trainable = bool(self.options.trainable)
         for p in self.backbone.parameters():
             p.requires_grad_(self.trainable)
