@@ -146,3 +146,17 @@ def checked_device(device: str | torch.device, what: str = "device") -> torch.de
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"{what}={device}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
     return dev
+
+
+def read_safetensors(path: str | Path, device: str = "cpu", error: type[Exception] = ValueError) -> dict:
+    """The tensors of a ``.safetensors`` file; a damaged or truncated file raises ``error`` naming it
+    (safetensors' own SafetensorError is neither a ValueError nor an OSError)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as exc:
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise error(f"{path}: cannot read the weights ({reason}); the file is damaged or incomplete "
+                    "(copied or written only in part?)") from None

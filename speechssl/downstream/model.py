@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from speechssl.config import from_dict, to_dict
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
 from speechssl.downstream.heads import Head, build_head
-from speechssl.utils import atomic_path, atomic_write_json, read_versioned_json
+from speechssl.utils import atomic_path, atomic_write_json, read_safetensors, read_versioned_json
 
 MODEL_FORMAT_VERSION = 1
 MODEL_CONFIG = "model.json"
@@ -194,7 +194,7 @@ def load_downstream_model(folder: str | Path) -> DownstreamModel:
     weights = folder / MODEL_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: {MODEL_WEIGHTS} is missing")
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    missing, unexpected = model.load_state_dict(read_safetensors(weights), strict=False)
     if missing or unexpected:
         raise ValueError(f"{weights}: weights do not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()

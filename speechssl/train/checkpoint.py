@@ -29,7 +29,7 @@ import torch
 
 import speechssl
 from speechssl.config import ConfigError, to_dict
-from speechssl.utils import atomic_path, free_space
+from speechssl.utils import atomic_path, free_space, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +253,12 @@ def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: s
 
     source = Path(source)
     if source.is_dir() and (source / CONFIG_NAME).is_file():
-        from safetensors.torch import load_file
-
         cfg = read_release_config(source)
         if cfg["model"]["name"] != model_name:
             raise CheckpointError(
                 f"{source}: released encoder of model {cfg['model']['name']!r}, config asks for {model_name!r}"
             )
-        state = load_file(str(source / WEIGHTS_NAME))
+        state = read_safetensors(source / WEIGHTS_NAME, error=CheckpointError)
         what = f"released encoder {source}"
     else:
         if source.is_dir():

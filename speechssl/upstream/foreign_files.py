@@ -29,7 +29,7 @@ def read_json(path: Path) -> dict:
 
 def read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Tensors of the first weights file found (safetensors, sharded safetensors, or a torch file)."""
-    from safetensors.torch import load_file
+    from speechssl.utils import read_safetensors
 
     for name in names:
         path = folder / name
@@ -39,10 +39,10 @@ def read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor
             shards = sorted(set(read_json(path).get("weight_map", {}).values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(load_file(str(folder / shard)))
+                state.update(read_safetensors(folder / shard, error=ForeignCheckpointError))
             return state
         if name.endswith(".safetensors"):
-            return load_file(str(path))
+            return read_safetensors(path, error=ForeignCheckpointError)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling refused or corrupt file: say which

@@ -137,6 +137,8 @@ def _backbone_from_path(path: Path) -> tuple[nn.Module, str, str]:
         return load_released_model(path), "released", str(path)
     if (path / "encoder").is_dir() and _is_release(path / "encoder"):
         return load_released_model(path / "encoder"), "released", str(path / "encoder")
+    if (path / CONFIG_NAME).is_file() and _has_format_version(path):  # a release without its weights
+        raise EncoderLoadError(f"{path}: {WEIGHTS_NAME} is missing (its {CONFIG_NAME} is a speechssl release's)")
     if (path / "checkpoints").is_dir():
         from speechssl.train.checkpoint import latest_checkpoint
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import speechssl
 from speechssl.models.base import SSLModel, build_loaded
-from speechssl.utils import atomic_write_json, free_space, read_versioned_json
+from speechssl.utils import atomic_write_json, free_space, read_safetensors, read_versioned_json
 
 log = logging.getLogger(__name__)
 
@@ -161,5 +161,5 @@ def load_released_model(folder: str | Path, map_location: str | torch.device = "
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ReleaseError(f"{folder}: {WEIGHTS_NAME} is missing")
-    state = load_file(str(weights), device=str(map_location))
+    state = read_safetensors(weights, device=str(map_location), error=ReleaseError)
     return build_loaded(cfg["model"], state, str(weights), ReleaseError)
