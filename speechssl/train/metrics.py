@@ -40,7 +40,7 @@ class MetricsLogger:
         """On resume: drop lines logged after the checkpoint's ``step`` (they will be redone)."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= step]  # also drops cut lines
         from speechssl.utils import atomic_write_text
 
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
@@ -68,10 +68,25 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a line that is not a JSON record with a ``step`` (cut
+    short when a run was killed mid-write) is skipped with a warning naming it."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            log.warning("%s line %d: not a metrics record (cut short by a killed run?), ignored: %.60s",
+                        path, number, line)
+            continue
+        records.append(record)
+    return records
 
 
 def probe_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
