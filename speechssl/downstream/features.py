@@ -293,7 +293,19 @@ def _first_line(exc: BaseException) -> str:
 
 def _load_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[torch.Tensor]:
     """One utterance's per-layer [T, D] tensors from an index ``path`` entry (any extract format).
-    ``where`` names the utterance in errors (:func:`_where`)."""
+    ``where`` names the utterance in errors (:func:`_where`); a damaged file is a ValueError naming it."""
+    try:
+        return _read_entry(folder, loc, layers, where)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        if str(exc).startswith(where):  # already says which utterance
+            raise
+        raise ValueError(f"{where}: cannot read its features {folder / loc} ({type(exc).__name__}: {exc}); "
+                         "rerun `speechssl extract` into a new folder") from None
+
+
+def _read_entry(folder: Path, loc: str, layers: list[str], where: str) -> list[torch.Tensor]:
     path = folder / loc
     if path.is_dir():  # npy, several layers: <id>/<layer>.npy
         return [_tensor(np.load(path / f"{name}.npy", allow_pickle=False)) for name in layers]

@@ -95,7 +95,7 @@ def _chunk_ok(path: Path, ids: list[str]) -> bool:
         return False
     try:
         return read_chunk(path)["ids"].tolist() == ids
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         log.warning("%s is unreadable: labelling its utterances again", path)
         return False
 

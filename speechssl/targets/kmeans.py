@@ -128,7 +128,10 @@ def load_kmeans(folder: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    centroids = np.load(cent_path, allow_pickle=False)
+    try:
+        centroids = np.load(cent_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{cent_path}: unreadable ({exc}); re-fit with `speechssl targets kmeans`") from None
     if centroids.shape != (meta["k"], meta["dim"]):
         raise ValueError(f"{cent_path}: shape {centroids.shape}, kmeans.json says k={meta['k']}, dim={meta['dim']}")
     if kmeans_hash(centroids, meta["features"]) != meta["hash"]:

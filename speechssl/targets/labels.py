@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,16 @@ SAMPLE_RATE = 16000
 
 def read_chunk(path: Path) -> dict[str, np.ndarray]:
     """One chunk file of a label folder (``speechssl targets assign`` writes them): utterance ids, their
-    sample counts, label counts and the concatenated labels."""
-    with np.load(path, allow_pickle=False) as z:
-        return {key: z[key] for key in ("ids", "num_samples", "counts", "labels")}
+    sample counts, label counts and the concatenated labels. A damaged one raises ValueError naming it
+    (np.load raises zipfile.BadZipFile, EOFError, ... which are no ValueError)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in ("ids", "num_samples", "counts", "labels")}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: unreadable label chunk ({type(exc).__name__}: {exc}); rerun `speechssl "
+                         "targets assign` with the same arguments to write it again") from None
 
 
 class LabelFolder:
