@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -134,6 +135,23 @@ def test_unreadable_file_skips_its_step(tmp_path, caplog):
     skipped = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
                if json.loads(x)["split"] == "skipped"]
     assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
+
+
+def test_unreadable_validation_file_skips_its_batch_every_time(tmp_path, caplog):
+    # a bad file in --valid used to stop training at the first validation, losing every step since
+    # the last checkpoint; its batch is skipped instead, the same one at every validation
+    train = make_corpus(tmp_path / "data", n=8)
+    valid = make_corpus(tmp_path / "data", n=6, seed=1, name="dev")
+    (tmp_path / "data" / "dev_001.wav").write_bytes(b"not audio at all")
+    caplog.set_level(logging.WARNING)
+    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=4", "train.valid_every=2",
+                                                  "data.max_batch_seconds=1.0"])
+    res = pretrain(cfg, train, valid, tmp_path / "exp")
+    assert res.status == "finished" and res.step == 4
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["split"] == "valid"]
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses)
+    assert caplog.text.count("validation: skipping a batch") == 1 and "dev_001.wav" in caplog.text
 
 
 def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):

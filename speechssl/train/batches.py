@@ -108,6 +108,28 @@ def micro_batch_stream(loader, min_samples: int) -> Iterator[dict[str, Any]]:
             yield drop_short(batch, min_samples)
 
 
+def valid_batch_stream(loader, max_batches: int | None, seen_errors: set[str]) -> Iterator[dict[str, Any]]:
+    """One pass over a validation loader, at most ``max_batches`` batches. A batch whose audio fails
+    to load is skipped, and still counted, so that every pass scores the same utterances; it is
+    warned about the first time (``seen_errors`` keeps the messages across passes)."""
+    from speechssl.audio import AudioError
+
+    it = iter(loader)
+    done = 0
+    while max_batches is None or done < max_batches:
+        done += 1
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except AudioError as exc:  # AudioLoader re-raises workers' AudioErrors as such
+            if str(exc) not in seen_errors:
+                seen_errors.add(str(exc))
+                log.warning("validation: skipping a batch at every validation: %s", exc)
+            continue
+        yield batch
+
+
 def drop_short(batch: dict[str, Any], min_samples: int) -> dict[str, Any]:
     """Remove utterances shorter than ``min_samples`` (e.g. a few samples lost to resampling)."""
     keep = batch["lengths"] >= min_samples

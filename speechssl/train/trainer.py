@@ -41,7 +41,7 @@ from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
 from speechssl.targets.labels import check_resume_targets, open_training_targets
 from speechssl.train import checkpoint as ckpt_io
-from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches
+from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches, valid_batch_stream
 from speechssl.train.checkpoint import refuse_other_model as _refuse_other_model
 from speechssl.train.config import PretrainConfig, save_pretrain_config
 from speechssl.train.diagnostics import HealthWatch, block_grad_norms
@@ -178,7 +178,7 @@ class Trainer:
                f"{max(dc.min_seconds, self.min_samples / 16000):.3f} s (data.min_seconds={dc.min_seconds}, "
                f"model min_samples={self.min_samples}): {self.dropped}" if self.dropped else "")
         )
-        self.valid_loader = None
+        self.valid_loader, self._valid_errors = None, set()
         if self.manifests["valid"] is not None:
             crop = dc.valid_crop_seconds if dc.valid_crop_seconds is not None else dc.crop_seconds
             self.valid_loader = build_loader(
@@ -376,9 +376,7 @@ class Trainer:
             # where the previous validation stopped, and each pass would measure another slice.
             self.valid_loader.set_epoch(0)
             self.valid_loader.position = 0
-            for i, batch in enumerate(self.valid_loader):
-                if self.cfg.train.valid_max_batches is not None and i >= self.cfg.train.valid_max_batches:
-                    break
+            for batch in valid_batch_stream(self.valid_loader, self.cfg.train.valid_max_batches, self._valid_errors):
                 batch = self._to_device(batch)
                 with self._autocast():
                     out = self.model.loss(batch)
