@@ -64,6 +64,18 @@ def test_kmeans_is_bounded_by_the_sample_and_records_provenance(fitted):
         load_kmeans(bad)
 
 
+def test_kmeans_leaves_out_an_unreadable_sampled_file(tmp_path, caplog):
+    # one bad file in the sample used to stop the fit; assign still refuses it (labels must cover all)
+    train = make_corpus(tmp_path / "c", n=6, seconds=(0.6, 1.0))
+    (tmp_path / "c" / "train_002.wav").write_bytes(b"not audio")
+    caplog.set_level("WARNING")
+    meta = fit_kmeans("mfcc", None, train, tmp_path / "km", k=3, sample_hours=1.0, n_init=1)
+    assert meta["sample"]["unreadable"] == ["train_002"] and meta["sample"]["utterances"] == 6
+    assert "kmeans: skipping train_002" in caplog.text and "train_002.wav" in caplog.text
+    with pytest.raises(ValueError, match="train_002.wav"):
+        assign_labels(tmp_path / "km", train, tmp_path / "labels")
+
+
 def test_assign_labels_every_frame_resumes_and_shards(fitted, tmp_path):
     root, train, dev = fitted
     out = tmp_path / "labels"

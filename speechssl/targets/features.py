@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechssl.audio import load_audio
+from speechssl.audio import AudioError, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,25 @@ def _batches(records: Sequence[Mapping[str, Any]], batch_seconds: float) -> list
 
 
 @torch.inference_mode()
-def utterance_features(source: FeatureSource, records: Sequence[Mapping[str, Any]],
-                       batch_seconds: float = 60.0) -> Iterator[tuple[int, np.ndarray]]:
+def utterance_features(source: FeatureSource, records: Sequence[Mapping[str, Any]], batch_seconds: float = 60.0,
+                       unreadable: list[tuple[str, str]] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index into records, features [frames, dim] float32)`` for every record, in length
-    order (shortest first). Utterances shorter than the encoder's receptive field give 0 frames."""
+    order (shortest first). Utterances shorter than the encoder's receptive field give 0 frames.
+
+    A file that fails to load raises :class:`~speechssl.audio.AudioError`; when ``unreadable`` is
+    a list, it gives 0 frames instead and ``(id, reason)`` is appended there (k-means on a sample)."""
     for batch in _batches(records, batch_seconds):
         wavs = []
         for i in batch:
             rec = records[i]
-            wavs.append(load_audio(rec["path"], start=rec.get("start"), duration=rec.get("duration"),
-                                   target_sr=SAMPLE_RATE))
+            try:
+                wavs.append(load_audio(rec["path"], start=rec.get("start"), duration=rec.get("duration"),
+                                       target_sr=SAMPLE_RATE))
+            except AudioError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((str(rec["id"]), str(exc)))
+                wavs.append(torch.zeros(0))
         ok = [j for j, w in enumerate(wavs) if w.shape[0] >= source.min_samples]
         for j, i in enumerate(batch):
             if j not in ok:

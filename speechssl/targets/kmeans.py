@@ -85,13 +85,17 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
     source = open_features(features, layer, device)
     sample = sample_records(records, sample_hours, seed)
     t0 = time.monotonic()
-    feats = [f for _, f in utterance_features(source, sample, batch_seconds) if len(f)]
+    unreadable: list[tuple[str, str]] = []  # a bad file in the sample is left out, not fatal
+    feats = [f for _, f in utterance_features(source, sample, batch_seconds, unreadable) if len(f)]
+    for uid, reason in unreadable:
+        log.warning("kmeans: skipping %s: %s", uid, reason)
     x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
     if len(x) < k:
         raise ValueError(f"{manifest}: {len(x)} frames in the {len(sample)} sampled utterances, fewer than k={k}; "
                          "raise --sample-hours or lower --k")
-    log.info("kmeans: %d frames of dim %d from %d utterances (%.2f h) in %.1f s; fitting k=%d", len(x), x.shape[1],
-             len(sample), sum(map(record_duration, sample)) / 3600, time.monotonic() - t0, k)
+    log.info("kmeans: %d frames of dim %d from %d utterances (%.2f h%s) in %.1f s; fitting k=%d", len(x), x.shape[1],
+             len(sample) - len(unreadable), sum(map(record_duration, sample)) / 3600,
+             f", {len(unreadable)} unreadable left out" if unreadable else "", time.monotonic() - t0, k)
     km = minibatch_kmeans(k, len(x), seed, batch_size, max_iter, n_init)
     km.fit(x)
     centroids = km.cluster_centers_.astype(np.float32)
@@ -104,7 +108,8 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
         "features": source.provenance,
         "train_manifest": {"path": str(Path(manifest).resolve()), "sha256": file_sha256(manifest)},
         "sample": {"hours_requested": sample_hours, "utterances": len(sample), "frames": int(len(x)),
-                   "seed": seed, "hours": sum(map(record_duration, sample)) / 3600},
+                   "seed": seed, "hours": sum(map(record_duration, sample)) / 3600,
+                   "unreadable": [uid for uid, _ in unreadable]},
         "mean_squared_distance": inertia,
         "fit_seconds": round(time.monotonic() - t0, 2),
         "sklearn": {"n_init": n_init, "batch_size": batch_size, "max_iter": max_iter},
