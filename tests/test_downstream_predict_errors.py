@@ -92,6 +92,9 @@ def test_precomputed_features_skip_only_what_extract_listed(trained, tmp_path):
     fs = PrecomputedSource(feats).features(records, skip_failed=True)
     assert sorted(fs.ids) == sorted(r["id"] for r in records if r["id"].startswith("spk"))
     assert set(fs.failed) == {"empty", "garbage", "tiny"} and "errors.tsv" in fs.failed["tiny"]
+    # training does not skip: the error says why extract left them out
+    with pytest.raises(KeyError, match=r"extract could not encode some \(errors.tsv: empty: .*file is empty"):
+        PrecomputedSource(feats).features(records)
     # an id neither extracted nor listed as failed is a wrong feature folder: still an error
     other = [{**records[0], "id": "never_extracted"}]
     with pytest.raises(KeyError, match="never_extracted"):

@@ -247,6 +247,14 @@ def _read_index(folder: Path) -> list[dict]:
     return rows
 
 
+def _extract_errors(folder: Path) -> dict[str, str]:
+    """``id -> reason`` of the utterances ``speechssl extract`` listed in ``errors.tsv``."""
+    if not (folder / "errors.tsv").is_file():
+        return {}
+    with open(folder / "errors.tsv", newline="", encoding="utf-8") as f:
+        return {row["id"]: row.get("reason") or "" for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+
+
 def _read_meta(folder: Path) -> dict:
     path = folder / "extract.json"
     if not path.is_file():
@@ -463,10 +471,12 @@ def load_precomputed(folder: str | Path, records: Sequence[dict], lazy: bool | N
     meta = _read_meta(folder)
     missing = [r["id"] for r in records if r["id"] not in rows]
     if missing:
-        raise KeyError(
-            f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
-            "extract them from the same manifest"
-        )
+        failed = _extract_errors(folder)
+        why = "; ".join(f"{uid}: {failed[uid]}" for uid in missing[:3] if uid in failed)
+        raise KeyError(f"{folder / 'index.tsv'}: {len(missing)} utterance(s) have no features, e.g. {missing[:5]}; "
+                       + (f"extract could not encode some (errors.tsv: {why}): leave them out of the manifest "
+                          "(`speechssl prepare --check-audio`, --min-seconds)" if why
+                          else "extract them from the same manifest"))
     frame_shift = int(meta.get("frame_shift") or 0)
     if not frame_shift and rows and list(rows.values())[0].get("frame_rate"):
         frame_shift = int(round(16000 / float(list(rows.values())[0]["frame_rate"])))

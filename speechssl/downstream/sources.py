@@ -13,7 +13,6 @@ only that interface, so a new kind of source (say, features streamed from a serv
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -165,12 +164,9 @@ class PrecomputedSource:
     @property
     def extract_errors(self) -> dict[str, str]:
         """``id -> reason`` of the utterances ``speechssl extract`` could not encode (its errors.tsv)."""
-        path = self.folder / "errors.tsv"
-        if not path.is_file():
-            return {}
-        with open(path, newline="", encoding="utf-8") as f:
-            return {row["id"]: row.get("reason") or "" for row in csv.DictReader(f, delimiter="\t",
-                                                                                 quoting=csv.QUOTE_NONE)}
+        from speechssl.downstream.features import _extract_errors
+
+        return _extract_errors(self.folder)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "options": {}, "layer_names": self._meta.layer_names if self._meta else None,
