@@ -137,6 +137,21 @@ def test_unreadable_file_skips_its_step(tmp_path, caplog):
     assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
 
 
+def test_every_file_missing_stops_with_advice_on_paths(tmp_path):
+    # e.g. a manifest moved away from its audio: the advice is about paths, not learning rates
+    train = make_corpus(tmp_path / "data", n=8)
+    for wav in (tmp_path / "data").glob("*.wav"):
+        wav.unlink()
+    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=20", "train.valid_every=0",
+                                                  "train.max_bad_steps=3"])
+    with pytest.raises(TrainingError) as err:
+        pretrain(cfg, train, None, tmp_path / "exp")
+    message = str(err.value)
+    assert "3 consecutive steps skipped (last: load_error) at step 0; no checkpoint yet." in message
+    assert "audio failed to load, e.g. " in message and "file not found" in message
+    assert "check the manifest's paths" in message and "optim.lr" not in message
+
+
 def test_unreadable_validation_file_skips_its_batch_every_time(tmp_path, caplog):
     # a bad file in --valid used to stop training at the first validation, losing every step since
     # the last checkpoint; its batch is skipped instead, the same one at every validation

@@ -455,11 +455,16 @@ class Trainer:
                         self.logger.write({"split": "skipped", "step": self.step, "reason": res["skipped"],
                                            "ids": res.get("ids", []), "errors": res.get("errors", [])})
                     if self.bad_in_a_row >= limit:
+                        last = ckpt_io.latest_checkpoint(self.ckpt_dir)
+                        advice = (f"audio failed to load, e.g. {res['errors'][-1]}: check the manifest's paths "
+                                  "(relative ones are taken from its folder) or drop bad files with `speechssl "
+                                  "prepare --check-audio`" if res["skipped"] == "load_error" and res.get("errors")
+                                  else "Try a lower optim.lr, optim.clip_norm, more optim.warmup_steps or "
+                                  "train.precision=fp32")
                         raise TrainingError(
                             f"{self.bad_in_a_row} consecutive steps skipped (last: {res['skipped']}) at step "
-                            f"{self.step}; the last checkpoint is in {self.ckpt_dir}. Try a lower optim.lr, "
-                            f"optim.clip_norm, more optim.warmup_steps or train.precision=fp32"
-                        )
+                            f"{self.step}; " + (f"the last checkpoint is {last}" if last else "no checkpoint yet")
+                            + f". {advice}")
                 else:
                     self.bad_in_a_row = 0
                     window["loss"].extend(res["losses"])
