@@ -137,6 +137,19 @@ def test_unreadable_file_skips_its_step(tmp_path, caplog):
     assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
 
 
+def test_setup_error_leaves_no_empty_experiment_folder(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "path":\n')
+    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=2"])
+    with pytest.raises(ValueError, match="bad.jsonl:1: bad JSON"):
+        pretrain(cfg, bad, None, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is theirs: kept
+    with pytest.raises(ValueError):
+        pretrain(cfg, bad, None, tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_every_file_missing_stops_with_advice_on_paths(tmp_path):
     # e.g. a manifest moved away from its audio: the advice is about paths, not learning rates
     train = make_corpus(tmp_path / "data", n=8)

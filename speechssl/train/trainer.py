@@ -113,6 +113,7 @@ class Trainer:
         self.signals = StopSignals()
         # One job per experiment folder; only rank 0 writes, so only rank 0 locks (DDP ranks excepted).
         self._lock = FolderLock(self.exp_dir, purpose="speechssl pretrain") if self.dist.is_main else None
+        created = not self.exp_dir.exists()
         try:
             self._build_model()  # config errors of the family's builder come before any file is touched
             if self._lock is not None:
@@ -122,6 +123,9 @@ class Trainer:
             self._setup(init_from)
         except BaseException:
             self.close()
+            if created:  # a setup error (bad manifest, ...) leaves no empty experiment folder behind
+                with contextlib.suppress(OSError):
+                    self.exp_dir.rmdir()
             raise
 
     def _build_model(self) -> None:
