@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from helpers import ConstructedSource
+from helpers import ConstructedSource, make_corpus
 
 from speechssl.cli.main import main
 from speechssl.downstream import FeatureSet, PrecomputedSource, downstream_config, run_experiment
@@ -96,3 +96,12 @@ def test_a_class_with_a_single_example_is_warned_by_name(caplog):
     with caplog.at_level(logging.WARNING, logger="speechssl.downstream"):
         run_experiment(_Source(), {"train": recs[:8]}, "cls", cfg, None, progress=False)
     assert not [r for r in caplog.records if "single example" in r.getMessage()]
+
+
+def test_no_progress_bar_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    # a redirected log (a recipe's `| tee`, a batch job) gets no carriage-return bar lines
+    train = make_corpus(tmp_path / "c", n=6)
+    assert main(["downstream", "train", "--encoder", "logmel", "--train", str(train), "--label", "speaker",
+                 "--exp", str(tmp_path / "exp"), "train.max_steps=3", "head.hidden_dim=8"]) == 0
+    err = capsys.readouterr().err
+    assert "train head" not in err and "\r" not in err, err[-300:]

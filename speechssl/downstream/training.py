@@ -179,7 +179,8 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
     history: list[dict] = []
     bad, running, count = 0, 0.0, 0
     step = 0
-    bar = tqdm(total=cfg.max_steps, desc="train head", unit="step", leave=False, disable=not progress)
+    # None: a bar only on a terminal (a redirected log gets no carriage-return lines), as the feature cache
+    bar = tqdm(total=cfg.max_steps, desc="train head", unit="step", leave=False, disable=None if progress else True)
     for step in range(1, cfg.max_steps + 1):
         model.train()
         idx = []
