@@ -137,6 +137,14 @@ def test_unreadable_file_skips_its_step(tmp_path, caplog):
     assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
 
 
+def test_resume_names_each_changed_setting(tmp_path, corpus, caplog):
+    run(tmp_path, corpus)
+    caplog.set_level(logging.INFO)
+    run(tmp_path, corpus, ["train.max_steps=8", "optim.lr=1e-3"])
+    assert ("resuming with changed settings (the new values apply): optim.lr: 0.01 -> 0.001; "
+            "train.max_steps: 6 -> 8") in caplog.text
+
+
 def test_setup_error_leaves_no_empty_experiment_folder(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "path":\n')

@@ -245,9 +245,13 @@ class Trainer:
             return
         old = load_yaml(saved)
         _refuse_other_model(old.get("model") or {}, self.cfg.model_dict(), str(self.exp_dir))
+        changed = []
         for section in ("data", "optim", "train"):
-            if old.get(section) != to_dict(getattr(self.cfg, section)):
-                self._info(f"resuming with a changed '{section}' section (the new values apply)")
+            before, now = old.get(section) or {}, to_dict(getattr(self.cfg, section))
+            changed += [f"{section}.{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                        for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        if changed:
+            self._info(f"resuming with changed settings (the new values apply): {'; '.join(changed)}")
 
     def _load_resume_state(self, path: Path, state: dict[str, Any]) -> None:
         _refuse_other_model((state.get("config") or {}).get("model") or {}, self.cfg.model_dict(), str(path))
