@@ -24,3 +24,16 @@ def test_missing_field_error_is_printed_plainly(tmp_path, capsys):
     assert code == 1
     assert err.startswith("speechssl manifest: error: record 'u0' has no field 'spkr'"), err
     assert "Traceback" not in err and not err.endswith('"'), err
+
+
+def test_augment_yaml_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "aug.yaml"
+    bad.write_text("noise:\n  p: 1\n")
+    manifest = _manifest(tmp_path / "m.jsonl")
+    assert main(["augment", "--config", str(bad), "--input", str(manifest), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"speechssl augment: error: {bad}: unknown key(s) augment.noise"), err
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {name: simclr}\n")
+    assert main(["augment", "--config", str(recipe), "--input", str(manifest), "--out", str(tmp_path / "o")]) == 1
+    assert f"{recipe}: a recipe without a model.augment section" in capsys.readouterr().err

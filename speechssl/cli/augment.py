@@ -29,11 +29,14 @@ def load_augment_yaml(path: str):
     from speechssl.config import ConfigError, load_yaml
 
     data = load_yaml(path)
-    if "model" in data:
-        if not isinstance(data["model"], dict) or "augment" not in data["model"]:
-            raise ConfigError(f"{path}: a recipe without a model.augment section")
-        return augment_config(data["model"]["augment"], where="model.augment")
-    return augment_config(data)
+    try:
+        if "model" in data:
+            if not isinstance(data["model"], dict) or "augment" not in data["model"]:
+                raise ConfigError("a recipe without a model.augment section")
+            return augment_config(data["model"]["augment"], where="model.augment")
+        return augment_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
