@@ -17,7 +17,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
@@ -202,6 +202,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node[part]
         node[path[-1]] = value
     return out
+
+
+def override_named_in(message: str, overrides: Sequence[str]) -> str | None:
+    """The last ``key.sub=value`` override whose key an error message names (word-bounded), so
+    that the error can blame the command line rather than the config file; None when none is."""
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            return text
+    return None
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from speechssl.cli.main import main
 
 
@@ -37,3 +39,17 @@ def test_augment_yaml_errors_name_the_file(tmp_path, capsys):
     recipe.write_text("model: {name: simclr}\n")
     assert main(["augment", "--config", str(recipe), "--input", str(manifest), "--out", str(tmp_path / "o")]) == 1
     assert f"{recipe}: a recipe without a model.augment section" in capsys.readouterr().err
+
+
+def test_downstream_config_errors_name_the_file_or_the_override(tmp_path):
+    from speechssl.config import ConfigError
+    from speechssl.downstream.model import load_downstream_config
+
+    bad = tmp_path / "ds.yaml"
+    bad.write_text("optim: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_downstream_config(bad, [], "speaker")
+    assert str(err.value).startswith(f"{bad}: unknown key(s) optim.lrr for OptimConfig"), err.value
+    with pytest.raises(ConfigError) as err:
+        load_downstream_config(None, ["train.max_steps=abc"], "speaker")
+    assert str(err.value) == "override 'train.max_steps=abc': train.max_steps: expected an integer, got 'abc'"

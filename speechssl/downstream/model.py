@@ -112,13 +112,19 @@ def load_downstream_config(path: str | Path | None = None, overrides: Sequence[s
     """A downstream YAML (``recipes/downstream/*.yaml``; None: the defaults) with ``key.sub=value``
     ``overrides`` applied and ``label``, when given, as ``task.label``. A config that names no label
     field is an error (every verb needs one)."""
-    from speechssl.config import apply_overrides, load_yaml
+    from speechssl.config import ConfigError, apply_overrides, load_yaml, override_named_in
 
     raw = load_yaml(path) if path else {}
     raw = apply_overrides(raw, list(overrides))
     if label:
         raw.setdefault("task", {})["label"] = label
-    cfg = downstream_config(raw, where=str(path) if path else "config")
+    try:
+        cfg = downstream_config(raw, where="")
+    except ConfigError as exc:  # name the override or the file the bad key came from
+        culprit = override_named_in(str(exc), overrides)
+        if culprit is not None:
+            raise ConfigError(f"override {culprit!r}" + (f" (on {path})" if path else "") + f": {exc}") from None
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
     if not cfg.task.label:
         raise ValueError("no label field: pass --label FIELD (or task.label in the config)")
     return cfg

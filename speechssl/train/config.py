@@ -24,12 +24,19 @@ set of values are ``Literal[...]``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from speechssl.config import ConfigError, apply_overrides, check_finite, from_dict, load_yaml, to_dict
+from speechssl.config import (
+    ConfigError,
+    apply_overrides,
+    check_finite,
+    from_dict,
+    load_yaml,
+    override_named_in,
+    to_dict,
+)
 from speechssl.models.apc import APCConfig
 from speechssl.models.barlow import BarlowConfig
 from speechssl.models.bestrq import BestRQConfig
@@ -324,20 +331,12 @@ def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ())
         return pretrain_config_from_dict(raw, source=source)
     except ConfigError as exc:
         # an error about a key set on the command line names that override, not the file
-        culprit = _override_named_in(str(exc), overrides)
+        culprit = override_named_in(str(exc), overrides)
         if culprit is None:
             raise
         text = str(exc).removeprefix(f"{source}: ")
         raise ConfigError(f"override {culprit!r} (on {source}): {text}") from None
 
-
-def _override_named_in(message: str, overrides: Sequence[str]) -> str | None:
-    """The last override whose key (``a.b`` of ``a.b=value``) the error message names."""
-    for text in reversed(overrides):
-        key = text.split("=", 1)[0].strip()
-        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
-            return text
-    return None
 
 
 def save_pretrain_config(cfg: PretrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
