@@ -258,3 +258,17 @@ def test_loader_state_saved_at_epoch_end_starts_next_epoch(tmp_path):
     loader2 = make_loader(recs, max_batch_seconds=2.5, max_seconds=1.0, seed=1, pool_size=3)
     loader2.set_epoch(1)
     assert ids == [b["ids"] for b in loader2]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_unreadable_leaves_a_bad_file_out_of_its_batch(tmp_path, workers):
+    recs = _make_corpus(tmp_path, n=4)
+    (tmp_path / "u1.wav").write_bytes(b"not audio at all")
+    loader = make_loader(recs, 10.0, shuffle=False, skip_unreadable=True, num_workers=workers)
+    (batch,) = list(loader)
+    assert sorted(batch["ids"]) == ["u0", "u2", "u3"] and batch["wavs"].shape[0] == 3
+    assert len(batch["load_errors"]) == 1 and "u1.wav" in batch["load_errors"][0]
+    # a batch of bad files only is lost as a whole, as without skip_unreadable
+    only_bad = make_loader([recs[1]], 10.0, shuffle=False, skip_unreadable=True)
+    with pytest.raises(AudioError, match="u1.wav"):
+        list(only_bad)

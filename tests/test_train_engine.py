@@ -126,15 +126,17 @@ def test_nan_guard_skips_and_logs_ids_then_stops(tmp_path, corpus, caplog):
         run(tmp_path, corpus, [f"model.nan_ids={ids}", "train.max_bad_steps=3"], exp="all_nan")
 
 
-def test_unreadable_file_skips_its_step(tmp_path, caplog):
+def test_unreadable_file_is_left_out_of_its_batch(tmp_path, caplog):
+    # it costs its own place in the batch (warned once), not the step: the others still train
     train = make_corpus(tmp_path / "data", n=8)
     (tmp_path / "data" / "train_002.wav").write_bytes(b"not audio at all")
-    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=4", "train.valid_every=0"])
+    caplog.set_level(logging.WARNING)
+    cfg = load_pretrain_config(recipe(tmp_path), ["train.max_steps=8", "train.valid_every=0"])
     res = pretrain(cfg, train, None, tmp_path / "exp")
-    assert res.status == "finished" and res.step == 4
-    skipped = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
-               if json.loads(x)["split"] == "skipped"]
-    assert skipped and skipped[0]["reason"] == "load_error" and "train_002.wav" in skipped[0]["errors"][0]
+    assert res.status == "finished" and res.step == 8
+    records = [json.loads(x) for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["split"] == "skipped"]
+    assert caplog.text.count("training: leaving out an unreadable file") == 1 and "train_002.wav" in caplog.text
 
 
 def test_resume_names_each_changed_setting(tmp_path, corpus, caplog):
@@ -173,9 +175,9 @@ def test_every_file_missing_stops_with_advice_on_paths(tmp_path):
     assert "check the manifest's paths" in message and "optim.lr" not in message
 
 
-def test_unreadable_validation_file_skips_its_batch_every_time(tmp_path, caplog):
+def test_unreadable_validation_file_is_left_out_every_time(tmp_path, caplog):
     # a bad file in --valid used to stop training at the first validation, losing every step since
-    # the last checkpoint; its batch is skipped instead, the same one at every validation
+    # the last checkpoint; it is left out instead (warned once), and a batch of bad files only is skipped
     train = make_corpus(tmp_path / "data", n=8)
     valid = make_corpus(tmp_path / "data", n=6, seed=1, name="dev")
     (tmp_path / "data" / "dev_001.wav").write_bytes(b"not audio at all")
@@ -187,7 +189,12 @@ def test_unreadable_validation_file_skips_its_batch_every_time(tmp_path, caplog)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["split"] == "valid"]
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses)
-    assert caplog.text.count("validation: skipping a batch") == 1 and "dev_001.wav" in caplog.text
+    assert caplog.text.count("validation: leaving out an unreadable file") == 1 and "dev_001.wav" in caplog.text
+    caplog.clear()
+    only_bad = tmp_path / "data" / "bad.jsonl"
+    only_bad.write_text(valid.read_text().splitlines()[1] + "\n")
+    res = pretrain(cfg, train, only_bad, tmp_path / "exp2")
+    assert res.status == "finished" and caplog.text.count("validation: skipping a batch") == 1
 
 
 def test_max_minutes_stops_with_checkpoint_and_encoder(tmp_path, corpus):

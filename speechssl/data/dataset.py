@@ -44,9 +44,11 @@ class AudioDataset(torch.utils.data.Dataset):
         targets: frame targets (:class:`speechssl.targets.labels.FrameTargets`, HuBERT): each item
             gets ``"targets"`` [frames, K] int64 for the crop, and crop offsets become multiples of the
             model's frame shift so that labels and frames line up exactly.
+        skip_unreadable: a file that fails to load gives ``{"id", "load_error": AudioError}``, which
+            :func:`collate_audio` leaves out of its batch (listed in ``"load_errors"``).
 
     ``dataset[i]`` -> ``{"id": str, "wav": Tensor[samples] float32, <label fields>}``; a file
-    that fails to load raises :class:`speechssl.audio.AudioError` naming it.
+    that fails to load raises :class:`speechssl.audio.AudioError` naming it (see ``skip_unreadable``).
     """
 
     def __init__(
@@ -59,7 +61,9 @@ class AudioDataset(torch.utils.data.Dataset):
         label_fields: Sequence[str] | None = None,
         target_sr: int = TARGET_SR,
         targets: Any = None,
+        skip_unreadable: bool = False,
     ):
+        self.skip_unreadable = skip_unreadable
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
         if max_seconds is not None and max_seconds < min_seconds:
@@ -146,7 +150,12 @@ class AudioDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         start, duration = self.crop_window(index)
-        wav = load_audio(rec["path"], start=start, duration=duration, target_sr=self.target_sr)
+        try:
+            wav = load_audio(rec["path"], start=start, duration=duration, target_sr=self.target_sr)
+        except AudioError as exc:
+            if not self.skip_unreadable:
+                raise
+            return {"id": rec["id"], "load_error": exc}
         item: dict[str, Any] = {"id": rec["id"], "wav": wav}
         for field in self.label_fields:
             item[field] = rec[field]
@@ -165,10 +174,17 @@ def collate_audio(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         items: dataset items ``{"id", "wav": Tensor[L_i], <labels>}``.
     Returns:
         ``{"wavs": Tensor[B, L_max] float32 (zero padded), "lengths": LongTensor[B],
-        "ids": list[str], <label>: list}``.
+        "ids": list[str], <label>: list}``, plus ``"load_errors"`` (messages) when items of
+        ``AudioDataset(skip_unreadable=True)`` failed to load; when all of them did, the first
+        error is raised (the whole batch is lost).
     """
     if not items:
         raise ValueError("collate_audio: empty batch")
+    failed = [it["load_error"] for it in items if "load_error" in it]
+    if failed:
+        items = [it for it in items if "load_error" not in it]
+        if not items:
+            raise failed[0]
     wavs = [torch.as_tensor(it["wav"], dtype=torch.float32) for it in items]
     for it, w in zip(items, wavs):
         if w.ndim != 1:
@@ -184,6 +200,8 @@ def collate_audio(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             batch[key] = collate_targets([it[key] for it in items])
         elif key not in ("id", "wav"):
             batch[key] = [it.get(key) for it in items]
+    if failed:
+        batch["load_errors"] = [str(e) for e in failed]
     return batch
 
 
@@ -336,6 +354,7 @@ def make_loader(
     min_samples: int = 0,
     even_ranks: bool = True,
     targets: Any = None,
+    skip_unreadable: bool = False,
 ) -> AudioLoader:
     """Dataset + seconds-budget sampler + collate in one resumable loader.
 
@@ -351,6 +370,7 @@ def make_loader(
         even_ranks: as many batches on every rank (repeats a few; training). False: every batch once
             (evaluation; a rank may get one fewer).
         targets: frame targets for every item (see :class:`AudioDataset`).
+        skip_unreadable: leave files that fail to load out of their batch (see :class:`AudioDataset`).
     Raises:
         ValueError: nothing is left after dropping short utterances.
     """
@@ -363,6 +383,7 @@ def make_loader(
         seed=seed,
         label_fields=label_fields,
         targets=targets,
+        skip_unreadable=skip_unreadable,
     )
     if len(dataset) == 0:
         raise ValueError(

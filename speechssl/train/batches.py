@@ -79,7 +79,8 @@ def build_loader(manifest: Path, dc: DataConfig, batch_seconds: float, crop: flo
             records, batch_seconds, max_seconds=crop, min_seconds=dc.min_seconds, shuffle=train,
             random_crop=train, seed=seed, num_workers=dc.num_workers, num_replicas=world_size, rank=rank,
             min_samples=min_samples, pin_memory=pin_memory, label_fields=dc.label_fields or None,
-            even_ranks=train, targets=targets)  # validation: every utterance once, none repeated to even out the ranks
+            even_ranks=train, targets=targets,  # validation: every utterance once, none repeated to even out the ranks
+            skip_unreadable=True)  # a bad file costs its own place in the batch, not the batch
     except KeyError as exc:
         raise ValueError(f"{manifest}: data.label_fields={dc.label_fields}: {exc}") from None
     except ValueError as exc:
@@ -89,11 +90,23 @@ def build_loader(manifest: Path, dc: DataConfig, batch_seconds: float, crop: flo
     return loader
 
 
+def note_load_errors(batch: dict[str, Any], seen: set[str], where: str) -> dict[str, Any]:
+    """Warn (once per message, over the whole run) about the files a batch left out because they
+    failed to load (``batch["load_errors"]``, see ``AudioDataset(skip_unreadable=True)``)."""
+    for message in batch.pop("load_errors", []):
+        if message not in seen:
+            seen.add(message)
+            log.warning("%s: leaving out an unreadable file (each time it comes up): %s", where, message)
+    return batch
+
+
 def micro_batch_stream(loader, min_samples: int) -> Iterator[dict[str, Any]]:
-    """Endless stream of micro-batches over epochs. A batch whose audio fails to load (or whose
-    utterances are all shorter than ``min_samples``) comes as ``{"error": message}``."""
+    """Endless stream of micro-batches over epochs. Files that fail to load are left out of their
+    batch; a batch whose audio all fails to load (or whose utterances are all shorter than
+    ``min_samples``) comes as ``{"error": message}``."""
     from speechssl.audio import AudioError
 
+    seen: set[str] = set()
     while True:
         with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed: keep the global RNG untouched
             it = iter(loader)
@@ -105,7 +118,7 @@ def micro_batch_stream(loader, min_samples: int) -> Iterator[dict[str, Any]]:
             except AudioError as exc:  # AudioLoader re-raises workers' AudioErrors as such
                 yield {"error": str(exc)}
                 continue
-            yield drop_short(batch, min_samples)
+            yield drop_short(note_load_errors(batch, seen, "training"), min_samples)
 
 
 def valid_batch_stream(loader, max_batches: int | None, seen_errors: set[str]) -> Iterator[dict[str, Any]]:
@@ -127,7 +140,7 @@ def valid_batch_stream(loader, max_batches: int | None, seen_errors: set[str]) -
                 seen_errors.add(str(exc))
                 log.warning("validation: skipping a batch at every validation: %s", exc)
             continue
-        yield batch
+        yield note_load_errors(batch, seen_errors, "validation")
 
 
 def drop_short(batch: dict[str, Any], min_samples: int) -> dict[str, Any]:
