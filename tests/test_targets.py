@@ -64,6 +64,18 @@ def test_kmeans_is_bounded_by_the_sample_and_records_provenance(fitted):
         load_kmeans(bad)
 
 
+def test_assign_reports_progress_on_long_runs(fitted, tmp_path, caplog, monkeypatch):
+    import speechssl.targets.assign as assign_module
+
+    root, train, _ = fitted
+    monkeypatch.setattr(assign_module, "PROGRESS_EVERY_SECONDS", 0.0)  # every chunk counts as "a while"
+    caplog.set_level("INFO")
+    assign_labels(root / "km", train, tmp_path / "labels", chunk_size=4)
+    lines = [r.getMessage() for r in caplog.records if "chunks done" in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == [f"rank 0: {i}/3 chunks done" for i in (1, 2, 3)]
+    assert "utterances labelled in" in lines[-1] and "about 0 s left" in lines[-1]
+
+
 def test_kmeans_leaves_out_an_unreadable_sampled_file(tmp_path, caplog):
     # one bad file in the sample used to stop the fit; assign still refuses it (labels must cover all)
     train = make_corpus(tmp_path / "c", n=6, seconds=(0.6, 1.0))

@@ -55,6 +55,9 @@ class AssignSummary:
     report: Path | None
 
 
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines of `targets assign`
+
+
 def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
@@ -121,7 +124,8 @@ def assign_labels(kmeans_dir: str | Path, manifest: str | Path, out: str | Path,
         marker.unlink(missing_ok=True)
         chunks = [records[i: i + chunk_size] for i in range(0, len(records), chunk_size)]
         done = skipped = 0
-        t0 = time.monotonic()
+        t0 = last_note = time.monotonic()
+        mine = len(range(rank, len(chunks), world))
         for c, chunk in enumerate(chunks):
             if c % world != rank:
                 continue
@@ -135,6 +139,12 @@ def assign_labels(kmeans_dir: str | Path, manifest: str | Path, out: str | Path,
                 labels[i] = nearest(feats, centroids)
             _write_chunk(path, ids, [int(r["num_samples"]) for r in chunk], labels)
             done += len(chunk)
+            now = time.monotonic()
+            if now - last_note >= PROGRESS_EVERY_SECONDS:  # a long run (an encoder layer) says how far it is
+                last_note, finished = now, c // world + 1
+                left = (now - t0) / max(1, finished - skipped) * (mine - finished)
+                log.info("rank %d: %d/%d chunks done (%d utterances labelled in %.0f s, about %.0f s left)",
+                         rank, finished, mine, done, now - t0, left)
         marker.write_text("done\n")
         log.info("rank %d: labelled %d utterances in %.1f s, %d chunks already done", rank, done,
                  time.monotonic() - t0, skipped)
