@@ -76,6 +76,18 @@ def test_assign_reports_progress_on_long_runs(fitted, tmp_path, caplog, monkeypa
     assert "utterances labelled in" in lines[-1] and "about 0 s left" in lines[-1]
 
 
+def test_kmeans_reports_progress_while_encoding_the_sample(tmp_path, caplog, monkeypatch):
+    import speechssl.targets.kmeans as kmeans_module
+
+    train = make_corpus(tmp_path / "c", n=4, seconds=(1.0, 1.0), equal=True)
+    monkeypatch.setattr(kmeans_module, "PROGRESS_EVERY_SECONDS", 0.0)
+    caplog.set_level("INFO")
+    fit_kmeans("mfcc", None, train, tmp_path / "km", k=2, n_init=1)
+    lines = [r.getMessage() for r in caplog.records if "s sampled, in" in r.getMessage()]
+    assert [line.split(", in")[0] for line in lines] == [
+        f"kmeans: features of {s} of the 4 s sampled" for s in (1, 2, 3, 4)]
+
+
 def test_kmeans_leaves_out_an_unreadable_sampled_file(tmp_path, caplog):
     # one bad file in the sample used to stop the fit; assign still refuses it (labels must cover all)
     train = make_corpus(tmp_path / "c", n=6, seconds=(0.6, 1.0))

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines while the sample is encoded
+
+
 def kmeans_hash(centroids: np.ndarray, provenance: dict) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes())
     digest.update(json.dumps(provenance, sort_keys=True).encode())
@@ -86,7 +89,15 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
     sample = sample_records(records, sample_hours, seed)
     t0 = time.monotonic()
     unreadable: list[tuple[str, str]] = []  # a bad file in the sample is left out, not fatal
-    feats = [f for _, f in utterance_features(source, sample, batch_seconds, unreadable) if len(f)]
+    feats, seconds, last_note = [], 0.0, t0
+    total = sum(map(record_duration, sample))
+    for i, f in utterance_features(source, sample, batch_seconds, unreadable):
+        if len(f):
+            feats.append(f)
+        seconds += record_duration(sample[i])
+        if time.monotonic() - last_note >= PROGRESS_EVERY_SECONDS:  # an encoder layer on hours of audio
+            last_note = time.monotonic()
+            log.info("kmeans: features of %.0f of the %.0f s sampled, in %.0f s", seconds, total, last_note - t0)
     for uid, reason in unreadable:
         log.warning("kmeans: skipping %s: %s", uid, reason)
     x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
