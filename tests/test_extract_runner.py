@@ -268,3 +268,19 @@ def test_extract_json_records_layer_aliases_and_role(corpus, tmp_path):
     old = open_source(out)
     assert old.layer_aliases() is None and old.describe()["role"] is None
     assert open_source(out).features([{"id": "a"}]).layer_names == ["latent", "layer_1", "context"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(corpus, tmp_path, monkeypatch, caplog, capsys):
+    import logging
+
+    import speechssl.extract.runner as runner
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_SECONDS", 0.0)  # a line after every batch
+    caplog.set_level(logging.INFO, logger="speechssl.extract.runner")
+    cfg = ExtractConfig(layers="all", batch_seconds=2, progress=True)  # the bar asked for, but stderr is captured
+    extract_features("fbank", corpus / "wavs", tmp_path / "out", cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("extract[rank 0]: ")]
+    total = sum(SECONDS.values())
+    assert lines and lines[-1].startswith(f"extract[rank 0]: {total:.1f}/{total:.1f} s of audio (100.0%), ")
+    assert "audio-s/s" in lines[-1] and "eta " in lines[-1]
+    assert "\r" not in capsys.readouterr().err  # no tqdm bar in a redirected log

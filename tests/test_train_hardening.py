@@ -21,9 +21,9 @@ import speechssl.upstream.release as release
 from speechssl.cli.main import main as cli_main
 from speechssl.config import ConfigError
 from speechssl.locks import FolderLockedError
+from speechssl.progress import Progress
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.config import load_pretrain_config
-from speechssl.train.progress import Progress
 from speechssl.train.trainer import Trainer, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ class ExtractConfig:
     overlap_seconds: float = 2.0  # context on each side of a chunk (>= the receptive field)
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, much faster where the CPU/GPU has bf16 units
-    progress: bool = True  # tqdm bar on stderr
+    progress: bool = True  # a tqdm bar on a terminal (log lines every 30 s otherwise, whatever this says)
     # torch.compile the encoder's blocks (speechssl/compilation.py): same features to float rounding;
     # the first batches pay the compilation (tools/bench/run_all.py --only compile measures it)
     compile: bool = False

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from speechssl.extract.chunking import long_file_method
 from speechssl.extract.config import ExtractConfig
@@ -37,6 +36,7 @@ from speechssl.extract.encode import EncodePolicy, encode_records
 from speechssl.extract.inputs import Item, read_inputs
 from speechssl.extract.writers import FeatureWriter, KaldiWriter, UtteranceSink, check_format, make_writer
 from speechssl.locks import hold_rank_lock, remove_stale_temporaries
+from speechssl.progress import AUDIO_SECONDS, Progress
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 INDEX_COLUMNS = ("id", "path", "frames", "frame_rate", "layers", "dim")
 ERROR_COLUMNS = ("id", "path", "reason")
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 @dataclasses.dataclass
@@ -147,7 +148,7 @@ class _Extraction:
         self.failed_count += 1
 
     def finished(self, items: list[Item]) -> None:
-        self.bar.update(sum(i.seconds for i in items))
+        self.bar.advance(sum(i.seconds for i in items))
 
 
 def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
@@ -288,9 +289,9 @@ def _extract_locked(encoder, source: str | Path, out: Path, cfg: ExtractConfig, 
     index = _Appender(out / f"index.part{rank}.tsv", INDEX_COLUMNS, [previous[u] for u in sorted(done)])
     errors = _Appender(out / f"errors.part{rank}.tsv", ERROR_COLUMNS, [])
     todo = [i for i in mine if i.id not in done]
-    bar = tqdm(total=sum(i.seconds for i in todo), desc=f"extract[rank {rank}]", disable=not cfg.progress,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
-               dynamic_ncols=True)
+    # a bar on a terminal; a redirected stderr (a batch job's log) gets a line every 30 s instead
+    bar = Progress(sum(i.seconds for i in todo), 0.0, cfg.progress, PROGRESS_EVERY_SECONDS, main=True,
+                   desc=f"extract[rank {rank}]", counts=AUDIO_SECONDS, logger=log)
     run = _Extraction(encoder, writer, index, errors, bar)
     if rank == 0:
         for utt, path, reason in unreadable:

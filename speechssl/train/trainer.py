@@ -39,6 +39,7 @@ from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.features.cmvn import fill_global_cmvn
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
+from speechssl.progress import Progress
 from speechssl.targets.labels import check_resume_targets, open_training_targets
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.batches import build_loader, micro_batch_stream, plan_batches, valid_batch_stream
@@ -55,7 +56,6 @@ from speechssl.train.distributed import (
 from speechssl.train.metrics import MetricsLogger, merge_train_windows, plot_loss_curve
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.probe import LiveProbe
-from speechssl.train.progress import Progress
 from speechssl.train.signals import StopSignals
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
@@ -446,7 +446,7 @@ class Trainer:
         self.signals.install()
         status = "finished"
         window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
-        bar = Progress(tc.max_steps, self.step, tc.progress, tc.progress_every_seconds, self.dist.is_main)
+        bar = Progress(tc.max_steps, self.step, tc.progress, tc.progress_every_seconds, self.dist.is_main, logger=log)
         stream = micro_batch_stream(self.train_loader, self.min_samples)
         if self.step == 0 and tc.valid_every and tc.max_steps > 0:
             self._log_valid()  # the untrained model's loss: the reference point of every curve
