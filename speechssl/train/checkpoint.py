@@ -271,10 +271,14 @@ def load_model_weights(model: torch.nn.Module, source: str | Path, model_name: s
         state = load_checkpoint(source, expect_model=model_name)["model"]
         what = f"checkpoint {source}"
     state, fresh = skip_reshaped_targets(model, state)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"--init-from {what}: weights do not fit model {model_name!r}: {exc}") from None
+    ours = model.state_dict()
+    reshaped = [f"{k} {list(v.shape)} (model {list(ours[k].shape)})" for k, v in sorted(state.items())
+                if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+    if reshaped:  # one line, not torch's list of every mismatch
+        raise CheckpointError(
+            f"--init-from {what}: {len(reshaped)} tensors have other shapes than model {model_name!r} of this "
+            f"config, e.g. {'; '.join(reshaped[:3])}: set the config's model sizes to the source's")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = model.complete_state(list(missing)) if hasattr(model, "complete_state") else missing
     missing = [k for k in missing if k not in fresh]
     if missing or unexpected:
