@@ -85,6 +85,16 @@ def test_prepare_regex_labels_and_no_match(corpus, tmp_path):
     assert on_path.kept == 4 and on_path.label_fields == ["spk"]
 
 
+def test_a_template_folder_the_file_lacks_is_named(corpus, tmp_path):
+    _write(corpus / "top.wav", 1.0)  # at the top of DIR: no {parent}, no {grandparent}
+    report = prepare_folder(corpus, tmp_path / "m.jsonl", label_from_path=["speaker={grandparent}"])
+    assert report.dropped["no_label_match"] == 1 and report.kept == 4
+    (why,) = report.examples["no_label_match"]
+    assert why.startswith("top.wav: 'speaker={grandparent}' needs {grandparent}") and "top of DIR" in why
+    assert r"does not match '\d'" in prepare_folder(corpus, tmp_path / "r.jsonl",
+                                                      label_from_path=[r"(?P<n>\d)"]).examples["no_label_match"][0]
+
+
 def test_label_pattern_errors():
     with pytest.raises(ValueError, match="unknown placeholder {folder}"):
         parse_label_patterns(["speaker={folder}"])

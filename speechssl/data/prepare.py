@@ -12,7 +12,8 @@ dropped for a reason:
 - ``too_short``: shorter than ``min_seconds``;
 - ``non_finite`` (``check_audio`` only): a decoded sample is NaN or infinite;
 - ``silent`` (``check_audio`` only): no sample reaches ``silence_peak`` in absolute value;
-- ``no_label_match``: a ``label_from_path`` regex did not match the file.
+- ``no_label_match``: a ``label_from_path`` regex did not match the file, or its template names a
+  folder the file does not have (``{parent}`` of a file at the top of DIR).
 
 Ids are the path relative to DIR without the extension, ``/`` and whitespace replaced by ``_``
 (``train/1089/134686/1089-134686-0000.flac`` -> ``train_1089_134686_1089-134686-0000``), so
@@ -129,7 +130,8 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 3600:.4f} h ({seconds:.1f} s)"
 
 
-LabelRule = Callable[[Path], "dict[str, str] | None"]
+# path relative to DIR -> its labels, or why the file has none (a reason, reported with the file)
+LabelRule = Callable[[Path], "dict[str, str] | str"]
 
 
 def _path_values(rel: Path) -> dict[str, str]:
@@ -151,11 +153,13 @@ def _template_rule(pattern: str, field: str, template: str) -> LabelRule:
                 "{parent}, {grandparent}, {parentN}, {stem}, {name} or {top}"
             )
 
-    def rule(rel: Path) -> dict[str, str] | None:
+    def rule(rel: Path) -> dict[str, str] | str:
         values = _path_values(rel)
         missing = [n for n in names if n not in values or values[n] == ""]
         if missing:
-            return None
+            where = "the top of DIR" if not rel.parent.parts else f"{len(rel.parent.parts)} folder(s) deep"
+            return (f"{pattern!r} needs {', '.join('{' + n + '}' for n in missing)}, but the file sits at {where}: "
+                    "move it into a folder or use another --label-from-path")
         return {field: template.format(**values)}
 
     return rule
@@ -175,11 +179,11 @@ def _regex_rule(pattern: str) -> LabelRule:
         )
     on_path = "/" in pattern
 
-    def rule(rel: Path) -> dict[str, str] | None:
+    def rule(rel: Path) -> dict[str, str] | str:
         text = rel.with_suffix("").as_posix() if on_path else rel.stem
         match = regex.search(text)
         if match is None:
-            return None
+            return f"does not match {pattern!r}"
         return {k: v for k, v in match.groupdict().items() if v is not None}
 
     return rule
@@ -364,14 +368,14 @@ def prepare_folder(
             continue
         labels: dict[str, str] = {}
         unmatched = None
-        for pattern, rule in rules:
+        for _, rule in rules:
             got = rule(rel)
-            if got is None:
-                unmatched = pattern
+            if isinstance(got, str):
+                unmatched = got
                 break
             labels.update(got)
         if unmatched is not None:
-            report.drop("no_label_match", info.duration, f"{rel}: does not match {unmatched!r}")
+            report.drop("no_label_match", info.duration, f"{rel}: {unmatched}")
             continue
         fields.update(labels)
         records.append(
