@@ -91,8 +91,8 @@ def test_a_template_folder_the_file_lacks_is_named(corpus, tmp_path):
     assert report.dropped["no_label_match"] == 1 and report.kept == 4
     (why,) = report.examples["no_label_match"]
     assert why.startswith("top.wav: 'speaker={grandparent}' needs {grandparent}") and "top of DIR" in why
-    assert r"does not match '\d'" in prepare_folder(corpus, tmp_path / "r.jsonl",
-                                                      label_from_path=[r"(?P<n>\d)"]).examples["no_label_match"][0]
+    regex = prepare_folder(corpus, tmp_path / "r.jsonl", label_from_path=["(?P<n>[0-9]{4})$"])
+    assert "top.wav: does not match '(?P<n>[0-9]{4})$'" in regex.examples["no_label_match"]
 
 
 def test_label_pattern_errors():
