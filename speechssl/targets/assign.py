@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from speechssl.audio import AudioError
 from speechssl.data.manifest import read_manifest
 from speechssl.locks import hold_rank_lock
 from speechssl.targets.features import check_same_features, open_features, utterance_features
@@ -135,8 +136,13 @@ def assign_labels(kmeans_dir: str | Path, manifest: str | Path, out: str | Path,
                 skipped += 1
                 continue
             labels: list[np.ndarray] = [np.zeros(0, np.int32)] * len(chunk)
-            for i, feats in utterance_features(source, chunk, batch_seconds):
-                labels[i] = nearest(feats, centroids)
+            try:
+                for i, feats in utterance_features(source, chunk, batch_seconds):
+                    labels[i] = nearest(feats, centroids)
+            except AudioError as exc:  # labels must cover the manifest: no skipping here, but say what to do
+                raise AudioError(exc.path, f"{exc.reason}; every utterance of {manifest} needs labels: leave it "
+                                 "out of the manifest (`speechssl prepare DIR --check-audio` drops unreadable "
+                                 "files) and rerun; finished chunks are kept") from None
             _write_chunk(path, ids, [int(r["num_samples"]) for r in chunk], labels)
             done += len(chunk)
             now = time.monotonic()
