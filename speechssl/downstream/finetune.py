@@ -187,7 +187,8 @@ def finetune(
     layers, dropped = selection.for_weighted_sum(enc.layer_names, enc.hidden_sizes,
                                                  enc.layer_aliases if selection.is_all else {})
     if dropped["size"]:
-        logger.warning("featurizer.layers=all: layers %s have another size and are left out", dropped["size"])
+        logger.warning("featurizer.layers=all: layers %s have another size and are left out "
+                       "(select them explicitly, alone, to probe them)", dropped["size"])
     layer_index = [enc.layer_names.index(n) for n in layers]
     seed_everything(cfg.train.seed)
     dim = enc.hidden_sizes[layer_index[0]]
