@@ -8,6 +8,8 @@
   speechssl downstream kfold --encoder logmel --data all.jsonl --label emotion --group session --exp exp/er5
   speechssl downstream label-efficiency --encoders logmel,exp/apc/encoder --train tr.jsonl --test te.jsonl \\
       --label speaker --shots 1,2,4,8 --seeds 3 --out exp/le
+  speechssl downstream finetune --encoder exp/apc/encoder --train tr.jsonl --dev dv.jsonl --test te.jsonl \\
+      --label emotion --out exp/er_ft finetune.encoder_lr=1e-5 'finetune.freeze=[context.layers.0]'
   speechssl downstream predict --model exp/er --input DIR|manifest.jsonl|file.wav [--out preds.tsv]
   speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md --png exp/summary.png
   speechssl downstream compare exp/a exp/b [--png cmp.png]
@@ -35,6 +37,12 @@ EXAMPLES = {
                          "--train pool.jsonl --test te.jsonl --label speaker --shots 1,2,4,8 --seeds 3 --out exp/le",
                          "speechssl downstream label-efficiency --encoders logmel=exp/feats/logmel,apc=exp/feats/apc "
                          "--train pool.jsonl --dev-per-class 2 --test te.jsonl --label style --out exp/le_style"],
+    "finetune": ["speechssl downstream finetune --encoder exp/w2v2/encoder --train tr.jsonl --dev dv.jsonl "
+                 "--test te.jsonl --label emotion --config recipes/downstream/emotion.yaml --out exp/er_ft "
+                 "finetune.encoder_lr=1e-5 'finetune.freeze=[feature_encoder]'",
+                 "speechssl downstream finetune --encoder exp/apc/encoder --train tr.jsonl --dev dv.jsonl --label speaker "
+                 "--out exp/sid_ft 'finetune.freeze=[context.layers.0]' train.max_steps=500",
+                 "speechssl extract --encoder exp/er_ft/encoder --input te.jsonl --out exp/feats_ft"],
     "predict": ["speechssl downstream predict --model exp/er --input data/new_wavs --out preds.tsv",
                 "speechssl downstream predict --model exp/er --input te.jsonl --features exp/feats_te"],
     "summary": ["speechssl downstream summary speaker=exp/le_speaker style=exp/le_style --out exp/summary.md "
@@ -119,6 +127,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="train every run again (default: a rerun reads back the runs in OUT/runs.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.max_steps=100")
+
+    p = subcommand(sub, "finetune", "fine-tune the encoder with a head on labelled audio",
+                   "Train the encoder and a downstream head (featurizer + head of the config) end to end on "
+                   "audio batches: AdamW with the head at optim.lr and the encoder at finetune.encoder_lr (0: "
+                   "frozen), encoder parameters named by finetune.freeze prefixes kept frozen (a prefix that "
+                   "matches nothing is an error listing the encoder's prefixes). Selects the best dev step, "
+                   "scores test, and writes to --out what `downstream train` writes plus OUT/encoder, the "
+                   "fine-tuned encoder as a released encoder folder (for load_encoder, `speechssl extract` "
+                   "and `downstream predict --model OUT`). No checkpoints: an interrupted run starts again.")
+    p.add_argument("--encoder", required=True, help="trained encoder: released folder, experiment folder, checkpoint "
+                   "or torchaudio / Hugging Face folder")
+    p.add_argument("--train", required=True, help="training manifest")
+    p.add_argument("--dev", "--valid", dest="valid", help="dev manifest (model selection; none: the last step is kept)")
+    p.add_argument("--test", help="test manifest")
+    p.add_argument("--label", help="manifest field to predict (overrides task.label of the config)")
+    p.add_argument("--config", help="downstream YAML (recipes/downstream/*.yaml); its finetune section applies")
+    p.add_argument("--out", "--exp", dest="out", required=True, help="output folder (the encoder goes to OUT/encoder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (log lines every 30 s remain)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. finetune.encoder_lr=1e-5")
 
     p = subcommand(sub, "predict", "label new audio with a trained downstream model",
                    "Label audio with a model written by `downstream train` (or kfold/label-efficiency folds): "
@@ -230,9 +257,26 @@ def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
     return 0 if results else 1
 
 
+def run_finetune_cmd(args: argparse.Namespace) -> int:
+    from speechssl.data import read_manifest
+    from speechssl.downstream.finetune import ENCODER_FOLDER, finetune
+
+    cfg = _config(args)
+    results = finetune(cfg, args.encoder, read_manifest(args.train), args.out,
+                       dev=read_manifest(args.valid) if args.valid else None,
+                       test=read_manifest(args.test) if args.test else None, progress=not args.quiet)
+    print(f"best step {results['best_step']} of {results['steps_run']}")
+    if results.get("summary"):
+        _print_summary(results)
+    print(f"wrote {Path(args.out) / 'results.json'} and the fine-tuned encoder {Path(args.out) / ENCODER_FOLDER}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         return run_train(args)
+    if args.command == "finetune":
+        return run_finetune_cmd(args)
     if args.command == "kfold":
         return run_kfold_cmd(args)
     if args.command == "label-efficiency":

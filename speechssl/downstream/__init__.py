@@ -12,12 +12,14 @@ Parts: :class:`Featurizer` (learned layer weights over layers chosen with
 :class:`speechssl.upstream.layers.LayerSelection`), ``HEADS`` (superb_utterance, speaker_asp,
 linear_probe, frame_linear), metrics (WA/UA/macro-F1/confusion), protocols (SUPERB splits, k-fold
 by group, learning-rate sweep, label efficiency) returning typed results (:mod:`.results`, written
-as ``results.json``), ``predict`` and ``compare``.
+as ``results.json``), ``predict`` and ``compare``. :func:`finetune` trains the encoder too
+(:mod:`.finetune`, ``speechssl downstream finetune``).
 """
 
 from speechssl.downstream.experiment import run_experiment
 from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap, load_precomputed
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
+from speechssl.downstream.finetune import finetune
 from speechssl.downstream.heads import HEADS, build_head
 from speechssl.downstream.inference import compare, input_records, predict
 from speechssl.downstream.metrics import classification_metrics, confusion_matrix, metrics_from_confusion
@@ -84,6 +86,7 @@ __all__ = [
     "compute_label_efficiency",
     "confusion_matrix",
     "downstream_config",
+    "finetune",
     "input_records",
     "kfold",
     "kfold_by_group",

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from speechssl.config import from_dict, to_dict
+from speechssl.config import check_finite, from_dict, to_dict
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
 from speechssl.downstream.heads import Head, build_head
 from speechssl.utils import atomic_path, atomic_write_json, read_safetensors, read_versioned_json
@@ -69,6 +69,21 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class FinetuneConfig:
+    """``speechssl downstream finetune`` only: the encoder trains with the head on audio batches
+    (steps, dev evaluation, early stopping and seed come from ``train``; ``train.batch_size`` caps
+    the utterances per batch)."""
+
+    encoder_lr: float = 1.0e-5  # encoder learning rate (head + featurizer use optim.lr); 0: encoder frozen
+    # encoder parameter-name prefixes kept frozen (matched at dots; each must match a parameter), e.g.
+    # [feature_encoder] (wav2vec 2.0 / HuBERT conv feature encoder), [encoder.layers.0] (a transformer
+    # block), [context.layers.0] (APC's first GRU); the error for a prefix that matches nothing lists them
+    freeze: list[str] = dataclasses.field(default_factory=list)
+    batch_seconds: float = 32.0  # padded seconds of audio per step
+    max_seconds: float = 0.0  # random crop of training utterances to this many seconds (utterance heads; 0: none)
+
+
+@dataclasses.dataclass
 class DownstreamConfig:
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     featurizer: FeaturizerConfig = dataclasses.field(default_factory=FeaturizerConfig)
@@ -76,6 +91,7 @@ class DownstreamConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
     def __post_init__(self):
         if self.train.metric not in ("accuracy", "ua", "macro_f1"):
@@ -94,6 +110,11 @@ class DownstreamConfig:
                                   ("encode.batch_size", self.encode.batch_size, 1)):
             if value < least:
                 raise ValueError(f"{key}: expected an integer >= {least}, got {value}")
+        check_finite(self.finetune, "finetune")
+        ft = self.finetune
+        if ft.encoder_lr < 0 or ft.batch_seconds <= 0 or ft.max_seconds < 0:
+            raise ValueError("finetune: expected encoder_lr >= 0, batch_seconds > 0 and max_seconds >= 0, got "
+                             f"{ft.encoder_lr}, {ft.batch_seconds} and {ft.max_seconds}")
 
 
 def downstream_config(raw: dict | None, where: str = "config") -> DownstreamConfig:
