@@ -44,6 +44,12 @@ def test_open_source_tells_feature_folders_from_encoders(audio):
     cfg = downstream_config({})
     keys = {run_key(s, {"train": records}, cfg, {"name": "x"}, "speaker") for s in (folder, encoder, named)}
     assert len(keys) == 3
+    # head training does not read the finetune section: its settings leave finished runs reusable
+    tuned = downstream_config({"finetune": {"encoder_lr": 3e-4, "freeze": ["feature_encoder"]}})
+    assert run_key(encoder, {"train": records}, tuned, {"name": "x"}, "speaker") == run_key(
+        encoder, {"train": records}, cfg, {"name": "x"}, "speaker")
+    assert run_key(encoder, {"train": records}, downstream_config({"optim": {"lr": 0.5}}), {"name": "x"},
+                   "speaker") not in keys  # the sections it does read still count
 
 
 def test_open_source_errors(audio, tmp_path):

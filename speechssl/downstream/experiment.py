@@ -49,8 +49,9 @@ def run_key(source: FeatureSource, splits: Mapping[str, Sequence[dict]], cfg: Do
     """A hash of everything that decides a run's result: the encoder or features (path, options and
     file sizes/times), the splits, the label, the hyper-parameters, the protocol and the speechssl
     version. Protocols reuse a finished run whose key is equal."""
+    config = {k: v for k, v in to_dict(cfg).items() if k != "finetune"}  # head training never reads it
     blob = json.dumps({"source": source.fingerprint(), "splits": splits_hash({k: v for k, v in splits.items() if v}),
-                       "label": label, "config": to_dict(cfg), "protocol": dict(protocol),
+                       "label": label, "config": config, "protocol": dict(protocol),
                        "version": speechssl.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -54,7 +54,7 @@ from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_
 from speechssl.downstream.results import ExperimentResult
 from speechssl.downstream.sources import EncoderSource, resolve_encoder_spec
 from speechssl.downstream.splits import splits_hash
-from speechssl.downstream.training import IGNORE, _loss, evaluate
+from speechssl.downstream.training import IGNORE, evaluate, head_loss
 from speechssl.models.base import SSLModel
 from speechssl.progress import Progress
 from speechssl.upstream import Encoder, load_encoder
@@ -282,7 +282,7 @@ def _train_loop(cfg: DownstreamConfig, enc: Encoder, model: DownstreamModel, opt
                                     cfg.task.label_frame_shift).to(stacked.device)
             if model.level == "frame" and target.shape[1] < stacked.shape[2]:
                 target = F.pad(target, (0, stacked.shape[2] - target.shape[1]), value=IGNORE)
-            loss = _loss(model(stacked, encoded.lengths), target, encoded.lengths, model.level)
+            loss = head_loss(model(stacked, encoded.lengths), target, encoded.lengths, model.level)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.clip_norm:

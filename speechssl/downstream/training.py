@@ -61,7 +61,7 @@ def _batch_targets(targets: Sequence, idx: Sequence[int], offsets, lengths: torc
     return out
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, level: str) -> torch.Tensor:
+def head_loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, level: str) -> torch.Tensor:
     if level == "utterance":
         return F.cross_entropy(logits.float(), target)
     target = target.masked_fill(~valid_mask(lengths, target.shape[1]), IGNORE)
@@ -191,7 +191,7 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
             pos += 1
         stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
         target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
-        loss = _loss(model(stacked, lengths, normalized), target, lengths, model.level)
+        loss = head_loss(model(stacked, lengths, normalized), target, lengths, model.level)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm:
