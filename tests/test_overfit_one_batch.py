@@ -43,6 +43,18 @@ def test_a_learning_rate_far_off_does_not_fit_and_says_so(manifest, tmp_path, ca
     assert json.loads((tmp_path / "exp/overfit_one_batch/overfit.json").read_text())["lr"] == 1e-9
 
 
+def test_a_config_class_registered_twice_keeps_its_model(manifest, tmp_path):
+    # other test modules register more toy models on ToyConfig; the recipe's name must still decide
+    from helpers import ToyConfig, ToyLinear
+
+    from speechssl.models.base import MODELS, ModelSpec
+
+    cfg = load_pretrain_config(recipe(tmp_path), [])
+    with MODELS.replaced("toy_linear_twin", ModelSpec(ToyConfig, ToyLinear)):
+        verdict = overfit_one_batch(cfg, manifest, tmp_path / "exp", steps=3, progress=False)
+    assert verdict["model"] == "toy_linear" and len(verdict["losses"]) == 3
+
+
 def test_bad_arguments(manifest, tmp_path):
     cfg = load_pretrain_config(recipe(tmp_path), [])
     with pytest.raises(ValueError, match="at least 2 steps"):

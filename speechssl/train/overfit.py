@@ -14,6 +14,7 @@ first; the two are not comparable for objectives whose loss can be negative, whi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -44,9 +45,11 @@ def overfit_one_batch(cfg: PretrainConfig, train_manifest: str | Path, exp_dir: 
         raise ValueError(f"--overfit-one-batch needs at least 2 steps, got {steps}")
     if not 0.0 < fit_ratio < 1.0:
         raise ValueError(f"fit_ratio must be in (0, 1), got {fit_ratio}")
-    cfg = dataclasses.replace(
-        cfg, optim=dataclasses.replace(cfg.optim, schedule="constant", warmup_steps=0),
-        train=dataclasses.replace(cfg.train, max_steps=steps))
+    # a copy with two sections changed: dataclasses.replace would resolve the model's name again from its
+    # config class, which fails for a class registered under several names
+    cfg = copy.copy(cfg)
+    cfg.optim = dataclasses.replace(cfg.optim, schedule="constant", warmup_steps=0)
+    cfg.train = dataclasses.replace(cfg.train, max_steps=steps)
     out = Path(exp_dir) / FOLDER
     trainer = Trainer(cfg, train_manifest, None, out)
     try:
