@@ -139,18 +139,22 @@ def short_name(spec: str | None) -> str:
 def make_targets(records: Sequence[dict], fs: FeatureSet, labels: LabelMap, field: str, level: str,
                  label_frame_shift: int, where: str) -> list:
     """Class index per utterance, or per frame ([T] LongTensor, -100 where unlabelled)."""
-    out: list = []
-    for i, rec in enumerate(records):
-        value = labels.encode(rec, field, where)
-        if level == "utterance":
-            if isinstance(value, list):
-                raise ValueError(f"{where}: {rec['id']!r} has a list in {field!r}; use a frame head (frame_linear)")
-            out.append(value)
-        else:
-            if not isinstance(value, list):
-                raise ValueError(f"{where}: frame head needs a list of labels in {field!r}, {rec['id']!r} has {value!r}")
-            out.append(frame_targets(value, num_frames(fs.feats, i), fs.frame_shift or 1, label_frame_shift))
-    return out
+    return [record_target(rec, labels, field, level, num_frames(fs.feats, i) if level != "utterance" else 0,
+                          fs.frame_shift or 1, label_frame_shift, where) for i, rec in enumerate(records)]
+
+
+def record_target(rec: dict, labels: LabelMap, field: str, level: str, frames: int, frame_shift: int,
+                  label_frame_shift: int, where: str):
+    """One record's target: its class index (utterance heads) or ``frames`` class indices ([T]
+    LongTensor, -100 where unlabelled; frame heads). Shared by :func:`make_targets` and fine-tuning."""
+    value = labels.encode(rec, field, where)
+    if level == "utterance":
+        if isinstance(value, list):
+            raise ValueError(f"{where}: {rec['id']!r} has a list in {field!r}; use a frame head (frame_linear)")
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: frame head needs a list of labels in {field!r}, {rec['id']!r} has {value!r}")
+    return frame_targets(value, frames, frame_shift, label_frame_shift)
 
 
 def write_predictions(path: str | Path, ids: Sequence[str], probs: Sequence[torch.Tensor], labels: Sequence[str],

@@ -44,11 +44,12 @@ from speechssl.config import to_dict
 from speechssl.data import make_loader
 from speechssl.downstream.experiment import (
     make_targets,
+    record_target,
     summarize,
     warn_single_examples,
     write_artifacts,
 )
-from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap, frame_targets
+from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap
 from speechssl.downstream.heads import head_level
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.results import ExperimentResult
@@ -110,16 +111,13 @@ def _set_mode(encoder: Encoder, model: DownstreamModel, training: bool, frozen_m
 def _batch_targets(batch: dict, labels: LabelMap, label: str, level: str, frames: torch.Tensor,
                    frame_shift: int, label_frame_shift: int) -> torch.Tensor:
     """Class indices [B] (utterance heads) or [B, T] (frame heads, IGNORE past the labels)."""
-    values = [labels.encode({label: v, "id": uid}, label, "train") for v, uid in zip(batch[label], batch["ids"])]
+    targets = [record_target({label: v, "id": uid}, labels, label, level, int(n), frame_shift, label_frame_shift,
+                             "train") for v, uid, n in zip(batch[label], batch["ids"], frames.tolist())]
     if level == "utterance":
-        if any(isinstance(v, list) for v in values):
-            raise ValueError(f"train: a list in {label!r}; use a frame head (frame_linear)")
-        return torch.tensor(values, dtype=torch.long)
-    out = torch.full((len(values), int(frames.max())), IGNORE, dtype=torch.long)
-    for b, v in enumerate(values):
-        if not isinstance(v, list):
-            raise ValueError(f"train: a frame head needs a list of labels in {label!r}, {batch['ids'][b]!r} has {v!r}")
-        out[b, : int(frames[b])] = frame_targets(v, int(frames[b]), frame_shift, label_frame_shift)
+        return torch.tensor(targets, dtype=torch.long)
+    out = torch.full((len(targets), int(frames.max())), IGNORE, dtype=torch.long)
+    for b, t in enumerate(targets):
+        out[b, : t.numel()] = t
     return out
 
 
