@@ -12,7 +12,7 @@ from helpers import make_corpus
 
 from speechssl.cli.main import main
 from speechssl.data import read_manifest
-from speechssl.downstream.features import load_precomputed
+from speechssl.downstream.precomputed import load_precomputed
 from speechssl.targets import LabelFolder, assign_labels, load_kmeans
 from speechssl.targets.labels import read_chunk
 

@@ -305,7 +305,7 @@ def test_pooled_fast_path_equals_full_computation(head):
 
 
 def test_available_memory_follows_cgroup_limits(tmp_path):
-    from speechssl.downstream.features import _cgroup_available
+    from speechssl.downstream.memory import _cgroup_available
 
     v2 = tmp_path / "v2"
     v2.mkdir()

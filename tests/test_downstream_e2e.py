@@ -190,32 +190,33 @@ def test_cli_label_efficiency(corpus, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["npy", "pt", "hdf5", "kaldi"])
 def test_precomputed_features_larger_than_memory_are_read_from_disk(corpus, tmp_path, caplog, monkeypatch, fmt):
-    import speechssl.downstream.features as features
+    import speechssl.downstream.precomputed as precomputed
+    from speechssl.downstream.features import num_frames
 
     feats = tmp_path / "feats"
     assert main(["extract", "--encoder", "fbank", "--input", str(corpus["all"]), "--out", str(feats),
                  "--format", fmt, "--no-progress"]) == 0
     records = [json.loads(line) for line in open(corpus["train"])]
-    eager = features.load_precomputed(feats, records, lazy=False)
+    eager = precomputed.load_precomputed(feats, records, lazy=False)
     assert isinstance(eager.feats, list)
     # too big for the (pretended) memory: nothing is loaded, each use reads the files again
-    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(precomputed, "available_memory_bytes", lambda: 1000)
     loads = []
-    real = features._load_entry
-    monkeypatch.setattr(features, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
-    lazy = features.load_precomputed(feats, records)
-    assert isinstance(lazy.feats, features.LazyFeatures) and "reading them from disk" in caplog.text
+    real = precomputed._load_entry
+    monkeypatch.setattr(precomputed, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
+    lazy = precomputed.load_precomputed(feats, records)
+    assert isinstance(lazy.feats, precomputed.LazyFeatures) and "reading them from disk" in caplog.text
     assert lazy.layer_names == eager.layer_names and lazy.frame_shift == eager.frame_shift and len(lazy) == len(eager)
     assert len(loads) == 1  # the first utterance, for its layer names
     for i in (0, len(records) - 1, 0):
         assert [torch.equal(a, b) for a, b in zip(lazy.feats[i], eager.feats[i])] == [True]
-        assert features.num_frames(lazy.feats, i) == eager.feats[i][0].shape[0]
+        assert num_frames(lazy.feats, i) == eager.feats[i][0].shape[0]
     assert len(loads) == 4 and loads[1] == loads[3]  # read again, not kept
     assert [len(x) for x in lazy.feats] == [1] * len(records)
 
 
 def test_downstream_on_features_larger_than_memory_gives_the_same_results(corpus, tmp_path, monkeypatch, caplog):
-    import speechssl.downstream.features as features
+    import speechssl.downstream.precomputed as precomputed
 
     feats = tmp_path / "feats"
     assert main(["extract", "--encoder", "logmel", "--input", str(corpus["all"]), "--out", str(feats),
@@ -226,7 +227,7 @@ def test_downstream_on_features_larger_than_memory_gives_the_same_results(corpus
     heads = [["head.name=speaker_asp", "train.crop_frames=40"], []]
     for i, head in enumerate(heads):
         assert main(["downstream", "train", "--exp", str(tmp_path / f"mem{i}"), *common, *head]) == 0
-    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(precomputed, "available_memory_bytes", lambda: 1000)
     for i, head in enumerate(heads):
         assert main(["downstream", "train", "--exp", str(tmp_path / f"disk{i}"), *common, *head]) == 0
         a = json.loads((tmp_path / f"mem{i}" / "results.json").read_text())
@@ -235,8 +236,8 @@ def test_downstream_on_features_larger_than_memory_gives_the_same_results(corpus
     assert "reading them from disk" in caplog.text
     # the config decides when told to: always in memory (as before), or never
     loads = []
-    real = features._load_entry
-    monkeypatch.setattr(features, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
+    real = precomputed._load_entry
+    monkeypatch.setattr(precomputed, "_load_entry", lambda *a: loads.append(a[1]) or real(*a))
     assert main(["downstream", "train", "--exp", str(tmp_path / "forced"), *common, "encode.features_in_memory=always"]) == 0
     assert len(loads) == 24  # each utterance of train, dev and test read once
     assert json.loads((tmp_path / "forced" / "results.json").read_text())["test"] == a["test"]
@@ -249,9 +250,9 @@ def test_downstream_on_features_larger_than_memory_gives_the_same_results(corpus
 
 
 def test_encoding_more_than_fits_in_memory_stops_after_the_first_batch(corpus, tmp_path, monkeypatch, capsys):
-    import speechssl.downstream.features as features
+    import speechssl.downstream.feature_cache as feature_cache
 
-    monkeypatch.setattr(features, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 1000)
     rc = main(["downstream", "train", "--encoder", "logmel", "--train", str(corpus["train"]), "--test",
                str(corpus["test"]), "--label", "style", "--exp", str(tmp_path / "a"), "--quiet", *FAST])
     err = capsys.readouterr().err

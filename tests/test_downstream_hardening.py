@@ -11,7 +11,7 @@ from helpers import ConstructedSource, make_corpus
 
 from speechssl.cli.main import main
 from speechssl.downstream import FeatureSet, PrecomputedSource, downstream_config, run_experiment
-from speechssl.downstream.features import LazyFeatures
+from speechssl.downstream.precomputed import LazyFeatures
 
 
 @pytest.mark.parametrize("value", [0, -4])

@@ -8,7 +8,7 @@ import torch
 
 from speechssl.audio import save_audio
 from speechssl.config import to_dict
-from speechssl.downstream.features import EncoderFeatureCache
+from speechssl.downstream.feature_cache import EncoderFeatureCache
 from speechssl.extract import ExtractConfig, extract_features
 from speechssl.extract.encode import EncodePolicy, batches, encode_records
 from speechssl.extract.inputs import Item

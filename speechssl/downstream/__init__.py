@@ -17,11 +17,13 @@ as ``results.json``), ``predict`` and ``compare``. :func:`finetune` trains the e
 """
 
 from speechssl.downstream.experiment import run_experiment
-from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap, load_precomputed
+from speechssl.downstream.feature_cache import EncoderFeatureCache
+from speechssl.downstream.features import FeatureSet
 from speechssl.downstream.featurizer import Featurizer, FeaturizerConfig
 from speechssl.downstream.finetune import finetune
 from speechssl.downstream.heads import HEADS, build_head
 from speechssl.downstream.inference import compare, input_records, predict
+from speechssl.downstream.labels import LabelMap
 from speechssl.downstream.metrics import classification_metrics, confusion_matrix, metrics_from_confusion
 from speechssl.downstream.model import (
     DownstreamConfig,
@@ -31,6 +33,7 @@ from speechssl.downstream.model import (
     load_downstream_model,
 )
 from speechssl.downstream.pooling import AttentiveStatsPool, masked_mean, masked_mean_std
+from speechssl.downstream.precomputed import load_precomputed
 from speechssl.downstream.protocols import (
     compute_label_efficiency,
     kfold,

@@ -25,13 +25,9 @@ import torch
 
 import speechssl
 from speechssl.config import save_yaml, to_dict
-from speechssl.downstream.features import (
-    FeatureSet,
-    LabelMap,
-    frame_targets,
-    num_frames,
-)
+from speechssl.downstream.features import FeatureSet, num_frames
 from speechssl.downstream.heads import head_level
+from speechssl.downstream.labels import LabelMap, frame_targets
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.plots import plot_confusion_matrix, plot_layer_weights
 from speechssl.downstream.results import ExperimentResult

@@ -49,8 +49,10 @@ from speechssl.downstream.experiment import (
     warn_single_examples,
     write_artifacts,
 )
-from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LabelMap
+from speechssl.downstream.feature_cache import EncoderFeatureCache
+from speechssl.downstream.features import FeatureSet
 from speechssl.downstream.heads import head_level
+from speechssl.downstream.labels import LabelMap
 from speechssl.downstream.model import DownstreamConfig, DownstreamModel, build_downstream_model
 from speechssl.downstream.results import ExperimentResult
 from speechssl.downstream.sources import EncoderSource, resolve_encoder_spec

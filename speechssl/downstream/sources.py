@@ -20,8 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from speechssl.downstream.features import EncoderFeatureCache, FeatureSet, LazyFeatures, load_precomputed
+from speechssl.downstream.feature_cache import EncoderFeatureCache
+from speechssl.downstream.features import FeatureSet
 from speechssl.downstream.model import DownstreamConfig
+from speechssl.downstream.precomputed import LazyFeatures, load_precomputed
 from speechssl.downstream.source_info import (
     encoder_layer_aliases,
     encoder_role_info,
@@ -124,11 +126,11 @@ class PrecomputedSource:
     Args:
         folder: the extract output folder.
         encoder_spec: the encoder's name for results (default: the one in ``extract.json``).
-        lazy: see :func:`~speechssl.downstream.features.load_precomputed` (None: in memory when they fit).
+        lazy: see :func:`~speechssl.downstream.precomputed.load_precomputed` (None: in memory when they fit).
     """
 
     def __init__(self, folder: str | Path, encoder_spec: str | None = None, lazy: bool | None = None):
-        from speechssl.downstream.features import _read_meta
+        from speechssl.downstream.precomputed import _read_meta
 
         self.folder = Path(folder).resolve()
         self.lazy = lazy
@@ -164,7 +166,7 @@ class PrecomputedSource:
     @property
     def extract_errors(self) -> dict[str, str]:
         """``id -> reason`` of the utterances ``speechssl extract`` could not encode (its errors.tsv)."""
-        from speechssl.downstream.features import _extract_errors
+        from speechssl.downstream.precomputed import _extract_errors
 
         return _extract_errors(self.folder)
 
