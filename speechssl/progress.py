@@ -6,8 +6,8 @@ A job whose stderr goes to a file or a pipe (SLURM, ``nohup``, the demo) gets on
     pretrain: step 120/1000 (12.0%), loss 1.234, lr 1.00e-04, 3.21 steps/s, elapsed 0:00:37, eta 0:04:35
     extract[rank 0]: 12.5/63.5 s of audio (19.7%), 4.1 audio-s/s, elapsed 0:00:03, eta 0:00:12
 
-Pretraining (``train.progress``, ``train.progress_every_seconds``) and ``speechssl extract``
-(``--no-progress``) use it. Turning the bar off (clean logs) never turns the lines off, so no
+Pretraining (``train.progress``, ``train.progress_every_seconds``), ``speechssl extract``
+(``--no-progress``) and the downstream commands' encoding of their sets use it. Turning the bar off (clean logs) never turns the lines off, so no
 run is silent for longer than that interval.
 """
 
@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 STEPS = ("step {n}/{total}", "steps/s")  # what the count is and its rate, as pretraining reports them
 AUDIO_SECONDS = ("{n:.1f}/{total:.1f} s of audio", "audio-s/s")  # extraction
+UTTERANCES = ("{n:.0f}/{total:.0f} utterances", "utt/s")  # files without a known duration
 
 
 def _clock(seconds: float) -> str:
@@ -38,14 +39,15 @@ class Progress:
         main: whether this is the rank that reports.
         stream: where the bar goes (stderr).
         desc: the name in front of the bar and of every line.
-        counts: ``(format of the count with n and total, unit of the rate)``: :data:`STEPS` or
-            :data:`AUDIO_SECONDS`.
+        counts: ``(format of the count with n and total, unit of the rate)``: :data:`STEPS`,
+            :data:`AUDIO_SECONDS` or :data:`UTTERANCES`.
         logger: where the lines go (default this module's logger).
+        leave: keep the finished bar on the terminal (False for the many short jobs of a sweep).
     """
 
     def __init__(self, total: float, initial: float, bar: bool, every_seconds: float | None, main: bool,
                  stream: TextIO | None = None, desc: str = "pretrain", counts: tuple[str, str] = STEPS,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, leave: bool = True):
         stream = stream if stream is not None else sys.stderr
         self.total, self.n, self.start = total, initial, initial
         self.main, self.desc, self.counts = main, desc, counts
@@ -55,7 +57,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=0.5, desc=desc,
-                            file=stream, unit=counts[1].split("/")[0])
+                            file=stream, unit=counts[1].split("/")[0], leave=leave)
         self.every = every_seconds if main and self.bar is None else None
         self.t0 = self.last_line = time.monotonic()
         self.postfix: dict[str, str] = {}

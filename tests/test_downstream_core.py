@@ -325,3 +325,33 @@ def test_available_memory_follows_cgroup_limits(tmp_path):
     (v1 / "memory" / "memory.usage_in_bytes").write_text("6000\n")
     assert _cgroup_available(str(v1)) == 0  # over the limit: nothing left, not negative
     assert _cgroup_available(str(tmp_path / "none")) is None
+
+
+def test_encoding_logs_progress_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog, capsys):
+    import logging
+
+    import speechssl.downstream.feature_cache as feature_cache
+    from speechssl.audio import save_audio
+    from speechssl.upstream import load_encoder
+
+    monkeypatch.setattr(feature_cache, "PROGRESS_EVERY_SECONDS", 0.0)  # a line after every batch
+    caplog.set_level(logging.INFO, logger="speechssl.downstream.feature_cache")
+    rng = np.random.default_rng(0)
+    records = []
+    for i, seconds in enumerate((0.5, 1.0, 1.5)):
+        path = tmp_path / f"u{i}.wav"
+        save_audio(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32))
+        records.append({"id": f"u{i}", "path": str(path), "num_samples": int(seconds * 16000), "sample_rate": 16000})
+    cache = feature_cache.EncoderFeatureCache(load_encoder("logmel"), batch_size=2)
+    cache.features(records, desc="features train")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("features train: ")]
+    assert len(lines) == 2  # batches of 2 and 1 utterances
+    assert lines[0].startswith("features train: 1.5/3.0 s of audio (50.0%), utterances 2/3, ")
+    assert lines[-1].startswith("features train: 3.0/3.0 s of audio (100.0%), utterances 3/3, ")
+    assert "audio-s/s" in lines[-1] and "eta " in lines[-1]
+    # files of unknown duration (predict on a folder) are counted in utterances
+    caplog.clear()
+    cache.features([{"id": f"v{i}", "path": r["path"]} for i, r in enumerate(records)], desc="encoding")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoding: ")]
+    assert lines[-1].startswith("encoding: 3/3 utterances (100.0%), ") and "utt/s" in lines[-1]
+    assert "\r" not in capsys.readouterr().err  # no tqdm bar in a redirected log

@@ -4,6 +4,7 @@ learning rate, seed or shot of a sweep."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,11 @@ import torch
 from speechssl.downstream.features import FeatureSet
 from speechssl.downstream.memory import available_memory_bytes, size_text
 from speechssl.extract.encode import EncodePolicy, Item, encode_records
+from speechssl.progress import AUDIO_SECONDS, UTTERANCES, Progress
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 def record_key(rec: dict) -> tuple:
@@ -63,7 +69,8 @@ class EncoderFeatureCache:
         self.encoded = 0  # utterances actually run through the encoder (for tests and logs)
         self.chunk_seconds, self.overlap_seconds = chunk_seconds, overlap_seconds
         self._fit_check: Sequence[dict] | None = None  # records to check the memory for, after the first batch
-        self._bar = None  # tqdm bar of the running features() call
+        self._progress: Progress | None = None  # of the running features() call
+        self._counted = (0, 0)  # utterances it has seen finish, of how many
         self._failed: dict[tuple, str] | None = None  # key -> reason, while features(skip_failed=True) runs
 
     def __len__(self) -> int:
@@ -86,11 +93,20 @@ class EncoderFeatureCache:
 
     def finished(self, items: list[Item]) -> None:
         self.encoded += sum(i.key in self._store for i in items)  # not the failed ones (skip_failed)
-        if self._bar is not None:
-            self._bar.update(len(items))
+        if self._progress is not None:
+            self._count(self._progress, items)
         if self._fit_check is not None:  # after the first batch
             todo, self._fit_check = self._fit_check, None
             self._check_fits(items, todo)
+
+    def _count(self, progress: Progress, items: list[Item]) -> None:
+        done, total = self._counted[0] + len(items), self._counted[1]
+        self._counted = (done, total)
+        if progress.counts is AUDIO_SECONDS:
+            progress.set_postfix(utterances=f"{done}/{total}")
+            progress.advance(sum(i.seconds for i in items))
+        else:
+            progress.advance(len(items))
 
     def _check_fits(self, first: Sequence[Item], todo: Sequence[dict]) -> None:
         """After the first batch: stop early with a clear message when keeping the features of all
@@ -117,8 +133,6 @@ class EncoderFeatureCache:
         A file that cannot be read or gives no frame raises, naming it; with ``skip_failed`` it is
         left out of the FeatureSet instead and listed in its ``failed`` (``predict`` on new files).
         """
-        from tqdm.auto import tqdm
-
         todo = [r for r in records if record_key(r) not in self._store]
         # unique, sorted by length so batches hold similar lengths
         seen: dict[tuple, dict] = {}
@@ -135,14 +149,14 @@ class EncoderFeatureCache:
                                   device=str(self.device), name=self.name)
             self._fit_check = todo
             self._failed = {} if skip_failed else None
-            with tqdm(total=len(todo), desc=desc, unit="utt", leave=False, disable=None) as bar:  # None: only on a terminal
-                self._bar = bar
-                try:
-                    encode_records(self.encoder, items, policy, self)
-                finally:
-                    self._bar = None
-                    self._fit_check = None
-                    failed, self._failed = self._failed or {}, None
+            self._progress, self._counted = _progress(items, desc), (0, len(items))
+            try:
+                encode_records(self.encoder, items, policy, self)
+            finally:
+                self._progress.close()
+                self._progress = None
+                self._fit_check = None
+                failed, self._failed = self._failed or {}, None
         kept = [r for r in records if record_key(r) in self._store]
         if self.layer_names is None or not kept:
             detail = f"; e.g. {next(iter(failed.values()))}" if failed else ""
@@ -154,6 +168,16 @@ class EncoderFeatureCache:
             frame_shift=int(self.frame_shift or 0),
             failed={r["id"]: failed[record_key(r)] for r in records if record_key(r) in failed},
         )
+
+
+def _progress(items: Sequence[Item], desc: str) -> Progress:
+    """Progress of encoding ``items``: a bar on a terminal, else a line every
+    :data:`PROGRESS_EVERY_SECONDS`; counted in seconds of audio (with the utterances alongside), or
+    in utterances when some durations are unknown (``predict`` on a folder)."""
+    by_audio = all(i.seconds > 0 for i in items)
+    return Progress(sum(i.seconds for i in items) if by_audio else len(items), 0.0, bar=True,
+                    every_seconds=PROGRESS_EVERY_SECONDS, main=True, desc=desc,
+                    counts=AUDIO_SECONDS if by_audio else UTTERANCES, logger=logger, leave=False)
 
 
 class _CachedUtterance:
