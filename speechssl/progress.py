@@ -7,7 +7,8 @@ A job whose stderr goes to a file or a pipe (SLURM, ``nohup``, the demo) gets on
     extract[rank 0]: 12.5/63.5 s of audio (19.7%), 4.1 audio-s/s, elapsed 0:00:03, eta 0:00:12
 
 Pretraining (``train.progress``, ``train.progress_every_seconds``), ``speechssl extract``
-(``--no-progress``) and the downstream commands' encoding of their sets use it. Turning the bar off (clean logs) never turns the lines off, so no
+(``--no-progress``), ``speechssl targets`` and the downstream commands (encoding their sets,
+training a head) use it. Turning the bar off (clean logs) never turns the lines off, so no
 run is silent for longer than that interval.
 """
 

@@ -105,3 +105,18 @@ def test_no_progress_bar_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
                  "--exp", str(tmp_path / "exp"), "train.max_steps=3", "head.hidden_dim=8"]) == 0
     err = capsys.readouterr().err
     assert "train head" not in err and "\r" not in err, err[-300:]
+
+
+def test_head_training_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog, capsys):
+    # the bar's replacement in a redirected log: a line every 30 s (here after every step)
+    import speechssl.downstream.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_EVERY_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="speechssl.downstream.training")
+    recs = [{"id": str(i), "cls": "ab"[i % 2]} for i in range(8)]
+    cfg = downstream_config({"head": {"name": "linear_probe"}, "train": {"max_steps": 4, "valid_every": 2}})
+    run_experiment(_Source(), {"train": recs, "dev": recs}, "cls", cfg, None, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train head: ")]
+    assert [line.split(" (")[0] for line in lines] == [f"train head: step {i}/4" for i in (1, 2, 3, 4)]
+    assert "loss " in lines[2] and "dev " in lines[2] and "steps/s" in lines[-1] and "eta 0:00:00" in lines[-1]
+    assert "\r" not in capsys.readouterr().err  # progress=True asks for a bar, but stderr is not a terminal

@@ -72,8 +72,8 @@ def test_assign_reports_progress_on_long_runs(fitted, tmp_path, caplog, monkeypa
     caplog.set_level("INFO")
     assign_labels(root / "km", train, tmp_path / "labels", chunk_size=4)
     lines = [r.getMessage() for r in caplog.records if "chunks done" in r.getMessage()]
-    assert [line.split(" (")[0] for line in lines] == [f"rank 0: {i}/3 chunks done" for i in (1, 2, 3)]
-    assert "utterances labelled in" in lines[-1] and "about 0 s left" in lines[-1]
+    assert [line.split(" (")[0] for line in lines] == [f"targets assign[rank 0]: {i}/3 chunks done" for i in (1, 2, 3)]
+    assert "labelled 10 utterances" in lines[-1] and "chunks/s" in lines[-1] and "eta 0:00:00" in lines[-1]
 
 
 def test_kmeans_reports_progress_while_encoding_the_sample(tmp_path, caplog, monkeypatch):
@@ -83,9 +83,10 @@ def test_kmeans_reports_progress_while_encoding_the_sample(tmp_path, caplog, mon
     monkeypatch.setattr(kmeans_module, "PROGRESS_EVERY_SECONDS", 0.0)
     caplog.set_level("INFO")
     fit_kmeans("mfcc", None, train, tmp_path / "km", k=2, n_init=1)
-    lines = [r.getMessage() for r in caplog.records if "s sampled, in" in r.getMessage()]
-    assert [line.split(", in")[0] for line in lines] == [
-        f"kmeans: features of {s} of the 4 s sampled" for s in (1, 2, 3, 4)]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kmeans (encoding the sample): ")]
+    assert [line.split(" s of audio")[0] for line in lines] == [
+        f"kmeans (encoding the sample): {s}.0/4.0" for s in (1, 2, 3, 4)]
+    assert "audio-s/s" in lines[-1] and "eta 0:00:00" in lines[-1]
 
 
 def test_kmeans_leaves_out_an_unreadable_sampled_file(tmp_path, caplog):

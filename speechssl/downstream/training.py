@@ -17,9 +17,11 @@ from speechssl.downstream.metrics import classification_metrics
 from speechssl.downstream.model import DownstreamModel, TrainConfig
 from speechssl.downstream.pooling import valid_mask
 from speechssl.modules.padding import pad_to_batch
+from speechssl.progress import Progress
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 def collate_features(
@@ -160,8 +162,6 @@ def train_model(
 
 
 def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight_decay, clip_norm, progress):
-    from tqdm.auto import tqdm
-
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     layer_index = [train.layer_names.index(n) for n in model.layers]
@@ -179,8 +179,9 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
     history: list[dict] = []
     bad, running, count = 0, 0.0, 0
     step = 0
-    # None: a bar only on a terminal (a redirected log gets no carriage-return lines), as the feature cache
-    bar = tqdm(total=cfg.max_steps, desc="train head", unit="step", leave=False, disable=None if progress else True)
+    # a bar on a terminal (``progress``), else a line every 30 s; not kept on the terminal: a sweep trains many
+    bar = Progress(cfg.max_steps, 0, bar=progress, every_seconds=PROGRESS_EVERY_SECONDS, main=True, desc="train head",
+                   logger=logger, leave=False)
     for step in range(1, cfg.max_steps + 1):
         model.train()
         idx = []
@@ -199,7 +200,7 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
         opt.step()
         running += loss.item()
         count += 1
-        bar.update(1)
+        bar.update(step)
         if dev is not None and (step % cfg.valid_every == 0 or step == cfg.max_steps):
             metrics, _ = evaluate(model, dev, dev_targets)
             entry = {"step": step, "train_loss": running / count, **{f"dev_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1")}}

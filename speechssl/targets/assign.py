@@ -36,6 +36,7 @@ import numpy as np
 from speechssl.audio import AudioError
 from speechssl.data.manifest import read_manifest
 from speechssl.locks import hold_rank_lock
+from speechssl.progress import Progress
 from speechssl.targets.features import check_same_features, open_features, utterance_features
 from speechssl.targets.kmeans import load_kmeans, nearest
 from speechssl.targets.labels import read_chunk
@@ -56,7 +57,8 @@ class AssignSummary:
     report: Path | None
 
 
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines of `targets assign`
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines of `targets assign` (without a bar)
+CHUNKS = ("{n:.0f}/{total:.0f} chunks done", "chunks/s")  # speechssl.progress counts: chunks of this rank
 
 
 def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
@@ -124,33 +126,31 @@ def assign_labels(kmeans_dir: str | Path, manifest: str | Path, out: str | Path,
         marker = out / f".{key}.rank{rank}.done"
         marker.unlink(missing_ok=True)
         chunks = [records[i: i + chunk_size] for i in range(0, len(records), chunk_size)]
-        done = skipped = 0
-        t0 = last_note = time.monotonic()
-        mine = len(range(rank, len(chunks), world))
-        for c, chunk in enumerate(chunks):
-            if c % world != rank:
-                continue
-            path = out / "chunks" / f"{key}-{c:05d}.npz"
-            ids = [r["id"] for r in chunk]
-            if _chunk_ok(path, ids):
-                skipped += 1
-                continue
-            labels: list[np.ndarray] = [np.zeros(0, np.int32)] * len(chunk)
-            try:
-                for i, feats in utterance_features(source, chunk, batch_seconds):
-                    labels[i] = nearest(feats, centroids)
-            except AudioError as exc:  # labels must cover the manifest: no skipping here, but say what to do
-                raise AudioError(exc.path, f"{exc.reason}; every utterance of {manifest} needs labels: leave it "
-                                 "out of the manifest (`speechssl prepare DIR --check-audio` drops unreadable "
-                                 "files) and rerun; finished chunks are kept") from None
-            _write_chunk(path, ids, [int(r["num_samples"]) for r in chunk], labels)
-            done += len(chunk)
-            now = time.monotonic()
-            if now - last_note >= PROGRESS_EVERY_SECONDS:  # a long run (an encoder layer) says how far it is
-                last_note, finished = now, c // world + 1
-                left = (now - t0) / max(1, finished - skipped) * (mine - finished)
-                log.info("rank %d: %d/%d chunks done (%d utterances labelled in %.0f s, about %.0f s left)",
-                         rank, finished, mine, done, now - t0, left)
+        mine = [c for c in range(len(chunks)) if c % world == rank]
+        paths = {c: out / "chunks" / f"{key}-{c:05d}.npz" for c in mine}
+        todo = [c for c in mine if not _chunk_ok(paths[c], [r["id"] for r in chunks[c]])]  # a rerun resumes
+        skipped, done, t0 = len(mine) - len(todo), 0, time.monotonic()
+        # a bar on a terminal (one process: several ranks' bars would overwrite each other), else a
+        # line every 30 s, so a long run (an encoder layer) says how far it is and how long is left
+        bar = Progress(len(mine), skipped, bar=world == 1, every_seconds=PROGRESS_EVERY_SECONDS, main=True,
+                       desc=f"targets assign[rank {rank}]", counts=CHUNKS, logger=log)
+        try:
+            for c in todo:
+                chunk = chunks[c]
+                labels: list[np.ndarray] = [np.zeros(0, np.int32)] * len(chunk)
+                try:
+                    for i, feats in utterance_features(source, chunk, batch_seconds):
+                        labels[i] = nearest(feats, centroids)
+                except AudioError as exc:  # labels must cover the manifest: no skipping here, but say what to do
+                    raise AudioError(exc.path, f"{exc.reason}; every utterance of {manifest} needs labels: leave "
+                                     "it out of the manifest (`speechssl prepare DIR --check-audio` drops "
+                                     "unreadable files) and rerun; finished chunks are kept") from None
+                _write_chunk(paths[c], [r["id"] for r in chunk], [int(r["num_samples"]) for r in chunk], labels)
+                done += len(chunk)
+                bar.set_postfix(labelled=f"{done} utterances")
+                bar.advance(1)
+        finally:
+            bar.close()
         marker.write_text("done\n")
         log.info("rank %d: labelled %d utterances in %.1f s, %d chunks already done", rank, done,
                  time.monotonic() - t0, skipped)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from speechssl.data.manifest import read_manifest, record_duration
+from speechssl.progress import AUDIO_SECONDS, Progress
 from speechssl.targets.features import open_features, utterance_features
 from speechssl.utils import atomic_path, atomic_write_json, file_sha256
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines while the sample is encoded
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines while the sample is encoded (without a bar)
 
 
 def kmeans_hash(centroids: np.ndarray, provenance: dict) -> str:
@@ -89,15 +90,17 @@ def fit_kmeans(features: str, layer: str | None, manifest: str | Path, out: str 
     sample = sample_records(records, sample_hours, seed)
     t0 = time.monotonic()
     unreadable: list[tuple[str, str]] = []  # a bad file in the sample is left out, not fatal
-    feats, seconds, last_note = [], 0.0, t0
-    total = sum(map(record_duration, sample))
-    for i, f in utterance_features(source, sample, batch_seconds, unreadable):
-        if len(f):
-            feats.append(f)
-        seconds += record_duration(sample[i])
-        if time.monotonic() - last_note >= PROGRESS_EVERY_SECONDS:  # an encoder layer on hours of audio
-            last_note = time.monotonic()
-            log.info("kmeans: features of %.0f of the %.0f s sampled, in %.0f s", seconds, total, last_note - t0)
+    feats = []
+    # an encoder layer on hours of audio: a bar on a terminal, else a line every 30 s
+    bar = Progress(sum(map(record_duration, sample)), 0.0, bar=True, every_seconds=PROGRESS_EVERY_SECONDS,
+                   main=True, desc="kmeans (encoding the sample)", counts=AUDIO_SECONDS, logger=log)
+    try:
+        for i, f in utterance_features(source, sample, batch_seconds, unreadable):
+            if len(f):
+                feats.append(f)
+            bar.advance(record_duration(sample[i]))
+    finally:
+        bar.close()
     for uid, reason in unreadable:
         log.warning("kmeans: skipping %s: %s", uid, reason)
     x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
