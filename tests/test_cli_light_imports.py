@@ -64,3 +64,22 @@ def test_lazy_package_exports_are_their_submodules_objects(package):
     assert set(package.__all__) <= set(dir(package))
     with pytest.raises(AttributeError, match=f"module '{package.__name__}' has no attribute 'no_such_name'"):
         package.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("package", [speechssl.data, speechssl.extract], ids=lambda p: p.__name__)
+def test_lazy_exports_are_visible_to_static_tools(package):
+    # IDEs and type checkers do not run __getattr__: each exported name is imported, as a re-export
+    # (`X as X`), from its submodule under `if TYPE_CHECKING:`, which the run time skips
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(package.__file__).read_text())
+    blocks = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    assert len(blocks) == 1, f"{package.__name__}: no `if TYPE_CHECKING:` block"
+    seen: dict[str, list[str]] = {}
+    for node in blocks[0].body:
+        assert isinstance(node, ast.ImportFrom) and node.module.startswith(f"{package.__name__}."), ast.unparse(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{ast.unparse(node)}: not a re-export (`X as X`)"
+            seen.setdefault(node.module.removeprefix(f"{package.__name__}."), []).append(alias.name)
+    assert {k: sorted(v) for k, v in seen.items()} == {k: sorted(v) for k, v in package._EXPORTS.items()}

@@ -8,15 +8,16 @@ these same definitions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-FORMATS = ("npy", "pt", "kaldi", "hdf5")
+Format = Literal["npy", "pt", "kaldi", "hdf5"]  # output formats: the type of ExtractConfig.format
+FORMATS: tuple[str, ...] = get_args(Format)  # the same, for --format's choices and messages
 
 
 @dataclasses.dataclass
 class ExtractConfig:
     layers: Any = "all"  # "all", "context,latent" or a list of names / indices
-    format: Literal["npy", "pt", "kaldi", "hdf5"] = "npy"
+    format: Format = "npy"
     dtype: Literal["float32", "float16"] = "float32"  # storage dtype (the encoder runs in fp32 or bf16)
     batch_seconds: float = 30.0  # padded seconds of audio per forward pass (keeps wav2vec2 Base, all layers, < 2 GiB)
     chunk_seconds: float = 30.0  # longer files are encoded in overlapping chunks of this length
