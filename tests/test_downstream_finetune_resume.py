@@ -2,7 +2,7 @@
 ``SPEECHSSL_SELF_SIGTERM_AT_STEP``) writes a checkpoint and a rerun resumes it to the same weights
 and test predictions as an uninterrupted run; a finished run is reported, not trained again; other
 settings are refused (listed) unless --restart; a damaged checkpoint is a one-line error naming
-it."""
+it; a frozen encoder encodes dev once."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from speechssl.cli.main import main
 from speechssl.config import ConfigError
 from speechssl.data import read_manifest
 from speechssl.downstream import downstream_config
+from speechssl.downstream.features import EncoderFeatureCache
 from speechssl.downstream.finetune import FinetuneInterrupted, finetune
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.checkpoint import CheckpointError
@@ -143,3 +144,18 @@ def test_cli_stops_on_sigterm_with_a_checkpoint_and_resumes(corpus, tmp_path, mo
     assert "train.max_steps: 4 -> 5" in capsys.readouterr().err
     assert main(opts + ["--restart"] + overrides + ["train.max_steps=5"]) == 0
     assert "best step" in capsys.readouterr().out
+
+
+def test_frozen_encoder_encodes_dev_once(corpus, tmp_path, monkeypatch):
+    original, seen = EncoderFeatureCache.features, []
+
+    def features(self, records, *args, **kwargs):
+        seen.append((id(self), len(self)))  # which cache, how many utterances it held already
+        return original(self, records, *args, **kwargs)
+
+    monkeypatch.setattr(EncoderFeatureCache, "features", features)
+    cfg = downstream_config({**SETTINGS, "finetune": {"encoder_lr": 0.0, "batch_seconds": 4.0}})
+    finetune(cfg, corpus["encoder"], corpus["train"], tmp_path / "frozen", dev=corpus["dev"], progress=False)
+    during = seen[:3]  # evaluations at steps 3, 6, 7; then the final scoring with the exported encoder
+    assert len({cache for cache, _ in during}) == 1, "dev was encoded again at every evaluation"
+    assert [held for _, held in during] == [0, 6, 6]

@@ -12,7 +12,7 @@ every training batch and learns too, at its own learning rate::
 The model is the same :class:`~speechssl.downstream.model.DownstreamModel` (featurizer over the
 selected layers + head) as ``downstream train``; AdamW has two parameter groups, featurizer + head
 at ``optim.lr`` and the encoder at ``finetune.encoder_lr`` (0: the encoder stays frozen and in eval
-mode, only the head learns, from audio). ``finetune.freeze`` keeps encoder parameters whose names
+mode, only the head learns, from audio; dev is then encoded once, not at every evaluation). ``finetune.freeze`` keeps encoder parameters whose names
 start with the given prefixes frozen (out of the optimiser, their modules in eval mode so that
 dropout and batch-norm statistics stay as pretrained too). Dev is scored every
 ``train.valid_every`` steps (encoder in eval mode, whole utterances) and the best state of encoder
@@ -148,7 +148,8 @@ def _scored(encoder: torch.nn.Module, model: DownstreamModel, records: Sequence[
             cfg: DownstreamConfig, name: str, cache: EncoderFeatureCache | None = None) -> tuple[dict, list]:
     """Encode ``records`` with ``encoder`` in eval mode (a fresh cache: the weights changed) and
     score ``model`` on them -> (metrics, posteriors)."""
-    cache = cache or EncoderFeatureCache(encoder, cfg.encode.batch_size, torch.float32, cfg.encode.device)
+    if cache is None:  # (an empty cache is falsy: it has a length)
+        cache = EncoderFeatureCache(encoder, cfg.encode.batch_size, torch.float32, cfg.encode.device)
     fs: FeatureSet = cache.features(records, desc=f"encode {name}")
     targets = make_targets(records, fs, labels, label, model.level, cfg.task.label_frame_shift, name)
     return evaluate(model, fs, targets, cfg.encode.batch_size)
@@ -343,6 +344,10 @@ def _train_loop(cfg: DownstreamConfig, enc: Encoder, model: DownstreamModel, opt
         if resume["best_step"] is not None:
             best_step = int(resume["best_step"])
             best_state = ckpt.load_best(ckpt_dir, best_step)
+    # a frozen encoder (encoder_lr 0: eval mode, no parameter trains) gives the same dev features at
+    # every evaluation: encode them once
+    dev_cache = (EncoderFeatureCache(enc, cfg.encode.batch_size, torch.float32, cfg.encode.device)
+                 if cfg.finetune.encoder_lr == 0 else None)
 
     def save(done: bool) -> Path:
         return ckpt.save(ckpt_dir, {
@@ -380,7 +385,7 @@ def _train_loop(cfg: DownstreamConfig, enc: Encoder, model: DownstreamModel, opt
             signal_self_at(step)
             if dev and (step % tc.valid_every == 0 or step == tc.max_steps):
                 _set_mode(enc, model, False, frozen_modules)
-                metrics, _ = _scored(enc, model, dev, labels, label, cfg, "dev")
+                metrics, _ = _scored(enc, model, dev, labels, label, cfg, "dev", dev_cache)
                 entry = {"step": step, "train_loss": running / count,
                          **{f"dev_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1")}}
                 history.append(entry)
