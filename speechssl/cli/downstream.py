@@ -135,7 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "matches nothing is an error listing the encoder's prefixes). Selects the best dev step, "
                    "scores test, and writes to --out what `downstream train` writes plus OUT/encoder, the "
                    "fine-tuned encoder as a released encoder folder (for load_encoder, `speechssl extract` "
-                   "and `downstream predict --model OUT`). No checkpoints: an interrupted run starts again.")
+                   "and `downstream predict --model OUT`). A checkpoint (OUT/checkpoints) is written at every "
+                   "evaluation, at the end and on SIGTERM/Ctrl-C: rerun the same command to resume (bit-exactly; "
+                   "other settings or inputs are refused, listed); a finished run is reported, not trained again.")
     p.add_argument("--encoder", required=True, help="trained encoder: released folder, experiment folder, checkpoint "
                    "or torchaudio / Hugging Face folder")
     p.add_argument("--train", required=True, help="training manifest")
@@ -144,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="manifest field to predict (overrides task.label of the config)")
     p.add_argument("--config", help="downstream YAML (recipes/downstream/*.yaml); its finetune section applies")
     p.add_argument("--out", "--exp", dest="out", required=True, help="output folder (the encoder goes to OUT/encoder)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over from the pretrained encoder, deleting OUT's checkpoints and results (default: a "
+                        "rerun resumes from OUT/checkpoints, or reports a finished run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (log lines every 30 s remain)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. finetune.encoder_lr=1e-5")
 
@@ -259,12 +264,17 @@ def run_label_efficiency_cmd(args: argparse.Namespace) -> int:
 
 def run_finetune_cmd(args: argparse.Namespace) -> int:
     from speechssl.data import read_manifest
-    from speechssl.downstream.finetune import ENCODER_FOLDER, finetune
+    from speechssl.downstream.finetune import ENCODER_FOLDER, FinetuneInterrupted, finetune
 
     cfg = _config(args)
-    results = finetune(cfg, args.encoder, read_manifest(args.train), args.out,
-                       dev=read_manifest(args.valid) if args.valid else None,
-                       test=read_manifest(args.test) if args.test else None, progress=not args.quiet)
+    try:
+        results = finetune(cfg, args.encoder, read_manifest(args.train), args.out,
+                           dev=read_manifest(args.valid) if args.valid else None,
+                           test=read_manifest(args.test) if args.test else None, progress=not args.quiet,
+                           restart=args.restart)
+    except FinetuneInterrupted as exc:
+        logger.warning("%s", exc)
+        return 128 + exc.signal
     print(f"best step {results['best_step']} of {results['steps_run']}")
     if results.get("summary"):
         _print_summary(results)

@@ -119,8 +119,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- save / load
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus kind/format/version fields) atomically to ``path``.
+def save_checkpoint(path: str | Path, state: dict[str, Any], kind: str = CHECKPOINT_KIND) -> Path:
+    """Write ``state`` (plus kind/format/version fields) atomically to ``path``. ``kind`` names
+    the writer (``downstream finetune`` has its own, see :mod:`speechssl.downstream.finetune_checkpoint`).
 
     Raises:
         OSError: the write or the serialisation failed (e.g. the disk is full); one line naming
@@ -128,7 +129,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     payload = {
-        "kind": CHECKPOINT_KIND,
+        "kind": kind,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "speechssl_version": speechssl.__version__,
         **state,
@@ -145,12 +146,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, expect_model: str | None = None, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | Path, expect_model: str | None = None, map_location: Any = "cpu",
+                    kind: str = CHECKPOINT_KIND) -> dict:
     """Read a training checkpoint with ``torch.load(weights_only=True)`` and check it.
 
     Args:
         path: a ``step_*.pt`` file.
         expect_model: if given, the model name the checkpoint must hold.
+        kind: the writer's kind (see :func:`save_checkpoint`).
 
     Raises:
         CheckpointError: unreadable, not a speechssl checkpoint, newer format, or another model.
@@ -162,8 +165,9 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
         raise UnreadableCheckpointError(f"{path}: not a readable speechssl checkpoint ({_load_failure(exc)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path}: not a speechssl pretraining checkpoint (no kind={CHECKPOINT_KIND!r})")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        what = "pretraining" if kind == CHECKPOINT_KIND else kind.removeprefix("speechssl-").removesuffix("-checkpoint")
+        raise CheckpointError(f"{path}: not a speechssl {what} checkpoint (no kind={kind!r})")
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
@@ -230,11 +234,12 @@ def clean_experiment(exp_dir: str | Path) -> None:
     restore_interrupted_release(exp_dir / "encoder")
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete ``.step_*.pt.*.tmp`` files left by writes that were killed. Only the holder of the
-    experiment's lock writes checkpoints, so under that lock every such file is stale."""
+def remove_stale_temporaries(folder: str | Path, patterns: tuple[str, ...] = (".step_*.pt.*.tmp",)) -> list[Path]:
+    """Delete ``.step_*.pt.*.tmp`` files (or others matching ``patterns``) left by writes that were
+    killed. Only the holder of the experiment's lock writes checkpoints, so under that lock every
+    such file is stale."""
     folder = Path(folder)
-    found = sorted(folder.glob(".step_*.pt.*.tmp")) if folder.is_dir() else []
+    found = sorted(p for pattern in patterns for p in folder.glob(pattern)) if folder.is_dir() else []
     for path in found:
         path.unlink(missing_ok=True)
     if found:
@@ -307,6 +312,21 @@ def skip_reshaped_targets(model: torch.nn.Module, state: dict[str, torch.Tensor]
 def as_float(v: Any) -> float:
     """A logged number: a tensor (any dtype/device) or a Python number -> float."""
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any], sections: list[str] | None = None) -> list[str]:
+    """``"section.key: old -> new"`` for every key of ``sections`` (default: all) of two nested
+    config dicts that differs; a section that is not a dict is compared whole (``"section: old -> new"``)."""
+    changed = []
+    for section in sections if sections is not None else sorted(set(before) | set(now)):
+        old, new = before.get(section), now.get(section)
+        if isinstance(old, dict) or isinstance(new, dict):
+            old, new = old or {}, new or {}
+            changed += [f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != new:
+            changed.append(f"{section}: {old!r} -> {new!r}")
+    return changed
 
 
 def refuse_other_model(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:

@@ -1,13 +1,26 @@
-"""SIGTERM / SIGINT during pretraining: note the signal and let the Trainer stop cleanly after the
-current step (checkpoint + released encoder); a second Ctrl-C interrupts at once."""
+"""SIGTERM / SIGINT during pretraining or fine-tuning: note the signal and let the training loop stop
+cleanly after the current step (checkpoint; pretraining also releases its encoder); a second Ctrl-C
+interrupts at once."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
 log = logging.getLogger("speechssl.train.trainer")
+#: Preemption drill: after this optimiser step the process sends SIGTERM to itself (tests, SLURM rehearsals;
+#: pretraining and fine-tuning).
+SELF_SIGTERM_ENV = "SPEECHSSL_SELF_SIGTERM_AT_STEP"
+
+
+def signal_self_at(step: int) -> None:
+    """Send this process SIGTERM if ``step`` is ``$SPEECHSSL_SELF_SIGTERM_AT_STEP`` (tests of the
+    graceful stop; unset: nothing)."""
+    at = int(os.environ.get(SELF_SIGTERM_ENV, "0") or 0)
+    if at and step == at:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class StopSignals:

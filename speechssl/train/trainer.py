@@ -56,13 +56,11 @@ from speechssl.train.distributed import (
 from speechssl.train.metrics import MetricsLogger, merge_train_windows, plot_loss_curve
 from speechssl.train.optim import apply_optim_config, build_optimizer, build_scheduler
 from speechssl.train.probe import LiveProbe
-from speechssl.train.signals import StopSignals
+from speechssl.train.signals import SELF_SIGTERM_ENV, StopSignals, signal_self_at  # noqa: F401  (re-exported)
 from speechssl.utils import file_sha256, git_revision, seed_everything
 
 log = logging.getLogger(__name__)
 
-#: Preemption drill: after this optimiser step the process sends SIGTERM to itself (tests, SLURM rehearsals).
-SELF_SIGTERM_ENV = "SPEECHSSL_SELF_SIGTERM_AT_STEP"
 #: fp16 only: consecutive GradScaler overflows tolerated on top of train.max_bad_steps (each halves the scale).
 FP16_EXTRA_OVERFLOWS = 24
 
@@ -245,11 +243,8 @@ class Trainer:
             return
         old = load_yaml(saved)
         _refuse_other_model(old.get("model") or {}, self.cfg.model_dict(), str(self.exp_dir))
-        changed = []
-        for section in ("data", "optim", "train"):
-            before, now = old.get(section) or {}, to_dict(getattr(self.cfg, section))
-            changed += [f"{section}.{k}: {before.get(k)!r} -> {now.get(k)!r}"
-                        for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        sections = ["data", "optim", "train"]
+        changed = ckpt_io.changed_settings(old, {k: to_dict(getattr(self.cfg, k)) for k in sections}, sections)
         if changed:
             self._info(f"resuming with changed settings (the new values apply): {'; '.join(changed)}")
 
@@ -442,7 +437,6 @@ class Trainer:
                 f"micro-batch={self.micro_seconds:.2f} s effective batch={self.effective_batch_seconds:.2f} s; "
                 f"precision={tc.precision} device={self.device}"
             )
-        self_sigterm = int(os.environ.get(SELF_SIGTERM_ENV, "0") or 0)
         self.signals.install()
         status = "finished"
         window: dict[str, Any] = {"loss": [], "metrics": {}, "seconds": 0.0, "t": time.monotonic(), "gn": [], "lr": 0.0}
@@ -482,8 +476,7 @@ class Trainer:
                     window["seconds"] += res["seconds"]
                     window["lr"] = res["lr"]
                     bar.update(self.step)
-                    if self_sigterm and self.step == self_sigterm:
-                        os.kill(os.getpid(), signal.SIGTERM)
+                    signal_self_at(self.step)
                 now = time.monotonic()
                 time_up = tc.max_minutes is not None and now - self._t0 >= tc.max_minutes * 60
                 ckpt_due = tc.ckpt_every_minutes is not None and now - self._last_ckpt_time >= tc.ckpt_every_minutes * 60
