@@ -19,7 +19,7 @@ from speechssl.cli.main import main
 from speechssl.config import ConfigError
 from speechssl.data import read_manifest
 from speechssl.downstream import downstream_config
-from speechssl.downstream.features import EncoderFeatureCache
+from speechssl.downstream.feature_cache import EncoderFeatureCache
 from speechssl.downstream.finetune import FinetuneInterrupted, finetune
 from speechssl.train import checkpoint as ckpt_io
 from speechssl.train.checkpoint import CheckpointError
