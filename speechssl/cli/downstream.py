@@ -278,7 +278,8 @@ def run_finetune_cmd(args: argparse.Namespace) -> int:
     print(f"best step {results['best_step']} of {results['steps_run']}")
     if results.get("summary"):
         _print_summary(results)
-    print(f"wrote {Path(args.out) / 'results.json'} and the fine-tuned encoder {Path(args.out) / ENCODER_FOLDER}")
+    # A finished run read back wrote nothing new: name the outputs, not an action.
+    print(f"results: {Path(args.out) / 'results.json'}; fine-tuned encoder: {Path(args.out) / ENCODER_FOLDER}")
     return 0
 
 
