@@ -27,8 +27,8 @@ logger = logging.getLogger("speechssl.downstream")
 EXAMPLES = {
     "train": ["speechssl downstream train --encoder logmel --train tr.jsonl --valid dv.jsonl --test te.jsonl "
               "--label emotion --exp exp/er",
-              "speechssl downstream train --features exp/feats --data all.jsonl --split-by speaker --label speaker "
-              "--exp exp/sid optim.lr=1e-3",
+              "speechssl downstream train --features exp/feats --data all.jsonl --split-by speaker --label emotion "
+              "--exp exp/er_si optim.lr=1e-3",
               "speechssl downstream train --encoder exp/apc/encoder --train tr.jsonl --dev-fraction 0.1 "
               "--label emotion --lrs 1e-4,1e-3,1e-2 --exp exp/er_sweep"],
     "kfold": ["speechssl downstream kfold --encoder logmel --data all.jsonl --label emotion --group session "
