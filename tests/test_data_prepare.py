@@ -121,6 +121,27 @@ def test_prepare_empty_and_nothing_usable(tmp_path):
         prepare_folder(tmp_path / "missing", tmp_path / "m.jsonl")
 
 
+def test_tsv_bare_label_file_name_sits_next_to_the_tsv(corpus, tmp_path, monkeypatch):
+    """`manifest export --out fairseq/train.tsv --labels text=train.wrd` (the --help example) writes
+    fairseq/train.wrd beside train.tsv and train.ids, not into the working directory, and the import
+    of fairseq/train.tsv with the same --labels reads it back; a path with a folder is taken as given."""
+    prepare_folder(corpus, tmp_path / "m.jsonl", label_from_path="speaker={grandparent}")
+    recs = read_manifest(tmp_path / "m.jsonl")
+    for r in recs:
+        r["text"] = f"words of {r['id']}"
+    write_manifest(recs, tmp_path / "m.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert main(["manifest", "export", "--to", "tsv", "m.jsonl", "--out", "fairseq/train.tsv",
+                 "--labels", "text=train.wrd", "--labels", "speaker=other/train.spk"]) == 0
+    assert not (tmp_path / "train.wrd").exists()
+    assert (tmp_path / "fairseq/train.wrd").read_text().splitlines() == [r["text"] for r in recs]
+    assert (tmp_path / "other/train.spk").read_text().splitlines() == [r["speaker"] for r in recs]
+    assert main(["manifest", "import", "--from", "tsv", "fairseq/train.tsv", "--out", "back.jsonl",
+                 "--labels", "text=train.wrd", "--labels", "speaker=other/train.spk"]) == 0
+    back = read_manifest(tmp_path / "back.jsonl")
+    assert [(r["id"], r["text"], r["speaker"]) for r in back] == [(r["id"], r["text"], r["speaker"]) for r in recs]
+
+
 def test_ids_unique_and_stable():
     ids = make_ids([Path("a/b c.wav"), Path("a/x.wav"), Path("a/x.flac"), Path("a_x.wav")])
     assert ids == ["a_b_c", "a_x_wav", "a_x_flac", "a_x_wav-2"]

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=FILE",
-        help="tsv: line-aligned label file, e.g. text=train.wrd (repeatable)",
+        help="tsv: line-aligned label file, e.g. text=train.wrd (a bare file name: next to the TSV; repeatable)",
     )
 
     p = subcommand(sub, "export", "JSONL manifest -> fairseq TSV or Kaldi data folder",
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=FILE",
-        help="tsv: also write a line-aligned label file, e.g. text=train.wrd (repeatable)",
+        help="tsv: also write a line-aligned label file, e.g. text=train.wrd (a bare file name: next to the TSV; repeatable)",
     )
     p.add_argument("--speaker-field", default="speaker", help="kaldi: field for utt2spk (default speaker)")
 

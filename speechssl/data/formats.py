@@ -57,9 +57,21 @@ def _header(path: str, where: Path, line: int) -> tuple[int, int]:
     return info.num_samples, info.sample_rate
 
 
-def _read_label_files(label_files: Mapping[str, str | Path] | None, count: int) -> dict[str, list[str]]:
+def label_file_path(tsv: str | Path, file: str | Path) -> Path:
+    """Where a label file of a TSV lives: a bare file name (``train.wrd``) sits next to the TSV, as
+    fairseq keeps ``train.tsv`` / ``train.wrd`` / ``train.ltr`` in one folder (and as the ``.ids``
+    file); a path with a folder (``data/train.wrd``, absolute or relative to the working directory)
+    is taken as given."""
+    file = Path(file)
+    return Path(tsv).parent / file if not file.is_absolute() and file.parent == Path(".") else file
+
+
+def _read_label_files(
+    label_files: Mapping[str, str | Path] | None, count: int, tsv: str | Path
+) -> dict[str, list[str]]:
     out = {}
     for field, file in (label_files or {}).items():
+        file = label_file_path(tsv, file)
         lines = Path(file).read_text(encoding="utf-8").splitlines()
         if len(lines) != count:
             raise ManifestError(
@@ -112,7 +124,8 @@ def read_tsv(
         path: the ``.tsv`` file.
         sample_rate: the rate of every file (fairseq data is 16000); None reads each file's
             header (also checks the files exist).
-        label_files: ``{field: file}`` line-aligned with the TSV entries, e.g. ``{"text": "train.wrd"}``.
+        label_files: ``{field: file}`` line-aligned with the TSV entries, e.g. ``{"text": "train.wrd"}``
+            (a bare file name is read next to the TSV: :func:`label_file_path`).
     Raises:
         ManifestError: naming ``file:line`` (bad line, bad count, unreadable audio, an ``.ids``
             file that does not match the TSV).
@@ -134,7 +147,7 @@ def read_tsv(
         except ValueError:
             raise ManifestError(f"num_samples must be an integer, got {parts[1]!r}", path, lineno) from None
         entries.append((lineno, parts[0], num))
-    labels = _read_label_files(label_files, len(entries))
+    labels = _read_label_files(label_files, len(entries), path)
     id_file = ids_path(path)
     if id_file.is_file():
         ids = _read_ids(id_file, [rel for _, rel, _ in entries])
@@ -191,7 +204,8 @@ def write_tsv(
         root: the first line, written as given (fairseq's ``wav2vec_manifest.py ROOT``); default
             :func:`default_tsv_root` (``manifest_dir`` if it holds every file, else the deepest
             common folder).
-        label_files: ``{field: file}`` to also write line-aligned label files (e.g. ``text`` -> ``.wrd``).
+        label_files: ``{field: file}`` to also write line-aligned label files (e.g. ``text`` -> ``.wrd``;
+            a bare file name is written next to the TSV: :func:`label_file_path`).
         manifest_dir: the folder of the manifest the records came from (for the default root).
     Raises:
         ManifestError: a record is a segment (TSV cannot express start/duration), lacks a label
@@ -222,6 +236,7 @@ def write_tsv(
     if other_rates:
         log.warning("%s: files at %s Hz; fairseq's audio datasets expect 16000 Hz", path, other_rates)
     for field, file in (label_files or {}).items():
+        file = label_file_path(path, file)
         missing = [r["id"] for r in records if field not in r]
         if missing:
             raise ManifestError(
