@@ -1,8 +1,8 @@
 """Feature-extraction benchmark on CPU: real-time factor and peak memory per model family.
 
 Usage:
-  /work/venv/bin/python tools/bench/extract.py --out bench_extract.json
-  /work/venv/bin/python tools/bench/extract.py --families logmel,wav2vec2 --long-minutes 5 --out quick.json
+  .venv/bin/python tools/bench/extract.py --out bench_extract.json
+  .venv/bin/python tools/bench/extract.py --families logmel,wav2vec2 --long-minutes 5 --out quick.json
 
 Measures, each in a fresh child process (so peak RSS is per measurement):
 * ``family``: ``speechssl extract``'s library call over ``--short-seconds`` of audio (utterances of

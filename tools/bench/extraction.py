@@ -1,7 +1,7 @@
 """Extraction benchmark: our wav2vec2 Base vs torchaudio vs Hugging Face, fp32 and bf16; RTF and peak memory.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --only extract --out bench
+  .venv/bin/python tools/bench/run_all.py --only extract --out bench
 
 * ``compare_wav2vec2(spec)``: torchaudio ``wav2vec2_base()`` (random init, seed 0), ours with the same
   weights (``importers.from_torchaudio``), and ``transformers.Wav2Vec2Model`` loaded from

@@ -1,7 +1,7 @@
 """Frontend benchmark: speechssl log-Mel / fbank vs torchaudio and librosa, same parameters.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --only frontends --out bench
+  .venv/bin/python tools/bench/run_all.py --only frontends --out bench
 
 ``run(spec)`` times, side by side in one process (interleaved repetitions, median after warm-up):
 

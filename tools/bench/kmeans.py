@@ -1,7 +1,7 @@
 """k-means targets (HuBERT iteration 1): fit + assign time for 1 h and 4 h of 39-dim MFCC-like frames.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --only kmeans --out bench
+  .venv/bin/python tools/bench/run_all.py --only kmeans --out bench
 
 * ``fit_assign(spec)``: for each length in ``hours`` (default 1 and 4), synthetic 39-dim frames at
   100 Hz (a mixture of ``sources`` Gaussian "phones" in 5-25-frame segments with a random walk of the

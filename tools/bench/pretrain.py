@@ -1,7 +1,7 @@
 """Pretraining benchmarks: step throughput, achieved FLOP/s vs measured matmul peak, loader rate, scaling.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --only pretrain,data,scaling --out bench
+  .venv/bin/python tools/bench/run_all.py --only pretrain,data,scaling --out bench
 
 * ``matmul_peak(spec)``: best-of-N dense fp32 (and bf16) matmul of ``size x size``, the best of
   ``torch.mm`` (MKL) and oneDNN's matmul (plain and prepacked weight); FLOP/s = 2 n^3 / t.

@@ -1,7 +1,7 @@
 """torch.profiler of the wav2vec2 Base training step and inference, and the APC and CPC steps.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --only profile --out bench
+  .venv/bin/python tools/bench/run_all.py --only profile --out bench
 
 ``profile_model(spec)`` runs one warm-up step then profiles ``steps`` steps (CPU activities, shapes
 off), and returns the top operators by self CPU time, the share of the main buckets (matmul-like

@@ -2,8 +2,8 @@
 
 Usage (after ``make demo-all``; reads only what the runs wrote, trains nothing)::
 
-    /work/venv/bin/python tools/bench/run_all.py --only quality --from egs/synthetic/ssl/exp_all --out bench
-    /work/venv/bin/python tools/bench/quality.py egs/synthetic/ssl/exp_all --out bench   # the same, alone
+    .venv/bin/python tools/bench/run_all.py --only quality --from egs/synthetic/ssl/exp_all --out bench
+    .venv/bin/python tools/bench/quality.py egs/synthetic/ssl/exp_all --out bench   # the same, alone
 
 Input: every sub-folder of ``EXP_DIR`` with a ``metrics.jsonl`` holding probe records and a
 ``config.yaml`` that is not a random-init control (``train.control_of`` unset and ``max_steps`` > 0).

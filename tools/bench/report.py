@@ -1,7 +1,7 @@
 """Markdown summary of ``bench/results.json`` (written by tools/bench/run_all.py).
 
 Usage:
-  /work/venv/bin/python tools/bench/report.py bench/results.json   # rewrites bench/results.md
+  .venv/bin/python tools/bench/report.py bench/results.json   # rewrites bench/results.md
 """
 
 from __future__ import annotations

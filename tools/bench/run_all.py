@@ -1,9 +1,9 @@
 """The speechssl benchmark suite: one command, ``bench/results.json`` + ``bench/results.md``.
 
 Usage:
-  /work/venv/bin/python tools/bench/run_all.py --out bench            # everything (make bench)
-  /work/venv/bin/python tools/bench/run_all.py --out bench --quick    # small sizes, a smoke run
-  /work/venv/bin/python tools/bench/run_all.py --out bench --only frontends,extract
+  .venv/bin/python tools/bench/run_all.py --out bench            # everything (make bench)
+  .venv/bin/python tools/bench/run_all.py --out bench --quick    # small sizes, a smoke run
+  .venv/bin/python tools/bench/run_all.py --out bench --only frontends,extract
 
 Sections (each runs in its own child process, so peak memory and thread pools are per section):
 
