@@ -89,6 +89,10 @@ def test_cli_train_predict_compare(corpus, tmp_path, capsys):
     assert rows[0].startswith("| experiment | encoder |") and len(rows) == 3
     assert all(f"| logmel | superb | test | {res['test']['accuracy']:.4f} |" in r for r in rows[1:])
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    # --out (the --help example) is named on stdout as --png is
+    assert main(["downstream", "compare", str(exp), "--png", str(tmp_path / "c.png"), "--out", str(tmp_path / "c.md")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'c.md'}, {tmp_path / 'c.png'}"
+    assert (tmp_path / "c.md").read_text().startswith("| experiment | encoder |")
 
 
 def test_unseen_label_is_a_clear_error(corpus, tmp_path, capsys):

@@ -323,8 +323,9 @@ def run(args: argparse.Namespace) -> int:
         from speechssl.downstream import compare
 
         print(compare(args.exps, png=args.png, out=args.out), end="")
-        if args.png:
-            print(f"wrote {args.png}")
+        written = [str(f) for f in (args.out, args.png) if f]
+        if written:
+            print(f"wrote {', '.join(written)}")
         return 0
     raise ValueError(f"unknown command {args.command!r}")
 
