@@ -5,6 +5,9 @@
 # Common options: --stage N --stop_stage N (run stages N..M), --ngpu N (processes per node),
 # --nnodes N, --launcher local|torchrun|slurm, --master_addr HOST, --master_port PORT.
 
+# The recipe's options: its lowercase, non-exported variables set before this file is sourced
+# (exported lowercase names such as http_proxy are the environment's, not options).
+_recipe_opts=$(comm -23 <(compgen -v | grep -E '^[a-z][a-z0-9_]*$' | sort -u) <(compgen -e | sort -u))
 stage=${stage:-1}
 stop_stage=${stop_stage:-100}
 ngpu=${ngpu:-0}
@@ -36,6 +39,16 @@ while [ $# -gt 0 ]; do
   printf -v "$name" '%s' "$value"
 done
 
+# What a stage's marker records: every recipe option as parsed, except those that choose which
+# stages run or how a stage runs (processes, launcher, rendezvous, jobs at a time), not what it computes.
+_stage_opts_ignored=" stage stop_stage ngpu nnodes launcher master_addr master_port parallel markers "
+_stage_opts=
+for _o in $_recipe_opts; do
+  case "$_stage_opts_ignored" in *" $_o "*) continue ;; esac
+  _stage_opts+="$_o=$(printf '%q' "${!_o}")"$'\n'
+done
+unset _o
+
 command -v speechssl >/dev/null 2>&1 || die "the speechssl command is not on PATH (run 'make setup' and activate .venv)"
 
 # spawn CMD...: run CMD in the background, at most $parallel at a time; wait_spawned waits for all
@@ -58,17 +71,65 @@ wait_spawned() {
   [ "$_spawn_failed" = 0 ] || die "a job of this stage failed (its error is above)"
 }
 
-# stage N "description": true when stage N is selected and not already done (marker file).
-# Mark it done with `done_stage N` at its end; rerunning skips finished stages.
+# begin_stage N "description": true when stage N is selected and not already done. Mark it done with
+# `done_stage N` at its end: the marker ($markers/stageN.done) records the options the stage ran with.
+# A rerun skips a done stage unless an option differs from its marker (then it is redone, with a log
+# line naming the changes). A stage that runs removes the markers of later stages: their inputs change.
+# A marker from before options were recorded (an empty file) still counts as done, with a hint: which
+# options that run had is unknown, and redoing a finished pretraining on a guess would cost hours.
 stage_selected() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
 begin_stage() {
   local n=$1; shift
   stage_selected "$n" || return 1
-  if [ -f "$markers/stage$n.done" ]; then log "stage $n: $* (done, skipped; delete $markers/stage$n.done to redo)"; return 1; fi
+  local marker="$markers/stage$n.done" changes
+  if [ -f "$marker" ]; then
+    if [ ! -s "$marker" ]; then
+      log "stage $n: $* (done, skipped; its marker predates recorded options, so changed options are not" \
+        "detected: delete $marker to redo)"
+      return 1
+    fi
+    changes=$(_stage_changes "$marker")
+    if [ -z "$changes" ]; then log "stage $n: $* (done, skipped; delete $marker to redo)"; return 1; fi
+    log "stage $n: options changed since it ran ($changes): redoing"
+    rm -f "$marker"
+  fi
+  _drop_later_markers "$n"
   log "stage $n: $*"
   return 0
 }
-done_stage() { mkdir -p "$markers"; touch "$markers/stage$1.done"; }
+done_stage() {
+  mkdir -p "$markers"
+  { echo "# options stage $1 ran with (egs/common.sh; delete this file to redo the stage)"; printf '%s' "$_stage_opts"; } \
+    > "$markers/stage$1.done.tmp"
+  mv -f "$markers/stage$1.done.tmp" "$markers/stage$1.done"
+}
+# "name: old -> new, ..." for the options whose value differs from MARKER's (options only one side
+# knows, e.g. one a newer recipe added, are not compared).
+_stage_changes() {
+  local -A before=()
+  local line name out=
+  while IFS= read -r line; do
+    case "$line" in '#'*|'') continue ;; esac
+    before[${line%%=*}]=${line#*=}
+  done < "$1"
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    name=${line%%=*}
+    if [ -n "${before[$name]+x}" ] && [ "${before[$name]}" != "${line#*=}" ]; then
+      out+="${out:+, }$name: ${before[$name]} -> ${line#*=}"
+    fi
+  done <<< "$_stage_opts"
+  printf '%s' "$out"
+}
+_drop_later_markers() {
+  local f m dropped=
+  for f in "$markers"/stage*.done; do
+    [ -f "$f" ] || continue
+    m=${f##*/stage}; m=${m%.done}
+    if [[ "$m" =~ ^[0-9]+$ ]] && [ "$m" -gt "$1" ]; then rm -f "$f"; dropped+=" $m"; fi
+  done
+  [ -z "$dropped" ] || log "stage $1 runs, so later stages run again (markers removed:$dropped)"
+}
 markers=${markers:-exp/.stages}
 
 # A short name for an encoder argument: logmel -> logmel, exp/apc/encoder -> apc, exp/apc -> apc.

@@ -42,16 +42,15 @@ SHORT_DOWNSTREAM = "train.max_steps=4 train.valid_every=2 train.batch_size=4"
 
 def test_librispeech_ssl(workdir, tmp_path):
     corpus = make_librispeech(tmp_path / "corpus", seconds=1.5)
-    run_recipe(
-        workdir, "librispeech/ssl", "--corpus", str(corpus), "--config", "../../../recipes/pretrain/apc_tiny.yaml",
-        "--overrides", "train.max_steps=2 train.valid_every=1 train.log_every=1",
-    )
+    args = ("--corpus", str(corpus), "--config", "../../../recipes/pretrain/apc_tiny.yaml",
+            "--overrides", "train.max_steps=2 train.valid_every=1 train.log_every=1")
+    run_recipe(workdir, "librispeech/ssl", *args)
     out = workdir / "egs/librispeech/ssl"
     assert len(read_manifest(out / "data/train.jsonl")) == 3
     assert (out / "exp/apc/encoder/model.safetensors").is_file()
     assert (out / "exp/apc/feats_dev/index.tsv").is_file()
-    # Rerunning skips every finished stage.
-    again = run_recipe(workdir, "librispeech/ssl", "--corpus", str(corpus))
+    # Rerunning with the same options skips every finished stage.
+    again = run_recipe(workdir, "librispeech/ssl", *args)
     assert again.stderr.count("(done, skipped") == 4
 
 
@@ -125,3 +124,42 @@ def test_encoder_name_is_only_a_folder_name():
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["logmel", "mfcc", "my_features", "apc", "apc_random", "cpc"]
     assert "fbank" not in common.read_text()
+
+
+def test_stage_markers_record_options(tmp_path):
+    """A done stage is redone when an option differs from its marker, and so is every later stage."""
+    script = tmp_path / "corpus" / "task" / "run.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text(
+        'set -euo pipefail\ncd "$(dirname "$0")"\nmode=a\nsize=1\n'
+        f'speechssl() {{ :; }}\n. "{REPO / "egs" / "common.sh"}"\n'
+        'if begin_stage 1 "first"; then echo "1 $mode" >> ran.txt; done_stage 1; fi\n'
+        'if begin_stage 2 "second"; then echo "2 $mode" >> ran.txt; done_stage 2; fi\n'
+    )
+    ran = script.parent / "ran.txt"
+
+    def run(*args: str) -> str:
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=script_env())
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    run("--mode", "a")
+    assert ran.read_text().split("\n")[:-1] == ["1 a", "2 a"]
+    # The same options (stage selection and launcher options aside) skip both stages.
+    log = run("--mode", "a", "--stage", "1", "--parallel", "3", "--ngpu", "2")
+    assert log.count("(done, skipped") == 2 and ran.read_text().count("\n") == 2
+    log = run("--mode", "b")
+    assert "stage 1: options changed since it ran (mode: a -> b): redoing" in log
+    assert ran.read_text().split("\n")[2:-1] == ["1 b", "2 b"]
+    # Only stage 2 with mode c; then stage 1 is redone (b -> c), and stage 2 again although its
+    # marker says c: it ran on the older stage 1.
+    run("--mode", "c", "--size", "2", "--stage", "2")
+    log = run("--mode", "c", "--size", "2")
+    assert "(mode: b -> c, size: 1 -> 2): redoing" in log
+    assert "later stages run again (markers removed: 2)" in log
+    assert ran.read_text().split("\n")[4:-1] == ["2 c", "1 c", "2 c"]
+    # A marker from before options were recorded (empty) still counts as done, with a hint.
+    for n in (1, 2):
+        (script.parent / f"exp/.stages/stage{n}.done").write_text("")
+    log = run("--mode", "d")
+    assert log.count("predates recorded options") == 2 and ran.read_text().count("\n") == 7
