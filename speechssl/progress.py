@@ -7,7 +7,7 @@ A job whose stderr goes to a file or a pipe (SLURM, ``nohup``, the demo) gets on
     extract[rank 0]: 12.5/63.5 s of audio (19.7%), 4.1 audio-s/s, elapsed 0:00:03, eta 0:00:12
 
 Pretraining (``train.progress``, ``train.progress_every_seconds``), ``speechssl extract``
-(``--no-progress``), ``speechssl targets`` and the downstream commands (encoding their sets,
+(``--no-progress``), ``speechssl targets``, ``speechssl corpus`` (reading headers) and the downstream commands (encoding their sets,
 training a head) use it. Turning the bar off (clean logs) never turns the lines off, so no
 run is silent for longer than that interval.
 """
@@ -23,6 +23,7 @@ from typing import Any, TextIO
 STEPS = ("step {n}/{total}", "steps/s")  # what the count is and its rate, as pretraining reports them
 AUDIO_SECONDS = ("{n:.1f}/{total:.1f} s of audio", "audio-s/s")  # extraction
 UTTERANCES = ("{n:.0f}/{total:.0f} utterances", "utt/s")  # files without a known duration
+FILES = ("{n:.0f}/{total:.0f} files", "files/s")  # the corpus preparers reading headers
 
 
 def _clock(seconds: float) -> str:

@@ -87,3 +87,26 @@ def test_registry_imports_each_corpus_preparer_on_use():
     assert {name: spec.preparer() for name, spec in CORPORA.items()} == expected
     assert all(isinstance(spec.prepare, str) for spec in CORPORA.values())
     assert CorpusSpec(prepare_generic).preparer() is prepare_generic
+
+
+def test_corpus_headers_progress_without_a_terminal(tmp_path, monkeypatch, caplog):
+    """Without a terminal, reading headers draws no bar (no carriage returns): it logs lines instead."""
+    import logging
+    import subprocess
+    import sys
+
+    from speechssl.corpora import common
+
+    corpus = tmp_path / "clips"
+    for i in range(3):
+        write_noise_wav(corpus / f"c{i}.wav")
+    (tmp_path / "labels.csv").write_text("path,mood\n" + "".join(f"c{i}.wav,a\n" for i in range(3)))
+    proc = subprocess.run([sys.executable, "-m", "speechssl.cli.main", "corpus", "generic", str(corpus),
+                           "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    monkeypatch.setattr(common, "PROGRESS_EVERY_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="speechssl.corpora.common"):
+        prepare_generic(corpus, tmp_path / "labels.csv", tmp_path / "out2")
+    assert any("headers: 3/3 files (100.0%)" in r.getMessage() for r in caplog.records)

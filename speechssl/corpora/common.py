@@ -8,12 +8,15 @@ with a reason and returns the :class:`~speechssl.data.prepare.PrepareReport` to 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from speechssl.data.prepare import PrepareReport, probe_file
+from speechssl.progress import FILES, Progress
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal (no bar then)
 
 
 def records_from_files(
@@ -25,8 +28,13 @@ def records_from_files(
     """Build manifest records for ``(id, path, labels)`` items, dropping unusable files."""
     report = report or PrepareReport(folder=name)
     records = []
-    for utt_id, path, labels in tqdm(list(items), desc=f"{name} headers", unit="file", leave=False, mininterval=1.0):
+    items = list(items)
+    # a bar on a terminal; a redirected stderr (a batch job's log) gets a line every 30 s instead
+    bar = Progress(len(items), 0, bar=True, every_seconds=PROGRESS_EVERY_SECONDS, main=True,
+                   desc=f"{name} headers", counts=FILES, logger=log, leave=False)
+    for utt_id, path, labels in items:
         info = probe_file(Path(path), report, min_seconds)
+        bar.advance(1)
         if info is None:
             continue
         records.append(
@@ -40,6 +48,7 @@ def records_from_files(
         )
         report.kept += 1
         report.seconds_kept += info.duration
+    bar.close()
     return records, report
 
 
