@@ -52,7 +52,8 @@ def test_predict_skips_bad_files_and_lists_them(trained, tmp_path, capsys):
     out = tmp_path / "preds.tsv"
     assert main(["downstream", "predict", "--model", str(trained["exp"]), "--input", str(folder),
                  "--out", str(out)]) == 0
-    assert "wrote 2 predictions" in capsys.readouterr().out
+    assert "wrote 2 predictions to" in (printed := capsys.readouterr().out)
+    assert "; 3 inputs skipped, listed in" in printed
     assert len(_tsv(out)) == 2
     errors = {row["id"]: row for row in _tsv(tmp_path / "preds.errors.tsv")}
     assert set(errors) == {"empty", "garbage", "tiny"}
@@ -65,6 +66,7 @@ def test_predict_skips_bad_files_and_lists_them(trained, tmp_path, capsys):
     shutil.copy(folder / next(p.name for p in folder.iterdir() if p.name.startswith("spk")), good)
     assert main(["downstream", "predict", "--model", str(trained["exp"]), "--input", str(good),
                  "--out", str(out)]) == 0
+    assert f"wrote 1 prediction to {out}\n" == capsys.readouterr().out
     assert len(_tsv(out)) == 1 and not (tmp_path / "preds.errors.tsv").exists()
 
 

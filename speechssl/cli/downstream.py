@@ -304,7 +304,11 @@ def run(args: argparse.Namespace) -> int:
         if errors.is_file():
             with open(errors, encoding="utf-8") as f:
                 failed = sum(1 for _ in f) - 1
-        print(f"wrote {n} predictions to {out}" + (f"; {failed} input(s) skipped, listed in {errors}" if failed else ""))
+        def count(k: int, noun: str) -> str:
+            return f"{k} {noun}" + ("" if k == 1 else "s")
+
+        print(f"wrote {count(n, 'prediction')} to {out}"
+              + (f"; {count(failed, 'input')} skipped, listed in {errors}" if failed else ""))
         return 0
     if args.command == "summary":
         from speechssl.downstream.summary import summarize_label_efficiency
