@@ -45,6 +45,23 @@ def test_summary_verdict(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["winners"] == ["apc"]
 
 
+def test_encoders_not_ahead_are_named_with_the_margins_that_lose(tmp_path):
+    spk = _fake_results(tmp_path / "spk", {"logmel": [0.30, 0.6], "apc": [0.45, 0.7], "apc_random": [0.35, 0.6],
+                                            "cpc": [0.50, 0.8], "cpc_random": [0.55, 0.7]})
+    sty = _fake_results(tmp_path / "sty", {"logmel": [0.40, 0.5], "apc": [0.48, 0.6], "apc_random": [0.41, 0.5],
+                                            "cpc": [0.38, 0.6], "cpc_random": [0.40, 0.5]})
+    verdict = summarize_label_efficiency({"speaker": spk, "style": sty}, tmp_path / "summary.md")
+    assert list(verdict["behind"]) == ["cpc"]  # the winner apc is not listed
+    losing = [(c["task"], c["against"], round(c["margin"], 6)) for c in verdict["behind"]["cpc"]]
+    assert losing == [("speaker", "cpc_random", -0.05), ("style", "logmel", -0.02), ("style", "cpc_random", -0.02)]
+    text = (tmp_path / "summary.md").read_text()
+    assert ("**Not ahead on every task**: cpc (speaker vs cpc_random -5.0 pts, style vs logmel -2.0 pts, "
+            "style vs cpc_random -2.0 pts).") in text
+    # Also when nobody wins.
+    summarize_label_efficiency({"style": sty}, tmp_path / "style_only.md")
+    assert "**Not ahead on every task**: cpc (style vs logmel -2.0 pts" in (tmp_path / "style_only.md").read_text()
+
+
 def test_summary_says_when_nothing_wins(tmp_path):
     spk = _fake_results(tmp_path / "spk", {"logmel": [0.5, 0.6], "apc": [0.45, 0.7], "apc_random": [0.3, 0.6]})
     verdict = summarize_label_efficiency({"speaker": spk}, tmp_path / "summary.md")

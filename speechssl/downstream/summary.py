@@ -207,6 +207,14 @@ def summarize_label_efficiency(
         and all(v["vs_control"] is not None and v["vs_control"] > 0 for v in per_task.values())
     ]
     verdict["winners"] = winners
+    # The others, with the margins that are not ahead (or cannot be computed): named, not left out.
+    verdict["behind"] = {
+        enc: [{"task": t, "against": against, "margin": margin}
+              for t, v in per_task.items()
+              for against, margin in ((reference, v["vs_reference"]), (control_of.get(enc), v["vs_control"]))
+              if margin is None or margin <= 0]
+        for enc, per_task in verdict["encoders"].items() if enc not in winners
+    }
     # A winner whose every margin is significant; the others with the margins that are not (or unknown).
     unsettled = {enc: [{"task": t, **c.to_dict()} for t, pair in tests[enc].items() for c in pair
                        if c is not None and not c.significant] for enc in winners}
@@ -252,7 +260,7 @@ def _headline(verdict: Mapping[str, Any], reference: str, alpha: float, seeds: s
     winners, significant = verdict["winners"], verdict["significant_winners"]
     if not winners:
         return [f"**No pretrained encoder beats both {reference} and its random-init control on every task** at "
-                "the smallest label budget in this run."]
+                "the smallest label budget in this run."] + _behind(verdict)
     unsettled = verdict["winners_not_significant"]
     noisy = [e for e in winners if any(c["p_value"] is not None for c in unsettled.get(e, []))]
     unknown = [e for e in winners if e not in significant and e not in noisy]
@@ -295,7 +303,22 @@ def _headline(verdict: Mapping[str, Any], reference: str, alpha: float, seeds: s
     if unknown and significant:
         lines += ["", f"**Significance unknown** ({why_unknown(unknown)}): {', '.join(unknown)} beat"
                   f"{'s' if len(unknown) == 1 else ''} both on the means."]
-    return lines
+    return lines + _behind(verdict)
+
+
+def _behind(verdict: Mapping[str, Any]) -> list[str]:
+    """``**Not ahead on every task**: cpc (speaker vs cpc_random -0.3 pts); ...`` for the pretrained
+    encoders that do not beat both on the means, with the margins that are not ahead."""
+    behind = verdict.get("behind") or {}
+    if not behind:
+        return []
+
+    def margin(c: Mapping[str, Any]) -> str:
+        against = c["against"] or "its control"
+        return f"{c['task']} vs {against} " + ("not measured" if c["margin"] is None else _pts(c["margin"]))
+
+    return ["", "**Not ahead on every task**: " + "; ".join(
+        f"{enc} ({', '.join(margin(c) for c in cs)})" for enc, cs in behind.items()) + "."]
 
 
 def best_per_task(loaded: Mapping[str, dict], kinds: Mapping[str, str]) -> dict[str, dict[str, Any]]:
