@@ -5,7 +5,9 @@
 #   bash egs/synthetic/ssl/run.sh            # full size (make demo), about 7 minutes on 2 CPU cores
 #   bash egs/synthetic/ssl/run.sh --models all --exp_dir exp_all   # every family (make demo-all)
 #   bash egs/synthetic/ssl/run.sh --quick    # CI size: every stage runs, nothing is claimed
-#   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6   # redo the evaluation only
+#   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6 --seeds 30   # the evaluation again, other options
+#     (a stage whose options changed reruns, and every later one; with the same options delete
+#     exp/.stages/stage5.done to redo it; finished head runs are reused either way)
 # Stages:
 #   1 synthesise an unlabelled pool (sentences + isolated words) and separate labelled sets of sentences
 #     and of words (espeak-ng if installed, else formant)
@@ -32,7 +34,8 @@ pretrain_minutes=6     # per model: a hard stop whatever the step (the 1,000 ste
 models="apc cpc wav2vec2"  # or "all": every family with a recipes/pretrain/<family>_demo.yaml
 exp_dir=exp            # experiments, features and the summary go here (data/ is shared)
 shots=2,8               # labelled utterances per class (the curve; n=2 is the verdict)
-seeds=5
+seeds=20               # labelled subsets (and head inits) per shot: the verdict's paired t-test needs them;
+                       #   with 5, margins of 2-3 points were within noise and some 0-1 point 'wins' were luck
 seed=0
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
 pretrain_opts=         # extra options of local/pretrain_<family>.sh, HuBERT: --pretrain_opts="--it2_targets layer+it1"
