@@ -4,6 +4,7 @@ early stopping on the dev metric, and the best state kept (SUPERB protocol)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -70,6 +71,32 @@ def head_loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor,
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
 
+_POOLED: dict | None = None  # per-utterance pooled inputs kept by reuse_pooled_inputs(), else None
+
+
+@contextlib.contextmanager
+def reuse_pooled_inputs():
+    """Within this block :func:`pooled_inputs` computes each utterance's pooled layers once and
+    hands the same tensors back to later runs (a sweep trains and scores many heads on the same
+    features: seeds, shots). An utterance is the very same per-layer list object (a source's
+    in-memory features); its pooled tensors are what the same ops on the same tensors gave, so
+    results are bit-identical. Features read from disk on use (not a list) are not kept."""
+    global _POOLED
+    outer = _POOLED
+    _POOLED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _POOLED = outer
+
+
+def _pool_utterance(layers: list[torch.Tensor], layer_index: Sequence[int], layer_norm: bool) -> list[torch.Tensor]:
+    x = torch.stack([layers[j] for j in layer_index]).float()  # [n, T, D]
+    if layer_norm:
+        x = F.layer_norm(x, x.shape[-1:])
+    return list(x.mean(1, keepdim=True).unbind(0))
+
+
 def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], layer_index: Sequence[int]):
     """Fast path for heads that only see the mean frame (``head.pools_linearly``): per utterance,
     the mean over frames of every selected (layer-normalised) layer as one [1, D] "frame".
@@ -78,12 +105,20 @@ def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], l
     Returns (pooled feats, new layer index, normalized flag) or None when not applicable."""
     if not getattr(model.head, "pools_linearly", False):
         return None
+    layer_norm = bool(model.featurizer.config.layer_norm)
+    cache = _POOLED if isinstance(feats, list) else None
+    # the thread count is part of the key: a reduction split over threads may round differently
+    where = (tuple(layer_index), layer_norm, torch.get_num_threads())
     out = []
     for layers in feats:
-        x = torch.stack([layers[j] for j in layer_index]).float()  # [n, T, D]
-        if model.featurizer.config.layer_norm:
-            x = F.layer_norm(x, x.shape[-1:])
-        out.append(list(x.mean(1, keepdim=True).unbind(0)))
+        if cache is None:
+            out.append(_pool_utterance(layers, layer_index, layer_norm))
+            continue
+        kept = cache.get((id(layers), *where))
+        if kept is None or kept[0] is not layers:  # the list is kept alive with it: its id stays its own
+            kept = (layers, _pool_utterance(layers, layer_index, layer_norm))
+            cache[(id(layers), *where)] = kept
+        out.append(kept[1])
     return out, list(range(len(layer_index))), True
 
 
@@ -167,8 +202,11 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
     layer_index = [train.layer_names.index(n) for n in model.layers]
     train_feats, normalized = train.feats, False
     fast = pooled_inputs(model, train_feats, layer_index) if not cfg.crop_frames else None
+    whole = None
     if fast is not None:
         train_feats, layer_index, normalized = fast
+        # no padding and no crop: a batch is the same values as these rows, so collate once
+        whole = collate_features(train_feats, layer_index)[0] if len(train_feats) else None
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     n = len(train)
     if n == 0:
@@ -190,7 +228,11 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
                 order, pos = torch.randperm(n, generator=gen).tolist(), 0
             idx.append(order[pos])
             pos += 1
-        stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
+        if whole is not None:  # one [1, D] frame per utterance: the rows of the collated set, in batch order
+            stacked, lengths, offsets = whole[torch.tensor(idx)], torch.ones(len(idx), dtype=torch.long), [0] * len(idx)
+        else:
+            stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames,
+                                                         gen)
         target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
         loss = head_loss(model(stacked, lengths, normalized), target, lengths, model.level)
         opt.zero_grad(set_to_none=True)
