@@ -165,6 +165,52 @@ def evaluate(model: DownstreamModel, data: FeatureSet, targets: Sequence, batch_
     return score(model, probs, targets), probs
 
 
+class HeadAdam:
+    """Adam exactly as ``torch.optim.Adam(params, lr, betas, weight_decay=...)`` computes it on
+    CPU tensors (its single-tensor path: no foreach, fused, amsgrad or maximize), op for op, so
+    the results are bit-identical (tests/test_downstream_fast_sweep.py checks it step by step).
+    Without torch.optim's machinery: its first optimiser imports ``torch._dynamo`` (seconds per
+    process) and every step pays hooks and checks that a head of a few tensors does not need.
+    Only what training a head uses: ``zero_grad()`` (grads set to None) and ``step()``."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), weight_decay
+        if any(p.is_complex() or p.is_sparse for p in self.params):
+            raise ValueError("HeadAdam: real dense parameters only (use torch.optim.Adam)")
+        self.state: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        for p in self.params:
+            if p.grad is None:  # as torch: no state, no update
+                continue
+            if p not in self.state:
+                self.state[p] = (torch.tensor(0.0, dtype=scalar), torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format))
+            step_t, exp_avg, exp_avg_sq = self.state[p]
+            grad = p.grad
+            step_t += 1
+            if self.weight_decay != 0:
+                grad = grad.add(p, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 @dataclasses.dataclass
 class TrainResult:
     best_step: int  # step of the kept state (== steps_run when there is no dev set)
@@ -196,6 +242,12 @@ def train_model(
         torch.set_num_threads(previous)
 
 
+def _pooled_rows(pooled: Sequence[list[torch.Tensor]], layer_index: Sequence[int]) -> torch.Tensor | None:
+    """[utterances, layers, 1, D]: pooled utterances (one frame each: no padding, nothing to crop)
+    collated once; a batch is these rows in batch order, the same values as collating it."""
+    return collate_features(pooled, layer_index)[0] if len(pooled) else None
+
+
 def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight_decay, clip_norm, progress):
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -205,9 +257,8 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
     whole = None
     if fast is not None:
         train_feats, layer_index, normalized = fast
-        # no padding and no crop: a batch is the same values as these rows, so collate once
-        whole = collate_features(train_feats, layer_index)[0] if len(train_feats) else None
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        whole = _pooled_rows(train_feats, layer_index)
+    opt = HeadAdam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     n = len(train)
     if n == 0:
         raise ValueError("no training utterances")
@@ -235,7 +286,7 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
                                                          gen)
         target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
         loss = head_loss(model(stacked, lengths, normalized), target, lengths, model.level)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
