@@ -44,6 +44,7 @@ from speechssl.downstream.splits import (
     stratified_split,
     warn_shared_audio,
 )
+from speechssl.downstream.training import reuse_pooled_inputs
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -279,28 +280,29 @@ def compute_label_efficiency(
     described: dict[str, dict] = {}
     for name, source in sources.items():
         scores[name] = {}
-        for n in shots:
-            for seed in seeds:
-                train = sample_per_class(pool, label, n, seed)
-                splits = {"train": train, "dev": list(dev or []), "test": test}
-                key = run_key(source, splits, _with_seed(cfg, seed), {"name": "label_efficiency"}, label)
-                entry = done.get((key, name)) if key is not None else None
-                if entry is not None:
-                    run = LabelEfficiencyRun.from_dict(entry["run"])
-                    described.setdefault(name, entry.get("source") or source.describe())
-                    reused += 1
-                else:
-                    res, _ = run_experiment(source, splits, label, _with_seed(cfg, seed), None,
-                                            {"name": "label_efficiency"}, progress, key)
-                    run = LabelEfficiencyRun(encoder=name, shots=n, seed=seed, train_size=len(train),
-                                             train_hash=res.splits["hash"], test=_strip(res.test),
-                                             layer_weights=res.featurizer["weights"])
-                    described[name] = source.describe()
-                    if key is not None:
-                        _append_journal(journal, key, run.to_dict(), described[name])
-                    logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, run.test[metric])
-                scores[name].setdefault(n, []).append(run.test[metric])
-                runs.append(run)
+        with reuse_pooled_inputs():  # every shot and seed pools the same utterances: once
+            for n in shots:
+                for seed in seeds:
+                    train = sample_per_class(pool, label, n, seed)
+                    splits = {"train": train, "dev": list(dev or []), "test": test}
+                    key = run_key(source, splits, _with_seed(cfg, seed), {"name": "label_efficiency"}, label)
+                    entry = done.get((key, name)) if key is not None else None
+                    if entry is not None:
+                        run = LabelEfficiencyRun.from_dict(entry["run"])
+                        described.setdefault(name, entry.get("source") or source.describe())
+                        reused += 1
+                    else:
+                        res, _ = run_experiment(source, splits, label, _with_seed(cfg, seed), None,
+                                                {"name": "label_efficiency"}, progress, key)
+                        run = LabelEfficiencyRun(encoder=name, shots=n, seed=seed, train_size=len(train),
+                                                 train_hash=res.splits["hash"], test=_strip(res.test),
+                                                 layer_weights=res.featurizer["weights"])
+                        described[name] = source.describe()
+                        if key is not None:
+                            _append_journal(journal, key, run.to_dict(), described[name])
+                        logger.info("%s, %d/class, seed %d: test %s %.4f", name, n, seed, metric, run.test[metric])
+                    scores[name].setdefault(n, []).append(run.test[metric])
+                    runs.append(run)
         source.release()
     if reused:
         logger.info("label efficiency: %d of %d runs finished earlier, read back from %s", reused, len(runs), journal)

@@ -4,6 +4,7 @@ early stopping on the dev metric, and the best state kept (SUPERB protocol)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -70,6 +71,32 @@ def head_loss(logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor,
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
 
+_POOLED: dict | None = None  # per-utterance pooled inputs kept by reuse_pooled_inputs(), else None
+
+
+@contextlib.contextmanager
+def reuse_pooled_inputs():
+    """Within this block :func:`pooled_inputs` computes each utterance's pooled layers once and
+    hands the same tensors back to later runs (a sweep trains and scores many heads on the same
+    features: seeds, shots). An utterance is the very same per-layer list object (a source's
+    in-memory features); its pooled tensors are what the same ops on the same tensors gave, so
+    results are bit-identical. Features read from disk on use (not a list) are not kept."""
+    global _POOLED
+    outer = _POOLED
+    _POOLED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _POOLED = outer
+
+
+def _pool_utterance(layers: list[torch.Tensor], layer_index: Sequence[int], layer_norm: bool) -> list[torch.Tensor]:
+    x = torch.stack([layers[j] for j in layer_index]).float()  # [n, T, D]
+    if layer_norm:
+        x = F.layer_norm(x, x.shape[-1:])
+    return list(x.mean(1, keepdim=True).unbind(0))
+
+
 def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], layer_index: Sequence[int]):
     """Fast path for heads that only see the mean frame (``head.pools_linearly``): per utterance,
     the mean over frames of every selected (layer-normalised) layer as one [1, D] "frame".
@@ -78,12 +105,20 @@ def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], l
     Returns (pooled feats, new layer index, normalized flag) or None when not applicable."""
     if not getattr(model.head, "pools_linearly", False):
         return None
+    layer_norm = bool(model.featurizer.config.layer_norm)
+    cache = _POOLED if isinstance(feats, list) else None
+    # the thread count is part of the key: a reduction split over threads may round differently
+    where = (tuple(layer_index), layer_norm, torch.get_num_threads())
     out = []
     for layers in feats:
-        x = torch.stack([layers[j] for j in layer_index]).float()  # [n, T, D]
-        if model.featurizer.config.layer_norm:
-            x = F.layer_norm(x, x.shape[-1:])
-        out.append(list(x.mean(1, keepdim=True).unbind(0)))
+        if cache is None:
+            out.append(_pool_utterance(layers, layer_index, layer_norm))
+            continue
+        kept = cache.get((id(layers), *where))
+        if kept is None or kept[0] is not layers:  # the list is kept alive with it: its id stays its own
+            kept = (layers, _pool_utterance(layers, layer_index, layer_norm))
+            cache[(id(layers), *where)] = kept
+        out.append(kept[1])
     return out, list(range(len(layer_index))), True
 
 
@@ -130,6 +165,52 @@ def evaluate(model: DownstreamModel, data: FeatureSet, targets: Sequence, batch_
     return score(model, probs, targets), probs
 
 
+class HeadAdam:
+    """Adam exactly as ``torch.optim.Adam(params, lr, betas, weight_decay=...)`` computes it on
+    CPU tensors (its single-tensor path: no foreach, fused, amsgrad or maximize), op for op, so
+    the results are bit-identical (tests/test_downstream_fast_sweep.py checks it step by step).
+    Without torch.optim's machinery: its first optimiser imports ``torch._dynamo`` (seconds per
+    process) and every step pays hooks and checks that a head of a few tensors does not need.
+    Only what training a head uses: ``zero_grad()`` (grads set to None) and ``step()``."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), weight_decay
+        if any(p.is_complex() or p.is_sparse for p in self.params):
+            raise ValueError("HeadAdam: real dense parameters only (use torch.optim.Adam)")
+        self.state: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        for p in self.params:
+            if p.grad is None:  # as torch: no state, no update
+                continue
+            if p not in self.state:
+                self.state[p] = (torch.tensor(0.0, dtype=scalar), torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format))
+            step_t, exp_avg, exp_avg_sq = self.state[p]
+            grad = p.grad
+            step_t += 1
+            if self.weight_decay != 0:
+                grad = grad.add(p, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 @dataclasses.dataclass
 class TrainResult:
     best_step: int  # step of the kept state (== steps_run when there is no dev set)
@@ -161,15 +242,23 @@ def train_model(
         torch.set_num_threads(previous)
 
 
+def _pooled_rows(pooled: Sequence[list[torch.Tensor]], layer_index: Sequence[int]) -> torch.Tensor | None:
+    """[utterances, layers, 1, D]: pooled utterances (one frame each: no padding, nothing to crop)
+    collated once; a batch is these rows in batch order, the same values as collating it."""
+    return collate_features(pooled, layer_index)[0] if len(pooled) else None
+
+
 def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight_decay, clip_norm, progress):
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     layer_index = [train.layer_names.index(n) for n in model.layers]
     train_feats, normalized = train.feats, False
     fast = pooled_inputs(model, train_feats, layer_index) if not cfg.crop_frames else None
+    whole = None
     if fast is not None:
         train_feats, layer_index, normalized = fast
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        whole = _pooled_rows(train_feats, layer_index)
+    opt = HeadAdam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     n = len(train)
     if n == 0:
         raise ValueError("no training utterances")
@@ -190,10 +279,14 @@ def _train(model, train, train_targets, cfg, lr, dev, dev_targets, betas, weight
                 order, pos = torch.randperm(n, generator=gen).tolist(), 0
             idx.append(order[pos])
             pos += 1
-        stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames, gen)
+        if whole is not None:  # one [1, D] frame per utterance: the rows of the collated set, in batch order
+            stacked, lengths, offsets = whole[torch.tensor(idx)], torch.ones(len(idx), dtype=torch.long), [0] * len(idx)
+        else:
+            stacked, lengths, offsets = collate_features([train_feats[i] for i in idx], layer_index, cfg.crop_frames,
+                                                         gen)
         target = _batch_targets(train_targets, idx, offsets, lengths, model.level)
         loss = head_loss(model(stacked, lengths, normalized), target, lengths, model.level)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
