@@ -11,7 +11,7 @@ $(VENV)/.done: pyproject.toml tools/setup.sh
 setup: $(VENV)/.done
 
 # The README's first command: the synthetic demo recipe at the size that shows what pretraining
-# buys (about 10 minutes on 2 cores; see README "The demo").
+# buys (about 12 minutes on 2 cores; see README "The demo").
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash egs/synthetic/ssl/run.sh
 

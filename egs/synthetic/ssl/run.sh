@@ -2,7 +2,7 @@
 # The demo: what self-supervised pretraining buys when labels are scarce, on the built-in
 # synthetic speech corpus (nothing is downloaded).
 # Usage:
-#   bash egs/synthetic/ssl/run.sh            # full size (make demo), about 7 minutes on 2 CPU cores
+#   bash egs/synthetic/ssl/run.sh            # full size (make demo), about 12 minutes on 2 CPU cores
 #   bash egs/synthetic/ssl/run.sh --models all --exp_dir exp_all   # every family (make demo-all)
 #   bash egs/synthetic/ssl/run.sh --quick    # CI size: every stage runs, nothing is claimed
 #   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6 --seeds 30   # the evaluation again, other options
