@@ -159,3 +159,17 @@ def test_frozen_encoder_encodes_dev_once(corpus, tmp_path, monkeypatch):
     during = seen[:3]  # evaluations at steps 3, 6, 7; then the final scoring with the exported encoder
     assert len({cache for cache, _ in during}) == 1, "dev was encoded again at every evaluation"
     assert [held for _, held in during] == [0, 6, 6]
+
+
+def test_a_finetune_checkpoint_given_as_pretraining_one_says_whose_it_is(tmp_path):
+    from speechssl.downstream.finetune_checkpoint import FINETUNE_KIND
+
+    path = ckpt_io.save_checkpoint(tmp_path / "step_00000003.pt", {"step": 3}, kind=FINETUNE_KIND)
+    with pytest.raises(CheckpointError) as err:
+        ckpt_io.load_checkpoint(path)  # e.g. pretrain --init-from a fine-tuning folder
+    text = str(err.value)
+    assert "a speechssl finetune checkpoint, not a pretraining one" in text and "OUT/encoder" in text
+    assert "\n" not in text
+    with pytest.raises(CheckpointError, match="not a speechssl pretraining checkpoint"):  # a foreign dict
+        torch.save({"kind": "other"}, tmp_path / "foreign.pt")
+        ckpt_io.load_checkpoint(tmp_path / "foreign.pt")

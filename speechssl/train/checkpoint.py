@@ -146,6 +146,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], kind: str = CHECKPO
     return path
 
 
+def _kind_name(kind: str) -> str:
+    """``pretraining`` for pretraining's kind, ``finetune`` for ``speechssl-finetune-checkpoint``."""
+    return "pretraining" if kind == CHECKPOINT_KIND else kind.removeprefix("speechssl-").removesuffix("-checkpoint")
+
+
 def load_checkpoint(path: str | Path, expect_model: str | None = None, map_location: Any = "cpu",
                     kind: str = CHECKPOINT_KIND) -> dict:
     """Read a training checkpoint with ``torch.load(weights_only=True)`` and check it.
@@ -166,7 +171,12 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
         raise UnreadableCheckpointError(f"{path}: not a readable speechssl checkpoint ({_load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
-        what = "pretraining" if kind == CHECKPOINT_KIND else kind.removeprefix("speechssl-").removesuffix("-checkpoint")
+        what = _kind_name(kind)
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        if isinstance(found, str) and found.startswith("speechssl-"):  # another speechssl writer's: say whose
+            hint = (" (downstream finetune releases its encoder as OUT/encoder: pass that folder)"
+                    if _kind_name(found) == "finetune" else "")
+            raise CheckpointError(f"{path}: a speechssl {_kind_name(found)} checkpoint, not a {what} one{hint}")
         raise CheckpointError(f"{path}: not a speechssl {what} checkpoint (no kind={kind!r})")
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
