@@ -355,3 +355,49 @@ def test_encoding_logs_progress_when_stderr_is_not_a_terminal(tmp_path, monkeypa
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoding: ")]
     assert lines[-1].startswith("encoding: 3/3 utterances (100.0%), ") and "utt/s" in lines[-1]
     assert "\r" not in capsys.readouterr().err  # no tqdm bar in a redirected log
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (where Progress draws a tqdm bar)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_false_keeps_the_encoding_bar_off_on_a_terminal(tmp_path, monkeypatch):
+    """``downstream ... --quiet`` (progress=False) silences the encoding bar, not only the head's."""
+    import sys
+
+    from speechssl.audio import save_audio
+    from speechssl.data import write_manifest
+    from speechssl.downstream.protocols import label_efficiency
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(8):
+        path = tmp_path / f"u{i}.wav"
+        save_audio(path, (0.1 * rng.standard_normal(8000)).astype(np.float32))
+        records.append({"id": f"u{i}", "path": str(path), "num_samples": 8000, "sample_rate": 16000, "c": "ab"[i % 2]})
+    write_manifest(records[:4], tmp_path / "pool.jsonl")
+    write_manifest(records[4:], tmp_path / "test.jsonl")
+    cfg = downstream_config({"task": {"label": "c"}, "optim": {"lr": 0.01}, "train": {"max_steps": 2, "batch_size": 2}})
+    shown = {}
+    for progress in (True, False):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        label_efficiency(cfg, {"logmel": "logmel"}, tmp_path / "pool.jsonl", tmp_path / "test.jsonl",
+                         tmp_path / f"le_{progress}", shots=[1], seeds=[0], progress=progress)
+        monkeypatch.undo()
+        shown[progress] = terminal.text
+    assert "features" in shown[True]  # the check can see the bars
+    assert shown[False] == ""

@@ -63,7 +63,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", help="folder written by `speechssl extract` (index.tsv); skips the encoder")
     p.add_argument("--label", help="manifest field to predict (overrides task.label of the config)")
     p.add_argument("--config", help="downstream YAML (recipes/downstream/*.yaml)")
-    p.add_argument("--quiet", action="store_true", help="no head-training progress bar (log lines every 30 s remain)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (encoding, head training; log lines every 30 s remain)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. optim.lr=1e-3")
 
 
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--restart", action="store_true",
                    help="train every run again (default: a rerun reads back the runs in OUT/runs.jsonl)")
-    p.add_argument("--quiet", action="store_true", help="no head-training progress bar (log lines every 30 s remain)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (encoding, head training; log lines every 30 s remain)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.max_steps=100")
 
     p = subcommand(sub, "finetune", "fine-tune the encoder with a head on labelled audio",
@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="start over from the pretrained encoder, deleting OUT's checkpoints and results (default: a "
                         "rerun resumes from OUT/checkpoints, or reports a finished run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (log lines every 30 s remain)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (encoding, fine-tuning; log lines every 30 s remain)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. finetune.encoder_lr=1e-5")
 
     p = subcommand(sub, "predict", "label new audio with a trained downstream model",

@@ -127,11 +127,13 @@ class EncoderFeatureCache:
                 "(read from disk when they do not fit), or keep them as float16 (encode.dtype: float16)"
             )
 
-    def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:
+    def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False,
+                 bar: bool = True) -> FeatureSet:
         """Encode the records not cached yet, then return all of them as a FeatureSet.
 
         A file that cannot be read or gives no frame raises, naming it; with ``skip_failed`` it is
         left out of the FeatureSet instead and listed in its ``failed`` (``predict`` on new files).
+        ``bar``: a tqdm bar on a terminal (log lines every 30 s either way; ``--quiet`` turns it off).
         """
         todo = [r for r in records if record_key(r) not in self._store]
         # unique, sorted by length so batches hold similar lengths
@@ -149,7 +151,7 @@ class EncoderFeatureCache:
                                   device=str(self.device), name=self.name)
             self._fit_check = todo
             self._failed = {} if skip_failed else None
-            self._progress, self._counted = _progress(items, desc), (0, len(items))
+            self._progress, self._counted = _progress(items, desc, bar), (0, len(items))
             try:
                 encode_records(self.encoder, items, policy, self)
             finally:
@@ -170,12 +172,12 @@ class EncoderFeatureCache:
         )
 
 
-def _progress(items: Sequence[Item], desc: str) -> Progress:
+def _progress(items: Sequence[Item], desc: str, bar: bool) -> Progress:
     """Progress of encoding ``items``: a bar on a terminal, else a line every
     :data:`PROGRESS_EVERY_SECONDS`; counted in seconds of audio (with the utterances alongside), or
     in utterances when some durations are unknown (``predict`` on a folder)."""
     by_audio = all(i.seconds > 0 for i in items)
-    return Progress(sum(i.seconds for i in items) if by_audio else len(items), 0.0, bar=True,
+    return Progress(sum(i.seconds for i in items) if by_audio else len(items), 0.0, bar=bar,
                     every_seconds=PROGRESS_EVERY_SECONDS, main=True, desc=desc,
                     counts=AUDIO_SECONDS if by_audio else UTTERANCES, logger=logger, leave=False)
 

@@ -147,12 +147,13 @@ def _batch_targets(batch: dict, labels: LabelMap, label: str, level: str, frames
 
 
 def _scored(encoder: torch.nn.Module, model: DownstreamModel, records: Sequence[dict], labels: LabelMap, label: str,
-            cfg: DownstreamConfig, name: str, cache: EncoderFeatureCache | None = None) -> tuple[dict, list]:
+            cfg: DownstreamConfig, name: str, cache: EncoderFeatureCache | None = None,
+            progress: bool = True) -> tuple[dict, list]:
     """Encode ``records`` with ``encoder`` in eval mode (a fresh cache: the weights changed) and
-    score ``model`` on them -> (metrics, posteriors)."""
+    score ``model`` on them -> (metrics, posteriors); ``progress``: the encoding bar on a terminal."""
     if cache is None:  # (an empty cache is falsy: it has a length)
         cache = EncoderFeatureCache(encoder, cfg.encode.batch_size, torch.float32, cfg.encode.device)
-    fs: FeatureSet = cache.features(records, desc=f"encode {name}")
+    fs: FeatureSet = cache.features(records, desc=f"encode {name}", bar=progress)
     targets = make_targets(records, fs, labels, label, model.level, cfg.task.label_frame_shift, name)
     return evaluate(model, fs, targets, cfg.encode.batch_size)
 
@@ -280,7 +281,7 @@ def finetune(
         for name in ("dev", "test"):
             if splits[name]:
                 scored[name], probs[name] = _scored(source.cache.encoder, model, splits[name], labels, label, cfg, name,
-                                                    source.cache)
+                                                    source.cache, progress)
         final = "test" if "test" in scored else ("dev" if "dev" in scored else None)
         results = ExperimentResult(
             task={"label": label, "level": level, "classes": labels.labels},
@@ -387,7 +388,7 @@ def _train_loop(cfg: DownstreamConfig, enc: Encoder, model: DownstreamModel, opt
             signal_self_at(step)
             if dev and (step % tc.valid_every == 0 or step == tc.max_steps):
                 _set_mode(enc, model, False, frozen_modules)
-                metrics, _ = _scored(enc, model, dev, labels, label, cfg, "dev", dev_cache)
+                metrics, _ = _scored(enc, model, dev, labels, label, cfg, "dev", dev_cache, progress)
                 entry = {"step": step, "train_loss": running / count,
                          **{f"dev_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1")}}
                 history.append(entry)

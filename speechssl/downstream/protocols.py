@@ -404,7 +404,7 @@ def superb(cfg: DownstreamConfig, exp_dir: str | Path, *, encoder: str | None = 
         copies = augment_records(splits["train"], augment, Path(exp_dir) / "augmented", augment_copies, cfg.train.seed)
         splits = {**splits, "train": [*splits["train"], *copies]}
         protocol = {**protocol, "augment": {"copies": augment_copies, "utterances_added": len(copies)}}
-    source = source_from_config(cfg, encoder, features)
+    source = source_from_config(cfg, encoder, features, progress)
     return run_superb(source, splits, protocol, cfg.task.label, cfg, exp_dir, lrs, progress, resume=resume)
 
 
@@ -416,7 +416,7 @@ def kfold(cfg: DownstreamConfig, data: str | Path, group_field: str, exp_dir: st
     from speechssl.data import read_manifest
 
     records = read_manifest(data)
-    source = source_from_config(cfg, encoder, features)
+    source = source_from_config(cfg, encoder, features, progress)
     return run_kfold(source, records, cfg.task.label, group_field, cfg, exp_dir, k, dev_fraction, progress,
                      resume=resume)
 
@@ -436,6 +436,6 @@ def label_efficiency(cfg: DownstreamConfig, encoders: Mapping[str, str | Path], 
                                         dev_per_class)
     test_records = read_manifest(test)
     warn_shared_audio({"train": pool, "dev": dev, "test": test_records})
-    sources = {name: source_from_config(cfg, str(path)) for name, path in encoders.items()}
+    sources = {name: source_from_config(cfg, str(path), progress=progress) for name, path in encoders.items()}
     return run_label_efficiency(sources, pool, dev, test_records, label, cfg, shots, seeds, out_dir, metric=metric,
                                 progress=progress, resume=resume)

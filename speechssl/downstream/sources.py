@@ -78,10 +78,11 @@ class EncoderSource:
         spec: its name for results and saved models.
         options: the ``load_encoder`` options it was loaded with (recorded, for ``predict``).
         batch_size, dtype, device: see ``DownstreamConfig.encode``.
+        progress: a bar while encoding on a terminal (``--quiet``: off; log lines every 30 s either way).
     """
 
     def __init__(self, encoder: nn.Module, spec: str, options: Mapping[str, Any] | None = None, batch_size: int = 8,
-                 dtype: str = "float32", device: str = "cpu"):
+                 dtype: str = "float32", device: str = "cpu", progress: bool = True):
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"encode.dtype: expected one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
         self.spec: str | None = spec
@@ -89,9 +90,10 @@ class EncoderSource:
         self.cache = EncoderFeatureCache(encoder.to(checked_device(device, "encode.device")), batch_size,
                                          CACHE_DTYPES[dtype], device, name=spec)
         self._weights: str | list | None = None  # see fingerprint()
+        self.progress = progress
 
     def features(self, records: Sequence[dict], desc: str = "encoding", skip_failed: bool = False) -> FeatureSet:
-        return self.cache.features(records, desc, skip_failed=skip_failed)
+        return self.cache.features(records, desc, skip_failed=skip_failed, bar=self.progress)
 
     def describe(self) -> dict:
         weights = self.fingerprint()["weights"]
@@ -219,7 +221,8 @@ def is_feature_folder(path: str | Path) -> bool:
 
 def open_source(path_or_name: str | Path | None = None, features: str | Path | None = None, *,
                 batch_size: int = 8, dtype: str = "float32", device: str = "cpu",
-                encoder_options: Mapping[str, Any] | None = None, features_in_memory: str = "auto") -> FeatureSource:
+                encoder_options: Mapping[str, Any] | None = None, features_in_memory: str = "auto",
+                progress: bool = True) -> FeatureSource:
     """The :class:`FeatureSource` for an encoder or a feature folder.
 
     Args:
@@ -232,6 +235,7 @@ def open_source(path_or_name: str | Path | None = None, features: str | Path | N
         encoder_options: ``load_encoder`` options (``layers``, ``precision``...); encoders only.
         features_in_memory: feature folders only: ``auto`` (in memory when they fit), ``always`` or
             ``never`` (read from disk when used).
+        progress: encoders only: a bar while encoding on a terminal (log lines every 30 s either way).
     """
     if features_in_memory not in FEATURES_IN_MEMORY:
         raise ValueError(f"features_in_memory: expected auto, always or never, got {features_in_memory!r}")
@@ -251,10 +255,11 @@ def open_source(path_or_name: str | Path | None = None, features: str | Path | N
 
     spec = resolve_encoder_spec(str(path_or_name))
     enc = speechssl.load_encoder(spec, **dict(encoder_options or {}))
-    return EncoderSource(enc, spec, encoder_options, batch_size, dtype, device)
+    return EncoderSource(enc, spec, encoder_options, batch_size, dtype, device, progress)
 
 
-def source_from_config(cfg: DownstreamConfig, encoder: str | None, features: str | Path | None = None) -> FeatureSource:
+def source_from_config(cfg: DownstreamConfig, encoder: str | None, features: str | Path | None = None,
+                       progress: bool = True) -> FeatureSource:
     """:func:`open_source` with the ``encode`` section of a downstream config."""
     return open_source(encoder, features, batch_size=cfg.encode.batch_size, dtype=cfg.encode.dtype,
-                       device=cfg.encode.device, features_in_memory=cfg.encode.features_in_memory)
+                       device=cfg.encode.device, features_in_memory=cfg.encode.features_in_memory, progress=progress)
