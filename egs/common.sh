@@ -39,15 +39,25 @@ while [ $# -gt 0 ]; do
   printf -v "$name" '%s' "$value"
 done
 
-# What a stage's marker records: every recipe option as parsed, except those that choose which
+# What a stage's marker records: the options it reads when the recipe declares them
+# (`stage_uses N name...` before the stage), else every recipe option except those that choose which
 # stages run or how a stage runs (processes, launcher, rendezvous, jobs at a time), not what it computes.
+# Values are read when the stage begins and ends, so a recipe's own adjustments (--quick sizes) count.
 _stage_opts_ignored=" stage stop_stage ngpu nnodes launcher master_addr master_port parallel markers "
-_stage_opts=
-for _o in $_recipe_opts; do
-  case "$_stage_opts_ignored" in *" $_o "*) continue ;; esac
-  _stage_opts+="$_o=$(printf '%q' "${!_o}")"$'\n'
-done
-unset _o
+declare -A _stage_uses=()
+stage_uses() {
+  local n=$1 o; shift
+  for o in "$@"; do declare -p "$o" >/dev/null 2>&1 || die "stage_uses $n: no option named '$o'"; done
+  _stage_uses[$n]="$*"
+}
+_stage_opts() {
+  local o names
+  if [ -n "${_stage_uses[$1]+x}" ]; then names=${_stage_uses[$1]}; else names=$_recipe_opts; fi
+  for o in $names; do
+    case "$_stage_opts_ignored" in *" $o "*) continue ;; esac
+    printf '%s=%q\n' "$o" "${!o}"
+  done
+}
 
 command -v speechssl >/dev/null 2>&1 || die "the speechssl command is not on PATH (run 'make setup' and activate .venv)"
 
@@ -88,7 +98,7 @@ begin_stage() {
         "detected: delete $marker to redo)"
       return 1
     fi
-    changes=$(_stage_changes "$marker")
+    changes=$(_stage_changes "$marker" "$n")
     if [ -z "$changes" ]; then log "stage $n: $* (done, skipped; delete $marker to redo)"; return 1; fi
     log "stage $n: options changed since it ran ($changes): redoing"
     rm -f "$marker"
@@ -99,12 +109,12 @@ begin_stage() {
 }
 done_stage() {
   mkdir -p "$markers"
-  { echo "# options stage $1 ran with (egs/common.sh; delete this file to redo the stage)"; printf '%s' "$_stage_opts"; } \
+  { echo "# options stage $1 ran with (egs/common.sh; delete this file to redo the stage)"; _stage_opts "$1"; } \
     > "$markers/stage$1.done.tmp"
   mv -f "$markers/stage$1.done.tmp" "$markers/stage$1.done"
 }
-# "name: old -> new, ..." for the options whose value differs from MARKER's (options only one side
-# knows, e.g. one a newer recipe added, are not compared).
+# "name: old -> new, ..." for the options of stage N whose value differs from MARKER's (options only
+# one side knows, e.g. one a newer recipe added, are not compared). Usage: _stage_changes MARKER N
 _stage_changes() {
   local -A before=()
   local line name out=
@@ -118,7 +128,7 @@ _stage_changes() {
     if [ -n "${before[$name]+x}" ] && [ "${before[$name]}" != "${line#*=}" ]; then
       out+="${out:+, }$name: ${before[$name]} -> ${line#*=}"
     fi
-  done <<< "$_stage_opts"
+  done <<< "$(_stage_opts "$2")"
   printf '%s' "$out"
 }
 _drop_later_markers() {

@@ -163,3 +163,38 @@ def test_stage_markers_record_options(tmp_path):
         (script.parent / f"exp/.stages/stage{n}.done").write_text("")
     log = run("--mode", "d")
     assert log.count("predates recorded options") == 2 and ran.read_text().count("\n") == 7
+
+
+def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
+    """With `stage_uses`, an option only a later stage reads redoes that stage, not the earlier ones."""
+    script = tmp_path / "corpus" / "task" / "run.sh"
+    script.parent.mkdir(parents=True)
+    common = REPO / "egs" / "common.sh"
+    script.write_text(
+        'set -euo pipefail\ncd "$(dirname "$0")"\nmode=a\nsize=1\nquick=false\n'
+        f'speechssl() {{ :; }}\n. "{common}"\n'
+        '[ "$quick" = true ] && size=9\n'
+        'stage_uses 1 mode\nstage_uses 2 size\n'
+        'if begin_stage 1 "first"; then echo "1 $mode" >> ran.txt; done_stage 1; fi\n'
+        'if begin_stage 2 "second"; then echo "2 $size" >> ran.txt; done_stage 2; fi\n'
+    )
+    ran = script.parent / "ran.txt"
+
+    def run(*args: str, ok: bool = True) -> str:
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=script_env())
+        assert (proc.returncode == 0) == ok, proc.stderr
+        return proc.stderr
+
+    run()
+    log = run("--size", "2")
+    assert "stage 1: first (done, skipped" in log and "options changed since it ran (size: 1 -> 2)" in log
+    assert ran.read_text().split("\n")[:-1] == ["1 a", "2 1", "2 2"]
+    assert (script.parent / "exp/.stages/stage1.done").read_text().split("\n")[1:-1] == ["mode=a"]
+    # the value the stage ran with, after the recipe's own adjustment (--quick sets size 9)
+    log = run("--quick")
+    assert "(size: 2 -> 9)" in log and ran.read_text().split("\n")[-2] == "2 9"
+    # an earlier stage's change still redoes the later ones
+    run("--mode", "b", "--quick")
+    assert ran.read_text().split("\n")[-3:-1] == ["1 b", "2 9"]
+    script.write_text(script.read_text().replace("stage_uses 2 size", "stage_uses 2 sise"))
+    assert "stage_uses 2: no option named 'sise'" in run(ok=False)

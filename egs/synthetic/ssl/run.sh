@@ -5,9 +5,9 @@
 #   bash egs/synthetic/ssl/run.sh            # full size (make demo), about 12 minutes on 2 CPU cores
 #   bash egs/synthetic/ssl/run.sh --models all --exp_dir exp_all   # every family (make demo-all)
 #   bash egs/synthetic/ssl/run.sh --quick    # CI size: every stage runs, nothing is claimed
-#   bash egs/synthetic/ssl/run.sh --stage 5 --stop_stage 6 --seeds 30   # the evaluation again, other options
-#     (a stage whose options changed reruns, and every later one; with the same options delete
-#     exp/.stages/stage5.done to redo it; finished head runs are reused either way)
+#   bash egs/synthetic/ssl/run.sh --seeds 30   # the evaluation again with other options: a stage reruns
+#     (and every later one) when an option it reads changed (stage_uses below); with the same options
+#     delete exp/.stages/stage5.done to redo it; finished head runs are reused either way
 # Stages:
 #   1 synthesise an unlabelled pool (sentences + isolated words) and separate labelled sets of sentences
 #     and of words (espeak-ng if installed, else formant)
@@ -54,6 +54,14 @@ if [ "$quick" = true ]; then
 fi
 log "demo: $speakers speakers, $pool_utts + $pool_word_utts unlabelled and $labelled_utts + $word_utts labelled" \
   "utterances (sentences + words) each; models: $models"
+
+# What each stage reads (its marker records these; a change redoes it and every later stage):
+stage_uses 1 quick backend speakers pool_utts labelled_utts pool_word_utts word_utts seed
+stage_uses 2 seed
+stage_uses 3 models pretrain_steps pretrain_minutes pretrain_opts seed
+stage_uses 4 models
+stage_uses 5 models shots seeds
+stage_uses 6
 
 if begin_stage 1 "synthesise the corpus (backend $backend)"; then
   speechssl synth --backend "$backend" --out data/pool --speakers "$speakers" --utts-per-speaker "$pool_utts" \
