@@ -219,3 +219,29 @@ def test_unknown_init_choice_fails_before_iteration_one(demo):
     )
     assert proc.returncode != 0 and "--it2_init hubert_it1: scratch or it1" in proc.stderr
     assert not (demo[0] / "exp_bad").exists()
+
+
+def test_rerun_skips_finished_steps_and_stops_on_other_settings(demo, default_run):
+    """A step's marker records its settings: the same ones skip it, other ones stop the script, naming
+    them, instead of silently keeping what was trained with the old ones (run.sh redoes stage 3 when
+    --pretrain_opts change, and calls this script again)."""
+    demo_dir, env = demo
+    shutil.copytree(demo_dir / "exp_default", demo_dir / "exp_rerun")
+    encoder = demo_dir / "exp_rerun/hubert/encoder/model.safetensors"
+    before = encoder.stat().st_mtime_ns
+
+    def rerun(*opts: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_rerun", "--pretrain_steps", "2", "--k", "4",
+             "--k2", "3", "--n_init", "1", *opts], cwd=demo_dir, env=env, capture_output=True, text=True, timeout=600)
+
+    proc = rerun()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "speechssl.train" not in proc.stderr and encoder.stat().st_mtime_ns == before  # nothing retrained
+    proc = rerun("--it2_final_dim", "8")
+    assert proc.returncode != 0
+    assert "hubert step it2 in exp_rerun ran with other settings" in proc.stderr
+    assert "now: iteration 2: it2_targets=layer it2_final_dim=8" in proc.stderr, proc.stderr[-3000:]
+    assert encoder.stat().st_mtime_ns == before
+    proc = rerun("--k2", "5")  # an earlier step's change reaches every later step's settings
+    assert proc.returncode != 0 and "hubert step 2 in exp_rerun" in proc.stderr and "k2=5" in proc.stderr

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HuBERT's two iterations for the demo (run.sh stage 3 calls local/pretrain_<family>.sh when it exists,
-# instead of one `speechssl pretrain`). Every step is a speechssl call; reruns resume (.done markers).
+# instead of one `speechssl pretrain`). Every step is a speechssl call; reruns skip finished steps (.done
+# markers record each step's settings: a rerun with other ones stops and names them).
 # Usage (from egs/synthetic/ssl, after stages 1-2):
 #   bash local/pretrain_hubert.sh --exp_dir exp --pretrain_steps 1000 --pretrain_minutes 4 --seed 0
 # Writes: $exp_dir/hubert_km1 (K=500 k-means of 80-dim log-Mel, 100 Hz; --it1_features mfcc for the paper's
@@ -51,16 +52,33 @@ for o in "${it1_extra[@]}" "${it2_extra[@]}"; do
   case "$o" in ?*=*) ;; *) die "--it1_overrides/--it2_overrides: '$o' is not key=value (e.g. optim.lr=5e-5)" ;; esac
 done
 
-targets() {  # targets FEATURES LAYER NAME K: k-means + labels of train and dev, once
-  local features=$1 lay=$2 name=$3 k=$4
-  [ -f "$exp_dir/.hubert_$name.done" ] && return 0
+# Each step's marker ($exp_dir/.hubert_NAME.done) records what it ran with, including the step it
+# builds on and the recipe file's checksum: a rerun with the same settings skips it; with other
+# settings it stops and names them, instead of silently reusing results made with the old ones
+# (--pretrain_minutes is a hard stop, not a setting: it is not recorded).
+recipe_sum=$(sha256sum "$recipe" | cut -c1-16)
+done_before() {  # done_before NAME SIGNATURE: true when step NAME finished with these settings
+  local marker="$exp_dir/.hubert_$1.done"
+  [ -f "$marker" ] || return 1
+  if [ ! -s "$marker" ]; then
+    log "hubert step $1: done (its marker predates recorded settings; delete $marker to redo)"; return 0
+  fi
+  [ "$(cat "$marker")" = "$2" ] && return 0
+  die "hubert step $1 in $exp_dir ran with other settings ($(diff <(cat "$marker") <(printf '%s\n' "$2") |
+    sed -n 's/^< /was: /p; s/^> /now: /p' | paste -sd ';' -)); use another --exp_dir, or delete $exp_dir/.hubert_*.done and the outputs of this step and the later ones to redo them"
+}
+mark_done() { printf '%s\n' "$2" > "$exp_dir/.hubert_$1.done.tmp" && mv -f "$exp_dir/.hubert_$1.done.tmp" "$exp_dir/.hubert_$1.done"; }
+
+targets() {  # targets FEATURES LAYER NAME K SIGNATURE: k-means + labels of train and dev, once
+  local features=$1 lay=$2 name=$3 k=$4 sig=$5
+  done_before "$name" "$sig" && return 0
   speechssl targets kmeans --features "$features" --layer "$lay" --train "$train" --k "$k" \
     --sample-hours "$sample_hours" --n-init "$n_init" --seed "$seed" --out "$exp_dir/hubert_km$name"
   for m in "$train" "$valid"; do
     speechssl targets assign --kmeans "$exp_dir/hubert_km$name" --input "$m" --out "$exp_dir/hubert_labels$name" \
       --report-labels speaker,style
   done
-  touch "$exp_dir/.hubert_$name.done"
+  mark_done "$name" "$sig"
 }
 
 label_shift() {  # label_shift NAME: frame shift (samples) of the features k-means NAME was fitted on
@@ -68,22 +86,25 @@ label_shift() {  # label_shift NAME: frame shift (samples) of the features k-mea
     "$exp_dir/hubert_km$1/kmeans.json"
 }
 
-iteration() {  # iteration NAME EXP [--init-from DIR] OVERRIDES...: pretrain once (a rerun would train on past max_minutes)
-  local name=$1 exp=$2 init=(); shift 2
+iteration() {  # iteration NAME EXP SIGNATURE [--init-from DIR] OVERRIDES...: pretrain once
+  local name=$1 exp=$2 sig=$3 init=(); shift 3  # (once: a rerun would train on past max_minutes)
   if [ "${1:-}" = --init-from ]; then init=("$1" "$2"); shift 2; fi  # before the overrides (argparse)
-  [ -f "$exp_dir/.hubert_$name.done" ] && return 0
+  done_before "$name" "$sig" && return 0
   pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" ${init[@]+"${init[@]}"} \
     "train.max_steps=$pretrain_steps" "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
-  touch "$exp_dir/.hubert_$name.done"
+  mark_done "$name" "$sig"
 }
 
 log "hubert iteration 1: $it1_features k-means (K=$k) -> pretrain"
-targets "$it1_features" features 1 "$k"
+sig_1="k-means 1: it1_features=$it1_features k=$k sample_hours=$sample_hours n_init=$n_init seed=$seed"
+targets "$it1_features" features 1 "$k" "$sig_1"
 shift1=$(label_shift 1)
-iteration it1 "$exp_dir/hubert_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" \
+sig_it1="$sig_1"$'\n'"iteration 1: recipe $recipe_sum pretrain_steps=$pretrain_steps it1_overrides=$it1_overrides"
+iteration it1 "$exp_dir/hubert_it1" "$sig_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" \
   "model.label_frame_shifts=[$shift1]" "${it1_extra[@]}"
 log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
-targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2"
+sig_2="$sig_it1"$'\n'"k-means 2: layer=$layer k2=$k2"
+targets "$exp_dir/hubert_it1/encoder" "$layer" 2 "$k2" "$sig_2"
 shift2=$(label_shift 2)  # iteration 1's frame shift (20 ms with the conv subsampler, 40 ms with 4 stacked frames)
 case "$it2_targets" in
   layer) it2=("data.targets=[$exp_dir/hubert_labels2]" "model.label_frame_shifts=[$shift2]" "model.num_classes=[$k2]") ;;
@@ -92,5 +113,6 @@ case "$it2_targets" in
 esac
 if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
 init=(); if [ "$it2_init" = it1 ]; then init=(--init-from "$exp_dir/hubert_it1/encoder"); fi
-iteration it2 "$exp_dir/hubert" ${init[@]+"${init[@]}"} "${it2[@]}" "${it2_extra[@]}"
+sig_it2="$sig_2"$'\n'"iteration 2: it2_targets=$it2_targets it2_final_dim=$it2_final_dim it2_overrides=$it2_overrides it2_init=$it2_init"
+iteration it2 "$exp_dir/hubert" "$sig_it2" ${init[@]+"${init[@]}"} "${it2[@]}" "${it2_extra[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
