@@ -44,14 +44,19 @@ def test_librispeech_ssl(workdir, tmp_path):
     corpus = make_librispeech(tmp_path / "corpus", seconds=1.5)
     args = ("--corpus", str(corpus), "--config", "../../../recipes/pretrain/apc_tiny.yaml",
             "--overrides", "train.max_steps=2 train.valid_every=1 train.log_every=1")
-    run_recipe(workdir, "librispeech/ssl", *args)
     out = workdir / "egs/librispeech/ssl"
+    # Manifests only: the last line does not point to an encoder that is not there yet.
+    first = run_recipe(workdir, "librispeech/ssl", *args, "--stop_stage", "2").stderr.strip().splitlines()[-1]
+    assert "done (stages 1-2); no encoder yet: pretraining writes it to " in first
+    assert first.endswith("/exp/apc/encoder") and not (out / "exp/apc/encoder").exists()
+    run_recipe(workdir, "librispeech/ssl", *args)
     assert len(read_manifest(out / "data/train.jsonl")) == 3
     assert (out / "exp/apc/encoder/model.safetensors").is_file()
     assert (out / "exp/apc/feats_dev/index.tsv").is_file()
     # Rerunning with the same options skips every finished stage.
     again = run_recipe(workdir, "librispeech/ssl", *args)
     assert again.stderr.count("(done, skipped") == 4
+    assert again.stderr.strip().splitlines()[-1].endswith("done: encoder in " + str(out / "exp/apc/encoder"))
 
 
 def test_librispeech_hubert_runs_both_iterations_as_stages(workdir, tmp_path):

@@ -100,4 +100,8 @@ if begin_stage "$extract_stage" "extract dev features from $exp/encoder"; then
   speechssl extract --encoder "$exp/encoder" --input data/dev.jsonl --layers all --out "$exp/feats_dev" --format npy
   done_stage "$extract_stage"
 fi
-log "done: encoder in $(abs_path "$exp/encoder")"
+if [ -f "$exp/encoder/config.json" ]; then
+  log "done: encoder in $(abs_path "$exp/encoder")"
+else  # e.g. --stop_stage before pretraining
+  log "done (stages $stage-$stop_stage); no encoder yet: pretraining writes it to $(abs_path "$exp/encoder")"
+fi
