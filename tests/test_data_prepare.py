@@ -327,3 +327,17 @@ def test_prepare_formats_and_extension_case(tmp_path):
     assert recs["d"]["sample_rate"] == 44100 and recs["a"]["num_samples"] == 16000
     only_wav = prepare_folder(d, tmp_path / "w.jsonl", extensions=["wav"])
     assert only_wav.kept == 1 and only_wav.other_files == 3
+
+
+def test_prepare_logs_progress_lines_without_a_terminal(corpus, tmp_path, monkeypatch, caplog):
+    """A batch job's log sees where the header scan is (a line every 30 s), however few files there are."""
+    import logging
+
+    import speechssl.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "PROGRESS_EVERY_SECONDS", 0.0)  # a line after every file
+    with caplog.at_level(logging.INFO, logger="speechssl.data.prepare"):
+        prepare_folder(corpus, tmp_path / "m.jsonl")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prepare: reading headers: ")]
+    assert len(lines) == 6 and lines[0].startswith("prepare: reading headers: 1/6 files (16.7%)")  # 6 audio files
+    assert lines[-1].startswith("prepare: reading headers: 6/6 files (100.0%)")

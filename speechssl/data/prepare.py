@@ -47,8 +47,10 @@ import soundfile as sf
 from speechssl.audio import AudioError, AudioInfo, AudioNotFoundError, EmptyAudioError, audio_info
 from speechssl.data.manifest import write_manifest
 from speechssl.data.prepare_defaults import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK
+from speechssl.progress import FILES, Progress
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal (no bar then)
 
 _TEMPLATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 _PARENT_N = re.compile(r"^parent(\d+)$")
@@ -357,13 +359,16 @@ def prepare_folder(
         )
     records = []
     fields: set[str] = set()
-    for n, (rel, utt_id) in enumerate(zip(relpaths, make_ids(relpaths)), start=1):
-        if n % 10000 == 0:
-            log.info("prepare: %d / %d files scanned", n, len(relpaths))
+    # a bar on a terminal; a redirected stderr (a batch job's log) gets a line every 30 s instead
+    bar = Progress(len(relpaths), 0, bar=True, every_seconds=PROGRESS_EVERY_SECONDS, main=True,
+                   desc="prepare: reading audio" if check_audio else "prepare: reading headers", counts=FILES,
+                   logger=log, leave=False)
+    for rel, utt_id in zip(relpaths, make_ids(relpaths)):
         path = folder / rel
         info = probe_file(
             path, report, min_seconds, display=str(rel), check_audio=check_audio, silence_peak=silence_peak
         )
+        bar.advance(1)
         if info is None:
             continue
         labels: dict[str, str] = {}
@@ -389,6 +394,7 @@ def prepare_folder(
         )
         report.kept += 1
         report.seconds_kept += info.duration
+    bar.close()
     report.label_fields = sorted(fields)
     if not records:
         raise PrepareError(
