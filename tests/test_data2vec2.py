@@ -280,3 +280,16 @@ def test_freeze_projection_keeps_the_latent_and_the_teachers_copy_at_init_and_th
         assert not torch.equal(released["context.layers.0.ffn.fc1.weight"], init["context.layers.0.ffn.fc1.weight"])
     assert all(torch.equal(inits[True][k], v) for k, v in inits[False].items())  # the random-init control's weights
     assert losses[True] == pytest.approx(losses[False], rel=1e-6)  # same forward pass, same RNG draws
+
+
+def test_decoder_zero_init_predicts_zero_at_init_and_leaves_every_other_weight_unchanged():
+    plain, zero = small(), small(decoder_zero_init=True)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(zero.state_dict()[key], value) != key.startswith("decoder.proj."), key
+    assert not zero.decoder.proj.weight.any() and not zero.decoder.proj.bias.any()
+    zero.train()
+    torch.manual_seed(5)
+    out = zero.loss(speech_batch([9000, 7000]))
+    assert out.metrics["pred_var"] == 0.0
+    out.loss.backward()  # no gradient reaches the student until the projection has learnt something
+    assert not zero.context.layers[0].ffn.fc1.weight.grad.any() and zero.decoder.proj.weight.grad.any()

@@ -105,6 +105,9 @@ class Data2Vec2Config:
     decoder_kernel: int = 7
     decoder_groups: int = 16
     decoder_input_dropout: float = 0.1
+    # Zero the decoder's output projection at init (not in the papers): the first predictions are 0 (the
+    # targets' mean) instead of random, so the first steps do not push the student's output to a constant.
+    decoder_zero_init: bool = False
     # Targets.
     top_k: int = 8  # average of the top K blocks
     ffn_targets: bool = True  # FFN output before the last residual (both papers); False: block output
@@ -435,6 +438,10 @@ def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     if cfg.variant == "data2vec2":
         decoder = ConvDecoder1d(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_layers, cfg.decoder_kernel,
                                 cfg.decoder_groups)
+        # zeroed after the default init: the random stream (and the released encoder) stay unchanged
+        if cfg.decoder_zero_init:
+            nn.init.zeros_(decoder.proj.weight)
+            nn.init.zeros_(decoder.proj.bias)
     else:
         final_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
     return Data2Vec2Model(cfg, frontend, feature_encoder, feature_projection, context, decoder, final_proj)
