@@ -329,7 +329,7 @@ def test_voice_input_concatenates_the_voice_and_quantizes_utterance_normalised_f
     model = _voice_model(voice_input, input_dropout=0.0, dropout=0.0).train()
     assert model.input_projection.in_features == 320 + {"global": 320, "stats": 160}[voice_input]
     b = speech_batch([20000, 16000])
-    x, frames, voice = model.input_features(b["wavs"], b["lengths"])
+    x, frames, voice, _ = model.input_features(b["wavs"], b["lengths"])
     x_plain, frames_plain = model.stacked_features(b["wavs"], b["lengths"])
     assert torch.equal(x, x_plain) and torch.equal(frames, frames_plain)
     raw, raw_lengths = model.frontend.raw_features(b["wavs"], b["lengths"])
@@ -415,3 +415,46 @@ def test_pretraining_with_the_voice_path_estimates_its_global_statistics(tmp_pat
     assert backbone.frontend.config.cmvn == "utterance"
     torch.testing.assert_close(backbone.voice_frontend.cmvn_mean, mean)
     torch.testing.assert_close(backbone.voice_frontend.cmvn_std, std)
+
+
+def test_quantize_subframes_gives_stack_frames_targets_per_codebook_and_frame(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(quantize_subframes=True, num_codebooks=2, codebook_size=32))
+    assert model.quantizer.in_dim == 80 and model.head.num_classes == [32] * 8  # 4 frames x 2 codebooks
+    b = speech_batch([20000, 16000])
+    x, _ = model.stacked_features(b["wavs"], b["lengths"])
+    codes = model.targets(x)
+    assert codes.shape == (*x.shape[:2], 8)
+    for j in range(4):  # column j * 2 + c: codebook c of the 10 ms frame 4 t + j
+        torch.testing.assert_close(codes[..., 2 * j: 2 * j + 2], model.quantizer(x[..., 80 * j: 80 * (j + 1)]))
+    seen = {}
+    quantize = model.quantizer.forward
+    monkeypatch.setattr(model.quantizer, "forward", lambda q: seen.setdefault("quantizer", q) is not None and quantize(q))
+    out = model.train().loss(b)
+    assert seen["quantizer"].shape == (2, x.shape[1] * 4, 80) and "acc_codebook_7" in out.metrics
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(num_codebooks=2, codebook_size=32))  # the encoder's init is unchanged
+    assert all(torch.equal(v, plain.encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_quantizer_cmvn_global_quantizes_globally_normalised_frames_and_feeds_the_model_utterance_ones(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(quantizer_cmvn="global", input_dropout=0.0, dropout=0.0)).train()
+    assert model.input_projection.in_features == 320  # no voice path in the input
+    fe = model.voice_frontend
+    fe.set_global_cmvn(torch.linspace(-6.0, -2.0, 80), torch.linspace(1.0, 3.0, 80))
+    b = speech_batch([20000, 16000])
+    x, frames = model.stacked_features(b["wavs"], b["lengths"])
+    raw, _ = model.frontend.raw_features(b["wavs"], b["lengths"])
+    glob = ((raw - fe.cmvn_mean) / fe.cmvn_std)[:, : x.shape[1] * 4].reshape(x.shape)
+    seen = {}
+    quantize, project = model.quantizer.forward, model.input_projection.forward
+    monkeypatch.setattr(model.quantizer, "forward", lambda q: seen.setdefault("quantizer", q) is not None and quantize(q))
+    monkeypatch.setattr(model.input_projection, "forward", lambda q: seen.setdefault("input", q) is not None and project(q))
+    model.loss(b)
+    valid = lengths_to_mask(frames, x.shape[1])
+    torch.testing.assert_close(seen["quantizer"][valid], glob[valid])
+    masked = (seen["input"] != x).all(-1)
+    assert masked.any() and torch.equal(seen["input"][~masked], x[~masked])
+    with pytest.raises(ValueError, match="quantizer_cmvn must be"):
+        build_model(tiny_config(quantizer_cmvn="utterance"))

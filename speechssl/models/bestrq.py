@@ -110,6 +110,13 @@ class BestRQConfig:
     codebook_size: int = 8192
     code_dim: int = 16
     quantizer_seed: int = 0  # seed of the frozen projection and codebooks (saved with the model anyway)
+    # True: quantize every frontend frame (10 ms) on its own, stack_frames targets per codebook and model
+    # frame (as HuBERT's 100 Hz labels on 40 ms frames); False: one target per codebook of the stacked frame.
+    quantize_subframes: bool = False
+    # What the quantizer sees: "input" = the model's input frames; "global" = the same frames under global
+    # CMVN (trainer-estimated statistics) while the model input keeps the frontend's (utterance) CMVN, so
+    # the targets carry each utterance's average spectrum, the voice (as HuBERT's k-means of raw log-Mel).
+    quantizer_cmvn: str = "input"
     # Loss.
     unmasked_weight: float = 0.0  # CE weight of unmasked frames (0: masked frames only, as in the paper)
     # Warn when a codebook's target perplexity falls below this (targets collapsed onto a few codes).
@@ -131,6 +138,10 @@ class BestRQConfig:
                                  f"{self.stack_frames} (the quantizer's label rate)")
         if self.voice_input not in VOICE_INPUTS:
             raise ValueError(f"model.voice_input must be one of {list(VOICE_INPUTS)}, got {self.voice_input!r}")
+        if self.quantizer_cmvn not in ("input", "global"):
+            raise ValueError(f"model.quantizer_cmvn must be 'input' or 'global', got {self.quantizer_cmvn!r}")
+        if self.quantizer_cmvn == "global" and self.voice_input == "stats":
+            raise ValueError("model.quantizer_cmvn 'global' does not combine with voice_input 'stats'")
         if self.voice_input != "none" and self.conv_subsampler:
             raise ValueError("model.voice_input needs the Linear input (conv_subsampler: [])")
         for key in ("dropout", "attention_dropout", "activation_dropout", "input_dropout", "layer_drop", "mask_prob"):
@@ -230,14 +241,14 @@ class BestRQModel(StackedFrames, SSLModel):
     # ---- shared feature path -------------------------------------------------------------
     def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""
-        x, frame_lengths, _ = self.input_features(wavs, lengths)
+        x, frame_lengths, _, _ = self.input_features(wavs, lengths)
         return x, frame_lengths
 
     def input_features(self, wavs: torch.Tensor, lengths: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`stacked_features` and the voice path's input: globally normalised stacked frames
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`stacked_features`, the voice path's input (globally normalised stacked frames
         [B, T, stack * F] (voice_input global), the utterance's [mean, log-std] of them [B, T, 2 F] (stats),
-        padding frames 0, or None."""
+        padding frames 0, or None) and the quantizer's input [B, T, stack * F] (quantizer_cmvn)."""
         k = self.config.stack_frames
         if self.voice_frontend is None:
             feats, feat_lengths = self.frontend(wavs, lengths)
@@ -249,6 +260,9 @@ class BestRQModel(StackedFrames, SSLModel):
         frames = feats.shape[1] // k
         frame_lengths = torch.div(feat_lengths, k, rounding_mode="floor")
         x = feats[:, : frames * k].reshape(feats.shape[0], frames, k * feats.shape[2])
+        quantizer_input = x
+        if self.config.quantizer_cmvn == "global":
+            quantizer_input = voice[:, : frames * k].reshape(x.shape)
         if voice is not None and self.config.voice_input == "stats":
             count = feat_lengths.clamp(min=1).to(voice.dtype)[:, None]
             mean = voice.sum(1) / count  # padding frames are 0
@@ -256,9 +270,11 @@ class BestRQModel(StackedFrames, SSLModel):
             log_std = 0.5 * torch.log((centred.pow(2).sum(1) / count).clamp(min=1e-10))
             stats = torch.cat([mean, log_std], -1)[:, None].expand(-1, frames, -1)
             voice = stats.masked_fill(~lengths_to_mask(frame_lengths, frames)[..., None], 0.0)
-        elif voice is not None:
+        elif self.config.voice_input == "global":
             voice = voice[:, : frames * k].reshape(x.shape)
-        return x, frame_lengths, voice
+        else:
+            voice = None
+        return x, frame_lengths, voice, quantizer_input
 
     def model_input(self, x: torch.Tensor, voice: torch.Tensor | None, mask: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -285,7 +301,7 @@ class BestRQModel(StackedFrames, SSLModel):
         """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
         lengths = self.check_lengths(wavs, lengths)
-        x, frame_lengths, voice = self.input_features(wavs, lengths)
+        x, frame_lengths, voice, _ = self.input_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
         latent = self.project(self.model_input(x, voice), valid)
         context, layers = self.encoder(latent, self._padding_mask(valid), return_layers=True)
@@ -298,9 +314,9 @@ class BestRQModel(StackedFrames, SSLModel):
         cfg = self.config
         wavs = batch["wavs"]
         lengths = self.check_lengths(wavs, batch.get("lengths"))
-        x, frame_lengths, voice = self.input_features(wavs, lengths)
+        x, frame_lengths, voice, quantizer_input = self.input_features(wavs, lengths)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
-        targets = self.quantizer(x)  # from the unmasked input
+        targets = self.targets(quantizer_input)  # from the unmasked input
         mask = span_mask(frame_lengths, x.shape[1], cfg.mask_prob, cfg.mask_span, cfg.min_masks)
         latent = self.project(self.model_input(x, voice, mask), valid)
         context, _ = self.encoder(latent, self._padding_mask(valid))
@@ -314,11 +330,20 @@ class BestRQModel(StackedFrames, SSLModel):
             "mask_ratio": float(mask.sum() / valid.sum().clamp(min=1)),
             "codebook_usage": sum(out.codebook_usage) / len(out.codebook_usage),
         }
-        for k in range(cfg.num_codebooks):
+        for k in range(len(out.accuracy)):
             metrics[f"acc_codebook_{k}"] = out.accuracy[k]
             metrics[f"code_perplexity_{k}"] = out.code_perplexity[k]
         self._warn_on_collapse(out.code_perplexity, int(valid.sum()))
         return LossOutput(loss=out.loss, metrics=metrics)
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Stacked frames x [B, T, kF] -> codes [B, T, num_codebooks] (or [B, T, k num_codebooks] with
+        quantize_subframes: column ``j num_codebooks + c`` = codebook c of frontend frame ``k t + j``)."""
+        if not self.config.quantize_subframes:
+            return self.quantizer(x)
+        batch, frames, _ = x.shape
+        codes = self.quantizer(x.reshape(batch, frames * self.config.stack_frames, -1))
+        return codes.reshape(batch, frames, -1)
 
     def _warn_on_collapse(self, code_perplexity: list[float], num_frames: int) -> None:
         self._calls_since_warning += 1
@@ -341,13 +366,13 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
                          "'none'; unnormalised log-Mel makes the random-projection targets collapse onto a few codes")
     in_dim = cfg.stack_frames * frontend.out_dim
     voice_frontend = None
-    if cfg.voice_input != "none":
+    if cfg.voice_input != "none" or cfg.quantizer_cmvn == "global":
         if frontend.config.cmvn != "utterance":
             raise ValueError(f"model.voice_input {cfg.voice_input!r} needs model.frontend.cmvn 'utterance', got "
                              f"{frontend.config.cmvn!r} (global CMVN keeps the voice in the input already)")
         voice_frontend = build_frontend({**cfg.frontend, "cmvn": "global"})  # the trainer fills its statistics
-    quantizer = RandomProjectionQuantizer(in_dim, cfg.num_codebooks, cfg.codebook_size, cfg.code_dim,
-                                          cfg.quantizer_seed)
+    quantizer = RandomProjectionQuantizer(frontend.out_dim if cfg.quantize_subframes else in_dim, cfg.num_codebooks,
+                                          cfg.codebook_size, cfg.code_dim, cfg.quantizer_seed)
     input_projection: nn.Module
     if cfg.conv_subsampler:
         input_projection = ConvSubsampler(frontend.out_dim, cfg.conv_subsampler, cfg.conv_norm, cfg.embed_dim,
@@ -366,7 +391,8 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
         if isinstance(module, nn.Linear):  # BERT-style init, as for wav2vec 2.0 (fairseq init_bert_params)
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             nn.init.zeros_(module.bias)
-    head = LinearHead(cfg.embed_dim, [cfg.codebook_size] * cfg.num_codebooks)
+    num_targets = cfg.num_codebooks * (cfg.stack_frames if cfg.quantize_subframes else 1)
+    head = LinearHead(cfg.embed_dim, [cfg.codebook_size] * num_targets)
     return BestRQModel(cfg, frontend, quantizer, input_projection, encoder, head, voice_frontend)
 
 
