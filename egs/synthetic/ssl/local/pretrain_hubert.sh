@@ -53,10 +53,12 @@ for o in "${it1_extra[@]}" "${it2_extra[@]}"; do
 done
 
 # Each step's marker ($exp_dir/.hubert_NAME.done) records what it ran with, including the step it
-# builds on and the recipe file's checksum: a rerun with the same settings skips it; with other
+# builds on and a checksum of the recipe's settings: a rerun with the same settings skips it; with other
 # settings it stops and names them, instead of silently reusing results made with the old ones
 # (--pretrain_minutes is a hard stop, not a setting: it is not recorded).
-recipe_sum=$(sha256sum "$recipe" | cut -c1-16)
+# the recipe's settings, not its bytes: an edited comment does not count as another recipe
+recipe_sum=$(python -c 'import hashlib, json, sys, yaml
+print(hashlib.sha256(json.dumps(yaml.safe_load(open(sys.argv[1])), sort_keys=True).encode()).hexdigest()[:16])' "$recipe")
 done_before() {  # done_before NAME SIGNATURE: true when step NAME finished with these settings
   local marker="$exp_dir/.hubert_$1.done"
   [ -f "$marker" ] || return 1
