@@ -58,3 +58,28 @@ def test_recipe_rejects_unknown_options_and_variants(tmp_path):
     none = subprocess.run(["bash", str(script), "--variants", "no_such", "--exp_dir", str(tmp_path / "e")],
                           capture_output=True, text=True, env=script_env())
     assert none.returncode != 0 and "--variants no_such" in none.stderr
+
+
+def test_changes_carry_a_paired_two_sided_p_value(tmp_path):
+    """With per-seed scores, each change vs the full recipe says whether it is more than the seeds' noise,
+    in either direction."""
+    exp = tmp_path / "exp"
+    full = [0.30, 0.34, 0.28, 0.33, 0.31, 0.29]
+    per_seed = {"full": full,
+                "no_noise": [x - 0.05 + d for x, d in zip(full, (0.004, -0.003, 0.002, -0.004, 0.001, 0.0))],
+                "queue_0": [x + d for x, d in zip(full, (0.01, -0.01, 0.012, -0.008, 0.009, -0.011))],
+                "simclr_random": [0.28] * 6, "logmel": [0.23] * 6}
+    curves = {k: {"2": {"mean": sum(v) / len(v), "std": 0.02, "scores": v}} for k, v in per_seed.items()}
+    for task in ablation_table.TASKS:
+        _results(exp / f"le_{task}", curves)
+    (exp / "variants.tsv").write_text("full\tthe recipe\t\nno_noise\twithout noise\t\nqueue_0\tno queue\t\n")
+    out = tmp_path / "ABLATION"
+    ablation_table.main(["--exp_dir", str(exp), "--variants", str(exp / "variants.tsv"), "--steps", "1",
+                         "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert "paired two-sided t-test over the evaluation seeds" in md
+    assert "| no_noise: without noise | 0.258 ± 0.020 (-5.0, p<0.001) |" in md
+    assert "| queue_0: no queue | 0.309 ± 0.020 (+0.0, noise) |" in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["variants"][1]["vs_full_p"]["speaker"] < 0.001 and data["variants"][2]["vs_full_p"]["word"] > 0.5
+    assert data["variants"][0]["vs_full_p"]["style"] is None  # full vs itself

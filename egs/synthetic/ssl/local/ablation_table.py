@@ -2,7 +2,8 @@
 
 Reads ``EXP/le_{speaker,style,word}/results.json`` (``speechssl downstream label-efficiency``) and
 ``EXP/variants.tsv`` (name, description, overrides per line) and writes OUT.md (mean ± std at n=SHOTS
-and the change of each variant vs ``full``, in points), OUT.json and OUT.png.
+and the change of each variant vs ``full``, in points, with a paired two-sided t-test over the
+evaluation seeds when the results keep per-seed scores), OUT.json and OUT.png.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from speechssl.downstream.significance import format_p, paired_scores, paired_test
 
 TASKS = ("speaker", "style", "word")
+ALPHA = 0.05  # a change with p >= ALPHA is within the seeds' noise
 
 
-def load(exp: Path, shots: int) -> dict[str, dict[str, dict[str, float]]]:
-    """{task: {encoder: {"mean", "std"}}} at ``shots`` labels per class."""
-    out = {}
+def load(exp: Path, shots: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict]]:
+    """({task: {encoder: {"mean", "std", ...}}} at ``shots`` labels per class, {task: results.json})."""
+    out, results = {}, {}
     for task in TASKS:
         path = exp / f"le_{task}" / "results.json"
         if not path.is_file():
@@ -26,7 +31,19 @@ def load(exp: Path, shots: int) -> dict[str, dict[str, dict[str, float]]]:
         if not isinstance(curves, dict):
             sys.exit(f"ablation_table: {path} has no 'curves' (not a label-efficiency result)")
         out[task] = {enc: c[str(shots)] for enc, c in curves.items() if str(shots) in c}
-    return out
+        results[task] = json.loads(path.read_text())
+    return out, results
+
+
+def two_sided_p(result: dict[str, Any], name: str, shots: int) -> float | None:
+    """Does variant ``name`` score differently from ``full``? The paired t-test over the evaluation
+    seeds, two-sided (an ablation can move either way); None without per-seed scores."""
+    pairs = paired_scores(result, name, "full", shots)
+    if isinstance(pairs, str):
+        return None
+    up = paired_test(*pairs, against="full").p_value
+    down = paired_test(pairs[1], pairs[0], against=name).p_value
+    return None if up is None or down is None else min(1.0, 2 * min(up, down))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,30 +61,40 @@ def main(argv: list[str] | None = None) -> int:
         if line.strip():
             name, desc, overrides = (line.split("\t") + ["", ""])[:3]
             rows.append({"name": name, "description": desc, "overrides": overrides.split()})
-    scores = load(args.exp_dir, args.shots)
+    scores, results = load(args.exp_dir, args.shots)
     ref = {t: scores[t].get("full") for t in TASKS}
     for r in rows:
         r["scores"] = {t: scores[t].get(r["name"]) for t in TASKS}
         r["vs_full"] = {t: (None if ref[t] is None or r["scores"][t] is None
                             else r["scores"][t]["mean"] - ref[t]["mean"]) for t in TASKS}
+        r["vs_full_p"] = {t: (None if r["name"] == "full" or r["vs_full"][t] is None
+                              else two_sided_p(results[t], r["name"], args.shots)) for t in TASKS}
     baselines = {enc: {t: scores[t].get(enc) for t in TASKS} for enc in ("logmel", "simclr_random")}
 
-    def cell(s: dict | None, delta: float | None = None) -> str:
+    def cell(s: dict | None, delta: float | None = None, p: float | None = None) -> str:
         if s is None:
             return "—"
         text = f"{s['mean']:.3f} ± {s['std']:.3f}"
-        return text if delta is None or not rows or abs(delta) < 1e-12 else f"{text} ({100 * delta:+.1f})"
+        if delta is None or not rows or abs(delta) < 1e-12:
+            return text
+        if p is None:
+            return f"{text} ({100 * delta:+.1f})"
+        return f"{text} ({100 * delta:+.1f}, {format_p(p)})" if p < ALPHA else f"{text} ({100 * delta:+.1f}, noise)"
 
     lines = [f"# SimCLR augmentation ablation (n={args.shots} labelled utterances per class)", ""]
     if args.note:
         lines += [args.note, ""]
+    tested = any(p is not None for r in rows for p in r["vs_full_p"].values())
     lines += ["Accuracy (mean ± std over evaluation seeds) and, in brackets, the change vs the full recipe "
-              "in points; every variant pretrained with the same steps, seed and data "
+              "in points" + (f" with its p-value (paired two-sided t-test over the evaluation seeds: every "
+                             f"variant is scored on the same labelled subsets; 'noise': p ≥ {ALPHA})"
+                             if tested else "")
+              + "; every variant pretrained with the same steps, seed and data "
               "(`egs/synthetic/ssl/local/ablate_augment.sh`).", "",
               "| variant | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]
     for r in rows:
         lines.append(f"| {r['name']}: {r['description']} | "
-                     + " | ".join(cell(r["scores"][t], r["vs_full"][t]) for t in TASKS) + " |")
+                     + " | ".join(cell(r["scores"][t], r["vs_full"][t], r["vs_full_p"][t]) for t in TASKS) + " |")
     for enc, label in (("simclr_random", "random-init control"), ("logmel", "log-Mel")):
         lines.append(f"| {label} | " + " | ".join(cell(baselines[enc][t]) for t in TASKS) + " |")
     out = Path(args.out)
