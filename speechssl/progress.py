@@ -24,6 +24,9 @@ STEPS = ("step {n}/{total}", "steps/s")  # what the count is and its rate, as pr
 AUDIO_SECONDS = ("{n:.1f}/{total:.1f} s of audio", "audio-s/s")  # extraction
 UTTERANCES = ("{n:.0f}/{total:.0f} utterances", "utt/s")  # files without a known duration
 FILES = ("{n:.0f}/{total:.0f} files", "files/s")  # the corpus preparers reading headers
+# Between progress lines when stderr is not a terminal (no bar then). The jobs import this name, so a
+# test can shorten one module's interval (monkeypatch that module's PROGRESS_EVERY_SECONDS).
+PROGRESS_EVERY_SECONDS = 30.0
 
 
 def _clock(seconds: float) -> str:

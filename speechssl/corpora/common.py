@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from speechssl.data.prepare import PrepareReport, probe_file
-from speechssl.progress import FILES, Progress
+from speechssl.progress import FILES, PROGRESS_EVERY_SECONDS, Progress
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal (no bar then)
 
 
 def records_from_files(

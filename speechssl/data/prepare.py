@@ -47,10 +47,9 @@ import soundfile as sf
 from speechssl.audio import AudioError, AudioInfo, AudioNotFoundError, EmptyAudioError, audio_info
 from speechssl.data.manifest import write_manifest
 from speechssl.data.prepare_defaults import DEFAULT_EXTENSIONS, DEFAULT_SILENCE_PEAK
-from speechssl.progress import FILES, Progress
+from speechssl.progress import FILES, PROGRESS_EVERY_SECONDS, Progress
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal (no bar then)
 
 _TEMPLATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 _PARENT_N = re.compile(r"^parent(\d+)$")

@@ -14,11 +14,10 @@ import torch
 from speechssl.downstream.features import FeatureSet
 from speechssl.downstream.memory import available_memory_bytes, size_text
 from speechssl.extract.encode import EncodePolicy, Item, encode_records
-from speechssl.progress import AUDIO_SECONDS, UTTERANCES, Progress
+from speechssl.progress import AUDIO_SECONDS, PROGRESS_EVERY_SECONDS, UTTERANCES, Progress
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 def record_key(rec: dict) -> tuple:

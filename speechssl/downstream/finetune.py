@@ -72,7 +72,7 @@ from speechssl.downstream.splits import splits_hash
 from speechssl.downstream.training import IGNORE, evaluate, head_loss
 from speechssl.locks import FolderLock
 from speechssl.models.base import SSLModel
-from speechssl.progress import Progress
+from speechssl.progress import PROGRESS_EVERY_SECONDS, Progress
 from speechssl.train.checkpoint import capture_rng_state, restore_rng_state
 from speechssl.train.signals import StopSignals, signal_self_at
 from speechssl.upstream import Encoder, load_encoder
@@ -359,8 +359,8 @@ def _train_loop(cfg: DownstreamConfig, enc: Encoder, model: DownstreamModel, opt
             "best_key": best_key, "best_step": best_step if best_state is not None else None, "bad": bad,
             "running": running, "count": count, "history": history, "finished": done})
 
-    bar = Progress(total=tc.max_steps, initial=step, bar=progress, every_seconds=30.0, main=True, desc="finetune",
-                   logger=logger)
+    bar = Progress(total=tc.max_steps, initial=step, bar=progress, every_seconds=PROGRESS_EVERY_SECONDS, main=True,
+                   desc="finetune", logger=logger)
     signals = StopSignals()
     signals.install()
     path = None

@@ -18,11 +18,10 @@ from speechssl.downstream.metrics import classification_metrics
 from speechssl.downstream.model import DownstreamModel, TrainConfig
 from speechssl.downstream.pooling import valid_mask
 from speechssl.modules.padding import pad_to_batch
-from speechssl.progress import Progress
+from speechssl.progress import PROGRESS_EVERY_SECONDS, Progress
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 def collate_features(
@@ -114,11 +113,10 @@ def pooled_inputs(model: DownstreamModel, feats: Sequence[list[torch.Tensor]], l
         if cache is None:
             out.append(_pool_utterance(layers, layer_index, layer_norm))
             continue
-        kept = cache.get((id(layers), *where))
-        if kept is None or kept[0] is not layers:  # the list is kept alive with it: its id stays its own
-            kept = (layers, _pool_utterance(layers, layer_index, layer_norm))
-            cache[(id(layers), *where)] = kept
-        out.append(kept[1])
+        key = (id(layers), *where)
+        if key not in cache:  # the list is kept alive with its entry, so no other list can take its id
+            cache[key] = (layers, _pool_utterance(layers, layer_index, layer_norm))
+        out.append(cache[key][1])
     return out, list(range(len(layer_index))), True
 
 

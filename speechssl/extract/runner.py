@@ -36,7 +36,7 @@ from speechssl.extract.encode import EncodePolicy, encode_records
 from speechssl.extract.inputs import Item, read_inputs
 from speechssl.extract.writers import FeatureWriter, KaldiWriter, UtteranceSink, check_format, make_writer
 from speechssl.locks import hold_rank_lock, remove_stale_temporaries
-from speechssl.progress import AUDIO_SECONDS, Progress
+from speechssl.progress import AUDIO_SECONDS, PROGRESS_EVERY_SECONDS, Progress
 from speechssl.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 INDEX_COLUMNS = ("id", "path", "frames", "frame_rate", "layers", "dim")
 ERROR_COLUMNS = ("id", "path", "reason")
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
 @dataclasses.dataclass

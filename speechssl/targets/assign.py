@@ -36,7 +36,7 @@ import numpy as np
 from speechssl.audio import AudioError
 from speechssl.data.manifest import read_manifest
 from speechssl.locks import hold_rank_lock
-from speechssl.progress import Progress
+from speechssl.progress import PROGRESS_EVERY_SECONDS, Progress
 from speechssl.targets.features import check_same_features, open_features, utterance_features
 from speechssl.targets.kmeans import load_kmeans, nearest
 from speechssl.targets.labels import read_chunk
@@ -57,7 +57,6 @@ class AssignSummary:
     report: Path | None
 
 
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines of `targets assign` (without a bar)
 CHUNKS = ("{n:.0f}/{total:.0f} chunks done", "chunks/s")  # speechssl.progress counts: chunks of this rank
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from speechssl.data.manifest import read_manifest, record_duration
-from speechssl.progress import AUDIO_SECONDS, Progress
+from speechssl.progress import AUDIO_SECONDS, PROGRESS_EVERY_SECONDS, Progress
 from speechssl.targets.features import open_features, utterance_features
 from speechssl.utils import atomic_path, atomic_write_json, file_sha256
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-PROGRESS_EVERY_SECONDS = 30.0  # between progress lines while the sample is encoded (without a bar)
 
 
 def kmeans_hash(centroids: np.ndarray, provenance: dict) -> str:
