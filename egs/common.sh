@@ -180,3 +180,14 @@ launch() {
   esac
 }
 pretrain() { launch pretrain "$@"; }
+
+# train_limits STEPS MINUTES: fills the array `limits` with the overrides train.max_steps=STEPS and
+# train.max_minutes=MINUTES for `speechssl pretrain`, leaving out a value that is `recipe` (the recipe's
+# own train.max_steps / train.max_minutes then hold). Anything else than a number or `recipe` stops.
+train_limits() {
+  limits=()
+  [[ "$1" == recipe || "$1" =~ ^[0-9]+$ ]] || die "--pretrain_steps $1: a whole number of steps or 'recipe'"
+  [[ "$2" == recipe || "$2" =~ ^[0-9]*\.?[0-9]+$ ]] || die "--pretrain_minutes $2: a number of minutes or 'recipe'"
+  [ "$1" = recipe ] || limits+=("train.max_steps=$1")
+  [ "$2" = recipe ] || limits+=("train.max_minutes=$2")
+}

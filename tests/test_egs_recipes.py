@@ -203,3 +203,34 @@ def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
     assert ran.read_text().split("\n")[-3:-1] == ["1 b", "2 9"]
     script.write_text(script.read_text().replace("stage_uses 2 size", "stage_uses 2 sise"))
     assert "stage_uses 2: no option named 'sise'" in run(ok=False)
+
+
+def test_demo_trains_each_model_for_its_recipes_length(workdir, tmp_path):
+    """The synthetic demo leaves train.max_steps / train.max_minutes to each recipe unless told a number
+    (BEST-RQ and HuBERT's iterations train longer than the others); a bad value stops before any job."""
+    fake = tmp_path / "bin" / "speechssl"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = script_env(CALLS=str(calls))
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+
+    def stage3(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        calls.write_text("")
+        proc = subprocess.run(
+            ["bash", str(workdir / "egs/synthetic/ssl/run.sh"), "--stage", "3", "--stop_stage", "3",
+             "--models", "apc bestrq", "--exp_dir", "exp_len", *args],
+            capture_output=True, text=True, env=env, timeout=60)
+        trained = [c for c in calls.read_text().splitlines() if c.startswith("pretrain") and "max_steps=0" not in c]
+        return proc, trained
+
+    proc, trained = stage3()
+    assert proc.returncode == 0, proc.stderr
+    assert len(trained) == 2 and not any("train.max_steps=" in c or "train.max_minutes=" in c for c in trained)
+    proc, trained = stage3("--pretrain_steps", "50", "--pretrain_minutes", "2.5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(trained) == 2 and all("train.max_steps=50 train.max_minutes=2.5" in c for c in trained)
+    proc, trained = stage3("--pretrain_steps", "many")
+    assert proc.returncode != 0 and "--pretrain_steps many: a whole number of steps or 'recipe'" in proc.stderr
+    assert trained == []

@@ -29,8 +29,10 @@ labelled_utts=40       # labelled utterances per speaker (half pool for the few 
 # Words: 1 s clips, utterance u of speaker k says word (u + k) mod 20 (speechssl.corpora.words).
 pool_word_utts=20      # unlabelled word clips per speaker in the pretraining pool (each word once)
 word_utts=40           # labelled word clips per speaker (each word twice); half the speakers label, half test
-pretrain_steps=1000    # per model (cosine schedule length)
-pretrain_minutes=6     # per model: a hard stop whatever the step (the 1,000 steps take 1.3-4 min idle)
+pretrain_steps=recipe  # per model (cosine schedule length): recipe = its recipe's train.max_steps (1,000;
+                       #   3,000 for BEST-RQ and each HuBERT iteration); a number sets every model's
+pretrain_minutes=recipe  # per model, a hard stop whatever the step: recipe = its recipe's train.max_minutes
+                       #   (6 per 1,000 steps; 1,000 steps take 1.3-4 min idle); a number sets every model's
 models="apc cpc wav2vec2"  # or "all": every family with a recipes/pretrain/<family>_demo.yaml
 exp_dir=exp            # experiments, features and the summary go here (data/ is shared)
 shots=2,8               # labelled utterances per class (the curve; n=2 is the verdict)
@@ -97,13 +99,14 @@ fi
 
 pretrain_model() {
   local m=$1
+  local limits
+  train_limits "$pretrain_steps" "$pretrain_minutes"
   if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
     bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
       --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" "${pretrain_args[@]}"
   else
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
-      --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" "train.max_steps=$pretrain_steps" \
-      "train.max_minutes=$pretrain_minutes" "train.seed=$seed"
+      --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" ${limits[@]+"${limits[@]}"} "train.seed=$seed"
   fi
   # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
   # says role "control" and control_of "$m", which the summary reads (folder names are free).
@@ -111,7 +114,8 @@ pretrain_model() {
     --exp "$exp_dir/${m}_random" train.max_steps=0 "train.seed=$seed" "train.control_of=$m"
 }
 
-if begin_stage 3 "pretrain $models ($pretrain_minutes min each, $parallel at a time) and random-init controls"; then
+if begin_stage 3 "pretrain $models ($parallel at a time; steps: $pretrain_steps, minutes at most: $pretrain_minutes) and random-init controls"; then
+  train_limits "$pretrain_steps" "$pretrain_minutes"  # a bad value stops here, before any job starts
   for m in $models; do [ -f "$recipes/pretrain/${m}_demo.yaml" ] || die "--models $m: no $recipes/pretrain/${m}_demo.yaml"; done
   for m in $models; do spawn pretrain_model "$m"; done
   wait_spawned

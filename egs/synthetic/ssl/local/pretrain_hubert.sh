@@ -3,7 +3,7 @@
 # instead of one `speechssl pretrain`). Every step is a speechssl call; reruns skip finished steps (.done
 # markers record each step's settings: a rerun with other ones stops and names them).
 # Usage (from egs/synthetic/ssl, after stages 1-2):
-#   bash local/pretrain_hubert.sh --exp_dir exp --pretrain_steps 1000 --pretrain_minutes 4 --seed 0
+#   bash local/pretrain_hubert.sh --exp_dir exp --seed 0   # --pretrain_steps 1000 --pretrain_minutes 6: other lengths
 # Writes: $exp_dir/hubert_km1 (K=500 k-means of 80-dim log-Mel, 100 Hz; --it1_features mfcc for the paper's
 #   39-dim MFCC), $exp_dir/hubert_labels1, $exp_dir/hubert_it1 (iteration 1),
 #   $exp_dir/hubert_km2 (K=100 k-means of iteration 1's layer_1, at iteration 1's frame rate),
@@ -25,8 +25,8 @@
 #   (several overrides through run.sh: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
 set -euo pipefail
 exp_dir=exp
-pretrain_steps=1000
-pretrain_minutes=4      # per iteration
+pretrain_steps=recipe   # per iteration; recipe: hubert_demo.yaml's train.max_steps (3,000)
+pretrain_minutes=recipe # per iteration, a hard stop; recipe: hubert_demo.yaml's train.max_minutes
 seed=0
 k=500                   # iteration 1's clusters (model.num_classes=[k]; hubert_demo.yaml's 500)
 k2=100                  # iteration 2's clusters (model.num_classes=[k2]; 500 measured in hubert_demo.yaml)
@@ -46,6 +46,7 @@ train=data/pretrain/train.jsonl
 case "$it2_targets" in layer | layer+it1) ;; *) die "--it2_targets $it2_targets: layer or layer+it1" ;; esac
 case "$it2_init" in scratch | it1) ;; *) die "--it2_init $it2_init: scratch or it1" ;; esac
 valid=data/pretrain/dev.jsonl
+train_limits "$pretrain_steps" "$pretrain_minutes"
 read -ra it1_extra <<< "$it1_overrides"
 read -ra it2_extra <<< "$it2_overrides"
 for o in "${it1_extra[@]}" "${it2_extra[@]}"; do
@@ -93,7 +94,7 @@ iteration() {  # iteration NAME EXP SIGNATURE [--init-from DIR] OVERRIDES...: pr
   if [ "${1:-}" = --init-from ]; then init=("$1" "$2"); shift 2; fi  # before the overrides (argparse)
   done_before "$name" "$sig" && return 0
   pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" ${init[@]+"${init[@]}"} \
-    "train.max_steps=$pretrain_steps" "train.max_minutes=$pretrain_minutes" "train.seed=$seed" "$@"
+    ${limits[@]+"${limits[@]}"} "train.seed=$seed" "$@"
   mark_done "$name" "$sig"
 }
 
