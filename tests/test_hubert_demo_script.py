@@ -5,8 +5,8 @@ iteration 1's frame rate: 50 Hz with the conv subsampler, 25 Hz with 4 stacked M
 ``--it2_targets layer+it1 --it2_final_dim N`` adds iteration 1's units (100 Hz) as a second target
 set and sets the projection size, with iteration 1 unchanged; ``--it2_overrides "k=v k=v"`` (and
 ``--it1_overrides``) pass extra recipe overrides to one iteration's pretrain, also through run.sh's
-``--pretrain_opts`` with quotes; ``--it2_init it1`` starts iteration 2 from iteration 1's weights (a fresh
-head for the new K).
+``--pretrain_opts`` with quotes; iteration 2 starts from iteration 1's weights (a fresh head for the new K;
+``--it2_init scratch``: a random init) and trains half its steps (``--it2_steps N``).
 
 Cost (the suite's largest after the quick demo: each full run is 8 ``speechssl`` processes, ~50 s on 2 loaded
 cores, 2026-11-28): one full run per distinct iteration-1 setup. Iteration 1, its k-means and its units come
@@ -51,8 +51,11 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_run(demo) -> dict:
-    """``exp_default``: both iterations with the script's defaults (the recipe as it is)."""
-    return run_script(*demo, "exp_default")
+    """``exp_default``: both iterations with the script's defaults (the recipe as it is); its log is
+    ``exp_default.log``."""
+    cfg, err = run_script_log(*demo, "exp_default")
+    (demo[0] / "exp_default.log").write_text(err)
+    return cfg
 
 
 def reuse(demo: Path, exp: str, upto: str) -> None:
@@ -98,6 +101,20 @@ def test_iteration_two_default_one_target_set(default_run):
     assert it2["model"]["num_classes"] == [3] and it2["model"]["label_frame_shifts"] == [frame_shift(RECIPE_MODEL)]
     assert it2["model"]["final_dim"] == it1["model"]["final_dim"] == RECIPE_FINAL_DIM
     assert [Path(t).name for t in it2["data"]["targets"]] == ["hubert_labels2"]
+
+
+def test_iteration_two_starts_from_iteration_one_for_half_its_steps(demo, default_run):
+    """The defaults: iteration 2 is initialised from iteration 1's encoder and trains half its steps
+    (--pretrain_steps 2 here; the recipe's train.max_steps without it)."""
+    err = (demo[0] / "exp_default.log").read_text()
+    init = [line for line in err.splitlines() if "initialised model weights from" in line]
+    assert len(init) == 1 and "exp_default/hubert_it1/encoder" in init[0], err[-3000:]
+    assert default_run["hubert_it1"]["train"]["max_steps"] == 2 and default_run["hubert"]["train"]["max_steps"] == 1
+    # a bad --it2_steps stops before any k-means
+    proc = subprocess.run(["bash", "local/pretrain_hubert.sh", "--exp_dir", "exp_bad_steps", "--it2_steps", "some"],
+                          cwd=demo[0], env=demo[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "--it2_steps some: a whole number of steps or half" in proc.stderr
+    assert not (demo[0] / "exp_bad_steps").exists()
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,17 @@
 #                             extra recipe overrides (key=value, space-separated) of iteration 2's pretrain only;
 #                             they come last, so they win over the options above
 #   --it1_overrides "..."     the same for iteration 1 (iteration 2 still starts from the recipe)
-#   --it2_init it1            start iteration 2 from iteration 1's weights (--init-from hubert_it1/encoder; the
-#                             head's label embeddings for the new K start fresh) instead of from scratch (the paper)
+#   --it2_init scratch        start iteration 2 from a random init (the paper) instead of from iteration 1's
+#                             weights (the default: --init-from hubert_it1/encoder; the head's label embeddings
+#                             for the new K start fresh)
+#   --it2_steps N             iteration 2's steps (default half: half of iteration 1's, as it starts from them)
 # From run.sh (note the =): bash run.sh --models hubert --pretrain_opts="--it2_targets layer+it1 --it2_final_dim 32"
 #   (several overrides through run.sh: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
 set -euo pipefail
 exp_dir=exp
-pretrain_steps=recipe   # per iteration; recipe: hubert_demo.yaml's train.max_steps (3,000)
+pretrain_steps=recipe   # iteration 1's; recipe: hubert_demo.yaml's train.max_steps (6,000)
 pretrain_minutes=recipe # per iteration, a hard stop; recipe: hubert_demo.yaml's train.max_minutes
+it2_steps=half          # iteration 2's: half of iteration 1's (it starts from them), or a number
 seed=0
 k=500                   # iteration 1's clusters (model.num_classes=[k]; hubert_demo.yaml's 500)
 k2=100                  # iteration 2's clusters (model.num_classes=[k2]; 500 measured in hubert_demo.yaml)
@@ -38,7 +41,7 @@ it2_targets=layer       # layer: iteration 2's units only; layer+it1: + iteratio
 it2_final_dim=          # iteration 2's model.final_dim (empty: the recipe's)
 it1_overrides=          # extra key=value overrides of iteration 1's pretrain (space-separated)
 it2_overrides=          # extra key=value overrides of iteration 2's pretrain (space-separated)
-it2_init=scratch        # scratch: iteration 2 from a random init (the paper); it1: from iteration 1's weights
+it2_init=it1            # it1: iteration 2 from iteration 1's weights; scratch: from a random init (the paper)
 recipes=../../../recipes
 . ../../common.sh
 recipe=$recipes/pretrain/hubert_demo.yaml
@@ -46,7 +49,16 @@ train=data/pretrain/train.jsonl
 case "$it2_targets" in layer | layer+it1) ;; *) die "--it2_targets $it2_targets: layer or layer+it1" ;; esac
 case "$it2_init" in scratch | it1) ;; *) die "--it2_init $it2_init: scratch or it1" ;; esac
 valid=data/pretrain/dev.jsonl
-train_limits "$pretrain_steps" "$pretrain_minutes"
+train_limits "$pretrain_steps" "$pretrain_minutes"  # checks both values
+limits1=(${limits[@]+"${limits[@]}"})
+it1_steps=$pretrain_steps
+if [ "$it1_steps" = recipe ]; then
+  it1_steps=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["train"]["max_steps"])' "$recipe")
+fi
+if [ "$it2_steps" = half ]; then it2_steps=$(( (it1_steps + 1) / 2 )); fi
+[[ "$it2_steps" =~ ^[0-9]+$ ]] || die "--it2_steps $it2_steps: a whole number of steps or half"
+train_limits "$it2_steps" "$pretrain_minutes"
+limits2=(${limits[@]+"${limits[@]}"})
 read -ra it1_extra <<< "$it1_overrides"
 read -ra it2_extra <<< "$it2_overrides"
 for o in "${it1_extra[@]}" "${it2_extra[@]}"; do
@@ -94,7 +106,7 @@ iteration() {  # iteration NAME EXP SIGNATURE [--init-from DIR] OVERRIDES...: pr
   if [ "${1:-}" = --init-from ]; then init=("$1" "$2"); shift 2; fi  # before the overrides (argparse)
   done_before "$name" "$sig" && return 0
   pretrain --config "$recipe" --train "$train" --valid "$valid" --exp "$exp" ${init[@]+"${init[@]}"} \
-    ${limits[@]+"${limits[@]}"} "train.seed=$seed" "$@"
+    "train.seed=$seed" "$@"
   mark_done "$name" "$sig"
 }
 
@@ -103,7 +115,7 @@ sig_1="k-means 1: it1_features=$it1_features k=$k sample_hours=$sample_hours n_i
 targets "$it1_features" features 1 "$k" "$sig_1"
 shift1=$(label_shift 1)
 sig_it1="$sig_1"$'\n'"iteration 1: recipe $recipe_sum pretrain_steps=$pretrain_steps it1_overrides=$it1_overrides"
-iteration it1 "$exp_dir/hubert_it1" "$sig_it1" "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" \
+iteration it1 "$exp_dir/hubert_it1" "$sig_it1" ${limits1[@]+"${limits1[@]}"} "data.targets=[$exp_dir/hubert_labels1]" "model.num_classes=[$k]" \
   "model.label_frame_shifts=[$shift1]" "${it1_extra[@]}"
 log "hubert iteration 2: k-means (K=$k2) of iteration 1's $layer -> pretrain"
 sig_2="$sig_it1"$'\n'"k-means 2: layer=$layer k2=$k2"
@@ -116,6 +128,7 @@ case "$it2_targets" in
 esac
 if [ -n "$it2_final_dim" ]; then it2+=("model.final_dim=$it2_final_dim"); fi
 init=(); if [ "$it2_init" = it1 ]; then init=(--init-from "$exp_dir/hubert_it1/encoder"); fi
-sig_it2="$sig_2"$'\n'"iteration 2: it2_targets=$it2_targets it2_final_dim=$it2_final_dim it2_overrides=$it2_overrides it2_init=$it2_init"
-iteration it2 "$exp_dir/hubert" "$sig_it2" ${init[@]+"${init[@]}"} "${it2[@]}" "${it2_extra[@]}"
+sig_it2="$sig_2"$'\n'"iteration 2: it2_targets=$it2_targets it2_final_dim=$it2_final_dim it2_overrides=$it2_overrides it2_init=$it2_init it2_steps=$it2_steps"
+iteration it2 "$exp_dir/hubert" "$sig_it2" ${init[@]+"${init[@]}"} ${limits2[@]+"${limits2[@]}"} "${it2[@]}" \
+  "${it2_extra[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
