@@ -458,3 +458,6 @@ def test_quantizer_cmvn_global_quantizes_globally_normalised_frames_and_feeds_th
     assert masked.any() and torch.equal(seen["input"][~masked], x[~masked])
     with pytest.raises(ValueError, match="quantizer_cmvn must be"):
         build_model(tiny_config(quantizer_cmvn="utterance"))
+    # the error names the option that needs the utterance-normalised input, not voice_input
+    with pytest.raises(ValueError, match="model.quantizer_cmvn 'global' needs model.frontend.cmvn 'utterance'"):
+        build_model(tiny_config(quantizer_cmvn="global", frontend={"name": "logmel", "n_mels": 80, "cmvn": "global"}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from speechssl.cli.main import main
 from speechssl.corpora.synthetic import synthesize_corpus
 from speechssl.downstream.summary import encoder_kind, summarize_label_efficiency
@@ -313,3 +315,15 @@ def test_cli_alpha(tmp_path, capsys):
     except SystemExit:
         pass
     assert "--alpha" in capsys.readouterr().out
+
+
+def test_two_sided_paired_test_is_twice_the_smaller_one_sided_p():
+    from speechssl.downstream.significance import paired_test
+
+    a, b = [0.31, 0.28, 0.35, 0.30, 0.27], [0.30, 0.29, 0.31, 0.26, 0.27]
+    up, down = paired_test(a, b, "b").p_value, paired_test(b, a, "a").p_value
+    assert paired_test(a, b, "b", two_sided=True).p_value == pytest.approx(2 * min(up, down))
+    assert paired_test(b, a, "a", two_sided=True).p_value == pytest.approx(2 * min(up, down))
+    # a constant difference either way is certain; none at all is not
+    assert paired_test([0.1, 0.2], [0.3, 0.4], "x", two_sided=True).p_value == 0.0
+    assert paired_test([0.1, 0.2], [0.1, 0.2], "x", two_sided=True).p_value == 1.0

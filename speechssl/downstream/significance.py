@@ -68,13 +68,15 @@ def paired_scores(result: Mapping[str, Any], encoder: str, other: str, shots: in
 
 
 def paired_test(mine: Sequence[float], other: Sequence[float], against: str,
-                alpha: float = DEFAULT_ALPHA) -> PairedComparison:
-    """One-sided paired t-test of ``mine`` > ``other`` (scores of the same seeds, in the same order).
+                alpha: float = DEFAULT_ALPHA, two_sided: bool = False) -> PairedComparison:
+    """One-sided paired t-test of ``mine`` > ``other`` (scores of the same seeds, in the same order);
+    ``two_sided``: of ``mine`` != ``other`` (an ablation can move either way).
 
     Pairs with a non-finite score are dropped. With one pair the p-value is unknown. When every
     difference is the same, the t statistic is +-inf or 0/0: p = 0 for a constant positive
     difference (the limit of the test), 1 for a constant zero or negative one (nothing speaks for
-    "higher"); scipy would return NaN with a warning.
+    "higher"); scipy would return NaN with a warning. Two-sided: p = 0 for any constant non-zero
+    difference.
     """
     if len(mine) != len(other):
         raise ValueError(f"paired scores need equal lengths, got {len(mine)} and {len(other)}")
@@ -91,11 +93,11 @@ def paired_test(mine: Sequence[float], other: Sequence[float], against: str,
     sd = float(diff.std(ddof=1))
     scale = max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
     if sd <= _CONSTANT * scale:
-        p = 0.0 if mean > _CONSTANT * scale else 1.0
+        p = 0.0 if (abs(mean) if two_sided else mean) > _CONSTANT * scale else 1.0
         return PairedComparison(against, mean, 0.0, n, p, p < alpha)
     from scipy.stats import ttest_rel
 
-    p = float(ttest_rel(x, y, alternative="greater").pvalue)
+    p = float(ttest_rel(x, y, alternative="two-sided" if two_sided else "greater").pvalue)
     return PairedComparison(against, mean, sd / math.sqrt(n), n, p, p < alpha)
 
 

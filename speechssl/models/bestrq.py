@@ -368,7 +368,9 @@ def build_bestrq(cfg: BestRQConfig) -> BestRQModel:
     voice_frontend = None
     if cfg.voice_input != "none" or cfg.quantizer_cmvn == "global":
         if frontend.config.cmvn != "utterance":
-            raise ValueError(f"model.voice_input {cfg.voice_input!r} needs model.frontend.cmvn 'utterance', got "
+            wants = (f"model.voice_input {cfg.voice_input!r}" if cfg.voice_input != "none"
+                     else f"model.quantizer_cmvn {cfg.quantizer_cmvn!r}")
+            raise ValueError(f"{wants} needs model.frontend.cmvn 'utterance', got "
                              f"{frontend.config.cmvn!r} (global CMVN keeps the voice in the input already)")
         voice_frontend = build_frontend({**cfg.frontend, "cmvn": "global"})  # the trainer fills its statistics
     quantizer = RandomProjectionQuantizer(frontend.out_dim if cfg.quantize_subframes else in_dim, cfg.num_codebooks,

@@ -99,9 +99,7 @@ if [ -n "$pretrain_opts" ]; then
 fi
 
 pretrain_model() {
-  local m=$1
-  local limits
-  train_limits "$pretrain_steps" "$pretrain_minutes"
+  local m=$1  # $limits: stage 3's train_limits
   if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
     bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
       --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" "${pretrain_args[@]}"
@@ -116,7 +114,7 @@ pretrain_model() {
 }
 
 if begin_stage 3 "pretrain $models ($parallel at a time; steps: $pretrain_steps, minutes at most: $pretrain_minutes) and random-init controls"; then
-  train_limits "$pretrain_steps" "$pretrain_minutes"  # a bad value stops here, before any job starts
+  train_limits "$pretrain_steps" "$pretrain_minutes"  # sets $limits; a bad value stops here, before any job
   for m in $models; do [ -f "$recipes/pretrain/${m}_demo.yaml" ] || die "--models $m: no $recipes/pretrain/${m}_demo.yaml"; done
   for m in $models; do spawn pretrain_model "$m"; done
   wait_spawned

@@ -51,10 +51,14 @@ case "$it2_init" in scratch | it1) ;; *) die "--it2_init $it2_init: scratch or i
 valid=data/pretrain/dev.jsonl
 train_limits "$pretrain_steps" "$pretrain_minutes"  # checks both values
 limits1=(${limits[@]+"${limits[@]}"})
+# one read of the recipe: its settings' checksum (for the step markers below: the recipe's settings, not
+# its bytes, so an edited comment does not count as another recipe) and its train.max_steps
+read -r recipe_sum recipe_steps < <(python -c 'import hashlib, json, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+print(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16], cfg["train"]["max_steps"])' "$recipe")
+[ -n "${recipe_steps:-}" ] || die "cannot read train.max_steps of $recipe (its error is above)"
 it1_steps=$pretrain_steps
-if [ "$it1_steps" = recipe ]; then
-  it1_steps=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["train"]["max_steps"])' "$recipe")
-fi
+if [ "$it1_steps" = recipe ]; then it1_steps=$recipe_steps; fi
 if [ "$it2_steps" = half ]; then it2_steps=$(( (it1_steps + 1) / 2 )); fi
 [[ "$it2_steps" =~ ^[0-9]+$ ]] || die "--it2_steps $it2_steps: a whole number of steps or half"
 train_limits "$it2_steps" "$pretrain_minutes"
@@ -69,9 +73,6 @@ done
 # builds on and a checksum of the recipe's settings: a rerun with the same settings skips it; with other
 # settings it stops and names them, instead of silently reusing results made with the old ones
 # (--pretrain_minutes is a hard stop, not a setting: it is not recorded).
-# the recipe's settings, not its bytes: an edited comment does not count as another recipe
-recipe_sum=$(python -c 'import hashlib, json, sys, yaml
-print(hashlib.sha256(json.dumps(yaml.safe_load(open(sys.argv[1])), sort_keys=True).encode()).hexdigest()[:16])' "$recipe")
 done_before() {  # done_before NAME SIGNATURE: true when step NAME finished with these settings
   local marker="$exp_dir/.hubert_$1.done"
   [ -f "$marker" ] || return 1
