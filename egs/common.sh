@@ -126,10 +126,45 @@ _stage_changes() {
     [ -n "$line" ] || continue
     name=${line%%=*}
     if [ -n "${before[$name]+x}" ] && [ "${before[$name]}" != "${line#*=}" ]; then
-      out+="${out:+, }$name: ${before[$name]} -> ${line#*=}"
+      out+="${out:+, }$name: $(_value_change "${before[$name]}" "${line#*=}")"
     fi
   done <<< "$(_stage_opts "$2")"
   printf '%s' "$out"
+}
+# "old -> new"; for two settings_sums lists only the files that differ ("apc_demo.yaml changed,
+# mae_demo.yaml added"). Usage: _value_change OLD NEW (as the marker escapes them)
+_value_change() {
+  local old=${1//\\,/,} new=${2//\\,/,} item out=
+  local sums='^[^=, ]+=([0-9a-f]{12}|missing)(,[^=, ]+=([0-9a-f]{12}|missing))*$'
+  if ! [[ "$old" =~ $sums && "$new" =~ $sums ]]; then printf '%s -> %s' "$1" "$2"; return; fi
+  local -A was=() now=()
+  for item in ${old//,/ }; do was[${item%%=*}]=${item#*=}; done
+  for item in ${new//,/ }; do
+    now[${item%%=*}]=${item#*=}
+    if [ -z "${was[${item%%=*}]+x}" ]; then out+="${out:+, }${item%%=*} added"
+    elif [ "${was[${item%%=*}]}" != "${item#*=}" ]; then out+="${out:+, }${item%%=*} changed"; fi
+  done
+  for item in ${old//,/ }; do [ -n "${now[${item%%=*}]+x}" ] || out+="${out:+, }${item%%=*} dropped"; done
+  printf '%s' "$out"
+}
+# settings_sums FILE...: "name=checksum,..." over FILEs, a checksum of each one's settings (the parsed
+# YAML: comments and layout do not count; "missing" when it does not read). A stage that reads recipe
+# files records this in an option of its `stage_uses`, so editing a recipe redoes that stage.
+settings_sums() {
+  python - "$@" <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+import yaml
+sums = []
+for name in sys.argv[1:]:
+    try:
+        cfg = yaml.safe_load(Path(name).read_text())
+        sums.append(Path(name).name + "=" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12])
+    except (OSError, yaml.YAMLError):
+        sums.append(Path(name).name + "=missing")
+print(",".join(sums))
+PY
+  [ $? = 0 ] || die "settings_sums: python with PyYAML is needed to read $* (activate the speechssl venv)"
 }
 _drop_later_markers() {
   local f m dropped=

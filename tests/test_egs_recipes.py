@@ -7,6 +7,7 @@ checkout; overrides shrink every training to a few steps.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -234,3 +235,40 @@ def test_demo_trains_each_model_for_its_recipes_length(workdir, tmp_path):
     proc, trained = stage3("--pretrain_steps", "many")
     assert proc.returncode != 0 and "--pretrain_steps many: a whole number of steps or 'recipe'" in proc.stderr
     assert trained == []
+
+
+def test_editing_a_recipe_redoes_its_stage(workdir, tmp_path):
+    """The demo's stage markers record a checksum of each recipe's settings: a changed setting redoes
+    pretraining (naming the file), an edited comment does not, and a downstream recipe edit redoes stage 5."""
+    fake = tmp_path / "bin" / "speechssl"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = script_env(CALLS=str(calls))
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    recipe = workdir / "recipes/pretrain/apc_demo.yaml"
+
+    def stage3(models: str = "apc tera") -> tuple[str, list[str]]:
+        calls.write_text("")
+        proc = subprocess.run(
+            ["bash", str(workdir / "egs/synthetic/ssl/run.sh"), "--stage", "3", "--stop_stage", "3",
+             "--models", models, "--exp_dir", "exp_edit"], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr, [c for c in calls.read_text().splitlines() if c.startswith("pretrain")]
+
+    log, trained = stage3()
+    assert len(trained) == 4  # two models and their controls
+    log, trained = stage3()
+    assert "(done, skipped" in log and trained == []
+    recipe.write_text("# a comment only\n" + recipe.read_text())
+    log, trained = stage3()
+    assert "(done, skipped" in log and trained == []
+    recipe.write_text(recipe.read_text().replace("max_steps:", "max_steps: 7  # was", 1))
+    log, trained = stage3()
+    assert "options changed since it ran (pretrain_recipes: apc_demo.yaml changed): redoing" in log
+    assert len(trained) == 4
+    log, _ = stage3("apc")
+    assert "models: apc\\ tera -> apc, pretrain_recipes: tera_demo.yaml dropped" in log
+    marker = workdir / "egs/synthetic/ssl/exp_edit/.stages/stage3.done"
+    assert re.search(r"^pretrain_recipes=apc_demo\.yaml=[0-9a-f]{12}$", marker.read_text(), re.M)

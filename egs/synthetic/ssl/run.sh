@@ -61,9 +61,12 @@ log "demo: $speakers speakers, $pool_utts + $pool_word_utts unlabelled and $labe
 # What each stage reads (its marker records these; a change redoes it and every later stage):
 stage_uses 1 quick backend speakers pool_utts labelled_utts pool_word_utts word_utts seed
 stage_uses 2 seed
-stage_uses 3 models pretrain_steps pretrain_minutes pretrain_opts seed
+# The recipes' settings (not their comments) count as stage inputs too: editing one redoes its stage.
+pretrain_recipes=$(settings_sums $(for m in $models; do echo "$recipes/pretrain/${m}_demo.yaml"; done))
+downstream_recipe=$(settings_sums "$recipes/downstream/demo.yaml")
+stage_uses 3 models pretrain_steps pretrain_minutes pretrain_opts seed pretrain_recipes
 stage_uses 4 models
-stage_uses 5 models shots seeds
+stage_uses 5 models shots seeds downstream_recipe
 stage_uses 6
 
 if begin_stage 1 "synthesise the corpus (backend $backend)"; then
