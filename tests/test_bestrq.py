@@ -456,6 +456,15 @@ def test_quantizer_cmvn_global_quantizes_globally_normalised_frames_and_feeds_th
     torch.testing.assert_close(seen["quantizer"][valid], glob[valid])
     masked = (seen["input"] != x).all(-1)
     assert masked.any() and torch.equal(seen["input"][~masked], x[~masked])
+    # features need no targets: extraction skips the global-CMVN pass that only the quantizer reads
+    calls = []
+    normalise = fe.normalise
+    monkeypatch.setattr(fe, "normalise", lambda *a: calls.append(1) or normalise(*a))
+    with torch.no_grad():
+        model.eval().encode(b["wavs"], b["lengths"])
+    assert calls == []
+    model.train().loss(b)
+    assert calls == [1]
     with pytest.raises(ValueError, match="quantizer_cmvn must be"):
         build_model(tiny_config(quantizer_cmvn="utterance"))
     # the error names the option that needs the utterance-normalised input, not voice_input

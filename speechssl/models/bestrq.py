@@ -241,14 +241,16 @@ class BestRQModel(StackedFrames, SSLModel):
     # ---- shared feature path -------------------------------------------------------------
     def stacked_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, L], lengths [B] -> (normalised stacked frames x [B, T, stack * F], valid frames [B])."""
-        x, frame_lengths, _, _ = self.input_features(wavs, lengths)
+        x, frame_lengths, _, _ = self.input_features(wavs, lengths, quantizer=False)
         return x, frame_lengths
 
-    def input_features(self, wavs: torch.Tensor, lengths: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def input_features(self, wavs: torch.Tensor, lengths: torch.Tensor, quantizer: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """:meth:`stacked_features`, the voice path's input (globally normalised stacked frames
         [B, T, stack * F] (voice_input global), the utterance's [mean, log-std] of them [B, T, 2 F] (stats),
-        padding frames 0, or None) and the quantizer's input [B, T, stack * F] (quantizer_cmvn)."""
+        padding frames 0, or None) and the quantizer's input [B, T, stack * F] (quantizer_cmvn; None with
+        ``quantizer=False``: features need no targets, and the global-CMVN pass only the quantizer reads
+        is skipped)."""
         k = self.config.stack_frames
         if self.voice_frontend is None:
             feats, feat_lengths = self.frontend(wavs, lengths)
@@ -256,12 +258,13 @@ class BestRQModel(StackedFrames, SSLModel):
         else:
             raw, feat_lengths = self.frontend.raw_features(wavs, lengths)
             feats = self.frontend.normalise(raw, feat_lengths)
-            voice = self.voice_frontend.normalise(raw, feat_lengths)
+            needed = quantizer or self.config.voice_input != "none"
+            voice = self.voice_frontend.normalise(raw, feat_lengths) if needed else None
         frames = feats.shape[1] // k
         frame_lengths = torch.div(feat_lengths, k, rounding_mode="floor")
         x = feats[:, : frames * k].reshape(feats.shape[0], frames, k * feats.shape[2])
-        quantizer_input = x
-        if self.config.quantizer_cmvn == "global":
+        quantizer_input = x if quantizer else None
+        if quantizer and self.config.quantizer_cmvn == "global":
             quantizer_input = voice[:, : frames * k].reshape(x.shape)
         if voice is not None and self.config.voice_input == "stats":
             count = feat_lengths.clamp(min=1).to(voice.dtype)[:, None]
@@ -301,7 +304,7 @@ class BestRQModel(StackedFrames, SSLModel):
         """Features without masking. wavs [B, L] 16 kHz, lengths [B] -> EncoderOutput with
         ``hidden_states`` ``[latent, layer_1..layer_N, context]``, each [B, T, D]."""
         lengths = self.check_lengths(wavs, lengths)
-        x, frame_lengths, voice, _ = self.input_features(wavs, lengths)
+        x, frame_lengths, voice, _ = self.input_features(wavs, lengths, quantizer=False)
         valid = lengths_to_mask(frame_lengths, x.shape[1])
         latent = self.project(self.model_input(x, voice), valid)
         context, layers = self.encoder(latent, self._padding_mask(valid), return_layers=True)
