@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,29 @@ def test_editing_a_recipe_redoes_its_stage(workdir, tmp_path):
     assert "models: apc\\ tera -> apc, pretrain_recipes: tera_demo.yaml dropped" in log
     marker = workdir / "egs/synthetic/ssl/exp_edit/.stages/stage3.done"
     assert re.search(r"^pretrain_recipes=apc_demo\.yaml=[0-9a-f]{12}$", marker.read_text(), re.M)
+
+
+def test_editing_run_sh_during_a_run_does_not_reach_the_run(workdir, tmp_path):
+    """bash reads a script as it goes: an edit of run.sh while a stage runs would otherwise make it read
+    the rest from a shifted offset (half lines, "command not found"). The recipes are one block, read whole."""
+    fake = tmp_path / "bin" / "speechssl"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\nsleep 1\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    env = script_env(CALLS=str(calls))
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    script = workdir / "egs/synthetic/ssl/run.sh"
+    proc = subprocess.Popen(
+        ["bash", str(script), "--stage", "3", "--stop_stage", "3", "--models", "apc tera", "--exp_dir", "exp_busy"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while "pretrain" not in calls.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = script.read_text().split("\n")
+    script.write_text("\n".join([lines[0], "# an edit while the run is under way" + "." * 40, *lines[1:]]))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "command not found" not in err and "syntax error" not in err
+    assert "] done: " in err and len([c for c in calls.read_text().splitlines() if c.startswith("pretrain")]) == 4

@@ -6,6 +6,7 @@
 #       [--overrides "train.max_steps=2000"]
 # --group keeps every value of that field inside one split (speaker-independent evaluation).
 # Stages: 1 manifest, 2 train/dev/test split, 3 training per encoder, 4 comparison, 5 predictions on test.
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 cd "$(dirname "$0")"
 audio=
@@ -49,3 +50,5 @@ if begin_stage 5 "predictions on the test split"; then
   speechssl downstream predict --model "exp/$(encoder_name "$first")" --input data/test.jsonl --out exp/test_predictions.tsv
   done_stage 5
 fi
+exit
+}

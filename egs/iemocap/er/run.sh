@@ -5,6 +5,7 @@
 #       --encoders "logmel ../../librispeech/ssl/exp/apc/encoder" [--config ../../../recipes/downstream/emotion.yaml]
 #       [--overrides "train.max_steps=30000"]
 # Stages: 1 manifests, 2 k-fold training per encoder, 3 comparison table.
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 cd "$(dirname "$0")"
 corpus=
@@ -33,3 +34,5 @@ if begin_stage 3 "comparison"; then
   compare_encoders "er_"
   done_stage 3
 fi
+exit
+}

@@ -14,6 +14,7 @@
 #   4 pretrain iteration 1 on them ($exp_it1), 5 k-means of iteration 1's --it2_layer (--k2 500) and
 #   50 Hz labels, 6 pretrain iteration 2 ($exp), 7 feature extraction of dev.
 #   Labels carry their k-means hash: a stage that would mix targets of two k-means stops with the reason.
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 cd "$(dirname "$0")"
 corpus=
@@ -105,3 +106,5 @@ if [ -f "$exp/encoder/config.json" ]; then
 else  # e.g. --stop_stage before pretraining
   log "done (stages $stage-$stop_stage); no encoder yet: pretraining writes it to $(abs_path "$exp/encoder")"
 fi
+exit
+}

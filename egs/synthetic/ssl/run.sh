@@ -19,6 +19,7 @@
 #   5 speaker-ID, style (emotion proxy) and spoken-word (keyword spotting, 20 words) label-efficiency
 #     curves for every encoder + logmel/fbank
 #   6 exp/summary.md and exp/summary.png
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 cd "$(dirname "$0")"
 quick=false
@@ -163,3 +164,5 @@ if begin_stage 6 "summary"; then
   done_stage 6
 fi
 log "done: $(abs_path "$exp_dir/summary.md")"
+exit
+}

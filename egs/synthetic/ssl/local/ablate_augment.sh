@@ -9,6 +9,7 @@
 # Writes: $exp_dir/<variant> (pretraining), $exp_dir/feats/*, $exp_dir/le_{speaker,style,word} and
 #   $out/ABLATION.md (table: mean ± std and the change vs the full recipe), $out/ABLATION.json, $out/ABLATION.png.
 # Reruns skip the variants, features and evaluations already done (.done markers in $exp_dir).
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exp_dir=exp_ablate
@@ -91,3 +92,5 @@ python local/ablation_table.py --exp_dir "$exp_dir" --variants "$exp_dir/variant
   --steps "$steps" --out "$out/ABLATION" \
   --note "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc --all) CPU cores ($(uname -m), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $steps pretraining steps per variant, seed $seed; $seeds evaluation seeds."
 log "done: $(abs_path "$out/ABLATION.md")"
+exit
+}

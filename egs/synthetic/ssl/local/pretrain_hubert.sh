@@ -25,6 +25,7 @@
 #   --it2_steps N             iteration 2's steps (default half: half of iteration 1's, as it starts from them)
 # From run.sh (note the =): bash run.sh --models hubert --pretrain_opts="--it2_targets layer+it1 --it2_final_dim 32"
 #   (several overrides through run.sh: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
+{ # bash reads the whole block before it runs: an edit of this file does not reach a run under way
 set -euo pipefail
 exp_dir=exp
 pretrain_steps=recipe   # iteration 1's; recipe: hubert_demo.yaml's train.max_steps (6,000)
@@ -133,3 +134,5 @@ sig_it2="$sig_2"$'\n'"iteration 2: it2_targets=$it2_targets it2_final_dim=$it2_f
 iteration it2 "$exp_dir/hubert" "$sig_it2" ${init[@]+"${init[@]}"} ${limits2[@]+"${limits2[@]}"} "${it2[@]}" \
   "${it2_extra[@]}"
 echo "$exp_dir/hubert_it1/encoder" > "$exp_dir/hubert.encoders"
+exit
+}
