@@ -116,6 +116,19 @@ def test_generic_cls(workdir, tmp_path):
     assert (out / "exp/test_predictions.tsv").is_file()
 
 
+def fake_speechssl(tmp_path: Path, then: str = "") -> tuple[dict[str, str], Path]:
+    """(environment, calls file): a `speechssl` first on PATH that appends its arguments to the calls
+    file (one line per call) and then runs ``then``; a recipe's stages run without doing the work."""
+    fake = tmp_path / "bin" / "speechssl"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n{then}\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = script_env(CALLS=str(calls))
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    return env, calls
+
+
 def test_recipe_rejects_unknown_option(workdir):
     env = script_env()
     proc = subprocess.run(["bash", str(workdir / "egs/generic/cls/run.sh"), "--colour", "red"],
@@ -210,13 +223,7 @@ def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
 def test_demo_trains_each_model_for_its_recipes_length(workdir, tmp_path):
     """The synthetic demo leaves train.max_steps / train.max_minutes to each recipe unless told a number
     (BEST-RQ and HuBERT's iterations train longer than the others); a bad value stops before any job."""
-    fake = tmp_path / "bin" / "speechssl"
-    fake.parent.mkdir()
-    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
-    fake.chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    env = script_env(CALLS=str(calls))
-    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    env, calls = fake_speechssl(tmp_path)
 
     def stage3(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
         calls.write_text("")
@@ -241,13 +248,7 @@ def test_demo_trains_each_model_for_its_recipes_length(workdir, tmp_path):
 def test_editing_a_recipe_redoes_its_stage(workdir, tmp_path):
     """The demo's stage markers record a checksum of each recipe's settings: a changed setting redoes
     pretraining (naming the file), an edited comment does not, and a downstream recipe edit redoes stage 5."""
-    fake = tmp_path / "bin" / "speechssl"
-    fake.parent.mkdir()
-    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
-    fake.chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    env = script_env(CALLS=str(calls))
-    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    env, calls = fake_speechssl(tmp_path)
     recipe = workdir / "recipes/pretrain/apc_demo.yaml"
 
     def stage3(models: str = "apc tera") -> tuple[str, list[str]]:
@@ -278,14 +279,8 @@ def test_editing_a_recipe_redoes_its_stage(workdir, tmp_path):
 def test_editing_run_sh_during_a_run_does_not_reach_the_run(workdir, tmp_path):
     """bash reads a script as it goes: an edit of run.sh while a stage runs would otherwise make it read
     the rest from a shifted offset (half lines, "command not found"). The recipes are one block, read whole."""
-    fake = tmp_path / "bin" / "speechssl"
-    fake.parent.mkdir()
-    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\nsleep 1\n')
-    fake.chmod(0o755)
-    calls = tmp_path / "calls.txt"
+    env, calls = fake_speechssl(tmp_path, "sleep 1")
     calls.write_text("")
-    env = script_env(CALLS=str(calls))
-    env["PATH"] = f"{fake.parent}:{env['PATH']}"
     script = workdir / "egs/synthetic/ssl/run.sh"
     proc = subprocess.Popen(
         ["bash", str(script), "--stage", "3", "--stop_stage", "3", "--models", "apc tera", "--exp_dir", "exp_busy"],
