@@ -41,7 +41,8 @@ done
 
 # What a stage's marker records: the options it reads when the recipe declares them
 # (`stage_uses N name...` before the stage), else every recipe option except those that choose which
-# stages run or how a stage runs (processes, launcher, rendezvous, jobs at a time), not what it computes.
+# stages run or how a stage runs (processes, launcher, rendezvous, jobs at a time), not what it computes;
+# for an option whose value is a YAML file, also its settings' checksum (NAME.settings, see settings_sums).
 # Values are read when the stage begins and ends, so a recipe's own adjustments (--quick sizes) count.
 _stage_opts_ignored=" stage stop_stage ngpu nnodes launcher master_addr master_port parallel markers "
 declare -A _stage_uses=()
@@ -56,6 +57,8 @@ _stage_opts() {
   for o in $names; do
     case "$_stage_opts_ignored" in *" $o "*) continue ;; esac
     printf '%s=%q\n' "$o" "${!o}"
+    # an option naming a YAML file (--config ...): its settings count too, so editing the file redoes the stage
+    case "${!o}" in *.yaml|*.yml) [ ! -f "${!o}" ] || printf '%s.settings=%q\n' "$o" "$(settings_sums "${!o}")" ;; esac
   done
 }
 

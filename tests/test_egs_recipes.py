@@ -294,3 +294,32 @@ def test_editing_run_sh_during_a_run_does_not_reach_the_run(workdir, tmp_path):
     assert proc.returncode == 0, err
     assert "command not found" not in err and "syntax error" not in err
     assert "] done: " in err and len([c for c in calls.read_text().splitlines() if c.startswith("pretrain")]) == 4
+
+
+def test_a_yaml_option_records_the_files_settings(tmp_path):
+    """An option naming a YAML file (--config) puts the file's settings checksum in the stage marker:
+    editing a setting redoes the stage and names the file; a comment or a layout change does not."""
+    script = tmp_path / "corpus" / "task" / "run.sh"
+    script.parent.mkdir(parents=True)
+    cfg = script.parent / "cfg.yaml"
+    cfg.write_text("optim:\n  lr: 0.001\n")
+    script.write_text(
+        'set -euo pipefail\ncd "$(dirname "$0")"\nconfig=cfg.yaml\n'
+        f'speechssl() {{ :; }}\n. "{REPO / "egs" / "common.sh"}"\n'
+        'if begin_stage 1 "train"; then echo "1 $config" >> ran.txt; done_stage 1; fi\n'
+    )
+    ran = script.parent / "ran.txt"
+
+    def run() -> str:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=script_env())
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    run()
+    assert re.search(r"^config\.settings=cfg\.yaml=[0-9a-f]{12}$",
+                     (script.parent / "exp/.stages/stage1.done").read_text(), re.M)
+    cfg.write_text("# tuned later\noptim: {lr: 0.001}\n")
+    assert "(done, skipped" in run() and ran.read_text().count("\n") == 1
+    cfg.write_text("optim:\n  lr: 0.0005\n")
+    assert "options changed since it ran (config.settings: cfg.yaml changed): redoing" in run()
+    assert ran.read_text().count("\n") == 2
