@@ -266,10 +266,19 @@ def test_editing_a_recipe_redoes_its_stage(workdir, tmp_path):
     recipe.write_text("# a comment only\n" + recipe.read_text())
     log, trained = stage3()
     assert "(done, skipped" in log and trained == []
+    exp = workdir / "egs/synthetic/ssl/exp_edit"
+    (exp / "apc/checkpoint.txt").write_text("the run so far")
+    before = (exp / "apc/.recipe_settings").read_text()
     recipe.write_text(recipe.read_text().replace("max_steps:", "max_steps: 7  # was", 1))
     log, trained = stage3()
     assert "options changed since it ran (pretrain_recipes: apc_demo.yaml changed): redoing" in log
     assert len(trained) == 4
+    # apc and its control start afresh; their old folders are kept aside, tera's resume as they are
+    aside = sorted(p.name for p in (exp / ".before").iterdir())
+    assert [a.rsplit("-", 2)[0] for a in aside] == ["apc", "apc_random"], aside
+    assert (exp / ".before" / aside[0] / "checkpoint.txt").read_text() == "the run so far"
+    assert not (exp / "apc/checkpoint.txt").exists() and (exp / "apc/.recipe_settings").read_text() != before
+    assert "apc: its recipe changed since that run (apc_demo.yaml=" in log and "tera: its recipe" not in log
     log, _ = stage3("apc")
     assert "models: apc\\ tera -> apc, pretrain_recipes: tera_demo.yaml dropped" in log
     marker = workdir / "egs/synthetic/ssl/exp_edit/.stages/stage3.done"

@@ -102,17 +102,36 @@ if [ -n "$pretrain_opts" ]; then
   mapfile -t pretrain_args <<< "$words"
 fi
 
+# run_folder DIR SETTINGS: DIR holds a run of the recipe whose settings are SETTINGS (settings_sums). A run
+# folder of other settings is moved aside to $exp_dir/.before/NAME-<UTC time> (nothing is lost), so the run
+# starts afresh instead of resuming it with the new settings; a folder from before this record resumes.
+run_folder() {
+  local dir=$1 settings=$2 was aside
+  if [ -f "$dir/.recipe_settings" ] && [ "$(cat "$dir/.recipe_settings")" != "$settings" ]; then
+    was=$(cat "$dir/.recipe_settings")
+    aside="$exp_dir/.before/${dir##*/}-$(date -u +%Y%m%d-%H%M%S)"
+    mkdir -p "$exp_dir/.before"
+    mv "$dir" "$aside"
+    log "${dir##*/}: its recipe changed since that run ($was -> $settings): moved to $aside, training afresh"
+  fi
+  mkdir -p "$dir"
+  echo "$settings" > "$dir/.recipe_settings"
+}
+
 pretrain_model() {
-  local m=$1  # $limits: stage 3's train_limits
+  local m=$1 settings item  # $limits: stage 3's train_limits
+  for item in ${pretrain_recipes//,/ }; do [ "${item%%=*}" != "${m}_demo.yaml" ] || settings=$item; done
   if [ -f "local/pretrain_$m.sh" ]; then  # a family that needs more than one call (HuBERT: targets, 2 iterations)
     bash "local/pretrain_$m.sh" --exp_dir "$exp_dir" --pretrain_steps "$pretrain_steps" \
       --pretrain_minutes "$pretrain_minutes" --seed "$seed" --launcher "$launcher" --ngpu "$ngpu" "${pretrain_args[@]}"
   else
+    run_folder "$exp_dir/$m" "$settings"
     pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
       --valid data/pretrain/dev.jsonl --exp "$exp_dir/$m" ${limits[@]+"${limits[@]}"} "train.seed=$seed"
   fi
   # The control: the same architecture and seed, released untrained (max_steps=0); its config.json
   # says role "control" and control_of "$m", which the summary reads (folder names are free).
+  run_folder "$exp_dir/${m}_random" "$settings"
   speechssl pretrain --config "$recipes/pretrain/${m}_demo.yaml" --train data/pretrain/train.jsonl \
     --exp "$exp_dir/${m}_random" train.max_steps=0 "train.seed=$seed" "train.control_of=$m"
 }
