@@ -106,9 +106,9 @@ fi
 # folder of other settings is moved aside to $exp_dir/.before/NAME-<UTC time> (nothing is lost), so the run
 # starts afresh instead of resuming it with the new settings; a folder from before this record resumes.
 run_folder() {
-  local dir=$1 settings=$2 was aside
-  if [ -f "$dir/.recipe_settings" ] && [ "$(cat "$dir/.recipe_settings")" != "$settings" ]; then
-    was=$(cat "$dir/.recipe_settings")
+  local dir=$1 settings=$2 was= aside
+  [ ! -f "$dir/.recipe_settings" ] || was=$(cat "$dir/.recipe_settings")
+  if [ -n "$was" ] && [ "$was" != "$settings" ]; then
     aside="$exp_dir/.before/${dir##*/}-$(date -u +%Y%m%d-%H%M%S)"
     mkdir -p "$exp_dir/.before"
     mv "$dir" "$aside"
