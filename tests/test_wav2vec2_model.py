@@ -88,6 +88,35 @@ def test_logmel_frontend_with_conv_subsampler():
     assert torch.isfinite(loss.loss)
 
 
+@pytest.mark.parametrize("name", ["wav2vec2", "data2vec2"])
+def test_stacked_mel_frames_without_a_cnn(name):
+    """conv_layers: [] (as MelHuBERT): 4 stacked 10 ms log-Mel frames per model frame, batched == single,
+    a loss with gradients into the projection of the stacked frames; a waveform frontend is refused."""
+    from speechssl.models.data2vec2 import data2vec2_tiny
+    torch.manual_seed(0)
+    tiny = wav2vec2_tiny() if name == "wav2vec2" else data2vec2_tiny()
+    cfg = {"name": name, **dataclasses.asdict(tiny), "conv_layers": [], "stack_frames": 4, "num_layers": 2, **({"top_k": 2} if name == "data2vec2" else {})}
+    model = build_model(cfg).eval()
+    assert model.frame_shift == 640 and model.min_samples == 400 + 3 * 160
+    lengths = torch.tensor([8000, 880, 879])
+    assert model.num_frames(lengths).tolist() == [12, 1, 0]
+    wavs = torch.randn(2, 8000) * (torch.arange(8000)[None] < lengths[:2, None])
+    with torch.no_grad():
+        out = model.encode(wavs, lengths[:2])
+        single = model.encode(wavs[1:, :880])
+    assert out.lengths.tolist() == [12, 1] and out.hidden_states[0].shape[-1] == tiny.embed_dim
+    for a, b in zip(out.hidden_states, single.hidden_states):
+        torch.testing.assert_close(a[1, :1], b[0], atol=1e-5, rtol=1e-4)
+    model.train()
+    loss = model.loss({"wavs": torch.randn(2, 16000), "lengths": torch.tensor([16000, 12000])})
+    loss.loss.backward()
+    assert torch.isfinite(loss.loss) and model.feature_projection.projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs a frame frontend"):
+        build_model({**cfg, "frontend": {"name": "waveform"}})
+    with pytest.raises(ValueError, match="model.stack_frames must be >= 1, and 1 with a conv feature encoder"):
+        build_model({**cfg, "conv_layers": [[16, 3, 2]]})
+
+
 def test_loss_metrics_backward_and_overfit_one_batch():
     torch.manual_seed(0)
     model = build_wav2vec2(_micro(dropout=0.0, input_dropout=0.0, target_dropout=0.0, attention_dropout=0.0))

@@ -54,7 +54,12 @@ from torch.nn import functional as F
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
 from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection
-from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.conv import (
+    ConvFeatureEncoder,
+    FrameStack,
+    build_feature_encoder,
+    check_feature_encoder,
+)
 from speechssl.modules.conv_stacks import ConvDecoder1d, PositionalConvStack
 from speechssl.modules.ema import EMATeacher, check_ema_config, released_state
 from speechssl.modules.masking import span_mask
@@ -71,9 +76,12 @@ class Data2Vec2Config:
     variant: Literal["data2vec2", "data2vec"] = "data2vec2"
     # Frontend: waveform normalised per utterance (fairseq task.normalize: true).
     frontend: dict = dataclasses.field(default_factory=lambda: {"name": "waveform", "normalize": True})
+    # Feature encoder: (out_channels, kernel, stride) per conv layer; [] = no CNN: the frontend's frames
+    # stacked ``stack_frames`` at a time (as MelHuBERT; needs a frame frontend such as logmel).
     conv_layers: list[tuple[int, int, int]] = dataclasses.field(default_factory=lambda: list(BASE_CONV_LAYERS))
     conv_norm: Literal["group_norm", "layer_norm", "none"] = "layer_norm"  # fairseq extractor_mode layer_norm
     conv_bias: bool = False
+    stack_frames: int = 1  # only without a CNN: frontend frames per model frame
     feature_grad_mult: float = 1.0  # gradient scale into the feature encoder (0: frozen)
     # Keep the feature projection (LayerNorm + Linear: the ``latent`` layer) at its random init (not in
     # the papers; as wav2vec 2.0's option). With feature_grad_mult 0 the latent is then exactly the
@@ -136,8 +144,7 @@ class Data2Vec2Config:
             raise ValueError(f"model.top_k {self.top_k} exceeds model.num_layers {self.num_layers}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if any(len(layer) != 3 or min(layer) < 1 for layer in self.conv_layers):
-            raise ValueError(f"model.conv_layers must be [channels, kernel, stride] triples >= 1, got {self.conv_layers}")
+        check_feature_encoder(self.conv_layers, self.stack_frames)
         if self.variant == "data2vec" and self.ema_feature_encoder:
             raise ValueError("model.ema_feature_encoder: the data2vec (1.0) variant's teacher shares the feature encoder")
         check_ema_config(self.ema_start, self.ema_end, self.ema_anneal_steps)
@@ -249,7 +256,7 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
 
     name = "data2vec2"
 
-    def __init__(self, config: Data2Vec2Config, frontend: nn.Module, feature_encoder: ConvFeatureEncoder,
+    def __init__(self, config: Data2Vec2Config, frontend: nn.Module, feature_encoder: ConvFeatureEncoder | FrameStack,
                  feature_projection: FeatureProjection, context: Data2VecContext, decoder: ConvDecoder1d | None,
                  final_proj: nn.Module | None):
         super().__init__(config)
@@ -429,8 +436,8 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
 def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
-                                         cfg.conv_bias).kaiming_init_()
+    feature_encoder = build_feature_encoder(frontend, cfg.frontend.get("name"), cfg.conv_layers, cfg.conv_norm,
+                                            cfg.conv_bias, cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps,
                                            frozen=cfg.freeze_projection)
     context = Data2VecContext(cfg)

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, FeatureEncoderFrames, LossOutput, ModelSpec, SSLModel
 from speechssl.models.wav2vec2 import BASE_CONV_LAYERS, FeatureProjection
-from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.conv import build_feature_encoder, check_feature_encoder
 from speechssl.modules.linear import Linear
 from speechssl.modules.masked_prediction import DiscreteTargetHead, masked_prediction_loss
 from speechssl.modules.masking import span_mask
@@ -113,11 +113,7 @@ class HubertConfig:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1], got {value}")
-        if any(len(layer) != 3 or min(layer) < 1 for layer in self.conv_layers):
-            raise ValueError(f"model.conv_layers must be [channels, kernel, stride] triples >= 1, got {self.conv_layers}")
-        if self.stack_frames < 1 or (self.conv_layers and self.stack_frames != 1):
-            raise ValueError(f"model.stack_frames must be >= 1, and 1 with a conv feature encoder, got "
-                             f"{self.stack_frames} with {len(self.conv_layers)} conv layers")
+        check_feature_encoder(self.conv_layers, self.stack_frames)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not self.num_classes or min(self.num_classes) < 2:
@@ -165,30 +161,6 @@ def hubert_tiny() -> HubertConfig:
         min_masks=1, num_classes=[100], label_frame_shifts=[160], final_dim=64, feature_penalty=0.0,
         feature_grad_mult=1.0,
     )
-
-
-class FrameStack(nn.Module):
-    """No-CNN feature encoder (MelHuBERT): ``stack`` consecutive frontend frames per model frame.
-
-    x [B, C, T] (the conv encoder's layout) -> ([B, T // stack, stack * C], lengths // stack); the
-    interface of :class:`~speechssl.modules.conv.ConvFeatureEncoder` (``out_dim``, ``stride``,
-    ``receptive_field``, ``out_lengths``).
-    """
-
-    def __init__(self, in_channels: int, stack: int):
-        super().__init__()
-        self.stack = int(stack)
-        self.out_dim = in_channels * self.stack
-        self.stride = self.receptive_field = self.stack
-
-    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.div(lengths, self.stack, rounding_mode="floor")
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, channels, frames = x.shape
-        t = frames // self.stack
-        out = x[:, :, : t * self.stack].transpose(1, 2).reshape(batch, t, self.stack * channels)
-        return out, None if lengths is None else self.out_lengths(lengths)
 
 
 class CosineHead(DiscreteTargetHead):
@@ -338,14 +310,8 @@ class HubertModel(FeatureEncoderFrames, SSLModel):
 def build_hubert(cfg: HubertConfig) -> HubertModel:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    if cfg.conv_layers:
-        feature_encoder: nn.Module = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
-                                                        cfg.conv_bias).kaiming_init_()
-    else:
-        if frontend.frame_shift == 1:
-            raise ValueError("model.conv_layers: [] (no CNN, MelHuBERT) needs a frame frontend (logmel, fbank, "
-                             f"mfcc), got {cfg.frontend.get('name')!r}")
-        feature_encoder = FrameStack(frontend.out_dim, cfg.stack_frames)
+    feature_encoder = build_feature_encoder(frontend, cfg.frontend.get("name"), cfg.conv_layers, cfg.conv_norm,
+                                            cfg.conv_bias, cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
                                            cfg.layer_norm_eps, frozen=cfg.freeze_projection)
     encoder = TransformerEncoder(

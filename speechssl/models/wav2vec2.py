@@ -7,7 +7,7 @@ Hugging Face ``Wav2Vec2ForPreTraining``. Weights of all three map into this mode
 Pipeline (shapes for one batch of ``B`` waveforms of ``L`` samples)::
 
     wavs [B, L] --frontend--> [B, L', D0]       waveform ([B, L, 1]) or log-Mel ([B, L/160, 80])
-         --feature_encoder (strided conv)--> f [B, T, C]            T = frames (20 ms for Base)
+         --feature_encoder (strided conv, or stacked frames)--> f [B, T, C]   T = frames (20 ms for Base)
          --feature_projection: LayerNorm(C) -> Linear(C, D) -> dropout--> z [B, T, D]   "latent"
          --span mask (training): z[masked] = mask_emb
          --encoder (pos conv + transformer)--> layer_1 .. layer_N, context [B, T, D]
@@ -49,7 +49,12 @@ from speechssl.models.base import (
     SSLModel,
 )
 from speechssl.modules.contrastive import contrastive_loss
-from speechssl.modules.conv import ConvFeatureEncoder
+from speechssl.modules.conv import (
+    ConvFeatureEncoder,
+    FrameStack,
+    build_feature_encoder,
+    check_feature_encoder,
+)
 from speechssl.modules.dropout import Dropout
 from speechssl.modules.linear import Linear
 from speechssl.modules.masking import span_mask
@@ -69,11 +74,13 @@ class Wav2Vec2Config:
     # Frontend (``speechssl.features``): ``waveform`` feeds raw samples to the conv stack; with
     # ``logmel`` the conv stack acts as a subsampler over Mel frames (e.g. conv_layers [[512, 3, 2]]).
     frontend: dict = dataclasses.field(default_factory=lambda: {"name": "waveform"})
-    # Feature encoder: (out_channels, kernel, stride) per conv layer.
+    # Feature encoder: (out_channels, kernel, stride) per conv layer; [] = no CNN: the frontend's frames
+    # stacked ``stack_frames`` at a time (as MelHuBERT; needs a frame frontend such as logmel).
     conv_layers: list[tuple[int, int, int]] = dataclasses.field(default_factory=lambda: list(BASE_CONV_LAYERS))
     # group_norm: GroupNorm in the first conv layer (Base); layer_norm: LayerNorm in every layer (Large).
     conv_norm: Literal["group_norm", "layer_norm", "none"] = "group_norm"
     conv_bias: bool = False  # conv biases (False for Base, True for Large-LV60)
+    stack_frames: int = 1  # only without a CNN: frontend frames per model frame
     # Transformer context network.
     embed_dim: int = 768
     num_layers: int = 12
@@ -127,8 +134,7 @@ class Wav2Vec2Config:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1], got {value}")
-        if any(len(layer) != 3 or min(layer) < 1 for layer in self.conv_layers):
-            raise ValueError(f"model.conv_layers must be [channels, kernel, stride] triples >= 1, got {self.conv_layers}")
+        check_feature_encoder(self.conv_layers, self.stack_frames)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.vq_dim % self.num_groups:
@@ -188,7 +194,7 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
 
     name = "wav2vec2"
 
-    def __init__(self, config: Wav2Vec2Config, frontend: nn.Module, feature_encoder: ConvFeatureEncoder,
+    def __init__(self, config: Wav2Vec2Config, frontend: nn.Module, feature_encoder: ConvFeatureEncoder | FrameStack,
                  feature_projection: FeatureProjection, encoder: TransformerEncoder,
                  quantizer: GumbelVectorQuantizer, project_q: nn.Linear, final_proj: nn.Linear):
         super().__init__(config)
@@ -305,8 +311,8 @@ class Wav2Vec2Model(FeatureEncoderFrames, SSLModel):
 def build_wav2vec2(cfg: Wav2Vec2Config) -> Wav2Vec2Model:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = ConvFeatureEncoder(frontend.out_dim, cfg.conv_layers, cfg.conv_norm,
-                                         cfg.conv_bias).kaiming_init_()
+    feature_encoder = build_feature_encoder(frontend, cfg.frontend.get("name"), cfg.conv_layers, cfg.conv_norm,
+                                            cfg.conv_bias, cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
                                            cfg.layer_norm_eps, frozen=cfg.freeze_projection)
     encoder = TransformerEncoder(

@@ -33,6 +33,9 @@ input (:func:`speechssl.modules.tap_conv.tap_conv1d`; 1.5x faster than ``F.conv1
 backward there), the others as before; equal to the reference to float rounding. Of those, the
 kernel-3, stride-2 layers run as Winograd F(3,2) where ``speechssl.accel.winograd_conv`` says so
 (:func:`speechssl.modules.winograd_conv.winograd_conv1d`: 7 matmuls per 3 output frames instead of 9).
+
+Without a CNN (``conv_layers: []``, MelHuBERT), :class:`FrameStack` stacks frontend frames instead;
+:func:`build_feature_encoder` picks one of the two for wav2vec 2.0, HuBERT and data2vec 2.0.
 """
 
 from __future__ import annotations
@@ -363,3 +366,47 @@ class ConvFeatureEncoder(nn.Module):
         for layer in self.layers:
             x, lengths = layer(x, lengths)
         return x.transpose(1, 2), lengths
+
+
+class FrameStack(nn.Module):
+    """No-CNN feature encoder (MelHuBERT): ``stack`` consecutive frontend frames per model frame.
+
+    x [B, C, T] (the conv encoder's layout) -> ([B, T // stack, stack * C], lengths // stack); the
+    interface of :class:`ConvFeatureEncoder` (``out_dim``, ``stride``, ``receptive_field``, ``out_lengths``).
+    """
+
+    def __init__(self, in_channels: int, stack: int):
+        super().__init__()
+        self.stack = int(stack)
+        self.out_dim = in_channels * self.stack
+        self.stride = self.receptive_field = self.stack
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths, self.stack, rounding_mode="floor")
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, channels, frames = x.shape
+        t = frames // self.stack
+        out = x[:, :, : t * self.stack].transpose(1, 2).reshape(batch, t, self.stack * channels)
+        return out, None if lengths is None else self.out_lengths(lengths)
+
+
+def check_feature_encoder(conv_layers: list[tuple[int, int, int]], stack_frames: int) -> None:
+    """Validate a model config's ``conv_layers`` / ``stack_frames`` pair (a ValueError naming the keys)."""
+    if any(len(layer) != 3 or min(layer) < 1 for layer in conv_layers):
+        raise ValueError(f"model.conv_layers must be [channels, kernel, stride] triples >= 1, got {conv_layers}")
+    if stack_frames < 1 or (conv_layers and stack_frames != 1):
+        raise ValueError(f"model.stack_frames must be >= 1, and 1 with a conv feature encoder, got "
+                         f"{stack_frames} with {len(conv_layers)} conv layers")
+
+
+def build_feature_encoder(frontend: nn.Module, frontend_name: str | None, conv_layers: list[tuple[int, int, int]],
+                          norm: ConvNorm, bias: bool, stack_frames: int) -> nn.Module:
+    """The conv stack (kaiming-initialised) over ``frontend``'s output, or with ``conv_layers: []`` its
+    frames stacked ``stack_frames`` at a time (:class:`FrameStack`), which needs a frame frontend."""
+    if conv_layers:
+        return ConvFeatureEncoder(frontend.out_dim, conv_layers, norm, bias).kaiming_init_()
+    if frontend.frame_shift == 1:
+        raise ValueError("model.conv_layers: [] (no CNN, MelHuBERT) needs a frame frontend (logmel, fbank, "
+                         f"mfcc), got {frontend_name!r}")
+    return FrameStack(frontend.out_dim, stack_frames)
