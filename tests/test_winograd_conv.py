@@ -174,7 +174,7 @@ def test_the_winograd_rule(monkeypatch):
 
 
 def test_the_demo_encoders_never_take_winograd(monkeypatch):
-    """The demo's conv subsamplers (wav2vec2_demo / data2vec2_demo: 80 Mel bins -> 192, kernel 3, stride 2;
+    """The demo's conv subsamplers (wav2vec2_tiny / data2vec2_demo: 80 Mel bins -> 192, kernel 3, stride 2;
     bestrq_demo's tried two-layer variant) and wav2vec2_hf_tiny's 128-channel encoder stay off the tap and
     Winograd paths under this machine's rules."""
     decided = accel.decide()

@@ -31,7 +31,7 @@ labelled_utts=40       # labelled utterances per speaker (half pool for the few 
 pool_word_utts=20      # unlabelled word clips per speaker in the pretraining pool (each word once)
 word_utts=40           # labelled word clips per speaker (each word twice); half the speakers label, half test
 pretrain_steps=recipe  # per model (cosine schedule length): recipe = its recipe's train.max_steps (1,000;
-                       #   6,000 for BEST-RQ and HuBERT's iteration 1, whose iteration 2 takes half); a number
+                       #   6,000 for wav2vec 2.0, BEST-RQ and HuBERT's iteration 1, whose iteration 2 takes half); a number
                        #   sets every model's (HuBERT: iteration 1's)
 pretrain_minutes=recipe  # per model, a hard stop whatever the step: recipe = its recipe's train.max_minutes
                        #   (6 per 1,000 steps; 1,000 steps take 1.3-4 min idle); a number sets every model's
