@@ -436,8 +436,8 @@ class Data2Vec2Model(FeatureEncoderFrames, SSLModel):
 def build_data2vec2(cfg: Data2Vec2Config) -> Data2Vec2Model:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = build_feature_encoder(frontend, cfg.frontend.get("name"), cfg.conv_layers, cfg.conv_norm,
-                                            cfg.conv_bias, cfg.stack_frames)
+    feature_encoder = build_feature_encoder(frontend, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias,
+                                            cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout, cfg.layer_norm_eps,
                                            frozen=cfg.freeze_projection)
     context = Data2VecContext(cfg)

@@ -310,8 +310,8 @@ class HubertModel(FeatureEncoderFrames, SSLModel):
 def build_hubert(cfg: HubertConfig) -> HubertModel:
     """Build every submodule from ``cfg`` and assemble the model."""
     frontend = build_frontend(cfg.frontend)
-    feature_encoder = build_feature_encoder(frontend, cfg.frontend.get("name"), cfg.conv_layers, cfg.conv_norm,
-                                            cfg.conv_bias, cfg.stack_frames)
+    feature_encoder = build_feature_encoder(frontend, cfg.conv_layers, cfg.conv_norm, cfg.conv_bias,
+                                            cfg.stack_frames)
     feature_projection = FeatureProjection(feature_encoder.out_dim, cfg.embed_dim, cfg.input_dropout,
                                            cfg.layer_norm_eps, frozen=cfg.freeze_projection)
     encoder = TransformerEncoder(

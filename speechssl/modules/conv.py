@@ -400,13 +400,13 @@ def check_feature_encoder(conv_layers: list[tuple[int, int, int]], stack_frames:
                          f"{stack_frames} with {len(conv_layers)} conv layers")
 
 
-def build_feature_encoder(frontend: nn.Module, frontend_name: str | None, conv_layers: list[tuple[int, int, int]],
-                          norm: ConvNorm, bias: bool, stack_frames: int) -> nn.Module:
+def build_feature_encoder(frontend: nn.Module, conv_layers: list[tuple[int, int, int]], norm: ConvNorm, bias: bool,
+                          stack_frames: int) -> nn.Module:
     """The conv stack (kaiming-initialised) over ``frontend``'s output, or with ``conv_layers: []`` its
     frames stacked ``stack_frames`` at a time (:class:`FrameStack`), which needs a frame frontend."""
     if conv_layers:
         return ConvFeatureEncoder(frontend.out_dim, conv_layers, norm, bias).kaiming_init_()
     if frontend.frame_shift == 1:
         raise ValueError("model.conv_layers: [] (no CNN, MelHuBERT) needs a frame frontend (logmel, fbank, "
-                         f"mfcc), got {frontend_name!r}")
+                         f"mfcc), got {frontend.name!r}")
     return FrameStack(frontend.out_dim, stack_frames)
