@@ -89,6 +89,17 @@ def test_a_quick_section_runs_end_to_end_and_cleans_its_work_folder(tmp_path):
     assert not (out / "work").exists()  # the synthetic corpus is gone, the results stay
 
 
+def test_the_infonce_section_compares_both_paths_on_the_same_numbers(tmp_path):
+    out = tmp_path / "bench"
+    assert run_all.main(["--quick", "--only", "infonce", "--out", str(out), "--threads", "1"]) == 0
+    rows = json.loads((out / "results.json").read_text())["infonce"]["rows"]
+    assert [r["rule_takes"] for r in rows.values()] == ["dense", "gathered"]  # 100 and 10 negatives of 800 frames
+    for r in rows.values():
+        assert r["gathered_ms"] > 0 and r["dense_ms"] > 0
+        assert r["loss_abs_diff"] < 1e-4 and r["grad_max_abs_diff"] < 1e-5
+    assert "CPC InfoNCE" in (out / "results.md").read_text()
+
+
 def test_augmented_loader_rate_in_the_main_process_and_in_workers(tmp_path):
     """The augmented-loader row: every augmentation of recipes/augment/speech.yaml applied in the main
     process and in loader workers (the augmenting collate), the best rate reported; the report says

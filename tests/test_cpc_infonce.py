@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import speechssl.modules.infonce as nce
 from speechssl.modules.infonce import infonce, sample_in_groups, sample_negatives
 
 
@@ -94,7 +95,9 @@ def test_no_valid_target_is_an_error():
         infonce(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 4), torch.tensor([1]), torch.zeros(1, 2, 1, dtype=torch.long))
 
 
-def test_infonce_equals_a_loop_over_frames_steps_and_negatives():
+@pytest.mark.parametrize("path", ["gathered", "dense"])
+def test_infonce_equals_a_loop_over_frames_steps_and_negatives(path, monkeypatch):
+    monkeypatch.setattr(nce, "DENSE_SCORES_RATIO", 0 if path == "gathered" else 1 << 20)
     g = torch.Generator().manual_seed(0)
     batch, frames, steps, negs, dim = 2, 9, 3, 4, 5
     pred = torch.randn(batch, frames, steps, dim, generator=g)
@@ -121,3 +124,30 @@ def test_infonce_equals_a_loop_over_frames_steps_and_negatives():
     assert out.loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert out.counts.tolist() == counts
     assert out.accuracy.tolist() == pytest.approx([r / c for r, c in zip(right, counts)])
+
+
+def test_dense_scores_give_the_gathered_loss_accuracy_and_gradients(monkeypatch):
+    """Many negatives from a small batch: infonce scores every frame in one matmul and picks each
+    query's negatives; the loss, accuracy and gradients are those of the gathered negatives."""
+    g = torch.Generator().manual_seed(3)
+    batch, frames, steps, negs, dim = 3, 10, 3, 20, 8
+    lengths = torch.tensor([10, 7, 4])
+    neg = torch.cat([sample_negatives(lengths, frames, 5, "utterance", generator=g),
+                     sample_negatives(lengths, frames, negs - 5, "batch", generator=g)], dim=-1)
+    pred0 = torch.randn(batch, frames, steps, dim, generator=g)
+    z0 = torch.randn(batch, frames, dim, generator=g)
+    assert nce.dense_scores(batch, frames, steps, negs)  # the default rule takes the dense path here
+    assert not nce.dense_scores(batch, frames, steps, 1)  # and gathers for few negatives
+    results = {}
+    for path, ratio in (("dense", nce.DENSE_SCORES_RATIO), ("gathered", 0)):
+        monkeypatch.setattr(nce, "DENSE_SCORES_RATIO", ratio)
+        pred, z = pred0.clone().requires_grad_(), z0.clone().requires_grad_()
+        out = infonce(pred, z, lengths, neg)
+        out.loss.backward()
+        results[path] = (out, pred.grad, z.grad)
+    (dense, dp, dz), (gathered, gp, gz) = results["dense"], results["gathered"]
+    torch.testing.assert_close(dense.loss, gathered.loss, rtol=1e-6, atol=0)
+    assert dense.accuracy.tolist() == gathered.accuracy.tolist()
+    torch.testing.assert_close(dp, gp, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dz, gz, rtol=1e-5, atol=1e-7)
+    assert dz[2, 4:].abs().max() == 0  # padding frames are never negatives nor positives

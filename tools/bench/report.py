@@ -166,7 +166,7 @@ def peer_rows(peers: dict) -> list[tuple[str, str, str, str]]:
 
 
 def new_rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """Rows of the ``hubert``, ``kmeans``, ``data2vec`` and ``quality`` sections."""
+    """Rows of the ``hubert``, ``kmeans``, ``data2vec``, ``infonce`` and ``quality`` sections."""
     out = []
     ext = _get(results, "hubert", "extraction") or {}
     if "speedup" in ext:
@@ -199,6 +199,11 @@ def new_rows(results: dict) -> list[tuple[str, str, str, str]]:
         for key, v in sec.items():
             if key.endswith("_audio_s_per_s"):
                 out.append((f"{size}: {key.replace('_', ' ')}", f"{v:.3g}x", "-", "info"))
+    for shape, r in ((results.get("infonce") or {}).get("rows") or {}).items():
+        out.append((f"CPC InfoNCE forward + backward, {shape} (batch negatives): gathered {r['gathered_ms']:.3g} ms, "
+                    f"dense scores {r['dense_ms']:.3g} ms (loss diff {r['loss_abs_diff']:.1e}); the rule takes "
+                    f"{r['rule_takes']}", f"dense {r['dense_speedup']:.2f}x", "rule takes the faster",
+                    "meets" if r["rule_took_faster"] else "MISSES"))
     q = results.get("quality") or {}
     for name, c in (q.get("families") or {}).items():
         last = c["points"][-1]

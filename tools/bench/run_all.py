@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from report import write_markdown  # noqa: E402
 
 SECTIONS = ("frontends", "extract", "pretrain", "peers", "compile", "data", "scaling", "profile", "hubert", "kmeans",
-            "data2vec", "quality")
+            "data2vec", "quality", "infonce")
 # ``--only compile`` and ``--only peers`` run those two: inductor takes minutes per model, and the
 # wav2vec 2.0 Base peer rows (ours and Hugging Face, fp32 and bf16) have not yet been timed on an idle
 # machine, so they stay out of `make bench`'s 15-minute budget until they are.
@@ -103,7 +103,8 @@ def sizes(quick: bool) -> dict:
                 "corpus": {"speakers": 2, "utts": 4}, "loader": {"num_workers": [0], "epochs": 1},
                 "formant": {"sentences": 3, "repeats": 1},
                 "scaling": {"extract_seconds": [5.0, 10.0, 20.0], "family": "logmel", "train": ["wav2vec2", "tiny"]},
-                "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]]}
+                "profile": [["wav2vec2", "tiny", 2, 2.0, "train", 1]],
+                "infonce": {"shapes": [[8, 100, 4, 100, 256], [8, 100, 4, 10, 256]], "repeats": 2}}
     return {"frontends": {"num_utts": 60, "seconds": 10.0, "repeats": 5},
             "compare": {"clip_seconds": [4.0, 10.0, 15.0], "repeats": 3, "dtypes": ["fp32", "bf16"]},
             "families": {"families": ["logmel", "fbank", "mfcc", "apc", "cpc", "wav2vec2", "tera", "mae"],
@@ -132,7 +133,11 @@ def sizes(quick: bool) -> dict:
             # APC Base's GRU runs step by step (~40k operator events per second of audio): a small
             # batch keeps the profiler's event buffer in memory (4 x 4 s was killed)
             "profile": [["wav2vec2", "base", 2, 4.0, "train", 2], ["wav2vec2", "base", 1, 15.0, "infer", 2],
-                        ["apc", "base", 2, 2.0, "train", 1], ["cpc", "base", 4, 4.0, "train", 2]]}
+                        ["apc", "base", 2, 2.0, "train", 1], ["cpc", "base", 4, 4.0, "train", 2]],
+            # CPC InfoNCE, gathered vs dense negatives: the demo recipe's shape (8 x 1 s, 100 negatives),
+            # then fewer negatives (the rule's boundary) and CPC modified's (gathered: scores would not fit)
+            "infonce": {"shapes": [[8, 100, 4, 100, 256], [8, 100, 4, 50, 256], [8, 100, 4, 32, 256],
+                                   [8, 100, 4, 10, 256], [16, 128, 12, 128, 256]], "repeats": 5}}
 
 
 def _ratios(values: list[float]) -> list[float]:
@@ -319,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "quality":
             results[section] = run_child("quality", "build", {"exp_dir": args.from_dir, "out": str(out_dir),
                                                              "threads": args.quality_threads})
+        elif section == "infonce":
+            results[section] = run_child("infonce", "run", {**cfg["infonce"], "threads": args.threads})
         elif section == "data":
             results[section] = section_data(cfg, args, work, results)
         elif section == "scaling":
