@@ -209,3 +209,37 @@ def test_freeze_encoder_keeps_the_latent_at_its_init_and_trains_the_rest(variant
         assert torch.equal(state[k], v) == k.startswith("encoder."), k
     torch.testing.assert_close(on.encode(b["wavs"], b["lengths"]).hidden_states[0], z0, rtol=0, atol=0)
     assert off.encoder.training and all(p.requires_grad for p in off.parameters())
+
+
+@pytest.mark.parametrize("context", ["lstm", "transformer"])
+def test_stacked_frames_make_one_model_frame_of_four(context):
+    """stack_frames 4: four 10 ms log-Mel frames per 40 ms model frame; batched == single, the
+    Linear sees the four frames in order, and streaming an LSTM context gives the one-pass frames."""
+    model = small(encoder="frame", frontend={"name": "logmel", "n_mels": 20, "cmvn": "none"}, frame_dim=16,
+                  stack_frames=4, context=context, context_layers=1, predictor="linear", negatives="batch")
+    assert (model.frame_shift, model.receptive_field) == (640, 400 + 3 * 160)
+    lens = [16000, 880, 879, 7777]
+    b = batch_of(lens)
+    out = model.encode(b["wavs"], b["lengths"])
+    assert out.frame_shift == 640
+    assert out.lengths.tolist() == [num_frames(n, 400, 160) // 4 for n in lens] == [24, 1, 0, 11]
+    feats, n = model.frontend(b["wavs"][:1], b["lengths"][:1])
+    first = model.encoder.net[0]
+    torch.testing.assert_close(out.hidden_states[0][0, 2], model.encoder.net[1:](first(feats[0, 8:12].reshape(-1))))
+    for i, n in enumerate(lens):
+        if int(out.lengths[i]) == 0:
+            continue
+        single = model.encode(b["wavs"][i : i + 1, :n], b["lengths"][i : i + 1])
+        for hb, hs in zip(out.hidden_states, single.hidden_states):
+            torch.testing.assert_close(hb[i, : int(out.lengths[i])], hs[0], atol=2e-5, rtol=1e-4)
+    loss = model.loss(batch_of([16000, 12000], speakers=["a", "b"])).loss
+    loss.backward()
+    assert first.weight.grad.abs().sum() > 0
+    if context == "lstm":
+        whole = model.encode(b["wavs"][:1], b["lengths"][:1])
+        part1, state = model.encode_continued(b["wavs"][:1, : 640 * 10 + 240], 0, 10)
+        part2, _ = model.encode_continued(b["wavs"][:1, 640 * 10 :], 0, None, state)
+        torch.testing.assert_close(torch.cat([part1.hidden_states[-1], part2.hidden_states[-1]], 1),
+                                   whole.hidden_states[-1], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="stack_frames"):
+        small(stack_frames=2)  # the conv encoder

@@ -65,6 +65,9 @@ class CPCConfig:
     norm: Literal["channel", "batch", "none"] = "channel"  # conv encoder normalisation
     frame_layers: int = 2  # encoder="frame": Linear + LayerNorm + ReLU layers
     frame_dim: int = 256  # encoder="frame": width
+    # encoder="frame": frontend frames concatenated per model frame before the MLP (MelHuBERT's input:
+    # 4 log-Mel frames of 10 ms make one of 40 ms); prediction_steps count model frames.
+    stack_frames: int = 1
     context: Literal["gru", "lstm", "transformer"] = "lstm"
     context_layers: int = 1
     hidden_size: int = 256  # context width
@@ -106,6 +109,9 @@ class CPCConfig:
                 raise ConfigError(f"model.conv_layers[{i}] = {(ch, k, s)}: all values must be >= 1")
         if self.encoder == "frame" and self.frame_layers < 1:
             raise ConfigError(f"model.frame_layers must be >= 1, got {self.frame_layers}")
+        if self.stack_frames < 1 or (self.encoder != "frame" and self.stack_frames != 1):
+            raise ConfigError(f"model.stack_frames must be >= 1, and 1 unless model.encoder is 'frame' (got "
+                              f"{self.stack_frames} with encoder {self.encoder!r})")
 
 
 def cpc_paper() -> CPCConfig:
@@ -218,19 +224,27 @@ class ConvEncoder(nn.Module):
 
 
 class FrameEncoder(nn.Module):
-    """Per-frame MLP (Linear -> LayerNorm -> ReLU) x N: [B, T, D] -> [B, T, dim]; lengths unchanged."""
+    """Per-frame MLP (Linear -> LayerNorm -> ReLU) x N: [B, T, D] -> [B, T // stack, dim].
 
-    def __init__(self, in_dim: int, dim: int, num_layers: int):
+    ``stack`` consecutive frontend frames are concatenated into one model frame first (a trailing
+    partial group is dropped), so lengths become ``lengths // stack``.
+    """
+
+    def __init__(self, in_dim: int, dim: int, num_layers: int, stack: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(num_layers):
-            layers += [nn.Linear(in_dim if i == 0 else dim, dim), nn.LayerNorm(dim), nn.ReLU()]
+            layers += [nn.Linear(in_dim * stack if i == 0 else dim, dim), nn.LayerNorm(dim), nn.ReLU()]
         self.net = nn.Sequential(*layers)
         self.out_dim = dim
-        self.stride = 1
-        self.receptive_field = 1
+        self.stride = self.receptive_field = self.stack = stack
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stack > 1:
+            batch, frames, dim = x.shape
+            frames //= self.stack
+            x = x[:, : frames * self.stack].reshape(batch, frames, self.stack * dim)
+            lengths = torch.div(lengths, self.stack, rounding_mode="floor")
         return self.net(x) * lengths_to_mask(lengths, x.shape[1]).to(x.dtype)[..., None], lengths
 
 
@@ -401,7 +415,7 @@ def build_cpc(cfg: CPCConfig) -> CPC:
     if cfg.encoder == "conv":
         encoder: nn.Module = ConvEncoder(in_dim, cfg.conv_layers, cfg.norm)
     else:
-        encoder = FrameEncoder(in_dim, cfg.frame_dim, cfg.frame_layers)
+        encoder = FrameEncoder(in_dim, cfg.frame_dim, cfg.frame_layers, cfg.stack_frames)
     z_dim = encoder.out_dim
     if cfg.context in ("gru", "lstm"):
         context: nn.Module = RNNStack(
