@@ -113,14 +113,20 @@ def _max_diff(enc, wav, chunk_s, overlap_s):
     return out
 
 
-@pytest.mark.parametrize("family,context", [("apc", "gru"), ("apc", "lstm"), ("cpc", "gru"), ("cpc", "lstm")])
+@pytest.mark.parametrize("family,context", [("apc", "gru"), ("apc", "lstm"), ("cpc", "gru"), ("cpc", "lstm"),
+                                            ("cpc_stacked", "lstm")])
 def test_recurrent_state_makes_chunks_exact(family, context, one_thread):
-    """APC's default log-Mel with utterance CMVN and CPC's waveform convs, a 20 s file in 3 s chunks
-    with almost no overlap: only carried state and whole-file statistics make it exact."""
+    """APC's default log-Mel with utterance CMVN, CPC's waveform convs and CPC on 4 stacked log-Mel
+    frames (40 ms), a 20 s file in 3 s chunks with almost no overlap: only carried state and
+    whole-file statistics make it exact."""
     torch.manual_seed(0)
     if family == "apc":
         cfg = apc.APCConfig(num_layers=2, hidden_size=64, context=context)  # logmel 80, cmvn utterance
         overlap = 0.05  # one 25 ms window and a bit
+    elif family == "cpc_stacked":
+        family, overlap = "cpc", 0.07  # receptive field 880 samples
+        cfg = cpc.CPCConfig(frontend={"name": "logmel", "n_mels": 40, "cmvn": "utterance"}, encoder="frame",
+                            frame_dim=32, stack_frames=4, hidden_size=32, context=context)
     else:
         cfg = cpc.CPCConfig(conv_layers=[(32, k, s) for _, k, s in cpc.PAPER_CONV], hidden_size=32,
                             context=context, context_layers=2)
