@@ -40,6 +40,7 @@ from speechssl.config import ConfigError
 from speechssl.features.base import build_frontend
 from speechssl.models.base import MODELS, EncoderOutput, LossOutput, ModelSpec, SSLModel
 from speechssl.modules.causal import CausalTransformer
+from speechssl.modules.conv import FrameStack
 from speechssl.modules.infonce import infonce, sample_negatives
 from speechssl.modules.recurrent import RNNStack, lengths_to_mask
 
@@ -226,7 +227,8 @@ class ConvEncoder(nn.Module):
 class FrameEncoder(nn.Module):
     """Per-frame MLP (Linear -> LayerNorm -> ReLU) x N: [B, T, D] -> [B, T // stack, dim].
 
-    ``stack`` consecutive frontend frames are concatenated into one model frame first (a trailing
+    ``stack`` consecutive frontend frames are concatenated into one model frame first
+    (:class:`~speechssl.modules.conv.FrameStack`, as wav2vec 2.0 / HuBERT without a CNN: a trailing
     partial group is dropped), so lengths become ``lengths // stack``.
     """
 
@@ -237,14 +239,12 @@ class FrameEncoder(nn.Module):
             layers += [nn.Linear(in_dim * stack if i == 0 else dim, dim), nn.LayerNorm(dim), nn.ReLU()]
         self.net = nn.Sequential(*layers)
         self.out_dim = dim
-        self.stride = self.receptive_field = self.stack = stack
+        self.stacker = FrameStack(in_dim, stack) if stack > 1 else None
+        self.stride = self.receptive_field = stack
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.stack > 1:
-            batch, frames, dim = x.shape
-            frames //= self.stack
-            x = x[:, : frames * self.stack].reshape(batch, frames, self.stack * dim)
-            lengths = torch.div(lengths, self.stack, rounding_mode="floor")
+        if self.stacker is not None:
+            x, lengths = self.stacker(x.transpose(1, 2), lengths)  # FrameStack takes [B, C, T]
         return self.net(x) * lengths_to_mask(lengths, x.shape[1]).to(x.dtype)[..., None], lengths
 
 
