@@ -41,17 +41,23 @@ A fourth rule, ``fast_dropout`` (issue 19): transformer layers whose model width
 attention with dropout as their own kernel sequence (:mod:`speechssl.modules.dropout`; PyTorch's
 ``bernoulli_`` mask costs about 3x a ``random_`` of the same size on CPU). The masks are a different
 random stream, so narrower models (the demo's, <= 512) keep ``nn.Dropout`` and their numbers.
-A fifth rule, ``winograd_conv``: where the conv encoder runs a layer per kernel tap (``mkl_large``), a
+A fifth rule, ``winograd_conv``: where the conv encoder runs a layer per kernel tap (``tap_conv``), a
 kernel-3, stride-2 layer whose weight has at least :data:`MKL_MIN_WEIGHT` elements (Base's four 512 x 512 x 3
 layers) runs as polyphase Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`: 7 MKL matmuls per 3
 output frames instead of 9: Base's layer 1.16-1.20x faster, measured numbers in ``reasons``); the
 transformed weights round once more, so its outputs differ from the per-tap ones at float rounding
 (HuBERT Base's hidden states by at most 7.6e-6), and the demo's encoders (no tap layers) never take it.
+A sixth case, CPUs that run AVX-512 on 256-bit units (AMD family 25 with AVX-512: Zen 4; ``Decision.cpu_family``):
+MKL's AVX2 sgemm reaches their full vector rate, so the conv encoder's large layers run per kernel tap and
+Winograd (``Decision.tap_conv_min_weight``, :func:`tap_conv`) and the Base positional conv takes ``conv_grad``,
+as on AVX2-only CPUs, while every linear keeps oneDNN (faster there: 205 vs 168 GFLOP/s at 1024 x 1024).
+Measured on a 2-core AMD EPYC of family 25, idle, 2026-11-29: Base's layer 1 forward + backward 1.57x
+``F.conv1d``, the HuBERT Base training step 1.17x -> 1.30x torchaudio's.
 The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
 shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape),
 ``SPEECHSSL_FAST_DROPOUT=0`` / ``1`` (off / every width), ``SPEECHSSL_WINOGRAD=0`` / ``1`` (off / every
-kernel-3, stride-2 tap layer). The record (kernels chosen, why, the conv layout, CPU vendor and model,
-ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
+kernel-3, stride-2 tap layer). The record (kernels chosen, why, the conv layout, CPU vendor, model and
+family, ISA) is :meth:`Decision.as_dict`, for logs and benchmark reports.
 
 Blocks ask :func:`onednn_linear` (with the weight's size: ``onednn_linear(weight.numel())``) /
 :func:`fast_gru` when they run. Tests (and benchmarks) force a
@@ -86,12 +92,21 @@ _FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (to
 # AVX2 without AVX-512: MKL's sgemm beat oneDNN on weights of at least 768 x 768 (module docstring)
 MKL_MIN_WEIGHT = 768 * 768
 _MKL_LARGE_ISAS = ("AVX2",)
+# CPUs that run AVX-512 on 256-bit units, by (vendor, family): AMD family 0x19 (Zen 3 has no AVX-512, so
+# Zen 4). MKL's AVX2 sgemm runs at their full vector rate there: the conv encoder's large layers take the
+# per-tap MKL path and Winograd, and the positional conv its forward-conv gradients, as on AVX2-only CPUs
+# (measured: HuBERT Base training step 1.17x -> 1.30x torchaudio); linears keep oneDNN (205 vs MKL's 168
+# GFLOP/s at 1024 x 1024).
+_AVX512_ON_256_BIT = (("AuthenticAMD", 25),)
 # model width from which transformer dropout takes speechssl.modules.dropout (the Base models)
 DROPOUT_MIN_DIM = 768
 # what the winograd_conv rule bought where it was measured (speechssl.modules.winograd_conv's docstring)
 WINOGRAD_MEASURED = ("Base's layer 1 forward 1.18x, forward + backward 1.16x the per-tap path at two threads; HuBERT "
                      "Base training step 1.03x (two runs), extraction 1.01-1.06x (three runs); AMD EPYC AVX2, load 0.2-1.9, "
                      "2026-11-28")
+WINOGRAD_MEASURED_ZEN4 = ("Base's layer 1 forward + backward 1.57x F.conv1d and 1.22x the per-tap path, layer 3 1.31x and "
+                          "1.14x; HuBERT Base training step with the tap and Winograd layers 1.30x torchaudio instead of "
+                          "1.17x; AMD EPYC family 25 with AVX-512, idle, 2026-11-29")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +135,11 @@ class Decision:
         winograd_min_weight: the conv encoder's per-tap layers with kernel 3, stride 2 and a weight of at
             least this many elements run as Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`); None:
             per tap (:mod:`speechssl.modules.tap_conv`) everywhere.
+        tap_conv_min_weight: the conv encoder's multi-channel layers whose weight has at least this many
+            elements run as MKL matmuls per kernel tap, channels-last (:mod:`speechssl.modules.tap_conv`),
+            in training and inference (AVX2-only CPUs, with ``mkl_min_weight``; CPUs that run AVX-512 on
+            256-bit units); None: ``F.conv1d`` in training, oneDNN windows in inference.
+        cpu_family: the CPU family number (``/proc/cpuinfo``), None where it cannot be read.
     """
 
     onednn_linear: bool
@@ -135,6 +155,8 @@ class Decision:
     conv_grad_min_weight: int | None = None  # grouped convs with weights of >= this many elements: grouped_conv
     dropout_min_dim: int | None = None  # transformer layers at least this wide: speechssl.modules.dropout
     winograd_min_weight: int | None = None  # kernel-3 stride-2 tap layers with weights this large: Winograd F(3,2)
+    tap_conv_min_weight: int | None = None  # conv encoder layers with weights this large: per tap on MKL
+    cpu_family: int | None = None  # /proc/cpuinfo's "cpu family"
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (benchmarks and run logs record it)."""
@@ -162,6 +184,20 @@ def cpu_identity() -> tuple[str, str]:
     except OSError:
         pass
     return vendor or platform.processor() or "unknown", model or platform.processor() or "unknown"
+
+
+def cpu_family() -> int | None:
+    """The ``cpu family`` number of ``/proc/cpuinfo`` (AMD: 25 for Zen 3 / Zen 4, 26 for Zen 5); None where
+    it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "cpu family":
+                    return int(value.strip())
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _isa() -> str:
@@ -208,6 +244,9 @@ def decide() -> Decision:
     machine = platform.machine()
     vendor, model = cpu_identity()
     isa = _isa()
+    family = cpu_family()
+    # AVX-512 on 256-bit units: MKL's AVX2 code runs at the full vector rate (see _AVX512_ON_256_BIT)
+    half_width = isa == "AVX512" and (vendor, family) in _AVX512_ON_256_BIT
     reasons = {}
     setting = os.environ.get("SPEECHSSL_ONEDNN", "auto").strip().lower()
     if machine.lower() not in ("x86_64", "amd64"):
@@ -242,9 +281,18 @@ def decide() -> Decision:
         reasons["mkl_min_weight"] = "no per-shape rule: every fp32 matmul follows onednn_linear"
     reasons["conv_layout"] = ("channels-last windows matmul (the fp32 inference conv path follows onednn_linear)"
                               if onednn else "PyTorch's conv1d (oneDNN convolution), channels-first")
+    tap_min = None
     if mkl_min:
+        tap_min = mkl_min
         reasons["conv_layout"] += ("; layers whose weight reaches mkl_min_weight run as MKL matmuls per kernel tap, "
                                    "in training too")
+    elif onednn and setting not in _ON and half_width:
+        tap_min = MKL_MIN_WEIGHT
+        reasons["conv_layout"] += (
+            f"; {vendor} family {family} runs AVX-512 on 256-bit units, where MKL's AVX2 sgemm is as fast: conv "
+            "encoder layers with weights of >= 768 x 768 elements run as MKL matmuls per kernel tap, in training "
+            "too (Base's layer 1 forward + backward 1.29x F.conv1d, 1.57x with Winograd; AMD EPYC family 25, "
+            "2026-11-29)")
     conv_grad_setting = os.environ.get("SPEECHSSL_CONV_GRAD", "auto").strip().lower()
     conv_grad = None
     if conv_grad_setting in _OFF:
@@ -256,6 +304,12 @@ def decide() -> Decision:
         reasons["conv_grad"] = (
             f"{isa} without AVX-512: grouped convs with weights of >= 768 x 768 elements take their gradients as "
             "forward convs (the positional conv's backward 1.3-1.7x faster); smaller ones keep PyTorch's backward")
+    elif machine.lower() in ("x86_64", "amd64") and half_width:
+        conv_grad = MKL_MIN_WEIGHT
+        reasons["conv_grad"] = (
+            f"{vendor} family {family}, AVX-512 on 256-bit units: grouped convs with weights of >= 768 x 768 "
+            "elements take their gradients as forward convs (Base's positional conv forward + backward 1.06x at "
+            "two threads, 1.09x at one); smaller ones keep PyTorch's backward")
     else:
         reasons["conv_grad"] = f"CPU capability {isa}: not measured, PyTorch's conv backward"
     dropout_setting = os.environ.get("SPEECHSSL_FAST_DROPOUT", "auto").strip().lower()
@@ -275,11 +329,12 @@ def decide() -> Decision:
     elif winograd_setting in _ON:
         winograd_min, reasons["winograd_conv"] = 0, (
             f"SPEECHSSL_WINOGRAD={winograd_setting}: every kernel-3, stride-2 layer the conv encoder runs per tap")
-    elif mkl_min:
+    elif tap_min is not None:
         winograd_min = MKL_MIN_WEIGHT
         reasons["winograd_conv"] = (
-            f"{isa} without AVX-512: the conv encoder's per-tap kernel-3, stride-2 layers with weights of >= 768 x 768 "
-            f"elements run as Winograd F(3,2), 7 instead of 9 matmuls per 3 frames ({WINOGRAD_MEASURED})")
+            f"{isa if mkl_min else 'AVX-512 on 256-bit units'}: the conv encoder's per-tap kernel-3, stride-2 layers "
+            f"with weights of >= 768 x 768 elements run as Winograd F(3,2), 7 instead of 9 matmuls per 3 frames "
+            f"({WINOGRAD_MEASURED if mkl_min else WINOGRAD_MEASURED_ZEN4})")
     else:
         reasons["winograd_conv"] = "no per-tap conv layers here (no per-shape MKL rule): not used"
     if _env_off("SPEECHSSL_FAST_GRU"):
@@ -294,7 +349,7 @@ def decide() -> Decision:
     return Decision(onednn_linear=onednn, fast_gru=gru, reasons=reasons, cpu_vendor=vendor, cpu_model=model,
                     machine=machine, isa=isa, torch_version=torch.__version__, onednn_available=available,
                     mkl_min_weight=mkl_min, conv_grad_min_weight=conv_grad, dropout_min_dim=dropout_min,
-                    winograd_min_weight=winograd_min)
+                    winograd_min_weight=winograd_min, tap_conv_min_weight=tap_min, cpu_family=family)
 
 
 @functools.cache
@@ -368,6 +423,18 @@ def mkl_large(weight_numel: int) -> bool:
                 and weight_numel >= decided.mkl_min_weight)
 
 
+def tap_conv(weight_numel: int) -> bool:
+    """Whether a multi-channel conv encoder layer with a weight of ``weight_numel`` elements runs as MKL matmuls
+    per kernel tap (:mod:`speechssl.modules.tap_conv`; ``Decision.tap_conv_min_weight``: the layers that
+    :func:`mkl_large` sends to MKL on AVX2-only CPUs, and on CPUs that run AVX-512 on 256-bit units). Never
+    when a kernel is forced with :func:`use` (the reference conv path) or inside ``torch.compile``."""
+    if torch.compiler.is_compiling() or (_FORCED.get() or {}).get("onednn_linear") is not None:
+        return False
+    decided = decision()
+    return bool(decided.onednn_linear and decided.tap_conv_min_weight is not None
+                and weight_numel >= decided.tap_conv_min_weight)
+
+
 def _size_rule(name: str, threshold: int | None, size: int) -> bool:
     """A per-shape rule: forced with :func:`use`, else ``size >= threshold`` (None: off); never inside
     ``torch.compile``."""
@@ -393,7 +460,7 @@ def fast_dropout(width: int) -> bool:
 
 
 def winograd_conv(weight_numel: int) -> bool:
-    """Whether a kernel-3, stride-2 conv encoder layer that runs per kernel tap (:func:`mkl_large`) with a weight
+    """Whether a kernel-3, stride-2 conv encoder layer that runs per kernel tap (:func:`tap_conv`) with a weight
     of ``weight_numel`` elements takes Winograd F(3,2) (:mod:`speechssl.modules.winograd_conv`;
     ``Decision.winograd_min_weight``, or :func:`use`). Never inside ``torch.compile``."""
     return _size_rule("winograd", decision().winograd_min_weight, weight_numel)

@@ -64,8 +64,12 @@ def test_the_conv_grad_rule(monkeypatch):
     monkeypatch.setattr(accel.platform, "machine", lambda: "x86_64")
     base = 768 * 48 * 128  # wav2vec 2.0 / HuBERT Base's positional conv
     demo = TransformerEncoder(192, 1, 4, 384, pos_conv_kernel=64, pos_conv_groups=8).pos_conv.conv.weight.numel()
-    for isa, rule in (("AVX2", accel.MKL_MIN_WEIGHT), ("AVX512", None)):
+    monkeypatch.setattr(accel, "cpu_identity", lambda: ("AuthenticAMD", "an AMD CPU"))
+    # AVX2-only, AVX-512 on 256-bit units (AMD family 25: Zen 4), AVX-512 of family 26 (Zen 5)
+    for isa, family, rule in (("AVX2", 25, accel.MKL_MIN_WEIGHT), ("AVX512", 25, accel.MKL_MIN_WEIGHT),
+                              ("AVX512", 26, None)):
         monkeypatch.setattr(accel, "_isa", lambda i=isa: i)
+        monkeypatch.setattr(accel, "cpu_family", lambda f=family: f)
         decided = accel.decide()
         assert decided.conv_grad_min_weight == rule and "conv_grad" in decided.reasons, isa
         monkeypatch.setattr(accel, "decision", lambda d=decided: d)

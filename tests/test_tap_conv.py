@@ -54,7 +54,8 @@ def mkl_rule(monkeypatch):
     """A decision with the AVX2 per-shape rule and oneDNN on, whatever this machine is."""
     if not accel.decision().onednn_available:
         pytest.skip("oneDNN is not available here: no per-shape rule")
-    decided = dataclasses.replace(accel.decision(), onednn_linear=True, mkl_min_weight=64 * 64 * 3)
+    decided = dataclasses.replace(accel.decision(), onednn_linear=True, mkl_min_weight=64 * 64 * 3,
+                                  tap_conv_min_weight=64 * 64 * 3)
     monkeypatch.setattr(accel, "decision", lambda: decided)
     return decided
 
@@ -101,16 +102,28 @@ def test_the_per_shape_rule(monkeypatch):
         pytest.skip("oneDNN is not available here")
     monkeypatch.delenv("SPEECHSSL_ONEDNN", raising=False)
     monkeypatch.setattr(accel, "cpu_identity", lambda: ("AuthenticAMD", "an AMD CPU"))
-    for isa, rule in (("AVX2", accel.MKL_MIN_WEIGHT), ("AVX512", None)):
+    # (ISA, CPU family, per-shape MKL rule for linears, per-tap conv layers): AVX2-only; AVX-512 on 256-bit
+    # units (family 25, Zen 4): linears keep oneDNN, the conv encoder's large layers run per tap; AVX-512 of
+    # another family (Zen 5): neither
+    for isa, family, rule, taps in (("AVX2", 25, accel.MKL_MIN_WEIGHT, True), ("AVX512", 25, None, True),
+                                    ("AVX512", 26, None, False)):
         monkeypatch.setattr(accel, "_isa", lambda i=isa: i)
+        monkeypatch.setattr(accel, "cpu_family", lambda f=family: f)
         decided = accel.decide()
         assert decided.onednn_linear and decided.mkl_min_weight == rule, isa
+        assert (decided.tap_conv_min_weight == accel.MKL_MIN_WEIGHT) is taps and decided.cpu_family == family
         monkeypatch.setattr(accel, "decision", lambda d=decided: d)
         big, small = 768 * 768, 512 * 1024  # Base's smallest transformer weight; the demo's largest
+        base_conv, demo_conv = 512 * 512 * 3, 256 * 256 * 3
         assert accel.onednn_linear() and accel.onednn_linear(small)
         assert accel.onednn_linear(big) is (rule is None) and accel.mkl_large(big) is (rule is not None)
+        assert accel.tap_conv(base_conv) is taps and not accel.tap_conv(demo_conv)
         with accel.use(onednn_linear=True):  # a forced kernel holds for every shape
-            assert accel.onednn_linear(big) and not accel.mkl_large(big)
+            assert accel.onednn_linear(big) and not accel.mkl_large(big) and not accel.tap_conv(base_conv)
+    monkeypatch.setattr(accel, "cpu_identity", lambda: ("GenuineIntel", "an Intel CPU"))
+    monkeypatch.setattr(accel, "cpu_family", lambda: 6)  # Intel: MKL for linears, F.conv1d for the encoder
+    assert accel.decide().tap_conv_min_weight is None
+    monkeypatch.setattr(accel, "cpu_identity", lambda: ("AuthenticAMD", "an AMD CPU"))
     monkeypatch.setattr(accel, "_isa", lambda: "AVX2")
     monkeypatch.setenv("SPEECHSSL_ONEDNN", "1")  # oneDNN for every shape
     assert accel.decide().onednn_linear and accel.decide().mkl_min_weight is None

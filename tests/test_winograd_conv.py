@@ -92,7 +92,7 @@ def winograd_rule(monkeypatch):
     if not accel.decision().onednn_available:
         pytest.skip("oneDNN is not available here: no per-shape rule")
     decided = dataclasses.replace(accel.decision(), onednn_linear=True, mkl_min_weight=64 * 64 * 2,
-                                  winograd_min_weight=64 * 64 * 3)
+                                  tap_conv_min_weight=64 * 64 * 2, winograd_min_weight=64 * 64 * 3)
     monkeypatch.setattr(accel, "decision", lambda: decided)
     return decided
 
@@ -155,8 +155,11 @@ def test_the_winograd_rule(monkeypatch):
     for name in ("SPEECHSSL_ONEDNN", "SPEECHSSL_WINOGRAD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(accel, "cpu_identity", lambda: ("AuthenticAMD", "an AMD CPU"))
-    for isa, rule in (("AVX2", accel.MKL_MIN_WEIGHT), ("AVX512", None)):
+    # AVX2-only, AVX-512 on 256-bit units (family 25: Zen 4), AVX-512 of family 26 (Zen 5)
+    for isa, family, rule in (("AVX2", 25, accel.MKL_MIN_WEIGHT), ("AVX512", 25, accel.MKL_MIN_WEIGHT),
+                              ("AVX512", 26, None)):
         monkeypatch.setattr(accel, "_isa", lambda i=isa: i)
+        monkeypatch.setattr(accel, "cpu_family", lambda f=family: f)
         decided = accel.decide()
         assert decided.winograd_min_weight == rule and "winograd_conv" in decided.as_dict()["reasons"], isa
         monkeypatch.setattr(accel, "decision", lambda d=decided: d)

@@ -26,11 +26,12 @@ and variance follow exactly from the mean and covariance of the input windows
 ``gelu(windows @ W'^T + b')``. Outputs equal the reference path to float rounding (tests check
 1e-4); the speed-up on wav2vec 2.0 Base's encoder is about 1.6x (``tools/bench``).
 
-Per-tap layers (CPU, fp32, training and inference): where ``speechssl.accel``'s per-shape rule
-sends a multi-channel layer's weight to MKL (AVX2-only CPUs, weights of >= 768 x 768 elements:
-Base's 512 x 512 x 3 layers), that layer runs as one MKL matmul per kernel tap on channels-last
-input (:func:`speechssl.modules.tap_conv.tap_conv1d`; 1.5x faster than ``F.conv1d`` forward +
-backward there), the others as before; equal to the reference to float rounding. Of those, the
+Per-tap layers (CPU, fp32, training and inference): where ``speechssl.accel.tap_conv`` says so for a
+multi-channel layer's weight (weights of >= 768 x 768 elements, Base's 512 x 512 x 3 layers, on AVX2-only
+CPUs and on CPUs that run AVX-512 on 256-bit units), that layer runs as one MKL matmul per kernel tap on
+channels-last input (:func:`speechssl.modules.tap_conv.tap_conv1d`; forward + backward 1.5x faster than
+``F.conv1d`` on an AVX2 AMD EPYC, 1.29x on an AVX-512 one of family 25), the others as before; equal to
+the reference to float rounding. Of those, the
 kernel-3, stride-2 layers run as Winograd F(3,2) where ``speechssl.accel.winograd_conv`` says so
 (:func:`speechssl.modules.winograd_conv.winograd_conv1d`: 7 matmuls per 3 output frames instead of 9).
 
@@ -327,10 +328,10 @@ class ConvFeatureEncoder(nn.Module):
 
     def _tap_layers(self, x: torch.Tensor) -> list[bool]:
         """Which layers run per kernel tap (:mod:`speechssl.modules.tap_conv`): multi-channel layers whose
-        weight ``speechssl.accel``'s per-shape rule sends to MKL (fp32 CPU, no autocast)."""
+        weight reaches ``speechssl.accel.tap_conv``'s size (fp32 CPU, no autocast)."""
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return [False] * len(self.layers)
-        return [layer.conv.in_channels > 1 and accel.mkl_large(layer.conv.weight.numel()) for layer in self.layers]
+        return [layer.conv.in_channels > 1 and accel.tap_conv(layer.conv.weight.numel()) for layer in self.layers]
 
     def _forward_taps(self, x: torch.Tensor, lengths: torch.Tensor | None,
                       taps: list[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
