@@ -241,7 +241,8 @@ def wav2vec2_check(cfg, batch_size: int, crop_seconds: float, dtype: str = "fp32
 
 
 def wav2vec2_rows(spec: dict) -> dict:
-    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``."""
+    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``, optional
+    ``warmup`` (untimed steps per side, default 1)."""
     from speechssl import accel
 
     torch.set_num_threads(spec["threads"])
@@ -261,7 +262,8 @@ def wav2vec2_rows(spec: dict) -> dict:
             out["hf_attn_implementation"] = getattr(hf.config, "_attn_implementation", None)
             inputs = wav2vec2_inputs(ours, spec["batch_size"], spec["crop_seconds"])
             ours_loss, hf_loss = wav2vec2_losses(ours, hf, inputs)
-            row.update(_timed_pair(_step(ours, ours_loss), _step(hf, hf_loss), dtype, spec["repeats"]))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(hf, hf_loss), dtype, spec["repeats"],
+                                    spec.get("warmup", 1)))
             row["meets_target"] = row["speedup"] >= TARGETS["wav2vec2"]
             del ours, hf
         out["rows"][dtype] = row
@@ -374,7 +376,8 @@ def apc_check(cfg, batch_size: int, crop_seconds: float, dtype: str = "fp32", se
 
 
 def apc_rows(spec: dict) -> dict:
-    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``."""
+    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``, optional
+    ``warmup`` (untimed steps per side, default 1)."""
     from speechssl import accel
 
     torch.set_num_threads(spec["threads"])
@@ -392,7 +395,8 @@ def apc_rows(spec: dict) -> dict:
             batch = make_batch(spec["batch_size"], spec["crop_seconds"])
             feats, lens = apc_features(transform, batch)
             ours_loss, s3prl_loss = apc_losses(ours, expert, feats, lens, batch)
-            row.update(_timed_pair(_step(ours, ours_loss), _step(expert, s3prl_loss), dtype, spec["repeats"]))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(expert, s3prl_loss), dtype, spec["repeats"],
+                                    spec.get("warmup", 1)))
             row["meets_target"] = row["speedup"] >= TARGETS["apc"]
             del ours, expert
         out["rows"][dtype] = row

@@ -167,7 +167,8 @@ def hubert_check(cfg, size: str, batch_size: int, crop_seconds: float, dtype: st
 
 
 def hubert_rows(spec: dict) -> dict:
-    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``.
+    """spec: ``threads``, ``size``, ``batch_size``, ``crop_seconds``, ``repeats``, ``dtypes``, ``tolerance``, optional
+    ``warmup`` (untimed steps per side, default 1).
 
     Per dtype: the check, then interleaved Trainer steps; for fp32 also our step's FLOPs (one
     forward + backward) as a fraction of the dense fp32 matmul peak measured right before and right
@@ -192,7 +193,8 @@ def hubert_rows(spec: dict) -> dict:
             ours_loss, ta_loss = hubert_losses(ours, ta, inputs)
             peak = dtype == "fp32" and spec.get("matmul_size")
             before = _peak(spec) if peak else None
-            row.update(_timed_pair(_step(ours, ours_loss), _step(ta, ta_loss), dtype, spec["repeats"]))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(ta, ta_loss), dtype, spec["repeats"],
+                                    spec.get("warmup", 1)))
             row["meets_target"] = row["speedup"] >= TARGETS["hubert"]
             if peak:
                 row.update(_fraction_of_peak(ours_loss, row["ours_s"], [before, _peak(spec)]))
