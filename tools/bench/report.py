@@ -202,7 +202,7 @@ def new_rows(results: dict) -> list[tuple[str, str, str, str]]:
     for shape, r in ((results.get("infonce") or {}).get("rows") or {}).items():
         out.append((f"CPC InfoNCE forward + backward, {shape} (batch negatives): gathered {r['gathered_ms']:.3g} ms, "
                     f"dense scores {r['dense_ms']:.3g} ms (loss diff {r['loss_abs_diff']:.1e}); the rule takes "
-                    f"{r['rule_takes']}", f"dense {r['dense_speedup']:.2f}x", "rule takes the faster",
+                    f"{r['rule_takes']}", f"dense {r['dense_speedup']:.2f}x", "rule takes the faster (ties within 5 %)",
                     "meets" if r["rule_took_faster"] else "MISSES"))
     q = results.get("quality") or {}
     for name, c in (q.get("families") or {}).items():
