@@ -126,6 +126,11 @@ def test_linear_equals_f_linear(shape, bias, activation):
     if x.dim() >= 2:
         xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)
         torch.testing.assert_close(linear(xt, w, b, activation).detach(), expected, atol=1e-5, rtol=1e-5)
+    # so does a weight with a row stride (a slice, as the conv encoder's per-utterance folded weights)
+    wide = torch.zeros(20, 96)
+    wide[:, :48] = w
+    assert not wide[:, :48].is_contiguous()
+    torch.testing.assert_close(linear(x, wide[:, :48], b, activation).detach(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("activation", [None, "gelu"])
