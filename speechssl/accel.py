@@ -52,7 +52,8 @@ MKL's AVX2 sgemm reaches their full vector rate, so the conv encoder's large lay
 Winograd (``Decision.tap_conv_min_weight``, :func:`tap_conv`) and the Base positional conv takes ``conv_grad``,
 as on AVX2-only CPUs, while every linear keeps oneDNN (faster there: 205 vs 168 GFLOP/s at 1024 x 1024).
 Measured on a 2-core AMD EPYC of family 25, idle, 2026-11-29: Base's layer 1 forward + backward 1.57x
-``F.conv1d``, the HuBERT Base training step 1.17x -> 1.30x torchaudio's.
+``F.conv1d``; the HuBERT Base training step 1.09x faster with the rules than without (in one process), 1.17x ->
+1.27-1.32x torchaudio's in four runs.
 The environment overrides: ``SPEECHSSL_ONEDNN=0`` / ``1`` (off / on wherever available, every
 shape: no per-shape rule), ``SPEECHSSL_FAST_GRU=0``, ``SPEECHSSL_CONV_GRAD=0`` / ``1`` (off / every shape),
 ``SPEECHSSL_FAST_DROPOUT=0`` / ``1`` (off / every width), ``SPEECHSSL_WINOGRAD=0`` / ``1`` (off / every
@@ -92,11 +93,8 @@ _FAST_ISAS = ("AVX2", "AVX512")  # oneDNN's fp32 matmul beats MKL's on these (to
 # AVX2 without AVX-512: MKL's sgemm beat oneDNN on weights of at least 768 x 768 (module docstring)
 MKL_MIN_WEIGHT = 768 * 768
 _MKL_LARGE_ISAS = ("AVX2",)
-# CPUs that run AVX-512 on 256-bit units, by (vendor, family): AMD family 0x19 (Zen 3 has no AVX-512, so
-# Zen 4). MKL's AVX2 sgemm runs at their full vector rate there: the conv encoder's large layers take the
-# per-tap MKL path and Winograd, and the positional conv its forward-conv gradients, as on AVX2-only CPUs
-# (measured: HuBERT Base training step 1.17x -> 1.30x torchaudio); linears keep oneDNN (205 vs MKL's 168
-# GFLOP/s at 1024 x 1024).
+# CPUs that run AVX-512 on 256-bit units, by (vendor, family): AMD family 0x19 with AVX-512 is Zen 4 (Zen 3
+# has none). The sixth case of the module docstring.
 _AVX512_ON_256_BIT = (("AuthenticAMD", 25),)
 # model width from which transformer dropout takes speechssl.modules.dropout (the Base models)
 DROPOUT_MIN_DIM = 768
@@ -105,8 +103,7 @@ WINOGRAD_MEASURED = ("Base's layer 1 forward 1.18x, forward + backward 1.16x the
                      "Base training step 1.03x (two runs), extraction 1.01-1.06x (three runs); AMD EPYC AVX2, load 0.2-1.9, "
                      "2026-11-28")
 WINOGRAD_MEASURED_ZEN4 = ("Base's layer 1 forward + backward 1.57x F.conv1d and 1.22x the per-tap path, layer 3 1.31x and "
-                          "1.14x; HuBERT Base training step with the tap and Winograd layers 1.30x torchaudio instead of "
-                          "1.17x; AMD EPYC family 25 with AVX-512, idle, 2026-11-29")
+                          "1.14x; AMD EPYC family 25 with AVX-512, idle, 2026-11-29")
 
 
 @dataclasses.dataclass(frozen=True)
