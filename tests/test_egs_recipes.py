@@ -185,6 +185,37 @@ def test_stage_markers_record_options(tmp_path):
     assert log.count("predates recorded options") == 2 and ran.read_text().count("\n") == 7
 
 
+def test_demo_pretraining_seed_leaves_the_shared_corpus_alone(workdir, tmp_path):
+    """`--seed` seeds pretraining only: stages 1-2 (the corpus in the shared data/, its splits) follow
+    `--corpus_seed`, so a pretraining-seed check in another --exp_dir rebuilds the same corpus; a stage-1
+    marker written when stage 1 read `seed` still counts as done."""
+    env, calls = fake_speechssl(tmp_path)
+    script = workdir / "egs/synthetic/ssl/run.sh"
+
+    def stages_1_2(*args: str) -> tuple[str, list[str]]:
+        calls.write_text("")
+        proc = subprocess.run(["bash", str(script), "--stage", "1", "--stop_stage", "2", *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr, calls.read_text().splitlines()
+
+    def seeds(lines: list[str]) -> list[str]:
+        return [line.split("--seed ")[1].split()[0] for line in lines if "--seed " in line]
+
+    _, default = stages_1_2("--exp_dir", "exp_a")
+    _, seed1 = stages_1_2("--exp_dir", "exp_b", "--seed", "1")
+    assert seeds(default) == seeds(seed1) == ["1", "2", "1", "2", "0", "0", "0"]
+    _, other = stages_1_2("--exp_dir", "exp_c", "--corpus_seed", "5")
+    assert seeds(other) == ["6", "7", "6", "7", "5", "5", "5"]
+    # markers from before corpus_seed recorded seed=0: not compared with corpus_seed, still done
+    stages = workdir / "egs/synthetic/ssl/exp_a/.stages"
+    for n in (1, 2):
+        marker = stages / f"stage{n}.done"
+        marker.write_text(marker.read_text().replace("corpus_seed=0", "seed=0"))
+    log, again = stages_1_2("--exp_dir", "exp_a")
+    assert log.count("(done, skipped") == 2 and again == []
+
+
 def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
     """With `stage_uses`, an option only a later stage reads redoes that stage, not the earlier ones."""
     script = tmp_path / "corpus" / "task" / "run.sh"

@@ -40,7 +40,9 @@ exp_dir=exp            # experiments, features and the summary go here (data/ is
 shots=2,8               # labelled utterances per class (the curve; n=2 is the verdict)
 seeds=20               # labelled subsets (and head inits) per shot: the verdict's paired t-test needs them;
                        #   with 5, margins of 2-3 points were within noise and some 0-1 point 'wins' were luck
-seed=0
+seed=0                 # pretraining seed (inits, masks, k-means) of stage 3; the corpus keeps corpus_seed, so
+                       #   a pretraining-seed check (--seed 1 --exp_dir exp_seed1) leaves the shared data/ as it was
+corpus_seed=0          # the synthetic corpus and its splits (stages 1-2; data/ is shared by every --exp_dir)
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
 pretrain_opts=         # extra options of local/pretrain_<family>.sh, HuBERT: --pretrain_opts="--it2_targets layer+it1"
                        #   (quotes group words: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
@@ -60,8 +62,10 @@ log "demo: $speakers speakers, $pool_utts + $pool_word_utts unlabelled and $labe
   "utterances (sentences + words) each; models: $models"
 
 # What each stage reads (its marker records these; a change redoes it and every later stage):
-stage_uses 1 quick backend speakers pool_utts labelled_utts pool_word_utts word_utts seed
-stage_uses 2 seed
+# (stages 1-2 read corpus_seed; markers written when they read seed keep counting as done: an option only one
+# side knows is not compared)
+stage_uses 1 quick backend speakers pool_utts labelled_utts pool_word_utts word_utts corpus_seed
+stage_uses 2 corpus_seed
 # The recipes' settings (not their comments) count as stage inputs too: editing one redoes its stage.
 pretrain_recipes=$(settings_sums $(for m in $models; do echo "$recipes/pretrain/${m}_demo.yaml"; done))
 downstream_recipe=$(settings_sums "$recipes/downstream/demo.yaml")
@@ -72,25 +76,25 @@ stage_uses 6
 
 if begin_stage 1 "synthesise the corpus (backend $backend)"; then
   speechssl synth --backend "$backend" --out data/pool --speakers "$speakers" --utts-per-speaker "$pool_utts" \
-    --seed $((seed + 1)) --jobs 2
+    --seed $((corpus_seed + 1)) --jobs 2
   speechssl synth --backend "$backend" --out data/labelled --speakers "$speakers" \
-    --utts-per-speaker "$labelled_utts" --seed $((seed + 2)) --jobs 2
+    --utts-per-speaker "$labelled_utts" --seed $((corpus_seed + 2)) --jobs 2
   # Isolated words: other recordings (seeds) of the same voices, unlabelled for pretraining, labelled for the task.
   speechssl synth --backend "$backend" --task words --out data/pool_words --speakers "$speakers" \
-    --utts-per-speaker "$pool_word_utts" --seed $((seed + 1)) --jobs 2
+    --utts-per-speaker "$pool_word_utts" --seed $((corpus_seed + 1)) --jobs 2
   speechssl synth --backend "$backend" --task words --out data/words --speakers "$speakers" \
-    --utts-per-speaker "$word_utts" --seed $((seed + 2)) --jobs 2
+    --utts-per-speaker "$word_utts" --seed $((corpus_seed + 2)) --jobs 2
   done_stage 1
 fi
 
 if begin_stage 2 "manifests and splits"; then
   speechssl manifest merge data/pool/manifest.jsonl data/pool_words/manifest.jsonl --out data/pretrain/all.jsonl
-  speechssl manifest split data/pretrain/all.jsonl --out-dir data/pretrain --fractions train=0.95,dev=0.05 --seed "$seed"
-  speechssl manifest split data/labelled/manifest.jsonl --out-dir data/labelled --fractions pool=0.5,test=0.5 --seed "$seed"
+  speechssl manifest split data/pretrain/all.jsonl --out-dir data/pretrain --fractions train=0.95,dev=0.05 --seed "$corpus_seed"
+  speechssl manifest split data/labelled/manifest.jsonl --out-dir data/labelled --fractions pool=0.5,test=0.5 --seed "$corpus_seed"
   speechssl manifest info data/labelled/pool.jsonl
   # Speaker-independent: no speaker of words/test is in words/pool (speaker ID needs the opposite).
   speechssl manifest split data/words/manifest.jsonl --out-dir data/words --fractions pool=0.5,test=0.5 \
-    --group-by speaker --seed "$seed"
+    --group-by speaker --seed "$corpus_seed"
   speechssl manifest merge data/labelled/manifest.jsonl data/words/manifest.jsonl --out data/extract.jsonl
   done_stage 2
 fi
