@@ -413,11 +413,7 @@ def mkl_large(weight_numel: int) -> bool:
     """Whether a matmul with a weight of ``weight_numel`` elements goes to MKL by the per-shape rule
     (``Decision.mkl_min_weight``; never when a kernel is forced with :func:`use` or inside
     ``torch.compile``). The conv feature encoder runs such layers per kernel tap (``tap_conv``)."""
-    if torch.compiler.is_compiling() or (_FORCED.get() or {}).get("onednn_linear") is not None:
-        return False
-    decided = decision()
-    return bool(decided.onednn_linear and decided.mkl_min_weight is not None
-                and weight_numel >= decided.mkl_min_weight)
+    return _mkl_rule(decision().mkl_min_weight, weight_numel)
 
 
 def tap_conv(weight_numel: int) -> bool:
@@ -425,11 +421,15 @@ def tap_conv(weight_numel: int) -> bool:
     per kernel tap (:mod:`speechssl.modules.tap_conv`; ``Decision.tap_conv_min_weight``: the layers that
     :func:`mkl_large` sends to MKL on AVX2-only CPUs, and on CPUs that run AVX-512 on 256-bit units). Never
     when a kernel is forced with :func:`use` (the reference conv path) or inside ``torch.compile``."""
+    return _mkl_rule(decision().tap_conv_min_weight, weight_numel)
+
+
+def _mkl_rule(threshold: int | None, weight_numel: int) -> bool:
+    """A per-shape MKL rule of the oneDNN decision (:func:`mkl_large`, :func:`tap_conv`): ``weight_numel >=
+    threshold`` where oneDNN is on; never when a kernel is forced with :func:`use` or inside ``torch.compile``."""
     if torch.compiler.is_compiling() or (_FORCED.get() or {}).get("onednn_linear") is not None:
         return False
-    decided = decision()
-    return bool(decided.onednn_linear and decided.tap_conv_min_weight is not None
-                and weight_numel >= decided.tap_conv_min_weight)
+    return bool(decision().onednn_linear and threshold is not None and weight_numel >= threshold)
 
 
 def _size_rule(name: str, threshold: int | None, size: int) -> bool:
