@@ -211,18 +211,11 @@ def _peak(spec: dict) -> float:
 
 
 def _fraction_of_peak(loss_fn, step_times: list[float], peaks: list[float]) -> dict:
-    """FLOPs of one forward + backward of ``loss_fn`` (counted on the aten path, as
-    :func:`pretrain.count_flops`) over the median step time, as a fraction of the best of ``peaks`` (a peak read
-    can land on one core: see pretrain.throughput)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one forward + backward of ``loss_fn`` (:func:`pretrain.flops_of`) over the median step time, as
+    a fraction of the best of ``peaks`` (a peak read can land on one core: see pretrain.throughput)."""
+    from pretrain import flops_of
 
-    from speechssl import accel
-
-    # conv_grad: counted as forward convs (FlopCounterMode's conv backward formula ignores groups; see
-    # pretrain.count_flops)
-    with accel.use(onednn_linear=False, fast_gru=False, conv_grad=True), FlopCounterMode(display=False) as counter:
-        loss_fn().backward()
-    flops = int(counter.get_total_flops())
+    flops = flops_of(loss_fn)
     peak = max(peaks)
     achieved = flops / median(step_times) / 1e9
     return {"gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),

@@ -91,7 +91,16 @@ def train_step_fn(model: torch.nn.Module, batch: dict, clip_norm: float = 1.0):
 
 
 def count_flops(model: torch.nn.Module, batch: dict) -> int:
-    """FLOPs of one forward + backward (FlopCounterMode: mm/bmm/conv/sdpa, GRUs through mm; LSTMs not counted)."""
+    """FLOPs of one forward + backward of ``model.loss(batch)`` (:func:`flops_of`)."""
+    model.train()
+    flops = flops_of(lambda: model.loss(batch).loss)
+    model.zero_grad(set_to_none=True)
+    return flops
+
+
+def flops_of(loss_fn) -> int:
+    """FLOPs of ``loss_fn()`` and its backward (FlopCounterMode: mm/bmm/conv/sdpa, GRUs through mm; LSTMs not
+    counted); also the HuBERT peer row's (tools/bench/peers_hubert.py)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from speechssl import accel
@@ -103,11 +112,9 @@ def count_flops(model: torch.nn.Module, batch: dict) -> int:
     # Grouped convs (the positional conv) take their gradients as forward convs (conv_grad): FlopCounterMode's
     # convolution_backward formula ignores groups, and counted the Base positional conv's weight gradient
     # 16x (wav2vec 2.0 Base: 400 instead of 343 GFLOP per step).
-    model.train()
     with (accel.use(onednn_linear=False, fast_gru=False, conv_grad=True),
           FlopCounterMode(display=False) as counter):
-        model.loss(batch).loss.backward()
-    model.zero_grad(set_to_none=True)
+        loss_fn().backward()
     return int(counter.get_total_flops())
 
 
