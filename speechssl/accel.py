@@ -325,10 +325,10 @@ def decide() -> Decision:
             f"SPEECHSSL_WINOGRAD={winograd_setting}: every kernel-3, stride-2 layer the conv encoder runs per tap")
     elif tap_min is not None:
         winograd_min = MKL_MIN_WEIGHT
+        where, measured = (isa, WINOGRAD_MEASURED) if mkl_min else ("AVX-512 on 256-bit units", WINOGRAD_MEASURED_ZEN4)
         reasons["winograd_conv"] = (
-            f"{isa if mkl_min else 'AVX-512 on 256-bit units'}: the conv encoder's per-tap kernel-3, stride-2 layers "
-            f"with weights of >= 768 x 768 elements run as Winograd F(3,2), 7 instead of 9 matmuls per 3 frames "
-            f"({WINOGRAD_MEASURED if mkl_min else WINOGRAD_MEASURED_ZEN4})")
+            f"{where}: the conv encoder's per-tap kernel-3, stride-2 layers with weights of >= 768 x 768 elements "
+            f"run as Winograd F(3,2), 7 instead of 9 matmuls per 3 frames ({measured})")
     else:
         reasons["winograd_conv"] = "no per-tap conv layers here (no per-shape MKL rule): not used"
     if _env_off("SPEECHSSL_FAST_GRU"):

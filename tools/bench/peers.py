@@ -107,13 +107,16 @@ def _grad_diff(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     return max(float((o.float() - t.float()).abs().max()) / max(float(t.abs().max()), floor) for o, t in pairs)
 
 
-def _timed_pair(ours_step, theirs_step, dtype: str, repeats: int, warmup: int = 1) -> dict:
+def _timed_pair(ours_step, theirs_step, dtype: str, spec: dict) -> dict:
+    """Interleaved timing of the two steps under ``dtype``: ``spec["repeats"]`` timed steps per side after
+    ``spec.get("warmup", 1)`` untimed ones (the peer rows' spec)."""
     def run(fn):
         def call():
             with _autocast(dtype):
                 return fn()
         return call
-    times = compare({"ours": run(ours_step), "theirs": run(theirs_step)}, repeats=repeats, warmup=warmup)
+    repeats = spec["repeats"]
+    times = compare({"ours": run(ours_step), "theirs": run(theirs_step)}, repeats=repeats, warmup=spec.get("warmup", 1))
     stats = summarise(times, "ours")
     return {"ours_median_s": stats["ours"]["median_s"], "theirs_median_s": stats["theirs"]["median_s"],
             "speedup": round(median(times["theirs"]) / median(times["ours"]), 3), "repeats": repeats,
@@ -262,8 +265,7 @@ def wav2vec2_rows(spec: dict) -> dict:
             out["hf_attn_implementation"] = getattr(hf.config, "_attn_implementation", None)
             inputs = wav2vec2_inputs(ours, spec["batch_size"], spec["crop_seconds"])
             ours_loss, hf_loss = wav2vec2_losses(ours, hf, inputs)
-            row.update(_timed_pair(_step(ours, ours_loss), _step(hf, hf_loss), dtype, spec["repeats"],
-                                    spec.get("warmup", 1)))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(hf, hf_loss), dtype, spec))
             row["meets_target"] = row["speedup"] >= TARGETS["wav2vec2"]
             del ours, hf
         out["rows"][dtype] = row
@@ -395,8 +397,7 @@ def apc_rows(spec: dict) -> dict:
             batch = make_batch(spec["batch_size"], spec["crop_seconds"])
             feats, lens = apc_features(transform, batch)
             ours_loss, s3prl_loss = apc_losses(ours, expert, feats, lens, batch)
-            row.update(_timed_pair(_step(ours, ours_loss), _step(expert, s3prl_loss), dtype, spec["repeats"],
-                                    spec.get("warmup", 1)))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(expert, s3prl_loss), dtype, spec))
             row["meets_target"] = row["speedup"] >= TARGETS["apc"]
             del ours, expert
         out["rows"][dtype] = row

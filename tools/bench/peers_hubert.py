@@ -193,8 +193,7 @@ def hubert_rows(spec: dict) -> dict:
             ours_loss, ta_loss = hubert_losses(ours, ta, inputs)
             peak = dtype == "fp32" and spec.get("matmul_size")
             before = _peak(spec) if peak else None
-            row.update(_timed_pair(_step(ours, ours_loss), _step(ta, ta_loss), dtype, spec["repeats"],
-                                    spec.get("warmup", 1)))
+            row.update(_timed_pair(_step(ours, ours_loss), _step(ta, ta_loss), dtype, spec))
             row["meets_target"] = row["speedup"] >= TARGETS["hubert"]
             if peak:
                 row.update(_fraction_of_peak(ours_loss, row["ours_s"], [before, _peak(spec)]))
