@@ -129,6 +129,36 @@ def test_layers_take_the_rule_and_match_the_reference_maths(monkeypatch):
     assert calls == {"attention": 1, "dropout": 2}
 
 
+def test_attention_under_bf16_autocast_runs_in_float32_like_sdpa_math(monkeypatch):
+    """Under CPU bf16 autocast the layer's attention with dropout takes the fast path in float32 (SDPA's math path
+    upcasts reduced precision on CPU): its output and gradients are those of the float32 maths on the bf16 q, k, v
+    with the same mask, and the backward runs (it once met bf16 autocast and failed)."""
+    torch.manual_seed(0)
+    att = transformer.SelfAttention(16, 2, dropout=0.3).train()
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    attn_mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    attn_mask[1, ..., 6:] = False
+    calls = _layer_calls(monkeypatch)
+    torch.manual_seed(5)
+    with accel.use(fast_dropout=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = att(x, attn_mask)
+        qkv = att.qkv(x)
+    assert calls["attention"] == 1 and out.dtype == torch.bfloat16
+    torch.manual_seed(5)
+    noise = dropout_noise((4, 9, 9), 0.3, torch.float32)
+    q, k, v = qkv.view(2, 9, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    a = _reference_attention(q.float(), k.float(), v.float(), noise, ~attn_mask[:, 0, 0, :]).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = att.out_proj(a.transpose(1, 2).reshape(2, 9, 16))
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a backward inside autocast, as a training step may run it
+        grads = torch.autograd.grad(out.float().sum(), [x, att.qkv.weight])
+        ref_grads = torch.autograd.grad(ref.float().sum(), [x, att.qkv.weight])
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype == torch.float32
+        torch.testing.assert_close(g, r, atol=2e-2, rtol=2e-2)
+
+
 def test_narrow_layers_keep_nn_dropout_and_their_random_stream(monkeypatch):
     """The rule's default: a demo-width encoder (192) is bit-identical to the reference path, draws included;
     a Base-width one (768) takes the fast path."""

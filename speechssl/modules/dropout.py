@@ -83,6 +83,7 @@ class _DropoutAttention(torch.autograd.Function):
     """softmax(q k^T * scale + mask) with dropout, times v; q, k, v [batch * heads, frames, head_dim]."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under autocast: float32, as SDPA's math path
     def forward(ctx, q, k, v, pad, noise, heads: int, scale: float):
         bh, n, _ = q.shape
         scores = torch.baddbmm(q.new_empty(bh, n, n), q, k.transpose(1, 2), beta=0.0, alpha=scale)
@@ -95,6 +96,7 @@ class _DropoutAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state (off)
     def backward(ctx, grad):
         q, k, v, probs, noise = ctx.saved_tensors
         grad = grad.contiguous()

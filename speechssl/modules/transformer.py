@@ -16,7 +16,8 @@ fairseq ``TransformerEncoder``; torchaudio ``components.Transformer``; Hugging F
 * Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a key padding mask, from
   one fused q/k/v projection. Where ``speechssl.accel.fast_dropout`` says so (CPU layers of Base width),
   dropout masks are drawn from integers and attention with dropout runs
-  :func:`speechssl.modules.dropout.dropout_attention` (the same maths; a different random stream).
+  :func:`speechssl.modules.dropout.dropout_attention` (the same maths; a different random stream), under
+  bf16 / fp16 autocast in float32 as SDPA's math path does (it upcasts reduced precision on CPU).
 * LayerDrop (Fan et al. 2019) skips whole layers in training with probability ``layer_drop``.
 * ``pos_conv_kernel=0`` builds no positional conv: the caller adds absolute positions itself, e.g.
   :func:`sinusoidal_positions` (BERT / Mockingjay / TERA, and MAE, whose encoder sees only the
@@ -80,10 +81,16 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        if (takes_fast_path(x, self.dropout, dim, self.training) and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled("cpu") and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
+        autocast = torch.is_autocast_enabled("cpu")
+        if (takes_fast_path(x, self.dropout, dim, self.training) and (autocast or q.dtype in (torch.float32, torch.float64))
+                and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
             pad = None if attn_mask is None else ~attn_mask[:, 0, 0, :]
-            out = dropout_attention(q, k, v, self.dropout, pad)
+            if autocast:
+                # SDPA's math path (the one dropout takes on CPU) upcasts bf16 / fp16 to float32: so does this
+                with torch.autocast("cpu", enabled=False):
+                    out = dropout_attention(q.float(), k.float(), v.float(), self.dropout, pad).to(q.dtype)
+            else:
+                out = dropout_attention(q, k, v, self.dropout, pad)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
