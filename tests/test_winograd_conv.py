@@ -26,8 +26,13 @@ def _check(x, w, b, atol=1e-5):
     params = [p for p in (x, w, b) if p is not None and p.requires_grad]
     for a, r in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, r, atol=10 * atol * max(1.0, float(r.abs().max())), rtol=1e-4)
-    with torch.inference_mode():  # no graph: the plain forward
+    with torch.inference_mode():  # no graph: the plain forward, and its GELU applied block by block
         torch.testing.assert_close(winograd_conv1d(x, w, b, 2), ref.detach(), atol=atol, rtol=1e-5)
+        torch.testing.assert_close(winograd_conv1d(x, w, b, 2, "gelu"), F.gelu(ref.detach()), atol=atol, rtol=1e-5)
+    got = winograd_conv1d(x, w, b, 2, "gelu")  # with a graph: F.gelu after the conv
+    (a,) = torch.autograd.grad(got, [params[0]], g)
+    (r,) = torch.autograd.grad(F.gelu(F.conv1d(x.transpose(1, 2), w, b, stride=2).transpose(1, 2)), [params[0]], g)
+    torch.testing.assert_close(a, r, atol=10 * atol * max(1.0, float(r.abs().max())), rtol=1e-4)
 
 
 # frames_out = (T - 3) // 2 + 1: 1 (the shortest input), 2, 3, 4, 5, 6, 7, 20, 21, 29
@@ -84,6 +89,8 @@ def test_winograd_conv_shape_errors():
         winograd_conv1d(torch.randn(2, 9, 4), torch.randn(3, 4, 2))
     with pytest.raises(ValueError, match="stride 2 only, got 1"):
         winograd_conv1d(torch.randn(2, 9, 4), w, None, 1)
+    with pytest.raises(ValueError, match="activation must be None or 'gelu', got 'relu'"):
+        winograd_conv1d(torch.randn(2, 9, 4), w, None, 2, "relu")
 
 
 @pytest.fixture
@@ -101,9 +108,9 @@ def _count(monkeypatch):
     calls = {"tap": 0, "winograd": 0}
 
     def wrap(name, fn):
-        def counted(*args):
+        def counted(*args, **kwargs):
             calls[name] += 1
-            return fn(*args)
+            return fn(*args, **kwargs)
         return counted
 
     monkeypatch.setattr(conv, "tap_conv1d", wrap("tap", tap_conv1d))

@@ -314,6 +314,8 @@ class ConvFeatureEncoder(nn.Module):
             if isinstance(layer.norm, nn.GroupNorm):
                 valid = [frames_out] * x.shape[0] if lengths is None else [int(n) for n in lengths]
                 x = _folded_group_norm_layer(win, weight, conv.bias, valid, layer.norm)
+            elif tap and layer.norm is None and _tap_conv(layer) is winograd_conv1d:
+                x = winograd_conv1d(x, conv.weight, conv.bias, layer.stride, activation="gelu")  # GELU per block
             elif tap:
                 y = _tap_conv(layer)(x, conv.weight, conv.bias, layer.stride)
                 x = F.gelu(y) if layer.norm is None else F.gelu(F.layer_norm(

@@ -156,8 +156,8 @@ class PositionalConv(nn.Module):
                 and accel.conv_grad_as_conv(weight.numel())):
             # the same forward conv; its gradients as forward convs (speechssl.modules.grouped_conv)
             y = grouped_conv1d(x, weight, conv.bias, conv.padding[0], conv.groups)
-        else:
-            y = conv(x)
+        else:  # the weight above, not conv(x): that would compute the weight norm a second time
+            y = F.conv1d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         if self.trim:
             y = y[..., : -self.trim]
         return F.gelu(y).transpose(1, 2)
