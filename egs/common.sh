@@ -195,6 +195,26 @@ compare_encoders() {
   speechssl downstream compare "${dirs[@]}" --out exp/compare.md --png exp/compare.png
 }
 
+# cpu_kernels portable|native: the kernels PyTorch, oneDNN, MKL and OpenBLAS take on this x86-64 CPU.
+# portable: AVX2's on every CPU that has AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_CBWR=AVX2,
+#   OPENBLAS_CORETYPE=Haswell; a variable already in the environment is kept), so that training and evaluation
+#   give the same numbers, to the last bit, on AVX2 and AVX-512 CPUs: AVX-512 kernels sum in another order,
+#   and a pretraining run then takes another path from its first step. Slower where AVX-512 would be used.
+# native: each CPU's fastest kernels (nothing is set).
+cpu_kernels() {
+  case "$1" in
+    native) return 0 ;;
+    portable) ;;
+    *) die "--kernels $1: portable or native" ;;
+  esac
+  if [ "$(uname -m)" != x86_64 ] || ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+    log "kernels portable: not an x86-64 CPU with AVX2, nothing to pin (numbers can differ from AVX2 CPUs')"
+    return 0
+  fi
+  export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2} \
+    MKL_CBWR=${MKL_CBWR:-AVX2} OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+}
+
 # Run `speechssl VERB ...` with the chosen launcher: pretraining, and the verbs that shard their
 # input over ranks (extract, targets assign). For pretraining the effective batch (seconds of audio)
 # stays the same at any world size because the Trainer derives accumulation from it.

@@ -187,6 +187,21 @@ def cpu_identity() -> tuple[str, str]:
             fields.get("model name") or platform.processor() or "unknown")
 
 
+# Environment variables that pin the kernels' instruction set (egs/common.sh ``cpu_kernels portable``): PyTorch's own
+# kernels, oneDNN's, MKL's (conditional numerical reproducibility) and OpenBLAS's (NumPy / SciPy / scikit-learn).
+KERNEL_PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE")
+
+
+def cpu_kernels() -> dict:
+    """Which CPU and kernels a run computed with, for its record (a training run's config.yaml): the CPU, the
+    instruction set PyTorch's kernels use, and the :data:`KERNEL_PINS` set in the environment. Two runs of one
+    config and seed give the same numbers when these agree (AVX2 and AVX-512 kernels sum in different orders)."""
+    vendor, model = cpu_identity()
+    family = cpu_family()
+    return {"cpu": f"{vendor} {model}" + (f" family {family}" if family is not None else ""), "isa": _isa(),
+            "pinned": {name: os.environ[name] for name in KERNEL_PINS if os.environ.get(name)}}
+
+
 def cpu_family() -> int | None:
     """The ``cpu family`` number of ``/proc/cpuinfo`` (AMD: 25 for Zen 3 / Zen 4, 26 for Zen 5); None where
     it cannot be read."""

@@ -251,6 +251,35 @@ def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
     assert "stage_uses 2: no option named 'sise'" in run(ok=False)
 
 
+def test_cpu_kernels_pins_every_library_to_avx2_on_an_avx2_cpu(tmp_path):
+    """`cpu_kernels portable` exports the four pins on an x86-64 CPU with AVX2 (nothing elsewhere) and keeps a
+    value the environment already has; `native` sets nothing; anything else stops with the option's name."""
+    pins = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE")
+    script = tmp_path / "corpus" / "task" / "run.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text(
+        'set -euo pipefail\ncd "$(dirname "$0")"\nkernels=portable\n'
+        f'. "{REPO / "egs" / "common.sh"}"\ncpu_kernels "$kernels"\n'
+        + "".join(f'echo "{name}=${{{name}:-}}"\n' for name in pins))
+    env = {k: v for k, v in script_env().items() if k not in pins}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env={**env, **extra})
+
+    import platform
+
+    avx2 = platform.machine() == "x86_64" and " avx2" in Path("/proc/cpuinfo").read_text()
+    got = dict(line.split("=", 1) for line in run().stdout.split())
+    want = ["avx2", "AVX2", "AVX2", "Haswell"] if avx2 else ["", "", "", ""]
+    assert [got.get(name, "") for name in pins] == want
+    kept = dict(line.split("=", 1) for line in run(MKL_CBWR="COMPATIBLE").stdout.split())
+    assert kept.get("MKL_CBWR") == "COMPATIBLE"  # the environment's own value stays
+    native = dict(line.split("=", 1) for line in run("--kernels", "native").stdout.split())
+    assert not any(native.get(name) for name in pins)
+    bad = run("--kernels", "fast")
+    assert bad.returncode != 0 and "--kernels fast: portable or native" in bad.stderr
+
+
 def test_demo_trains_each_model_for_its_recipes_length(workdir, tmp_path):
     """The synthetic demo leaves train.max_steps / train.max_minutes to each recipe unless told a number
     (BEST-RQ and HuBERT's iterations train longer than the others); a bad value stops before any job."""

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import speechssl
+from speechssl.accel import cpu_kernels
 from speechssl.compilation import compile_model
 from speechssl.config import ConfigError, load_yaml, to_dict
 from speechssl.features.cmvn import fill_global_cmvn
@@ -278,6 +279,7 @@ class Trainer:
         return {
             "speechssl_version": speechssl.__version__,
             "torch_version": str(torch.__version__),
+            "cpu_kernels": cpu_kernels(),
             "git_revision": git_revision(),
             "command": " ".join(sys.argv),
             "manifests": manifests,

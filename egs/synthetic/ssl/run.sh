@@ -44,10 +44,14 @@ seed=0                 # pretraining seed (inits, masks, k-means) of stage 3; th
                        #   a pretraining-seed check (--seed 1 --exp_dir exp_seed1) leaves the shared data/ as it was
 corpus_seed=0          # the synthetic corpus and its splits (stages 1-2; data/ is shared by every --exp_dir)
 parallel=2             # jobs at a time in stages 3-5, one thread each (2 cores)
+kernels=portable       # portable: every x86-64 CPU with AVX2 computes as an AVX2 one (common.sh cpu_kernels), so
+                       #   an AVX-512 CPU gives the README's table to the digit; native: this CPU's fastest kernels
+                       #   (on an AVX-512 CPU the trained rows move, and the verdict with them: README "On another CPU")
 pretrain_opts=         # extra options of local/pretrain_<family>.sh, HuBERT: --pretrain_opts="--it2_targets layer+it1"
                        #   (quotes group words: --pretrain_opts="--it2_overrides 'optim.lr=5e-5 model.final_dim=16'")
 . ../../common.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cpu_kernels "$kernels"
 markers=$exp_dir/.stages
 recipes=../../../recipes
 if [ "$models" = all ]; then
@@ -69,9 +73,9 @@ stage_uses 2 corpus_seed
 # The recipes' settings (not their comments) count as stage inputs too: editing one redoes its stage.
 pretrain_recipes=$(settings_sums $(for m in $models; do echo "$recipes/pretrain/${m}_demo.yaml"; done))
 downstream_recipe=$(settings_sums "$recipes/downstream/demo.yaml")
-stage_uses 3 models pretrain_steps pretrain_minutes pretrain_opts seed pretrain_recipes
-stage_uses 4 models
-stage_uses 5 models shots seeds downstream_recipe
+stage_uses 3 models pretrain_steps pretrain_minutes pretrain_opts seed pretrain_recipes kernels
+stage_uses 4 models kernels
+stage_uses 5 models shots seeds downstream_recipe kernels
 stage_uses 6
 
 if begin_stage 1 "synthesise the corpus (backend $backend)"; then
