@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
         if (takes_fast_path(x, self.dropout, dim, self.training) and (autocast or q.dtype in (torch.float32, torch.float64))
                 and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
             pad = None if attn_mask is None else ~attn_mask[:, 0, 0, :]
-            if autocast:
+            if autocast and q.dtype in (torch.bfloat16, torch.float16):
                 # SDPA's math path (the one dropout takes on CPU) upcasts bf16 / fp16 to float32: so does this
                 with torch.autocast("cpu", enabled=False):
                     out = dropout_attention(q.float(), k.float(), v.float(), self.dropout, pad).to(q.dtype)
