@@ -196,9 +196,9 @@ def cpu_kernels() -> dict:
     """Which CPU and kernels a run computed with, for its record (a training run's config.yaml): the CPU, the
     instruction set PyTorch's kernels use, and the :data:`KERNEL_PINS` set in the environment. Two runs of one
     config and seed give the same numbers when these agree (AVX2 and AVX-512 kernels sum in different orders)."""
-    vendor, model = cpu_identity()
-    family = cpu_family()
-    return {"cpu": f"{vendor} {model}" + (f" family {family}" if family is not None else ""), "isa": _isa(),
+    d = decision()
+    family = f" family {d.cpu_family}" if d.cpu_family is not None else ""
+    return {"cpu": f"{d.cpu_vendor} {d.cpu_model}{family}", "isa": d.isa,
             "pinned": {name: os.environ[name] for name in KERNEL_PINS if os.environ.get(name)}}
 
 

@@ -17,6 +17,7 @@ import pytest
 from corpus_fixtures import make_iemocap, make_librispeech, make_voxceleb1, write_noise_wav
 from helpers import script_env
 
+import speechssl.accel as accel
 from speechssl.data.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +255,7 @@ def test_stage_uses_limits_a_stage_marker_to_the_options_it_reads(tmp_path):
 def test_cpu_kernels_pins_every_library_to_avx2_on_an_avx2_cpu(tmp_path):
     """`cpu_kernels portable` exports the four pins on an x86-64 CPU with AVX2 (nothing elsewhere) and keeps a
     value the environment already has; `native` sets nothing; anything else stops with the option's name."""
-    pins = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE")
+    pins = accel.KERNEL_PINS  # the variables common.sh exports, in its order
     script = tmp_path / "corpus" / "task" / "run.sh"
     script.parent.mkdir(parents=True)
     script.write_text(

@@ -33,8 +33,12 @@ def test_tap_conv_equals_conv1d_values_and_gradients(kernel, stride, bias, monke
     ref_grads = torch.autograd.grad(ref, params, g)
     for a, r in zip(got_grads, ref_grads):
         torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
-    with torch.inference_mode():  # no graph: the plain forward
+    with torch.inference_mode():  # no graph: the plain forward, and its GELU applied block by block
         torch.testing.assert_close(tap_conv1d(x, w, b, stride), ref.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tap_conv1d(x, w, b, stride, "gelu"), F.gelu(ref.detach()), atol=1e-5, rtol=1e-5)
+    (a,) = torch.autograd.grad(tap_conv1d(x, w, b, stride, "gelu"), [x], g)  # with a graph: F.gelu after the conv
+    (r,) = torch.autograd.grad(F.gelu(F.conv1d(x.transpose(1, 2), w, b, stride=stride).transpose(1, 2)), [x], g)
+    torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
 
 
 def test_tap_conv_only_the_weight_needs_a_gradient_and_shape_errors():
@@ -47,6 +51,8 @@ def test_tap_conv_only_the_weight_needs_a_gradient_and_shape_errors():
         tap_conv1d(torch.randn(2, 2, 4), w)
     with pytest.raises(ValueError, match="does not fit"):
         tap_conv1d(torch.randn(2, 9, 5), w)
+    with pytest.raises(ValueError, match="tap_conv1d: activation must be None or 'gelu', got 'relu'"):
+        tap_conv1d(torch.randn(2, 9, 4), w, None, 2, "relu")
 
 
 @pytest.fixture

@@ -314,12 +314,12 @@ class ConvFeatureEncoder(nn.Module):
             if isinstance(layer.norm, nn.GroupNorm):
                 valid = [frames_out] * x.shape[0] if lengths is None else [int(n) for n in lengths]
                 x = _folded_group_norm_layer(win, weight, conv.bias, valid, layer.norm)
-            elif tap and layer.norm is None and _tap_conv(layer) is winograd_conv1d:
-                x = winograd_conv1d(x, conv.weight, conv.bias, layer.stride, activation="gelu")  # GELU per block
+            elif tap and layer.norm is None:  # the GELU applied per output block by the kernel
+                x = _tap_conv(layer)(x, conv.weight, conv.bias, layer.stride, activation="gelu")
             elif tap:
                 y = _tap_conv(layer)(x, conv.weight, conv.bias, layer.stride)
-                x = F.gelu(y) if layer.norm is None else F.gelu(F.layer_norm(
-                    y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias, layer.norm.eps))
+                x = F.gelu(F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias,
+                                        layer.norm.eps))
             elif isinstance(layer.norm, nn.LayerNorm):
                 y = _block_matmul(win, weight, conv.bias, None)
                 x = F.gelu(F.layer_norm(y, layer.norm.normalized_shape, layer.norm.weight, layer.norm.bias,

@@ -113,16 +113,20 @@ def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: floa
     """Scaled dot-product attention with dropout ``p`` on the attention weights.
 
     Args:
-        q, k, v: [batch, heads, frames, head_dim].
+        q, k, v: [batch, heads, frames, head_dim]; bf16 / fp16 ones run in float32 (SDPA's math path upcasts them
+            on CPU too) and the result comes back in their dtype.
         p: dropout probability of the attention weights, in [0, 1).
         padding_mask: [batch, frames] bool, True = padding key (never attended), or None.
         noise: [batch * heads, frames, frames] dropout noise of the weights, ``mask / (1 - p)`` in q's
-            dtype (None: a fresh :func:`dropout_noise`).
+            dtype, float32 for bf16 / fp16 q (None: a fresh :func:`dropout_noise`).
 
     Returns:
         [batch, heads, frames, head_dim], ``dropout(softmax(q k^T / sqrt(head_dim))) v``: the maths of
         ``F.scaled_dot_product_attention(q, k, v, attn_mask=~padding_mask, dropout_p=p)``.
     """
+    dtype = q.dtype
+    if dtype in (torch.bfloat16, torch.float16):  # as SDPA's math path on CPU: reduced precision runs in float32
+        q, k, v = q.float(), k.float(), v.float()
     batch, heads, n, d = q.shape
     if noise is None:
         noise = dropout_noise((batch * heads, n, n), p, q.dtype, q.device)
@@ -130,6 +134,6 @@ def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: floa
         raise ValueError(f"noise must be {q.dtype} [{batch * heads}, {n}, {n}], got {noise.dtype} {tuple(noise.shape)}")
     flat = [t.reshape(batch * heads, n, d) for t in (q, k, v)]
     out = _DropoutAttention.apply(*flat, padding_mask, noise, heads, d ** -0.5)
-    return out.view(batch, heads, n, d)
+    return out.view(batch, heads, n, d).to(dtype)
 
 

@@ -26,9 +26,11 @@ import torch
 TIME_BLOCK = 2048  # output frames per block of the forward
 
 
-def forward_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+def forward_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                 gelu: bool = False) -> torch.Tensor:
     """The forward without a graph: x [B, T, C] (rows contiguous), taps [k, out, C] (``weight.permute(2, 0, 1)``)
-    -> [B, frames_out, out]. Also the tail of :mod:`speechssl.modules.winograd_conv` (frames past its groups)."""
+    -> [B, frames_out, out]; ``gelu``: the exact GELU of that, in place on each output block after its last tap
+    (while the block is in cache). Also the tail of :mod:`speechssl.modules.winograd_conv` (frames past its groups)."""
     batch, frames, _ = x.shape
     kernel, out_channels, _ = taps.shape
     frames_out = (frames - kernel) // stride + 1
@@ -46,6 +48,8 @@ def forward_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
                     torch.mm(rows, taps[0].t(), out=out)
                 else:
                     out.addmm_(rows, taps[j].t())
+            if gelu:
+                torch.ops.aten.gelu_(out)
     return y
 
 
@@ -92,13 +96,22 @@ class _TapConv1d(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def check_activation(kernel: str, activation: str | None) -> None:
+    """The per-tap kernels' ``activation``: None or ``"gelu"`` (a ValueError naming ``kernel`` otherwise)."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"{kernel}: activation must be None or 'gelu', got {activation!r}")
+
+
 def tap_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               stride: int = 1) -> torch.Tensor:
+               stride: int = 1, activation: str | None = None) -> torch.Tensor:
     """``F.conv1d`` (no padding, no dilation, one group) on channels-last ``x`` [B, T, C], per kernel tap.
 
     ``weight`` [out, C, k], ``bias`` [out] or None -> [B, (T - k) // stride + 1, out] (channels-last).
     CPU float32; ``T >= k`` and ``B >= 1``. Differentiable in ``x``, ``weight`` and ``bias``.
+    ``activation="gelu"`` returns ``F.gelu`` of that output; without a graph it is applied in place per output
+    block (:func:`forward_taps`).
     """
+    check_activation("tap_conv1d", activation)
     batch, frames, channels = x.shape
     kernel = weight.shape[-1]
     if weight.shape[1] != channels or frames < kernel or batch < 1:
@@ -107,5 +120,6 @@ def tap_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if not needs_grad:
-        return forward_taps(x, weight.permute(2, 0, 1).contiguous(), bias, int(stride))
-    return _TapConv1d.apply(x, weight, bias, int(stride))
+        return forward_taps(x, weight.permute(2, 0, 1).contiguous(), bias, int(stride), gelu=activation == "gelu")
+    y = _TapConv1d.apply(x, weight, bias, int(stride))
+    return torch.nn.functional.gelu(y) if activation == "gelu" else y

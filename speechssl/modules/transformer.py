@@ -81,16 +81,11 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        autocast = torch.is_autocast_enabled("cpu")
-        if (takes_fast_path(x, self.dropout, dim, self.training) and (autocast or q.dtype in (torch.float32, torch.float64))
+        if (takes_fast_path(x, self.dropout, dim, self.training)
+                and (torch.is_autocast_enabled("cpu") or q.dtype in (torch.float32, torch.float64))
                 and (attn_mask is None or attn_mask.shape == (batch, 1, 1, frames))):
             pad = None if attn_mask is None else ~attn_mask[:, 0, 0, :]
-            if autocast and q.dtype in (torch.bfloat16, torch.float16):
-                # SDPA's math path (the one dropout takes on CPU) upcasts bf16 / fp16 to float32: so does this
-                with torch.autocast("cpu", enabled=False):
-                    out = dropout_attention(q.float(), k.float(), v.float(), self.dropout, pad).to(q.dtype)
-            else:
-                out = dropout_attention(q, k, v, self.dropout, pad)
+            out = dropout_attention(q, k, v, self.dropout, pad)  # under autocast: in float32, as SDPA's math path
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
